@@ -1,0 +1,206 @@
+"""NumPy reference: the math of every C++ op, written to be read.
+
+Each function here has a C++ twin of the same name and signature in ``fastlm._core``.
+The twins are tested against each other; these functions are themselves checked
+against central finite differences in float64 (``tests/test_gradcheck.py``).
+They work in the dtype they are given (float32 for the model, float64 for the
+gradient checks) and favour clarity over speed, but never loop over tokens in
+Python: only over time steps (the recurrence) and over row chunks of the output layer.
+
+Shapes: B batch, T time steps, I layer input width, H hidden size, E embedding
+width, V vocabulary size, N = B*T rows of the output layer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Rows of the output layer handled at once: the (rows x V) logits block is the only
+# vocabulary-sized temporary, so memory does not grow with B*T*V.
+LOGIT_CHUNK_ELEMENTS = 1 << 21
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+# ---------------------------------------------------------------- embedding
+
+def embedding_forward(weight, ids):
+    """weight (V, E), ids (B, T) integers -> (B, T, E) rows of weight."""
+    return weight[ids]
+
+
+def embedding_backward(dout, ids, vocab_size):
+    """dout (B, T, E) -> dweight (V, E): each row sums the gradients of its occurrences."""
+    dweight = np.zeros((vocab_size, dout.shape[-1]), dtype=dout.dtype)
+    np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+    return dweight
+
+
+# ---------------------------------------------------------------- one LSTM layer
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    """One LSTM layer over a whole sequence, PyTorch's equations and gate order (i, f, g, o).
+
+    x (B, T, I), w_ih (4H, I), w_hh (4H, H), b_ih and b_hh (4H,), h0 and c0 (B, H).
+    Returns hs (B, T, H) hidden states, cs (B, T, H) cell states and gates (B, T, 4H),
+    the gate activations [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] that backward needs.
+    The final state is (hs[:, -1], cs[:, -1]).
+    """
+    B, T, _ = x.shape
+    H = w_hh.shape[1]
+    # The input projection does not depend on the recurrence: one product for all steps.
+    pre = x @ w_ih.T + (b_ih + b_hh)
+    hs = np.empty((B, T, H), dtype=x.dtype)
+    cs = np.empty((B, T, H), dtype=x.dtype)
+    gates = np.empty((B, T, 4 * H), dtype=x.dtype)
+    h, c = h0, c0
+    for t in range(T):
+        a = pre[:, t] + h @ w_hh.T
+        i = sigmoid(a[:, 0 * H:1 * H])
+        f = sigmoid(a[:, 1 * H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = sigmoid(a[:, 3 * H:4 * H])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+        hs[:, t] = h
+        cs[:, t] = c
+    return hs, cs, gates
+
+
+def lstm_backward(dhs, dh_n, dc_n, x, w_ih, w_hh, h0, c0, hs, cs, gates):
+    """Backward through time of lstm_forward.
+
+    dhs (B, T, H) is the loss gradient reaching each hidden state from above;
+    dh_n and dc_n (B, H) or None are gradients reaching the final state from later batches.
+    Returns dx (B, T, I), dw_ih, dw_hh, db (4H,) -- the gradient of b_ih and of b_hh alike --
+    and dh0, dc0 (B, H).
+    """
+    B, T, _ = x.shape
+    H = w_hh.shape[1]
+    dh_next = np.zeros((B, H), dtype=x.dtype) if dh_n is None else dh_n
+    dc_next = np.zeros((B, H), dtype=x.dtype) if dc_n is None else dc_n
+    dpre = np.empty_like(gates)  # gradient w.r.t. the gate pre-activations
+    for t in reversed(range(T)):
+        i, f, g, o = (gates[:, t, k * H:(k + 1) * H] for k in range(4))
+        c_prev = cs[:, t - 1] if t > 0 else c0
+        tanh_c = np.tanh(cs[:, t])
+        dh = dhs[:, t] + dh_next
+        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+        dpre[:, t] = np.concatenate([
+            dc * g * i * (1.0 - i),
+            dc * c_prev * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tanh_c * o * (1.0 - o),
+        ], axis=1)
+        dh_next = dpre[:, t] @ w_hh
+        dc_next = dc * f
+    h_prev = np.concatenate([h0[:, None], hs[:, :-1]], axis=1)
+    dpre_rows = dpre.reshape(B * T, 4 * H)
+    dx = dpre @ w_ih
+    dw_ih = dpre_rows.T @ x.reshape(B * T, -1)
+    dw_hh = dpre_rows.T @ h_prev.reshape(B * T, H)
+    db = dpre_rows.sum(axis=0)
+    return dx, dw_ih, dw_hh, db, dh_next, dc_next
+
+
+# ---------------------------------------------------------------- output layer + softmax cross-entropy
+
+def _row_chunks(n_rows, vocab_size):
+    step = max(1, LOGIT_CHUNK_ELEMENTS // max(1, vocab_size))
+    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
+def output_loss_forward(h, weight, bias, targets):
+    """Linear(H, V) then mean softmax cross-entropy, in row chunks.
+
+    h (N, H), weight (V, H), bias (V,), targets (N,) integers.
+    Returns loss (Python float, mean over the N rows), lse (N,) the log-sum-exp of
+    each row's logits (what backward needs to rebuild the softmax) and
+    predictions (N,) int32, each row's arg-max logit.
+    """
+    n_rows = h.shape[0]
+    lse = np.empty(n_rows, dtype=h.dtype)
+    predictions = np.empty(n_rows, dtype=np.int32)
+    total = 0.0
+    for rows in _row_chunks(n_rows, weight.shape[0]):
+        logits = h[rows] @ weight.T + bias
+        peak = logits.max(axis=1)
+        lse[rows] = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+        target_logit = logits[np.arange(logits.shape[0]), targets[rows]]
+        total += float(np.sum(lse[rows] - target_logit, dtype=np.float64))
+        predictions[rows] = logits.argmax(axis=1)
+    return total / n_rows, lse, predictions
+
+
+def output_loss_backward(h, weight, bias, targets, lse):
+    """Gradients of output_loss_forward's mean loss: dh (N, H), dweight (V, H), dbias (V,).
+
+    The logits of each chunk are recomputed; d loss / d logits = (softmax - onehot) / N.
+    """
+    n_rows = h.shape[0]
+    dh = np.empty_like(h)
+    dweight = np.zeros_like(weight)
+    dbias = np.zeros_like(bias)
+    for rows in _row_chunks(n_rows, weight.shape[0]):
+        dlogits = np.exp(h[rows] @ weight.T + bias - lse[rows, None])
+        dlogits[np.arange(dlogits.shape[0]), targets[rows]] -= 1.0
+        dlogits /= n_rows
+        dh[rows] = dlogits @ weight
+        dweight += dlogits.T @ h[rows]
+        dbias += dlogits.sum(axis=0)
+    return dh, dweight, dbias
+
+
+# ---------------------------------------------------------------- optimizer
+
+def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """One Adam step in place on param, m, v, as torch.optim.Adam computes it.
+
+    step counts from 1. weight_decay is the L2 penalty added to the gradient (not AdamW).
+    """
+    if weight_decay:
+        grad = grad + weight_decay * param
+    m *= beta1
+    m += (1.0 - beta1) * grad
+    v *= beta2
+    v += (1.0 - beta2) * grad * grad
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps
+    param -= (lr / bias_correction1) * m / denom
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
+
+    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does.
+    """
+    total = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
+    if not np.isfinite(total):
+        raise ValueError(f"gradient norm is {total}: the gradients hold NaN or infinity")
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for g in grads:
+            g *= np.asarray(scale, dtype=g.dtype)
+    return total
+
+
+# ---------------------------------------------------------------- data
+
+def windows(ids, seq_len, stride=1):
+    """Cut a 1-D id array into inputs x and targets y, each (N, seq_len) int32.
+
+    Window n starts at n*stride; y is x shifted by one token. N = (len(ids) - seq_len - 1)
+    // stride + 1, so every window has a full target.
+    """
+    ids = np.asarray(ids)
+    count = (len(ids) - seq_len - 1) // stride + 1
+    starts = np.arange(count) * stride
+    offsets = np.arange(seq_len)
+    x = ids[starts[:, None] + offsets].astype(np.int32)
+    y = ids[starts[:, None] + offsets + 1].astype(np.int32)
+    return x, y

@@ -1,0 +1,356 @@
+// Python bindings of the C++ core: translation only. Each function checks its
+// arguments at the boundary (dtype, shape, id range), converts what can be converted
+// without changing meaning (other float widths, byte order, strides), allocates the
+// outputs, releases the GIL and calls the kernel. The names and signatures are those
+// of the NumPy twins in fastlm/reference.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "embedding.h"
+#include "gemm.h"
+#include "lstm.h"
+#include "optimizer.h"
+#include "output_loss.h"
+#include "parallel.h"
+#include "windows.h"
+
+namespace py = pybind11;
+using namespace fastlm;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& shape) {
+    std::ostringstream out;
+    out << "(";
+    for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+    out << (shape.size() == 1 ? ",)" : ")");
+    return out.str();
+}
+
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+
+void require(bool ok, const std::string& message) {
+    if (!ok) throw py::value_error(message);
+}
+
+py::array as_array(const py::handle& obj, const char* name) {
+    if (obj.is_none()) throw py::type_error(std::string(name) + " must be an array, got None");
+    py::array a = py::array::ensure(obj);
+    if (!a) throw py::type_error(std::string(name) + " must be an array");
+    return a;
+}
+
+// A float input of the given ndim, as a C-contiguous native float32 array (converted if needed).
+FloatArray float_input(const py::handle& obj, const char* name, py::ssize_t ndim) {
+    py::array a = as_array(obj, name);
+    if (a.dtype().kind() != 'f')
+        throw py::type_error(std::string(name) + " must be a float array, got dtype " +
+                             py::str(a.dtype()).cast<std::string>());
+    require(a.ndim() == ndim, std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " +
+                                  shape_str(shape_of(a)));
+    return FloatArray::ensure(a);
+}
+
+void require_shape(const py::array& a, const char* name, const Shape& expected) {
+    require(shape_of(a) == expected,
+            std::string(name) + " must have shape " + shape_str(expected) + ", got " + shape_str(shape_of(a)));
+}
+
+// Token ids: any integer dtype, range-checked into [0, limit), returned as int32.
+IdArray id_input(const py::handle& obj, const char* name, int64_t limit) {
+    py::array a = as_array(obj, name);
+    const char kind = a.dtype().kind();
+    if (kind != 'i' && kind != 'u')
+        throw py::type_error(std::string(name) + " must be an integer array of token ids, got dtype " +
+                             py::str(a.dtype()).cast<std::string>());
+    auto wide = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    const int64_t* v = wide.data();
+    const int64_t n = wide.size();
+    for (int64_t i = 0; i < n; ++i) {
+        if (v[i] < 0 || v[i] >= limit) {
+            std::ostringstream out;
+            out << name << " holds id " << v[i] << " at flat index " << i << ", outside [0, " << limit << ")";
+            throw py::value_error(out.str());
+        }
+    }
+    return IdArray::ensure(wide);
+}
+
+// An array updated in place: it must already be what the kernel writes, since a
+// converted copy would leave the caller's array untouched.
+py::array_t<float> inplace_float(const py::handle& obj, const char* name) {
+    py::array a = as_array(obj, name);
+    const bool exact = a.dtype().is(py::dtype::of<float>()) &&
+                       (a.flags() & py::array::c_style) && a.writeable();
+    if (!exact)
+        throw py::type_error(std::string(name) +
+                             " is updated in place and must be a writeable C-contiguous float32 array, got dtype " +
+                             py::str(a.dtype()).cast<std::string>());
+    return py::array_t<float>(a);
+}
+
+void require_nonempty(int64_t batch, int64_t steps) {
+    require(batch > 0, "batch is empty (B = 0)");
+    require(steps > 0, "sequence length is 0 (T = 0)");
+}
+
+// ------------------------------------------------------------------ embedding
+
+py::array_t<float> py_embedding_forward(const py::handle& weight_obj, const py::handle& ids_obj) {
+    const FloatArray weight = float_input(weight_obj, "weight", 2);
+    const int64_t V = weight.shape(0), E = weight.shape(1);
+    const IdArray ids = id_input(ids_obj, "ids", V);
+    require(ids.ndim() >= 1 && ids.size() > 0, "ids must be a non-empty array");
+    Shape out_shape = shape_of(ids);
+    out_shape.push_back(E);
+    py::array_t<float> out(out_shape);
+    {
+        py::gil_scoped_release release;
+        embedding_forward(weight.data(), E, ids.data(), ids.size(), out.mutable_data());
+    }
+    return out;
+}
+
+py::array_t<float> py_embedding_backward(const py::handle& dout_obj, const py::handle& ids_obj, int64_t vocab_size) {
+    require(vocab_size > 0, "vocab_size must be positive, got " + std::to_string(vocab_size));
+    const IdArray ids = id_input(ids_obj, "ids", vocab_size);
+    const FloatArray dout = float_input(dout_obj, "dout", ids.ndim() + 1);
+    Shape expected = shape_of(ids);
+    const int64_t E = dout.shape(ids.ndim());
+    expected.push_back(E);
+    require_shape(dout, "dout", expected);
+    py::array_t<float> dweight({vocab_size, E});
+    {
+        py::gil_scoped_release release;
+        embedding_backward(dout.data(), E, ids.data(), ids.size(), vocab_size, dweight.mutable_data());
+    }
+    return dweight;
+}
+
+// ------------------------------------------------------------------ LSTM layer
+
+struct LstmArgs {
+    LstmShape shape;
+    FloatArray x, w_ih, w_hh, h0, c0;
+};
+
+LstmArgs lstm_args(const py::handle& x_obj, const py::handle& w_ih_obj, const py::handle& w_hh_obj,
+                   const py::handle& h0_obj, const py::handle& c0_obj) {
+    LstmArgs a{{}, float_input(x_obj, "x", 3), float_input(w_ih_obj, "w_ih", 2), float_input(w_hh_obj, "w_hh", 2),
+               float_input(h0_obj, "h0", 2), float_input(c0_obj, "c0", 2)};
+    const int64_t B = a.x.shape(0), T = a.x.shape(1), I = a.x.shape(2), H = a.w_hh.shape(1);
+    require_nonempty(B, T);
+    require(H > 0 && I > 0, "hidden and input sizes must be positive");
+    require_shape(a.w_hh, "w_hh", {4 * H, H});
+    require_shape(a.w_ih, "w_ih", {4 * H, I});
+    require_shape(a.h0, "h0", {B, H});
+    require_shape(a.c0, "c0", {B, H});
+    a.shape = {B, T, I, H};
+    return a;
+}
+
+py::tuple py_lstm_forward(const py::handle& x, const py::handle& w_ih, const py::handle& w_hh,
+                          const py::handle& b_ih_obj, const py::handle& b_hh_obj, const py::handle& h0,
+                          const py::handle& c0) {
+    const LstmArgs a = lstm_args(x, w_ih, w_hh, h0, c0);
+    const auto [B, T, I, H] = a.shape;
+    const FloatArray b_ih = float_input(b_ih_obj, "b_ih", 1), b_hh = float_input(b_hh_obj, "b_hh", 1);
+    require_shape(b_ih, "b_ih", {4 * H});
+    require_shape(b_hh, "b_hh", {4 * H});
+    py::array_t<float> hs({B, T, H}), cs({B, T, H}), gates({B, T, 4 * H});
+    {
+        py::gil_scoped_release release;
+        lstm_forward(a.shape, a.x.data(), a.w_ih.data(), a.w_hh.data(), b_ih.data(), b_hh.data(), a.h0.data(),
+                     a.c0.data(), hs.mutable_data(), cs.mutable_data(), gates.mutable_data());
+    }
+    return py::make_tuple(hs, cs, gates);
+}
+
+py::tuple py_lstm_backward(const py::handle& dhs_obj, const py::handle& dh_n_obj, const py::handle& dc_n_obj,
+                           const py::handle& x, const py::handle& w_ih, const py::handle& w_hh,
+                           const py::handle& h0, const py::handle& c0, const py::handle& hs_obj,
+                           const py::handle& cs_obj, const py::handle& gates_obj) {
+    const LstmArgs a = lstm_args(x, w_ih, w_hh, h0, c0);
+    const auto [B, T, I, H] = a.shape;
+    const FloatArray dhs = float_input(dhs_obj, "dhs", 3), hs = float_input(hs_obj, "hs", 3),
+                     cs = float_input(cs_obj, "cs", 3), gates = float_input(gates_obj, "gates", 3);
+    require_shape(dhs, "dhs", {B, T, H});
+    require_shape(hs, "hs", {B, T, H});
+    require_shape(cs, "cs", {B, T, H});
+    require_shape(gates, "gates", {B, T, 4 * H});
+    FloatArray dh_n, dc_n;
+    if (!dh_n_obj.is_none()) {
+        dh_n = float_input(dh_n_obj, "dh_n", 2);
+        require_shape(dh_n, "dh_n", {B, H});
+    }
+    if (!dc_n_obj.is_none()) {
+        dc_n = float_input(dc_n_obj, "dc_n", 2);
+        require_shape(dc_n, "dc_n", {B, H});
+    }
+    py::array_t<float> dx({B, T, I}), dw_ih({4 * H, I}), dw_hh({4 * H, H}), db({4 * H}), dh0({B, H}), dc0({B, H});
+    {
+        py::gil_scoped_release release;
+        lstm_backward(a.shape, dhs.data(), dh_n_obj.is_none() ? nullptr : dh_n.data(),
+                      dc_n_obj.is_none() ? nullptr : dc_n.data(), a.x.data(), a.w_ih.data(), a.w_hh.data(),
+                      a.h0.data(), a.c0.data(), hs.data(), cs.data(), gates.data(), dx.mutable_data(),
+                      dw_ih.mutable_data(), dw_hh.mutable_data(), db.mutable_data(), dh0.mutable_data(),
+                      dc0.mutable_data());
+    }
+    return py::make_tuple(dx, dw_ih, dw_hh, db, dh0, dc0);
+}
+
+// ------------------------------------------------------------------ output layer + cross-entropy
+
+struct OutputArgs {
+    OutputShape shape;
+    FloatArray h, weight, bias;
+    IdArray targets;
+};
+
+OutputArgs output_args(const py::handle& h_obj, const py::handle& weight_obj, const py::handle& bias_obj,
+                       const py::handle& targets_obj) {
+    OutputArgs a{{}, float_input(h_obj, "h", 2), float_input(weight_obj, "weight", 2),
+                 float_input(bias_obj, "bias", 1), {}};
+    const int64_t N = a.h.shape(0), H = a.h.shape(1), V = a.weight.shape(0);
+    require(N > 0, "h has no rows");
+    require(V > 0, "weight has no rows (empty vocabulary)");
+    require_shape(a.weight, "weight", {V, H});
+    require_shape(a.bias, "bias", {V});
+    a.targets = id_input(targets_obj, "targets", V);
+    require_shape(a.targets, "targets", {N});
+    a.shape = {N, H, V};
+    return a;
+}
+
+py::tuple py_output_loss_forward(const py::handle& h, const py::handle& weight, const py::handle& bias,
+                                 const py::handle& targets) {
+    const OutputArgs a = output_args(h, weight, bias, targets);
+    py::array_t<float> lse({a.shape.rows});
+    py::array_t<int32_t> predictions({a.shape.rows});
+    double loss;
+    {
+        py::gil_scoped_release release;
+        loss = output_loss_forward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
+                                   lse.mutable_data(), predictions.mutable_data());
+    }
+    return py::make_tuple(loss, lse, predictions);
+}
+
+py::tuple py_output_loss_backward(const py::handle& h, const py::handle& weight, const py::handle& bias,
+                                  const py::handle& targets, const py::handle& lse_obj) {
+    const OutputArgs a = output_args(h, weight, bias, targets);
+    const FloatArray lse = float_input(lse_obj, "lse", 1);
+    require_shape(lse, "lse", {a.shape.rows});
+    py::array_t<float> dh({a.shape.rows, a.shape.hidden}), dweight({a.shape.vocab, a.shape.hidden}),
+        dbias({a.shape.vocab});
+    {
+        py::gil_scoped_release release;
+        output_loss_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(), lse.data(),
+                             dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
+    }
+    return py::make_tuple(dh, dweight, dbias);
+}
+
+// ------------------------------------------------------------------ optimizer
+
+void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
+                    const py::handle& v_obj, int64_t step, double lr, double beta1, double beta2, double eps,
+                    double weight_decay) {
+    auto param = inplace_float(param_obj, "param");
+    auto m = inplace_float(m_obj, "m");
+    auto v = inplace_float(v_obj, "v");
+    const FloatArray grad = float_input(grad_obj, "grad", param.ndim());
+    require_shape(grad, "grad", shape_of(param));
+    require_shape(m, "m", shape_of(param));
+    require_shape(v, "v", shape_of(param));
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0, "lr must be >= 0");
+    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
+    require(eps >= 0.0 && weight_decay >= 0.0, "eps and weight_decay must be >= 0");
+    py::gil_scoped_release release;
+    if (!all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
+                {lr, beta1, beta2, eps, weight_decay});
+}
+
+double py_clip_grad_norm(const py::sequence& grads_obj, double max_norm) {
+    require(max_norm > 0.0, "max_norm must be positive");
+    std::vector<py::array_t<float>> keep;
+    std::vector<std::pair<float*, int64_t>> arrays;
+    for (size_t i = 0; i < grads_obj.size(); ++i) {
+        const std::string name = "grads[" + std::to_string(i) + "]";
+        keep.push_back(inplace_float(grads_obj[i], name.c_str()));
+        arrays.emplace_back(keep.back().mutable_data(), keep.back().size());
+    }
+    py::gil_scoped_release release;
+    return clip_grad_norm(arrays, max_norm);
+}
+
+// ------------------------------------------------------------------ data
+
+py::tuple py_windows(const py::handle& ids_obj, int64_t seq_len, int64_t stride) {
+    require(seq_len > 0, "seq_len must be positive, got " + std::to_string(seq_len));
+    require(stride > 0, "stride must be positive, got " + std::to_string(stride));
+    const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
+    require(ids.ndim() == 1, "ids must be 1-D, got shape " + shape_str(shape_of(ids)));
+    const int64_t count = window_count(ids.size(), seq_len, stride);
+    require(count > 0, "ids holds " + std::to_string(ids.size()) + " tokens; a window needs seq_len + 1 = " +
+                           std::to_string(seq_len + 1));
+    py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
+    {
+        py::gil_scoped_release release;
+        make_windows(ids.data(), seq_len, stride, count, x.mutable_data(), y.mutable_data());
+    }
+    return py::make_tuple(x, y);
+}
+
+py::dict build_info() {
+    py::dict info;
+    info["version"] = FASTLM_VERSION;
+    info["simd"] = gemm_simd_name();
+    info["openmp"] = has_openmp();
+    info["threads"] = get_num_threads();
+#if defined(__clang__)
+    info["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = "gcc " __VERSION__;
+#else
+    info["compiler"] = "unknown";
+#endif
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "fastlm's C++ kernels; every function has a NumPy twin in fastlm.reference";
+    m.def("embedding_forward", &py_embedding_forward, py::arg("weight"), py::arg("ids"));
+    m.def("embedding_backward", &py_embedding_backward, py::arg("dout"), py::arg("ids"), py::arg("vocab_size"));
+    m.def("lstm_forward", &py_lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+          py::arg("b_hh"), py::arg("h0"), py::arg("c0"));
+    m.def("lstm_backward", &py_lstm_backward, py::arg("dhs"), py::arg("dh_n"), py::arg("dc_n"), py::arg("x"),
+          py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("hs"), py::arg("cs"),
+          py::arg("gates"));
+    m.def("output_loss_forward", &py_output_loss_forward, py::arg("h"), py::arg("weight"), py::arg("bias"),
+          py::arg("targets"));
+    m.def("output_loss_backward", &py_output_loss_backward, py::arg("h"), py::arg("weight"), py::arg("bias"),
+          py::arg("targets"), py::arg("lse"));
+    m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
+          py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
+          py::arg("weight_decay") = 0.0);
+    m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
+    m.def("windows", &py_windows, py::arg("ids"), py::arg("seq_len"), py::arg("stride") = 1);
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &get_num_threads);
+    m.def("build_info", &build_info);
+}

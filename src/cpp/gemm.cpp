@@ -1,0 +1,234 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "parallel.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace fastlm {
+namespace {
+
+// Register tile MR x NR of the microkernel, and the cache blocking around it:
+// a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
+#if defined(__AVX512F__)
+constexpr int64_t MR = 8, NR = 32;
+const char* const kSimdName = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t MR = 6, NR = 16;
+const char* const kSimdName = "avx2";
+#else
+constexpr int64_t MR = 4, NR = 8;
+const char* const kSimdName = "scalar";
+#endif
+constexpr int64_t KC = 256;
+constexpr int64_t MC = MR * 16;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ------------------------------------------------------------------ microkernels
+// c[MR x NR] (row stride ldc) = a-panel (kc x MR) * b-panel (kc x NR) [+ c if accumulate].
+
+#if defined(__AVX512F__)
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                         float* __restrict c, int64_t ldc, bool accumulate) {
+    __m512 acc[MR][2];
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m512 ar = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    for (int r = 0; r < MR; ++r) {
+        float* cr = c + r * ldc;
+        if (accumulate) {
+            acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_loadu_ps(cr));
+            acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_loadu_ps(cr + 16));
+        }
+        _mm512_storeu_ps(cr, acc[r][0]);
+        _mm512_storeu_ps(cr + 16, acc[r][1]);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                         float* __restrict c, int64_t ldc, bool accumulate) {
+    __m256 acc[MR][2];
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; ++r) {
+            const __m256 ar = _mm256_broadcast_ss(a + r);
+            acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    for (int r = 0; r < MR; ++r) {
+        float* cr = c + r * ldc;
+        if (accumulate) {
+            acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(cr));
+            acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_loadu_ps(cr + 8));
+        }
+        _mm256_storeu_ps(cr, acc[r][0]);
+        _mm256_storeu_ps(cr + 8, acc[r][1]);
+    }
+}
+#else
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                         float* __restrict c, int64_t ldc, bool accumulate) {
+    float acc[MR][NR] = {};
+    for (int64_t p = 0; p < kc; ++p) {
+        for (int r = 0; r < MR; ++r)
+            for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+        a += MR;
+        b += NR;
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+}
+#endif
+
+// ------------------------------------------------------------------ packing
+
+// Rows [i0, i0+mc) and columns [k0, k0+kc) of op(A) into MR-row panels, each kc x MR,
+// zero-padded past mc so the microkernel never branches on the edge.
+void pack_a(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            float* dst) {
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+        const int64_t mr = std::min(MR, mc - ip);
+        float* panel = dst + ip * kc;
+        if (trans_a) {  // op(A)(i, k) = a[k * lda + i]: MR consecutive floats per k
+            for (int64_t p = 0; p < kc; ++p) {
+                const float* src = a + (k0 + p) * lda + i0 + ip;
+                for (int64_t r = 0; r < mr; ++r) panel[p * MR + r] = src[r];
+                for (int64_t r = mr; r < MR; ++r) panel[p * MR + r] = 0.0f;
+            }
+        } else {  // op(A)(i, k) = a[i * lda + k]
+            for (int64_t r = 0; r < MR; ++r) {
+                if (r < mr) {
+                    const float* src = a + (i0 + ip + r) * lda + k0;
+                    for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = src[p];
+                } else {
+                    for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+// Columns [j0, j0+nr) (nr <= NR) of op(B), all K rows, into one K x NR panel, zero-padded.
+void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t j0, int64_t nr, float* dst) {
+    if (trans_b) {  // op(B)(k, j) = b[j * ldb + k]
+        for (int64_t j = 0; j < NR; ++j) {
+            if (j < nr) {
+                const float* src = b + (j0 + j) * ldb;
+                for (int64_t p = 0; p < k; ++p) dst[p * NR + j] = src[p];
+            } else {
+                for (int64_t p = 0; p < k; ++p) dst[p * NR + j] = 0.0f;
+            }
+        }
+    } else {  // op(B)(k, j) = b[k * ldb + j]
+        for (int64_t p = 0; p < k; ++p) {
+            const float* src = b + p * ldb + j0;
+            std::memcpy(dst + p * NR, src, sizeof(float) * nr);
+            std::fill(dst + p * NR + nr, dst + p * NR + NR, 0.0f);
+        }
+    }
+}
+
+// One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
+// whose A block is already packed.
+void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB& b, int64_t pc,
+                   int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate) {
+    alignas(64) float edge[MR * NR];
+    const int64_t n = b.n();
+    for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const int64_t nr = std::min(NR, n - jp * NR);
+        const float* b_panel = b.panel(jp) + pc * NR;
+        for (int64_t ip = 0; ip < mc; ip += MR) {
+            const int64_t mr = std::min(MR, mc - ip);
+            float* c_tile = c_rows + ip * ldc + jp * NR;
+            const float* a_panel = a_packed + ip * kc;
+            if (mr == MR && nr == NR) {
+                micro_kernel(kc, a_panel, b_panel, c_tile, ldc, accumulate);
+                continue;
+            }
+            micro_kernel(kc, a_panel, b_panel, edge, NR, false);
+            for (int64_t r = 0; r < mr; ++r)
+                for (int64_t j = 0; j < nr; ++j)
+                    c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];
+        }
+    }
+}
+
+float* thread_a_buffer() {
+    static thread_local std::vector<float> buffer(MC * KC);
+    return buffer.data();
+}
+
+}  // namespace
+
+const char* gemm_simd_name() { return kSimdName; }
+
+PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n)
+    : k_(k), n_(n), data_(ceil_div(n, NR) * k * NR) {
+    const int64_t panels = ceil_div(n, NR);
+    const bool parallel = k * n >= kParallelMinWork;
+#pragma omp parallel for if (parallel) schedule(static)
+    for (int64_t jp = 0; jp < panels; ++jp)
+        pack_b_panel(b, ldb, trans_b, k, jp * NR, std::min(NR, n - jp * NR), data_.data() + jp * k * NR);
+}
+
+const float* PackedB::panel(int64_t j) const { return data_.data() + j * k_ * NR; }
+int64_t PackedB::panel_stride() const { return k_ * NR; }
+
+void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                  float beta, float* c, int64_t ldc) {
+    if (beta != 0.0f && beta != 1.0f) throw std::invalid_argument("sgemm: beta must be 0 or 1");
+    const int64_t n = b.n(), k = b.k();
+    if (m <= 0 || n <= 0) return;
+    if (k == 0) {
+        if (beta == 0.0f)
+            for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+        return;
+    }
+    // Work items: MC-row blocks times groups of NR-column panels, enough of them to
+    // keep every thread busy when M is small (the per-time-step products have M = batch).
+    const int64_t row_blocks = ceil_div(m, MC);
+    const int64_t panels = ceil_div(n, NR);
+    const int threads = (m * n * k < kParallelMinWork) ? 1 : max_threads();
+    const int64_t panel_groups = std::min(panels, std::max<int64_t>(1, ceil_div(threads, row_blocks)));
+    const int64_t items = row_blocks * panel_groups;
+#pragma omp parallel for if (threads > 1 && items > 1) schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+        const int64_t rb = item / panel_groups, group = item % panel_groups;
+        const int64_t i0 = rb * MC, mc = std::min(MC, m - i0);
+        const int64_t jp0 = group * panels / panel_groups, jp1 = (group + 1) * panels / panel_groups;
+        float* a_packed = thread_a_buffer();
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            const int64_t kc = std::min(KC, k - pc);
+            pack_a(a, lda, trans_a, i0, mc, pc, kc, a_packed);
+            compute_block(mc, kc, a_packed, b, pc, jp0, jp1, c + i0 * ldc, ldc, pc > 0 || beta != 0.0f);
+        }
+    }
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    sgemm_packed(trans_a, m, a, lda, PackedB(b, ldb, trans_b, k, n), beta, c, ldc);
+}
+
+}  // namespace fastlm

@@ -1,0 +1,117 @@
+#include "lstm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "activations.h"
+#include "gemm.h"
+#include "parallel.h"
+
+namespace fastlm {
+namespace {
+
+// Gate pre-activations a (4H, bias already in) -> activations in place, then the
+// cell update: c = f * c_prev + i * g, h = o * tanh(c).
+void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h) {
+    float* i = a;
+    float* f = a + H;
+    float* g = a + 2 * H;
+    float* o = a + 3 * H;
+    for (int64_t j = 0; j < 4 * H; ++j) a[j] += bias[j];
+    for (int64_t j = 0; j < 2 * H; ++j) i[j] = sigmoid(i[j]);  // i and f are adjacent
+    for (int64_t j = 0; j < H; ++j) g[j] = tanh_approx(g[j]);
+    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
+    for (int64_t j = 0; j < H; ++j) {
+        c[j] = f[j] * c_prev[j] + i[j] * g[j];
+        h[j] = o[j] * tanh_approx(c[j]);
+    }
+}
+
+// Gradient through one cell: from dh (total gradient reaching h_t) and dc_next (reaching
+// c_t from step t+1) to the gate pre-activations dpre (4H); dc_next becomes d c_{t-1}.
+void lstm_cell_backward(int64_t H, const float* gate, const float* c, const float* c_prev,
+                        const float* dh, float* dc_next, float* dpre) {
+    const float* i = gate;
+    const float* f = gate + H;
+    const float* g = gate + 2 * H;
+    const float* o = gate + 3 * H;
+    for (int64_t j = 0; j < H; ++j) {
+        const float tanh_c = tanh_approx(c[j]);
+        const float dc = dc_next[j] + dh[j] * o[j] * (1.0f - tanh_c * tanh_c);
+        dpre[j] = dc * g[j] * i[j] * (1.0f - i[j]);
+        dpre[H + j] = dc * c_prev[j] * f[j] * (1.0f - f[j]);
+        dpre[2 * H + j] = dc * i[j] * (1.0f - g[j] * g[j]);
+        dpre[3 * H + j] = dh[j] * tanh_c * o[j] * (1.0f - o[j]);
+        dc_next[j] = dc * f[j];
+    }
+}
+
+}  // namespace
+
+void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
+                  const float* b_ih, const float* b_hh, const float* h0, const float* c0,
+                  float* hs, float* cs, float* gates) {
+    const int64_t B = s.batch, T = s.steps, I = s.input, H = s.hidden, G = 4 * H;
+    // All steps' input projections in one product: gates <- x W_ih^T.
+    sgemm(false, true, B * T, G, I, x, I, w_ih, I, 0.0f, gates, G);
+    std::vector<float> bias(G);
+    for (int64_t j = 0; j < G; ++j) bias[j] = b_ih[j] + b_hh[j];
+    const PackedB w_hh_t(w_hh, H, /*trans_b=*/true, H, G);  // packed once, used T times
+    const bool parallel = B * G >= kParallelMinWork / 4;
+    for (int64_t t = 0; t < T; ++t) {
+        // Row b of step t lives at gates[(b*T + t) * G]: stride T*G between batch rows.
+        const float* h_prev = t == 0 ? h0 : hs + (t - 1) * H;
+        const int64_t ld_h = t == 0 ? H : T * H;
+        sgemm_packed(false, B, h_prev, ld_h, w_hh_t, 1.0f, gates + t * G, T * G);
+#pragma omp parallel for if (parallel) schedule(static)
+        for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = b * T + t;
+            const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
+            lstm_cell_forward(H, bias.data(), gates + row * G, c_prev, cs + row * H, hs + row * H);
+        }
+    }
+}
+
+void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, const float* dc_n,
+                   const float* x, const float* w_ih, const float* w_hh, const float* h0,
+                   const float* c0, const float* hs, const float* cs, const float* gates,
+                   float* dx, float* dw_ih, float* dw_hh, float* db, float* dh0, float* dc0) {
+    const int64_t B = s.batch, T = s.steps, I = s.input, H = s.hidden, G = 4 * H;
+    std::vector<float> dpre(B * T * G), dh(B * H);
+    // dh0/dc0 double as the running gradients into h_{t-1} and c_{t-1}.
+    float* dh_next = dh0;
+    float* dc_next = dc0;
+    if (dh_n) std::memcpy(dh_next, dh_n, sizeof(float) * B * H); else std::fill(dh_next, dh_next + B * H, 0.0f);
+    if (dc_n) std::memcpy(dc_next, dc_n, sizeof(float) * B * H); else std::fill(dc_next, dc_next + B * H, 0.0f);
+    const PackedB w_hh_packed(w_hh, H, /*trans_b=*/false, G, H);
+    const bool parallel = B * G >= kParallelMinWork / 4;
+    // Per step only the recurrence: dpre_t from dh, then dh_{t-1} = dpre_t W_hh.
+    for (int64_t t = T - 1; t >= 0; --t) {
+#pragma omp parallel for if (parallel) schedule(static)
+        for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = b * T + t;
+            float* dh_b = dh.data() + b * H;
+            for (int64_t j = 0; j < H; ++j) dh_b[j] = dhs[row * H + j] + dh_next[b * H + j];
+            const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
+            lstm_cell_backward(H, gates + row * G, cs + row * H, c_prev, dh_b, dc_next + b * H,
+                               dpre.data() + row * G);
+        }
+        sgemm_packed(false, B, dpre.data() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
+    }
+    // The weight gradients as three large products over all B*T rows.
+    const int64_t rows = B * T;
+    sgemm(false, false, rows, I, G, dpre.data(), G, w_ih, I, 0.0f, dx, I);
+    sgemm(true, false, G, I, rows, dpre.data(), G, x, I, 0.0f, dw_ih, I);
+    std::vector<float> h_prev(rows * H);  // h_{t-1} for every row: h0 at t = 0
+    for (int64_t b = 0; b < B; ++b) {
+        std::memcpy(h_prev.data() + b * T * H, h0 + b * H, sizeof(float) * H);
+        std::memcpy(h_prev.data() + (b * T + 1) * H, hs + b * T * H, sizeof(float) * (T - 1) * H);
+    }
+    sgemm(true, false, G, H, rows, dpre.data(), G, h_prev.data(), H, 0.0f, dw_hh, H);
+    std::fill(db, db + G, 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < G; ++j) db[j] += dpre[r * G + j];
+}
+
+}  // namespace fastlm

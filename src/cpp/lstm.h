@@ -1,0 +1,29 @@
+// One LSTM layer over a whole (B, T) sequence, PyTorch's equations and gate order
+// (i, f, g, o). Forward and backward through time side by side.
+//
+// Shapes (row-major): x (B, T, I), w_ih (4H, I), w_hh (4H, H), b_ih and b_hh (4H),
+// h0 and c0 (B, H); hs and cs (B, T, H); gates (B, T, 4H) holds the activations
+// [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] that backward needs.
+#pragma once
+
+#include <cstdint>
+
+namespace fastlm {
+
+struct LstmShape {
+    int64_t batch, steps, input, hidden;
+};
+
+void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
+                  const float* b_ih, const float* b_hh, const float* h0, const float* c0,
+                  float* hs, float* cs, float* gates);
+
+// dhs (B, T, H): gradient from above; dh_n, dc_n (B, H): gradient into the final state,
+// or nullptr for none. Outputs: dx (B, T, I), dw_ih, dw_hh, db (4H, the gradient of
+// both bias vectors), dh0 and dc0 (B, H).
+void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, const float* dc_n,
+                   const float* x, const float* w_ih, const float* w_hh, const float* h0,
+                   const float* c0, const float* hs, const float* cs, const float* gates,
+                   float* dx, float* dw_ih, float* dw_hh, float* db, float* dh0, float* dc0);
+
+}  // namespace fastlm

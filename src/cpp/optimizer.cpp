@@ -1,0 +1,64 @@
+#include "optimizer.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "parallel.h"
+
+namespace fastlm {
+
+bool all_finite(const float* x, int64_t n) {
+    int bad = 0;
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(static) reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(x[i]);
+    return !bad;
+}
+
+void adam_update(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
+                 const AdamConfig& c) {
+    // Scalars rounded to float32 once, as NumPy rounds Python floats against float32 arrays.
+    const float beta1 = float(c.beta1), beta2 = float(c.beta2);
+    const float one_minus_beta1 = float(1.0 - c.beta1), one_minus_beta2 = float(1.0 - c.beta2);
+    const float step_size = float(c.lr / (1.0 - std::pow(c.beta1, double(step))));
+    const float sqrt_bias_correction2 = float(std::sqrt(1.0 - std::pow(c.beta2, double(step))));
+    const float eps = float(c.eps), weight_decay = float(c.weight_decay);
+    const bool decay = c.weight_decay != 0.0;
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = decay ? grad[i] + weight_decay * param[i] : grad[i];
+        m[i] = beta1 * m[i] + one_minus_beta1 * g;
+        v[i] = beta2 * v[i] + one_minus_beta2 * g * g;
+        const float denom = std::sqrt(v[i]) / sqrt_bias_correction2 + eps;
+        param[i] -= step_size * m[i] / denom;
+    }
+}
+
+double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
+    double total = 0.0;
+    for (const auto& [x, n] : arrays) {
+        double sum = 0.0;
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(static) reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
+        total += sum;
+    }
+    return std::sqrt(total);
+}
+
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
+    const double norm = global_norm(arrays);
+    if (!std::isfinite(norm))
+        throw std::invalid_argument("gradient norm is " + std::to_string(norm) +
+                                    ": the gradients hold NaN or infinity");
+    const double scale = max_norm / (norm + 1e-6);
+    if (scale < 1.0) {
+        const float s = float(scale);
+        for (const auto& [x, n] : arrays) {
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+            for (int64_t i = 0; i < n; ++i) x[i] *= s;
+        }
+    }
+    return norm;
+}
+
+}  // namespace fastlm

@@ -1,0 +1,26 @@
+// The output layer (Linear H -> V) fused with log-softmax and mean cross-entropy.
+// Rows are processed in chunks of about kLogitChunkElements logits, so the (N x V)
+// logits never exist in full: memory does not grow with N * V.
+#pragma once
+
+#include <cstdint>
+
+namespace fastlm {
+
+constexpr int64_t kLogitChunkElements = int64_t(1) << 21;
+
+struct OutputShape {
+    int64_t rows, hidden, vocab;
+};
+
+// h (N, H), weight (V, H), bias (V), targets (N) range-checked. Writes lse (N), the
+// log-sum-exp of each row's logits, and predictions (N), the arg-max; returns the mean loss.
+double output_loss_forward(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                           const int32_t* targets, float* lse, int32_t* predictions);
+
+// Gradients of the mean loss: dh (N, H), dweight (V, H), dbias (V). Logits are recomputed
+// chunk by chunk from lse: d loss / d logits = (softmax - onehot) / N.
+void output_loss_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                          const int32_t* targets, const float* lse, float* dh, float* dweight, float* dbias);
+
+}  // namespace fastlm

@@ -1,0 +1,43 @@
+// Thread control shared by all kernels: one place that knows whether OpenMP is there.
+#pragma once
+
+#include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastlm {
+
+inline int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+inline int num_threads_in_region() {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+void set_num_threads(int n);
+int get_num_threads();
+bool has_openmp();
+
+// Below this many multiply-adds a parallel region costs more than it saves.
+constexpr int64_t kParallelMinWork = 1 << 15;
+
+}  // namespace fastlm
