@@ -94,10 +94,12 @@ class LSTMLM:
         params = {}
         for name, shape in self.parameter_shapes().items():
             if name == "embedding.weight":
-                values = self._rng.standard_normal(shape)
+                values = self._rng.standard_normal(shape, dtype=np.float32)
             else:
-                values = self._rng.uniform(-bound, bound, shape)
-            params[name] = values.astype(np.float32)
+                values = self._rng.random(shape, dtype=np.float32)
+                values *= np.float32(2.0 * bound)
+                values -= np.float32(bound)
+            params[name] = values
         return params
 
     def state_dict(self):

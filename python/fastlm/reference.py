@@ -204,3 +204,86 @@ def windows(ids, seq_len, stride=1):
     x = ids[starts[:, None] + offsets].astype(np.int32)
     y = ids[starts[:, None] + offsets + 1].astype(np.int32)
     return x, y
+
+
+def gather_windows(ids, starts, seq_len):
+    """The windows starting at each of starts: x (len(starts), seq_len) and y shifted by one."""
+    offsets = np.asarray(starts)[:, None] + np.arange(seq_len)
+    ids = np.asarray(ids)
+    return ids[offsets].astype(np.int32), ids[offsets + 1].astype(np.int32)
+
+
+# ---------------------------------------------------------------- generation
+
+_MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """The generator the C++ sampler uses, so the twins draw the same numbers."""
+
+    def __init__(self, seed):
+        self.state = seed & _MASK64
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def uniform(self):
+        return (self.next() >> 11) * 2.0 ** -53
+
+
+def sample_token(logits, temperature, top_k, top_p, rng):
+    """One id from logits (V,): greedy at temperature 0, else softmax(logits / temperature)
+    restricted to the top_k most likely (0: all) and then to the smallest most-likely set
+    whose probability reaches top_p (1: all)."""
+    best = int(np.argmax(logits))
+    if temperature == 0:
+        return best
+    weights = np.exp((logits.astype(np.float64) - float(logits[best])) / temperature)
+    order = np.arange(len(weights))
+    if top_k > 0 or top_p < 1.0:
+        order = np.argsort(-weights, kind="stable")  # descending, ties by id
+        if 0 < top_k < len(order):
+            order = order[:top_k]
+        if top_p < 1.0:
+            cumulative = np.cumsum(weights[order])
+            order = order[:int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
+    kept = weights[order]
+    cumulative = np.cumsum(kept)
+    target = rng.uniform() * cumulative[-1]
+    return int(order[min(int(np.searchsorted(cumulative, target, side="right")), len(order) - 1)])
+
+
+def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+    """Sample max_new_tokens ids after each row of prompt (samples, length >= 1).
+
+    params: the state_dict. The state starts at zero and is warmed by the prompt;
+    sample s draws from SplitMix64(seed + s). Returns (samples, max_new_tokens) int32.
+    """
+    prompt = np.asarray(prompt)
+    samples = prompt.shape[0]
+    H = params["lstm.weight_hh_l0"].shape[1]
+    h = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
+    c = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
+
+    def step(tokens):
+        x = params["embedding.weight"][tokens][:, None]
+        for k in range(num_layers):
+            hs, cs, _ = lstm_forward(x, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
+                                     params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], h[k], c[k])
+            h[k], c[k] = hs[:, 0], cs[:, 0]
+            x = hs
+
+    for p in range(prompt.shape[1]):
+        step(prompt[:, p])
+    rngs = [SplitMix64(seed + s) for s in range(samples)]
+    out = np.empty((samples, max_new_tokens), dtype=np.int32)
+    for n in range(max_new_tokens):
+        logits = h[-1] @ params["decoder.weight"].T + params["decoder.bias"]
+        out[:, n] = [sample_token(logits[s], temperature, top_k, top_p, rngs[s]) for s in range(samples)]
+        if n + 1 < max_new_tokens:
+            step(out[:, n])
+    return out

@@ -7,12 +7,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "embedding.h"
 #include "gemm.h"
+#include "generate.h"
 #include "lstm.h"
 #include "optimizer.h"
 #include "output_loss.h"
@@ -314,6 +316,77 @@ py::tuple py_windows(const py::handle& ids_obj, int64_t seq_len, int64_t stride)
     return py::make_tuple(x, y);
 }
 
+py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_obj, int64_t seq_len) {
+    require(seq_len > 0, "seq_len must be positive, got " + std::to_string(seq_len));
+    const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
+    require(ids.ndim() == 1, "ids must be 1-D, got shape " + shape_str(shape_of(ids)));
+    const int64_t last_start = ids.size() - seq_len - 1;  // a window needs seq_len + 1 tokens
+    require(last_start >= 0, "ids holds " + std::to_string(ids.size()) + " tokens; a window needs seq_len + 1 = " +
+                                 std::to_string(seq_len + 1));
+    const IdArray starts32 = id_input(starts_obj, "starts", last_start + 1);
+    require(starts32.ndim() == 1 && starts32.size() > 0, "starts must be a non-empty 1-D array");
+    std::vector<int64_t> starts(starts32.data(), starts32.data() + starts32.size());
+    const int64_t count = starts32.size();
+    py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
+    {
+        py::gil_scoped_release release;
+        gather_windows(ids.data(), starts.data(), count, seq_len, x.mutable_data(), y.mutable_data());
+    }
+    return py::make_tuple(x, y);
+}
+
+// ------------------------------------------------------------------ generation
+
+FloatArray param(const py::dict& params, const std::string& name, const Shape& shape) {
+    if (!params.contains(name)) throw py::key_error("params is missing '" + name + "'");
+    FloatArray a = float_input(params[name.c_str()], name.c_str(), py::ssize_t(shape.size()));
+    require_shape(a, name.c_str(), shape);
+    return a;
+}
+
+py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, const py::handle& prompt_obj,
+                                 int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+                                 uint64_t seed) {
+    require(num_layers >= 1, "num_layers must be >= 1");
+    require(max_new_tokens >= 0, "max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    require(std::isfinite(temperature) && temperature >= 0.0, "temperature must be >= 0 (0 is greedy)");
+    require(top_k >= 0, "top_k must be >= 0 (0 is off)");
+    require(top_p > 0.0 && top_p <= 1.0, "top_p must lie in (0, 1]");
+    if (!params.contains("embedding.weight")) throw py::key_error("params is missing 'embedding.weight'");
+    const FloatArray embedding = float_input(params["embedding.weight"], "embedding.weight", 2);
+    const int64_t V = embedding.shape(0), E = embedding.shape(1);
+    if (!params.contains("lstm.weight_hh_l0")) throw py::key_error("params is missing 'lstm.weight_hh_l0'");
+    const int64_t H = float_input(params["lstm.weight_hh_l0"], "lstm.weight_hh_l0", 2).shape(1);
+    std::vector<FloatArray> keep;  // owns converted arrays while the kernel runs
+    LanguageModelView view{V, E, H, embedding.data(), {}, nullptr, nullptr};
+    for (int64_t k = 0; k < num_layers; ++k) {
+        const std::string l = std::to_string(k);
+        const int64_t width = k == 0 ? E : H;
+        keep.push_back(param(params, "lstm.weight_ih_l" + l, {4 * H, width}));
+        keep.push_back(param(params, "lstm.weight_hh_l" + l, {4 * H, H}));
+        keep.push_back(param(params, "lstm.bias_ih_l" + l, {4 * H}));
+        keep.push_back(param(params, "lstm.bias_hh_l" + l, {4 * H}));
+        const size_t n = keep.size();
+        view.layers.push_back({keep[n - 4].data(), keep[n - 3].data(), keep[n - 2].data(), keep[n - 1].data(), width});
+    }
+    keep.push_back(param(params, "decoder.weight", {V, H}));
+    keep.push_back(param(params, "decoder.bias", {V}));
+    view.decoder_w = keep[keep.size() - 2].data();
+    view.decoder_b = keep.back().data();
+    const IdArray prompt = id_input(prompt_obj, "prompt", V);
+    require(prompt.ndim() == 2, "prompt must be 2-D (samples, length), got shape " + shape_str(shape_of(prompt)));
+    const int64_t samples = prompt.shape(0), prompt_len = prompt.shape(1);
+    require(samples > 0, "prompt has no samples");
+    require(prompt_len > 0, "prompt is empty: generation needs at least one token to start from");
+    py::array_t<int32_t> out({samples, max_new_tokens});
+    {
+        py::gil_scoped_release release;
+        generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
+                 out.mutable_data());
+    }
+    return out;
+}
+
 py::dict build_info() {
     py::dict info;
     info["version"] = FASTLM_VERSION;
@@ -350,6 +423,10 @@ PYBIND11_MODULE(_core, m) {
           py::arg("weight_decay") = 0.0);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
     m.def("windows", &py_windows, py::arg("ids"), py::arg("seq_len"), py::arg("stride") = 1);
+    m.def("gather_windows", &py_gather_windows, py::arg("ids"), py::arg("starts"), py::arg("seq_len"));
+    m.def("generate", &py_generate, py::arg("params"), py::arg("num_layers"), py::arg("prompt"),
+          py::arg("max_new_tokens"), py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
+          py::arg("seed") = 0);
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);
     m.def("build_info", &build_info);

@@ -11,23 +11,6 @@
 namespace fastlm {
 namespace {
 
-// Gate pre-activations a (4H, bias already in) -> activations in place, then the
-// cell update: c = f * c_prev + i * g, h = o * tanh(c).
-void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h) {
-    float* i = a;
-    float* f = a + H;
-    float* g = a + 2 * H;
-    float* o = a + 3 * H;
-    for (int64_t j = 0; j < 4 * H; ++j) a[j] += bias[j];
-    for (int64_t j = 0; j < 2 * H; ++j) i[j] = sigmoid(i[j]);  // i and f are adjacent
-    for (int64_t j = 0; j < H; ++j) g[j] = tanh_approx(g[j]);
-    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
-    for (int64_t j = 0; j < H; ++j) {
-        c[j] = f[j] * c_prev[j] + i[j] * g[j];
-        h[j] = o[j] * tanh_approx(c[j]);
-    }
-}
-
 // Gradient through one cell: from dh (total gradient reaching h_t) and dc_next (reaching
 // c_t from step t+1) to the gate pre-activations dpre (4H); dc_next becomes d c_{t-1}.
 void lstm_cell_backward(int64_t H, const float* gate, const float* c, const float* c_prev,
@@ -48,6 +31,21 @@ void lstm_cell_backward(int64_t H, const float* gate, const float* c, const floa
 }
 
 }  // namespace
+
+void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h) {
+    float* i = a;
+    float* f = a + H;
+    float* g = a + 2 * H;
+    float* o = a + 3 * H;
+    for (int64_t j = 0; j < 4 * H; ++j) a[j] += bias[j];
+    for (int64_t j = 0; j < 2 * H; ++j) i[j] = sigmoid(i[j]);  // i and f are adjacent
+    for (int64_t j = 0; j < H; ++j) g[j] = tanh_approx(g[j]);
+    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
+    for (int64_t j = 0; j < H; ++j) {
+        c[j] = f[j] * c_prev[j] + i[j] * g[j];
+        h[j] = o[j] * tanh_approx(c[j]);
+    }
+}
 
 void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
                   const float* b_ih, const float* b_hh, const float* h0, const float* c0,

@@ -10,6 +10,10 @@
 
 namespace fastlm {
 
+// One cell step for a single row: a (4H) gate pre-activations, bias not yet added, in place
+// -> activations; c = f*c_prev + i*g; h = o*tanh(c). Shared by training and generation.
+void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h);
+
 struct LstmShape {
     int64_t batch, steps, input, hidden;
 };

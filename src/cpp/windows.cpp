@@ -1,6 +1,7 @@
 #include "windows.h"
 
 #include <cstring>
+#include <vector>
 
 #include "parallel.h"
 
@@ -10,12 +11,18 @@ int64_t window_count(int64_t length, int64_t seq_len, int64_t stride) {
     return length < seq_len + 1 ? 0 : (length - seq_len - 1) / stride + 1;
 }
 
-void make_windows(const int32_t* ids, int64_t seq_len, int64_t stride, int64_t count, int32_t* x, int32_t* y) {
+void gather_windows(const int32_t* ids, const int64_t* starts, int64_t count, int64_t seq_len, int32_t* x, int32_t* y) {
 #pragma omp parallel for if (count * seq_len >= kParallelMinWork) schedule(static)
     for (int64_t n = 0; n < count; ++n) {
-        std::memcpy(x + n * seq_len, ids + n * stride, sizeof(int32_t) * seq_len);
-        std::memcpy(y + n * seq_len, ids + n * stride + 1, sizeof(int32_t) * seq_len);
+        std::memcpy(x + n * seq_len, ids + starts[n], sizeof(int32_t) * seq_len);
+        std::memcpy(y + n * seq_len, ids + starts[n] + 1, sizeof(int32_t) * seq_len);
     }
+}
+
+void make_windows(const int32_t* ids, int64_t seq_len, int64_t stride, int64_t count, int32_t* x, int32_t* y) {
+    std::vector<int64_t> starts(count);
+    for (int64_t n = 0; n < count; ++n) starts[n] = n * stride;
+    gather_windows(ids, starts.data(), count, seq_len, x, y);
 }
 
 }  // namespace fastlm

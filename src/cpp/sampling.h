@@ -1,0 +1,44 @@
+// Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus),
+// with a small counter-based generator so that the NumPy twin can draw the same numbers.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace fastlm {
+
+// splitmix64: tiny, fast, and the same stream on every platform.
+class SplitMix64 {
+public:
+    explicit SplitMix64(uint64_t seed) : state_(seed) {}
+    uint64_t next() {
+        uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1), 53 random bits
+
+private:
+    uint64_t state_;
+};
+
+struct SamplerConfig {
+    double temperature;  // 0: greedy
+    int64_t top_k;       // 0: off
+    double top_p;        // 1: off
+};
+
+// Reused buffers, so that sampling allocates nothing per token.
+struct SamplerScratch {
+    std::vector<std::pair<double, int32_t>> candidates;
+};
+
+// One token id from logits (V). Candidates are ordered by descending logit (ties: lower id
+// first) when top-k or top-p is on, by id otherwise; u ~ U[0, 1) picks the first candidate
+// whose cumulative probability exceeds u times the total kept.
+int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
+                     SamplerScratch& scratch);
+
+}  // namespace fastlm
