@@ -8,6 +8,7 @@ core (``backend="cpp"``) or by the NumPy reference (``backend="numpy"``).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -71,6 +72,7 @@ class LSTMLM:
         self._ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
         self._params = self._initial_parameters()
+        self.tokenizer = None  # attached by fastlm.load or by the user, for text in / text out
 
     # ------------------------------------------------------------ parameters
 
@@ -154,42 +156,51 @@ class LSTMLM:
             raise ValueError(f"inputs and targets must have the same shape, got {x.shape} and {y.shape}")
         return x, y
 
-    def _dropout(self, values, train):
-        """Inverted dropout: returns (dropped values, mask) or (values, None) when inactive."""
-        if not train or self.dropout == 0.0:
+    def _dropout(self, values, rng):
+        """Inverted dropout with masks from rng: (dropped values, mask), or (values, None) when off."""
+        if rng is None or self.dropout == 0.0:
             return values, None
         keep = 1.0 - self.dropout
-        mask = (self._rng.random(values.shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)
+        mask = (rng.random(values.shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)
         return values * mask, mask
 
-    def _forward_backward(self, x, y, initial_state=None, train=False):
-        """Loss, gradients and the final (h, c) of every layer for one batch of checked ids."""
+    def _forward(self, x, y, initial_state=None, rng=None):
+        """Mean loss of one batch of checked ids, and what backward needs.
+
+        rng draws the dropout masks in training; None evaluates without dropout.
+        """
         ops, p = self._ops, self._params
         B, T = x.shape
-        H, V = self.hidden_size, self.vocab_size
-        zeros = np.zeros((B, H), dtype=np.float32)
-
+        zeros = np.zeros((B, self.hidden_size), dtype=np.float32)
         layer_input = ops.embedding_forward(p["embedding.weight"], x)
         tape = []  # what each layer's backward needs
         for k in range(self.num_layers):
             mask = None
             if k > 0:
-                layer_input, mask = self._dropout(layer_input, train)
+                layer_input, mask = self._dropout(layer_input, rng)
             h0, c0 = initial_state[k] if initial_state is not None else (zeros, zeros)
-            w_ih, w_hh = p[f"lstm.weight_ih_l{k}"], p[f"lstm.weight_hh_l{k}"]
-            hs, cs, gates = ops.lstm_forward(layer_input, w_ih, w_hh, p[f"lstm.bias_ih_l{k}"],
-                                             p[f"lstm.bias_hh_l{k}"], h0, c0)
+            hs, cs, gates = ops.lstm_forward(layer_input, p[f"lstm.weight_ih_l{k}"], p[f"lstm.weight_hh_l{k}"],
+                                             p[f"lstm.bias_ih_l{k}"], p[f"lstm.bias_hh_l{k}"], h0, c0)
             tape.append((layer_input, mask, h0, c0, hs, cs, gates))
             layer_input = hs
-        top, top_mask = self._dropout(layer_input, train)
+        top, top_mask = self._dropout(layer_input, rng)
+        rows = top.reshape(B * T, self.hidden_size)
+        loss, lse, predictions = ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1))
+        return float(loss), predictions.reshape(B, T), (tape, rows, top_mask, lse)
 
-        rows, row_targets = top.reshape(B * T, H), y.reshape(B * T)
-        weight, bias = p["decoder.weight"], p["decoder.bias"]
-        loss, lse, _ = ops.output_loss_forward(rows, weight, bias, row_targets)
-        dh, dweight, dbias = ops.output_loss_backward(rows, weight, bias, row_targets, lse)
+    @staticmethod
+    def _final_state(tape):
+        return [(hs[:, -1].copy(), cs[:, -1].copy()) for (_, _, _, _, hs, cs, _) in tape]
 
+    def _backward(self, x, y, saved):
+        """Gradients of the mean loss, keyed in state_dict order."""
+        ops, p = self._ops, self._params
+        tape, rows, top_mask, lse = saved
+        B, T = x.shape
+        dh, dweight, dbias = ops.output_loss_backward(rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1),
+                                                      lse)
         grads = {"decoder.weight": dweight, "decoder.bias": dbias}
-        dhs = dh.reshape(B, T, H)
+        dhs = dh.reshape(B, T, self.hidden_size)
         if top_mask is not None:
             dhs = dhs * top_mask
         for k in reversed(range(self.num_layers)):
@@ -201,8 +212,167 @@ class LSTMLM:
             grads[f"lstm.bias_ih_l{k}"] = db
             grads[f"lstm.bias_hh_l{k}"] = db.copy()  # both biases are parameters in their own right
             dhs = dx * mask if mask is not None else dx
-        grads["embedding.weight"] = ops.embedding_backward(dhs, x, V)
+        grads["embedding.weight"] = ops.embedding_backward(dhs, x, self.vocab_size)
+        return {name: grads[name] for name in self._params}
 
-        final_state = [(hs[:, -1].copy(), cs[:, -1].copy()) for (_, _, _, _, hs, cs, _) in tape]
-        ordered = {name: grads[name] for name in self._params}
-        return float(loss), ordered, final_state
+    def _forward_backward(self, x, y, initial_state=None, train=False, rng=None):
+        """Loss, gradients and the final (h, c) of every layer for one batch of checked ids.
+
+        The state is carried forward but not differentiated through (truncated BPTT).
+        """
+        if train and rng is None:
+            rng = self._rng
+        loss, _, saved = self._forward(x, y, initial_state, rng if train else None)
+        return loss, self._backward(x, y, saved), self._final_state(saved[0])
+
+    # ------------------------------------------------------------ training, evaluation, generation, files
+
+    def config(self):
+        """The constructor arguments (without backend), as saved in config.json."""
+        return dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
+
+    def fit(self, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
+            stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
+            early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True,
+            max_batches=None, callback=None):
+        """Train with Adam on a 1-D id array (cut into windows) or on pre-made windows (x, y).
+
+        data: 1-D token ids, or (N, T) input windows with y (N, T) their targets.
+        seq_len, stride: window length and the distance between window starts
+            (stride=None: seq_len, non-overlapping; stride=1: every position, as in the classic recipe).
+        shuffle: a new seeded window order every epoch.
+        stateful: read the corpus as batch_size contiguous streams and carry the hidden
+            state (detached) from one batch to the next (truncated BPTT); ignores stride/shuffle.
+        val_ids: evaluated after each epoch (val_loss, val_perplexity in the history).
+        clip_norm: clip the gradients' global L2 norm. weight_decay: L2 term (as torch's Adam).
+        lr_decay: multiply lr by this when val loss did not improve for more than lr_patience epochs.
+        early_stopping: stop after this many epochs without val-loss improvement.
+        checkpoint_dir: save model + optimizer + position after every epoch (and on Ctrl-C);
+            resume=True continues from it exactly. tokenizer: saved with the checkpoints.
+        progress: a progress bar with loss, perplexity, tokens/s and ETA.
+        max_batches: stop (and checkpoint) after this many batches in this call.
+        callback: called with the history after every epoch.
+
+        Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
+        "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
+        """
+        from fastlm.training import fit
+        return fit(self, data, y, seq_len=seq_len, batch_size=batch_size, epochs=epochs, lr=lr, stride=stride,
+                   shuffle=shuffle, stateful=stateful, val_ids=val_ids, clip_norm=clip_norm,
+                   weight_decay=weight_decay, lr_decay=lr_decay, lr_patience=lr_patience,
+                   early_stopping=early_stopping, checkpoint_dir=checkpoint_dir, resume=resume,
+                   tokenizer=tokenizer if tokenizer is not None else self.tokenizer, progress=progress,
+                   max_batches=max_batches, callback=callback)
+
+    def evaluate(self, data, y=None, seq_len=100, batch_size=32):
+        """Loss (mean cross-entropy, nats), perplexity, top-1 accuracy and bits per token.
+
+        data: 1-D token ids, read as batch_size contiguous streams in chunks of seq_len
+        with the state carried across chunks, so every token but the last few is scored
+        with its full history; or (N, T) windows with targets y, each from a zero state.
+        """
+        from fastlm.batches import ContiguousBatches
+        seq_len = _positive_int("seq_len", seq_len)
+        batch_size = _positive_int("batch_size", batch_size)
+        if y is not None:
+            x, y = self.check_batch(data, y)
+            batches = ((x[r:r + batch_size], y[r:r + batch_size]) for r in range(0, len(x), batch_size))
+            stateful = False
+        else:
+            ids = check_ids("ids", data, self.vocab_size, 1)
+            if len(ids) < 2:
+                raise ValueError(f"evaluation needs at least 2 tokens, got {len(ids)}")
+            batches = ContiguousBatches(ids, seq_len, min(batch_size, len(ids) - 1)).epoch(0)
+            stateful = True
+        loss_sum, correct, tokens, state = 0.0, 0, 0, None
+        for xb, yb in batches:
+            loss, predictions, saved = self._forward(xb, yb, state)
+            loss_sum += loss * yb.size
+            correct += int(np.count_nonzero(predictions == yb))
+            tokens += yb.size
+            if stateful:
+                state = self._final_state(saved[0])
+        mean = loss_sum / tokens
+        return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf,
+                "accuracy": correct / tokens, "bits_per_token": mean / math.log(2), "tokens": tokens}
+
+    def generate(self, prompt_ids, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 num_samples=1):
+        """Sample new token ids after a prompt; the sampling loop runs in C++.
+
+        prompt_ids: 1-D ids (at least one) warming the state, or (S, P) for S prompts.
+        temperature 0 is greedy; top_k keeps the k most likely tokens; top_p the smallest
+        set whose probability reaches p. seed=None draws a fresh seed.
+        Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens).
+        """
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None:
+            top_k = _positive_int("top_k", top_k)
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        num_samples = _positive_int("num_samples", num_samples)
+        prompt = np.asarray(prompt_ids)
+        if prompt.size == 0:
+            raise ValueError("the prompt is empty: generation starts from at least one token id")
+        single = prompt.ndim == 1
+        prompt = check_ids("prompt_ids", prompt[None] if single else prompt, self.vocab_size, 2)
+        if num_samples > 1:
+            if prompt.shape[0] != 1:
+                raise ValueError("num_samples > 1 needs a single prompt")
+            prompt = np.repeat(prompt, num_samples, axis=0)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**64)
+        out = self._ops.generate(self._params, self.num_layers, prompt, int(max_new_tokens), float(temperature),
+                                 top_k or 0, 1.0 if top_p is None else float(top_p), int(seed) % 2**64)
+        return out[0] if single and num_samples == 1 else out
+
+    def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
+                      num_samples=1):
+        """Text in, text out, through the attached tokenizer: the continuation of prompt
+        (a str, or a list of num_samples str). Prompt words outside the vocabulary are
+        mapped to <unk> with a warning that says how many."""
+        tokenizer = self._require_tokenizer()
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        ids, unknown = tokenizer.encode(prompt, return_unknown=True)
+        if unknown:
+            shown = ", ".join(map(repr, tokenizer.unknown_tokens(prompt)[:10]))
+            warnings.warn(f"{unknown} prompt token(s) are not in the vocabulary and were mapped to "
+                          f"{tokenizer.vocab[tokenizer.unk_id]!r}: {shown}", stacklevel=2)
+        if len(ids) == 0:
+            ids = np.array([self._start_token(tokenizer)], dtype=np.int32)
+        out = self.generate(ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples)
+        texts = [tokenizer.decode(row) for row in np.atleast_2d(out)]
+        return texts[0] if num_samples == 1 else texts
+
+    @staticmethod
+    def _start_token(tokenizer):
+        """Where an empty prompt starts: a newline for characters, else the most frequent token."""
+        newline = tokenizer.encode("\n")
+        if len(newline) == 1 and newline[0] != tokenizer.unk_id:
+            return int(newline[0])
+        return min(tokenizer.unk_id + 1, len(tokenizer) - 1)
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer attached: set model.tokenizer, or save the model with "
+                             "save(directory, tokenizer=...) and load it with fastlm.load")
+        if len(self.tokenizer) != self.vocab_size:
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has "
+                             f"{self.vocab_size}")
+        return self.tokenizer
+
+    def save(self, directory, tokenizer=None):
+        """Write config.json, model.safetensors and (if any) tokenizer.json into directory, atomically."""
+        from fastlm import files
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is not None and len(tokenizer) != self.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                             f"{self.vocab_size}")
+        files.save(directory, self, tokenizer=tokenizer)

@@ -177,8 +177,11 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
 def clip_grad_norm(grads, max_norm):
     """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
 
-    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does.
+    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does; grads may
+    also be a single array.
     """
+    if isinstance(grads, np.ndarray):
+        grads = [grads]
     total = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
     if not np.isfinite(total):
         raise ValueError(f"gradient norm is {total}: the gradients hold NaN or infinity")

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "denormals.h"
 #include "embedding.h"
 #include "gemm.h"
 #include "generate.h"
@@ -67,6 +68,20 @@ void require_shape(const py::array& a, const char* name, const Shape& expected) 
             std::string(name) + " must have shape " + shape_str(expected) + ", got " + shape_str(shape_of(a)));
 }
 
+// The first id of values outside [0, limit), as an error message; values of any integer type.
+template <typename T>
+void check_id_range(const py::array& a, const char* name, int64_t limit) {
+    const auto typed = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+    const T* v = typed.data();
+    for (int64_t i = 0; i < int64_t(typed.size()); ++i) {
+        if (v[i] < T(0) || (v[i] > T(0) && uint64_t(v[i]) >= uint64_t(limit))) {
+            std::ostringstream out;
+            out << name << " holds id " << v[i] << " at flat index " << i << ", outside [0, " << limit << ")";
+            throw py::value_error(out.str());
+        }
+    }
+}
+
 // Token ids: any integer dtype, range-checked into [0, limit), returned as int32.
 IdArray id_input(const py::handle& obj, const char* name, int64_t limit) {
     py::array a = as_array(obj, name);
@@ -74,31 +89,31 @@ IdArray id_input(const py::handle& obj, const char* name, int64_t limit) {
     if (kind != 'i' && kind != 'u')
         throw py::type_error(std::string(name) + " must be an integer array of token ids, got dtype " +
                              py::str(a.dtype()).cast<std::string>());
-    auto wide = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-    const int64_t* v = wide.data();
-    const int64_t n = wide.size();
-    for (int64_t i = 0; i < n; ++i) {
-        if (v[i] < 0 || v[i] >= limit) {
-            std::ostringstream out;
-            out << name << " holds id " << v[i] << " at flat index " << i << ", outside [0, " << limit << ")";
-            throw py::value_error(out.str());
-        }
-    }
-    return IdArray::ensure(wide);
+    if (kind == 'u')
+        check_id_range<uint64_t>(a, name, limit);
+    else
+        check_id_range<int64_t>(a, name, limit);
+    return IdArray::ensure(a);
 }
 
 // An array updated in place: it must already be what the kernel writes, since a
 // converted copy would leave the caller's array untouched.
 py::array_t<float> inplace_float(const py::handle& obj, const char* name) {
     py::array a = as_array(obj, name);
-    const bool exact = a.dtype().is(py::dtype::of<float>()) &&
-                       (a.flags() & py::array::c_style) && a.writeable();
-    if (!exact)
-        throw py::type_error(std::string(name) +
-                             " is updated in place and must be a writeable C-contiguous float32 array, got dtype " +
-                             py::str(a.dtype()).cast<std::string>());
+    const std::string what = std::string(name) + " is updated in place and must be a writeable C-contiguous "
+                                                 "float32 array, but it is ";
+    if (!a.dtype().is(py::dtype::of<float>()))
+        throw py::type_error(what + "of dtype " + py::str(a.dtype()).cast<std::string>());
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(what + "not C-contiguous");
+    if (!a.writeable()) throw py::value_error(what + "read-only");
     return py::array_t<float>(a);
 }
+
+// Around every kernel call: other Python threads run meanwhile, and subnormals are flushed.
+struct KernelScope {
+    py::gil_scoped_release release;
+    FlushDenormals flush;
+};
 
 void require_nonempty(int64_t batch, int64_t steps) {
     require(batch > 0, "batch is empty (B = 0)");
@@ -116,7 +131,7 @@ py::array_t<float> py_embedding_forward(const py::handle& weight_obj, const py::
     out_shape.push_back(E);
     py::array_t<float> out(out_shape);
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         embedding_forward(weight.data(), E, ids.data(), ids.size(), out.mutable_data());
     }
     return out;
@@ -125,6 +140,7 @@ py::array_t<float> py_embedding_forward(const py::handle& weight_obj, const py::
 py::array_t<float> py_embedding_backward(const py::handle& dout_obj, const py::handle& ids_obj, int64_t vocab_size) {
     require(vocab_size > 0, "vocab_size must be positive, got " + std::to_string(vocab_size));
     const IdArray ids = id_input(ids_obj, "ids", vocab_size);
+    require(ids.ndim() >= 1 && ids.size() > 0, "ids must be a non-empty array");
     const FloatArray dout = float_input(dout_obj, "dout", ids.ndim() + 1);
     Shape expected = shape_of(ids);
     const int64_t E = dout.shape(ids.ndim());
@@ -132,7 +148,7 @@ py::array_t<float> py_embedding_backward(const py::handle& dout_obj, const py::h
     require_shape(dout, "dout", expected);
     py::array_t<float> dweight({vocab_size, E});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         embedding_backward(dout.data(), E, ids.data(), ids.size(), vocab_size, dweight.mutable_data());
     }
     return dweight;
@@ -170,7 +186,7 @@ py::tuple py_lstm_forward(const py::handle& x, const py::handle& w_ih, const py:
     require_shape(b_hh, "b_hh", {4 * H});
     py::array_t<float> hs({B, T, H}), cs({B, T, H}), gates({B, T, 4 * H});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         lstm_forward(a.shape, a.x.data(), a.w_ih.data(), a.w_hh.data(), b_ih.data(), b_hh.data(), a.h0.data(),
                      a.c0.data(), hs.mutable_data(), cs.mutable_data(), gates.mutable_data());
     }
@@ -200,7 +216,7 @@ py::tuple py_lstm_backward(const py::handle& dhs_obj, const py::handle& dh_n_obj
     }
     py::array_t<float> dx({B, T, I}), dw_ih({4 * H, I}), dw_hh({4 * H, H}), db({4 * H}), dh0({B, H}), dc0({B, H});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         lstm_backward(a.shape, dhs.data(), dh_n_obj.is_none() ? nullptr : dh_n.data(),
                       dc_n_obj.is_none() ? nullptr : dc_n.data(), a.x.data(), a.w_ih.data(), a.w_hh.data(),
                       a.h0.data(), a.c0.data(), hs.data(), cs.data(), gates.data(), dx.mutable_data(),
@@ -240,7 +256,7 @@ py::tuple py_output_loss_forward(const py::handle& h, const py::handle& weight, 
     py::array_t<int32_t> predictions({a.shape.rows});
     double loss;
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         loss = output_loss_forward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
                                    lse.mutable_data(), predictions.mutable_data());
     }
@@ -255,7 +271,7 @@ py::tuple py_output_loss_backward(const py::handle& h, const py::handle& weight,
     py::array_t<float> dh({a.shape.rows, a.shape.hidden}), dweight({a.shape.vocab, a.shape.hidden}),
         dbias({a.shape.vocab});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         output_loss_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(), lse.data(),
                              dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
     }
@@ -278,15 +294,18 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
     require(lr >= 0.0, "lr must be >= 0");
     require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
     require(eps >= 0.0 && weight_decay >= 0.0, "eps and weight_decay must be >= 0");
-    py::gil_scoped_release release;
+    KernelScope scope;
     if (!all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
     adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
                 {lr, beta1, beta2, eps, weight_decay});
 }
 
-double py_clip_grad_norm(const py::sequence& grads_obj, double max_norm) {
+double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
     require(max_norm > 0.0, "max_norm must be positive");
+    // One array or a sequence of them, as torch.nn.utils.clip_grad_norm_ takes.
+    const py::sequence grads_obj = py::isinstance<py::array>(grads_arg) ? py::sequence(py::make_tuple(grads_arg))
+                                                                         : py::sequence(grads_arg);
     std::vector<py::array_t<float>> keep;
     std::vector<std::pair<float*, int64_t>> arrays;
     for (size_t i = 0; i < grads_obj.size(); ++i) {
@@ -294,7 +313,7 @@ double py_clip_grad_norm(const py::sequence& grads_obj, double max_norm) {
         keep.push_back(inplace_float(grads_obj[i], name.c_str()));
         arrays.emplace_back(keep.back().mutable_data(), keep.back().size());
     }
-    py::gil_scoped_release release;
+    KernelScope scope;
     return clip_grad_norm(arrays, max_norm);
 }
 
@@ -310,7 +329,7 @@ py::tuple py_windows(const py::handle& ids_obj, int64_t seq_len, int64_t stride)
                            std::to_string(seq_len + 1));
     py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         make_windows(ids.data(), seq_len, stride, count, x.mutable_data(), y.mutable_data());
     }
     return py::make_tuple(x, y);
@@ -329,7 +348,7 @@ py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_
     const int64_t count = starts32.size();
     py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         gather_windows(ids.data(), starts.data(), count, seq_len, x.mutable_data(), y.mutable_data());
     }
     return py::make_tuple(x, y);
@@ -380,7 +399,7 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
     require(prompt_len > 0, "prompt is empty: generation needs at least one token to start from");
     py::array_t<int32_t> out({samples, max_new_tokens});
     {
-        py::gil_scoped_release release;
+        KernelScope scope;
         generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
                  out.mutable_data());
     }

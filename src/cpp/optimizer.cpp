@@ -1,5 +1,6 @@
 #include "optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -35,12 +36,20 @@ void adam_update(float* param, const float* grad, float* m, float* v, int64_t n,
 }
 
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
+    // Fixed blocks summed in a fixed order: the norm does not depend on the thread count.
+    constexpr int64_t kBlock = 4096;
     double total = 0.0;
+    std::vector<double> partial;
     for (const auto& [x, n] : arrays) {
-        double sum = 0.0;
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(static) reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
-        total += sum;
+        const int64_t blocks = (n + kBlock - 1) / kBlock;
+        partial.assign(blocks, 0.0);
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+        for (int64_t b = 0; b < blocks; ++b) {
+            double sum = 0.0;
+            for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) sum += double(x[i]) * double(x[i]);
+            partial[b] = sum;
+        }
+        for (double sum : partial) total += sum;
     }
     return std::sqrt(total);
 }

@@ -7,6 +7,7 @@
 #include "activations.h"
 #include "gemm.h"
 #include "parallel.h"
+#include "sampling.h"
 
 namespace fastlm {
 namespace {
@@ -23,25 +24,25 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
     const PackedB weight_t(weight, H, /*trans_b=*/true, H, V);
     const int64_t rows_per_chunk = chunk_rows(s);
     std::vector<float> logits(rows_per_chunk * V);
+    std::vector<double> row_loss(rows_per_chunk);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
         sgemm_packed(false, rows, h + r0 * H, H, weight_t, 0.0f, logits.data(), V);
-#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static) reduction(+ : total)
+#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             float* z = logits.data() + r * V;
             for (int64_t v = 0; v < V; ++v) z[v] += bias[v];
-            int64_t best = 0;
-            for (int64_t v = 1; v < V; ++v)
-                if (z[v] > z[best]) best = v;
+            const int64_t best = argmax(z, V);
             const float peak = z[best];
             double sum = 0.0;
             for (int64_t v = 0; v < V; ++v) sum += exp_approx(z[v] - peak);
             const float row_lse = peak + static_cast<float>(std::log(sum));
             lse[r0 + r] = row_lse;
             predictions[r0 + r] = static_cast<int32_t>(best);
-            total += static_cast<double>(row_lse) - static_cast<double>(z[targets[r0 + r]]);
+            row_loss[r] = static_cast<double>(row_lse) - static_cast<double>(z[targets[r0 + r]]);
         }
+        for (int64_t r = 0; r < rows; ++r) total += row_loss[r];  // fixed order: thread-count independent
     }
     return total / static_cast<double>(s.rows);
 }

@@ -7,9 +7,7 @@ namespace fastlm {
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch) {
-    int64_t best = 0;
-    for (int64_t v = 1; v < vocab; ++v)
-        if (logits[v] > logits[best]) best = v;
+    const int64_t best = argmax(logits, vocab);
     if (config.temperature == 0.0) return static_cast<int32_t>(best);
 
     auto& cand = scratch.candidates;

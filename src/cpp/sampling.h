@@ -8,6 +8,17 @@
 
 namespace fastlm {
 
+// Index of the largest value, the first one on ties; the first NaN if there is one
+// (NumPy's argmax, so the twins agree even on broken input).
+inline int64_t argmax(const float* x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (x[i] != x[i]) return i;
+        if (x[i] > x[best]) best = i;
+    }
+    return best;
+}
+
 // splitmix64: tiny, fast, and the same stream on every platform.
 class SplitMix64 {
 public:

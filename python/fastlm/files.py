@@ -1,0 +1,159 @@
+"""Model directories: config.json, model.safetensors, tokenizer.json and, for resuming
+training, optimizer.safetensors and trainer.json.
+
+Every file is written to a temporary name in the same directory and renamed into place,
+so a crash never leaves a half-written file. config.json is written last and carries a
+save id that the other files repeat: files from different saves (an interrupted save)
+are detected on loading instead of being mixed silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+
+
+def atomic_write(path, write):
+    """Call write(temporary_path), then rename the temporary file to path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def _save_tensors(path, tensors, save_id):
+    from safetensors.numpy import save_file
+    atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                             metadata={"save_id": save_id}))
+
+
+def _load_tensors(path, save_id):
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            found_id = (f.metadata() or {}).get("save_id")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"cannot read {path}: {error}") from None
+    if found_id != save_id:
+        raise ValueError(f"{path} does not belong to the same save as {path.parent / CONFIG_FILE} "
+                         "(an interrupted save?); save the model again")
+    return tensors
+
+
+def _read_json(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing ({what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is corrupted: {error}") from None
+
+
+def save(directory, model, tokenizer=None, training=None):
+    """Write model (and tokenizer, and training state for resume) into directory.
+
+    training: None or (optimizer_arrays: dict name -> array, trainer: JSON-able dict).
+    """
+    from fastlm import __version__
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_id = uuid.uuid4().hex
+    _save_tensors(directory / MODEL_FILE, model.state_dict(), save_id)
+    if tokenizer is not None:
+        atomic_write(directory / TOKENIZER_FILE, tokenizer.save)
+    else:
+        (directory / TOKENIZER_FILE).unlink(missing_ok=True)
+    if training is not None:
+        arrays, trainer = training
+        _save_tensors(directory / OPTIMIZER_FILE, arrays, save_id)
+        atomic_write_json(directory / TRAINER_FILE, {**trainer, "save_id": save_id})
+    else:  # a plain save must not leave a stale checkpoint that --resume would pick up
+        (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
+        (directory / TRAINER_FILE).unlink(missing_ok=True)
+    atomic_write_json(directory / CONFIG_FILE, {
+        "format_version": FORMAT_VERSION,
+        "fastlm_version": __version__,
+        "save_id": save_id,
+        "model": model.config(),
+        "tokenizer": {"level": tokenizer.level, "size": len(tokenizer)} if tokenizer is not None else None,
+        "has_training_state": training is not None,
+    })
+
+
+def read_config(directory):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    config = _read_json(directory / CONFIG_FILE, "not a fastlm model directory?")
+    if not isinstance(config, dict) or not isinstance(config.get("format_version"), int):
+        raise ValueError(f"{directory / CONFIG_FILE} has no format_version: not a fastlm model config")
+    if config["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written in format version {config['format_version']} by a newer fastlm; "
+                         f"this fastlm reads up to version {FORMAT_VERSION}: upgrade fastlm")
+    for key in ("save_id", "model"):
+        if key not in config:
+            raise ValueError(f"{directory / CONFIG_FILE} lacks the entry {key!r}")
+    return config
+
+
+def load(directory, backend="cpp"):
+    """The model saved in directory, with its tokenizer (model.tokenizer, or None)."""
+    from fastlm.model import LSTMLM
+    from fastlm.tokenizer import Tokenizer
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        model = LSTMLM(**config["model"], backend=backend)
+    except TypeError as error:
+        raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
+    model.load_state_dict(_load_tensors(directory / MODEL_FILE, config["save_id"]))
+    tokenizer = None
+    if (directory / TOKENIZER_FILE).is_file():
+        tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
+        if len(tokenizer) != model.vocab_size:
+            raise ValueError(f"{directory / TOKENIZER_FILE} has {len(tokenizer)} tokens but the model's "
+                             f"vocabulary has {model.vocab_size}: the files do not belong together")
+    model.tokenizer = tokenizer
+    return model
+
+
+def load_training_state(directory):
+    """(optimizer arrays, trainer dict) of a checkpoint, for resuming."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if not config.get("has_training_state") or not (directory / TRAINER_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
+                                "(train with a checkpoint directory first)")
+    trainer = _read_json(directory / TRAINER_FILE, "training position")
+    if trainer.get("save_id") != config["save_id"]:
+        raise ValueError(f"{directory / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
+    return _load_tensors(directory / OPTIMIZER_FILE, config["save_id"]), trainer

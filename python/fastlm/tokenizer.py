@@ -1,0 +1,637 @@
+"""Word- and character-level tokenizer: text <-> 1-D int32 token ids.
+
+Pure Python + NumPy; needs nothing from the C++ core.
+
+Levels
+    ``"word"``  tokens are what ``str.split()`` returns: runs of non-whitespace, split at
+                any Unicode whitespace (the classic Keras recipe). With
+                ``split_punctuation=True`` a token is instead a run of letters, digits,
+                underscores and combining marks, or any other single non-space character
+                (plus the combining marks that follow it): ``"Hello, world!"`` gives
+                ``Hello , world !`` and ``"don't"`` gives ``don ' t``.
+    ``"char"``  tokens are Unicode code points (not grapheme clusters: ``"é"`` written as
+                ``e`` + U+0301 is two tokens). Whitespace is kept.
+
+Special token
+    ``"<unk>"`` always has id 0 (``Tokenizer.UNK_ID``, ``tok.unk_id``). Every token not in
+    the vocabulary -- never seen, or dropped by ``min_count`` / ``max_vocab`` -- encodes
+    to it, and ``decode`` renders id 0 as the string ``"<unk>"``. At word level the
+    literal word ``<unk>`` in a text (as in the Penn Treebank) also encodes to id 0.
+
+Vocabulary order
+    ``"<unk>"`` first, then by descending training count, ties broken by the token string
+    (code point order). Fitting the same text always gives the same ids.
+
+Round trips
+    Char level: ``decode(encode(t)) == t`` exactly for text whose characters are all in the
+    vocabulary (and already lower case when ``lowercase=True``). Word level: the tokens
+    come back joined by single spaces -- whitespace (newlines included) is normalised.
+    No Unicode normalisation (NFC/NFKC) is applied at either level.
+
+Streaming
+    ``fit`` accepts a str or any iterable of str chunks (taken as their concatenation;
+    chunks may split words anywhere). ``fit_file`` and ``encode_file`` read a file in
+    chunks of ``chunk_size`` bytes, re-cut just after whitespace so that no word or
+    character is split, so memory stays bounded by the chunk size plus the vocabulary
+    plus the output ids (at word level also by the longest run without whitespace; char
+    level cuts runs longer than 4M characters anyway, where with ``lowercase=True`` a
+    capital sigma right at such a cut could lowercase to "σ" instead of final "ς").
+    Files are decoded without newline translation: a ``"\\r\\n"`` file gives ``"\\r"``
+    tokens at char level. Bytes invalid in the encoding raise ValueError naming the file
+    and byte offset; pass ``errors="replace"`` to read them as U+FFFD instead.
+
+Files
+    ``save`` writes JSON atomically: ``{"type": "fastlm.Tokenizer", "format": 1, "level",
+    "lowercase", "split_punctuation", "min_count", "max_vocab", "unk_token", "unk_id",
+    "vocab": [...], "counts": [...]}``. ``load`` raises FileNotFoundError for a missing
+    file and ValueError, naming the file and the problem, for anything else it cannot use.
+"""
+from __future__ import annotations
+
+import codecs
+import errno
+import functools
+import json
+import os
+import re
+import secrets
+import sys
+import unicodedata
+from collections import Counter
+from itertools import repeat
+
+import numpy as np
+
+UNK = "<unk>"
+FORMAT = 1  # version of the JSON written by Tokenizer.save
+LEVELS = ("word", "char")
+
+_CHUNK_BYTES = 1 << 20  # bytes read per step by fit_file / encode_file
+_PIECE_CHARS = 1 << 20  # characters tokenized per step for in-memory text and iterables
+_MAX_RUN_CHARS = 1 << 22  # char level: a run this long without whitespace is cut anyway
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_int(name, value, low, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+def _check_options(level, min_count, max_vocab, lowercase, split_punctuation):
+    if level not in LEVELS:
+        raise ValueError(f"level must be 'word' or 'char', got {level!r}")
+    options = {
+        "level": level,
+        "min_count": _check_int("min_count", min_count, 1),
+        "max_vocab": _check_int("max_vocab", max_vocab, 2, allow_none=True),
+        "lowercase": _check_bool("lowercase", lowercase),
+        "split_punctuation": _check_bool("split_punctuation", split_punctuation),
+    }
+    if level == "char" and options["split_punctuation"]:
+        raise ValueError("split_punctuation applies to level='word' only")
+    return options
+
+
+def _check_text(name, text):
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    return text
+
+
+# ---------------------------------------------------------------- splitting text
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+@functools.lru_cache(maxsize=None)
+def _punctuation_regexes():
+    """Tokens for split_punctuation=True: <unk>, word runs (with combining marks), or one other char.
+
+    Two compiled forms: the complete one, and one without the combining marks beyond the
+    Basic Multilingual Plane, which is three times faster (re tests those ranges one by one)
+    and gives the same tokens on text without such characters.
+    """
+    category = unicodedata.category
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):
+        is_mark = cp <= sys.maxunicode and category(chr(cp))[0] == "M"
+        if is_mark and start is None:
+            start = cp
+        elif not is_mark and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+
+    def compiled(marks):
+        m = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in marks)
+        return re.compile(rf"<unk>|[\w{m}]+|[^\s\w{m}][{m}]*")
+
+    return compiled([r for r in ranges if r[1] <= 0xFFFF]), compiled(ranges)
+
+
+def _word_tokens(text, lowercase, split_punctuation):
+    if lowercase:
+        text = text.lower()
+    if not split_punctuation:
+        return text.split()
+    bmp, full = _punctuation_regexes()
+    return (bmp if text.isascii() or not _ASTRAL.search(text) else full).findall(text)
+
+
+def _codepoints(text):
+    """The code points of a str as a uint32 array (lone surrogates allowed)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def _end_of_last_space(s):
+    """Index just after the last whitespace character of s, or 0 if s has none."""
+    if s[-1].isspace():
+        return len(s)
+    start = max(0, len(s) - 256)
+    m = _LAST_SPACE.search(s, start)
+    if m is None and start > 0:
+        m = _LAST_SPACE.search(s)
+    return m.start() + 1 if m else 0
+
+
+def _whole_pieces(chunks, min_chars, max_run):
+    """Regroup str chunks into pieces of >= min_chars chars, each ending just after whitespace.
+
+    Concatenated, the pieces equal the chunks concatenated. Cutting only after whitespace
+    keeps every word whole, and keeps str.lower() (whose final-sigma rule looks at
+    neighbouring letters) equal piece by piece and on the whole. Text without whitespace
+    is carried on until whitespace or the end of the text, or, when max_run is given
+    (char level), cut at a chunk end once max_run chars have gathered -- the one place
+    where lowercasing a piece could differ from lowercasing the whole (a capital sigma
+    right at the cut).
+    """
+    buf, size, cut_at = [], 0, None  # cut_at: (index into buf, offset) just after the last whitespace
+    for chunk in chunks:
+        if not chunk:
+            continue
+        buf.append(chunk)
+        size += len(chunk)
+        end = _end_of_last_space(chunk)
+        if end:
+            cut_at = (len(buf) - 1, end)
+        if size < min_chars:
+            continue
+        if cut_at is None:
+            if max_run is None or size < max_run:
+                continue
+            cut_at = (len(buf) - 1, len(chunk))
+        k, end = cut_at
+        head = buf[:k]
+        head.append(buf[k][:end])
+        rest = buf[k][end:]
+        yield "".join(head)
+        buf = ([rest] if rest else []) + buf[k + 1:]
+        size = sum(map(len, buf))
+        cut_at = None  # nothing after the last whitespace holds whitespace
+    if buf:
+        yield "".join(buf)
+
+
+def _str_chunks(text):
+    """Bounded slices of an in-memory str."""
+    for start in range(0, len(text), _PIECE_CHARS):
+        yield text[start:start + _PIECE_CHARS]
+
+
+def _checked_chunks(iterable):
+    for i, chunk in enumerate(iterable):
+        if not isinstance(chunk, str):
+            raise TypeError(f"text chunk {i} must be a str, got {type(chunk).__name__}"
+                            + (" (open files in text mode, or use Tokenizer.fit_file)"
+                               if isinstance(chunk, (bytes, bytearray)) else ""))
+        yield chunk
+
+
+def _text_pieces(text, level):
+    """Pieces of a str or of an iterable of str chunks (checked here, so TypeError comes early)."""
+    if isinstance(text, str):
+        return _whole_pieces(_str_chunks(text), 1, _max_run(level))
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}; "
+                        "decode it first, or use Tokenizer.fit_file")
+    if isinstance(text, os.PathLike):
+        raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}; "
+                        "use Tokenizer.fit_file for files")
+    try:
+        chunks = iter(text)
+    except TypeError:
+        raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}") from None
+    return _whole_pieces(_checked_chunks(chunks), _PIECE_CHARS, _max_run(level))
+
+
+def _file_chunks(path, encoding, errors, chunk_size):
+    """Decoded str chunks of a file, read chunk_size bytes at a time; decode errors name the byte offset."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    offset = 0  # bytes handed to the decoder so far
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk_size)
+            try:
+                pending = len(decoder.getstate()[0])  # bytes of a character split by the last read
+            except (TypeError, IndexError):
+                pending = 0
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                bad = e.object[e.start:e.end]
+                raise ValueError(f"{path}: not valid {encoding} at byte offset {at} "
+                                 f"(byte {bad[:4]!r}: {e.reason}); pass errors='replace' to read it "
+                                 "with U+FFFD in place of undecodable bytes") from e
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def _file_pieces(path, level, encoding, errors, chunk_size):
+    return _whole_pieces(_file_chunks(path, encoding, errors, chunk_size), 1, _max_run(level))
+
+
+def _max_run(level):
+    return _MAX_RUN_CHARS if level == "char" else None
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+class Tokenizer:
+    """A fitted vocabulary: encode text to int32 ids and decode ids back to text.
+
+    Build one with ``Tokenizer.fit`` / ``Tokenizer.fit_file`` (or ``Tokenizer.load``);
+    the constructor takes a ready vocabulary whose first entry is ``"<unk>"``.
+    """
+
+    UNK = UNK
+    UNK_ID = 0
+
+    def __init__(self, vocab, level="word", *, lowercase=False, split_punctuation=False, min_count=1,
+                 max_vocab=None, counts=None):
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+        vocab = tuple(vocab)
+        if len(vocab) < 2 or vocab[0] != UNK:
+            raise ValueError(f"vocab must start with {UNK!r} and hold at least one more token")
+        for i, token in enumerate(vocab):
+            if not isinstance(token, str):
+                raise TypeError(f"vocab entry {i} must be a str, got {type(token).__name__}")
+            if i > 0 and level == "char" and len(token) != 1:
+                raise ValueError(f"vocab entry {i} ({token!r}) is not a single character, as level='char' needs")
+            if i > 0 and level == "word" and (not token or any(c.isspace() for c in token)):
+                raise ValueError(f"vocab entry {i} ({token!r}) is empty or holds whitespace, "
+                                 "so no word-level text can produce it")
+        index = {token: i for i, token in enumerate(vocab)}
+        if len(index) != len(vocab):
+            duplicates = sorted({t for t in vocab if vocab.count(t) > 1}) if len(vocab) < 10000 else []
+            raise ValueError(f"vocab holds duplicate tokens {duplicates}".replace(" []", ""))
+        if options["max_vocab"] is not None and len(vocab) > options["max_vocab"]:
+            raise ValueError(f"vocab has {len(vocab)} tokens, more than max_vocab={options['max_vocab']}")
+        if counts is not None:
+            counts = tuple(counts)
+            if len(counts) != len(vocab):
+                raise ValueError(f"counts has {len(counts)} entries for {len(vocab)} tokens")
+            counts = tuple(_check_int(f"counts[{i}]", c, 0) for i, c in enumerate(counts))
+        self.level = options["level"]
+        self.lowercase = options["lowercase"]
+        self.split_punctuation = options["split_punctuation"]
+        self.min_count = options["min_count"]
+        self.max_vocab = options["max_vocab"]
+        self._vocab = vocab
+        self._counts = counts
+        self._index = index
+        self._char_table = None  # code point -> id, built on first char-level encode
+        self._char_codepoints = None  # id -> code point, built on first char-level decode
+
+    # ------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False):
+        """Fit a vocabulary on text: a str, or an iterable of str chunks (read as their concatenation).
+
+        min_count: tokens seen fewer times map to <unk>. max_vocab: keep at most this many
+        entries, <unk> included (the most frequent tokens). Raises ValueError for an empty
+        corpus or bad options, TypeError for input that is not text.
+        """
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+        return cls._fit_pieces(_text_pieces(text, level), options)
+
+    @classmethod
+    def fit_file(cls, path, level="word", *, min_count=1, max_vocab=None, lowercase=False,
+                 split_punctuation=False, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES):
+        """Fit on a text file read in chunks of chunk_size bytes (memory bounded by the chunk and the vocabulary).
+
+        The same vocabulary as ``fit(open(path, encoding=encoding, newline="").read(), ...)``.
+        Bytes that are not valid in the encoding raise ValueError naming the file and byte
+        offset, unless errors="replace" (or another codecs error handler) is given.
+        """
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        path = os.fspath(path)
+        return cls._fit_pieces(_file_pieces(path, level, encoding, errors, chunk_size), options)
+
+    @classmethod
+    def _fit_pieces(cls, pieces, options):
+        level, min_count, max_vocab = options["level"], options["min_count"], options["max_vocab"]
+        keep = (max_vocab - 1) if max_vocab is not None else None
+        if level == "word":
+            counter = Counter()
+            for piece in pieces:
+                counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"]))
+            total = sum(counter.values())
+            items = sorted(((t, c) for t, c in counter.items() if c >= min_count and t != UNK),
+                           key=lambda tc: (-tc[1], tc[0]))[:keep]
+            tokens = [t for t, _ in items]
+            kept = [c for _, c in items]
+        else:
+            counts = np.zeros(0, dtype=np.int64)
+            for piece in pieces:
+                if options["lowercase"]:
+                    piece = piece.lower()
+                piece_counts = np.bincount(_codepoints(piece))
+                if len(piece_counts) > len(counts):
+                    counts = np.concatenate([counts, np.zeros(len(piece_counts) - len(counts), np.int64)])
+                counts[:len(piece_counts)] += piece_counts
+            total = int(counts.sum())
+            cps = np.flatnonzero(counts >= min_count)
+            cps = cps[np.lexsort((cps, -counts[cps]))][:keep]
+            tokens = [chr(cp) for cp in cps.tolist()]
+            kept = counts[cps].tolist()
+        if total == 0:
+            raise ValueError("empty corpus: the text holds no tokens to fit a vocabulary on")
+        if not tokens:
+            raise ValueError(f"no token occurs at least min_count={min_count} times in the corpus "
+                             f"({total} tokens); lower min_count")
+        return cls([UNK] + tokens, counts=[total - sum(kept)] + kept, **options)
+
+    # ------------------------------------------------------------ vocabulary access
+
+    def __len__(self):
+        return len(self._vocab)
+
+    @property
+    def vocab_size(self):
+        return len(self._vocab)
+
+    @property
+    def unk_id(self):
+        """Id of "<unk>": always 0."""
+        return self.UNK_ID
+
+    @property
+    def vocab(self):
+        """All tokens in id order (a tuple; vocab[0] == "<unk>")."""
+        return self._vocab
+
+    @property
+    def counts(self):
+        """Training count of each token in id order (counts[0]: training tokens mapped to <unk>), or None."""
+        return self._counts
+
+    def __getitem__(self, token):
+        """Id of a token in the vocabulary; KeyError if it is not (see token_to_id for a lenient lookup)."""
+        return self._index[token]
+
+    def __contains__(self, token):
+        return token in self._index
+
+    def token_to_id(self, token):
+        """Id of a token; unk_id if it is not in the vocabulary (as encode would map it)."""
+        return self._index.get(token, self.UNK_ID)
+
+    def id_to_token(self, token_id):
+        """The token with this id; IndexError outside [0, len(self))."""
+        token_id = _check_int("token_id", token_id, 0)
+        if token_id >= len(self._vocab):
+            raise IndexError(f"token id {token_id} outside the vocabulary [0, {len(self._vocab)})")
+        return self._vocab[token_id]
+
+    def __eq__(self, other):
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    def __repr__(self):
+        options = f"level={self.level!r}, size={len(self)}, lowercase={self.lowercase}"
+        if self.level == "word":
+            options += f", split_punctuation={self.split_punctuation}"
+        return f"Tokenizer({options})"
+
+    # ------------------------------------------------------------ encoding
+
+    def tokenize(self, text):
+        """The token strings of text, before lookup (word level: lowercased / punctuation split as configured)."""
+        text = _check_text("text", text)
+        if self.level == "word":
+            return _word_tokens(text, self.lowercase, self.split_punctuation)
+        return list(text.lower() if self.lowercase else text)
+
+    def encode(self, text, return_unknown=False):
+        """Token ids of a str as a 1-D int32 array; tokens not in the vocabulary get unk_id (0).
+
+        With return_unknown=True returns (ids, number of positions encoded as <unk>).
+        """
+        text = _check_text("text", text)
+        capacity = len(text) if self.level == "char" else len(text) // 4 + 16
+        ids = self._encode_pieces(_text_pieces(text, self.level), capacity)
+        return (ids, int(np.count_nonzero(ids == self.UNK_ID))) if return_unknown else ids
+
+    def encode_file(self, path, *, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES,
+                    return_unknown=False):
+        """Token ids of a text file, read in chunks of chunk_size bytes; 1-D int32 array.
+
+        Equal to ``encode(open(path, encoding=encoding, newline="").read())`` but memory
+        beyond the returned array stays bounded by a few chunks.
+        """
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        path = os.fspath(path)
+        size = os.stat(path).st_size
+        # A code point takes at least one byte, so the byte count bounds char-level output;
+        # words average well over 4 bytes with their separator. The array grows if needed.
+        capacity = size + 16 if self.level == "char" else size // 4 + 1024
+        ids = self._encode_pieces(_file_pieces(path, self.level, encoding, errors, chunk_size), capacity)
+        return (ids, int(np.count_nonzero(ids == self.UNK_ID))) if return_unknown else ids
+
+    def _encode_pieces(self, pieces, capacity):
+        # np.empty leaves the pages untouched, so an over-estimate costs no resident memory;
+        # ndarray.resize reallocates in place (mremap for large arrays) when growing and
+        # shrinking, so the result is never copied.
+        out = np.empty(max(capacity, 1), dtype=np.int32)
+        n = 0
+        for piece in pieces:
+            if self.level == "char":
+                values = _codepoints(piece.lower() if self.lowercase else piece)
+            else:
+                values = _word_tokens(piece, self.lowercase, self.split_punctuation)
+            k = len(values)
+            if n + k > len(out):
+                out.resize(max(n + k, len(out) + len(out) // 2 + 1024), refcheck=False)
+            if self.level == "char":
+                self._char_ids(values, out=out[n:n + k])
+            else:
+                out[n:n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)),
+                                           dtype=np.int32, count=k)
+            n += k
+        out.resize(n, refcheck=False)
+        return out
+
+    def _char_ids(self, codepoints, out=None):
+        if self._char_table is None:
+            cps = np.array([ord(t) for t in self._vocab[1:]], dtype=np.int64)
+            table = np.full(int(cps.max()) + 2, self.UNK_ID, dtype=np.int32)  # last entry: beyond the vocabulary
+            table[cps] = np.arange(1, len(self._vocab), dtype=np.int32)
+            self._char_table = table
+        return self._char_table.take(codepoints, mode="clip", out=out)
+
+    def count_unknown(self, text):
+        """How many tokens of text encode to <unk>."""
+        return self.encode(text, return_unknown=True)[1]
+
+    def unknown_tokens(self, text):
+        """The distinct tokens of text that encode to <unk>, in order of first appearance."""
+        tokens = self.tokenize(text)
+        if self.level == "char":
+            return list(dict.fromkeys(t for t in tokens if t not in self._index))
+        return list(dict.fromkeys(t for t in tokens if self._index.get(t, self.UNK_ID) == self.UNK_ID))
+
+    # ------------------------------------------------------------ decoding
+
+    def decode(self, ids):
+        """Text of token ids: word level joins tokens with single spaces; id 0 decodes as "<unk>"."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+        if ids.size == 0:
+            return ""
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integer token ids, got dtype {ids.dtype}")
+        low, high = ids.min(), ids.max()
+        if low < 0 or high >= len(self._vocab):
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} outside the vocabulary [0, {len(self._vocab)})")
+        if self.level == "word":
+            return " ".join(map(self._vocab.__getitem__, ids.tolist()))
+        if low == self.UNK_ID:  # "<unk>" is not one code point: join strings
+            return "".join(map(self._vocab.__getitem__, ids.tolist()))
+        if self._char_codepoints is None:
+            self._char_codepoints = np.array([0] + [ord(t) for t in self._vocab[1:]], dtype="<u4")
+        return self._char_codepoints[ids].tobytes().decode("utf-32-le", "surrogatepass")
+
+    # ------------------------------------------------------------ files
+
+    def to_dict(self):
+        """Everything save() writes, as JSON-ready Python values."""
+        return {
+            "type": "fastlm.Tokenizer",
+            "format": FORMAT,
+            "level": self.level,
+            "lowercase": self.lowercase,
+            "split_punctuation": self.split_punctuation,
+            "min_count": self.min_count,
+            "max_vocab": self.max_vocab,
+            "unk_token": UNK,
+            "unk_id": self.UNK_ID,
+            "vocab": list(self._vocab),
+            "counts": list(self._counts) if self._counts is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of to_dict; ValueError naming what is wrong for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("type") != "fastlm.Tokenizer":
+            raise ValueError(f"not a fastlm tokenizer (type {data.get('type')!r}, expected 'fastlm.Tokenizer')")
+        version = data.get("format")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"invalid format version {version!r}")
+        if version > FORMAT:
+            raise ValueError(f"tokenizer format {version} is newer than this fastlm reads (format {FORMAT}); "
+                             "upgrade fastlm")
+        missing = [key for key in ("level", "lowercase", "split_punctuation", "min_count", "max_vocab", "vocab")
+                   if key not in data]
+        if missing:
+            raise ValueError(f"missing {', '.join(map(repr, missing))}")
+        if data.get("unk_token", UNK) != UNK or data.get("unk_id", 0) != 0:
+            raise ValueError(f"unk token must be {UNK!r} with id 0")
+        for key in ("vocab", "counts"):
+            if key in data and data[key] is not None and not isinstance(data[key], list):
+                raise ValueError(f"{key!r} must be a list, got {type(data[key]).__name__}")
+        try:
+            return cls(data["vocab"], data["level"], lowercase=data["lowercase"],
+                       split_punctuation=data["split_punctuation"], min_count=data["min_count"],
+                       max_vocab=data["max_vocab"], counts=data.get("counts"))
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+
+    def save(self, path):
+        """Write the tokenizer as JSON, atomically (a temporary file in the same directory, then os.replace)."""
+        path = os.fspath(path)
+        data = self.to_dict()
+        try:
+            raw = (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: let JSON escape them
+            raw = (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode("ascii")
+        _atomic_write(path, raw)
+
+    @classmethod
+    def load(cls, path):
+        """Read a tokenizer written by save().
+
+        FileNotFoundError if path does not exist; ValueError naming the file and the problem
+        for anything that is not a valid tokenizer file of a format this version reads.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "tokenizer file not found", path) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a tokenizer file: not UTF-8 text ({e})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a tokenizer file: corrupted JSON ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def _atomic_write(path, raw):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "directory does not exist", directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open applies the umask to 0o666, so the file gets the permissions open() would give it.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

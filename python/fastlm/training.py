@@ -1,0 +1,236 @@
+"""LSTMLM.fit: the training loop.
+
+Adam with per-parameter moments, optional clipping by global norm, dropout, learning-rate
+decay on a validation plateau, early stopping, per-epoch checkpoints and exact resume.
+Every random choice (window order, dropout masks) is a pure function of (seed, epoch,
+batch), and the full optimizer state is saved, so training stopped after any batch and
+resumed is bit-identical to an uninterrupted run with the same seed and thread count.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+
+import numpy as np
+
+from fastlm import files
+from fastlm.batches import ArrayBatches, ContiguousBatches, WindowBatches, epoch_rng
+from fastlm.model import check_ids
+
+# Settings that must not change between a run and its resumption.
+RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
+               "lr_patience", "early_stopping", "data_tokens")
+
+
+class Adam:
+    """torch.optim.Adam: one first and second moment per parameter, step counted from 1."""
+
+    def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
+        self.m = {name: np.zeros_like(p) for name, p in params.items()}
+        self.v = {name: np.zeros_like(p) for name, p in params.items()}
+        self.step_count = 0
+
+    def step(self, ops, params, grads):
+        self.step_count += 1
+        for name, param in params.items():
+            ops.adam_update(param, grads[name], self.m[name], self.v[name], self.step_count, self.lr,
+                            self.beta1, self.beta2, self.eps, self.weight_decay)
+
+    def arrays(self):
+        return {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}
+
+    def load_arrays(self, arrays):
+        for name in self.m:
+            self.m[name] = np.array(arrays[f"m.{name}"], dtype=np.float32, order="C")
+            self.v[name] = np.array(arrays[f"v.{name}"], dtype=np.float32, order="C")
+
+
+class _InterruptFlag:
+    """First Ctrl-C: finish the current batch, checkpoint, stop. Second: stop at once."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful):
+    if y is not None:
+        x, y = model.check_batch(data, y)
+        return ArrayBatches(x, y, batch_size, shuffle, model.seed), x.size
+    ids = check_ids("ids", data, model.vocab_size, 1)
+    if len(ids) < seq_len + 1:
+        raise ValueError(f"the corpus has {len(ids)} tokens; training windows of seq_len={seq_len} "
+                         f"need at least {seq_len + 1}")
+    if stateful:
+        if len(ids) - 1 < batch_size * seq_len:
+            raise ValueError(f"stateful training cuts the corpus into batch_size={batch_size} streams of at least "
+                             f"seq_len={seq_len} tokens: it needs {batch_size * seq_len + 1} tokens, has {len(ids)}")
+        return ContiguousBatches(ids, seq_len, batch_size), len(ids)
+    return WindowBatches(model._ops, ids, seq_len, batch_size, stride, shuffle, model.seed), len(ids)
+
+
+def _progress_bar(progress, total, initial, epoch, epochs):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
+                dynamic_ncols=True)
+
+
+def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
+        stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
+        early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
+        callback=None):
+    """See LSTMLM.fit."""
+    epochs = _positive("epochs", epochs)
+    batch_size = _positive("batch_size", batch_size)
+    seq_len = _positive("seq_len", seq_len)
+    stride = seq_len if stride is None else _positive("stride", stride)
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+    if lr_decay is not None and not 0 < lr_decay < 1:
+        raise ValueError(f"lr_decay must lie in (0, 1) or be None, got {lr_decay}")
+    if (lr_decay is not None or early_stopping is not None) and val_ids is None:
+        raise ValueError("lr_decay and early_stopping watch the validation loss: pass val_ids")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if max_batches is not None:
+        max_batches = _positive("max_batches", max_batches)
+    if val_ids is not None:
+        val_ids = check_ids("val_ids", val_ids, model.vocab_size, 1)
+    batches, data_tokens = _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful)
+
+    settings = dict(seq_len=seq_len, batch_size=batch_size, stride=stride, shuffle=bool(shuffle),
+                    stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
+                    lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens))
+    adam = Adam(model._params, lr, weight_decay=weight_decay)
+    trainer = dict(epoch=0, batch=0, lr=float(lr), best_val_loss=None, epochs_without_improvement=0,
+                   stopped_early=False, epoch_loss_sum=0.0, epoch_tokens=0, epoch_seconds=0.0,
+                   history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [],
+                            "lr": []})
+    carry = None  # the hidden state carried between contiguous batches
+    if resume:
+        restored = files.load(checkpoint_dir, backend=model.backend)
+        arrays, saved = files.load_training_state(checkpoint_dir)
+        changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
+                   if saved["settings"].get(k) != settings[k]]
+        if changed:
+            raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
+        model.load_state_dict(restored.state_dict())
+        adam = Adam(model._params, saved["lr"], weight_decay=weight_decay)
+        adam.load_arrays(arrays)
+        adam.step_count = saved["adam_step"]
+        trainer = {k: saved[k] for k in trainer}
+        if stateful and f"carry.h.0" in arrays:
+            carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
+        if tokenizer is None:
+            tokenizer = restored.tokenizer
+
+    def checkpoint():
+        if checkpoint_dir is None:
+            return
+        state = dict(trainer, settings=settings, adam_step=adam.step_count)
+        arrays = adam.arrays()
+        if carry is not None:
+            for k, (h, c) in enumerate(carry):
+                arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"] = h, c
+        files.save(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
+
+    history = trainer["history"]
+    batches_run = 0
+    with _InterruptFlag() as interrupt:
+        while trainer["epoch"] < epochs and not trainer["stopped_early"]:
+            epoch = trainer["epoch"]
+            if trainer["batch"] == 0:
+                carry = None
+            bar = _progress_bar(progress, len(batches), trainer["batch"], epoch, epochs)
+            started = time.perf_counter() - trainer["epoch_seconds"]
+            for x, y_batch in batches.epoch(epoch, trainer["batch"]):
+                loss, grads, final_state = model._forward_backward(
+                    x, y_batch, initial_state=carry, train=True, rng=epoch_rng(model.seed, epoch, trainer["batch"]))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
+                                             f"{trainer['batch'] + 1}; lower lr or set clip_norm")
+                if clip_norm is not None:
+                    model._ops.clip_grad_norm(list(grads.values()), clip_norm)
+                adam.step(model._ops, model._params, grads)
+                if stateful:
+                    carry = final_state
+                trainer["batch"] += 1
+                trainer["epoch_loss_sum"] += loss * x.size
+                trainer["epoch_tokens"] += int(x.size)
+                trainer["epoch_seconds"] = time.perf_counter() - started
+                batches_run += 1
+                if bar is not None:
+                    mean = trainer["epoch_loss_sum"] / trainer["epoch_tokens"]
+                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
+                                    tok_s=f"{trainer['epoch_tokens'] / trainer['epoch_seconds']:.0f}", refresh=False)
+                    bar.update(1)
+                if interrupt.raised or (max_batches is not None and batches_run >= max_batches):
+                    break
+            if bar is not None:
+                bar.close()
+            if trainer["batch"] < len(batches):  # stopped inside the epoch: checkpoint the position
+                checkpoint()
+                history["interrupted"] = bool(interrupt.raised)
+                return history
+            _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping)
+            checkpoint()
+            if callback is not None:
+                callback(history)
+    history.pop("interrupted", None)
+    return history
+
+
+def _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):
+    """Record the epoch, then apply the plateau rules to the validation loss."""
+    history = trainer["history"]
+    history["epoch"].append(trainer["epoch"] + 1)
+    history["loss"].append(trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"]))
+    history["tokens_per_s"].append(trainer["epoch_tokens"] / max(trainer["epoch_seconds"], 1e-9))
+    history["lr"].append(adam.lr)
+    val_loss = None
+    if val_ids is not None:
+        result = model.evaluate(val_ids, seq_len=seq_len, batch_size=batch_size)
+        val_loss = result["loss"]
+    history["val_loss"].append(val_loss)
+    history["val_perplexity"].append(math.exp(val_loss) if val_loss is not None else None)
+    if val_loss is not None:
+        if trainer["best_val_loss"] is None or val_loss < trainer["best_val_loss"]:
+            trainer["best_val_loss"] = val_loss
+            trainer["epochs_without_improvement"] = 0
+        else:
+            trainer["epochs_without_improvement"] += 1
+            if lr_decay is not None and trainer["epochs_without_improvement"] > lr_patience:
+                adam.lr *= lr_decay
+            if early_stopping is not None and trainer["epochs_without_improvement"] >= early_stopping:
+                trainer["stopped_early"] = True
+    trainer["lr"] = adam.lr
+    trainer["epoch"] += 1
+    trainer["batch"] = 0
+    trainer["epoch_loss_sum"], trainer["epoch_tokens"], trainer["epoch_seconds"] = 0.0, 0, 0.0

@@ -1,0 +1,496 @@
+"""C++ ops against their NumPy twins: one table-driven harness, after ggml's test-backend-ops.
+
+Every op of ``fastlm._core`` has a twin of the same name and signature in
+``fastlm.reference``. A case names an op and its shapes; ``test_op`` builds seeded random
+float32 inputs for it, runs both twins on private copies (several ops work in place) and
+compares every output. Adding an op means adding one entry to ``OPS`` (how to build its
+inputs and name its outputs); testing another shape means adding one row to ``CASES``.
+
+The same table drives ``test_op_deterministic``: the C++ op run twice, and with one and
+with two threads, must give bit-identical results.
+
+Below the table: the model-level checks (C++ vs NumPy backend gradients, state_dict
+round trips, determinism of whole-model gradients).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import _core, reference
+
+# ------------------------------------------------------------------ tolerances
+
+# Normalised error of a float output: max|cpp - ref| / max|ref|, i.e. the worst absolute
+# difference measured against that output's own scale (not against 1, which would hide
+# errors in small outputs such as the 1/N-scaled loss gradients or Adam's second moment).
+# Both sides compute in float32 (unit roundoff 6e-8) but sum in different orders (blocked
+# GEMM vs BLAS, double vs float accumulators) and use different exp/tanh (a ~2-ulp
+# polynomial vs libm). Reductions of a few hundred terms then differ by a few 1e-7 of the
+# output's scale; 1e-5 leaves an order of magnitude of headroom and still catches any
+# wrong index, missing term, dropped chunk or lost bias, which show up at 1e-3 or above.
+TOL = 1e-5
+
+# Scalars (the mean loss, the gradient norm) are checked with the same normalised
+# error, |cpp - ref| / max(|ref|, 1), against the same bound.
+SCALAR_TOL = 1e-5
+
+# Arg-max predictions must agree exactly, except in rows where the two chosen logits are
+# tied to within the float32 noise of computing a logit: both picks must then lie within
+# TIE_TOL * max(1, max|logit|) of each other (logits recomputed in float64).
+TIE_TOL = 1e-5
+
+# ------------------------------------------------------------------ comparison
+
+
+def normalised_error(cpp, ref):
+    cpp = np.asarray(cpp, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert cpp.shape == ref.shape, f"shape {cpp.shape} != reference shape {ref.shape}"
+    assert np.all(np.isfinite(cpp)), "C++ output holds NaN or infinity"
+    if ref.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(ref)))
+    diff = float(np.max(np.abs(cpp - ref)))
+    return diff / scale if scale > 0 else diff
+
+
+def scalar_error(cpp, ref):
+    return abs(float(cpp) - float(ref)) / max(abs(float(ref)), 1.0)
+
+
+# Largest error seen per (op, output), printed at the end of the run with -s / -rA.
+OBSERVED: dict = {}
+
+
+def _record(op, name, err):
+    key = (op, name)
+    OBSERVED[key] = max(err, OBSERVED.get(key, 0.0))
+
+
+# ------------------------------------------------------------------ input builders
+#
+# A builder takes a seeded Generator and the case's shapes and returns Inputs: the
+# positional and keyword arguments of the op. Ops run either as one call (the default)
+# or through Op.run, for in-place ops that are called several times.
+
+
+@dataclass
+class Inputs:
+    args: list
+    kwargs: dict = field(default_factory=dict)
+
+
+def uniform(rng, shape, scale=1.0):
+    return (scale * rng.uniform(-1.0, 1.0, shape)).astype(np.float32)
+
+
+def normal(rng, shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def build_embedding_forward(rng, V, E, B, T):
+    return Inputs([normal(rng, (V, E)), rng.integers(0, V, (B, T), dtype=np.int32)])
+
+
+def build_embedding_backward(rng, V, E, B, T):
+    # V small against B*T makes ids repeat, so rows accumulate several positions.
+    return Inputs([normal(rng, (B, T, E)), rng.integers(0, V, (B, T), dtype=np.int32), V])
+
+
+def lstm_inputs(rng, B, T, I, H, scale=1.0, state="random"):
+    """x, weights and initial state of one layer; scale > 1 saturates the gates."""
+    bound = scale / math.sqrt(H)
+    x = uniform(rng, (B, T, I))
+    w_ih, w_hh = uniform(rng, (4 * H, I), bound), uniform(rng, (4 * H, H), bound)
+    b_ih, b_hh = uniform(rng, (4 * H,), bound), uniform(rng, (4 * H,), bound)
+    if state == "zero":
+        h0 = c0 = np.zeros((B, H), np.float32)
+    else:
+        h0, c0 = uniform(rng, (B, H)), uniform(rng, (B, H))
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+def build_lstm_forward(rng, B, T, I, H, scale=1.0, state="random"):
+    return Inputs(list(lstm_inputs(rng, B, T, I, H, scale, state)))
+
+
+def build_lstm_backward(rng, B, T, I, H, scale=1.0, state="random", final_grads=False):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = lstm_inputs(rng, B, T, I, H, scale, state)
+    hs, cs, gates = reference.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    dhs = normal(rng, (B, T, H))
+    dh_n, dc_n = (normal(rng, (B, H)), normal(rng, (B, H))) if final_grads else (None, None)
+    return Inputs([dhs, dh_n, dc_n, x, w_ih, w_hh, h0, c0, hs, cs, gates])
+
+
+def output_inputs(rng, N, H, V, scale=1.0, ties=False):
+    """Hidden rows in (-1, 1) like tanh outputs; logits of std ~ scale * sqrt(H / 9).
+
+    ties=True repeats the first half of the vocabulary's rows in the second half, so every
+    row's largest logit occurs twice: the arg-max is then decided by tie-breaking alone.
+    """
+    h = uniform(rng, (N, H))
+    weight, bias = uniform(rng, (V, H), scale), uniform(rng, (V,), scale)
+    if ties:
+        half = V // 2
+        weight[half:2 * half], bias[half:2 * half] = weight[:half], bias[:half]
+    targets = rng.integers(0, V, N, dtype=np.int32)
+    return h, weight, bias, targets
+
+
+def build_output_loss_forward(rng, N, H, V, scale=1.0, ties=False):
+    return Inputs(list(output_inputs(rng, N, H, V, scale, ties)))
+
+
+def build_output_loss_backward(rng, N, H, V, scale=1.0):
+    h, weight, bias, targets = output_inputs(rng, N, H, V, scale)
+    _, lse, _ = reference.output_loss_forward(h, weight, bias, targets)
+    return Inputs([h, weight, bias, targets, lse])
+
+
+def build_adam_update(rng, shape, steps, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
+    # One gradient per step; m and v start at zero, as in a fresh optimizer.
+    param = uniform(rng, shape)
+    grads = [normal(rng, shape, 0.1) for _ in range(steps)]
+    m, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    return Inputs([param, grads, m, v], dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
+                                             weight_decay=weight_decay))
+
+
+def run_adam_update(fn, inputs):
+    param, grads, m, v = inputs.args
+    for step, grad in enumerate(grads, start=1):
+        assert fn(param, grad, m, v, step, **inputs.kwargs) is None
+    return {"param": param, "m": m, "v": v}
+
+
+def build_clip_grad_norm(rng, shapes, max_norm):
+    return Inputs([[normal(rng, shape) for shape in shapes], max_norm])
+
+
+def run_clip_grad_norm(fn, inputs):
+    grads, max_norm = inputs.args
+    norm = fn(grads, max_norm)
+    assert isinstance(norm, float)
+    return {"norm": norm, **{f"grads[{i}]": g for i, g in enumerate(grads)}}
+
+
+def build_windows(rng, length, seq_len, stride=1, dtype="int32"):
+    return Inputs([rng.integers(0, 1009, length).astype(dtype), seq_len, stride])
+
+
+# ------------------------------------------------------------------ the op table
+
+
+def run_call(fn, inputs):
+    return fn(*inputs.args, **inputs.kwargs)
+
+
+@dataclass
+class Op:
+    build: Callable
+    outputs: tuple  # names of the outputs, in the order the op returns them
+    run: Callable = run_call  # fn, Inputs -> tuple of outputs, or a dict name -> output
+    exact: tuple = ()  # outputs that must be bit-identical to the reference
+
+
+OPS = {
+    "embedding_forward": Op(build_embedding_forward, ("out",), exact=("out",)),
+    "embedding_backward": Op(build_embedding_backward, ("dweight",)),
+    "lstm_forward": Op(build_lstm_forward, ("hs", "cs", "gates")),
+    "lstm_backward": Op(build_lstm_backward, ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0")),
+    "output_loss_forward": Op(build_output_loss_forward, ("loss", "lse", "predictions")),
+    "output_loss_backward": Op(build_output_loss_backward, ("dh", "dweight", "dbias")),
+    "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
+    "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
+    "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
+}
+
+# GEMM blocking on this build: register tiles up to 8 x 32, row blocks of MC = 128,
+# depth blocks of KC = 256, work split over threads above 2**15 multiply-adds. The big
+# cases have rows > 128, K > 256 and widths that are no multiple of 8 or 16.
+CASES = [
+    # op, shapes
+    ("embedding_forward", dict(V=1009, E=19, B=3, T=5)),
+    ("embedding_forward", dict(V=2, E=1, B=1, T=1)),
+    ("embedding_forward", dict(V=100003, E=37, B=33, T=17)),
+    ("embedding_backward", dict(V=1009, E=19, B=3, T=5)),
+    ("embedding_backward", dict(V=3, E=1, B=1, T=1)),
+    ("embedding_backward", dict(V=5, E=130, B=33, T=17)),  # repeats; threads over column slices
+    ("lstm_forward", dict(B=1, T=1, I=19, H=37)),
+    ("lstm_forward", dict(B=1, T=7, I=19, H=37, state="zero")),
+    ("lstm_forward", dict(B=3, T=5, I=19, H=37)),
+    ("lstm_forward", dict(B=3, T=5, I=37, H=37)),  # a second layer's input width, I = H
+    # Saturated gates: weights x20, pre-activations of std ~14. Only a few steps: at x20 the
+    # recurrence amplifies float32 rounding ~1.7x per step (at T=6 the NumPy float32 twin is
+    # itself 8e-6 away from float64, the C++ op 2e-5), which tests conditioning, not the op.
+    ("lstm_forward", dict(B=4, T=3, I=19, H=37, scale=20.0)),
+    ("lstm_forward", dict(B=64, T=1, I=37, H=37, scale=20.0)),
+    ("lstm_forward", dict(B=33, T=17, I=257, H=130)),  # GEMM blocking, threaded cells
+    ("lstm_backward", dict(B=1, T=1, I=19, H=37)),
+    ("lstm_backward", dict(B=1, T=1, I=19, H=37, final_grads=True)),
+    ("lstm_backward", dict(B=3, T=5, I=19, H=37)),
+    ("lstm_backward", dict(B=3, T=5, I=19, H=37, final_grads=True)),
+    ("lstm_backward", dict(B=3, T=5, I=37, H=37, final_grads=True, state="zero")),
+    ("lstm_backward", dict(B=4, T=6, I=19, H=37, scale=20.0)),  # saturated gates
+    ("lstm_backward", dict(B=4, T=6, I=19, H=37, scale=20.0, final_grads=True)),
+    ("lstm_backward", dict(B=33, T=17, I=257, H=130, final_grads=True)),
+    ("output_loss_forward", dict(N=1, H=19, V=2)),
+    ("output_loss_forward", dict(N=15, H=37, V=1009)),
+    ("output_loss_forward", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190: exp needs the max shift
+    ("output_loss_forward", dict(N=300, H=257, V=521)),  # rows > 128, K > 256
+    ("output_loss_forward", dict(N=40, H=19, V=1009, ties=True)),  # exact arg-max ties
+    ("output_loss_forward", dict(N=64, H=37, V=100003)),  # 4 row chunks of 20
+    ("output_loss_forward", dict(N=300, H=37, V=20011)),  # 3 row chunks of 104
+    ("output_loss_backward", dict(N=1, H=19, V=2)),
+    ("output_loss_backward", dict(N=15, H=37, V=1009)),
+    # Peaked softmax for the gradient at x4 (logits up to ~33, top probabilities up to 0.99),
+    # not x20: a float32 logit z carries an absolute rounding of ~eps*|z|, so softmax values
+    # (and the float32 lse input itself) are only good to ~eps*|z| relative. At x20 (|z| up
+    # to 187) the NumPy float32 twin is itself 2e-5 from float64, and the C++ op 2.5e-5.
+    # exp(z - lse) cannot overflow, so the large-logit path is the forward's (x20 above).
+    ("output_loss_backward", dict(N=15, H=37, V=1009, scale=4.0)),
+    ("output_loss_backward", dict(N=300, H=257, V=521)),
+    ("output_loss_backward", dict(N=64, H=37, V=100003)),
+    ("output_loss_backward", dict(N=300, H=37, V=20011)),
+    ("adam_update", dict(shape=(37, 19), steps=5)),
+    ("adam_update", dict(shape=(37, 19), steps=5, weight_decay=0.01)),
+    ("adam_update", dict(shape=(1009,), steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
+    ("adam_update", dict(shape=(520, 130), steps=3, weight_decay=0.01)),  # threaded
+    ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=0.5)),  # clips
+    ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=1e6)),  # leaves alone
+    ("clip_grad_norm", dict(shapes=[(7,)], max_norm=1.0)),
+    ("clip_grad_norm", dict(shapes=[(520, 130), (520,), (1009, 130)], max_norm=1.0)),  # threaded
+    ("windows", dict(length=2, seq_len=1)),
+    ("windows", dict(length=1000, seq_len=7)),
+    ("windows", dict(length=1000, seq_len=5, stride=3)),
+    ("windows", dict(length=1001, seq_len=10, stride=10, dtype="int64")),
+    ("windows", dict(length=100000, seq_len=35, stride=1)),  # threaded
+]
+
+
+def case_id(op, shapes):
+    return op + "-" + "-".join(f"{k}={v}" for k, v in shapes.items()).replace(" ", "")
+
+
+CASE_PARAMS = [pytest.param(op, shapes, id=case_id(op, shapes)) for op, shapes in CASES]
+
+
+def make_inputs(op, shapes):
+    seed = zlib.crc32(case_id(op, shapes).encode())
+    return OPS[op].build(np.random.default_rng(seed), **shapes)
+
+
+def run(op, fn, inputs):
+    """Run fn on a private deep copy of the inputs; returns {output name: value}."""
+    result = OPS[op].run(fn, copy.deepcopy(inputs))
+    if isinstance(result, dict):
+        return result
+    result = result if isinstance(result, tuple) else (result,)
+    assert len(result) == len(OPS[op].outputs), f"{op} returned {len(result)} outputs"
+    return dict(zip(OPS[op].outputs, result))
+
+
+def check_predictions(cpp, ref, inputs):
+    """Arg-max rows must agree, except where the two picks tie within TIE_TOL."""
+    cpp, ref = np.asarray(cpp), np.asarray(ref)
+    assert cpp.dtype == np.int32 and cpp.shape == ref.shape
+    differ = np.flatnonzero(cpp != ref)
+    if differ.size == 0:
+        return 0.0
+    h, weight, bias = (np.asarray(a, np.float64) for a in inputs.args[:3])
+    logits = h[differ] @ weight.T + bias
+    rows = np.arange(differ.size)
+    gap = np.abs(logits[rows, cpp[differ]] - logits[rows, ref[differ]])
+    scale = np.maximum(1.0, np.max(np.abs(logits), axis=1))
+    worst = float(np.max(gap / scale))
+    assert worst <= TIE_TOL, (
+        f"predictions differ in rows {differ[:10].tolist()} by logit gaps up to {worst:.3g} of the row's scale"
+    )
+    return worst
+
+
+@pytest.mark.parametrize("op, shapes", CASE_PARAMS)
+def test_op(op, shapes):
+    inputs = make_inputs(op, shapes)
+    cpp = run(op, getattr(_core, op), inputs)
+    ref = run(op, getattr(reference, op), inputs)
+    assert cpp.keys() == ref.keys()
+    failures = []
+    for name in ref:
+        a, b = cpp[name], ref[name]
+        if name == "predictions":
+            err = check_predictions(a, b, inputs)
+        elif name in OPS[op].exact or np.asarray(b).dtype.kind in "iu":
+            assert np.asarray(a).dtype == np.asarray(b).dtype, f"{name}: dtype {np.asarray(a).dtype}"
+            assert np.array_equal(a, b), f"{name} differs from the reference"
+            err = 0.0
+        elif np.ndim(b) == 0:
+            err = scalar_error(a, b)
+            if err > SCALAR_TOL:
+                failures.append(f"{name}: {float(a)!r} vs reference {float(b)!r}, normalised error {err:.3g}")
+        else:
+            assert np.asarray(a).dtype == np.float32, f"{name}: dtype {np.asarray(a).dtype}"
+            err = normalised_error(a, b)
+            if not err <= TOL:
+                failures.append(f"{name}: normalised error {err:.3g} > {TOL}")
+        _record(op, name, err)
+    assert not failures, f"{case_id(op, shapes)}: " + "; ".join(failures)
+
+
+@pytest.fixture
+def restore_threads():
+    original = fastlm.get_num_threads()
+    try:
+        yield original
+    finally:
+        fastlm.set_num_threads(original)
+
+
+def assert_bit_identical(first, second, what):
+    assert first.keys() == second.keys()
+    differ = []
+    for name in first:
+        a, b = np.asarray(first[name]), np.asarray(second[name])
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {name}"
+        if not np.array_equal(a, b):
+            first_diff = np.argmax(a != b)
+            differ.append(f"{name} ({a.flat[first_diff]!r} vs {b.flat[first_diff]!r}, "
+                          f"max |diff| {np.max(np.abs(a.astype(np.float64) - b)):.3g})")
+    assert not differ, f"{what}: " + "; ".join(differ)
+
+
+@pytest.mark.parametrize("op, shapes", CASE_PARAMS)
+def test_op_deterministic(op, shapes, restore_threads):
+    """Same inputs twice, and one thread vs two: bit-identical C++ results."""
+    inputs = make_inputs(op, shapes)
+    fn = getattr(_core, op)
+    fastlm.set_num_threads(2)
+    first = run(op, fn, inputs)
+    assert_bit_identical(first, run(op, fn, inputs), "two runs with 2 threads")
+    fastlm.set_num_threads(1)
+    assert_bit_identical(first, run(op, fn, inputs), "1 thread vs 2 threads")
+
+
+def test_every_op_has_a_twin_and_a_case():
+    ops = {op for op, _ in CASES}
+    assert ops == set(OPS)
+    for op in OPS:
+        assert callable(getattr(_core, op)) and callable(getattr(reference, op))
+
+
+# ------------------------------------------------------------------ the model
+
+
+def batch(V, B, T, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (B, T), dtype=np.int32), rng.integers(0, V, (B, T), dtype=np.int32)
+
+
+MODEL_SIZES = [
+    pytest.param(dict(vocab_size=1009, embed_dim=19, hidden_size=37, num_layers=1), 3, 5, id="L1-V1009-E19-H37"),
+    pytest.param(dict(vocab_size=1009, embed_dim=19, hidden_size=37, num_layers=2), 3, 5, id="L2-V1009-E19-H37"),
+    pytest.param(dict(vocab_size=13, embed_dim=19, hidden_size=37, num_layers=2), 1, 1, id="L2-B1-T1"),
+    pytest.param(dict(vocab_size=521, embed_dim=37, hidden_size=19, num_layers=2), 33, 9, id="L2-E37-H19-B33"),
+]
+
+
+@pytest.mark.parametrize("sizes, B, T", MODEL_SIZES)
+def test_model_gradients_cpp_vs_numpy(sizes, B, T):
+    cpp_model = fastlm.LSTMLM(**sizes, seed=3, backend="cpp")
+    ref_model = fastlm.LSTMLM(**sizes, seed=3, backend="numpy")
+    for name, value in cpp_model.state_dict().items():
+        assert np.array_equal(value, ref_model.state_dict()[name]), name
+    inputs, targets = batch(sizes["vocab_size"], B, T)
+    loss, grads = cpp_model.gradients(inputs, targets)
+    ref_loss, ref_grads = ref_model.gradients(inputs, targets)
+    assert list(grads) == list(ref_grads) == list(cpp_model.state_dict())
+    assert scalar_error(loss, ref_loss) <= SCALAR_TOL, (loss, ref_loss)
+    _record("model", "loss", scalar_error(loss, ref_loss))
+    errors = {}
+    for name, ref in ref_grads.items():
+        assert grads[name].shape == ref.shape and grads[name].dtype == np.float32, name
+        errors[name] = normalised_error(grads[name], ref)
+        _record("model", name, errors[name])
+    bad = {name: err for name, err in errors.items() if not err <= TOL}
+    assert not bad, f"gradients beyond {TOL}: {bad}"
+    assert np.array_equal(grads["lstm.bias_ih_l0"], grads["lstm.bias_hh_l0"])
+
+
+MODEL = dict(vocab_size=1009, embed_dim=19, hidden_size=37, num_layers=2)
+
+
+def test_state_dict_round_trip_exact():
+    source = fastlm.LSTMLM(**MODEL, seed=0)
+    state = source.state_dict()
+    assert list(state) == list(source.parameter_shapes())
+    fresh = fastlm.LSTMLM(**MODEL, seed=12345)
+    assert not np.array_equal(fresh.state_dict()["decoder.weight"], state["decoder.weight"])
+    fresh.load_state_dict(state)
+    reloaded = fresh.state_dict()
+    assert list(reloaded) == list(state)
+    for name, value in state.items():
+        assert reloaded[name].dtype == np.float32 and np.array_equal(reloaded[name], value), name
+    # Same weights, same function: bit-identical gradients from either model.
+    inputs, targets = batch(MODEL["vocab_size"], 3, 5)
+    loss_a, grads_a = source.gradients(inputs, targets)
+    loss_b, grads_b = fresh.gradients(inputs, targets)
+    assert loss_a == loss_b
+    assert all(np.array_equal(grads_a[k], grads_b[k]) for k in grads_a)
+    # Loading into the model it came from changes nothing either.
+    source.load_state_dict(state)
+    assert all(np.array_equal(source.state_dict()[k], v) for k, v in state.items())
+
+
+def test_state_dict_returns_copies():
+    model = fastlm.LSTMLM(**MODEL, seed=0)
+    before = model.state_dict()
+    handed_out = model.state_dict()
+    for value in handed_out.values():
+        value[...] = 7.0
+    after = model.state_dict()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    assert all(not np.shares_memory(after[k], before[k]) for k in before)
+    # load_state_dict keeps its own copy too: later edits of the source do not leak in.
+    state = model.state_dict()
+    other = fastlm.LSTMLM(**MODEL, seed=1)
+    other.load_state_dict(state)
+    for value in state.values():
+        value[...] = -3.0
+    assert all(np.array_equal(other.state_dict()[k], before[k]) for k in before)
+
+
+# Big enough that every threaded path runs: the cell loops (B * 4H >= 2**13), the GEMMs,
+# the fused output layer and the embedding gradient's column slices.
+THREADED_MODEL = dict(vocab_size=1009, embed_dim=131, hidden_size=130, num_layers=2)
+
+
+def test_model_gradients_deterministic(restore_threads):
+    model = fastlm.LSTMLM(**THREADED_MODEL, seed=5)
+    inputs, targets = batch(THREADED_MODEL["vocab_size"], 33, 9, seed=2)
+    fastlm.set_num_threads(2)
+    loss, grads = model.gradients(inputs, targets)
+    loss_again, grads_again = model.gradients(inputs, targets)
+    assert loss == loss_again
+    for name in grads:
+        assert np.array_equal(grads[name], grads_again[name]), f"{name} differs between two runs"
+    fastlm.set_num_threads(1)
+    loss_one, grads_one = model.gradients(inputs, targets)
+    for name in grads:
+        assert np.array_equal(grads[name], grads_one[name]), f"{name} differs between 1 and 2 threads"
+    assert loss == loss_one, f"loss {loss!r} with 2 threads, {loss_one!r} with 1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_observed_errors():
+    """Prints the largest normalised error seen per op output after the module (with -s)."""
+    yield
+    lines = [f"  {op:22s} {name:22s} {err:.3g}" for (op, name), err in sorted(OBSERVED.items())]
+    print(f"\nlargest normalised errors (tolerance {TOL:g}):\n" + "\n".join(lines))
