@@ -155,6 +155,16 @@ def build_output_loss_backward(rng, N, H, V, scale=1.0):
     return Inputs([h, weight, bias, targets, lse])
 
 
+def build_output_loss_forward_backward(rng, N, H, V, scale=1.0):
+    return Inputs(list(output_inputs(rng, N, H, V, scale)))
+
+
+def build_gather_windows(rng, length, seq_len, count):
+    ids = rng.integers(0, 1000, length).astype(np.int32)
+    starts = rng.integers(0, length - seq_len, count)
+    return Inputs([ids, starts, seq_len])
+
+
 def build_adam_update(rng, shape, steps, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
     # One gradient per step; m and v start at zero, as in a fresh optimizer.
     param = uniform(rng, shape)
@@ -208,6 +218,8 @@ OPS = {
     "lstm_backward": Op(build_lstm_backward, ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0")),
     "output_loss_forward": Op(build_output_loss_forward, ("loss", "lse", "predictions")),
     "output_loss_backward": Op(build_output_loss_backward, ("dh", "dweight", "dbias")),
+    "output_loss_forward_backward": Op(build_output_loss_forward_backward, ("loss", "dh", "dweight", "dbias")),
+    "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
     "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
@@ -260,6 +272,14 @@ CASES = [
     ("output_loss_backward", dict(N=300, H=257, V=521)),
     ("output_loss_backward", dict(N=64, H=37, V=100003)),
     ("output_loss_backward", dict(N=300, H=37, V=20011)),
+    ("output_loss_forward_backward", dict(N=1, H=19, V=2)),
+    ("output_loss_forward_backward", dict(N=15, H=37, V=1009, scale=4.0)),
+    ("output_loss_forward_backward", dict(N=300, H=257, V=521)),
+    ("output_loss_forward_backward", dict(N=64, H=37, V=100003)),
+    ("output_loss_forward_backward", dict(N=300, H=37, V=20011)),
+    ("gather_windows", dict(length=2, seq_len=1, count=1)),
+    ("gather_windows", dict(length=1000, seq_len=7, count=64)),
+    ("gather_windows", dict(length=100000, seq_len=100, count=1000)),  # threaded
     ("adam_update", dict(shape=(37, 19), steps=5)),
     ("adam_update", dict(shape=(37, 19), steps=5, weight_decay=0.01)),
     ("adam_update", dict(shape=(1009,), steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
@@ -379,10 +399,17 @@ def test_op_deterministic(op, shapes, restore_threads):
     assert_bit_identical(first, run(op, fn, inputs), "1 thread vs 2 threads")
 
 
+# Bindings that are not ops of the math: thread control and build facts. Generation is
+# random sampling; its twin is compared in test_generate.py.
+NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "generate"}
+
+
 def test_every_op_has_a_twin_and_a_case():
     ops = {op for op, _ in CASES}
     assert ops == set(OPS)
-    for op in OPS:
+    core_ops = {name for name in dir(_core) if not name.startswith("_")} - NOT_OPS
+    assert core_ops == set(OPS), "every C++ op needs an entry in OPS and CASES"
+    for op in core_ops | {"generate"}:
         assert callable(getattr(_core, op)) and callable(getattr(reference, op))
 
 

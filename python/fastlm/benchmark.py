@@ -40,6 +40,16 @@ def median_seconds(fn, repeats, warmup=1):
     return float(np.median(times))
 
 
+def inference_flops_per_token(c):
+    """Teacher-forced forward (loss, no backward): a third of the training count."""
+    return training_flops_per_token(c) / 3
+
+
+def generation_flops_per_token(c):
+    """One sampled token: one LSTM step per layer and the decoder, ~ the forward count per token."""
+    return training_flops_per_token(c) / 3
+
+
 def fastlm_train_step(c, backend):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch."""
     from fastlm.model import LSTMLM
@@ -54,15 +64,42 @@ def fastlm_train_step(c, backend):
     return step
 
 
-def torch_train_step(c, threads):
-    """The same step in PyTorch (Embedding -> LSTM -> Linear, Adam), or None without torch."""
+def fastlm_inference_step(c, backend):
+    """Teacher-forced forward of a (B, T) random batch: the mean loss only, no backward."""
+    from fastlm.model import LSTMLM
+    model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
+    x, y = model.check_batch(*random_batch(c))
+
+    def step():
+        model._forward(x, y)
+    return step
+
+
+def fastlm_generation(c, backend, tokens=500):
+    """Sample `tokens` new ids, batch 1, after a one-token prompt (temperature 1, seed 0).
+
+    The NumPy reference loops over tokens in Python: give it fewer (e.g. 50) and say so.
+    """
+    from fastlm.model import LSTMLM
+    model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
+    prompt = np.zeros(1, dtype=np.int32)
+
+    def run():
+        model.generate(prompt, max_new_tokens=tokens, temperature=1.0, seed=0)
+    return run
+
+
+def _torch(threads):
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    return torch
 
+
+def _torch_net(torch, c):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -70,16 +107,139 @@ def torch_train_step(c, threads):
             self.lstm = torch.nn.LSTM(c.embed, c.hidden, c.layers, batch_first=True)
             self.decoder = torch.nn.Linear(c.hidden, c.vocab)
 
-        def forward(self, x):
-            return self.decoder(self.lstm(self.embedding(x))[0])
+        def forward(self, x, state=None):
+            out, state = self.lstm(self.embedding(x), state)
+            return self.decoder(out), state
 
-    net = Net()
+    return Net()
+
+
+def torch_train_step(c, threads):
+    """The same step in PyTorch (Embedding -> LSTM -> Linear, Adam), or None without torch."""
+    torch = _torch(threads)
+    if torch is None:
+        return None
+    net = _torch_net(torch, c)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = (torch.from_numpy(a).long() for a in random_batch(c))
 
     def step():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, c.vocab), y.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(net(x)[0].reshape(-1, c.vocab), y.reshape(-1))
         loss.backward()
         optimizer.step()
     return step
+
+
+def torch_inference_step(c, threads):
+    """Teacher-forced forward and mean loss in PyTorch under no_grad, or None without torch."""
+    torch = _torch(threads)
+    if torch is None:
+        return None
+    net = _torch_net(torch, c).eval()
+    x, y = (torch.from_numpy(a).long() for a in random_batch(c))
+
+    def step():
+        with torch.no_grad():
+            torch.nn.functional.cross_entropy(net(x)[0].reshape(-1, c.vocab), y.reshape(-1))
+    return step
+
+
+def torch_generation(c, threads, tokens=500):
+    """Sampling loop in PyTorch, batch 1: embed one token, one LSTM step carrying (h, c),
+    decoder, softmax, torch.multinomial; under no_grad. None without torch."""
+    torch = _torch(threads)
+    if torch is None:
+        return None
+    net = _torch_net(torch, c).eval()
+    generator = torch.Generator().manual_seed(0)
+
+    def run():
+        with torch.no_grad():
+            token = torch.zeros((1, 1), dtype=torch.long)
+            state = None
+            out = torch.empty(tokens, dtype=torch.long)
+            for n in range(tokens):
+                logits, state = net(token, state)
+                probs = torch.softmax(logits[0, -1], dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
+                out[n] = token[0, 0]
+        return out
+    return run
+
+
+# ------------------------------------------------------------ the machine's peak
+
+PEAK_ENV_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+_SGEMM_CODE = """
+import json, sys, time
+import numpy as np
+n, repeats = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+a = rng.standard_normal((n, n), dtype=np.float32)
+b = rng.standard_normal((n, n), dtype=np.float32)
+out = np.empty((n, n), dtype=np.float32)
+np.matmul(a, b, out=out)
+best = float("inf")
+for _ in range(repeats):
+    start = time.perf_counter()
+    np.matmul(a, b, out=out)
+    best = min(best, time.perf_counter() - start)
+print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "seconds": best}))
+"""
+
+_TORCH_MATMUL_CODE = """
+import json, sys, time
+import torch
+n, repeats, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+a, b = torch.randn(n, n), torch.randn(n, n)
+out = torch.empty(n, n)
+torch.matmul(a, b, out=out)
+best = float("inf")
+for _ in range(repeats):
+    start = time.perf_counter()
+    torch.matmul(a, b, out=out)
+    best = min(best, time.perf_counter() - start)
+print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "seconds": best, "torch": torch.__version__}))
+"""
+
+
+def _run_peak(code, args, env):
+    import json
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_fma_gflops(threads, n=4096, repeats=3):
+    """The machine's float32 multiply-add throughput, as a large NumPy SGEMM (best of repeats).
+
+    Runs in a subprocess with OMP/OPENBLAS_NUM_THREADS=threads and without OPENBLAS_CORETYPE
+    and OPENBLAS_L2_SIZE (when set, they can pin OpenBLAS to slower kernels than the CPU
+    has). Returns {"gflops", "seconds", "n", "threads", "unset": the variables removed}.
+    """
+    import os
+    env = dict(os.environ)
+    unset = [name for name in PEAK_ENV_UNSET if env.pop(name, None) is not None]
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    result = _run_peak(_SGEMM_CODE, (n, repeats), env)
+    result.update(n=n, threads=threads, unset=unset, source=f"numpy float32 matmul {n}x{n}")
+    return result
+
+
+def torch_matmul_gflops(threads, n=4096, repeats=3):
+    """A second peak reference: torch.matmul on n x n float32 (best of repeats), or None without torch."""
+    import importlib.util
+    import os
+    if importlib.util.find_spec("torch") is None:
+        return None
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    result = _run_peak(_TORCH_MATMUL_CODE, (n, repeats, threads), env)
+    result.update(n=n, threads=threads, source=f"torch.matmul float32 {n}x{n}")
+    return result

@@ -1,7 +1,9 @@
-"""The `fastlm` command: train, generate, eval, bench.
+"""The `fastlm` command: train, generate, eval, bench (also `python -m fastlm`).
 
-Exit codes: 0 success, 2 usage errors (argparse), 1 any other failure, reported in one
-line without a traceback; 130 when interrupted.
+Exit codes: 0 success; 2 usage errors, including out-of-range option values (argparse);
+1 any other failure, reported as one line "fastlm COMMAND: error: ..." on stderr without a
+traceback; 130 when interrupted. A failing `fastlm train` writes nothing: inputs are checked
+before the first checkpoint, and checkpoints are written atomically.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import warnings
 from pathlib import Path
 
 DEFAULT_OUT = "fastlm-model"
-USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError)
+USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
+# Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
+RESUMED_DEFAULTS = {"seq_len": 100, "batch_size": 32, "stride": None, "clip_norm": 5.0}
 
 
 def builtin_corpus():
@@ -27,6 +31,8 @@ def read_text(path):
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not a text file")
     data = path.read_bytes()  # FileNotFoundError / PermissionError name the path
+    if b"\0" in data:
+        raise ValueError(f"{path} holds NUL bytes: a binary file, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -34,32 +40,25 @@ def read_text(path):
                          "convert it to UTF-8 first") from None
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(convert, ok, expected):
+    """An argparse type: convert the text, then check it, so that bad values are usage errors (exit 2)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
+POSITIVE_INT = _checked(int, lambda v: v > 0, "a positive integer")
+NONNEGATIVE_INT = _checked(int, lambda v: v >= 0, "an integer >= 0")
+POSITIVE_FLOAT = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
+NONNEGATIVE_FLOAT = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+FRACTION = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+PROBABILITY = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _epoch_line(epochs):
@@ -82,54 +81,96 @@ def _print_sample(model, seed, tokens):
     print("--------------")
 
 
+def _check_out(out, resume):
+    """Refuse, before any work, an --out that training could not or should not write into."""
+    if resume:
+        if not out.is_dir():
+            raise FileNotFoundError(f"nothing to resume: {out} does not exist (pass the --out of the run to "
+                                    "continue, or train without --resume)")
+    elif out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a model directory")
+    elif out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; choose another --out")
+
+
 def cmd_train(args):
     import fastlm
     out = Path(args.out)
+    _check_out(out, args.resume)
     text = "\n".join(read_text(p) for p in args.corpus) if args.corpus else builtin_corpus()
     source = ", ".join(args.corpus) if args.corpus else "the built-in corpus (pydoc_data.topics)"
     if not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
+    if args.threads:
+        fastlm.set_num_threads(args.threads)
+    saved = {}
     if args.resume:
-        model = fastlm.load(out)  # FileNotFoundError when there is nothing to resume
-        fastlm.files.load_training_state(out)
-        tokenizer = model.tokenizer
-        if tokenizer is None:
-            raise ValueError(f"{out} holds no tokenizer.json, so the corpus cannot be encoded as before")
+        model = _load(out)
+        _, trainer = fastlm.files.load_training_state(out)  # FileNotFoundError when there is no checkpoint
+        if trainer["epoch"] >= args.epochs:
+            raise ValueError(f"{out} has already been trained for {trainer['epoch']} epochs; "
+                             f"pass --epochs greater than {trainer['epoch']} to train on")
+        tokenizer, saved = model.tokenizer, trainer.get("settings", {})
     else:
         tokenizer = fastlm.Tokenizer.fit(text, level=args.level, min_count=args.min_count, max_vocab=args.max_vocab,
                                          lowercase=args.lowercase, split_punctuation=args.split_punctuation)
         model = fastlm.LSTMLM(len(tokenizer), args.embed, args.hidden, args.layers, dropout=args.dropout,
                               seed=args.seed)
-    if args.threads:
-        fastlm.set_num_threads(args.threads)
+    for name, default in RESUMED_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, saved.get(name, default))
     ids = tokenizer.encode(text)
     n_val = int(len(ids) * args.val_fraction)
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
+    if len(train_ids) < args.seq_len + 1:
+        held_out = f" ({len(train_ids):,} after holding out {n_val:,} for validation)" if val_ids is not None else ""
+        raise ValueError(f"the corpus is too short: {len(ids):,} {tokenizer.level} tokens{held_out}; "
+                         f"--seq-len {args.seq_len} needs at least {args.seq_len + 1}")
+    if saved.get("data_tokens", len(train_ids)) != len(train_ids):
+        raise ValueError(f"{out} was trained on {saved['data_tokens']:,} tokens, this corpus gives {len(train_ids):,}: "
+                         "resume with the same CORPUS files and --val-fraction")
     print(f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
           f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}")
     print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}; "
           f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out}", flush=True)
+    if not args.resume and (out / "config.json").exists():
+        print(f"fastlm train: note: replacing the model in {out} (--resume continues it instead)", file=sys.stderr)
     started = time.perf_counter()
     history = model.fit(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                         stride=args.stride, val_ids=val_ids, clip_norm=args.clip_norm, checkpoint_dir=out,
                         resume=args.resume, tokenizer=tokenizer, progress=args.progress,
                         max_batches=args.max_steps, callback=_epoch_line(args.epochs))
+    elapsed = time.perf_counter() - started
     if history.get("interrupted"):
         print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train ... --out {out} --resume")
         return 130
-    print(f"trained in {time.perf_counter() - started:.1f} s; model saved in {out}")
+    if "interrupted" in history:  # --max-steps stopped it before the last epoch's end
+        print(f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {args.epochs} epochs "
+              f"complete, in {elapsed:.1f} s; checkpoint saved in {out} (--resume continues)")
+    else:
+        print(f"trained in {elapsed:.1f} s; model saved in {out}")
     if val_ids is not None:
         result = model.evaluate(val_ids, seq_len=args.seq_len, batch_size=args.batch_size)
         print(f"validation: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
               f"accuracy {result['accuracy']:.3f}")
-    model.tokenizer = tokenizer
-    _print_sample(model, args.seed, args.sample_tokens)
+    if args.sample_tokens:
+        model.tokenizer = tokenizer
+        _print_sample(model, args.seed, args.sample_tokens)
     return 0
 
 
-def cmd_generate(args):
+def _load(directory):
+    """The model saved in directory, which must include its tokenizer (the commands read and write text)."""
     import fastlm
-    model = fastlm.load(args.directory)
+    model = fastlm.load(directory)
+    if model.tokenizer is None:
+        raise FileNotFoundError(f"{Path(directory) / 'tokenizer.json'} is missing: without it the model "
+                                "cannot read or write text")
+    return model
+
+
+def cmd_generate(args):
+    model = _load(args.directory)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = model.generate_text(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -137,7 +178,7 @@ def cmd_generate(args):
                                     num_samples=args.num_samples)
     for warning in caught:
         print(f"fastlm generate: note: {warning.message}", file=sys.stderr)
-    separator = " " if model.tokenizer.level == "word" and args.prompt else ""
+    separator = " " if model.tokenizer.level == "word" and args.prompt[-1:].strip() else ""
     for k, text in enumerate([texts] if isinstance(texts, str) else texts):
         if k:
             print("---")
@@ -146,13 +187,11 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
-    import fastlm
-    model = fastlm.load(args.directory)
-    tokenizer = model._require_tokenizer()
+    model = _load(args.directory)
     path = Path(args.file)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a text file")
-    ids, unknown = tokenizer.encode(read_text(path), return_unknown=True)
+    ids, unknown = model.tokenizer.encode(read_text(path), return_unknown=True)
+    if len(ids) < 2:
+        raise ValueError(f"{path} holds {len(ids)} {model.tokenizer.level} tokens; scoring needs at least 2")
     result = model.evaluate(ids, seq_len=args.seq_len, batch_size=args.batch_size)
     print(f"tokens      {result['tokens']:,} ({unknown:,} unknown, scored as <unk>)")
     print(f"loss        {result['loss']:.4f} nats/token")
@@ -170,7 +209,7 @@ def cmd_bench(args):
     threads = fastlm.get_num_threads()
     print(f"training step (forward, loss, backward, Adam), median of {args.repeats}; {threads} threads, "
           f"{fastlm.build_info()['simd']}")
-    print(f"{'config':8} {'(V, E, H, L, T, B)':28} {'backend':8} {'tokens/s':>10} {'GFLOP/s':>8} {'vs numpy':>9}")
+    print(f"{'config':8} {'(V, E, H, L, T, B)':32} {'backend':8} {'tokens/s':>10} {'GFLOP/s':>8} {'vs numpy':>9}")
     for name in args.configs:
         c = CONFIGS[name]
         steps = {"cpp": fastlm_train_step(c, "cpp"), "numpy": fastlm_train_step(c, "numpy")}
@@ -185,14 +224,14 @@ def cmd_bench(args):
             rates[backend] = c.batch * c.steps / median_seconds(step, args.repeats)
         for backend, rate in rates.items():
             gflops = rate * training_flops_per_token(c) / 1e9
-            print(f"{name:8} {str(tuple(c)):28} {backend:8} {rate:10,.0f} {gflops:8.1f} "
+            print(f"{name:8} {str(tuple(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} "
                   f"{rate / rates['numpy']:8.2f}x")
     return 0
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastlm", description="Train, sample and evaluate LSTM language models "
-                                     "on the CPU.")
+                                     "on the CPU.", epilog="Run 'fastlm COMMAND --help' for a command's options.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on text files (or on the built-in corpus)",
@@ -201,44 +240,62 @@ def build_parser():
                                 "topics that ship with every Python (pydoc_data.topics, ~460 KB).")
     train.add_argument("corpus", nargs="*", metavar="CORPUS", help="UTF-8 text files (default: the built-in corpus)")
     train.add_argument("--level", choices=["char", "word"], default="char", help="token level (default: char)")
-    train.add_argument("--min-count", type=_positive_int, default=1, help="rarer tokens become <unk> (default: 1)")
-    train.add_argument("--max-vocab", type=_positive_int, default=None, help="keep at most this many tokens")
-    train.add_argument("--lowercase", action="store_true", help="lower-case the text")
-    train.add_argument("--split-punctuation", action="store_true", help="word level: split punctuation off words")
-    train.add_argument("--seq-len", type=_positive_int, default=100, help="time steps per window (default: 100)")
-    train.add_argument("--stride", type=_positive_int, default=None,
-                       help="tokens between window starts (default: seq-len; 1 = every position)")
-    train.add_argument("--batch-size", type=_positive_int, default=32, help="windows per batch (default: 32)")
-    train.add_argument("--epochs", type=_positive_int, default=4, help="passes over the corpus (default: 4)")
-    train.add_argument("--embed", type=_positive_int, default=64, help="embedding width (default: 64)")
-    train.add_argument("--hidden", type=_positive_int, default=256, help="LSTM hidden size (default: 256)")
-    train.add_argument("--layers", type=_positive_int, default=2, help="LSTM layers (default: 2)")
-    train.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between layers (default: 0)")
-    train.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default: 0.002)")
-    train.add_argument("--clip-norm", type=_positive_float, default=5.0, help="gradient norm clip (default: 5)")
-    train.add_argument("--val-fraction", type=_fraction, default=0.05,
+    train.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
+                       help="rarer tokens become <unk> (default: 1)")
+    train.add_argument("--max-vocab", type=POSITIVE_INT, default=None, metavar="N",
+                       help="keep at most this many tokens (default: no limit)")
+    train.add_argument("--lowercase", action="store_true", help="lower-case the text (default: off)")
+    train.add_argument("--split-punctuation", action="store_true",
+                       help="word level: split punctuation off words (default: off)")
+    train.add_argument("--seq-len", type=POSITIVE_INT, default=None, metavar="T",
+                       help="time steps per window (default: 100, or the checkpoint's with --resume)")
+    train.add_argument("--stride", type=POSITIVE_INT, default=None, metavar="N",
+                       help="tokens between window starts; 1 = every position (default: seq-len)")
+    train.add_argument("--batch-size", type=POSITIVE_INT, default=None, metavar="B",
+                       help="windows per batch (default: 32, or the checkpoint's with --resume)")
+    train.add_argument("--epochs", type=POSITIVE_INT, default=4, metavar="N",
+                       help="passes over the corpus; with --resume, the total (default: 4)")
+    train.add_argument("--embed", type=POSITIVE_INT, default=64, metavar="E", help="embedding width (default: 64)")
+    train.add_argument("--hidden", type=POSITIVE_INT, default=256, metavar="H", help="LSTM hidden size (default: 256)")
+    train.add_argument("--layers", type=POSITIVE_INT, default=2, metavar="L", help="LSTM layers (default: 2)")
+    train.add_argument("--dropout", type=FRACTION, default=0.0, metavar="P",
+                       help="dropout between layers and before the decoder (default: 0)")
+    train.add_argument("--lr", type=POSITIVE_FLOAT, default=2e-3, help="Adam learning rate (default: 0.002)")
+    train.add_argument("--clip-norm", type=POSITIVE_FLOAT, default=None, metavar="NORM",
+                       help="clip the gradients' global norm (default: 5, or the checkpoint's with --resume)")
+    train.add_argument("--val-fraction", type=FRACTION, default=0.05, metavar="F",
                        help="share of the corpus (its end) held out for validation (default: 0.05)")
-    train.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many batches")
-    train.add_argument("--seed", type=int, default=0, help="initialisation, order and sampling seed (default: 0)")
-    train.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
-    train.add_argument("--sample-tokens", type=_nonnegative_int, default=300,
-                       help="length of the sample printed at the end (default: 300)")
-    train.add_argument("--out", default=DEFAULT_OUT, help=f"model directory (default: {DEFAULT_OUT})")
-    train.add_argument("--resume", action="store_true", help="continue the training checkpointed in --out")
+    train.add_argument("--max-steps", type=POSITIVE_INT, default=None, metavar="N",
+                       help="stop (with a checkpoint) after this many batches (default: no limit)")
+    train.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                       help="initialisation, order and sampling seed (default: 0)")
+    train.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
+                       help="threads (default: all cores)")
+    train.add_argument("--sample-tokens", type=NONNEGATIVE_INT, default=300, metavar="N",
+                       help="length of the sample printed at the end; 0 = none (default: 300)")
+    train.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"model directory (default: {DEFAULT_OUT})")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the training checkpointed in --out (same corpus; model and tokenizer "
+                       "from the checkpoint)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                       help="progress bar (default: on in a terminal)")
+                       help="progress bar on stderr (default: on in a terminal)")
     train.set_defaults(run=cmd_train)
 
     generate = commands.add_parser("generate", help="write text with a trained model",
                                    description="Continue a prompt with text sampled from a saved model.")
     generate.add_argument("directory", metavar="DIR", help="model directory written by fastlm train or save()")
     generate.add_argument("--prompt", default="", help="text to continue (default: none)")
-    generate.add_argument("--max-new-tokens", type=_nonnegative_int, default=200, help="tokens to add (default: 200)")
-    generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
-    generate.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    generate.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability p")
-    generate.add_argument("--num-samples", type=_positive_int, default=1, help="independent samples (default: 1)")
-    generate.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    generate.add_argument("--max-new-tokens", type=NONNEGATIVE_INT, default=200, metavar="N",
+                          help="tokens to add (default: 200)")
+    generate.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=0.8, metavar="T",
+                          help="sampling temperature; 0 = greedy (default: 0.8)")
+    generate.add_argument("--top-k", type=POSITIVE_INT, default=None, metavar="K",
+                          help="sample among the K most likely tokens (default: all)")
+    generate.add_argument("--top-p", type=PROBABILITY, default=None, metavar="P",
+                          help="sample from the smallest set of tokens with probability >= P (default: 1, all)")
+    generate.add_argument("--num-samples", type=POSITIVE_INT, default=1, metavar="N",
+                          help="independent samples (default: 1)")
+    generate.add_argument("--seed", type=NONNEGATIVE_INT, default=None, help="sampling seed (default: random)")
     generate.set_defaults(run=cmd_generate)
 
     evaluate = commands.add_parser("eval", help="perplexity and accuracy of a model on a text file",
@@ -246,20 +303,37 @@ def build_parser():
                                    "accuracy.")
     evaluate.add_argument("directory", metavar="DIR", help="model directory")
     evaluate.add_argument("file", metavar="FILE", help="UTF-8 text file")
-    evaluate.add_argument("--seq-len", type=_positive_int, default=100, help="chunk length (default: 100)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="parallel streams (default: 32)")
+    evaluate.add_argument("--seq-len", type=POSITIVE_INT, default=100, metavar="T",
+                          help="chunk length (default: 100)")
+    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32, metavar="B",
+                          help="parallel streams (default: 32)")
     evaluate.set_defaults(run=cmd_eval)
 
     bench = commands.add_parser("bench", help="training speed: C++ core vs NumPy reference (vs PyTorch)",
                                 description="Time one training step (forward, loss, backward, Adam) on random "
-                                "batches for the benchmark configurations.")
+                                "batches for the benchmark configurations (V, E, H, L, T, B): A = (10000, 128, 128, "
+                                "1, 100, 32), B = (10000, 200, 200, 2, 35, 20), C = (10000, 650, 650, 2, 35, 20), "
+                                "D = (65, 64, 512, 2, 100, 32).")
     bench.add_argument("--configs", nargs="+", choices=["A", "B", "C", "D"], default=["A", "D"],
                        help="configurations (default: A D)")
-    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (default: 3)")
-    bench.add_argument("--torch", action="store_true", help="also time PyTorch, if installed")
-    bench.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    bench.add_argument("--repeats", type=POSITIVE_INT, default=3, metavar="N", help="timed repeats (default: 3)")
+    bench.add_argument("--torch", action="store_true", help="also time PyTorch, if installed (default: off)")
+    bench.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N", help="threads (default: all cores)")
     bench.set_defaults(run=cmd_bench)
     return parser
+
+
+def _message(error):
+    """One line saying what went wrong, without the exception machinery."""
+    if isinstance(error, KeyError) and error.args:
+        message = error.args[0]
+    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+    elif isinstance(error, MemoryError):
+        message = f"out of memory ({error or 'allocation failed'}); try a smaller model or --batch-size"
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(str(message).split())
 
 
 def main(argv=None):
@@ -270,6 +344,5 @@ def main(argv=None):
         print(f"fastlm {args.command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"fastlm {args.command}: error: {message}", file=sys.stderr)
+        print(f"fastlm {args.command}: error: {_message(error)}", file=sys.stderr)
         return 1

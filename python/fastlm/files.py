@@ -24,31 +24,48 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 
 
-def atomic_write(path, write):
-    """Call write(temporary_path), then rename the temporary file to path."""
+def _stage(path, write):
+    """Call write(temporary_path) on a new temporary file next to path; returns its name."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 (and safetensors writes its files 0600 too, whatever was there);
+        # a saved model is an ordinary readable file
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path, write):
+    """Call write(temporary_path), then rename the temporary file to path."""
+    tmp = _stage(path, write)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path, data):
+def _json_writer(data):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
-    atomic_write(path, write)
+    return write
 
 
-def _save_tensors(path, tensors, save_id):
+def atomic_write_json(path, data):
+    atomic_write(path, _json_writer(data))
+
+
+def _tensors_writer(tensors, save_id):
     from safetensors.numpy import save_file
-    atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                                             metadata={"save_id": save_id}))
+    return lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                 metadata={"save_id": save_id})
 
 
 def _load_tensors(path, save_id):
@@ -82,24 +99,21 @@ def save(directory, model, tokenizer=None, training=None):
     """Write model (and tokenizer, and training state for resume) into directory.
 
     training: None or (optimizer_arrays: dict name -> array, trainer: JSON-able dict).
+    Every file is first written in full to a temporary name; only then are they renamed
+    into place, config.json last, so a failure while writing leaves the previous save intact.
     """
     from fastlm import __version__
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
-    _save_tensors(directory / MODEL_FILE, model.state_dict(), save_id)
+    writers = {MODEL_FILE: _tensors_writer(model.state_dict(), save_id)}
     if tokenizer is not None:
-        atomic_write(directory / TOKENIZER_FILE, tokenizer.save)
-    else:
-        (directory / TOKENIZER_FILE).unlink(missing_ok=True)
+        writers[TOKENIZER_FILE] = tokenizer.save
     if training is not None:
         arrays, trainer = training
-        _save_tensors(directory / OPTIMIZER_FILE, arrays, save_id)
-        atomic_write_json(directory / TRAINER_FILE, {**trainer, "save_id": save_id})
-    else:  # a plain save must not leave a stale checkpoint that --resume would pick up
-        (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
-        (directory / TRAINER_FILE).unlink(missing_ok=True)
-    atomic_write_json(directory / CONFIG_FILE, {
+        writers[OPTIMIZER_FILE] = _tensors_writer(arrays, save_id)
+        writers[TRAINER_FILE] = _json_writer({**trainer, "save_id": save_id})
+    writers[CONFIG_FILE] = _json_writer({
         "format_version": FORMAT_VERSION,
         "fastlm_version": __version__,
         "save_id": save_id,
@@ -107,6 +121,21 @@ def save(directory, model, tokenizer=None, training=None):
         "tokenizer": {"level": tokenizer.level, "size": len(tokenizer)} if tokenizer is not None else None,
         "has_training_state": training is not None,
     })
+    staged = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = _stage(directory / name, write)
+        for name, tmp in staged.items():
+            if name == CONFIG_FILE:
+                # a plain save must not leave a stale tokenizer or checkpoint that --resume would pick up
+                for stale in (TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_FILE):
+                    if stale not in staged:
+                        (directory / stale).unlink(missing_ok=True)
+            os.replace(tmp, directory / name)
+    except BaseException:
+        for tmp in staged.values():
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_config(directory):
@@ -133,9 +162,13 @@ def load(directory, backend="cpp"):
     config = read_config(directory)
     try:
         model = LSTMLM(**config["model"], backend=backend)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
-    model.load_state_dict(_load_tensors(directory / MODEL_FILE, config["save_id"]))
+    tensors = _load_tensors(directory / MODEL_FILE, config["save_id"])
+    try:
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError) as error:  # names, dtypes or shapes that do not fit config.json
+        raise ValueError(f"{directory / MODEL_FILE}: {error.args[0] if error.args else error}") from None
     tokenizer = None
     if (directory / TOKENIZER_FILE).is_file():
         tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
@@ -149,6 +182,9 @@ def load(directory, backend="cpp"):
 def load_training_state(directory):
     """(optimizer arrays, trainer dict) of a checkpoint, for resuming."""
     directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
+                                f"({'no ' + CONFIG_FILE if directory.is_dir() else 'no such directory'})")
     config = read_config(directory)
     if not config.get("has_training_state") or not (directory / TRAINER_FILE).is_file():
         raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "

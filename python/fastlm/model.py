@@ -306,12 +306,13 @@ class LSTMLM:
         set whose probability reaches p. seed=None draws a fresh seed.
         Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens).
         """
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None:
             top_k = _positive_int("top_k", top_k)
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        if top_p is not None and not (isinstance(top_p, (int, float, np.integer, np.floating))
+                                      and not isinstance(top_p, bool) and 0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 0:

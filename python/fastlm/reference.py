@@ -155,6 +155,12 @@ def output_loss_backward(h, weight, bias, targets, lse):
     return dh, dweight, dbias
 
 
+def output_loss_forward_backward(h, weight, bias, targets):
+    """Training's fused pass: (loss, dh, dweight, dbias) of output_loss_forward/backward."""
+    loss, lse, _ = output_loss_forward(h, weight, bias, targets)
+    return (loss, *output_loss_backward(h, weight, bias, targets, lse))
+
+
 # ---------------------------------------------------------------- optimizer
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):

@@ -123,6 +123,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         max_batches = _positive("max_batches", max_batches)
     if val_ids is not None:
         val_ids = check_ids("val_ids", val_ids, model.vocab_size, 1)
+        if len(val_ids) < 2:
+            raise ValueError(f"val_ids needs at least 2 tokens to score a prediction, got {len(val_ids)}")
     batches, data_tokens = _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful)
 
     settings = dict(seq_len=seq_len, batch_size=batch_size, stride=stride, shuffle=bool(shuffle),
@@ -135,8 +137,13 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                             "lr": []})
     carry = None  # the hidden state carried between contiguous batches
     if resume:
+        arrays, saved = files.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
         restored = files.load(checkpoint_dir, backend=model.backend)
-        arrays, saved = files.load_training_state(checkpoint_dir)
+        if restored.config() != model.config():
+            changed = [f"{k} was {v!r}, now {model.config()[k]!r}" for k, v in restored.config().items()
+                       if model.config()[k] != v]
+            raise ValueError(f"cannot resume: the checkpoint in {checkpoint_dir} is of a different model: "
+                             + "; ".join(changed))
         changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
                    if saved["settings"].get(k) != settings[k]]
         if changed:
@@ -189,7 +196,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 if bar is not None:
                     mean = trainer["epoch_loss_sum"] / trainer["epoch_tokens"]
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
-                                    tok_s=f"{trainer['epoch_tokens'] / trainer['epoch_seconds']:.0f}", refresh=False)
+                                    tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
+                                    refresh=False)
                     bar.update(1)
                 if interrupt.raised or (max_batches is not None and batches_run >= max_batches):
                     break
@@ -203,6 +211,10 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             checkpoint()
             if callback is not None:
                 callback(history)
+            stopping = interrupt.raised or (max_batches is not None and batches_run >= max_batches)
+            if stopping and trainer["epoch"] < epochs and not trainer["stopped_early"]:
+                history["interrupted"] = bool(interrupt.raised)  # stopped at an epoch boundary
+                return history
     history.pop("interrupted", None)
     return history
 

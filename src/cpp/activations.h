@@ -13,7 +13,9 @@ inline float exp_approx(float x) {
     // Clamp so that 2^n stays a normal float; comparisons keep NaN as NaN.
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+    // n = round(x / ln2) by the 1.5 * 2^23 trick: plain adds, so the loop vectorises
+    // (std::floor would not without -fno-trapping-math).
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     // x - n*ln2 in two parts (Cody-Waite) to keep the reduced argument exact.
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;

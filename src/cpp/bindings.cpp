@@ -278,6 +278,20 @@ py::tuple py_output_loss_backward(const py::handle& h, const py::handle& weight,
     return py::make_tuple(dh, dweight, dbias);
 }
 
+py::tuple py_output_loss_forward_backward(const py::handle& h, const py::handle& weight, const py::handle& bias,
+                                          const py::handle& targets) {
+    const OutputArgs a = output_args(h, weight, bias, targets);
+    py::array_t<float> dh({a.shape.rows, a.shape.hidden}), dweight({a.shape.vocab, a.shape.hidden}),
+        dbias({a.shape.vocab});
+    double loss;
+    {
+        KernelScope scope;
+        loss = output_loss_forward_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
+                                            dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
+    }
+    return py::make_tuple(loss, dh, dweight, dbias);
+}
+
 // ------------------------------------------------------------------ optimizer
 
 void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
@@ -437,6 +451,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("targets"));
     m.def("output_loss_backward", &py_output_loss_backward, py::arg("h"), py::arg("weight"), py::arg("bias"),
           py::arg("targets"), py::arg("lse"));
+    m.def("output_loss_forward_backward", &py_output_loss_forward_backward, py::arg("h"), py::arg("weight"),
+          py::arg("bias"), py::arg("targets"));
     m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
           py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
           py::arg("weight_decay") = 0.0);

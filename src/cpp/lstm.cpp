@@ -19,6 +19,7 @@ void lstm_cell_backward(int64_t H, const float* gate, const float* c, const floa
     const float* f = gate + H;
     const float* g = gate + 2 * H;
     const float* o = gate + 3 * H;
+#pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
         const float tanh_c = tanh_approx(c[j]);
         const float dc = dc_next[j] + dh[j] * o[j] * (1.0f - tanh_c * tanh_c);
@@ -41,6 +42,9 @@ void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_pr
     for (int64_t j = 0; j < 2 * H; ++j) i[j] = sigmoid(i[j]);  // i and f are adjacent
     for (int64_t j = 0; j < H; ++j) g[j] = tanh_approx(g[j]);
     for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
+    // c may be c_prev (generation updates the state in place): same index only, so no
+    // dependence between iterations.
+#pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
         c[j] = f[j] * c_prev[j] + i[j] * g[j];
         h[j] = o[j] * tanh_approx(c[j]);

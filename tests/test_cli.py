@@ -1,0 +1,460 @@
+"""The `fastlm` command: train | generate | eval | bench, and its handling of bad input.
+
+Exit codes: 0 success; 2 usage errors (argparse, including out-of-range option values);
+1 other failures, with exactly one line "fastlm COMMAND: error: ..." on stderr and no
+traceback. A failing command writes nothing. Most tests call fastlm.cli.main in-process
+(fast); a few run the real `python -m fastlm` and `fastlm` executables.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import pathlib
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fastlm import cli
+
+# A tiny model that trains in well under a second.
+TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--seq-len", "20", "--batch-size", "8",
+        "--sample-tokens", "20"]
+WORDS = ("the a cat dog sat ran on under mat tree house river quickly slowly and then big small red green "
+         "bird fish saw heard it they we").split()
+
+
+def write_corpus(path, lines=300, seed=0):
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(lines)) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def run(capsys, *argv):
+    """(exit code, stdout, stderr) of `fastlm argv...`, in-process."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse: --help, usage errors
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_error(code, err, command, *fragments):
+    """Exit 1 with one line on stderr, starting "fastlm COMMAND: error:" and naming the problem."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fastlm {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+def assert_usage_error(code, err, *fragments):
+    assert code == 2, err
+    assert "usage: fastlm" in err and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def snapshot(directory):
+    """Names and contents of a directory's files: to check that a failed command changed nothing."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, corpus):
+    """A word-level model trained (one full epoch) by `fastlm train`."""
+    out = tmp_path_factory.mktemp("model") / "m"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", str(corpus), "--level", "word", "--epochs", "1", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def model_copy(model_dir, tmp_path):
+    """A copy of the trained model directory that a test may damage."""
+    return shutil.copytree(model_dir, tmp_path / "copy")
+
+
+# ================================================================= help and usage
+
+
+def test_help_of_each_command_lists_every_option_with_its_default(capsys):
+    parser = cli.build_parser()
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"train", "generate", "eval", "bench"}
+    for name in commands:
+        assert name in out
+        code, out_command, _ = run(capsys, name, "--help")
+        assert code == 0 and out_command.startswith(f"usage: fastlm {name}")
+        help_text = " ".join(out_command.split())
+        for action in commands[name]._actions:
+            if action.dest == "help":
+                continue
+            for option in action.option_strings or [action.metavar]:
+                assert option in help_text, (name, option)
+            if action.option_strings and action.nargs != 0:  # every option taking a value states its default
+                assert "default" in action.help, (name, action.option_strings)
+
+
+def test_bench_help_describes_the_configurations(capsys):
+    from fastlm.benchmark import CONFIGS
+    code, out, _ = run(capsys, "bench", "--help")
+    assert code == 0
+    help_text = " ".join(out.split())
+    for name, config in CONFIGS.items():
+        assert f"{name} = {tuple(config)}" in help_text
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, err = run(capsys)
+    assert_usage_error(code, err, "COMMAND")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["frobnicate"], "invalid choice"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--epochs", "two"], "argument --epochs"),
+    (["train", "--epochs", "0"], "argument --epochs"),
+    (["train", "--batch-size", "0"], "argument --batch-size"),
+    (["train", "--batch-size", "-4"], "argument --batch-size"),
+    (["train", "--seq-len", "0"], "argument --seq-len"),
+    (["train", "--lr", "0"], "argument --lr"),
+    (["train", "--lr", "nan"], "argument --lr"),
+    (["train", "--val-fraction", "1"], "argument --val-fraction"),
+    (["train", "--dropout", "-0.1"], "argument --dropout"),
+    (["train", "--level", "byte"], "argument --level"),
+    (["generate"], "DIR"),
+    (["generate", "m", "--temperature", "-1"], "argument --temperature"),
+    (["generate", "m", "--temperature", "inf"], "argument --temperature"),
+    (["generate", "m", "--top-p", "1.5"], "argument --top-p"),
+    (["generate", "m", "--top-p", "0"], "argument --top-p"),
+    (["generate", "m", "--top-k", "0"], "argument --top-k"),
+    (["generate", "m", "--max-new-tokens", "-1"], "argument --max-new-tokens"),
+    (["generate", "m", "--num-samples", "0"], "argument --num-samples"),
+    (["eval", "m"], "FILE"),
+    (["eval", "m", "f", "--seq-len", "0"], "argument --seq-len"),
+    (["bench", "--configs", "Z"], "argument --configs"),
+    (["bench", "--repeats", "0"], "argument --repeats"),
+])
+def test_bad_options_are_usage_errors(capsys, monkeypatch, tmp_path, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert_usage_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# ================================================================= train, generate, eval
+
+
+def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
+    out = tmp_path / "m"
+    code, stdout, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "5", "--out", out)
+    assert code == 0, err
+    assert f"corpus: {corpus}" in stdout and "vocabulary" in stdout
+    assert "stopped after 5 steps (--max-steps), 0 of 1 epochs complete" in stdout
+    assert "validation: loss" in stdout
+    sample = stdout.split("--- sample ---\n")[1].split("--------------")[0]
+    assert sample.strip()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors",
+            "trainer.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_train_with_no_corpus_uses_the_builtin_corpus(capsys, tmp_path):
+    out = tmp_path / "m"
+    code, stdout, err = run(capsys, "train", "--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1",
+                            "--sample-tokens", "10", "--out", out)
+    assert code == 0, err
+    assert "corpus: the built-in corpus (pydoc_data.topics)" in stdout
+    assert "--- sample ---" in stdout
+    assert (out / "model.safetensors").is_file()
+
+
+def test_train_replacing_a_model_says_so(capsys, corpus, model_copy):
+    code, _, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", model_copy)
+    assert code == 0 and "note: replacing the model" in err
+
+
+def test_generate_is_reproducible_with_a_seed(capsys, model_dir):
+    args = ("generate", model_dir, "--prompt", "the cat", "--max-new-tokens", "15", "--seed", "1")
+    first, second = run(capsys, *args), run(capsys, *args)
+    assert first[0] == 0 and first == second
+    assert first[1].startswith("the cat ") and len(first[1].split()) > 2
+    other = run(capsys, *args[:-1], "2")
+    assert other[0] == 0 and other[1] != first[1]
+
+
+def test_generate_options(capsys, model_dir):
+    code, out, err = run(capsys, "generate", model_dir, "--num-samples", "2", "--max-new-tokens", "8",
+                         "--temperature", "1.2", "--top-k", "5", "--top-p", "0.9", "--seed", "3")
+    assert code == 0, err
+    assert len(out.split("\n---\n")) == 2
+    greedy = run(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8")
+    assert greedy[0] == 0 and greedy == run(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0",
+                                            "--max-new-tokens", "8")
+    code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog", "--max-new-tokens", "0")
+    assert code == 0 and out == "the dog \n"
+    code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog ", "--max-new-tokens", "1")
+    assert code == 0 and out.startswith("the dog ") and not out.startswith("the dog  ")
+
+
+def test_generate_notes_unknown_prompt_words(capsys, model_dir):
+    code, out, err = run(capsys, "generate", model_dir, "--prompt", "the zebra", "--max-new-tokens", "5",
+                         "--seed", "1")
+    assert code == 0
+    assert out.startswith("the zebra ")
+    assert err.startswith("fastlm generate: note: ") and "'zebra'" in err and "Traceback" not in err
+
+
+def test_eval_prints_perplexity_and_accuracy(capsys, model_dir, tmp_path):
+    text = write_corpus(tmp_path / "held_out.txt", lines=40, seed=1)
+    code, out, err = run(capsys, "eval", model_dir, text)
+    assert code == 0, err
+    values = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert 1 < float(values["perplexity"]) < len(WORDS) * 2
+    assert 0 <= float(values["accuracy"]) <= 1
+    assert {"tokens", "loss", "bits/token"} <= set(values)
+
+
+def test_resume_continues_training(capsys, corpus, tmp_path):
+    out = tmp_path / "m"
+    common = [corpus, "--level", "word", *TINY, "--out", out]
+    code, stdout, _ = run(capsys, "train", *common, "--epochs", "1")
+    assert code == 0 and "epoch 1/1" in stdout
+    code, stdout, err = run(capsys, "train", corpus, "--out", out, "--epochs", "2", "--resume",
+                            "--sample-tokens", "5")  # settings come from the checkpoint
+    assert code == 0, err
+    assert "epoch 2/2" in stdout and "epoch 1/" not in stdout
+    assert json.loads((out / "trainer.json").read_text())["epoch"] == 2
+    before = snapshot(out)
+    code, _, err = run(capsys, "train", *common, "--epochs", "2", "--resume")
+    assert_error(code, err, "train", "already been trained for 2 epochs")
+    code, _, err = run(capsys, "train", *common, "--epochs", "3", "--resume", "--seq-len", "30")
+    assert_error(code, err, "train", "cannot resume", "seq_len was 20, now 30")
+    other = write_corpus(tmp_path / "other.txt", lines=200, seed=5)
+    code, stdout, err = run(capsys, "train", other, "--out", out, "--epochs", "3", "--resume")
+    assert_error(code, err, "train", "same CORPUS")
+    assert snapshot(out) == before
+
+
+def test_resume_finishes_an_epoch_stopped_by_max_steps(capsys, corpus, tmp_path):
+    out = tmp_path / "m"
+    common = [corpus, "--level", "word", *TINY, "--out", out, "--epochs", "1"]
+    code, stdout, _ = run(capsys, "train", *common, "--max-steps", "2")
+    assert code == 0 and "0 of 1 epochs complete" in stdout and "epoch 1/1" not in stdout
+    code, stdout, _ = run(capsys, "train", *common, "--resume")
+    assert code == 0 and "epoch 1/1" in stdout
+
+
+def test_bench(capsys, monkeypatch):
+    from fastlm import benchmark
+    monkeypatch.setitem(benchmark.CONFIGS, "D", benchmark.Config(13, 4, 8, 1, 5, 2))  # the real D is slow
+    code, out, err = run(capsys, "bench", "--configs", "D", "--repeats", "1")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith("D ")]
+    assert [row[-4] for row in rows] == ["cpp", "numpy"]
+    assert rows[1][-1] == "1.00x"
+
+
+# ================================================================= train: bad input
+
+
+@pytest.fixture
+def bad_corpus(tmp_path):
+    """name -> path of a corpus fastlm train must refuse, and the words its message must contain."""
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "blank.txt").write_text(" \n\t\n")
+    (tmp_path / "short.txt").write_text("a b c d e")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me ".encode("latin-1") * 50)
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_bytes(b"text\0with NUL bytes " * 50)
+    (tmp_path / "adir").mkdir()
+    return {
+        "missing": (tmp_path / "missing.txt", ["missing.txt", "No such file"]),
+        "directory": (tmp_path / "adir", ["is a directory"]),
+        "empty": (tmp_path / "empty.txt", ["empty"]),
+        "whitespace only": (tmp_path / "blank.txt", ["empty"]),
+        "shorter than seq_len + 1": (tmp_path / "short.txt", ["too short", "9 char tokens", "at least 21"]),
+        "not UTF-8": (tmp_path / "latin1.txt", ["not UTF-8", "offset 3"]),
+        "binary": (tmp_path / "binary.bin", ["binary.bin"]),
+        "NUL bytes": (tmp_path / "nul.txt", ["NUL bytes"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "whitespace only", "shorter than seq_len + 1",
+                                  "not UTF-8", "binary", "NUL bytes"])
+def test_train_refuses_bad_corpus_and_writes_nothing(capsys, bad_corpus, tmp_path, case):
+    path, fragments = bad_corpus[case]
+    out = tmp_path / "m"
+    code, stdout, err = run(capsys, "train", path, "--epochs", "1", *TINY, "--out", out)
+    assert_error(code, err, "train", *fragments)
+    assert not out.exists()
+
+
+def test_train_refuses_a_bad_corpus_without_touching_an_existing_model(capsys, bad_corpus, model_copy):
+    before = snapshot(model_copy)
+    code, _, err = run(capsys, "train", bad_corpus["shorter than seq_len + 1"][0], *TINY,
+                       "--out", model_copy)
+    assert_error(code, err, "train", "too short")
+    assert snapshot(model_copy) == before
+
+
+def test_train_refuses_one_bad_file_among_good_ones(capsys, corpus, bad_corpus, tmp_path):
+    code, _, err = run(capsys, "train", corpus, bad_corpus["missing"][0], *TINY, "--out", tmp_path / "m")
+    assert_error(code, err, "train", "missing.txt")
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_an_unreadable_corpus(capsys, corpus, tmp_path, monkeypatch):
+    path = shutil.copy(corpus, tmp_path / "secret.txt")
+    os.chmod(path, 0)
+    if os.access(path, os.R_OK):  # root reads it anyway: fail the read as it fails for other users
+        read_bytes = pathlib.Path.read_bytes
+
+        def refuse(self):
+            if self.name == "secret.txt":
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return read_bytes(self)
+        monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
+    code, _, err = run(capsys, "train", path, *TINY, "--out", tmp_path / "m")
+    assert_error(code, err, "train", "secret.txt: Permission denied")
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_an_out_that_is_not_a_model_directory(capsys, corpus, tmp_path):
+    code, _, err = run(capsys, "train", corpus, *TINY, "--out", corpus)
+    assert_error(code, err, "train", "is a file")
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "train", corpus, *TINY, "--out", other)
+    assert_error(code, err, "train", "holding no fastlm model")
+    assert snapshot(other) == {"notes.txt": b"mine"}
+
+
+def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
+    code, _, err = run(capsys, "train", corpus, *TINY, "--out", tmp_path / "nothing", "--resume")
+    assert_error(code, err, "train", "nothing to resume")
+    assert not (tmp_path / "nothing").exists()
+    import fastlm
+    plain = tmp_path / "plain"
+    fastlm.load(model_dir).save(plain)  # a saved model without training state
+    before = snapshot(plain)
+    code, _, err = run(capsys, "train", corpus, "--level", "word", *TINY, "--out", plain, "--resume")
+    assert_error(code, err, "train", "no training checkpoint")
+    assert snapshot(plain) == before
+
+
+# ================================================================= generate and eval: bad model directories
+
+
+def _set_config(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def _drop_last_token(directory):
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    tokenizer["vocab"], tokenizer["counts"] = tokenizer["vocab"][:-1], tokenizer["counts"][:-1]
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
+DAMAGE = {  # name -> (what to do to a model directory, words the message must contain)
+    "no model.safetensors": (lambda d: (d / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
+    "no config.json": (lambda d: (d / "config.json").unlink(), ["config.json", "missing"]),
+    "no tokenizer.json": (lambda d: (d / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
+    "corrupted config.json": (lambda d: (d / "config.json").write_text('{"format_version": 1, '),
+                              ["config.json", "corrupted"]),
+    "config.json not a config": (lambda d: (d / "config.json").write_text("[1, 2]"), ["config.json"]),
+    "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}),
+                              ["config.json", "vocab_size", "-3"]),
+    "model section of the wrong kind": (lambda d: _set_config(d, model={"colour": "red"}), ["config.json"]),
+    "garbage weights": (lambda d: (d / "model.safetensors").write_bytes(os.urandom(300)),
+                        ["model.safetensors"]),
+    "truncated weights": (lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:-50]), ["model.safetensors"]),
+    "future format_version": (lambda d: _set_config(d, format_version=99), ["format version 99", "upgrade"]),
+    "corrupted tokenizer.json": (lambda d: (d / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
+    "tokenizer vocabulary mismatch": (_drop_last_token, ["tokenizer.json", "do not belong together"]),
+}
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_model_directory(capsys, model_copy, corpus, command, damage):
+    apply, fragments = DAMAGE[damage]
+    apply(model_copy)
+    before = snapshot(model_copy)
+    argv = [model_copy, "--max-new-tokens", "3"] if command == "generate" else [model_copy, corpus]
+    code, stdout, err = run(capsys, command, *argv)
+    assert_error(code, err, command, *fragments)
+    assert stdout == ""
+    assert snapshot(model_copy) == before
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_missing_model_directory(capsys, tmp_path, corpus, command):
+    argv = [tmp_path / "nope"] + ([corpus] if command == "eval" else [])
+    code, _, err = run(capsys, command, *argv)
+    assert_error(code, err, command, "nope", "does not exist")
+
+
+def test_eval_refuses_bad_text(capsys, model_dir, bad_corpus):
+    for case, fragment in [("missing", "No such file"), ("directory", "is a directory"),
+                           ("empty", "0 word tokens"), ("whitespace only", "0 word tokens"),
+                           ("not UTF-8", "not UTF-8"), ("NUL bytes", "NUL bytes")]:
+        code, _, err = run(capsys, "eval", model_dir, bad_corpus[case][0])
+        assert_error(code, err, "eval", fragment)
+
+
+# ================================================================= the real executables
+
+
+def _run_process(*argv, cwd=None):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_python_dash_m(model_dir, tmp_path):
+    result = _run_process(sys.executable, "-m", "fastlm", "--help")
+    assert result.returncode == 0 and "usage: fastlm" in result.stdout
+    for command in ("train", "generate", "eval", "bench"):
+        assert command in result.stdout
+    result = _run_process(sys.executable, "-m", "fastlm", "train", "--epochs", "0")
+    assert result.returncode == 2 and "argument --epochs" in result.stderr
+    result = _run_process(sys.executable, "-m", "fastlm", "eval", model_dir, tmp_path / "missing.txt")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("fastlm eval: error: ") and len(result.stderr.splitlines()) == 1
+    result = _run_process(sys.executable, "-m", "fastlm", "generate", model_dir, "--prompt", "the", "--seed", "1",
+                          "--max-new-tokens", "5")
+    assert result.returncode == 0 and result.stdout.startswith("the ")
+
+
+def test_console_script(corpus, tmp_path):
+    fastlm = shutil.which("fastlm")
+    if fastlm is None:
+        pytest.skip("the fastlm console script is not on PATH")
+    result = _run_process(fastlm, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "3", "--out", "m",
+                          cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--- sample ---" in result.stdout and (tmp_path / "m" / "config.json").is_file()
+    result = _run_process(fastlm, "generate", "m", "--top-p", "2", cwd=tmp_path)
+    assert result.returncode == 2 and "argument --top-p" in result.stderr
+    result = _run_process(fastlm, "generate", "does-not-exist", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "fastlm generate: error: model directory does-not-exist does not exist"

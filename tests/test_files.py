@@ -1,0 +1,458 @@
+"""Model directories: save/load round trips, the file formats, bad directories, atomic saves.
+
+A directory holds config.json, model.safetensors (PyTorch's state_dict names), an optional
+tokenizer.json and, for checkpoints, optimizer.safetensors and trainer.json. Loading
+checks the format version, the names and shapes of the tensors and that all files come
+from one save, and names what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import fastlm
+from fastlm import files
+
+V_TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The few fits here use tiny models, fastest on one thread."""
+    original = fastlm.get_num_threads()
+    fastlm.set_num_threads(1)
+    yield
+    fastlm.set_num_threads(original)
+
+
+@pytest.fixture
+def tok():
+    return fastlm.Tokenizer.fit(V_TEXT, level="char")
+
+
+@pytest.fixture
+def model(tok):
+    return fastlm.LSTMLM(len(tok), embed_dim=6, hidden_size=8, num_layers=2, dropout=0.25, seed=5)
+
+
+@pytest.fixture
+def saved(model, tok, tmp_path):
+    directory = tmp_path / "model"
+    model.save(directory, tokenizer=tok)
+    return directory
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert np.array_equal(sa[name], sb[name]), name
+
+
+def config_of(directory):
+    return json.loads((directory / "config.json").read_text())
+
+
+def write_config(directory, config):
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+# ================================================================= round trip
+
+
+def test_round_trip(model, tok, saved):
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    loaded = fastlm.load(saved)
+    assert isinstance(loaded, fastlm.LSTMLM)
+    assert_same_weights(model, loaded)
+    assert loaded.config() == model.config()
+    assert (loaded.vocab_size, loaded.embed_dim, loaded.hidden_size, loaded.num_layers, loaded.dropout,
+            loaded.seed) == (len(tok), 6, 8, 2, 0.25, 5)
+    assert loaded.backend == "cpp"
+    assert isinstance(loaded.tokenizer, fastlm.Tokenizer) and loaded.tokenizer == tok
+    x = tok.encode(V_TEXT)
+    assert loaded.evaluate(x, seq_len=10, batch_size=2) == model.evaluate(x, seq_len=10, batch_size=2)
+
+
+def test_load_on_numpy_backend(model, saved):
+    loaded = fastlm.load(saved, backend="numpy")
+    assert loaded.backend == "numpy"
+    assert_same_weights(model, loaded)
+
+
+def test_round_trip_after_training(tok, tmp_path):
+    model = fastlm.LSTMLM(len(tok), 6, 8, seed=1)
+    model.fit(tok.encode(V_TEXT * 4), seq_len=8, batch_size=4, epochs=1, lr=1e-2, progress=False)
+    model.tokenizer = tok
+    model.save(tmp_path)  # the attached tokenizer is saved by default
+    loaded = fastlm.load(tmp_path)
+    assert_same_weights(model, loaded)
+    assert loaded.tokenizer == tok
+    np.testing.assert_array_equal(loaded.generate([1, 2], 10, seed=3), model.generate([1, 2], 10, seed=3))
+
+
+def test_without_tokenizer(model, tmp_path):
+    model.save(tmp_path)
+    assert not (tmp_path / "tokenizer.json").exists()
+    assert fastlm.load(tmp_path).tokenizer is None
+    assert config_of(tmp_path)["tokenizer"] is None
+
+
+def test_config_contents(model, tok, saved):
+    config = config_of(saved)
+    assert config["format_version"] == files.FORMAT_VERSION == 1
+    assert config["fastlm_version"] == fastlm.__version__
+    assert config["model"] == model.config()
+    assert config["tokenizer"] == {"level": "char", "size": len(tok)}
+    assert config["has_training_state"] is False
+    assert isinstance(config["save_id"], str) and len(config["save_id"]) >= 16
+
+
+def test_safetensors_file_has_pytorch_names(model, saved):
+    tensors = load_file(saved / "model.safetensors")
+    state = model.state_dict()
+    assert sorted(tensors) == sorted(state)
+    assert {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
+            "lstm.weight_ih_l1", "decoder.weight", "decoder.bias"} <= set(tensors)
+    for name, value in tensors.items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, state[name], err_msg=name)
+    from safetensors import safe_open
+    with safe_open(str(saved / "model.safetensors"), framework="np") as f:
+        assert f.metadata()["save_id"] == config_of(saved)["save_id"]
+
+
+def test_weights_load_into_torch_strictly(model, tok, saved):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the interchange check needs it")
+    from safetensors.torch import load_file as torch_load_file
+
+    class TorchLM(torch.nn.Module):
+        def __init__(self, V, E, H, L):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E)
+            self.lstm = torch.nn.LSTM(E, H, num_layers=L, batch_first=True)
+            self.decoder = torch.nn.Linear(H, V)
+
+        def forward(self, x):
+            return self.decoder(self.lstm(self.embedding(x))[0])
+
+    module = TorchLM(len(tok), 6, 8, 2).eval()
+    module.load_state_dict(torch_load_file(saved / "model.safetensors"), strict=True)
+    x = tok.encode(V_TEXT)[None, :-1]
+    y = tok.encode(V_TEXT)[None, 1:]
+    with torch.no_grad():
+        logits = module(torch.as_tensor(x, dtype=torch.long))
+        loss = torch.nn.functional.cross_entropy(logits[0], torch.as_tensor(y[0], dtype=torch.long))
+    assert model.gradients(x, y)[0] == pytest.approx(float(loss), rel=1e-5)
+    # and back: a torch state_dict saved with safetensors loads into fastlm
+    reloaded = fastlm.LSTMLM(len(tok), 6, 8, 2)
+    reloaded.load_state_dict(module.state_dict())
+    assert_same_weights(model, reloaded)
+
+
+def test_resave_removes_stale_files(model, tok, tmp_path):
+    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path,
+              tokenizer=tok, progress=False)
+    assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert config_of(tmp_path)["has_training_state"] is True
+    model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        files.load_training_state(tmp_path)
+    assert fastlm.load(tmp_path).tokenizer is None
+
+
+def test_save_overwrites_previous_model(model, tok, saved):
+    other = fastlm.LSTMLM(len(tok), 4, 4, seed=9)
+    other.save(saved, tokenizer=tok)
+    loaded = fastlm.load(saved)
+    assert_same_weights(other, loaded)
+    assert loaded.hidden_size == 4
+
+
+def test_file_permissions(model, tok, tmp_path):
+    old = os.umask(0o022)
+    try:
+        model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path,
+                  tokenizer=tok, progress=False)
+    finally:
+        os.umask(old)
+    for path in tmp_path.iterdir():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o444 == 0o444, f"{path.name} is not readable by everyone: {oct(mode)}"
+        assert mode & 0o022 == 0, f"{path.name} is writable by others: {oct(mode)}"
+
+
+# ================================================================= bad directories
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fastlm.load(tmp_path / "nope")
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        fastlm.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_missing_file(saved, name):
+    (saved / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b"\xff\xfe\x00garbage", b'{"format_version": 1,'])
+def test_corrupted_config(saved, content):
+    (saved / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"config\.json is corrupted"):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1, 2, 3], "has no format_version"),
+    ({"model": {}}, "has no format_version"),
+    ({"format_version": "1"}, "has no format_version"),
+    ({"format_version": 1, "save_id": "x"}, "lacks the entry 'model'"),
+    ({"format_version": 1, "model": {}}, "lacks the entry 'save_id'"),
+])
+def test_config_without_required_entries(saved, config, message):
+    write_config(saved, config)
+    with pytest.raises(ValueError, match=message):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(vocab_size=-3), "vocab_size must be positive"),
+    (dict(hidden_size="big"), "hidden_size must be an int"),
+    (dict(colour="blue"), "colour"),
+    (dict(dropout=2.0), "dropout must lie in"),
+])
+def test_config_with_invalid_model_section(saved, change, message):
+    config = config_of(saved)
+    config["model"].update(change)
+    write_config(saved, config)
+    with pytest.raises(ValueError, match=rf"config\.json has an invalid model section: .*{message}"):
+        fastlm.load(saved)
+
+
+def test_model_section_not_a_dict(saved):
+    config = config_of(saved)
+    config["model"] = [1, 2]
+    write_config(saved, config)
+    with pytest.raises(ValueError, match="invalid model section"):
+        fastlm.load(saved)
+
+
+def test_config_disagreeing_with_weights(saved):
+    config = config_of(saved)
+    config["model"]["hidden_size"] = 9
+    write_config(saved, config)
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*lstm.weight_ih_l0.*shape \(32, 6\), expected \(36, 6\)"):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("version", [2, 99])
+def test_future_format_version(saved, version):
+    config = config_of(saved)
+    config["format_version"] = version
+    write_config(saved, config)
+    with pytest.raises(ValueError, match=f"format version {version} by a newer fastlm.*upgrade fastlm"):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "header-only"])
+def test_corrupted_weights(saved, damage):
+    path = saved / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"",
+                      "header-only": data[:8]}[damage])
+    with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors"):
+        fastlm.load(saved)
+
+
+def test_weights_from_another_save(model, tok, tmp_path):
+    model.save(tmp_path / "a", tokenizer=tok)
+    model.save(tmp_path / "b", tokenizer=tok)  # identical weights, a different save
+    (tmp_path / "a" / "model.safetensors").replace(tmp_path / "b" / "model.safetensors")
+    with pytest.raises(ValueError, match="does not belong to the same save"):
+        fastlm.load(tmp_path / "b")
+
+
+def _rewrite_weights(directory, edit):
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"save_id": config_of(directory)["save_id"]})
+
+
+def test_misshaped_tensor_is_named(saved):
+    _rewrite_weights(saved, lambda t: t.update({"decoder.bias": t["decoder.bias"][:-1].copy()}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*'decoder\.bias' has shape"):
+        fastlm.load(saved)
+
+
+def test_missing_tensor_is_named(saved):
+    _rewrite_weights(saved, lambda t: t.pop("lstm.bias_hh_l1"))
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*missing 'lstm\.bias_hh_l1'"):
+        fastlm.load(saved)
+
+
+def test_extra_tensor_is_named(saved):
+    _rewrite_weights(saved, lambda t: t.update({"lstm.weight_ih_l7": np.zeros((4, 4), np.float32)}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*unexpected entries 'lstm\.weight_ih_l7'"):
+        fastlm.load(saved)
+
+
+def test_non_finite_tensor_is_named(saved):
+    def poison(t):
+        t["lstm.weight_hh_l0"][3, 2] = np.nan
+    _rewrite_weights(saved, poison)
+    with pytest.raises(ValueError, match=r"'lstm\.weight_hh_l0' holds NaN"):
+        fastlm.load(saved)
+
+
+def test_integer_tensor_is_named(saved):
+    _rewrite_weights(saved, lambda t: t.update({"decoder.bias": t["decoder.bias"].astype(np.int32)}))
+    with pytest.raises(ValueError, match=r"'decoder\.bias' must hold floats"):
+        fastlm.load(saved)
+
+
+def test_tokenizer_vocabulary_mismatch(model, saved):
+    fastlm.Tokenizer.fit("abc", level="char").save(saved / "tokenizer.json")
+    with pytest.raises(ValueError, match=r"tokenizer\.json has 4 tokens but the model's vocabulary has "
+                                         rf"{model.vocab_size}: the files do not belong together"):
+        fastlm.load(saved)
+
+
+def test_corrupted_tokenizer(saved):
+    (saved / "tokenizer.json").write_text('{"type": "fastlm.Tokenizer"')
+    with pytest.raises(ValueError, match=r"tokenizer\.json"):
+        fastlm.load(saved)
+
+
+def test_save_with_mismatched_tokenizer_writes_nothing(model, tmp_path):
+    small = fastlm.Tokenizer.fit("abc", level="char")
+    with pytest.raises(ValueError, match="the tokenizer has 4 tokens but the model's vocabulary has"):
+        model.save(tmp_path / "m", tokenizer=small)
+    assert not (tmp_path / "m").exists()
+
+
+def test_save_into_a_file_path(model, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    with pytest.raises(OSError):
+        model.save(target)
+    assert target.read_text() == "keep me"
+
+
+def test_training_state_checks(model, tok, tmp_path):
+    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    arrays, trainer = files.load_training_state(tmp_path)
+    assert trainer["epoch"] == 1 and set(arrays) == {f"{m}.{k}" for m in "mv" for k in model.state_dict()}
+    data = json.loads((tmp_path / "trainer.json").read_text())
+    (tmp_path / "trainer.json").write_text(json.dumps({**data, "save_id": "other"}))
+    with pytest.raises(ValueError, match=r"trainer\.json does not belong to the same save"):
+        files.load_training_state(tmp_path)
+    (tmp_path / "trainer.json").write_text(json.dumps(data))
+    (tmp_path / "optimizer.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"optimizer\.safetensors is missing"):
+        files.load_training_state(tmp_path)
+
+
+# ================================================================= atomic saves
+
+
+def _no_temporaries(directory):
+    leftovers = [p.name for p in directory.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+def _failing_after_partial_write(real):
+    """A writer that writes part of its file, then fails as a full disk would."""
+    def fail(*args, **kwargs):
+        path = kwargs.get("filename") or args[1]
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    return fail
+
+
+@pytest.mark.parametrize("where", ["weights", "tokenizer", "config", "optimizer", "trainer"])
+def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypatch, where):
+    directory = tmp_path / "m"
+    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=directory, tokenizer=tok,
+              progress=False)
+    before = snapshot(directory)
+    other = fastlm.LSTMLM(len(tok), 6, 8, num_layers=2, dropout=0.25, seed=6)
+    training_state = files.load_training_state(directory)
+    calls = []
+
+    if where in ("weights", "optimizer"):
+        import safetensors.numpy
+        real = safetensors.numpy.save_file
+
+        def save_file_failing(tensors, filename, metadata=None):
+            calls.append(filename)
+            is_optimizer = any(k.startswith("m.") for k in tensors)
+            if is_optimizer == (where == "optimizer"):
+                return _failing_after_partial_write(real)(tensors, filename)
+            return real(tensors, filename, metadata=metadata)
+
+        monkeypatch.setattr(safetensors.numpy, "save_file", save_file_failing)
+    elif where == "tokenizer":
+        def tokenizer_save_failing(self, path):
+            calls.append(path)
+            with open(path, "w") as f:
+                f.write('{"type": "fastl')
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(fastlm.Tokenizer, "save", tokenizer_save_failing)
+    else:
+        real_dump = json.dump
+
+        def dump_failing(data, f, **kw):
+            calls.append(f.name)
+            if ("format_version" in data) == (where == "config"):
+                f.write('{"format_version": 1, "sa')
+                raise OSError(28, "No space left on device")
+            return real_dump(data, f, **kw)
+
+        monkeypatch.setattr(json, "dump", dump_failing)
+
+    with pytest.raises(OSError, match="No space left"):
+        files.save(directory, other, tokenizer=tok, training=training_state)
+    assert calls, "the failure was not injected"
+    monkeypatch.undo()
+    assert snapshot(directory) == before  # every previous file byte for byte
+    _no_temporaries(directory)
+    loaded = fastlm.load(directory)
+    assert_same_weights(model, loaded)
+    files.load_training_state(directory)
+
+
+def test_interrupted_save_cleans_up(model, tok, saved, monkeypatch):
+    before = snapshot(saved)
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastlm.Tokenizer, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fastlm.LSTMLM(len(tok), 4, 4).save(saved, tokenizer=tok)
+    assert snapshot(saved) == before
+    _no_temporaries(saved)
+
+
+def test_successful_save_leaves_no_temporaries(model, tok, saved):
+    model.save(saved, tokenizer=tok)
+    _no_temporaries(saved)

@@ -1,0 +1,651 @@
+"""LSTMLM.fit and LSTMLM.evaluate: learning, batching, options, exact resume, Ctrl-C, bad input.
+
+Tiny models (V ~ 50 characters, E = 8-16, H = 16-32) on slices of tinyshakespeare keep
+the whole file to a few seconds. Exact resume is checked bit for bit (np.array_equal on
+every weight) with the thread count pinned, as the contract promises it only for the same
+seed and thread count.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import fastlm
+from fastlm import files, training
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
+SEQ, BATCH = 16, 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Pin the thread count (exact resume is promised for a fixed count; tiny GEMMs are fastest on one)."""
+    original = fastlm.get_num_threads()
+    fastlm.set_num_threads(1)
+    yield
+    fastlm.set_num_threads(original)
+
+
+@pytest.fixture(scope="module")
+def text():
+    if not CORPUS.is_file():
+        pytest.skip(f"corpus {CORPUS} not found (the shared tinyshakespeare.txt this test trains on)")
+    return CORPUS.read_text(encoding="utf-8")[:12000]
+
+
+@pytest.fixture(scope="module")
+def tok(text):
+    return fastlm.Tokenizer.fit(text, level="char")
+
+
+@pytest.fixture(scope="module")
+def ids(text, tok):
+    return tok.encode(text[:2000])  # 2000 tokens: 124 windows of 16, 16 batches of 8
+
+
+def make(tok, **kw):
+    options = dict(embed_dim=8, hidden_size=16, num_layers=1, seed=1)
+    options.update(kw)
+    return fastlm.LSTMLM(len(tok), **options)
+
+
+def quiet_fit(model, *args, **kw):
+    kw.setdefault("seq_len", SEQ)
+    kw.setdefault("batch_size", BATCH)
+    kw.setdefault("progress", False)
+    return model.fit(*args, **kw)
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert np.array_equal(sa[name], sb[name]), f"{name} differs"
+
+
+def weights_differ(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return any(not np.array_equal(sa[name], sb[name]) for name in sa)
+
+
+def record_batches(model):
+    """Wrap model._forward_backward to record (x, y, initial_state, final_state) of every training batch."""
+    calls = []
+    original = model._forward_backward
+
+    def wrapped(x, y, initial_state=None, train=False, rng=None):
+        loss, grads, final = original(x, y, initial_state=initial_state, train=train, rng=rng)
+        calls.append((x.copy(), y.copy(), initial_state, final))
+        return loss, grads, final
+
+    model._forward_backward = wrapped
+    return calls
+
+
+# ================================================================= learning
+
+
+def test_fit_reduces_loss(text, tok):
+    train, val = tok.encode(text[:10000]), tok.encode(text[10000:])
+    model = make(tok, embed_dim=16, hidden_size=32)
+    history = model.fit(train, seq_len=32, batch_size=16, epochs=4, lr=1e-2, val_ids=val, progress=False)
+    log_v = math.log(len(tok))
+    assert history["loss"][-1] < history["loss"][0] - 0.3
+    assert history["val_loss"][-1] < history["val_loss"][0] - 0.3
+    assert history["val_loss"][-1] < log_v - 1.0, (history["val_loss"], log_v)
+    result = model.evaluate(val, seq_len=32, batch_size=16)
+    assert result["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-12)
+
+
+def test_history_keys_and_lengths(tok, ids):
+    model = make(tok)
+    history = quiet_fit(model, ids[:1500], epochs=3, lr=1e-2, val_ids=ids[1500:])
+    assert set(history) == {"epoch", "loss", "val_loss", "val_perplexity", "tokens_per_s", "lr"}
+    assert history["epoch"] == [1, 2, 3]
+    for key in ("loss", "val_loss", "val_perplexity", "tokens_per_s", "lr"):
+        assert len(history[key]) == 3, key
+    for loss, ppl in zip(history["val_loss"], history["val_perplexity"]):
+        assert ppl == pytest.approx(math.exp(loss), rel=1e-12)
+    assert all(t > 0 for t in history["tokens_per_s"])
+    assert history["lr"] == [1e-2] * 3
+    json.dumps(history)  # plain Python values
+
+    no_val = quiet_fit(make(tok), ids, epochs=2)
+    assert no_val["val_loss"] == [None, None] and no_val["val_perplexity"] == [None, None]
+
+
+def test_fit_on_windows_equals_fit_on_ids(tok, ids):
+    """fit(x, y) on fastlm.windows draws the same batches as fit(ids) with the same stride."""
+    for stride in (None, 5):
+        x, y = fastlm.windows(ids, seq_len=SEQ, stride=stride or SEQ)
+        assert np.array_equal(x[:, 1:], y[:, :-1])
+        a, b = make(tok), make(tok)
+        ha = quiet_fit(a, ids, epochs=2, stride=stride)
+        hb = quiet_fit(b, x, y, epochs=2)
+        assert_same_weights(a, b)
+        assert ha["loss"] == hb["loss"]
+
+
+def test_fit_on_windows_learns(tok, ids):
+    x, y = fastlm.windows(ids, seq_len=SEQ, stride=4)
+    model = make(tok)
+    before = model.evaluate(x, y)["loss"]
+    history = model.fit(x, y, batch_size=16, epochs=2, lr=1e-2, progress=False)
+    assert len(history["loss"]) == 2
+    assert model.evaluate(x, y)["loss"] < before - 0.3
+
+
+def test_stride_window_counts(tok, ids):
+    n = len(ids)
+    overlapping, _ = fastlm.windows(ids, seq_len=SEQ, stride=1)
+    disjoint, _ = fastlm.windows(ids, seq_len=SEQ, stride=SEQ)
+    assert len(overlapping) == n - SEQ
+    assert len(disjoint) == (n - SEQ - 1) // SEQ + 1
+    for stride, expected in ((1, overlapping), (None, disjoint), (SEQ, disjoint), (7, fastlm.windows(ids, SEQ, 7)[0])):
+        model = make(tok)
+        calls = record_batches(model)
+        quiet_fit(model, ids, epochs=1, stride=stride, batch_size=64, shuffle=False)
+        x = np.concatenate([c[0] for c in calls])
+        y = np.concatenate([c[1] for c in calls])
+        step = stride or SEQ
+        count = (n - SEQ - 1) // step + 1
+        assert len(x) == count and len(calls) == -(-count // 64)
+        starts = np.arange(count) * step
+        assert np.array_equal(x, ids[starts[:, None] + np.arange(SEQ)])
+        assert np.array_equal(y, ids[starts[:, None] + np.arange(1, SEQ + 1)])
+        assert np.array_equal(x, expected)  # the same windows as fastlm.windows
+
+
+def test_shuffle_is_seeded_per_epoch(tok, ids):
+    model = make(tok)
+    calls = record_batches(model)
+    quiet_fit(model, ids, epochs=2)
+    per_epoch = len(calls) // 2
+    first, second = calls[0][0], calls[per_epoch][0]
+    assert not np.array_equal(first, second)  # a new order every epoch
+    again = make(tok)
+    calls_again = record_batches(again)
+    quiet_fit(again, ids, epochs=2)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(calls, calls_again))  # the same seeded orders
+
+    ordered = make(tok)
+    calls_ordered = record_batches(ordered)
+    quiet_fit(ordered, ids, epochs=1, shuffle=False)
+    assert np.array_equal(calls_ordered[0][0][0], ids[:SEQ])
+
+
+def test_stateful_carries_state(tok, ids):
+    model = make(tok, num_layers=2)
+    calls = record_batches(model)
+    quiet_fit(model, ids, epochs=2, stateful=True, seq_len=10, batch_size=4)
+    per_epoch = len(calls) // 2
+    assert per_epoch == -(-((len(ids) - 1) // 4) // 10)
+    for epoch in range(2):
+        epoch_calls = calls[epoch * per_epoch:(epoch + 1) * per_epoch]
+        assert epoch_calls[0][2] is None  # every epoch starts from the zero state
+        for (x0, y0, _, final), (x1, _, initial, _) in zip(epoch_calls, epoch_calls[1:]):
+            assert np.array_equal(x1[:, 0], y0[:, -1])  # each row continues its stream
+            assert len(initial) == 2
+            for (h, c), (h_prev, c_prev) in zip(initial, final):
+                assert np.array_equal(h, h_prev) and np.array_equal(c, c_prev)
+                assert np.any(h != 0)
+    plain = make(tok, num_layers=2)
+    quiet_fit(plain, ids, epochs=2, stateful=False, seq_len=10, batch_size=4)
+    assert weights_differ(model, plain)
+
+
+def test_stateful_differs_from_zero_state_on_same_batches(tok, ids, monkeypatch):
+    """Carrying the state changes training compared with the same contiguous batches from zero."""
+    a = make(tok)
+    quiet_fit(a, ids, epochs=1, stateful=True, seq_len=10, batch_size=4)
+    b = make(tok)
+    original = b._forward_backward
+    b._forward_backward = lambda x, y, initial_state=None, **kw: original(x, y, None, **kw)
+    quiet_fit(b, ids, epochs=1, stateful=True, seq_len=10, batch_size=4)
+    assert weights_differ(a, b)
+
+
+def test_dropout_changes_training_and_is_deterministic(tok, ids):
+    runs = {}
+    for dropout in (0.0, 0.3, 0.3):
+        model = make(tok, num_layers=2, dropout=dropout)
+        history = quiet_fit(model, ids, epochs=1)
+        runs.setdefault(dropout, []).append((model, history))
+    (no_drop, h0), = runs[0.0]
+    (first, h1), (second, h2) = runs[0.3]
+    assert weights_differ(no_drop, first)
+    assert h0["loss"] != h1["loss"]
+    assert_same_weights(first, second)
+    assert h1["loss"] == h2["loss"]
+    # evaluation runs without dropout: deterministic and equal to the backward-free loss
+    x, y = fastlm.windows(ids[:200], SEQ, SEQ)
+    assert first.evaluate(x, y)["loss"] == first.evaluate(x, y)["loss"]
+
+
+def test_clip_norm_bounds_gradients(tok, ids, monkeypatch):
+    norms = []
+    original = training.Adam.step
+
+    def step(self, ops, params, grads):
+        norms.append(math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values())))
+        return original(self, ops, params, grads)
+
+    monkeypatch.setattr(training.Adam, "step", step)
+    clipped = make(tok)
+    quiet_fit(clipped, ids, epochs=1, clip_norm=0.05)
+    assert max(norms) <= 0.05 * (1 + 1e-5)
+    assert min(norms) == pytest.approx(0.05, rel=1e-4)  # every raw gradient is far above 0.05
+    norms.clear()
+    unclipped = make(tok)
+    quiet_fit(unclipped, ids, epochs=1)
+    assert max(norms) > 0.05
+    assert weights_differ(clipped, unclipped)
+    loose = make(tok)
+    quiet_fit(loose, ids, epochs=1, clip_norm=1e9)  # a bound never reached changes nothing
+    assert_same_weights(loose, unclipped)
+
+
+def test_lr_decay_and_early_stopping_on_plateau(tok, ids):
+    model = make(tok)
+    val_losses = iter([2.0, 2.5, 2.5, 2.5, 2.5, 2.5])
+    seen = []
+
+    def evaluate(data, y=None, seq_len=100, batch_size=32):
+        seen.append(len(data))
+        return {"loss": next(val_losses)}
+
+    model.evaluate = evaluate  # a validation loss that never improves after epoch 1
+    history = quiet_fit(model, ids, epochs=10, lr=1e-3, val_ids=ids[:100], lr_decay=0.5, lr_patience=1,
+                        early_stopping=3)
+    assert history["epoch"] == [1, 2, 3, 4]  # stopped 3 epochs after the best
+    assert history["val_loss"] == [2.0, 2.5, 2.5, 2.5]
+    assert history["lr"] == [1e-3, 1e-3, 1e-3, 5e-4]  # decayed once patience (1 epoch) ran out, then again
+    assert seen == [100] * 4
+
+
+def test_lr_decay_on_real_plateau(tok, ids):
+    """A learning rate too small to move float32 weights: the val loss cannot improve, lr decays."""
+    model = make(tok)
+    history = quiet_fit(model, ids[:1000], epochs=3, lr=1e-15, val_ids=ids[1000:1400], lr_decay=0.1,
+                        early_stopping=2)
+    assert len(history["epoch"]) == 3
+    assert history["lr"][0] == 1e-15
+    assert history["lr"][2] == pytest.approx(1e-16)
+    assert history["val_loss"][1] >= history["val_loss"][0]
+
+
+# ================================================================= exact resume
+
+
+def _resume_options(kind):
+    if kind == "windows":
+        return dict(model=dict(), fit=dict(lr=1e-2))
+    if kind == "stateful":
+        return dict(model=dict(num_layers=2, dropout=0.2),
+                    fit=dict(lr=1e-2, stateful=True, seq_len=10, batch_size=4, clip_norm=0.5))
+    if kind == "overlapping":  # overlapping windows, dropout, validation with plateau rules
+        return dict(model=dict(dropout=0.2), fit=dict(lr=1e-2, stride=3, lr_decay=0.5, early_stopping=5))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["windows", "stateful", "overlapping"])
+@pytest.mark.parametrize("stops", [[1], [5, 13], [9]], ids=["epoch-boundary", "mid-epoch-twice", "mid-epoch"])
+def test_exact_resume(tok, ids, tmp_path, kind, stops):
+    options = _resume_options(kind)
+    data = ids[:1500]
+    val = ids[1500:] if kind == "overlapping" else None
+    fit_kw = dict(options["fit"], val_ids=val)
+
+    full = make(tok, **options["model"])
+    expected = quiet_fit(full, data, epochs=3, checkpoint_dir=tmp_path / "a", **fit_kw)
+
+    per_epoch = None
+    partial = make(tok, **options["model"])
+    for n, stop in enumerate(stops):
+        if stops == [1]:  # stop after epoch 1 by asking for one epoch only
+            history = quiet_fit(partial, data, epochs=1, checkpoint_dir=tmp_path / "b", **fit_kw)
+            assert "interrupted" not in history and len(history["epoch"]) == 1
+        else:
+            history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", max_batches=stop,
+                                resume=n > 0, **fit_kw)
+            assert history["interrupted"] is False
+        trainer = json.loads((tmp_path / "b" / files.TRAINER_FILE).read_text())
+        per_epoch = per_epoch or _batches_per_epoch(full, data, fit_kw)
+        done = sum(stops[:n + 1]) if stops != [1] else per_epoch
+        assert (trainer["epoch"], trainer["batch"]) == divmod(done, per_epoch)
+        partial = make(tok, **options["model"])  # a fresh process would start from a fresh model
+    history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", resume=True, **fit_kw)
+    assert_same_weights(full, partial)
+    assert history["loss"] == expected["loss"]
+    assert history["val_loss"] == expected["val_loss"]
+    assert history["lr"] == expected["lr"]
+    assert "interrupted" not in history
+    # the checkpoints themselves agree too, optimizer state included
+    for name in (files.MODEL_FILE, files.OPTIMIZER_FILE):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert list(sorted(a)) == list(sorted(b))
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+
+
+def _batches_per_epoch(model, data, fit_kw):
+    from fastlm.training import _make_batches
+    seq_len = fit_kw.get("seq_len", SEQ)
+    batch_size = fit_kw.get("batch_size", BATCH)
+    stride = fit_kw.get("stride") or seq_len
+    batches, _ = _make_batches(model, data, None, seq_len, batch_size, stride, True, fit_kw.get("stateful", False))
+    return len(batches)
+
+
+def test_exact_resume_two_threads(tok, ids, tmp_path):
+    fastlm.set_num_threads(2)
+    data = ids[:600]  # 37 windows: 5 batches per epoch
+    full = make(tok, hidden_size=32)
+    quiet_fit(full, data, epochs=2, lr=1e-2)
+    part = make(tok, hidden_size=32)
+    quiet_fit(part, data, epochs=2, lr=1e-2, checkpoint_dir=tmp_path, max_batches=7)
+    part = make(tok, hidden_size=32)
+    quiet_fit(part, data, epochs=2, lr=1e-2, checkpoint_dir=tmp_path, resume=True)
+    assert_same_weights(full, part)
+
+
+def test_resume_on_windows_and_extend_epochs(tok, ids, tmp_path):
+    x, y = fastlm.windows(ids, SEQ, 4)
+    full = make(tok)
+    quiet_fit(full, x, y, epochs=3)
+    part = make(tok)
+    quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, max_batches=20)
+    quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    done = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    assert (done["epoch"], done["batch"]) == (2, 0)
+    again = quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)  # nothing left to do
+    assert len(again["epoch"]) == 2
+    quiet_fit(part, x, y, epochs=3, checkpoint_dir=tmp_path, resume=True)  # one more epoch
+    assert_same_weights(full, part)
+
+
+def test_max_batches_at_epoch_end_stops_there(tok, ids, tmp_path):
+    per_epoch = -(-((len(ids) - SEQ - 1) // SEQ + 1) // BATCH)
+    model = make(tok)
+    calls = record_batches(model)
+    history = quiet_fit(model, ids, epochs=3, checkpoint_dir=tmp_path, max_batches=per_epoch)
+    assert len(calls) == per_epoch
+    assert history["epoch"] == [1] and history["interrupted"] is False
+    trainer = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    assert (trainer["epoch"], trainer["batch"]) == (1, 0)
+
+
+def test_checkpoint_is_a_loadable_model(tok, ids, tmp_path):
+    model = make(tok)
+    quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path, tokenizer=tok)
+    loaded = fastlm.load(tmp_path)
+    assert_same_weights(model, loaded)
+    assert loaded.tokenizer == tok
+    assert files.load_training_state(tmp_path)[1]["epoch"] == 1
+
+
+# ================================================================= Ctrl-C
+
+
+def interrupt_at(model, batch_numbers):
+    """Send SIGINT to this process while training batch k (1-based) for each k in batch_numbers."""
+    original = model._forward_backward
+    count = [0]
+
+    def wrapped(*args, **kw):
+        count[0] += 1
+        if count[0] in batch_numbers:
+            signal.raise_signal(signal.SIGINT)
+        return original(*args, **kw)
+
+    model._forward_backward = wrapped
+    return count
+
+
+@pytest.mark.parametrize("at", [6, 16], ids=["mid-epoch", "last-batch-of-epoch"])
+def test_ctrl_c_checkpoints_and_resumes_exactly(tok, ids, tmp_path, at):
+    full = make(tok, dropout=0.1)
+    quiet_fit(full, ids, epochs=2, lr=1e-2)
+
+    handler = signal.getsignal(signal.SIGINT)
+    model = make(tok, dropout=0.1)
+    count = interrupt_at(model, {at})
+    history = quiet_fit(model, ids, epochs=2, lr=1e-2, checkpoint_dir=tmp_path)
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+    assert history["interrupted"] is True
+    assert count[0] == at  # stopped right after the batch during which Ctrl-C came
+    trainer = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    assert (trainer["epoch"], trainer["batch"]) == divmod(at, 16)
+    assert_same_weights(model, fastlm.load(tmp_path))  # a valid checkpoint of the state reached
+
+    resumed = make(tok, dropout=0.1)
+    history = quiet_fit(resumed, ids, epochs=2, lr=1e-2, checkpoint_dir=tmp_path, resume=True)
+    assert "interrupted" not in history and history["epoch"] == [1, 2]
+    assert_same_weights(full, resumed)
+
+
+def test_ctrl_c_without_checkpoint_dir_returns(tok, ids):
+    model = make(tok)
+    interrupt_at(model, {3})
+    history = quiet_fit(model, ids, epochs=2)
+    assert history["interrupted"] is True and history["epoch"] == []
+
+
+def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
+    handler = signal.getsignal(signal.SIGINT)
+    model = make(tok)
+    original = model._forward_backward
+
+    def twice(*args, **kw):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return original(*args, **kw)
+
+    model._forward_backward = twice
+    with pytest.raises(KeyboardInterrupt):
+        quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# ================================================================= bad input
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(epochs=0), "epochs must be a positive integer, got 0"),
+    (dict(epochs=-1), "epochs must be a positive integer"),
+    (dict(epochs=1.5), "epochs must be a positive integer"),
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(batch_size=-4), "batch_size must be a positive integer"),
+    (dict(seq_len=0), "seq_len must be a positive integer, got 0"),
+    (dict(seq_len=-1), "seq_len must be a positive integer"),
+    (dict(stride=0), "stride must be a positive integer"),
+    (dict(lr=0), "lr must be positive"),
+    (dict(lr=-1e-3), "lr must be positive"),
+    (dict(clip_norm=0), "clip_norm must be positive"),
+    (dict(lr_decay=1.5, val_ids=[1, 2, 3]), "lr_decay must lie in"),
+    (dict(lr_decay=0.5), "pass val_ids"),
+    (dict(early_stopping=2), "pass val_ids"),
+    (dict(max_batches=0), "max_batches must be a positive integer"),
+    (dict(resume=True, checkpoint_dir=None), "resume=True needs the checkpoint_dir"),
+    (dict(val_ids=[1]), "val_ids needs at least 2 tokens"),
+    (dict(val_ids=[1, 10_000]), "val_ids holds id 10000"),
+    (dict(stateful=True, batch_size=200), "stateful training cuts the corpus"),
+])
+def test_bad_settings(tok, ids, tmp_path, kw, message):
+    model = make(tok)
+    with pytest.raises(ValueError, match=message):
+        quiet_fit(model, ids, **{"epochs": 1, "checkpoint_dir": tmp_path / "ck", **kw})
+    assert not (tmp_path / "ck").exists()  # nothing written
+    assert not weights_differ(model, make(tok))  # nothing trained
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (np.array([], dtype=np.int32), ValueError, "ids is empty"),
+    (np.arange(SEQ) % 5, ValueError, rf"the corpus has {SEQ} tokens; .*seq_len={SEQ}.*at least {SEQ + 1}"),
+    (np.array([1, 2, 9999] * 20), ValueError, "ids holds id 9999"),
+    (np.array([-1, 2, 3] * 20), ValueError, "ids holds id -1"),
+    (np.ones(40, dtype=np.float32), TypeError, "integer token ids"),
+    (np.ones((4, SEQ), dtype=np.int32), ValueError, "must be 1-D"),
+])
+def test_bad_corpus(tok, tmp_path, data, error, message):
+    model = make(tok)
+    with pytest.raises(error, match=message):
+        quiet_fit(model, data, epochs=1, checkpoint_dir=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_corpus_of_exactly_seq_len_plus_one_trains(tok, ids):
+    history = quiet_fit(make(tok), ids[:SEQ + 1], epochs=2)
+    assert len(history["loss"]) == 2
+
+
+def test_bad_windows(tok, ids):
+    x, y = fastlm.windows(ids, SEQ, SEQ)
+    with pytest.raises(ValueError, match="same shape"):
+        quiet_fit(make(tok), x, y[:, :-1], epochs=1)
+    with pytest.raises(ValueError, match="targets holds id"):
+        quiet_fit(make(tok), x, y + 1000, epochs=1)
+
+
+def test_resume_without_checkpoint(tok, ids, tmp_path):
+    model = make(tok)
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path, resume=True)  # empty directory
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path / "missing", resume=True)
+    assert not (tmp_path / "missing").exists()
+    model.save(tmp_path / "plain")  # a model without training state
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path / "plain", resume=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "plain"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=4), "batch_size was 8, now 4"),
+    (dict(seq_len=12), "seq_len was 16, now 12"),
+    (dict(stateful=True), "stateful was False, now True"),
+    (dict(clip_norm=1.0), "clip_norm was None, now 1.0"),
+    (dict(data="shorter"), "data_tokens was"),
+])
+def test_resume_with_changed_settings(tok, ids, tmp_path, change, message):
+    quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, max_batches=3)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    change = dict(change)
+    data = ids[:-100] if change.pop("data", None) else ids
+    with pytest.raises(ValueError, match=f"cannot resume with different training settings: .*{message}"):
+        quiet_fit(make(tok), data, epochs=2, checkpoint_dir=tmp_path, resume=True, **change)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved  # the checkpoint is untouched
+
+
+def test_resume_with_a_different_model(tok, ids, tmp_path):
+    quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, max_batches=3)
+    with pytest.raises(ValueError, match="different model: hidden_size was 16, now 32"):
+        quiet_fit(make(tok, hidden_size=32), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="seed was 1, now 2"):
+        quiet_fit(make(tok, seed=2), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_divergence_raises_clearly(tok, ids, tmp_path):
+    model = make(tok)
+    with pytest.raises(FloatingPointError, match=r"training diverged: the loss is (nan|inf).*lower lr or set clip_norm"):
+        quiet_fit(model, ids, epochs=1, lr=1e38, checkpoint_dir=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()  # no checkpoint of a diverged model
+
+
+# ================================================================= progress bar
+
+
+def test_progress_bar(tok, ids, capsys):
+    quiet_fit(make(tok), ids, epochs=2, progress=True, val_ids=ids[:200])
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+    assert "loss=" in err and "ppl=" in err and "tok_s=" in err
+    quiet_fit(make(tok), ids, epochs=1, progress=False)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_callback_gets_history_every_epoch(tok, ids):
+    seen = []
+    quiet_fit(make(tok), ids, epochs=3, callback=lambda h: seen.append(list(h["epoch"])))
+    assert seen == [[1], [1, 2], [1, 2, 3]]
+
+
+# ================================================================= evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(text, tok):
+    model = make(tok, num_layers=2, hidden_size=32)
+    threads = fastlm.get_num_threads()
+    fastlm.set_num_threads(1)
+    quiet_fit(model, tok.encode(text[:10000]), epochs=3, lr=1e-2)
+    fastlm.set_num_threads(threads)
+    return model
+
+
+def test_evaluate_metrics_consistent(trained, ids):
+    result = trained.evaluate(ids, seq_len=SEQ, batch_size=BATCH)
+    assert set(result) >= {"loss", "perplexity", "accuracy", "bits_per_token"}
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
+    assert result["bits_per_token"] == pytest.approx(result["loss"] / math.log(2), rel=1e-12)
+    assert 0.0 < result["accuracy"] < 1.0
+    assert result["loss"] < math.log(trained.vocab_size)
+    assert result["tokens"] == ((len(ids) - 1) // BATCH) * BATCH
+
+
+def test_evaluate_equal_between_backends(trained, ids):
+    twin = fastlm.LSTMLM(**trained.config(), backend="numpy")
+    twin.load_state_dict(trained.state_dict())
+    for args in ((ids[:600],), fastlm.windows(ids[:600], SEQ, 7)):
+        a = trained.evaluate(*args, seq_len=SEQ, batch_size=BATCH)
+        b = twin.evaluate(*args, seq_len=SEQ, batch_size=BATCH)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=2 / a["tokens"])  # a near-tie may flip
+        assert a["tokens"] == b["tokens"]
+
+
+def test_evaluate_windows_equals_gradients_loss(trained, ids):
+    x, y = fastlm.windows(ids, SEQ, 5)
+    result = trained.evaluate(x, y, batch_size=len(x))
+    assert result["loss"] == pytest.approx(trained.gradients(x, y)[0], rel=1e-12)
+    assert result["tokens"] == x.size
+    # in smaller batches: the token-weighted mean of the batch losses
+    chunked = trained.evaluate(x, y, batch_size=7)
+    losses = [trained.gradients(x[r:r + 7], y[r:r + 7])[0] * x[r:r + 7].size for r in range(0, len(x), 7)]
+    assert chunked["loss"] == pytest.approx(sum(losses) / x.size, rel=1e-12)
+    assert chunked["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+def test_evaluate_ids_carries_state(trained, ids):
+    """With the state carried, how the streams are cut into chunks does not change the loss."""
+    data = ids[:401]
+    whole = trained.gradients(data[None, :-1], data[None, 1:])[0]  # one stream, one pass
+    for seq_len in (400, 37, 10, 1):
+        result = trained.evaluate(data, seq_len=seq_len, batch_size=1)
+        assert result["tokens"] == 400
+        assert result["loss"] == pytest.approx(whole, rel=1e-5), seq_len
+    streams = trained.evaluate(data, seq_len=7, batch_size=4)
+    x = data[:400].reshape(4, 100)
+    y = data[1:401].reshape(4, 100)
+    assert streams["loss"] == pytest.approx(trained.gradients(x, y)[0], rel=1e-5)
+    # without carrying, short chunks lose their history and score worse
+    assert trained.evaluate(*fastlm.windows(data, 2, 2))["loss"] > whole + 0.1
+
+
+@pytest.mark.parametrize("args, kw, error, message", [
+    ((np.array([], dtype=np.int32),), {}, ValueError, "empty"),
+    ((np.array([3], dtype=np.int32),), {}, ValueError, "at least 2 tokens"),
+    ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be positive"),
+    ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be positive"),
+    ((np.array([1, 2, 500]),), {}, ValueError, "ids holds id 500"),
+])
+def test_evaluate_bad_input(trained, args, kw, error, message):
+    with pytest.raises(error, match=message):
+        trained.evaluate(*args, **kw)
