@@ -164,10 +164,10 @@ class LSTMLM:
         mask = (rng.random(values.shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)
         return values * mask, mask
 
-    def _forward(self, x, y, initial_state=None, rng=None):
-        """Mean loss of one batch of checked ids, and what backward needs.
+    def _lstm_forward(self, x, initial_state, rng):
+        """Embedding and LSTM layers: the top layer's (B*T, H) rows and what backward needs.
 
-        rng draws the dropout masks in training; None evaluates without dropout.
+        rng draws the dropout masks in training; None runs without dropout.
         """
         ops, p = self._ops, self._params
         B, T = x.shape
@@ -184,23 +184,12 @@ class LSTMLM:
             tape.append((layer_input, mask, h0, c0, hs, cs, gates))
             layer_input = hs
         top, top_mask = self._dropout(layer_input, rng)
-        rows = top.reshape(B * T, self.hidden_size)
-        loss, lse, predictions = ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1))
-        return float(loss), predictions.reshape(B, T), (tape, rows, top_mask, lse)
+        return top.reshape(B * T, self.hidden_size), top_mask, tape
 
-    @staticmethod
-    def _final_state(tape):
-        return [(hs[:, -1].copy(), cs[:, -1].copy()) for (_, _, _, _, hs, cs, _) in tape]
-
-    def _backward(self, x, y, saved):
-        """Gradients of the mean loss, keyed in state_dict order."""
+    def _lstm_backward(self, x, dh, top_mask, tape, grads):
+        """From the gradient of the top rows down to the embedding; fills grads."""
         ops, p = self._ops, self._params
-        tape, rows, top_mask, lse = saved
-        B, T = x.shape
-        dh, dweight, dbias = ops.output_loss_backward(rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1),
-                                                      lse)
-        grads = {"decoder.weight": dweight, "decoder.bias": dbias}
-        dhs = dh.reshape(B, T, self.hidden_size)
+        dhs = dh.reshape(*x.shape, self.hidden_size)
         if top_mask is not None:
             dhs = dhs * top_mask
         for k in reversed(range(self.num_layers)):
@@ -213,17 +202,34 @@ class LSTMLM:
             grads[f"lstm.bias_hh_l{k}"] = db.copy()  # both biases are parameters in their own right
             dhs = dx * mask if mask is not None else dx
         grads["embedding.weight"] = ops.embedding_backward(dhs, x, self.vocab_size)
-        return {name: grads[name] for name in self._params}
+
+    @staticmethod
+    def _final_state(tape):
+        return [(hs[:, -1].copy(), cs[:, -1].copy()) for (_, _, _, _, hs, cs, _) in tape]
+
+    def _forward(self, x, y, initial_state=None):
+        """Evaluation: mean loss, (B, T) arg-max predictions and the final state."""
+        p = self._params
+        rows, _, tape = self._lstm_forward(x, initial_state, None)
+        loss, _, predictions = self._ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
+                                                             y.reshape(-1))
+        return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
     def _forward_backward(self, x, y, initial_state=None, train=False, rng=None):
-        """Loss, gradients and the final (h, c) of every layer for one batch of checked ids.
+        """Loss, gradients (state_dict order) and the final (h, c) of every layer for one batch.
 
-        The state is carried forward but not differentiated through (truncated BPTT).
+        The state is carried forward but not differentiated through (truncated BPTT). The
+        output layer runs forward and backward in one fused pass.
         """
         if train and rng is None:
             rng = self._rng
-        loss, _, saved = self._forward(x, y, initial_state, rng if train else None)
-        return loss, self._backward(x, y, saved), self._final_state(saved[0])
+        p = self._params
+        rows, top_mask, tape = self._lstm_forward(x, initial_state, rng if train else None)
+        loss, dh, dweight, dbias = self._ops.output_loss_forward_backward(rows, p["decoder.weight"],
+                                                                          p["decoder.bias"], y.reshape(-1))
+        grads = {"decoder.weight": dweight, "decoder.bias": dbias}
+        self._lstm_backward(x, dh, top_mask, tape, grads)
+        return float(loss), {name: grads[name] for name in p}, self._final_state(tape)
 
     # ------------------------------------------------------------ training, evaluation, generation, files
 
@@ -287,12 +293,12 @@ class LSTMLM:
             stateful = True
         loss_sum, correct, tokens, state = 0.0, 0, 0, None
         for xb, yb in batches:
-            loss, predictions, saved = self._forward(xb, yb, state)
+            loss, predictions, final_state = self._forward(xb, yb, state)
             loss_sum += loss * yb.size
             correct += int(np.count_nonzero(predictions == yb))
             tokens += yb.size
             if stateful:
-                state = self._final_state(saved[0])
+                state = final_state
         mean = loss_sum / tokens
         return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf,
                 "accuracy": correct / tokens, "bits_per_token": mean / math.log(2), "tokens": tokens}
