@@ -50,6 +50,13 @@ def generation_flops_per_token(c):
     return training_flops_per_token(c) / 3
 
 
+def generation_weight_bytes_per_token(c):
+    """float32 weights read per sampled token (LSTM matrices and decoder): batch-1 generation
+    is a chain of matrix-vector products, bound by this traffic rather than by FMAs."""
+    lstm = sum(4 * c.hidden * ((c.embed if k == 0 else c.hidden) + c.hidden) for k in range(c.layers))
+    return 4 * (lstm + c.hidden * c.vocab)
+
+
 def fastlm_train_step(c, backend):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch."""
     from fastlm.model import LSTMLM
@@ -145,25 +152,34 @@ def torch_inference_step(c, threads):
     return step
 
 
-def torch_generation(c, threads, tokens=500):
+def torch_generation(c, threads, tokens=500, mkldnn=True):
     """Sampling loop in PyTorch, batch 1: embed one token, one LSTM step carrying (h, c),
-    decoder, softmax, torch.multinomial; under no_grad. None without torch."""
+    decoder, softmax, torch.multinomial; under no_grad. None without torch.
+
+    mkldnn=False runs the LSTM steps with oneDNN (torch.backends.mkldnn) disabled: torch's
+    default oneDNN LSTM is slow for one step at a time with larger H (it reorders weights
+    every call), so this is the faster way to run PyTorch here on some configurations.
+    """
     torch = _torch(threads)
     if torch is None:
         return None
+    import contextlib
+    import warnings
     net = _torch_net(torch, c).eval()
     generator = torch.Generator().manual_seed(0)
 
     def run():
-        with torch.no_grad():
-            token = torch.zeros((1, 1), dtype=torch.long)
-            state = None
-            out = torch.empty(tokens, dtype=torch.long)
-            for n in range(tokens):
-                logits, state = net(token, state)
-                probs = torch.softmax(logits[0, -1], dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
-                out[n] = token[0, 0]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.backends.mkldnn.flags warns about TF32 on Intel GPUs
+            with contextlib.nullcontext() if mkldnn else torch.backends.mkldnn.flags(enabled=False):
+                token = torch.zeros((1, 1), dtype=torch.long)
+                state = None
+                out = torch.empty(tokens, dtype=torch.long)
+                for n in range(tokens):
+                    logits, state = net(token, state)
+                    probs = torch.softmax(logits[0, -1], dim=-1)
+                    token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
+                    out[n] = token[0, 0]
         return out
     return run
 
