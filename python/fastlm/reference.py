@@ -251,17 +251,18 @@ def sample_token(logits, temperature, top_k, top_p, rng):
     best = int(np.argmax(logits))
     if temperature == 0:
         return best
-    weights = np.exp((logits.astype(np.float64) - float(logits[best])) / temperature)
+    # float32 like the C++ sampler; the cumulative sums below are float64 in both.
+    weights = np.exp((logits - logits[best]) * np.float32(1.0 / temperature))
     order = np.arange(len(weights))
     if top_k > 0 or top_p < 1.0:
         order = np.argsort(-weights, kind="stable")  # descending, ties by id
         if 0 < top_k < len(order):
             order = order[:top_k]
         if top_p < 1.0:
-            cumulative = np.cumsum(weights[order])
+            cumulative = np.cumsum(weights[order], dtype=np.float64)
             order = order[:int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
     kept = weights[order]
-    cumulative = np.cumsum(kept)
+    cumulative = np.cumsum(kept, dtype=np.float64)
     target = rng.uniform() * cumulative[-1]
     return int(order[min(int(np.searchsorted(cumulative, target, side="right")), len(order) - 1)])
 

@@ -34,40 +34,66 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // c[MR x NR] (row stride ldc) = a-panel (kc x MR) * b-panel (kc x NR) [+ c if accumulate].
 
 #if defined(__AVX512F__)
+// R <= MR rows of the tile; the a-panel keeps its MR stride. Few rows leave the FMA
+// latency exposed, so R <= 2 (matrix-vector products in generation) runs two
+// independent k-chains.
+template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
-    __m512 acc[MR][2];
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < kc; ++p) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    constexpr int kChains = R <= 2 ? 2 : 1;
+    __m512 acc[kChains][R][2];
+    for (int h = 0; h < kChains; ++h)
+        for (int r = 0; r < R; ++r) acc[h][r][0] = acc[h][r][1] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + kChains <= kc; p += kChains) {
+#pragma GCC unroll 2
+        for (int h = 0; h < kChains; ++h) {
+            const __m512 b0 = _mm512_loadu_ps(b + h * NR), b1 = _mm512_loadu_ps(b + h * NR + 16);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
+            for (int r = 0; r < R; ++r) {
+                const __m512 ar = _mm512_set1_ps(a[h * MR + r]);
+                acc[h][r][0] = _mm512_fmadd_ps(ar, b0, acc[h][r][0]);
+                acc[h][r][1] = _mm512_fmadd_ps(ar, b1, acc[h][r][1]);
+            }
+        }
+        a += kChains * MR;
+        b += kChains * NR;
+    }
+    for (; p < kc; ++p) {  // odd kc with two chains
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        for (int r = 0; r < R; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+            acc[0][r][0] = _mm512_fmadd_ps(ar, b0, acc[0][r][0]);
+            acc[0][r][1] = _mm512_fmadd_ps(ar, b1, acc[0][r][1]);
         }
         a += MR;
         b += NR;
     }
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < R; ++r) {
         float* cr = c + r * ldc;
-        if (accumulate) {
-            acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_loadu_ps(cr));
-            acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_loadu_ps(cr + 16));
+        __m512 c0 = acc[0][r][0], c1 = acc[0][r][1];
+        if (kChains == 2) {
+            c0 = _mm512_add_ps(c0, acc[kChains - 1][r][0]);
+            c1 = _mm512_add_ps(c1, acc[kChains - 1][r][1]);
         }
-        _mm512_storeu_ps(cr, acc[r][0]);
-        _mm512_storeu_ps(cr + 16, acc[r][1]);
+        if (accumulate) {
+            c0 = _mm512_add_ps(c0, _mm512_loadu_ps(cr));
+            c1 = _mm512_add_ps(c1, _mm512_loadu_ps(cr + 16));
+        }
+        _mm512_storeu_ps(cr, c0);
+        _mm512_storeu_ps(cr + 16, c1);
     }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
+template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
-    __m256 acc[MR][2];
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t p = 0; p < kc; ++p) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < R; ++r) {
             const __m256 ar = _mm256_broadcast_ss(a + r);
             acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
@@ -75,7 +101,7 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
         a += MR;
         b += NR;
     }
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < R; ++r) {
         float* cr = c + r * ldc;
         if (accumulate) {
             acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(cr));
@@ -86,19 +112,31 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
 }
 #else
+template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
-    float acc[MR][NR] = {};
+    float acc[R][NR] = {};
     for (int64_t p = 0; p < kc; ++p) {
-        for (int r = 0; r < MR; ++r)
+        for (int r = 0; r < R; ++r)
             for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
         a += MR;
         b += NR;
     }
-    for (int r = 0; r < MR; ++r)
+    for (int r = 0; r < R; ++r)
         for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
 }
 #endif
+
+// The kernel for the first mr rows of a tile: edge tiles and few-row products (a batch
+// of one in generation) compute only the rows that exist.
+template <int R = MR>
+inline void micro_kernel_rows(int64_t mr, int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                              bool accumulate) {
+    if constexpr (R > 1) {
+        if (mr < R) return micro_kernel_rows<R - 1>(mr, kc, a, b, c, ldc, accumulate);
+    }
+    micro_kernel<R>(kc, a, b, c, ldc, accumulate);
+}
 
 // ------------------------------------------------------------------ packing
 
@@ -161,11 +199,11 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
             const int64_t mr = std::min(MR, mc - ip);
             float* c_tile = c_rows + ip * ldc + jp * NR;
             const float* a_panel = a_packed + ip * kc;
-            if (mr == MR && nr == NR) {
-                micro_kernel(kc, a_panel, b_panel, c_tile, ldc, accumulate);
+            if (nr == NR) {
+                micro_kernel_rows(mr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
                 continue;
             }
-            micro_kernel(kc, a_panel, b_panel, edge, NR, false);
+            micro_kernel_rows(mr, kc, a_panel, b_panel, edge, NR, false);
             for (int64_t r = 0; r < mr; ++r)
                 for (int64_t j = 0; j < nr; ++j)
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];

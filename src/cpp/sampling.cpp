@@ -3,51 +3,69 @@
 #include <algorithm>
 #include <cmath>
 
+#include "activations.h"
+
 namespace fastlm {
+
+namespace {
+
+// The first of n candidates whose cumulative weight exceeds u * (total weight), u ~ U[0, 1).
+template <typename WeightAt>
+int64_t draw(int64_t n, const WeightAt& weight_at, SplitMix64& rng) {
+    double total = 0.0;
+    for (int64_t r = 0; r < n; ++r) total += weight_at(r);
+    const double target = rng.uniform() * total;
+    double cumulative = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+        cumulative += weight_at(r);
+        if (cumulative > target) return r;
+    }
+    return n - 1;  // rounding left target at the very top
+}
+
+}  // namespace
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch) {
     const int64_t best = argmax(logits, vocab);
     if (config.temperature == 0.0) return static_cast<int32_t>(best);
 
+    // Unnormalised probabilities exp((z - max) / T), as vectorised float exps: with a
+    // 10^4 vocabulary, double-precision libm exps would cost more than the model step.
+    auto& weights = scratch.weights;
+    weights.resize(vocab);
+    const float peak = logits[best], inv_temperature = static_cast<float>(1.0 / config.temperature);
+    for (int64_t v = 0; v < vocab; ++v) weights[v] = exp_approx((logits[v] - peak) * inv_temperature);
+
+    if (config.top_k == 0 && config.top_p >= 1.0)  // the whole vocabulary, in id order
+        return static_cast<int32_t>(draw(vocab, [&](int64_t v) { return weights[v]; }, rng));
+
     auto& cand = scratch.candidates;
     cand.resize(vocab);
-    const double peak = logits[best];
-    for (int64_t v = 0; v < vocab; ++v) cand[v] = {std::exp((double(logits[v]) - peak) / config.temperature), int32_t(v)};
-
-    const bool ranked = config.top_k > 0 || config.top_p < 1.0;
+    for (int64_t v = 0; v < vocab; ++v) cand[v] = {weights[v], int32_t(v)};
+    const auto by_rank = [](const auto& a, const auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
     int64_t kept = vocab;
-    if (ranked) {
-        const auto by_rank = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-        if (config.top_k > 0 && config.top_k < vocab) {
-            kept = config.top_k;
-            std::partial_sort(cand.begin(), cand.begin() + kept, cand.end(), by_rank);
-        } else {
-            std::sort(cand.begin(), cand.end(), by_rank);
-        }
-        if (config.top_p < 1.0) {
-            double total = 0.0;
-            for (int64_t r = 0; r < kept; ++r) total += cand[r].first;
-            // Smallest prefix whose probability reaches top_p (at least one candidate).
-            double cumulative = 0.0;
-            int64_t r = 0;
-            while (r < kept) {
-                cumulative += cand[r].first;
-                ++r;
-                if (cumulative >= config.top_p * total) break;
-            }
-            kept = r;
-        }
+    if (config.top_k > 0 && config.top_k < vocab) {
+        kept = config.top_k;
+        std::partial_sort(cand.begin(), cand.begin() + kept, cand.end(), by_rank);
+    } else {
+        std::sort(cand.begin(), cand.end(), by_rank);
     }
-    double total = 0.0;
-    for (int64_t r = 0; r < kept; ++r) total += cand[r].first;
-    const double target = rng.uniform() * total;
-    double cumulative = 0.0;
-    for (int64_t r = 0; r < kept; ++r) {
-        cumulative += cand[r].first;
-        if (cumulative > target) return cand[r].second;
+    if (config.top_p < 1.0) {  // the smallest prefix whose probability reaches top_p
+        double total = 0.0;
+        for (int64_t r = 0; r < kept; ++r) total += cand[r].first;
+        double cumulative = 0.0;
+        int64_t r = 0;
+        while (r < kept) {
+            cumulative += cand[r].first;
+            ++r;
+            if (cumulative >= config.top_p * total) break;
+        }
+        kept = r;
     }
-    return cand[kept - 1].second;  // rounding left target at the very top
+    return cand[draw(kept, [&](int64_t r) { return cand[r].first; }, rng)].second;
 }
 
 }  // namespace fastlm

@@ -43,7 +43,8 @@ struct SamplerConfig {
 
 // Reused buffers, so that sampling allocates nothing per token.
 struct SamplerScratch {
-    std::vector<std::pair<double, int32_t>> candidates;
+    std::vector<float> weights;
+    std::vector<std::pair<float, int32_t>> candidates;
 };
 
 // One token id from logits (V). Candidates are ordered by descending logit (ties: lower id
