@@ -232,28 +232,28 @@ PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n
 const float* PackedB::panel(int64_t j) const { return data_.data() + j * k_ * NR; }
 int64_t PackedB::panel_stride() const { return k_ * NR; }
 
-void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
-                  float beta, float* c, int64_t ldc) {
-    if (beta != 0.0f && beta != 1.0f) throw std::invalid_argument("sgemm: beta must be 0 or 1");
-    const int64_t n = b.n(), k = b.k();
-    if (m <= 0 || n <= 0) return;
-    if (k == 0) {
-        if (beta == 0.0f)
-            for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
-        return;
-    }
-    // Work items: MC-row blocks times groups of NR-column panels, enough of them to
-    // keep every thread busy when M is small (the per-time-step products have M = batch).
-    const int64_t row_blocks = ceil_div(m, MC);
-    const int64_t panels = ceil_div(n, NR);
-    const int threads = (m * n * k < kParallelMinWork) ? 1 : max_threads();
-    const int64_t panel_groups = std::min(panels, std::max<int64_t>(1, ceil_div(threads, row_blocks)));
-    const int64_t items = row_blocks * panel_groups;
-#pragma omp parallel for if (threads > 1 && items > 1) schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-        const int64_t rb = item / panel_groups, group = item % panel_groups;
+namespace {
+
+// The work of one product split into items: MC-row blocks times groups of NR-column
+// panels, enough of them to keep every thread busy when M is small (the per-time-step
+// products have M = batch).
+struct GemmItems {
+    int64_t panels, panel_groups, count;
+    GemmItems(int64_t m, int64_t n, int threads)
+        : panels(ceil_div(n, NR)),
+          panel_groups(std::min(panels, std::max<int64_t>(1, ceil_div(threads, ceil_div(m, MC))))),
+          count(ceil_div(m, MC) * panel_groups) {}
+};
+
+// Items [first, last) of C = op(A) B + beta C, for shapes with work in them.
+void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, const float* a,
+               int64_t lda, const PackedB& b, float beta, float* c, int64_t ldc) {
+    const int64_t k = b.k();
+    for (int64_t item = first; item < last; ++item) {
+        const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
         const int64_t i0 = rb * MC, mc = std::min(MC, m - i0);
-        const int64_t jp0 = group * panels / panel_groups, jp1 = (group + 1) * panels / panel_groups;
+        const int64_t jp0 = group * items.panels / items.panel_groups;
+        const int64_t jp1 = (group + 1) * items.panels / items.panel_groups;
         float* a_packed = thread_a_buffer();
         for (int64_t pc = 0; pc < k; pc += KC) {
             const int64_t kc = std::min(KC, k - pc);
@@ -261,6 +261,39 @@ void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pa
             compute_block(mc, kc, a_packed, b, pc, jp0, jp1, c + i0 * ldc, ldc, pc > 0 || beta != 0.0f);
         }
     }
+}
+
+// Shapes with nothing to multiply: C = beta C. True when handled.
+bool degenerate_product(int64_t m, int64_t n, int64_t k, float beta, float* c, int64_t ldc) {
+    if (beta != 0.0f && beta != 1.0f) throw std::invalid_argument("sgemm: beta must be 0 or 1");
+    if (m <= 0 || n <= 0) return true;
+    if (k > 0) return false;
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return true;
+}
+
+}  // namespace
+
+void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                  float beta, float* c, int64_t ldc) {
+    if (degenerate_product(m, b.n(), b.k(), beta, c, ldc)) return;
+    const int threads = (m * b.n() * b.k() < kParallelMinWork) ? 1 : max_threads();
+    const GemmItems items(m, b.n(), threads);
+#pragma omp parallel for if (threads > 1 && items.count > 1) schedule(static)
+    for (int64_t item = 0; item < items.count; ++item)
+        run_items(items, item, item + 1, trans_a, m, a, lda, b, beta, c, ldc);
+}
+
+void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                             float beta, float* c, int64_t ldc) {
+    if (m <= 0 || b.n() <= 0 || b.k() <= 0) {
+        if (thread_id() == 0) degenerate_product(m, b.n(), b.k(), beta, c, ldc);
+        return;
+    }
+    const int64_t team = num_threads_in_region(), id = thread_id();
+    const GemmItems items(m, b.n(), int(team));
+    run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, b, beta, c, ldc);
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

@@ -38,4 +38,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                   float beta, float* c, int64_t ldc);
 
+// Inside a parallel region: this thread's static share of the same product (no barrier;
+// the caller synchronises before C is read). With no region active it does all the work.
+void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                             float beta, float* c, int64_t ldc);
+
 }  // namespace fastlm

@@ -60,18 +60,21 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
     std::vector<float> bias(G);
     for (int64_t j = 0; j < G; ++j) bias[j] = b_ih[j] + b_hh[j];
     const PackedB w_hh_t(w_hh, H, /*trans_b=*/true, H, G);  // packed once, used T times
-    const bool parallel = B * G >= kParallelMinWork / 4;
+    // One parallel region for the whole recurrence: per step each thread does its share
+    // of the recurrent product, then its rows' cells; two barriers, no fork/join.
+#pragma omp parallel if (B * G * H >= kParallelMinWork)
     for (int64_t t = 0; t < T; ++t) {
         // Row b of step t lives at gates[(b*T + t) * G]: stride T*G between batch rows.
         const float* h_prev = t == 0 ? h0 : hs + (t - 1) * H;
         const int64_t ld_h = t == 0 ? H : T * H;
-        sgemm_packed(false, B, h_prev, ld_h, w_hh_t, 1.0f, gates + t * G, T * G);
-#pragma omp parallel for if (parallel) schedule(static)
+        sgemm_packed_team_share(false, B, h_prev, ld_h, w_hh_t, 1.0f, gates + t * G, T * G);
+#pragma omp barrier
+#pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) {
             const int64_t row = b * T + t;
             const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
             lstm_cell_forward(H, bias.data(), gates + row * G, c_prev, cs + row * H, hs + row * H);
-        }
+        }  // implicit barrier: h_t complete before the next step's product
     }
 }
 
@@ -87,10 +90,11 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
     if (dh_n) std::memcpy(dh_next, dh_n, sizeof(float) * B * H); else std::fill(dh_next, dh_next + B * H, 0.0f);
     if (dc_n) std::memcpy(dc_next, dc_n, sizeof(float) * B * H); else std::fill(dc_next, dc_next + B * H, 0.0f);
     const PackedB w_hh_packed(w_hh, H, /*trans_b=*/false, G, H);
-    const bool parallel = B * G >= kParallelMinWork / 4;
-    // Per step only the recurrence: dpre_t from dh, then dh_{t-1} = dpre_t W_hh.
+    // Per step only the recurrence: dpre_t from dh, then dh_{t-1} = dpre_t W_hh; one
+    // parallel region for all steps, as in the forward pass.
+#pragma omp parallel if (B * G * H >= kParallelMinWork)
     for (int64_t t = T - 1; t >= 0; --t) {
-#pragma omp parallel for if (parallel) schedule(static)
+#pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) {
             const int64_t row = b * T + t;
             float* dh_b = dh.data() + b * H;
@@ -98,8 +102,9 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
             const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
             lstm_cell_backward(H, gates + row * G, cs + row * H, c_prev, dh_b, dc_next + b * H,
                                dpre.data() + row * G);
-        }
-        sgemm_packed(false, B, dpre.data() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
+        }  // implicit barrier: dpre_t complete, dh_next read
+        sgemm_packed_team_share(false, B, dpre.data() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
+#pragma omp barrier
     }
     // The weight gradients as three large products over all B*T rows.
     const int64_t rows = B * T;
