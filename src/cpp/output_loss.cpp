@@ -128,8 +128,17 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             float* z = logits.data() + r * V;
-            const int64_t best = argmax(z, V);
-            lse[r0 + r] = z[best] + static_cast<float>(std::log(row_exp_sum<false>(z, V, z[best])));
+            const float peak = row_max(z, V);
+            const double sum = row_exp_sum<false>(z, V, peak);
+            // The first index of the maximum; a NaN anywhere makes the sum NaN, and then
+            // NumPy's rule (the first NaN wins) needs the scalar scan.
+            int64_t best = 0;
+            if (std::isnan(sum)) {
+                best = argmax(z, V);
+            } else {
+                while (z[best] != peak) ++best;
+            }
+            lse[r0 + r] = z[best] + static_cast<float>(std::log(sum));
             predictions[r0 + r] = static_cast<int32_t>(best);
             row_loss[r] = static_cast<double>(lse[r0 + r]) - static_cast<double>(z[targets[r0 + r]]);
         }
