@@ -253,8 +253,8 @@ def build_parser():
                        help="tokens between window starts; 1 = every position (default: seq-len)")
     train.add_argument("--batch-size", type=POSITIVE_INT, default=None, metavar="B",
                        help="windows per batch (default: 32, or the checkpoint's with --resume)")
-    train.add_argument("--epochs", type=POSITIVE_INT, default=4, metavar="N",
-                       help="passes over the corpus; with --resume, the total (default: 4)")
+    train.add_argument("--epochs", type=POSITIVE_INT, default=8, metavar="N",
+                       help="passes over the corpus; with --resume, the total (default: 8)")
     train.add_argument("--embed", type=POSITIVE_INT, default=64, metavar="E", help="embedding width (default: 64)")
     train.add_argument("--hidden", type=POSITIVE_INT, default=256, metavar="H", help="LSTM hidden size (default: 256)")
     train.add_argument("--layers", type=POSITIVE_INT, default=2, metavar="L", help="LSTM layers (default: 2)")
