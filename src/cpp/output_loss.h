@@ -7,7 +7,7 @@
 
 namespace fastlm {
 
-constexpr int64_t kLogitChunkElements = int64_t(1) << 21;
+constexpr int64_t kLogitChunkElements = int64_t(1) << 20;
 
 struct OutputShape {
     int64_t rows, hidden, vocab;
