@@ -8,7 +8,7 @@ on the machine, is left as it is: the NumPy side runs as a user's NumPy would.
 import pytest
 
 import fastlm
-from configs import CONFIGS, random_batch, training_flops_per_token
+from fastlm.benchmark import CONFIGS, _torch_net, random_batch, training_flops_per_token
 
 CONFIG_NAMES = ["A", "D"]
 
@@ -36,22 +36,12 @@ def test_gradients_torch(benchmark, name):
     torch.set_num_threads(fastlm.get_num_threads())
     c = CONFIGS[name]
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(c.vocab, c.embed)
-            self.lstm = torch.nn.LSTM(c.embed, c.hidden, c.layers, batch_first=True)
-            self.decoder = torch.nn.Linear(c.hidden, c.vocab)
-
-        def forward(self, x):
-            return self.decoder(self.lstm(self.embedding(x))[0])
-
-    net = Net()
+    net = _torch_net(torch, c)
     x, y = (torch.from_numpy(a).long() for a in random_batch(c))
 
     def step():
         net.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, c.vocab), y.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(net(x)[0].reshape(-1, c.vocab), y.reshape(-1))
         loss.backward()
 
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)

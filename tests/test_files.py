@@ -21,13 +21,7 @@ from fastlm import files
 V_TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The few fits here use tiny models, fastest on one thread."""
-    original = fastlm.get_num_threads()
-    fastlm.set_num_threads(1)
-    yield
-    fastlm.set_num_threads(original)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ import fastlm
 V, E, H = 40, 8, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the sampling loop's results do not depend on it)."""
-    original = fastlm.get_num_threads()
-    fastlm.set_num_threads(1)
-    yield
-    fastlm.set_num_threads(original)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def twins(num_layers=1, seed=3):
