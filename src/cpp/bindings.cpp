@@ -7,17 +7,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "allocator.h"
 #include "denormals.h"
 #include "embedding.h"
 #include "gemm.h"
@@ -426,27 +422,7 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
     return out;
 }
 
-// glibc hands blocks above a (dynamic) threshold back to the OS when they are freed and
-// trims the heap top beyond 128 KiB, so every batch's activations and gradients -- tens
-// of MB -- are page-faulted and zeroed afresh: 15% of a training step was spent in the
-// kernel, and B/D trained 25-50% slower. Keep such blocks in the heap for reuse. Process
-// wide (it also serves NumPy's allocations), so it can be turned off with
-// FASTLM_MALLOC_TUNING=0, and a user's own GLIBC_TUNABLES for malloc take precedence.
-bool tune_malloc() {
-#if defined(__GLIBC__)
-    const char* opt_out = std::getenv("FASTLM_MALLOC_TUNING");
-    const char* tunables = std::getenv("GLIBC_TUNABLES");
-    if ((opt_out && std::strcmp(opt_out, "0") == 0) || (tunables && std::strstr(tunables, "malloc")))
-        return false;
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest: blocks up to 32 MiB come from the heap
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);  // keep up to 512 MiB of freed heap for the next batch
-    return true;
-#else
-    return false;
-#endif
-}
-
-const bool kMallocTuned = tune_malloc();
+const bool kMallocTuned = tune_malloc();  // at import; see allocator.h
 
 py::dict build_info() {
     py::dict info;
