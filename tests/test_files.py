@@ -323,8 +323,8 @@ def test_integer_tensor_is_named(saved):
 
 def test_tokenizer_vocabulary_mismatch(model, saved):
     fastlm.Tokenizer.fit("abc", level="char").save(saved / "tokenizer.json")
-    with pytest.raises(ValueError, match=r"tokenizer\.json has 4 tokens but the model's vocabulary has "
-                                         rf"{model.vocab_size}: the files do not belong together"):
+    with pytest.raises(ValueError, match=r"tokenizer\.json: the tokenizer has 4 tokens but the model's vocabulary "
+                                         rf"has {model.vocab_size}: they do not belong together"):
         fastlm.load(saved)
 
 

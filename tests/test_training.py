@@ -649,3 +649,54 @@ def test_evaluate_ids_carries_state(trained, ids):
 def test_evaluate_bad_input(trained, args, kw, error, message):
     with pytest.raises(error, match=message):
         trained.evaluate(*args, **kw)
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_tokenizer_of_another_vocabulary_is_refused_before_training(tok, ids, tmp_path):
+    model, untouched = make(tok), make(tok)
+    other = fastlm.Tokenizer.fit("a b c", level="char")
+    with pytest.raises(ValueError, match="tokens but the model's vocabulary has"):
+        quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path / "ck", tokenizer=other)
+    assert not (tmp_path / "ck").exists()
+    assert_same_weights(model, untouched)
+
+
+@pytest.mark.parametrize("option, value", [("early_stopping", 0), ("early_stopping", -1), ("lr_patience", -1),
+                                           ("lr_patience", 1.5), ("weight_decay", -0.1)])
+def test_plateau_and_decay_options_are_checked(tok, ids, option, value):
+    with pytest.raises(ValueError, match=option):
+        quiet_fit(make(tok), ids, epochs=1, val_ids=ids[:50], **{option: value})
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_bad_seed_is_refused(seed):
+    with pytest.raises(ValueError, match="seed"):
+        fastlm.LSTMLM(10, 4, 4, seed=seed)
+
+
+def test_corrupted_trainer_file_is_a_clear_error(tok, ids, tmp_path):
+    quiet_fit(make(tok), ids, epochs=1, checkpoint_dir=tmp_path)
+    (tmp_path / files.TRAINER_FILE).write_text("[1, 2, 3]")
+    with pytest.raises(ValueError, match="trainer.json is corrupted"):
+        quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_second_ctrl_c_during_a_checkpoint_waits_for_it(tok, ids, tmp_path, monkeypatch):
+    """A Ctrl-C that lands while files are being renamed must not leave a mixed directory."""
+    real_save = files.save
+    calls = []
+
+    def save_with_interrupts(*args, **kwargs):
+        calls.append(1)
+        signal.raise_signal(signal.SIGINT)  # first press: stop after this batch
+        signal.raise_signal(signal.SIGINT)  # second press, inside the save: deferred
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(files, "save", save_with_interrupts)
+    with pytest.raises(KeyboardInterrupt):  # raised once the checkpoint is complete
+        quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(files, "save", real_save)
+    assert calls and fastlm.load(tmp_path) is not None
+    files.load_training_state(tmp_path)

@@ -22,6 +22,8 @@ MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+# What a resumable trainer.json must hold (written by fastlm.training).
+TRAINER_KEYS = ("save_id", "settings", "adam_step", "lr", "epoch", "batch", "history")
 
 
 def _stage(path, write):
@@ -31,6 +33,8 @@ def _stage(path, write):
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         # mkstemp creates 0600 (and safetensors writes its files 0600 too, whatever was there);
         # a saved model is an ordinary readable file
         os.chmod(tmp, 0o644)
@@ -95,13 +99,23 @@ def _read_json(path, what):
         raise ValueError(f"{path} is corrupted: {error}") from None
 
 
+def check_tokenizer(model, tokenizer):
+    """A tokenizer can only go with a model of the same vocabulary size."""
+    if tokenizer is not None and len(tokenizer) != model.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                         f"{model.vocab_size}: they do not belong together")
+
+
 def save(directory, model, tokenizer=None, training=None):
     """Write model (and tokenizer, and training state for resume) into directory.
 
     training: None or (optimizer_arrays: dict name -> array, trainer: JSON-able dict).
-    Every file is first written in full to a temporary name; only then are they renamed
-    into place, config.json last, so a failure while writing leaves the previous save intact.
+    Every file is first written in full (and synced) to a temporary name; only then are they
+    renamed into place, config.json last, so a failure while writing leaves the previous save
+    intact. Each rename is atomic; should the process die between two of them, the save id
+    shared by the files makes load() refuse the mixed directory instead of mixing saves.
     """
+    check_tokenizer(model, tokenizer)
     from fastlm import __version__
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -172,9 +186,10 @@ def load(directory, backend="cpp"):
     tokenizer = None
     if (directory / TOKENIZER_FILE).is_file():
         tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
-        if len(tokenizer) != model.vocab_size:
-            raise ValueError(f"{directory / TOKENIZER_FILE} has {len(tokenizer)} tokens but the model's "
-                             f"vocabulary has {model.vocab_size}: the files do not belong together")
+        try:
+            check_tokenizer(model, tokenizer)
+        except ValueError as error:
+            raise ValueError(f"{directory / TOKENIZER_FILE}: {error}") from None
     model.tokenizer = tokenizer
     return model
 
@@ -190,6 +205,9 @@ def load_training_state(directory):
         raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
                                 "(train with a checkpoint directory first)")
     trainer = _read_json(directory / TRAINER_FILE, "training position")
+    missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
+    if missing:
+        raise ValueError(f"{directory / TRAINER_FILE} is corrupted: it lacks {', '.join(missing)}")
     if trainer.get("save_id") != config["save_id"]:
         raise ValueError(f"{directory / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
     return _load_tensors(directory / OPTIMIZER_FILE, config["save_id"]), trainer

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from fastlm import reference
+from fastlm import files, reference
 
 BACKENDS = ("cpp", "numpy")
 
@@ -67,6 +67,8 @@ class LSTMLM:
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.dropout = float(dropout)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.backend = backend
         self._ops = _backend_ops(backend)
@@ -370,16 +372,9 @@ class LSTMLM:
         if self.tokenizer is None:
             raise ValueError("no tokenizer attached: set model.tokenizer, or save the model with "
                              "save(directory, tokenizer=...) and load it with fastlm.load")
-        if len(self.tokenizer) != self.vocab_size:
-            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has "
-                             f"{self.vocab_size}")
+        files.check_tokenizer(self, self.tokenizer)
         return self.tokenizer
 
     def save(self, directory, tokenizer=None):
         """Write config.json, model.safetensors and (if any) tokenizer.json into directory, atomically."""
-        from fastlm import files
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        if tokenizer is not None and len(tokenizer) != self.vocab_size:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
-                             f"{self.vocab_size}")
-        files.save(directory, self, tokenizer=tokenizer)
+        files.save(directory, self, tokenizer=tokenizer if tokenizer is not None else self.tokenizer)

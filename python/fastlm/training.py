@@ -53,6 +53,8 @@ class _InterruptFlag:
 
     def __init__(self):
         self.raised = False
+        self.saving = False  # a checkpoint is being written: no interrupt may land inside it
+        self.abort_after_save = False
         self._previous = None
 
     def __enter__(self):
@@ -62,6 +64,9 @@ class _InterruptFlag:
 
     def _handle(self, signum, frame):
         if self.raised:
+            if self.saving:  # stop at once, but only once the checkpoint is whole
+                self.abort_after_save = True
+                return
             raise KeyboardInterrupt
         self.raised = True
 
@@ -119,6 +124,13 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         raise ValueError("lr_decay and early_stopping watch the validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if isinstance(lr_patience, bool) or not isinstance(lr_patience, (int, np.integer)) or lr_patience < 0:
+        raise ValueError(f"lr_patience must be an integer >= 0, got {lr_patience!r}")
+    if early_stopping is not None:
+        early_stopping = _positive("early_stopping", early_stopping)
+    files.check_tokenizer(model, tokenizer)
     if max_batches is not None:
         max_batches = _positive("max_batches", max_batches)
     if val_ids is not None:
@@ -153,10 +165,11 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         adam.load_arrays(arrays)
         adam.step_count = saved["adam_step"]
         trainer = {k: saved[k] for k in trainer}
-        if stateful and f"carry.h.0" in arrays:
+        if stateful and "carry.h.0" in arrays:
             carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
         if tokenizer is None:
             tokenizer = restored.tokenizer
+        files.check_tokenizer(model, tokenizer)
 
     def checkpoint():
         if checkpoint_dir is None:
@@ -166,7 +179,13 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         if carry is not None:
             for k, (h, c) in enumerate(carry):
                 arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"] = h, c
-        files.save(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
+        interrupt.saving = True
+        try:
+            files.save(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
+        finally:
+            interrupt.saving = False
+        if interrupt.abort_after_save:
+            raise KeyboardInterrupt
 
     history = trainer["history"]
     batches_run = 0
@@ -226,12 +245,10 @@ def _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, 
     history["loss"].append(trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"]))
     history["tokens_per_s"].append(trainer["epoch_tokens"] / max(trainer["epoch_seconds"], 1e-9))
     history["lr"].append(adam.lr)
-    val_loss = None
-    if val_ids is not None:
-        result = model.evaluate(val_ids, seq_len=seq_len, batch_size=batch_size)
-        val_loss = result["loss"]
+    result = model.evaluate(val_ids, seq_len=seq_len, batch_size=batch_size) if val_ids is not None else {}
+    val_loss = result.get("loss")
     history["val_loss"].append(val_loss)
-    history["val_perplexity"].append(math.exp(val_loss) if val_loss is not None else None)
+    history["val_perplexity"].append(result.get("perplexity"))
     if val_loss is not None:
         if trainer["best_val_loss"] is None or val_loss < trainer["best_val_loss"]:
             trainer["best_val_loss"] = val_loss
