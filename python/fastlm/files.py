@@ -171,27 +171,45 @@ def read_config(directory):
 def load(directory, backend="cpp"):
     """The model saved in directory, with its tokenizer (model.tokenizer, or None)."""
     from fastlm.model import LSTMLM
-    from fastlm.tokenizer import Tokenizer
     directory = Path(directory)
     config = read_config(directory)
     try:
         model = LSTMLM(**config["model"], backend=backend)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
+    model.tokenizer = _restore(directory, config, model)
+    return model
+
+
+def load_into(directory, model):
+    """Load the weights saved in directory into model, which must have the saved
+    configuration (a resumed training run); returns the saved tokenizer or None."""
+    directory = Path(directory)
+    config = read_config(directory)
+    saved = config["model"]
+    if saved != model.config():
+        changed = [f"{k} was {v!r}, now {model.config().get(k)!r}" for k, v in saved.items()
+                   if model.config().get(k) != v]
+        raise ValueError(f"the checkpoint in {directory} is of a different model: " + "; ".join(changed))
+    return _restore(directory, config, model)
+
+
+def _restore(directory, config, model):
+    """Weights into model from model.safetensors, and the tokenizer (or None), both checked."""
+    from fastlm.tokenizer import Tokenizer
     tensors = _load_tensors(directory / MODEL_FILE, config["save_id"])
     try:
         model.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError) as error:  # names, dtypes or shapes that do not fit config.json
         raise ValueError(f"{directory / MODEL_FILE}: {error.args[0] if error.args else error}") from None
-    tokenizer = None
-    if (directory / TOKENIZER_FILE).is_file():
-        tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
-        try:
-            check_tokenizer(model, tokenizer)
-        except ValueError as error:
-            raise ValueError(f"{directory / TOKENIZER_FILE}: {error}") from None
-    model.tokenizer = tokenizer
-    return model
+    if not (directory / TOKENIZER_FILE).is_file():
+        return None
+    tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
+    try:
+        check_tokenizer(model, tokenizer)
+    except ValueError as error:
+        raise ValueError(f"{directory / TOKENIZER_FILE}: {error}") from None
+    return tokenizer
 
 
 def load_training_state(directory):

@@ -150,17 +150,14 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     carry = None  # the hidden state carried between contiguous batches
     if resume:
         arrays, saved = files.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
-        restored = files.load(checkpoint_dir, backend=model.backend)
-        if restored.config() != model.config():
-            changed = [f"{k} was {v!r}, now {model.config()[k]!r}" for k, v in restored.config().items()
-                       if model.config()[k] != v]
-            raise ValueError(f"cannot resume: the checkpoint in {checkpoint_dir} is of a different model: "
-                             + "; ".join(changed))
         changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
                    if saved["settings"].get(k) != settings[k]]
         if changed:
             raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
-        model.load_state_dict(restored.state_dict())
+        try:
+            saved_tokenizer = files.load_into(checkpoint_dir, model)
+        except ValueError as error:
+            raise ValueError(f"cannot resume: {error}") from None
         adam = Adam(model._params, saved["lr"], weight_decay=weight_decay)
         adam.load_arrays(arrays)
         adam.step_count = saved["adam_step"]
@@ -168,7 +165,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         if stateful and "carry.h.0" in arrays:
             carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
         if tokenizer is None:
-            tokenizer = restored.tokenizer
+            tokenizer = saved_tokenizer
         files.check_tokenizer(model, tokenizer)
 
     def checkpoint():
