@@ -410,7 +410,7 @@ def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypa
                 f.write('{"type": "fastl')
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(fastlm.Tokenizer, "save", tokenizer_save_failing)
+        monkeypatch.setattr(fastlm.Tokenizer, "write_json", tokenizer_save_failing)
     else:
         real_dump = json.dump
 
@@ -440,7 +440,7 @@ def test_interrupted_save_cleans_up(model, tok, saved, monkeypatch):
     def interrupted(self, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fastlm.Tokenizer, "save", interrupted)
+    monkeypatch.setattr(fastlm.Tokenizer, "write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fastlm.LSTMLM(len(tok), 4, 4).save(saved, tokenizer=tok)
     assert snapshot(saved) == before

@@ -26,9 +26,6 @@ class WindowBatches:
     def __len__(self):
         return -(-len(self.starts) // self.batch_size)
 
-    def tokens_per_epoch(self):
-        return len(self.starts) * self.seq_len
-
     def epoch(self, epoch, first_batch=0):
         """Yields (x, y) batches of the given epoch, starting at batch index first_batch."""
         order = epoch_rng(self.seed, epoch).permutation(self.starts) if self.shuffle else self.starts
@@ -45,9 +42,6 @@ class ArrayBatches:
 
     def __len__(self):
         return -(-len(self.x) // self.batch_size)
-
-    def tokens_per_epoch(self):
-        return self.x.size
 
     def epoch(self, epoch, first_batch=0):
         rows = epoch_rng(self.seed, epoch).permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
@@ -69,9 +63,6 @@ class ContiguousBatches:
 
     def __len__(self):
         return -(-self.streams_x.shape[1] // self.seq_len)
-
-    def tokens_per_epoch(self):
-        return self.streams_x.size
 
     def epoch(self, epoch, first_batch=0):
         for b in range(first_batch, len(self)):

@@ -17,10 +17,14 @@ CONFIGS = {
 }
 
 
+def _lstm_weights(c):
+    """Entries of all LSTM weight matrices: one multiply-add each per token."""
+    return sum(4 * c.hidden * ((c.embed if k == 0 else c.hidden) + c.hidden) for k in range(c.layers))
+
+
 def training_flops_per_token(c):
     """Forward + backward ~ 3x the forward multiply-adds x 2 (the speed issue's count)."""
-    lstm = sum(2 * 4 * c.hidden * ((c.embed if k == 0 else c.hidden) + c.hidden) for k in range(c.layers))
-    return 3 * (lstm + 2 * c.hidden * c.vocab)
+    return 3 * 2 * (_lstm_weights(c) + c.hidden * c.vocab)
 
 
 def random_batch(c, seed=0):
@@ -45,16 +49,14 @@ def inference_flops_per_token(c):
     return training_flops_per_token(c) / 3
 
 
-def generation_flops_per_token(c):
-    """One sampled token: one LSTM step per layer and the decoder, ~ the forward count per token."""
-    return training_flops_per_token(c) / 3
+# One sampled token: one LSTM step per layer and the decoder, the forward count per token.
+generation_flops_per_token = inference_flops_per_token
 
 
 def generation_weight_bytes_per_token(c):
     """float32 weights read per sampled token (LSTM matrices and decoder): batch-1 generation
     is a chain of matrix-vector products, bound by this traffic rather than by FMAs."""
-    lstm = sum(4 * c.hidden * ((c.embed if k == 0 else c.hidden) + c.hidden) for k in range(c.layers))
-    return 4 * (lstm + c.hidden * c.vocab)
+    return 4 * (_lstm_weights(c) + c.hidden * c.vocab)
 
 
 def fastlm_train_step(c, backend):

@@ -8,6 +8,7 @@ are detected on loading instead of being mixed silently.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -46,6 +47,9 @@ def _stage(path, write):
 
 def atomic_write(path, write):
     """Call write(temporary_path), then rename the temporary file to path."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "directory does not exist", str(parent))
     tmp = _stage(path, write)
     try:
         os.replace(tmp, path)
@@ -60,10 +64,6 @@ def _json_writer(data):
             json.dump(data, f, indent=2)
             f.write("\n")
     return write
-
-
-def atomic_write_json(path, data):
-    atomic_write(path, _json_writer(data))
 
 
 def _tensors_writer(tensors, save_id):
@@ -122,7 +122,7 @@ def save(directory, model, tokenizer=None, training=None):
     save_id = uuid.uuid4().hex
     writers = {MODEL_FILE: _tensors_writer(model.state_dict(), save_id)}
     if tokenizer is not None:
-        writers[TOKENIZER_FILE] = tokenizer.save
+        writers[TOKENIZER_FILE] = tokenizer.write_json
     if training is not None:
         arrays, trainer = training
         writers[OPTIMIZER_FILE] = _tensors_writer(arrays, save_id)

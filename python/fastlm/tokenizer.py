@@ -54,7 +54,6 @@ import functools
 import json
 import os
 import re
-import secrets
 import sys
 import unicodedata
 from collections import Counter
@@ -581,15 +580,23 @@ class Tokenizer:
         except TypeError as e:
             raise ValueError(str(e)) from None
 
-    def save(self, path):
-        """Write the tokenizer as JSON, atomically (a temporary file in the same directory, then os.replace)."""
-        path = os.fspath(path)
+    def to_json_bytes(self):
+        """What save() writes: the tokenizer as UTF-8 JSON."""
         data = self.to_dict()
         try:
-            raw = (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+            return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: let JSON escape them
-            raw = (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode("ascii")
-        _atomic_write(path, raw)
+            return (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode("ascii")
+
+    def write_json(self, path):
+        """Write the JSON to path as it is (save() makes it atomic; fastlm.files stages it with a model)."""
+        with open(path, "wb") as f:
+            f.write(self.to_json_bytes())
+
+    def save(self, path):
+        """Write the tokenizer as JSON, atomically (a synced temporary file in the same directory, then a rename)."""
+        from fastlm.files import atomic_write
+        atomic_write(path, self.write_json)
 
     @classmethod
     def load(cls, path):
@@ -614,24 +621,3 @@ class Tokenizer:
             return cls.from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-
-
-def _atomic_write(path, raw):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, "directory does not exist", directory)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open applies the umask to 0o666, so the file gets the permissions open() would give it.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
