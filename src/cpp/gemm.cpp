@@ -85,12 +85,55 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
+static_assert(MR == 6 && NR == 16, "the AVX2 kernel's assembly is written for a 6 x 16 tile");
 template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
     __m256 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t p = 0; p < kc; ++p) {
+    int64_t p = 0;
+    if constexpr (R == MR) {
+        // The full tile needs 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm
+        // registers. GCC 12 runs out when the k loop is unrolled (it re-loads B inside
+        // every FMA and shuffles registers: about 45% of the FMA peak on Zen 3), so the
+        // unrolled loop is written out: four k steps per iteration, B loaded once per step
+        // into ymm13/14, the broadcast of A in ymm15.
+        const int64_t quads = kc / 4;
+        if (quads > 0) {
+            const float* const a_end = a + quads * 4 * MR;
+#define FASTLM_K_STEP(AO, BO)                                                                  \
+    "vmovups " #BO "(%[b]), %%ymm13\n\t"                                                        \
+    "vmovups " #BO "+32(%[b]), %%ymm14\n\t"                                                     \
+    "vbroadcastss " #AO "(%[a]), %%ymm15\n\t"                                                    \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c00]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c01]\n\t"                \
+    "vbroadcastss " #AO "+4(%[a]), %%ymm15\n\t"                                                  \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c10]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c11]\n\t"                \
+    "vbroadcastss " #AO "+8(%[a]), %%ymm15\n\t"                                                  \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c20]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c21]\n\t"                \
+    "vbroadcastss " #AO "+12(%[a]), %%ymm15\n\t"                                                 \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c30]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c31]\n\t"                \
+    "vbroadcastss " #AO "+16(%[a]), %%ymm15\n\t"                                                 \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c40]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c41]\n\t"                \
+    "vbroadcastss " #AO "+20(%[a]), %%ymm15\n\t"                                                 \
+    "vfmadd231ps %%ymm13, %%ymm15, %[c50]\n\tvfmadd231ps %%ymm14, %%ymm15, %[c51]\n\t"
+            __asm__(
+                "1:\n\t"
+                FASTLM_K_STEP(0, 0) FASTLM_K_STEP(24, 64) FASTLM_K_STEP(48, 128) FASTLM_K_STEP(72, 192)
+                "add $96, %[a]\n\t"
+                "add $256, %[b]\n\t"
+                "cmp %[a_end], %[a]\n\t"
+                "jne 1b\n\t"
+                : [a] "+r"(a), [b] "+r"(b),
+                  [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+                  [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+                  [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1])
+                : [a_end] "r"(a_end)
+                : "xmm13", "xmm14", "xmm15", "cc", "memory");
+#undef FASTLM_K_STEP
+            p = quads * 4;
+        }
+    }
+    for (; p < kc; ++p) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < R; ++r) {
