@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 
 #include "parallel.h"
@@ -90,7 +91,13 @@ template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
     __m256 acc[R][2];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        // The C tile is read or written after the k loop: fetch its lines now, so that
+        // the misses overlap with the FMAs instead of stalling at the end.
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + NR - 1), _MM_HINT_T0);
+    }
     int64_t p = 0;
     if constexpr (R == MR) {
         // The full tile needs 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm
@@ -277,29 +284,37 @@ int64_t PackedB::panel_stride() const { return k_ * NR; }
 
 namespace {
 
-// The work of one product split into items: MC-row blocks times groups of NR-column
-// panels, enough of them to keep every thread busy when M is small (the per-time-step
-// products have M = batch).
+// The work of one product split into items: row blocks of at most MC rows times groups
+// of NR-column panels. The rows are shared evenly between the blocks (M = 104 as 96 + 8
+// left one of two threads idle in the output layer) and there are enough panel groups
+// that every thread gets the same number of items.
 struct GemmItems {
-    int64_t panels, panel_groups, count;
-    GemmItems(int64_t m, int64_t n, int threads)
-        : panels(ceil_div(n, NR)),
-          panel_groups(std::min(panels, std::max<int64_t>(1, ceil_div(threads, ceil_div(m, MC))))),
-          count(ceil_div(m, MC) * panel_groups) {}
+    int64_t rows_per_block, panels, panel_groups, count;
+    GemmItems(int64_t m, int64_t n, int threads) {
+        const int64_t row_blocks = ceil_div(m, MC);
+        rows_per_block = ceil_div(ceil_div(m, row_blocks), MR) * MR;
+        panels = ceil_div(n, NR);
+        panel_groups = std::min(panels, int64_t(threads) / std::gcd(row_blocks, int64_t(threads)));
+        count = ceil_div(m, rows_per_block) * panel_groups;
+    }
 };
+
+// The k range is split evenly too, in multiples of 4 (the AVX2 kernel's unrolling):
+// K = 650 runs as 220 + 220 + 210 rather than 256 + 256 + 138.
+int64_t k_block(int64_t k) { return std::min(KC, ceil_div(ceil_div(k, ceil_div(k, KC)), 4) * 4); }
 
 // Items [first, last) of C = op(A) B + beta C, for shapes with work in them.
 void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, const float* a,
                int64_t lda, const PackedB& b, float beta, float* c, int64_t ldc) {
-    const int64_t k = b.k();
+    const int64_t k = b.k(), kb = k_block(k);
     for (int64_t item = first; item < last; ++item) {
         const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
-        const int64_t i0 = rb * MC, mc = std::min(MC, m - i0);
+        const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
         const int64_t jp0 = group * items.panels / items.panel_groups;
         const int64_t jp1 = (group + 1) * items.panels / items.panel_groups;
         float* a_packed = thread_a_buffer();
-        for (int64_t pc = 0; pc < k; pc += KC) {
-            const int64_t kc = std::min(KC, k - pc);
+        for (int64_t pc = 0; pc < k; pc += kb) {
+            const int64_t kc = std::min(kb, k - pc);
             pack_a(a, lda, trans_a, i0, mc, pc, kc, a_packed);
             compute_block(mc, kc, a_packed, b, pc, jp0, jp1, c + i0 * ldc, ldc, pc > 0 || beta != 0.0f);
         }
