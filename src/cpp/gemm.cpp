@@ -198,20 +198,20 @@ void pack_a(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, i
         const int64_t mr = std::min(MR, mc - ip);
         float* panel = dst + ip * kc;
         if (trans_a) {  // op(A)(i, k) = a[k * lda + i]: MR consecutive floats per k
+            const float* src = a + k0 * lda + i0 + ip;
+            if (mr == MR) {  // the common case, with a copy of fixed length
+                for (int64_t p = 0; p < kc; ++p) std::memcpy(panel + p * MR, src + p * lda, sizeof(float) * MR);
+                continue;
+            }
             for (int64_t p = 0; p < kc; ++p) {
-                const float* src = a + (k0 + p) * lda + i0 + ip;
-                for (int64_t r = 0; r < mr; ++r) panel[p * MR + r] = src[r];
+                for (int64_t r = 0; r < mr; ++r) panel[p * MR + r] = src[p * lda + r];
                 for (int64_t r = mr; r < MR; ++r) panel[p * MR + r] = 0.0f;
             }
-        } else {  // op(A)(i, k) = a[i * lda + k]
-            for (int64_t r = 0; r < MR; ++r) {
-                if (r < mr) {
-                    const float* src = a + (i0 + ip + r) * lda + k0;
-                    for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = src[p];
-                } else {
-                    for (int64_t p = 0; p < kc; ++p) panel[p * MR + r] = 0.0f;
-                }
-            }
+        } else {  // op(A)(i, k) = a[i * lda + k]: MR row streams, the panel written in order
+            const float* rows[MR];
+            for (int64_t r = 0; r < MR; ++r) rows[r] = r < mr ? a + (i0 + ip + r) * lda + k0 : nullptr;
+            for (int64_t p = 0; p < kc; ++p)
+                for (int64_t r = 0; r < MR; ++r) panel[p * MR + r] = r < mr ? rows[r][p] : 0.0f;
         }
     }
 }
@@ -294,7 +294,10 @@ struct GemmItems {
         const int64_t row_blocks = ceil_div(m, MC);
         rows_per_block = ceil_div(ceil_div(m, row_blocks), MR) * MR;
         panels = ceil_div(n, NR);
-        panel_groups = std::min(panels, int64_t(threads) / std::gcd(row_blocks, int64_t(threads)));
+        // Each panel group packs the A blocks again: with many row blocks one group is
+        // balanced enough (105 blocks on 2 threads: 53 + 52).
+        const bool many_blocks = row_blocks >= 8 * int64_t(threads);
+        panel_groups = many_blocks ? 1 : std::min(panels, int64_t(threads) / std::gcd(row_blocks, int64_t(threads)));
         count = ceil_div(m, rows_per_block) * panel_groups;
     }
 };
