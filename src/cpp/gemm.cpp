@@ -147,6 +147,36 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 #undef FASTLM_K_STEP
             p = quads * 4;
         }
+    } else {
+        // Few rows (edge tiles, the batch-of-one products of generation) have too few
+        // accumulators to cover the FMA latency (4 cycles, 2 units: 8 in flight):
+        // independent chains over alternate k steps, added at the end.
+        constexpr int kChains = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+        if constexpr (kChains > 1) {
+            __m256 extra[kChains - 1][R][2];
+            for (int h = 0; h < kChains - 1; ++h)
+                for (int r = 0; r < R; ++r) extra[h][r][0] = extra[h][r][1] = _mm256_setzero_ps();
+            for (; p + kChains <= kc; p += kChains) {
+#pragma GCC unroll 4
+                for (int h = 0; h < kChains; ++h) {
+                    const __m256 b0 = _mm256_loadu_ps(b + h * NR), b1 = _mm256_loadu_ps(b + h * NR + 8);
+#pragma GCC unroll 3
+                    for (int r = 0; r < R; ++r) {
+                        const __m256 ar = _mm256_broadcast_ss(a + h * MR + r);
+                        __m256* chain = h == 0 ? acc[r] : extra[h - 1][r];
+                        chain[0] = _mm256_fmadd_ps(ar, b0, chain[0]);
+                        chain[1] = _mm256_fmadd_ps(ar, b1, chain[1]);
+                    }
+                }
+                a += kChains * MR;
+                b += kChains * NR;
+            }
+            for (int h = 0; h < kChains - 1; ++h)
+                for (int r = 0; r < R; ++r) {
+                    acc[r][0] = _mm256_add_ps(acc[r][0], extra[h][r][0]);
+                    acc[r][1] = _mm256_add_ps(acc[r][1], extra[h][r][1]);
+                }
+        }
     }
     for (; p < kc; ++p) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
