@@ -18,10 +18,11 @@ The figures are medians over the rounds of each worker's median time.
               model included; "base" is ru_maxrss after the imports, before the model)
 
 GFLOP/s use the issue's count: training 3 x (sum over layers 2*4H(E_in + H) + 2HV) per
-token, inference and generation a third of that. "% peak" divides by the float32 peak
-measured in the same run, every round (the best round counts), as a large NumPy SGEMM
-in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its environment
-(torch.matmul gives a second reference). Batch-1 generation is bound by memory traffic,
+token, inference and generation a third of that. "% peak" divides by the float32 FMA peak
+measured in the same run, every round (the best round counts): fastlm's FMA loop in
+registers with the SIMD width of the build (fastlm._core.fma_peak_gflops). A large NumPy
+SGEMM (in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its
+environment) and torch.matmul are printed as references. Batch-1 generation is bound by memory traffic,
 not FMAs, so it also shows the float32 weights read per second.
 
 The numpy-reference workers keep the environment as it is, including OPENBLAS_CORETYPE
@@ -139,7 +140,7 @@ def rates(results, name, impl, kind):
     return [r["tokens"] / r["seconds"] for r in results.get((name, impl, kind), [])]
 
 
-def summarise(args, impls, results, peaks, torch_peaks):
+def summarise(args, impls, results, peaks, references):
     """Rows for every table: dicts with the cells already computed."""
     from fastlm.benchmark import CONFIGS, generation_flops_per_token, generation_weight_bytes_per_token, \
         inference_flops_per_token, training_flops_per_token
@@ -181,8 +182,8 @@ def summarise(args, impls, results, peaks, torch_peaks):
                 memory.append(dict(config=name, impl=impl,
                                    peak=statistics.median(r["peak_rss_mib"] for r in cell),
                                    base=statistics.median(r["base_rss_mib"] for r in cell)))
-    torch_peak = max(p["gflops"] for p in torch_peaks) if torch_peaks else None
-    return dict(peak=peak, torch_peak=torch_peak, tables=tables, memory=memory)
+    best_references = {source: max(p["gflops"] for p in runs) for source, runs in references.items()}
+    return dict(peak=peak, references=best_references, tables=tables, memory=memory)
 
 
 def fmt_ratio(value):
@@ -237,7 +238,7 @@ def markdown_report(summary, header_items):
                      f"{row['peak'] - row['base']:.0f} |")
     lines += ["", "tokens/s: median over rounds of each worker's median time; spread: (max − min) / median of "
               "the per-round figures. GFLOP/s by the issue's count (training 3 × (Σ 2·4H(E_in+H) + 2HV) per "
-              "token; inference and generation 1/3 of it); % of peak against the SGEMM peak above. Batch-1 generation is "
+              "token; inference and generation 1/3 of it); % of peak against the FMA peak above. Batch-1 generation is "
               "a chain of matrix-vector products, bound by memory traffic rather than FMAs: weights read = tokens/s × "
               "float32 LSTM and decoder weights.", ""]
     return "\n".join(lines)
@@ -278,7 +279,7 @@ def main():
     import numpy
 
     import fastlm
-    from fastlm.benchmark import peak_fma_gflops, torch_matmul_gflops
+    from fastlm.benchmark import numpy_sgemm_gflops, peak_fma_gflops, torch_matmul_gflops
 
     impls = ["fastlm-cpp"]
     if not args.skip_numpy:
@@ -306,20 +307,21 @@ def main():
               + ("" if "torch" not in impls else f"; PyTorch's oneDNN LSTM {args.torch_generation_onednn} in its "
                  "generation loop (--torch-generation-onednn)"),
               "OPENBLAS_CORETYPE=" + (f"{coretype} is set and kept for the NumPy reference (as a user's NumPy runs); "
-                                      "the SGEMM peak runs without it and without OPENBLAS_L2_SIZE"
+                                      "the NumPy SGEMM reference runs without it and without OPENBLAS_L2_SIZE"
                                       if coretype else "not set")]
     print("\n".join(header), flush=True)
 
-    results, peaks, torch_peaks = {}, [], []
+    results, peaks, references = {}, [], {}
     started = time.perf_counter()
     for round_index in range(args.rounds):
         peak = peak_fma_gflops(args.threads)
         peaks.append(peak)
         note = f"peak: {peak['source']}: {peak['gflops']:.1f} GFLOP/s"
-        if "torch" in impls:
-            torch_peak = torch_matmul_gflops(args.threads)
-            torch_peaks.append(torch_peak)
-            note += f"; {torch_peak['source']}: {torch_peak['gflops']:.1f} GFLOP/s"
+        for reference in (numpy_sgemm_gflops(args.threads),
+                          torch_matmul_gflops(args.threads) if "torch" in impls else None):
+            if reference is not None:
+                references.setdefault(reference["source"], []).append(reference)
+                note += f"; {reference['source']}: {reference['gflops']:.1f} GFLOP/s"
         print(f"round {round_index + 1}/{args.rounds} {note}", flush=True)
         for name in args.configs:
             for kind in args.kinds:
@@ -334,16 +336,15 @@ def main():
                     print(f"  {name} {kind:8} {impl:16} {r['tokens'] / r['seconds']:11,.0f} tokens/s"
                           f"   ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    summary = summarise(args, impls, results, peaks, torch_peaks)
+    summary = summarise(args, impls, results, peaks, references)
     summary["configs"] = args.configs
-    peak_items = [f"float32 peak (best of {len(peaks)} rounds): {summary['peak']:.1f} GFLOP/s, NumPy SGEMM "
-                  f"{peaks[0]['n']}² in a subprocess with {args.threads} threads"
-                  + (f" and {', '.join(peaks[0]['unset'])} unset" if peaks[0]["unset"] else "")
-                  + " (rounds: " + ", ".join(f"{p['gflops']:.0f}" for p in peaks) + ")"]
-    if summary["torch_peak"] is not None:
-        peak_items.append(f"second reference: torch.matmul {torch_peaks[0]['n']}² float32: "
-                          f"{summary['torch_peak']:.1f} GFLOP/s (best of {len(torch_peaks)})")
-    print()
+    peak_items = [f"float32 FMA peak (best of {len(peaks)} rounds): {summary['peak']:.1f} GFLOP/s, "
+                  f"{peaks[0]['source']} (rounds: " + ", ".join(f"{p['gflops']:.0f}" for p in peaks) + ")"]
+    for source, runs in references.items():
+        unset = runs[0].get("unset")
+        peak_items.append(f"reference: {source}" + (f" with {', '.join(unset)} unset" if unset else "")
+                          + f": {summary['references'][source]:.1f} GFLOP/s (best of {len(runs)}), "
+                          f"{100.0 * summary['references'][source] / summary['peak']:.0f}% of the FMA peak")
     print(text_report(summary, peaks, peak_items))
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -5,8 +5,8 @@
 
 Configurations A-D (V, E, H, L, T, B) from fastlm.benchmark.CONFIGS. Every result carries
 tokens_per_s, gflops and peak_pct in extra_info (see --benchmark-json); peak_pct is against
-a float32 SGEMM peak measured once per session (fastlm.benchmark.peak_fma_gflops, in a
-subprocess without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE).
+the float32 FMA peak measured once per session (fastlm.benchmark.peak_fma_gflops: an FMA
+loop in registers with the build's SIMD width).
 
 Threads: FASTLM_BENCH_THREADS (default 2) for fastlm and torch. The NumPy reference uses
 NumPy's own BLAS threads, fixed at import: run with OPENBLAS_NUM_THREADS=2 for the same

@@ -876,3 +876,8 @@ class TestThreads:
     def test_set_num_threads_not_int(self, n):
         with pytest.raises(TypeError):
             fastlm.set_num_threads(n)
+
+    @pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), 61.0])
+    def test_fma_peak_seconds_out_of_range(self, seconds):
+        with pytest.raises(ValueError, match="seconds must be in"):
+            fastlm._core.fma_peak_gflops(seconds)

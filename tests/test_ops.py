@@ -399,9 +399,27 @@ def test_op_deterministic(op, shapes, restore_threads):
     assert_bit_identical(first, run(op, fn, inputs), "1 thread vs 2 threads")
 
 
-# Bindings that are not ops of the math: thread control and build facts. Generation is
-# random sampling; its twin is compared in test_generate.py.
-NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "generate"}
+# Bindings that are not ops of the math: thread control, build facts and the FMA peak
+# the benchmarks divide by. Generation is random sampling; its twin is compared in
+# test_generate.py.
+NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "fma_peak_gflops", "generate"}
+
+
+def test_fma_peak_is_a_measured_rate(restore_threads):
+    """The benchmarks' denominator: positive and finite, and two threads do more work than one.
+
+    Only the order is asserted (2 threads > 1.2 x 1 thread), not a speed: a busy machine
+    slows both, and a machine with one core cannot show it.
+    """
+    import os
+    fastlm.set_num_threads(1)
+    one = max(_core.fma_peak_gflops(0.05) for _ in range(3))
+    assert np.isfinite(one) and one > 0
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU available: two threads cannot outrun one")
+    fastlm.set_num_threads(2)
+    two = max(_core.fma_peak_gflops(0.05) for _ in range(3))
+    assert two > 1.2 * one
 
 
 def test_every_op_has_a_twin_and_a_case():

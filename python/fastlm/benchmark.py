@@ -234,8 +234,25 @@ def _run_peak(code, args, env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def peak_fma_gflops(threads, n=4096, repeats=3):
-    """The machine's float32 multiply-add throughput, as a large NumPy SGEMM (best of repeats).
+def peak_fma_gflops(threads, seconds=0.5, repeats=3):
+    """The float32 FMA peak with `threads` threads: fastlm's register-only FMA loop (best of repeats).
+
+    It uses the SIMD width fastlm was built for, so "% of peak" says how much of what this
+    build can do the kernels reach. Returns {"gflops", "threads", "source"}.
+    """
+    from fastlm import _core
+    previous = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        best = max(_core.fma_peak_gflops(seconds) for _ in range(repeats))
+    finally:
+        _core.set_num_threads(previous)
+    return dict(gflops=best, threads=threads,
+                source=f"FMA loop in registers ({_core.build_info()['simd']}, {threads} threads)")
+
+
+def numpy_sgemm_gflops(threads, n=4096, repeats=3):
+    """A peak reference: a large NumPy float32 SGEMM (best of repeats).
 
     Runs in a subprocess with OMP/OPENBLAS_NUM_THREADS=threads and without OPENBLAS_CORETYPE
     and OPENBLAS_L2_SIZE (when set, they can pin OpenBLAS to slower kernels than the CPU

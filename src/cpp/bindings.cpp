@@ -22,6 +22,7 @@
 #include "optimizer.h"
 #include "output_loss.h"
 #include "parallel.h"
+#include "peak.h"
 #include "windows.h"
 
 namespace py = pybind11;
@@ -422,6 +423,11 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
     return out;
 }
 
+double py_fma_peak_gflops(double seconds) {
+    py::gil_scoped_release release;
+    return fma_peak_gflops(seconds);
+}
+
 const bool kMallocTuned = tune_malloc();  // at import; see allocator.h
 
 py::dict build_info() {
@@ -467,6 +473,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("generate", &py_generate, py::arg("params"), py::arg("num_layers"), py::arg("prompt"),
           py::arg("max_new_tokens"), py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
           py::arg("seed") = 0);
+    m.def("fma_peak_gflops", &py_fma_peak_gflops, py::arg("seconds") = 0.5,
+          "The float32 FMA peak of this machine in GFLOP/s, measured for about `seconds` on "
+          "every thread (get_num_threads()) with the SIMD width the kernels were built for.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);
     m.def("build_info", &build_info);

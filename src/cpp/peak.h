@@ -1,0 +1,11 @@
+// The machine's float32 multiply-add peak, measured: the denominator of every "% of peak"
+// in the benchmarks, taken with the same instruction set the kernels were built for.
+#pragma once
+
+namespace fastlm {
+
+// Runs independent FMA chains in registers on every thread for about `seconds` and
+// returns the total GFLOP/s (one FMA = 2 flops).
+double fma_peak_gflops(double seconds);
+
+}  // namespace fastlm
