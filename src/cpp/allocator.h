@@ -1,7 +1,15 @@
 // Process-wide allocator tuning for batch-after-batch workloads.
 #pragma once
 
+#include <cstdint>
+#include <memory>
+
 namespace fastlm {
+
+// Scratch floats that a kernel writes before it reads them. std::vector<float>(n) would
+// zero them first: a memset of every logits chunk and packed weight, every batch.
+using ScratchFloats = std::unique_ptr<float[]>;
+inline ScratchFloats scratch_floats(int64_t n) { return ScratchFloats(new float[n]); }
 
 // glibc hands blocks above a (dynamic) threshold back to the OS when they are freed and
 // trims the heap top beyond 128 KiB, so every batch's activations and gradients -- tens

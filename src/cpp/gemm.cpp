@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
+#include <vector>
 
 #include "parallel.h"
 
@@ -314,15 +315,15 @@ float* thread_a_buffer() {
 const char* gemm_simd_name() { return kSimdName; }
 
 PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n)
-    : k_(k), n_(n), data_(ceil_div(n, NR) * k * NR) {
+    : k_(k), n_(n), data_(scratch_floats(ceil_div(n, NR) * k * NR)) {
     const int64_t panels = ceil_div(n, NR);
     const bool parallel = k * n >= kParallelMinWork;
 #pragma omp parallel for if (parallel) schedule(static)
     for (int64_t jp = 0; jp < panels; ++jp)
-        pack_b_panel(b, ldb, trans_b, k, jp * NR, std::min(NR, n - jp * NR), data_.data() + jp * k * NR);
+        pack_b_panel(b, ldb, trans_b, k, jp * NR, std::min(NR, n - jp * NR), data_.get() + jp * k * NR);
 }
 
-const float* PackedB::panel(int64_t j) const { return data_.data() + j * k_ * NR; }
+const float* PackedB::panel(int64_t j) const { return data_.get() + j * k_ * NR; }
 int64_t PackedB::panel_stride() const { return k_ * NR; }
 
 namespace {

@@ -7,7 +7,8 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
+
+#include "allocator.h"
 
 namespace fastlm {
 
@@ -26,7 +27,7 @@ public:
     int64_t panel_stride() const;         // floats between consecutive panels
 private:
     int64_t k_ = 0, n_ = 0;
-    std::vector<float> data_;
+    ScratchFloats data_;
 };
 
 // C (M x N, leading dimension ldc) = op(A) (M x K) * op(B) (K x N) + beta * C.

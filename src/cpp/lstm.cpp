@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "allocator.h"
 #include "gemm.h"
 #include "parallel.h"
 
@@ -83,7 +84,8 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
                    const float* c0, const float* hs, const float* cs, const float* gates,
                    float* dx, float* dw_ih, float* dw_hh, float* db, float* dh0, float* dc0) {
     const int64_t B = s.batch, T = s.steps, I = s.input, H = s.hidden, G = 4 * H;
-    std::vector<float> dpre(B * T * G), dh(B * H);
+    const ScratchFloats dpre = scratch_floats(B * T * G);  // every row written by the step loop
+    std::vector<float> dh(B * H);
     // dh0/dc0 double as the running gradients into h_{t-1} and c_{t-1}.
     float* dh_next = dh0;
     float* dc_next = dc0;
@@ -101,21 +103,21 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
             for (int64_t j = 0; j < H; ++j) dh_b[j] = dhs[row * H + j] + dh_next[b * H + j];
             const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
             lstm_cell_backward(H, gates + row * G, cs + row * H, c_prev, dh_b, dc_next + b * H,
-                               dpre.data() + row * G);
+                               dpre.get() + row * G);
         }  // implicit barrier: dpre_t complete, dh_next read
-        sgemm_packed_team_share(false, B, dpre.data() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
+        sgemm_packed_team_share(false, B, dpre.get() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
 #pragma omp barrier
     }
     // The weight gradients as three large products over all B*T rows.
     const int64_t rows = B * T;
-    sgemm(false, false, rows, I, G, dpre.data(), G, w_ih, I, 0.0f, dx, I);
-    sgemm(true, false, G, I, rows, dpre.data(), G, x, I, 0.0f, dw_ih, I);
-    std::vector<float> h_prev(rows * H);  // h_{t-1} for every row: h0 at t = 0
+    sgemm(false, false, rows, I, G, dpre.get(), G, w_ih, I, 0.0f, dx, I);
+    sgemm(true, false, G, I, rows, dpre.get(), G, x, I, 0.0f, dw_ih, I);
+    const ScratchFloats h_prev = scratch_floats(rows * H);  // h_{t-1} for every row: h0 at t = 0
     for (int64_t b = 0; b < B; ++b) {
-        std::memcpy(h_prev.data() + b * T * H, h0 + b * H, sizeof(float) * H);
-        std::memcpy(h_prev.data() + (b * T + 1) * H, hs + b * T * H, sizeof(float) * (T - 1) * H);
+        std::memcpy(h_prev.get() + b * T * H, h0 + b * H, sizeof(float) * H);
+        std::memcpy(h_prev.get() + (b * T + 1) * H, hs + b * T * H, sizeof(float) * (T - 1) * H);
     }
-    sgemm(true, false, G, H, rows, dpre.data(), G, h_prev.data(), H, 0.0f, dw_hh, H);
+    sgemm(true, false, G, H, rows, dpre.get(), G, h_prev.get(), H, 0.0f, dw_hh, H);
     std::fill(db, db + G, 0.0f);
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = 0; j < G; ++j) db[j] += dpre[r * G + j];

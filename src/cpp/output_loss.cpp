@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "allocator.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "sampling.h"
@@ -122,15 +123,15 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
     const int64_t H = s.hidden, V = s.vocab;
     const PackedDecoder packed(weight, V, H, false);
     const int64_t rows_per_chunk = chunk_rows(s);
-    std::vector<float> logits(rows_per_chunk * V);
+    const ScratchFloats logits = scratch_floats(rows_per_chunk * V);
     std::vector<double> row_loss(rows_per_chunk);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
-        chunk_logits(s, h + r0 * H, rows, packed.weight_t, logits.data());
+        chunk_logits(s, h + r0 * H, rows, packed.weight_t, logits.get());
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            float* z = logits.data() + r * V;
+            float* z = logits.get() + r * V;
             const float peak = add_bias_row_max(z, bias, V);
             const double sum = row_exp_sum<false>(z, V, peak);
             // The first index of the maximum; a NaN anywhere makes the sum NaN, and then
@@ -155,15 +156,15 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
     const int64_t H = s.hidden, V = s.vocab;
     const PackedDecoder packed(weight, V, H, true);
     const int64_t rows_per_chunk = chunk_rows(s);
-    std::vector<float> dlogits(rows_per_chunk * V);
+    const ScratchFloats dlogits = scratch_floats(rows_per_chunk * V);
     const float inv_rows = 1.0f / static_cast<float>(s.rows);
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
-        chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.data());
+        chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.get());
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < rows; ++r)
-            row_softmax_gradient(dlogits.data() + r * V, bias, V, lse[r0 + r], targets[r0 + r], inv_rows);
-        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.data(), dh + r0 * H, dweight, dbias);
+            row_softmax_gradient(dlogits.get() + r * V, bias, V, lse[r0 + r], targets[r0 + r], inv_rows);
+        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.get(), dh + r0 * H, dweight, dbias);
     }
 }
 
@@ -172,23 +173,23 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
     const int64_t H = s.hidden, V = s.vocab;
     const PackedDecoder packed(weight, V, H, true);
     const int64_t rows_per_chunk = chunk_rows(s);
-    std::vector<float> dlogits(rows_per_chunk * V);
+    const ScratchFloats dlogits = scratch_floats(rows_per_chunk * V);
     std::vector<double> row_loss(rows_per_chunk);
     const float inv_rows = 1.0f / static_cast<float>(s.rows);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
-        chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.data());
+        chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.get());
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            float* z = dlogits.data() + r * V;
+            float* z = dlogits.get() + r * V;
             const int32_t target = targets[r0 + r];
             const float target_logit = z[target] + bias[target];
             const float lse = row_softmax_gradient_lse(z, bias, V, target, inv_rows);
             row_loss[r] = static_cast<double>(lse) - static_cast<double>(target_logit);
         }
         for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
-        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.data(), dh + r0 * H, dweight, dbias);
+        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.get(), dh + r0 * H, dweight, dbias);
     }
     return total / static_cast<double>(s.rows);
 }
