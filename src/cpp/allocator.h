@@ -1,4 +1,5 @@
-// Process-wide allocator tuning for batch-after-batch workloads.
+// Memory for the kernels: scratch buffers that are not zeroed, and process-wide allocator
+// tuning for batch-after-batch workloads.
 #pragma once
 
 #include <cstdint>

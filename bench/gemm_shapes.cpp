@@ -1,0 +1,73 @@
+// The GEMM core on the shapes the four configurations multiply, against the FMA peak.
+//
+// Build and run from the repository root (the flags of the package's own build):
+//
+//   g++ -std=c++17 -O3 -march=native -fopenmp -fno-math-errno -fno-trapping-math -Isrc/cpp
+//       bench/gemm_shapes.cpp src/cpp/gemm.cpp src/cpp/parallel.cpp src/cpp/peak.cpp -o /tmp/gemm_shapes
+//   OMP_NUM_THREADS=2 /tmp/gemm_shapes
+//
+// Each shape is timed with its right-hand matrix packed once (as the kernels use it) and
+// reported as the best of five rounds: the machine's noise only ever slows a round down,
+// and on a shared virtual machine a whole run can land in a slow minute (run it twice).
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "gemm.h"
+#include "peak.h"
+
+namespace {
+
+struct Shape {
+    const char* what;
+    int64_t m, n, k;
+    bool trans_a;
+};
+
+// (M, N, K) of op(A) (M x K) times B (K x N).
+const Shape kShapes[] = {
+    {"A/B logits chunk: 104 rows x V=10000, H=200", 104, 10000, 200, false},
+    {"B dW chunk: V=10000 x H=200 over 104 rows", 10000, 200, 104, true},
+    {"B dh chunk: 104 rows x H=200 over V=10000", 104, 200, 10000, false},
+    {"B recurrent step: batch 20 x 4H=800, H=200", 20, 800, 200, false},
+    {"C logits chunk: 104 rows x V=10000, H=650", 104, 10000, 650, false},
+    {"C input projection: 700 rows x 4H=2600, E=650", 700, 2600, 650, false},
+    {"C recurrent step: batch 20 x 4H=2600, H=650", 20, 2600, 650, false},
+    {"D recurrent step: batch 32 x 4H=2048, H=512", 32, 2048, 512, false},
+    {"D backward step: batch 32 x H=512 over 4H=2048", 32, 512, 2048, false},
+    {"square 2048", 2048, 2048, 2048, false},
+};
+
+double seconds_per_product(const Shape& s, int repeats) {
+    std::vector<float> a(s.m * s.k), b(s.k * s.n), c(s.m * s.n);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = float(i % 13) * 0.01f;
+    for (size_t i = 0; i < b.size(); ++i) b[i] = float(i % 7) * 0.01f;
+    const fastlm::PackedB packed(b.data(), s.n, false, s.k, s.n);
+    const int64_t lda = s.trans_a ? s.m : s.k;
+    fastlm::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);  // warm-up
+    double best = 1e30;
+    for (int round = 0; round < 5; ++round) {
+        const auto start = std::chrono::steady_clock::now();
+        for (int r = 0; r < repeats; ++r)
+            fastlm::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        best = std::min(best, elapsed / repeats);
+    }
+    return best;
+}
+
+}  // namespace
+
+int main() {
+    const double peak = fastlm::fma_peak_gflops(0.5);
+    std::printf("%s, %d threads, FMA peak %.1f GFLOP/s\n", fastlm::gemm_simd_name(), omp_get_max_threads(), peak);
+    for (const Shape& s : kShapes) {
+        const double flops = 2.0 * s.m * s.n * s.k;
+        const int repeats = std::max(1, int(1e10 / flops));  // about 0.1 s per round at 100 GFLOP/s
+        const double gflops = flops / seconds_per_product(s, repeats) / 1e9;
+        std::printf("  %-50s %7.1f GFLOP/s  %5.1f%% of peak\n", s.what, gflops, 100.0 * gflops / peak);
+    }
+}
