@@ -22,8 +22,8 @@ token, inference and generation a third of that. "% peak" divides by the float32
 measured in the same run, every round (the best round counts): fastlm's FMA loop in
 registers with the SIMD width of the build (fastlm._core.fma_peak_gflops). A large NumPy
 SGEMM (in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its
-environment) and torch.matmul are printed as references. Batch-1 generation is bound by memory traffic,
-not FMAs, so it also shows the float32 weights read per second.
+environment) and torch.matmul are printed as references. Batch-1 generation is bound by
+memory traffic, not FMAs, so it also shows the float32 weights read per second.
 
 The numpy-reference workers keep the environment as it is, including OPENBLAS_CORETYPE
 when set: that is how a user's NumPy runs on this machine. Threads: fastlm.set_num_threads(n),
@@ -345,6 +345,7 @@ def main():
         peak_items.append(f"reference: {source}" + (f" with {', '.join(unset)} unset" if unset else "")
                           + f": {summary['references'][source]:.1f} GFLOP/s (best of {len(runs)}), "
                           f"{100.0 * summary['references'][source] / summary['peak']:.0f}% of the FMA peak")
+    print()
     print(text_report(summary, peaks, peak_items))
     if args.markdown:
         with open(args.markdown, "w") as f:
