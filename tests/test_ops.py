@@ -406,20 +406,16 @@ NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "fma_peak_gflops"
 
 
 def test_fma_peak_is_a_measured_rate(restore_threads):
-    """The benchmarks' denominator: positive and finite, and two threads do more work than one.
+    """The benchmarks' denominator measures work that was really done.
 
-    Only the order is asserted (2 threads > 1.2 x 1 thread), not a speed: a busy machine
-    slows both, and a machine with one core cannot show it.
+    Speed itself is not asserted (a busy machine slows any figure down); the bound is
+    against a loop the compiler drops or merges, which once reported 5 PFLOP/s. No core
+    does 10 TFLOP/s.
     """
-    import os
-    fastlm.set_num_threads(1)
-    one = max(_core.fma_peak_gflops(0.05) for _ in range(3))
-    assert np.isfinite(one) and one > 0
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one CPU available: two threads cannot outrun one")
-    fastlm.set_num_threads(2)
-    two = max(_core.fma_peak_gflops(0.05) for _ in range(3))
-    assert two > 1.2 * one
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        rate = _core.fma_peak_gflops(0.05)
+        assert np.isfinite(rate) and 0 < rate < 10_000 * threads
 
 
 def test_every_op_has_a_twin_and_a_case():
