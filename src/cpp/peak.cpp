@@ -5,8 +5,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "parallel.h"
-
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
