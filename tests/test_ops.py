@@ -258,9 +258,11 @@ CASES = [
     ("output_loss_forward", dict(N=15, H=37, V=1009)),
     ("output_loss_forward", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190: exp needs the max shift
     ("output_loss_forward", dict(N=300, H=257, V=521)),  # rows > 128, K > 256
-    ("output_loss_forward", dict(N=40, H=19, V=1009, ties=True)),  # exact arg-max ties
-    ("output_loss_forward", dict(N=64, H=37, V=100003)),  # C++: 7 row chunks of 10 (2**20 logits per chunk)
-    ("output_loss_forward", dict(N=300, H=37, V=20011)),  # C++: 6 row chunks of 52
+    ("output_loss_forward", dict(N=40, H=19, V=1009, ties=True)),  # exact arg-max ties, across vocabulary blocks
+    ("output_loss_forward", dict(N=64, H=37, V=100003)),  # C++: 1042 vocabulary blocks of 96
+    ("output_loss_forward", dict(N=300, H=37, V=20011)),  # C++: row blocks of 256 and 44
+    ("output_loss_forward", dict(N=300, H=37, V=100003)),  # C++: row chunks of 256 and 44 (statistics bound)
+    ("output_loss_forward", dict(N=600, H=19, V=65)),  # C++: one vocabulary block, rows split over threads
     ("output_loss_backward", dict(N=1, H=19, V=2)),
     ("output_loss_backward", dict(N=15, H=37, V=1009)),
     # Peaked softmax for the gradient at x4 (logits up to ~33, top probabilities up to 0.99),

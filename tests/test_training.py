@@ -614,11 +614,13 @@ def test_evaluate_equal_between_backends(trained, ids):
 def test_evaluate_windows_equals_gradients_loss(trained, ids):
     x, y = fastlm.windows(ids, SEQ, 5)
     result = trained.evaluate(x, y, batch_size=len(x))
-    assert result["loss"] == pytest.approx(trained.gradients(x, y)[0], rel=1e-12)
+    # The forward-only kernel reduces the logits block by block (online log-sum-exp), the
+    # training kernel row by row: the same loss up to float32 summation order.
+    assert result["loss"] == pytest.approx(trained.gradients(x, y)[0], rel=1e-6)
     assert result["tokens"] == x.size
-    # in smaller batches: the token-weighted mean of the batch losses
+    # in smaller batches: exactly the token-weighted mean of the batch losses
     chunked = trained.evaluate(x, y, batch_size=7)
-    losses = [trained.gradients(x[r:r + 7], y[r:r + 7])[0] * x[r:r + 7].size for r in range(0, len(x), 7)]
+    losses = [trained.evaluate(x[r:r + 7], y[r:r + 7])["loss"] * x[r:r + 7].size for r in range(0, len(x), 7)]
     assert chunked["loss"] == pytest.approx(sum(losses) / x.size, rel=1e-12)
     assert chunked["loss"] == pytest.approx(result["loss"], rel=1e-5)
 

@@ -30,8 +30,6 @@ const char* const kSimdName = "scalar";
 constexpr int64_t KC = 256;
 constexpr int64_t MC = MR * 16;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 constexpr int64_t kFloatsPerLine = 64 / sizeof(float);  // one cache line
 
 inline void prefetch_l2(const float* p) {
@@ -273,9 +271,12 @@ void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t 
 }
 
 // One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
-// whose A block is already packed.
+// whose A block is already packed. whole_tiles: the last tile's padding rows are computed
+// too (C has room for them), so every row runs the same full-tile instructions. C's first
+// column is that of panel c_panel0.
 void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB& b, int64_t pc,
-                   int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate) {
+                   int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate,
+                   bool whole_tiles = false, int64_t c_panel0 = 0) {
     alignas(64) float edge[MR * NR];
     const int64_t n = b.n();
     for (int64_t jp = jp0; jp < jp1; ++jp) {
@@ -288,12 +289,12 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
         const int64_t tiles = ceil_div(mc, MR), lines_per_tile = ceil_div(kc * NR / kFloatsPerLine, tiles);
         const float* b_next = jp + 1 < jp1 && tiles >= 8 ? b.panel(jp + 1) + pc * NR : nullptr;
         for (int64_t ip = 0; ip < mc; ip += MR) {
-            const int64_t mr = std::min(MR, mc - ip);
+            const int64_t mr = whole_tiles ? MR : std::min(MR, mc - ip);
             if (b_next) {
                 const float* first = b_next + (ip / MR) * lines_per_tile * kFloatsPerLine;
                 for (int64_t l = 0; l < lines_per_tile; ++l) prefetch_l2(first + l * kFloatsPerLine);
             }
-            float* c_tile = c_rows + ip * ldc + jp * NR;
+            float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
             if (nr == NR) {
                 micro_kernel_rows(mr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
@@ -309,6 +310,12 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
 
 float* thread_a_buffer() {
     static thread_local std::vector<float> buffer(MC * KC);
+    return buffer.data();
+}
+
+// Per-thread buffers of the row-block product, grown to the largest request and kept.
+float* thread_buffer(std::vector<float>& buffer, int64_t n) {
+    if (int64_t(buffer.size()) < n) buffer.resize(n);
     return buffer.data();
 }
 
@@ -401,6 +408,31 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
     const int64_t team = num_threads_in_region(), id = thread_id();
     const GemmItems items(m, b.n(), int(team));
     run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, b, beta, c, ldc);
+}
+
+int64_t gemm_panel_width() { return NR; }
+
+void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                            int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume) {
+    if (column_block <= 0 || column_block % NR != 0 || j_begin % NR != 0)
+        throw std::invalid_argument("sgemm_packed_row_block: column blocks must start at multiples of the panel width");
+    const int64_t k = b.k(), kb = k_block(k), m_tiles = ceil_div(m, MR) * MR;
+    j_end = std::min(j_end, b.n());
+    if (m <= 0 || j_begin >= j_end || k <= 0) return;
+    // op(A) packed once for every k block (block pc at offset pc * m_tiles), then reused by
+    // every column block: the caller's A rows are read once however many columns there are.
+    static thread_local std::vector<float> a_buffer, c_buffer;
+    float* a_packed = thread_buffer(a_buffer, m_tiles * k);
+    for (int64_t pc = 0; pc < k; pc += kb)
+        pack_a(a, lda, trans_a, 0, m, pc, std::min(kb, k - pc), a_packed + pc * m_tiles);
+    float* c = thread_buffer(c_buffer, m_tiles * column_block);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += column_block) {
+        const int64_t n = std::min(column_block, j_end - j0), jp0 = j0 / NR, jp1 = ceil_div(j0 + n, NR);
+        for (int64_t pc = 0; pc < k; pc += kb)
+            compute_block(m, std::min(kb, k - pc), a_packed + pc * m_tiles, b, pc, jp0, jp1, c, column_block,
+                          pc > 0, /*whole_tiles=*/true, /*c_panel0=*/jp0);
+        consume(j0, n, c, column_block);
+    }
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

@@ -116,39 +116,165 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
     }
 }
 
+// ------------------------------------------------------------------ inference
+// The forward pass alone never stores logits. It computes logits^T = W h^T, a block of
+// kVocabBlock vocabulary entries times kRowBlock rows at a time (in L2), and reduces each
+// block at once to per-row statistics: the block's maximum, its first arg-max and the sum
+// of exp(logit - maximum). A merge per row then gives the log-sum-exp. The transposed
+// product streams W through the cache once per row chunk, not once per 100 rows, packs
+// it as it goes (no packed copy of the 8 MB decoder), and makes the reductions run across
+// rows, contiguous in memory, with no horizontal sums.
+
+constexpr int64_t kVocabBlock = 96;        // a multiple of every build's tile height (4, 6, 8)
+constexpr int64_t kRowBlock = 256;         // a multiple of every build's panel width (8, 16, 32)
+constexpr int64_t kForwardStatistics = int64_t(1) << 19;  // block x row entries per chunk
+
+// Per (vocabulary block, row): entry vb * rows + r.
+struct BlockStatistics {
+    std::vector<float> max, sum;
+    std::vector<int32_t> arg;
+    explicit BlockStatistics(int64_t n) : max(n), sum(n), arg(n) {}
+};
+
+// One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows.
+void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64_t v0, const float* bias,
+                        const int32_t* targets, float* max, float* sum, int32_t* arg, float* target_logit) {
+    for (int64_t r = 0; r < n; ++r) {
+        max[r] = -INFINITY;
+        sum[r] = 0.0f;
+        arg[r] = static_cast<int32_t>(v0);
+    }
+    // Strictly greater: the first index of the maximum wins, as in NumPy's argmax.
+    for (int64_t v = 0; v < m; ++v) {
+        const float b = bias[v0 + v];
+        const int32_t index = static_cast<int32_t>(v0 + v);
+        const float* zv = z + v * ldz;
+        for (int64_t r = 0; r < n; ++r) {
+            const float x = zv[r] + b;
+            const bool greater = x > max[r];
+            max[r] = greater ? x : max[r];
+            arg[r] = greater ? index : arg[r];
+        }
+    }
+    for (int64_t v = 0; v < m; ++v) {
+        const float b = bias[v0 + v];
+        const float* zv = z + v * ldz;
+        for (int64_t r = 0; r < n; ++r) sum[r] += exp_approx(zv[r] + b - max[r]);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t t = targets[r] - v0;  // each target lies in one block: one writer per row
+        if (t >= 0 && t < m) target_logit[r] = z[t * ldz + r] + bias[targets[r]];
+    }
+}
+
+// The statistics of every vocabulary block for rows h_rows (rows x H), and each row's
+// target logit. Work items are vocabulary blocks (times row ranges when there are few).
+void vocab_block_statistics(const OutputShape& s, const float* h_rows, int64_t rows, const float* weight,
+                            const float* bias, const int32_t* targets, BlockStatistics& stats,
+                            float* target_logit) {
+    const int64_t H = s.hidden, V = s.vocab, vocab_blocks = ceil_div(V, kVocabBlock);
+    const PackedB h_t(h_rows, H, /*trans_b=*/true, H, rows);  // logits^T = W h^T
+    const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
+    const int64_t row_blocks = ceil_div(rows, kRowBlock);
+    const int64_t splits = vocab_blocks >= 4 * threads ? 1 : std::min(row_blocks, ceil_div(4 * threads, vocab_blocks));
+#pragma omp parallel for if (threads > 1) schedule(static)
+    for (int64_t item = 0; item < vocab_blocks * splits; ++item) {
+        const int64_t vb = item / splits, split = item % splits;
+        const int64_t v0 = vb * kVocabBlock, m = std::min(kVocabBlock, V - v0);
+        const int64_t j_begin = split * row_blocks / splits * kRowBlock;
+        const int64_t j_end = std::min(rows, (split + 1) * row_blocks / splits * kRowBlock);
+        const int64_t at = vb * rows;
+        sgemm_packed_row_block(false, m, weight + v0 * H, H, h_t, j_begin, j_end, kRowBlock,
+                               [&](int64_t j0, int64_t n, const float* z, int64_t ldz) {
+                                   reduce_logit_block(z, ldz, m, n, v0, bias, targets + j0, &stats.max[at + j0],
+                                                      &stats.sum[at + j0], &stats.arg[at + j0], target_logit + j0);
+                               });
+    }
+}
+
+// Every row's maximum, arg-max and sum of exp(logit - maximum) from its blocks'
+// statistics, merged in block order (so the first block with the maximum wins).
+void merge_blocks(const BlockStatistics& stats, int64_t vocab_blocks, int64_t rows, float* peak, double* total,
+                  int32_t* best) {
+    std::fill(peak, peak + rows, -INFINITY);
+    std::fill(total, total + rows, 0.0);
+    for (int64_t vb = 0; vb < vocab_blocks; ++vb) {
+        const float* max = &stats.max[vb * rows];
+        const int32_t* arg = &stats.arg[vb * rows];
+        for (int64_t r = 0; r < rows; ++r) {
+            const bool greater = max[r] > peak[r];
+            peak[r] = greater ? max[r] : peak[r];
+            best[r] = greater ? arg[r] : best[r];
+        }
+    }
+    for (int64_t vb = 0; vb < vocab_blocks; ++vb) {
+        const float* max = &stats.max[vb * rows];
+        const float* sum = &stats.sum[vb * rows];
+        for (int64_t r = 0; r < rows; ++r) total[r] += double(sum[r] * exp_approx(max[r] - peak[r]));
+    }
+}
+
+// One row's logits in full, with the chunked path's two-pass rules: for rows that hold a
+// NaN or an infinity, where the blockwise sums lose track.
+void recompute_row(const OutputShape& s, const float* h_row, const float* weight, const float* bias,
+                   int32_t target, float* lse, int32_t* best, float* target_logit) {
+    const int64_t H = s.hidden, V = s.vocab;
+    std::vector<float> z(V);
+    for (int64_t v = 0; v < V; ++v) {
+        float dot = 0.0f;
+        for (int64_t k = 0; k < H; ++k) dot += weight[v * H + k] * h_row[k];
+        z[v] = dot;
+    }
+    const float peak = add_bias_row_max(z.data(), bias, V);
+    const double sum = row_exp_sum<false>(z.data(), V, peak);
+    int64_t index = 0;
+    if (std::isnan(sum)) {
+        index = argmax(z.data(), V);
+    } else {
+        while (z[index] != peak) ++index;
+    }
+    *lse = z[index] + static_cast<float>(std::log(sum));
+    *best = static_cast<int32_t>(index);
+    *target_logit = z[target];
+}
+
 }  // namespace
 
 double output_loss_forward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                            const int32_t* targets, float* lse, int32_t* predictions) {
-    const int64_t H = s.hidden, V = s.vocab;
-    const PackedDecoder packed(weight, V, H, false);
-    const int64_t rows_per_chunk = chunk_rows(s);
-    const ScratchFloats logits = scratch_floats(rows_per_chunk * V);
-    std::vector<double> row_loss(rows_per_chunk);
+    const int64_t N = s.rows, H = s.hidden, V = s.vocab;
+    const int64_t vocab_blocks = ceil_div(V, kVocabBlock);
+    // Rows per chunk: the per-block statistics (12 bytes per block and row) stay below
+    // 6 MiB whatever N is.
+    const int64_t rows_per_chunk =
+        std::max<int64_t>(kRowBlock, kForwardStatistics / vocab_blocks / kRowBlock * kRowBlock);
+    const int64_t chunk = std::min(N, rows_per_chunk);
+    BlockStatistics stats(vocab_blocks * chunk);
+    std::vector<float> target_logit(chunk), peak(chunk);
+    std::vector<double> sum(chunk);
+    std::vector<int32_t> best(chunk, 0);
     double total = 0.0;
-    for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
-        const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
-        chunk_logits(s, h + r0 * H, rows, packed.weight_t, logits.get());
-#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        const int64_t rows = std::min(chunk, N - r0);
+        vocab_block_statistics(s, h + r0 * H, rows, weight, bias, targets + r0, stats, target_logit.data());
+        merge_blocks(stats, vocab_blocks, rows, peak.data(), sum.data(), best.data());
         for (int64_t r = 0; r < rows; ++r) {
-            float* z = logits.get() + r * V;
-            const float peak = add_bias_row_max(z, bias, V);
-            const double sum = row_exp_sum<false>(z, V, peak);
-            // The first index of the maximum; a NaN anywhere makes the sum NaN, and then
-            // NumPy's rule (the first NaN wins) needs the scalar scan.
-            int64_t best = 0;
-            if (std::isnan(sum)) {
-                best = argmax(z, V);
+            float row_lse;
+            int32_t row_best = best[r];
+            if (std::isfinite(peak[r]) && std::isfinite(sum[r]) && sum[r] > 0.0) {
+                row_lse = peak[r] + static_cast<float>(std::log(sum[r]));
             } else {
-                while (z[best] != peak) ++best;
+                // A NaN or an infinity in the row, where the blockwise sums lose track: the
+                // row on its own, with the two-pass rules (NumPy's argmax: first NaN wins).
+                recompute_row(s, h + (r0 + r) * H, weight, bias, targets[r0 + r], &row_lse, &row_best,
+                              &target_logit[r]);
             }
-            lse[r0 + r] = z[best] + static_cast<float>(std::log(sum));
-            predictions[r0 + r] = static_cast<int32_t>(best);
-            row_loss[r] = static_cast<double>(lse[r0 + r]) - static_cast<double>(z[targets[r0 + r]]);
+            lse[r0 + r] = row_lse;
+            predictions[r0 + r] = row_best;
+            total += static_cast<double>(row_lse) - static_cast<double>(target_logit[r]);
         }
-        for (int64_t r = 0; r < rows; ++r) total += row_loss[r];  // fixed order: thread-count independent
     }
-    return total / static_cast<double>(s.rows);
+    return total / static_cast<double>(N);
 }
 
 void output_loss_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,

@@ -37,6 +37,9 @@ void set_num_threads(int n);
 int get_num_threads();
 bool has_openmp();
 
+// Blocks of b needed to cover a (a >= 0, b > 0): work split into items.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kParallelMinWork = 1 << 15;
 
