@@ -1,6 +1,7 @@
 // The output layer (Linear H -> V) fused with log-softmax and mean cross-entropy.
-// Rows are processed in chunks of about kLogitChunkElements logits, so the (N x V)
-// logits never exist in full: memory does not grow with N * V.
+// The (N x V) logits never exist in full, so memory does not grow with N * V: the
+// gradients are computed in row chunks of about kLogitChunkElements logits, and the
+// forward op alone reduces each block of logits while it is in cache, storing none.
 #pragma once
 
 #include <cstdint>
