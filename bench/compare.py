@@ -8,7 +8,11 @@ For each configuration (V, E, H, L, T, B) and each implementation -- fastlm's C+
 importable) -- every measurement runs in its own subprocess (this script with --worker,
 answering one JSON line), and the implementations take turns round-robin, the order
 rotating every round, so that a slow spell of the machine does not land on one of them.
-The figures are medians over the rounds of each worker's median time.
+The figures are medians over the rounds of each worker's median time. "fastlm / torch"
+divides those medians; "paired" is the median over rounds of the same division within
+one round, where the two ran seconds apart: this machine's speed drifts by up to 2x over
+minutes (its FMA peak included), and a paired ratio cancels a slow spell that lands on
+one implementation's round.
 
   training    tokens/s of one step: forward, loss, backward, Adam on a random (B, T) batch
   inference   tokens/s of a teacher-forced forward and loss (no backward; torch under no_grad)
@@ -164,12 +168,14 @@ def summarise(args, impls, results, peaks, references):
                            peak_pct=100.0 * gflops / peak, rounds=len(per_round),
                            spread=100.0 * (max(per_round) - min(per_round)) / rate,
                            tokens=results[(name, impl, kind)][0]["tokens"] if kind == "generate" else None,
-                           vs_torch=None, vs_numpy=None,
+                           vs_torch=None, vs_torch_paired=None, vs_numpy=None,
                            weights_gbps=rate * generation_weight_bytes_per_token(c) / 1e9 if kind == "generate"
                            else None)
                 if impl == "fastlm-cpp":
                     if "torch" in medians:
                         row["vs_torch"] = rate / medians["torch"]
+                        row["vs_torch_paired"] = statistics.median(
+                            mine / theirs for mine, theirs in zip(per_round, rates(results, name, "torch", kind)))
                     if "numpy-reference" in medians:
                         row["vs_numpy"] = rate / medians["numpy-reference"]
                 rows.append(row)
@@ -196,12 +202,13 @@ def text_report(summary, peaks, header):
         lines.append("")
         lines.append(KIND_TITLES[kind])
         lines.append(f"  {'cfg':3} {'impl':22} {'tokens/s':>11} {'GFLOP/s':>8} {'% peak':>7} {'spread':>7} "
-                     f"{'cpp/torch':>9} {'cpp/numpy':>9}" + (f" {'weights GB/s':>12}" if kind == "generate" else ""))
+                     f"{'cpp/torch':>9} {'paired':>7} {'cpp/numpy':>9}"
+                     + (f" {'weights GB/s':>12}" if kind == "generate" else ""))
         for row in summary["tables"][kind]:
             impl = row["impl"] + (f" ({row['tokens']} tok)" if row["tokens"] not in (None, 500) else "")
             lines.append(f"  {row['config']:3} {impl:22} {row['rate']:11,.0f} {row['gflops']:8.2f} "
                          f"{row['peak_pct']:6.1f}% {row['spread']:6.0f}% {fmt_ratio(row['vs_torch']):>9} "
-                         f"{fmt_ratio(row['vs_numpy']):>9}"
+                         f"{fmt_ratio(row['vs_torch_paired']):>7} {fmt_ratio(row['vs_numpy']):>9}"
                          + (f" {row['weights_gbps']:12.1f}" if kind == "generate" else ""))
     lines.append("")
     lines.append("peak RSS of a training worker (MiB; base = after imports, before the model)")
@@ -222,13 +229,13 @@ def markdown_report(summary, header_items):
         gen = kind == "generate"
         lines += [f"## {KIND_TITLES[kind]}", "",
                   "| config | implementation | tokens/s | GFLOP/s | % of peak | spread | fastlm / torch | "
-                  "fastlm / numpy |" + (" weights read (GB/s) |" if gen else ""),
-                  "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gen else "")]
+                  "paired | fastlm / numpy |" + (" weights read (GB/s) |" if gen else ""),
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gen else "")]
         for row in summary["tables"][kind]:
             impl = row["impl"] + (f" ({row['tokens']} tokens)" if row["tokens"] not in (None, 500) else "")
             lines.append(f"| {row['config']} | {impl} | {row['rate']:,.0f} | {row['gflops']:.2f} | "
                          f"{row['peak_pct']:.1f}% | {row['spread']:.0f}% | {fmt_ratio(row['vs_torch'])} | "
-                         f"{fmt_ratio(row['vs_numpy'])} |" + (f" {row['weights_gbps']:.1f} |" if gen else ""))
+                         f"{fmt_ratio(row['vs_torch_paired'])} | {fmt_ratio(row['vs_numpy'])} |" + (f" {row['weights_gbps']:.1f} |" if gen else ""))
         lines.append("")
     lines += ["## peak RSS of a training process", "",
               "| config | implementation | peak RSS (MiB) | after imports (MiB) | peak − imports (MiB) |",
@@ -237,7 +244,8 @@ def markdown_report(summary, header_items):
         lines.append(f"| {row['config']} | {row['impl']} | {row['peak']:.0f} | {row['base']:.0f} | "
                      f"{row['peak'] - row['base']:.0f} |")
     lines += ["", "tokens/s: median over rounds of each worker's median time; spread: (max − min) / median of "
-              "the per-round figures. GFLOP/s by the issue's count (training 3 × (Σ 2·4H(E_in+H) + 2HV) per "
+              "the per-round figures. fastlm / torch: the ratio of the medians; paired: the median over rounds "
+              "of the ratio within a round (measured seconds apart). GFLOP/s by the issue's count (training 3 × (Σ 2·4H(E_in+H) + 2HV) per "
               "token; inference and generation 1/3 of it); % of peak against the FMA peak above. Batch-1 generation is "
               "a chain of matrix-vector products, bound by memory traffic rather than FMAs: weights read = tokens/s × "
               "float32 LSTM and decoder weights.", ""]
