@@ -410,8 +410,6 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
     run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, b, beta, c, ldc);
 }
 
-int64_t gemm_panel_width() { return NR; }
-
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume) {
     if (column_block <= 0 || column_block % NR != 0 || j_begin % NR != 0)

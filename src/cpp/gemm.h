@@ -45,9 +45,6 @@ void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pa
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                              float beta, float* c, int64_t ldc);
 
-// Columns of the product in one NR-wide panel: the granularity of column ranges below.
-int64_t gemm_panel_width();
-
 // Receives one block of C: c[i * ldc + j] is the product at row i, column j0 + j, for
 // rows [0, m) and j in [0, n). Valid only during the call.
 using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, int64_t ldc)>;
@@ -55,8 +52,9 @@ using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, 
 // The calling thread alone, for callers that share out row blocks themselves and use C
 // while it is in cache (the output layer's softmax, which never stores the logits):
 // op(A) (m x K) is packed once, then C = op(A) B is computed for columns [j_begin, j_end)
-// in blocks of column_block columns (both multiples of gemm_panel_width()) and each block
-// handed to consume. Every row is computed by the same full-tile instructions, so equal
+// in blocks of column_block columns and each block handed to consume. j_begin and
+// column_block must be multiples of the build's panel width (8, 16 or 32 columns: 256 suits
+// every build), else std::invalid_argument. Every row is computed by the same full-tile instructions, so equal
 // rows of op(A) give bit-equal rows of C.
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume);
