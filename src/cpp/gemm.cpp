@@ -308,15 +308,15 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
     }
 }
 
-float* thread_a_buffer() {
-    static thread_local std::vector<float> buffer(MC * KC);
-    return buffer.data();
-}
-
-// Per-thread buffers of the row-block product, grown to the largest request and kept.
+// Per-thread packing and result buffers, grown to the largest request and kept.
 float* thread_buffer(std::vector<float>& buffer, int64_t n) {
     if (int64_t(buffer.size()) < n) buffer.resize(n);
     return buffer.data();
+}
+
+float* thread_a_buffer() {
+    static thread_local std::vector<float> buffer;
+    return thread_buffer(buffer, MC * KC);
 }
 
 }  // namespace
