@@ -254,6 +254,9 @@ CASES = [
     ("lstm_backward", dict(B=4, T=6, I=19, H=37, scale=20.0)),  # saturated gates
     ("lstm_backward", dict(B=4, T=6, I=19, H=37, scale=20.0, final_grads=True)),
     ("lstm_backward", dict(B=33, T=17, I=257, H=130, final_grads=True)),
+    # 4H = 64 gate rows, one row block: the two threads split the panels of dW_ih, dW_hh and db,
+    # which come from one product; I = 40 puts the split inside dW_ih's panels.
+    ("lstm_backward", dict(B=4, T=9, I=40, H=16, final_grads=True)),
     ("output_loss_forward", dict(N=1, H=19, V=2)),
     ("output_loss_forward", dict(N=15, H=37, V=1009)),
     ("output_loss_forward", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190: exp needs the max shift

@@ -255,19 +255,31 @@ void pack_a(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, i
     }
 }
 
-// Columns [j0, j0+nr) (nr <= NR) of op(B), all K rows, into one K x NR panel, zero-padded.
+// Columns [j0, j0+nr) (nr <= NR) of a K-row op(B) whose row p starts at row_of(p), into
+// one K x NR panel, zero-padded.
+template <class RowOf>
+void pack_b_panel_rows(const RowOf& row_of, int64_t k, int64_t j0, int64_t nr, float* dst) {
+    if (nr == NR) {  // a copy of fixed length is inlined
+        for (int64_t p = 0; p < k; ++p) std::memcpy(dst + p * NR, row_of(p) + j0, sizeof(float) * NR);
+        return;
+    }
+    for (int64_t p = 0; p < k; ++p) {
+        const float* row = row_of(p);
+        for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < nr ? row[j0 + j] : 0.0f;
+    }
+}
+
+// The same for a strided op(B).
 void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t j0, int64_t nr, float* dst) {
     if (trans_b) {  // op(B)(k, j) = b[j * ldb + k]: NR column streams, the panel written in order
         const float* cols[NR];
         for (int64_t j = 0; j < NR; ++j) cols[j] = j < nr ? b + (j0 + j) * ldb : nullptr;
         for (int64_t p = 0; p < k; ++p)
             for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < nr ? cols[j][p] : 0.0f;
-    } else if (nr == NR) {  // op(B)(k, j) = b[k * ldb + j]; a copy of fixed length is inlined
-        for (int64_t p = 0; p < k; ++p) std::memcpy(dst + p * NR, b + p * ldb + j0, sizeof(float) * NR);
-    } else {
-        for (int64_t p = 0; p < k; ++p)
-            for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < nr ? b[p * ldb + j0 + j] : 0.0f;
+        return;
     }
+    // op(B)(k, j) = b[k * ldb + j]
+    pack_b_panel_rows([b, ldb](int64_t p) { return b + p * ldb; }, k, j0, nr, dst);
 }
 
 // One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
@@ -332,6 +344,15 @@ PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n
         pack_b_panel(b, ldb, trans_b, k, jp * NR, std::min(NR, n - jp * NR), data_.get() + jp * k * NR);
 }
 
+PackedB::PackedB(const std::function<const float*(int64_t)>& row, int64_t k, int64_t n)
+    : k_(k), n_(n), data_(scratch_floats(ceil_div(n, NR) * k * NR)) {
+    const int64_t panels = ceil_div(n, NR);
+    const bool parallel = k * n >= kParallelMinWork;
+#pragma omp parallel for if (parallel) schedule(static)
+    for (int64_t jp = 0; jp < panels; ++jp)
+        pack_b_panel_rows(row, k, jp * NR, std::min(NR, n - jp * NR), data_.get() + jp * k * NR);
+}
+
 const float* PackedB::panel(int64_t j) const { return data_.get() + j * k_ * NR; }
 int64_t PackedB::panel_stride() const { return k_ * NR; }
 
@@ -359,10 +380,12 @@ struct GemmItems {
 // K = 650 runs as 220 + 220 + 210 rather than 256 + 256 + 138.
 int64_t k_block(int64_t k) { return std::min(KC, ceil_div(ceil_div(k, ceil_div(k, KC)), 4) * 4); }
 
-// Items [first, last) of C = op(A) B + beta C, for shapes with work in them.
+// Items [first, last) of C = op(A) B + beta C for each target, for shapes with work in
+// them. The targets' panels are numbered one after another and the items share them out,
+// so each packed block of op(A) serves every target.
 void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, const float* a,
-               int64_t lda, const PackedB& b, float beta, float* c, int64_t ldc) {
-    const int64_t k = b.k(), kb = k_block(k);
+               int64_t lda, const ProductTarget* targets, int64_t count, float beta) {
+    const int64_t k = targets[0].b.k(), kb = k_block(k);
     for (int64_t item = first; item < last; ++item) {
         const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
         const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
@@ -372,7 +395,15 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
         for (int64_t pc = 0; pc < k; pc += kb) {
             const int64_t kc = std::min(kb, k - pc);
             pack_a(a, lda, trans_a, i0, mc, pc, kc, a_packed);
-            compute_block(mc, kc, a_packed, b, pc, jp0, jp1, c + i0 * ldc, ldc, pc > 0 || beta != 0.0f);
+            int64_t first_panel = 0;  // of this target, in the joint numbering
+            for (const ProductTarget* t = targets; t != targets + count; ++t) {
+                const int64_t panels = ceil_div(t->b.n(), NR);
+                const int64_t begin = std::max(jp0, first_panel), end = std::min(jp1, first_panel + panels);
+                if (begin < end)
+                    compute_block(mc, kc, a_packed, t->b, pc, begin - first_panel, end - first_panel,
+                                  t->c + i0 * t->ldc, t->ldc, pc > 0 || beta != 0.0f);
+                first_panel += panels;
+            }
         }
     }
 }
@@ -391,12 +422,26 @@ bool degenerate_product(int64_t m, int64_t n, int64_t k, float beta, float* c, i
 
 void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                   float beta, float* c, int64_t ldc) {
-    if (degenerate_product(m, b.n(), b.k(), beta, c, ldc)) return;
-    const int threads = (m * b.n() * b.k() < kParallelMinWork) ? 1 : max_threads();
-    const GemmItems items(m, b.n(), threads);
+    sgemm_packed_shared_a(trans_a, m, a, lda, {{b, c, ldc}}, beta);
+}
+
+void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
+                           std::initializer_list<ProductTarget> targets, float beta) {
+    if (targets.size() == 0) return;
+    const int64_t k = targets.begin()->b.k();
+    int64_t panels = 0;
+    bool work = false;
+    for (const ProductTarget& t : targets) {
+        if (t.b.k() != k) throw std::invalid_argument("sgemm_packed_shared_a: every B needs the same K");
+        work |= !degenerate_product(m, t.b.n(), k, beta, t.c, t.ldc);
+        panels += ceil_div(t.b.n(), NR);
+    }
+    if (!work) return;
+    const int threads = (m * panels * NR * k < kParallelMinWork) ? 1 : max_threads();
+    const GemmItems items(m, panels * NR, threads);
 #pragma omp parallel for if (threads > 1 && items.count > 1) schedule(static)
     for (int64_t item = 0; item < items.count; ++item)
-        run_items(items, item, item + 1, trans_a, m, a, lda, b, beta, c, ldc);
+        run_items(items, item, item + 1, trans_a, m, a, lda, targets.begin(), int64_t(targets.size()), beta);
 }
 
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
@@ -407,7 +452,8 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
     }
     const int64_t team = num_threads_in_region(), id = thread_id();
     const GemmItems items(m, b.n(), int(team));
-    run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, b, beta, c, ldc);
+    const ProductTarget target{b, c, ldc};
+    run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, &target, 1, beta);
 }
 
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,

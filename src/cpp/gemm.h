@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 
 #include "allocator.h"
 
@@ -22,6 +23,9 @@ class PackedB {
 public:
     PackedB() = default;
     PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n);
+    // op(B) whose rows are not one strided block: row p (n floats) starts at row(p). The
+    // LSTM's h_{t-1} of every step is h0 for t = 0 and the row before otherwise.
+    PackedB(const std::function<const float*(int64_t)>& row, int64_t k, int64_t n);
     int64_t k() const { return k_; }
     int64_t n() const { return n_; }
     const float* panel(int64_t j) const;  // panel j covers columns [j*NR, j*NR+NR)
@@ -39,6 +43,19 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 // The same with op(B) already packed.
 void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                   float beta, float* c, int64_t ldc);
+
+// One output of sgemm_packed_shared_a: C (leading dimension ldc) = op(A) B + beta C.
+struct ProductTarget {
+    const PackedB& b;
+    float* c;
+    int64_t ldc;
+};
+
+// Several products with the same left operand, all B with the same K: op(A) is packed
+// once for all of them, so a large op(A) is read once (the LSTM's gate gradients give
+// dW_ih, dW_hh and, against a column of ones, db in one pass).
+void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
+                           std::initializer_list<ProductTarget> targets, float beta);
 
 // Inside a parallel region: this thread's static share of the same product (no barrier;
 // the caller synchronises before C is read). With no region active it does all the work.

@@ -108,19 +108,18 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
         sgemm_packed_team_share(false, B, dpre.get() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
 #pragma omp barrier
     }
-    // The weight gradients as three large products over all B*T rows.
+    // The input gradient and the weight gradients as large products over all B*T rows.
     const int64_t rows = B * T;
     sgemm(false, false, rows, I, G, dpre.get(), G, w_ih, I, 0.0f, dx, I);
-    sgemm(true, false, G, I, rows, dpre.get(), G, x, I, 0.0f, dw_ih, I);
-    const ScratchFloats h_prev = scratch_floats(rows * H);  // h_{t-1} for every row: h0 at t = 0
-    for (int64_t b = 0; b < B; ++b) {
-        std::memcpy(h_prev.get() + b * T * H, h0 + b * H, sizeof(float) * H);
-        std::memcpy(h_prev.get() + (b * T + 1) * H, hs + b * T * H, sizeof(float) * (T - 1) * H);
-    }
-    sgemm(true, false, G, H, rows, dpre.get(), G, h_prev.get(), H, 0.0f, dw_hh, H);
-    std::fill(db, db + G, 0.0f);
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < G; ++j) db[j] += dpre[r * G + j];
+    // dW_ih = dpre^T x, dW_hh = dpre^T h_prev and db = dpre^T 1 in one pass over dpre
+    // (B*T x 4H, the largest operand), h_prev packed straight from h0 and hs.
+    const PackedB x_packed(x, I, /*trans_b=*/false, rows, I);
+    const PackedB h_prev_packed(
+        [=](int64_t r) { return r % T == 0 ? h0 + (r / T) * H : hs + (r - 1) * H; }, rows, H);
+    static const float kOne = 1.0f;
+    const PackedB ones([](int64_t) { return &kOne; }, rows, 1);
+    sgemm_packed_shared_a(true, G, dpre.get(), G, {{x_packed, dw_ih, I}, {h_prev_packed, dw_hh, H}, {ones, db, 1}},
+                          0.0f);
 }
 
 }  // namespace fastlm
