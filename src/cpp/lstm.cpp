@@ -34,19 +34,74 @@ void lstm_cell_backward(int64_t H, const float* gate, const float* c, const floa
 
 }  // namespace
 
+#if defined(__AVX2__) && defined(__FMA__)
+namespace {
+
+// a[j] = fn(a[j] + bias[j]) for j in [0, n): four vectors of eight at a time, then single
+// vectors, the last few floats by the scalar function. A pass per function, so that each
+// iteration's dependence chains are short (one pass over all four gates and the state
+// measured slower: its chain outgrows the reorder window).
+template <class Fn, class ScalarFn>
+inline void activate(int64_t n, const float* bias, float* a, Fn fn, ScalarFn scalar_fn) {
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = _mm256_add_ps(_mm256_loadu_ps(a + j + 8 * k), _mm256_loadu_ps(bias + j + 8 * k));
+        fn(v);
+        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(a + j + 8 * k, v[k]);
+    }
+    for (; j + 8 <= n; j += 8) {
+        __m256 v[1] = {_mm256_add_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(bias + j))};
+        fn(v);
+        _mm256_storeu_ps(a + j, v[0]);
+    }
+    for (; j < n; ++j) a[j] = scalar_fn(a[j] + bias[j]);
+}
+
+// Callables for activate: the function templates of lanes:: for any number of vectors.
+struct Sigmoid {
+    template <int N> void operator()(__m256 (&v)[N]) const { lanes::sigmoid(v); }
+};
+struct Tanh {
+    template <int N> void operator()(__m256 (&v)[N]) const { lanes::tanh_approx(v); }
+};
+
+}  // namespace
+#endif
+
 void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h) {
     float* i = a;
     float* f = a + H;
     float* g = a + 2 * H;
     float* o = a + 3 * H;
-    for (int64_t j = 0; j < 4 * H; ++j) a[j] += bias[j];
-    for (int64_t j = 0; j < 2 * H; ++j) i[j] = sigmoid(i[j]);  // i and f are adjacent
-    for (int64_t j = 0; j < H; ++j) g[j] = tanh_approx(g[j]);
-    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
+    int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    activate(2 * H, bias, i, Sigmoid(), sigmoid);  // i and f are adjacent
+    activate(H, bias + 2 * H, g, Tanh(), tanh_approx);
+    activate(H, bias + 3 * H, o, Sigmoid(), sigmoid);
+    // c may be c_prev (generation updates the state in place): same index only.
+    for (; j + 16 <= H; j += 16) {
+        __m256 cj[2], t[2];
+        for (int k = 0; k < 2; ++k) {
+            const int64_t u = j + 8 * k;
+            cj[k] = _mm256_fmadd_ps(_mm256_loadu_ps(f + u), _mm256_loadu_ps(c_prev + u),
+                                    _mm256_mul_ps(_mm256_loadu_ps(i + u), _mm256_loadu_ps(g + u)));
+            _mm256_storeu_ps(c + u, cj[k]);
+            t[k] = cj[k];
+        }
+        lanes::tanh_approx(t);
+        for (int k = 0; k < 2; ++k) _mm256_storeu_ps(h + j + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(o + j + 8 * k), t[k]));
+    }
+#else
+    for (int64_t k = 0; k < 4 * H; ++k) a[k] += bias[k];
+    for (int64_t k = 0; k < 2 * H; ++k) i[k] = sigmoid(i[k]);  // i and f are adjacent
+    for (int64_t k = 0; k < H; ++k) g[k] = tanh_approx(g[k]);
+    for (int64_t k = 0; k < H; ++k) o[k] = sigmoid(o[k]);
+#endif
     // c may be c_prev (generation updates the state in place): same index only, so no
     // dependence between iterations.
 #pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) {
+    for (; j < H; ++j) {
         c[j] = f[j] * c_prev[j] + i[j] * g[j];
         h[j] = o[j] * tanh_approx(c[j]);
     }
