@@ -135,10 +135,60 @@ struct BlockStatistics {
     explicit BlockStatistics(int64_t n) : max(n), sum(n), arg(n) {}
 };
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Rows [r0, r0 + 32) of a block: the maximum and its first index, then the exp sum, for
+// four vectors of rows at a time. The statistics stay in registers down the block's m
+// entries, and the second pass finds the 12 KB of this row slice still in L1 (two sweeps
+// of the whole 96 KB block went to L2 and kept the running values in memory: 17 cycles
+// per 8 logits on Zen 3). The four exps' dependence chains interleave (lanes::).
+void reduce_logit_rows32(const float* z, int64_t ldz, int64_t m, int64_t r0, int64_t v0, const float* bias,
+                         float* max, float* sum, int32_t* arg) {
+    __m256 peak[4];
+    __m256i index[4];
+    for (int k = 0; k < 4; ++k) {
+        peak[k] = _mm256_set1_ps(-INFINITY);
+        index[k] = _mm256_set1_epi32(int32_t(v0));
+    }
+    // Strictly greater: the first index of the maximum wins, as in NumPy's argmax (a NaN
+    // is never greater; rows holding one are recomputed after the merge).
+    for (int64_t v = 0; v < m; ++v) {
+        const __m256 b = _mm256_set1_ps(bias[v0 + v]);
+        const __m256i at = _mm256_set1_epi32(int32_t(v0 + v));
+        const float* zv = z + v * ldz + r0;
+        for (int k = 0; k < 4; ++k) {
+            const __m256 x = _mm256_add_ps(_mm256_loadu_ps(zv + 8 * k), b);
+            const __m256 greater = _mm256_cmp_ps(x, peak[k], _CMP_GT_OQ);
+            peak[k] = _mm256_blendv_ps(peak[k], x, greater);
+            index[k] = _mm256_castps_si256(
+                _mm256_blendv_ps(_mm256_castsi256_ps(index[k]), _mm256_castsi256_ps(at), greater));
+        }
+    }
+    __m256 total[4];
+    for (int k = 0; k < 4; ++k) total[k] = _mm256_setzero_ps();
+    for (int64_t v = 0; v < m; ++v) {
+        const __m256 b = _mm256_set1_ps(bias[v0 + v]);
+        const float* zv = z + v * ldz + r0;
+        __m256 e[4];
+        for (int k = 0; k < 4; ++k) e[k] = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(zv + 8 * k), b), peak[k]);
+        lanes::exp_approx(e);
+        for (int k = 0; k < 4; ++k) total[k] = _mm256_add_ps(total[k], e[k]);
+    }
+    for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(max + r0 + 8 * k, peak[k]);
+        _mm256_storeu_ps(sum + r0 + 8 * k, total[k]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r0 + 8 * k), index[k]);
+    }
+}
+#endif
+
 // One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows.
 void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64_t v0, const float* bias,
                         const int32_t* targets, float* max, float* sum, int32_t* arg, float* target_logit) {
-    for (int64_t r = 0; r < n; ++r) {
+    int64_t r0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; r0 + 32 <= n; r0 += 32) reduce_logit_rows32(z, ldz, m, r0, v0, bias, max, sum, arg);
+#endif
+    for (int64_t r = r0; r < n; ++r) {
         max[r] = -INFINITY;
         sum[r] = 0.0f;
         arg[r] = static_cast<int32_t>(v0);
@@ -148,7 +198,7 @@ void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64
         const float b = bias[v0 + v];
         const int32_t index = static_cast<int32_t>(v0 + v);
         const float* zv = z + v * ldz;
-        for (int64_t r = 0; r < n; ++r) {
+        for (int64_t r = r0; r < n; ++r) {
             const float x = zv[r] + b;
             const bool greater = x > max[r];
             max[r] = greater ? x : max[r];
@@ -158,7 +208,7 @@ void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64
     for (int64_t v = 0; v < m; ++v) {
         const float b = bias[v0 + v];
         const float* zv = z + v * ldz;
-        for (int64_t r = 0; r < n; ++r) sum[r] += exp_approx(zv[r] + b - max[r]);
+        for (int64_t r = r0; r < n; ++r) sum[r] += exp_approx(zv[r] + b - max[r]);
     }
     for (int64_t r = 0; r < n; ++r) {
         const int64_t t = targets[r] - v0;  // each target lies in one block: one writer per row
