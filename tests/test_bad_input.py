@@ -834,24 +834,43 @@ class TestNaNPropagates:
         hs, _, _ = _core.lstm_forward(**args)
         assert np.isnan(hs[:, 1:]).all()  # every recurrent step after the first uses w_hh
 
-    def test_output_loss_forward_nan_in_h(self):
-        args = output_inputs(N=6)
-        args["h"][3, 2] = np.nan
+    # N = 70: rows 0-63 go through the C++ forward's 32-row vector reduction, 64-69 through
+    # its scalar tail; N = 6 only through the tail.
+    @pytest.mark.parametrize("N, row", [(6, 3), (70, 3), (70, 40), (70, 66)])
+    def test_output_loss_forward_nan_in_h(self, N, row):
+        args = output_inputs(N=N)
+        args["h"][row, 2] = np.nan
         loss, lse, predictions = _core.output_loss_forward(**args)
         assert np.isnan(loss)
-        np.testing.assert_array_equal(np.isnan(lse), np.arange(6) == 3)
+        np.testing.assert_array_equal(np.isnan(lse), np.arange(N) == row)
         assert ((predictions >= 0) & (predictions < 7)).all()
-        clean = dict(args, h=np.delete(args["h"], 3, axis=0), targets=np.delete(args["targets"], 3))
+        clean = dict(args, h=np.delete(args["h"], row, axis=0), targets=np.delete(args["targets"], row))
         _, clean_lse, clean_predictions = _core.output_loss_forward(**clean)
-        np.testing.assert_allclose(np.delete(lse, 3), clean_lse, rtol=1e-6)
-        np.testing.assert_array_equal(np.delete(predictions, 3), clean_predictions)
+        np.testing.assert_allclose(np.delete(lse, row), clean_lse, rtol=1e-6)
+        np.testing.assert_array_equal(np.delete(predictions, row), clean_predictions)
 
-    def test_output_loss_forward_nan_in_bias(self):
-        args = output_inputs(N=6)
+    @pytest.mark.parametrize("N", [6, 70])
+    def test_output_loss_forward_nan_in_bias(self, N):
+        args = output_inputs(N=N)
         args["bias"][4] = np.nan
         loss, lse, predictions = _core.output_loss_forward(**args)
         assert np.isnan(loss) and np.isnan(lse).all()
         assert ((predictions >= 0) & (predictions < 7)).all()
+
+    @pytest.mark.parametrize("N", [6, 70])
+    def test_output_loss_forward_infinite_logit(self, N):
+        # Infinite logits in a row (+inf and -inf, by the sign of each weight): that row's
+        # log-sum-exp is not finite, its prediction is the first +inf; the other rows are
+        # untouched.
+        args = output_inputs(N=N)
+        args["h"][N - 3, 0] = np.inf
+        loss, lse, predictions = _core.output_loss_forward(**args)
+        assert not np.isfinite(lse[N - 3])
+        assert predictions[N - 3] == np.argmax(args["weight"][:, 0] > 0)
+        clean = dict(args, h=np.delete(args["h"], N - 3, axis=0), targets=np.delete(args["targets"], N - 3))
+        _, clean_lse, clean_predictions = _core.output_loss_forward(**clean)
+        np.testing.assert_allclose(np.delete(lse, N - 3), clean_lse, rtol=1e-6)
+        np.testing.assert_array_equal(np.delete(predictions, N - 3), clean_predictions)
 
     def test_output_loss_backward_nan_lse(self):
         args = output_backward_inputs(N=6)
