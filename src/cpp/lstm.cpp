@@ -12,6 +12,58 @@
 namespace fastlm {
 namespace {
 
+// out[j] = fn(in[j] + bias[j]) (bias may be null: fn(in[j])) for j in [0, n): with AVX2,
+// four vectors of eight at a time, then single vectors, the last few floats by the scalar
+// function. A pass per function, so that each iteration's dependence chains are short
+// (one pass over all four gates and the state measured slower: its chain outgrows the
+// reorder window).
+#if defined(__AVX2__) && defined(__FMA__)
+// Callables for activate: the function templates of lanes:: for any number of vectors.
+struct Sigmoid {
+    template <int N> void operator()(__m256 (&v)[N]) const { lanes::sigmoid(v); }
+    float operator()(float x) const { return sigmoid(x); }
+};
+struct Tanh {
+    template <int N> void operator()(__m256 (&v)[N]) const { lanes::tanh_approx(v); }
+    float operator()(float x) const { return tanh_approx(x); }
+};
+#else
+struct Sigmoid {
+    float operator()(float x) const { return sigmoid(x); }
+};
+struct Tanh {
+    float operator()(float x) const { return tanh_approx(x); }
+};
+#endif
+
+template <bool kBias, class Fn>
+inline void activate_impl(int64_t n, const float* in, const float* bias, float* out, Fn fn) {
+    int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const auto input = [&](int64_t at) {
+        const __m256 x = _mm256_loadu_ps(in + at);
+        return kBias ? _mm256_add_ps(x, _mm256_loadu_ps(bias + at)) : x;
+    };
+    for (; j + 32 <= n; j += 32) {
+        __m256 v[4] = {input(j), input(j + 8), input(j + 16), input(j + 24)};
+        fn(v);
+        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + j + 8 * k, v[k]);
+    }
+    for (; j + 8 <= n; j += 8) {
+        __m256 v[1] = {input(j)};
+        fn(v);
+        _mm256_storeu_ps(out + j, v[0]);
+    }
+#endif
+    for (; j < n; ++j) out[j] = fn(kBias ? in[j] + bias[j] : in[j]);
+}
+
+template <class Fn>
+inline void activate(int64_t n, const float* in, const float* bias, float* out, Fn fn) {
+    if (bias) activate_impl<true>(n, in, bias, out, fn);
+    else activate_impl<false>(n, in, bias, out, fn);
+}
+
 // Gradient through one cell: from dh (total gradient reaching h_t) and dc_next (reaching
 // c_t from step t+1) to the gate pre-activations dpre (4H); dc_next becomes d c_{t-1}.
 void lstm_cell_backward(int64_t H, const float* gate, const float* c, const float* c_prev,
@@ -20,66 +72,38 @@ void lstm_cell_backward(int64_t H, const float* gate, const float* c, const floa
     const float* f = gate + H;
     const float* g = gate + 2 * H;
     const float* o = gate + 3 * H;
+    constexpr int64_t kUnits = 128;  // tanh(c) a slice at a time, into a buffer on the stack
+    float tanh_c[kUnits];
+    for (int64_t j0 = 0; j0 < H; j0 += kUnits) {
+        const int64_t n = std::min(kUnits, H - j0);
+        activate(n, c + j0, nullptr, tanh_c, Tanh());
 #pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) {
-        const float tanh_c = tanh_approx(c[j]);
-        const float dc = dc_next[j] + dh[j] * o[j] * (1.0f - tanh_c * tanh_c);
-        dpre[j] = dc * g[j] * i[j] * (1.0f - i[j]);
-        dpre[H + j] = dc * c_prev[j] * f[j] * (1.0f - f[j]);
-        dpre[2 * H + j] = dc * i[j] * (1.0f - g[j] * g[j]);
-        dpre[3 * H + j] = dh[j] * tanh_c * o[j] * (1.0f - o[j]);
-        dc_next[j] = dc * f[j];
+        for (int64_t u = 0; u < n; ++u) {
+            const int64_t j = j0 + u;
+            const float dc = dc_next[j] + dh[j] * o[j] * (1.0f - tanh_c[u] * tanh_c[u]);
+            dpre[j] = dc * g[j] * i[j] * (1.0f - i[j]);
+            dpre[H + j] = dc * c_prev[j] * f[j] * (1.0f - f[j]);
+            dpre[2 * H + j] = dc * i[j] * (1.0f - g[j] * g[j]);
+            dpre[3 * H + j] = dh[j] * tanh_c[u] * o[j] * (1.0f - o[j]);
+            dc_next[j] = dc * f[j];
+        }
     }
 }
 
 }  // namespace
-
-#if defined(__AVX2__) && defined(__FMA__)
-namespace {
-
-// a[j] = fn(a[j] + bias[j]) for j in [0, n): four vectors of eight at a time, then single
-// vectors, the last few floats by the scalar function. A pass per function, so that each
-// iteration's dependence chains are short (one pass over all four gates and the state
-// measured slower: its chain outgrows the reorder window).
-template <class Fn, class ScalarFn>
-inline void activate(int64_t n, const float* bias, float* a, Fn fn, ScalarFn scalar_fn) {
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        __m256 v[4];
-        for (int k = 0; k < 4; ++k) v[k] = _mm256_add_ps(_mm256_loadu_ps(a + j + 8 * k), _mm256_loadu_ps(bias + j + 8 * k));
-        fn(v);
-        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(a + j + 8 * k, v[k]);
-    }
-    for (; j + 8 <= n; j += 8) {
-        __m256 v[1] = {_mm256_add_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(bias + j))};
-        fn(v);
-        _mm256_storeu_ps(a + j, v[0]);
-    }
-    for (; j < n; ++j) a[j] = scalar_fn(a[j] + bias[j]);
-}
-
-// Callables for activate: the function templates of lanes:: for any number of vectors.
-struct Sigmoid {
-    template <int N> void operator()(__m256 (&v)[N]) const { lanes::sigmoid(v); }
-};
-struct Tanh {
-    template <int N> void operator()(__m256 (&v)[N]) const { lanes::tanh_approx(v); }
-};
-
-}  // namespace
-#endif
 
 void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h) {
     float* i = a;
     float* f = a + H;
     float* g = a + 2 * H;
     float* o = a + 3 * H;
+    activate(2 * H, i, bias, i, Sigmoid());  // i and f are adjacent
+    activate(H, g, bias + 2 * H, g, Tanh());
+    activate(H, o, bias + 3 * H, o, Sigmoid());
     int64_t j = 0;
+    // c may be c_prev (generation updates the state in place): same index only, so no
+    // dependence between iterations.
 #if defined(__AVX2__) && defined(__FMA__)
-    activate(2 * H, bias, i, Sigmoid(), sigmoid);  // i and f are adjacent
-    activate(H, bias + 2 * H, g, Tanh(), tanh_approx);
-    activate(H, bias + 3 * H, o, Sigmoid(), sigmoid);
-    // c may be c_prev (generation updates the state in place): same index only.
     for (; j + 16 <= H; j += 16) {
         __m256 cj[2], t[2];
         for (int k = 0; k < 2; ++k) {
@@ -92,14 +116,7 @@ void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_pr
         lanes::tanh_approx(t);
         for (int k = 0; k < 2; ++k) _mm256_storeu_ps(h + j + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(o + j + 8 * k), t[k]));
     }
-#else
-    for (int64_t k = 0; k < 4 * H; ++k) a[k] += bias[k];
-    for (int64_t k = 0; k < 2 * H; ++k) i[k] = sigmoid(i[k]);  // i and f are adjacent
-    for (int64_t k = 0; k < H; ++k) g[k] = tanh_approx(g[k]);
-    for (int64_t k = 0; k < H; ++k) o[k] = sigmoid(o[k]);
 #endif
-    // c may be c_prev (generation updates the state in place): same index only, so no
-    // dependence between iterations.
 #pragma GCC ivdep
     for (; j < H; ++j) {
         c[j] = f[j] * c_prev[j] + i[j] * g[j];
