@@ -39,6 +39,19 @@ float add_bias_row_max(float* z, const float* bias, int64_t V) {
     float lanes[kLanes];
     std::fill(lanes, lanes + kLanes, -INFINITY);
     int64_t v = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    // GCC leaves the lane loop below scalar (measured: a third of training's row pass).
+    // max_ps(x, m) is exactly x > m ? x : m, NaN included (a NaN x never enters).
+    __m256 peaks[4] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY),
+                       _mm256_set1_ps(-INFINITY)};
+    for (; v + 32 <= V; v += 32)
+        for (int k = 0; k < 4; ++k) {
+            const __m256 x = _mm256_add_ps(_mm256_loadu_ps(z + v + 8 * k), _mm256_loadu_ps(bias + v + 8 * k));
+            _mm256_storeu_ps(z + v + 8 * k, x);
+            peaks[k] = _mm256_max_ps(x, peaks[k]);
+        }
+    _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(peaks[0], peaks[1]), _mm256_max_ps(peaks[2], peaks[3])));
+#endif
     for (; v + kLanes <= V; v += kLanes)
         for (int64_t l = 0; l < kLanes; ++l) {
             const float x = (z[v + l] += bias[v + l]);
@@ -63,6 +76,22 @@ double row_exp_sum(float* z, int64_t V, float peak) {
         const int64_t end = std::min(V, b + kBlock);
         float lanes[kLanes] = {};
         int64_t v = b;
+#if defined(__AVX2__) && defined(__FMA__)
+        // Four vectors at a time with their exps' dependence chains interleaved (lanes::).
+        __m256 sums[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        const __m256 shift = _mm256_set1_ps(peak);
+        for (; v + 32 <= end; v += 32) {
+            __m256 e[4];
+            for (int k = 0; k < 4; ++k) e[k] = _mm256_sub_ps(_mm256_loadu_ps(z + v + 8 * k), shift);
+            lanes::exp_approx(e);
+            for (int k = 0; k < 4; ++k) {
+                if (kStore) _mm256_storeu_ps(z + v + 8 * k, e[k]);
+                sums[k] = _mm256_add_ps(sums[k], e[k]);
+            }
+        }
+        const __m256 sum8 = _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3]));
+        _mm256_storeu_ps(lanes, sum8);  // the first eight lanes, added to below
+#endif
         for (; v + kLanes <= end; v += kLanes)
             for (int64_t l = 0; l < kLanes; ++l) {
                 const float e = exp_approx(z[v + l] - peak);
