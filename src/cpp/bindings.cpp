@@ -112,6 +112,26 @@ py::array_t<float> inplace_float(const py::handle& obj, const char* name) {
     return py::array_t<float>(a);
 }
 
+// A new C-contiguous float32 array whose data starts on a 64-byte cache line (NumPy's
+// allocator gives 16): for outputs whose rows two threads write in parts at the same
+// time (the LSTM's gates by column panels, its rows' states by rows), so that they share
+// a cache line only where a row boundary falls inside one.
+py::array_t<float> cache_aligned_floats(const std::vector<int64_t>& shape) {
+    constexpr int64_t kLineFloats = 64 / sizeof(float);
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    py::array_t<float> buffer(n + kLineFloats);
+    const auto address = reinterpret_cast<std::uintptr_t>(buffer.mutable_data());
+    const int64_t offset = int64_t((64 - address % 64) % 64 / sizeof(float));
+    std::vector<int64_t> strides(shape.size());
+    int64_t stride = sizeof(float);
+    for (size_t i = shape.size(); i-- > 0;) {
+        strides[i] = stride;
+        stride *= shape[i];
+    }
+    return py::array_t<float>(shape, strides, buffer.mutable_data() + offset, buffer);
+}
+
 // Around every kernel call: other Python threads run meanwhile, and subnormals are flushed.
 struct KernelScope {
     py::gil_scoped_release release;
@@ -187,7 +207,8 @@ py::tuple py_lstm_forward(const py::handle& x, const py::handle& w_ih, const py:
     const FloatArray b_ih = float_input(b_ih_obj, "b_ih", 1), b_hh = float_input(b_hh_obj, "b_hh", 1);
     require_shape(b_ih, "b_ih", {4 * H});
     require_shape(b_hh, "b_hh", {4 * H});
-    py::array_t<float> hs({B, T, H}), cs({B, T, H}), gates({B, T, 4 * H});
+    py::array_t<float> hs = cache_aligned_floats({B, T, H}), cs = cache_aligned_floats({B, T, H}),
+                       gates = cache_aligned_floats({B, T, 4 * H});
     {
         KernelScope scope;
         lstm_forward(a.shape, a.x.data(), a.w_ih.data(), a.w_hh.data(), b_ih.data(), b_hh.data(), a.h0.data(),
@@ -217,7 +238,9 @@ py::tuple py_lstm_backward(const py::handle& dhs_obj, const py::handle& dh_n_obj
         dc_n = float_input(dc_n_obj, "dc_n", 2);
         require_shape(dc_n, "dc_n", {B, H});
     }
-    py::array_t<float> dx({B, T, I}), dw_ih({4 * H, I}), dw_hh({4 * H, H}), db({4 * H}), dh0({B, H}), dc0({B, H});
+    // dh0 doubles as the running dh_{t-1}, written each step by both threads' columns.
+    py::array_t<float> dx({B, T, I}), dw_ih({4 * H, I}), dw_hh({4 * H, H}), db({4 * H}),
+        dh0 = cache_aligned_floats({B, H}), dc0({B, H});
     {
         KernelScope scope;
         lstm_backward(a.shape, dhs.data(), dh_n_obj.is_none() ? nullptr : dh_n.data(),
