@@ -3,7 +3,8 @@
 // Build and run from the repository root (the flags of the package's own build):
 //
 //   g++ -std=c++17 -O3 -march=native -fopenmp -fno-math-errno -fno-trapping-math -Isrc/cpp
-//       bench/gemm_shapes.cpp src/cpp/gemm.cpp src/cpp/parallel.cpp src/cpp/peak.cpp -o /tmp/gemm_shapes
+//       bench/gemm_shapes.cpp src/cpp/gemm.cpp src/cpp/parallel.cpp src/cpp/peak.cpp src/cpp/allocator.cpp
+//       -o /tmp/gemm_shapes
 //   OMP_NUM_THREADS=2 /tmp/gemm_shapes
 //
 // Each shape is timed with its right-hand matrix packed once (as the kernels use it) and
