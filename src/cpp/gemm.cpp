@@ -335,22 +335,27 @@ float* thread_a_buffer() {
 
 const char* gemm_simd_name() { return kSimdName; }
 
+namespace {
+
+// Every panel of a K x N op(B) into data, threads over panels: pack(j0, nr, dst) packs one.
+template <class PackPanel>
+void pack_panels(int64_t k, int64_t n, float* data, const PackPanel& pack) {
+    const int64_t panels = ceil_div(n, NR);
+#pragma omp parallel for if (k * n >= kParallelMinWork) schedule(static)
+    for (int64_t jp = 0; jp < panels; ++jp) pack(jp * NR, std::min(NR, n - jp * NR), data + jp * k * NR);
+}
+
+}  // namespace
+
 PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n)
     : k_(k), n_(n), data_(scratch_floats(ceil_div(n, NR) * k * NR)) {
-    const int64_t panels = ceil_div(n, NR);
-    const bool parallel = k * n >= kParallelMinWork;
-#pragma omp parallel for if (parallel) schedule(static)
-    for (int64_t jp = 0; jp < panels; ++jp)
-        pack_b_panel(b, ldb, trans_b, k, jp * NR, std::min(NR, n - jp * NR), data_.get() + jp * k * NR);
+    pack_panels(k, n, data_.get(),
+                [&](int64_t j0, int64_t nr, float* dst) { pack_b_panel(b, ldb, trans_b, k, j0, nr, dst); });
 }
 
 PackedB::PackedB(const std::function<const float*(int64_t)>& row, int64_t k, int64_t n)
     : k_(k), n_(n), data_(scratch_floats(ceil_div(n, NR) * k * NR)) {
-    const int64_t panels = ceil_div(n, NR);
-    const bool parallel = k * n >= kParallelMinWork;
-#pragma omp parallel for if (parallel) schedule(static)
-    for (int64_t jp = 0; jp < panels; ++jp)
-        pack_b_panel_rows(row, k, jp * NR, std::min(NR, n - jp * NR), data_.get() + jp * k * NR);
+    pack_panels(k, n, data_.get(), [&](int64_t j0, int64_t nr, float* dst) { pack_b_panel_rows(row, k, j0, nr, dst); });
 }
 
 const float* PackedB::panel(int64_t j) const { return data_.get() + j * k_ * NR; }

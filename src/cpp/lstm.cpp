@@ -12,13 +12,9 @@
 namespace fastlm {
 namespace {
 
-// out[j] = fn(in[j] + bias[j]) (bias may be null: fn(in[j])) for j in [0, n): with AVX2,
-// four vectors of eight at a time, then single vectors, the last few floats by the scalar
-// function. A pass per function, so that each iteration's dependence chains are short
-// (one pass over all four gates and the state measured slower: its chain outgrows the
-// reorder window).
+// Callables for activate(): the scalar function, and with AVX2 the function templates of
+// lanes:: for any number of vectors.
 #if defined(__AVX2__) && defined(__FMA__)
-// Callables for activate: the function templates of lanes:: for any number of vectors.
 struct Sigmoid {
     template <int N> void operator()(__m256 (&v)[N]) const { lanes::sigmoid(v); }
     float operator()(float x) const { return sigmoid(x); }
@@ -36,6 +32,11 @@ struct Tanh {
 };
 #endif
 
+// out[j] = fn(in[j] + bias[j]) (bias may be null: fn(in[j])) for j in [0, n): with AVX2,
+// four vectors of eight at a time, then single vectors, the last few floats by the scalar
+// function. A pass per function, so that each iteration's dependence chains are short
+// (one pass over all four gates and the state measured slower: its chain outgrows the
+// reorder window).
 template <bool kBias, class Fn>
 inline void activate_impl(int64_t n, const float* in, const float* bias, float* out, Fn fn) {
     int64_t j = 0;
