@@ -359,7 +359,6 @@ PackedB::PackedB(const std::function<const float*(int64_t)>& row, int64_t k, int
 }
 
 const float* PackedB::panel(int64_t j) const { return data_.get() + j * k_ * NR; }
-int64_t PackedB::panel_stride() const { return k_ * NR; }
 
 namespace {
 

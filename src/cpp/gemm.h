@@ -29,7 +29,6 @@ public:
     int64_t k() const { return k_; }
     int64_t n() const { return n_; }
     const float* panel(int64_t j) const;  // panel j covers columns [j*NR, j*NR+NR)
-    int64_t panel_stride() const;         // floats between consecutive panels
 private:
     int64_t k_ = 0, n_ = 0;
     ScratchFloats data_;
@@ -70,9 +69,9 @@ using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, 
 // while it is in cache (the output layer's softmax, which never stores the logits):
 // op(A) (m x K) is packed once, then C = op(A) B is computed for columns [j_begin, j_end)
 // in blocks of column_block columns and each block handed to consume. j_begin and
-// column_block must be multiples of the build's panel width (8, 16 or 32 columns: 256 suits
-// every build), else std::invalid_argument. Every row is computed by the same full-tile instructions, so equal
-// rows of op(A) give bit-equal rows of C.
+// column_block must be multiples of the build's panel width (8, 16 or 32 columns: 256
+// suits every build), else std::invalid_argument. Every row is computed by the same
+// full-tile instructions, so equal rows of op(A) give bit-equal rows of C.
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume);
 

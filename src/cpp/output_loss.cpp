@@ -30,8 +30,10 @@ void chunk_logits(const OutputShape& s, const float* h_chunk, int64_t rows, cons
     sgemm_packed(false, rows, h_chunk, s.hidden, weight_t, 0.0f, z, s.vocab);
 }
 
-// Row reductions in sixteen independent lanes, so that the compiler vectorises them
+// Row reductions in sixteen independent lanes, so that the compiler may vectorise them
 // (a single running max or sum fixes the order and stays scalar without -ffast-math).
+// GCC 12 still left the max scalar: AVX2 builds run explicit vector loops first and
+// these lanes take the rest of the row.
 constexpr int64_t kLanes = 16;
 
 // z <- z + bias, returning the row's maximum.
