@@ -247,6 +247,7 @@ CASES = [
     ("lstm_forward", dict(B=64, T=1, I=37, H=37, scale=20.0)),
     ("lstm_forward", dict(B=33, T=17, I=257, H=130)),  # GEMM blocking, threaded cells
     ("lstm_forward", dict(B=33, T=5, I=512, H=20)),  # K = 512: the largest single k block
+    ("lstm_forward", dict(B=2, T=3, I=700, H=20)),  # one tile of rows: K = 700 in one k block
     ("lstm_backward", dict(B=1, T=1, I=19, H=37)),
     ("lstm_backward", dict(B=1, T=1, I=19, H=37, final_grads=True)),
     ("lstm_backward", dict(B=3, T=5, I=19, H=37)),
