@@ -383,7 +383,7 @@ namespace {
 template <class PackPanel>
 void pack_panels(int64_t k, int64_t n, float* data, const PackPanel& pack) {
     const int64_t panels = ceil_div(n, NR);
-#pragma omp parallel for if (k * n >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (k * n >= kParallelMinWork) schedule(dynamic)
     for (int64_t jp = 0; jp < panels; ++jp) pack(jp * NR, std::min(NR, n - jp * NR), data + jp * k * NR);
 }
 
@@ -408,9 +408,19 @@ namespace {
 // of NR-column panels. The rows are shared evenly between the blocks (M = 104 as 96 + 8
 // left one of two threads idle in the output layer) and there are enough panel groups
 // that every thread gets the same number of items.
+//
+// sgemm_packed_shared_a's threads take items as they finish the last one
+// (shared_as_they_come): on a shared machine one core can run slower than the other for
+// seconds, and fixed shares then leave the faster one waiting (11% of its time in a
+// profile of the output layer in a slow minute). Its wide products are cut into at least
+// 4 items per thread, as long as each panel group stays wide enough (kMinGroupPanels)
+// for packing its A block again to cost little. Which thread computes an item does not
+// change a bit of C.
+constexpr int64_t kMinGroupPanels = 16;
+
 struct GemmItems {
     int64_t rows_per_block, panels, panel_groups, count;
-    GemmItems(int64_t m, int64_t n, int threads) {
+    GemmItems(int64_t m, int64_t n, int threads, bool shared_as_they_come) {
         const int64_t row_blocks = ceil_div(m, MC);
         rows_per_block = ceil_div(ceil_div(m, row_blocks), MR) * MR;
         panels = ceil_div(n, NR);
@@ -418,6 +428,11 @@ struct GemmItems {
         // balanced enough (105 blocks on 2 threads: 53 + 52).
         const bool many_blocks = row_blocks >= 8 * int64_t(threads);
         panel_groups = many_blocks ? 1 : std::min(panels, int64_t(threads) / std::gcd(row_blocks, int64_t(threads)));
+        if (shared_as_they_come && threads > 1 && row_blocks * panel_groups < 4 * threads) {
+            int64_t groups = std::min(panels / kMinGroupPanels, ceil_div(4 * threads, row_blocks));
+            while (groups > 1 && row_blocks * groups % threads != 0) --groups;  // whole rounds of items
+            panel_groups = std::max(panel_groups, groups);
+        }
         count = ceil_div(m, rows_per_block) * panel_groups;
     }
 };
@@ -493,8 +508,8 @@ void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
     }
     if (!work) return;
     const int threads = (m * panels * NR * k < kParallelMinWork) ? 1 : max_threads();
-    const GemmItems items(m, panels * NR, threads);
-#pragma omp parallel for if (threads > 1 && items.count > 1) schedule(static)
+    const GemmItems items(m, panels * NR, threads, /*shared_as_they_come=*/true);
+#pragma omp parallel for if (threads > 1 && items.count > 1) schedule(dynamic)
     for (int64_t item = 0; item < items.count; ++item)
         run_items(items, item, item + 1, trans_a, m, a, lda, targets.begin(), int64_t(targets.size()), beta);
 }
@@ -505,8 +520,10 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
         if (thread_id() == 0) degenerate_product(m, b.n(), b.k(), beta, c, ldc);
         return;
     }
+    // A fixed share per thread: the LSTM's per-step products are small and synchronised
+    // every step, where taking items as they come measured 2-5% slower.
     const int64_t team = num_threads_in_region(), id = thread_id();
-    const GemmItems items(m, b.n(), int(team));
+    const GemmItems items(m, b.n(), int(team), /*shared_as_they_come=*/false);
     const ProductTarget target{b, c, ldc};
     run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, &target, 1, beta);
 }

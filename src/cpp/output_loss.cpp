@@ -137,7 +137,7 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
     sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
     // Column sums, threads over disjoint column blocks: order fixed per element.
     const int64_t block = 256, blocks = (V + block - 1) / block;
-#pragma omp parallel for if (rows * V >= kParallelMinWork && blocks > 1) schedule(static)
+#pragma omp parallel for if (rows * V >= kParallelMinWork && blocks > 1) schedule(dynamic)
     for (int64_t cb = 0; cb < blocks; ++cb) {
         const int64_t v0 = cb * block, v1 = std::min(V, v0 + block);
         if (first) std::fill(dbias + v0, dbias + v1, 0.0f);
@@ -257,7 +257,7 @@ void vocab_block_statistics(const OutputShape& s, const float* h_rows, int64_t r
     const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
     const int64_t row_blocks = ceil_div(rows, kRowBlock);
     const int64_t splits = vocab_blocks >= 4 * threads ? 1 : std::min(row_blocks, ceil_div(4 * threads, vocab_blocks));
-#pragma omp parallel for if (threads > 1) schedule(static)
+#pragma omp parallel for if (threads > 1) schedule(dynamic)  // see GemmItems in gemm.cpp
     for (int64_t item = 0; item < vocab_blocks * splits; ++item) {
         const int64_t vb = item / splits, split = item % splits;
         const int64_t v0 = vb * kVocabBlock, m = std::min(kVocabBlock, V - v0);
@@ -367,7 +367,7 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
         chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.get());
-#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
         for (int64_t r = 0; r < rows; ++r)
             row_softmax_gradient(dlogits.get() + r * V, bias, V, lse[r0 + r], targets[r0 + r], inv_rows);
         chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.get(), dh + r0 * H, dweight, dbias);
@@ -386,7 +386,7 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
         chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.get());
-#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
         for (int64_t r = 0; r < rows; ++r) {
             float* z = dlogits.get() + r * V;
             const int32_t target = targets[r0 + r];
