@@ -11,7 +11,7 @@ namespace fastlm {
 
 bool all_finite(const float* x, int64_t n) {
     int bad = 0;
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(static) reduction(| : bad)
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk) reduction(| : bad)
     for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(x[i]);
     return !bad;
 }
@@ -25,7 +25,7 @@ void adam_update(float* param, const float* grad, float* m, float* v, int64_t n,
     const float sqrt_bias_correction2 = float(std::sqrt(1.0 - std::pow(c.beta2, double(step))));
     const float eps = float(c.eps), weight_decay = float(c.weight_decay);
     const bool decay = c.weight_decay != 0.0;
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
     for (int64_t i = 0; i < n; ++i) {
         const float g = decay ? grad[i] + weight_decay * param[i] : grad[i];
         m[i] = beta1 * m[i] + one_minus_beta1 * g;
