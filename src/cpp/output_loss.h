@@ -1,7 +1,8 @@
 // The output layer (Linear H -> V) fused with log-softmax and mean cross-entropy.
 // The (N x V) logits never exist in full, so memory does not grow with N * V: the
-// gradients are computed in row chunks of about kLogitChunkElements logits, and the
-// forward op alone reduces each block of logits while it is in cache, storing none.
+// gradients are computed in row chunks of kLogitChunkElements logits, or of as many as
+// the decoder has weights when that is more, and the forward op alone reduces each block
+// of logits while it is in cache, storing none.
 #pragma once
 
 #include <cstdint>
