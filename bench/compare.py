@@ -33,7 +33,9 @@ The numpy-reference workers keep the environment as it is, including OPENBLAS_CO
 when set: that is how a user's NumPy runs on this machine. Threads: fastlm.set_num_threads(n),
 torch.set_num_threads(n), and OMP/OPENBLAS/MKL_NUM_THREADS=n in every worker's environment.
 PyTorch's generation loop uses its default oneDNN LSTM; --torch-generation-onednn off
-disables it (faster one step at a time with larger H).
+disables it (faster one step at a time with larger H). PyTorch's workers import torch
+before fastlm, so that its OpenMP runtime keeps its own defaults rather than the bounded
+barrier spin fastlm sets for itself (GOMP_SPINCOUNT, see the README).
 """
 from __future__ import annotations
 
@@ -67,6 +69,12 @@ def max_rss_mib():
 # ------------------------------------------------------------ worker: one measurement, one process
 
 def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
+    if impl == "torch":
+        # PyTorch's OpenMP runtime starts before fastlm is imported, so it keeps its own
+        # barrier spin, as in a user's process without fastlm. Imported first, fastlm would
+        # give it fastlm's GOMP_SPINCOUNT=10000 (the two share one libgomp), which made
+        # PyTorch's B training 1.2-1.5x slower in slow minutes.
+        import torch  # noqa: F401
     import fastlm
     from fastlm import benchmark as bm
     fastlm.set_num_threads(threads)
