@@ -43,7 +43,7 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
     for (const auto& [x, n] : arrays) {
         const int64_t blocks = (n + kBlock - 1) / kBlock;
         partial.assign(blocks, 0.0);
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kBlock)
         for (int64_t b = 0; b < blocks; ++b) {
             double sum = 0.0;
             for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) sum += double(x[i]) * double(x[i]);
@@ -63,7 +63,7 @@ double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, dou
     if (scale < 1.0) {
         const float s = float(scale);
         for (const auto& [x, n] : arrays) {
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
             for (int64_t i = 0; i < n; ++i) x[i] *= s;
         }
     }

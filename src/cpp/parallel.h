@@ -43,10 +43,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kParallelMinWork = 1 << 15;
 
-// Elementwise passes over large arrays hand out chunks of this many elements to threads
-// as they come (schedule(dynamic, kStreamChunk)) rather than a fixed half each: on a
-// shared machine one core can run slower than the other for seconds (see GemmItems in
-// gemm.cpp). 64 KB of floats per chunk keeps the hand-out cost negligible.
+// The optimizer's passes over every parameter (Adam, its finiteness check, the gradient
+// norm and clipping) hand out chunks of this many elements to threads as they come
+// (schedule(dynamic, kStreamChunk)) rather than a fixed half each: on a shared machine
+// one core can run slower than the other for seconds (see GemmItems in gemm.cpp).
+// 64 KB of floats per chunk keeps the hand-out cost negligible.
 constexpr int64_t kStreamChunk = 1 << 14;
 
 }  // namespace fastlm
