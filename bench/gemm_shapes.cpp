@@ -29,12 +29,17 @@ struct Shape {
 };
 
 // (M, N, K) of op(A) (M x K) times B (K x N).
+// The training output layer's chunks have max(2^20, V H) logits (output_loss.cpp's
+// chunk_rows): 128 rows on A, 200 on B, 650 on C.
 const Shape kShapes[] = {
-    {"A/B logits chunk: 104 rows x V=10000, H=200", 104, 10000, 200, false},
-    {"B dW chunk: V=10000 x H=200 over 104 rows", 10000, 200, 104, true},
-    {"B dh chunk: 104 rows x H=200 over V=10000", 104, 200, 10000, false},
+    {"A logits chunk: 128 rows x V=10000, H=128", 128, 10000, 128, false},
+    {"A dW chunk: V=10000 x H=128 over 128 rows", 10000, 128, 128, true},
+    {"A dh chunk: 128 rows x H=128 over V=10000", 128, 128, 10000, false},
+    {"B logits chunk: 200 rows x V=10000, H=200", 200, 10000, 200, false},
+    {"B dW chunk: V=10000 x H=200 over 200 rows", 10000, 200, 200, true},
+    {"B dh chunk: 200 rows x H=200 over V=10000", 200, 200, 10000, false},
     {"B recurrent step: batch 20 x 4H=800, H=200", 20, 800, 200, false},
-    {"C logits chunk: 104 rows x V=10000, H=650", 104, 10000, 650, false},
+    {"C logits chunk: 650 rows x V=10000, H=650", 650, 10000, 650, false},
     {"C input projection: 700 rows x 4H=2600, E=650", 700, 2600, 650, false},
     {"C recurrent step: batch 20 x 4H=2600, H=650", 20, 2600, 650, false},
     {"D recurrent step: batch 32 x 4H=2048, H=512", 32, 2048, 512, false},
