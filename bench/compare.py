@@ -71,9 +71,10 @@ def max_rss_mib():
 def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
     if impl == "torch":
         # PyTorch's OpenMP runtime starts before fastlm is imported, so it keeps its own
-        # barrier spin, as in a user's process without fastlm. Imported first, fastlm would
-        # give it fastlm's GOMP_SPINCOUNT=10000 (the two share one libgomp), which made
-        # PyTorch's B training 1.2-1.5x slower in slow minutes.
+        # barrier spin, as in a user's process without fastlm (worker_env leaves fastlm's
+        # GOMP_SPINCOUNT out). Imported first, fastlm would give it fastlm's
+        # GOMP_SPINCOUNT=10000 (the two share one libgomp), which made PyTorch's B training
+        # 1.2-1.5x slower in slow minutes.
         import torch  # noqa: F401
     import fastlm
     from fastlm import benchmark as bm
@@ -107,7 +108,11 @@ def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
 # ------------------------------------------------------------ driver
 
 def worker_env(threads):
-    env = dict(os.environ)
+    # Not os.environ: this driver has imported fastlm, whose GOMP_SPINCOUNT every worker
+    # would inherit, PyTorch's included (the variable is read when OpenMP starts, so
+    # importing torch first does not help). fastlm's workers set it again themselves.
+    from fastlm.benchmark import user_environment
+    env = user_environment()
     for variable in THREAD_VARIABLES:
         env[variable] = str(threads)
     return env
@@ -322,6 +327,11 @@ def main():
               f"samples {args.numpy_tokens} (it loops over tokens in Python)"
               + ("" if "torch" not in impls else f"; PyTorch's oneDNN LSTM {args.torch_generation_onednn} in its "
                  "generation loop (--torch-generation-onednn)"),
+              "GNU OpenMP barrier spin: fastlm's workers GOMP_SPINCOUNT="
+              + os.environ.get("GOMP_SPINCOUNT", "unset") + " (set by fastlm on import unless the user set a "
+              "spin policy); PyTorch's workers GOMP_SPINCOUNT="
+              + worker_env(args.threads).get("GOMP_SPINCOUNT", "unset (GOMP's default)")
+              + ", torch imported before fastlm",
               "OPENBLAS_CORETYPE=" + (f"{coretype} is set and kept for the NumPy reference (as a user's NumPy runs); "
                                       "the NumPy SGEMM reference runs without it and without OPENBLAS_L2_SIZE"
                                       if coretype else "not set")]

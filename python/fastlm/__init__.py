@@ -7,8 +7,11 @@ import os
 # each. A spin of 10,000 kept the solo speed and made that 3x (OMP_WAIT_POLICY=passive:
 # 1.3x under contention, but 15-20% slower alone). Must be set before the OpenMP runtime
 # starts, i.e. before the core is imported; a setting of the user's own always wins.
+# _ENVIRONMENT_DEFAULTS keeps what fastlm set, so that programs it starts to time another
+# library get the user's environment instead (benchmark.user_environment).
+_ENVIRONMENT_DEFAULTS = {}
 if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "10000"
+    os.environ["GOMP_SPINCOUNT"] = _ENVIRONMENT_DEFAULTS["GOMP_SPINCOUNT"] = "10000"
 
 from fastlm import files, reference
 from fastlm._core import build_info, get_num_threads, set_num_threads, windows

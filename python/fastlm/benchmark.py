@@ -225,13 +225,58 @@ print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "seconds": best, "torch":
 """
 
 
-def _run_peak(code, args, env):
+_TORCH_TRAIN_CODE = """
+import json, sys
+import torch  # before fastlm: PyTorch's OpenMP runtime starts with the environment it was given
+from fastlm import benchmark as bm
+c, threads, repeats = bm.Config(*json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps({"seconds": bm.median_seconds(bm.torch_train_step(c, threads), repeats)}))
+"""
+
+
+def user_environment():
+    """os.environ without the settings fastlm made for itself when imported.
+
+    For child processes that time another library. fastlm sets GOMP_SPINCOUNT=10000 unless
+    the user chose a spin policy; GNU OpenMP reads it once, when it starts, and PyTorch
+    shares the runtime, so a child that inherited it would run PyTorch under fastlm's
+    bound (1.2-1.5x slower B training in slow minutes) instead of the default a user's
+    PyTorch program gets. A value the user set stays.
+    """
+    import os
+
+    import fastlm
+    env = dict(os.environ)
+    for name, value in fastlm._ENVIRONMENT_DEFAULTS.items():
+        if env.get(name) == value:
+            del env[name]
+    return env
+
+
+def _run_child(code, args, env):
+    """Run `python -c code args` and return the JSON object on the last line of its output."""
     import json
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark child process failed ({result.returncode}):\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def torch_train_seconds(c, threads, repeats):
+    """Median seconds of PyTorch's training step (torch_train_step), or None without torch.
+
+    Timed in a child process that imports torch before fastlm and gets the user's
+    environment (user_environment), so PyTorch runs with its own OpenMP settings.
+    """
+    import importlib.util
+    import json
+    if importlib.util.find_spec("torch") is None:
+        return None
+    env = user_environment()
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return _run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), env)["seconds"]
 
 
 def peak_fma_gflops(threads, seconds=0.5, repeats=3):
@@ -258,11 +303,10 @@ def numpy_sgemm_gflops(threads, n=4096, repeats=3):
     and OPENBLAS_L2_SIZE (when set, they can pin OpenBLAS to slower kernels than the CPU
     has). Returns {"gflops", "seconds", "n", "threads", "unset": the variables removed}.
     """
-    import os
-    env = dict(os.environ)
+    env = user_environment()
     unset = [name for name in PEAK_ENV_UNSET if env.pop(name, None) is not None]
     env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    result = _run_peak(_SGEMM_CODE, (n, repeats), env)
+    result = _run_child(_SGEMM_CODE, (n, repeats), env)
     result.update(n=n, threads=threads, unset=unset, source=f"numpy float32 matmul {n}x{n}")
     return result
 
@@ -270,11 +314,10 @@ def numpy_sgemm_gflops(threads, n=4096, repeats=3):
 def torch_matmul_gflops(threads, n=4096, repeats=3):
     """A second peak reference: torch.matmul on n x n float32 (best of repeats), or None without torch."""
     import importlib.util
-    import os
     if importlib.util.find_spec("torch") is None:
         return None
-    env = dict(os.environ)
+    env = user_environment()
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    result = _run_peak(_TORCH_MATMUL_CODE, (n, repeats, threads), env)
+    result = _run_child(_TORCH_MATMUL_CODE, (n, repeats, threads), env)
     result.update(n=n, threads=threads, source=f"torch.matmul float32 {n}x{n}")
     return result

@@ -203,7 +203,8 @@ def cmd_eval(args):
 
 def cmd_bench(args):
     import fastlm
-    from fastlm.benchmark import CONFIGS, fastlm_train_step, median_seconds, torch_train_step, training_flops_per_token
+    from fastlm.benchmark import (CONFIGS, fastlm_train_step, median_seconds, torch_train_seconds,
+                                  training_flops_per_token)
     if args.threads:
         fastlm.set_num_threads(args.threads)
     threads = fastlm.get_num_threads()
@@ -212,16 +213,16 @@ def cmd_bench(args):
     print(f"{'config':8} {'(V, E, H, L, T, B)':32} {'backend':8} {'tokens/s':>10} {'GFLOP/s':>8} {'vs numpy':>9}")
     for name in args.configs:
         c = CONFIGS[name]
-        steps = {"cpp": fastlm_train_step(c, "cpp"), "numpy": fastlm_train_step(c, "numpy")}
+        tokens = c.batch * c.steps
+        rates = {backend: tokens / median_seconds(fastlm_train_step(c, backend), args.repeats)
+                 for backend in ("cpp", "numpy")}
         if args.torch:
-            step = torch_train_step(c, threads)
-            if step is None:
+            # In a process of its own, where PyTorch keeps its own OpenMP settings.
+            seconds = torch_train_seconds(c, threads, args.repeats)
+            if seconds is None:
                 print("  (PyTorch not installed: skipped)")
             else:
-                steps["torch"] = step
-        rates = {}
-        for backend, step in steps.items():
-            rates[backend] = c.batch * c.steps / median_seconds(step, args.repeats)
+                rates["torch"] = tokens / seconds
         for backend, rate in rates.items():
             gflops = rate * training_flops_per_token(c) / 1e9
             print(f"{name:8} {str(tuple(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} "
@@ -317,7 +318,8 @@ def build_parser():
     bench.add_argument("--configs", nargs="+", choices=["A", "B", "C", "D"], default=["A", "D"],
                        help="configurations (default: A D)")
     bench.add_argument("--repeats", type=POSITIVE_INT, default=3, metavar="N", help="timed repeats (default: 3)")
-    bench.add_argument("--torch", action="store_true", help="also time PyTorch, if installed (default: off)")
+    bench.add_argument("--torch", action="store_true",
+                       help="also time PyTorch, if installed, in a process of its own (default: off)")
     bench.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N", help="threads (default: all cores)")
     bench.set_defaults(run=cmd_bench)
     return parser
