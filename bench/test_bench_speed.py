@@ -11,8 +11,10 @@ loop in registers with the build's SIMD width).
 Threads: FASTLM_BENCH_THREADS (default 2) for fastlm and torch. The NumPy reference uses
 NumPy's own BLAS threads, fixed at import: run with OPENBLAS_NUM_THREADS=2 for the same
 count; OPENBLAS_CORETYPE, when set on the machine, is left as it is.
-All implementations run in this one process; bench/compare.py runs each measurement in its
-own process, alternating, and is the one to quote.
+All implementations run in this one process, so PyTorch runs with the OpenMP barrier spin
+fastlm sets on import (GOMP_SPINCOUNT=10000, unless you set it); bench/compare.py runs each
+measurement in its own process, PyTorch with its own settings, alternating, and is the one
+to quote.
 """
 import os
 
