@@ -57,7 +57,6 @@ KINDS = ("train", "infer", "generate")
 KIND_TITLES = {"train": "training (forward + loss + backward + Adam)",
                "infer": "inference (teacher-forced forward + loss)",
                "generate": "generation (batch 1, sampling)"}
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MIB = 2 ** 20
 
 
@@ -111,11 +110,8 @@ def worker_env(threads):
     # Not os.environ: this driver has imported fastlm, whose GOMP_SPINCOUNT every worker
     # would inherit, PyTorch's included (the variable is read when OpenMP starts, so
     # importing torch first does not help). fastlm's workers set it again themselves.
-    from fastlm.benchmark import user_environment
-    env = user_environment()
-    for variable in THREAD_VARIABLES:
-        env[variable] = str(threads)
-    return env
+    from fastlm.benchmark import child_environment
+    return child_environment(threads)
 
 
 def run_worker(impl, kind, name, threads, repeats, tokens, timeout, torch_onednn="on"):

@@ -253,6 +253,15 @@ def user_environment():
     return env
 
 
+def child_environment(threads):
+    """user_environment() with OMP/OPENBLAS/MKL_NUM_THREADS=threads: what every benchmark
+    child process, and every bench/compare.py worker, starts from."""
+    env = user_environment()
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[variable] = str(threads)
+    return env
+
+
 def _run_child(code, args, env):
     """Run `python -c code args` and return the JSON object on the last line of its output."""
     import json
@@ -274,9 +283,8 @@ def torch_train_seconds(c, threads, repeats):
     import json
     if importlib.util.find_spec("torch") is None:
         return None
-    env = user_environment()
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return _run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), env)["seconds"]
+    result = _run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), child_environment(threads))
+    return result["seconds"]
 
 
 def peak_fma_gflops(threads, seconds=0.5, repeats=3):
@@ -303,9 +311,8 @@ def numpy_sgemm_gflops(threads, n=4096, repeats=3):
     and OPENBLAS_L2_SIZE (when set, they can pin OpenBLAS to slower kernels than the CPU
     has). Returns {"gflops", "seconds", "n", "threads", "unset": the variables removed}.
     """
-    env = user_environment()
+    env = child_environment(threads)
     unset = [name for name in PEAK_ENV_UNSET if env.pop(name, None) is not None]
-    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     result = _run_child(_SGEMM_CODE, (n, repeats), env)
     result.update(n=n, threads=threads, unset=unset, source=f"numpy float32 matmul {n}x{n}")
     return result
@@ -316,8 +323,6 @@ def torch_matmul_gflops(threads, n=4096, repeats=3):
     import importlib.util
     if importlib.util.find_spec("torch") is None:
         return None
-    env = user_environment()
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    result = _run_child(_TORCH_MATMUL_CODE, (n, repeats, threads), env)
+    result = _run_child(_TORCH_MATMUL_CODE, (n, repeats, threads), child_environment(threads))
     result.update(n=n, threads=threads, source=f"torch.matmul float32 {n}x{n}")
     return result
