@@ -748,6 +748,70 @@ class TestAdamUpdate:
         assert_state_equal(snapshot(a), snapshot(dict(b, grad=a["grad"])))
 
 
+# ================================================================= sgd_update
+
+
+def sgd_args(shape=(3, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(param=rng.standard_normal(shape).astype(f32), grad=rng.standard_normal(shape).astype(f32),
+                buf=(rng.standard_normal(shape) * 0.1).astype(f32))
+
+
+class TestSgdUpdate:
+    @pytest.mark.parametrize("kwargs,message", [
+        (dict(lr=-1.0), "lr must be >= 0"), (dict(lr=float("nan")), "lr must be >= 0"),
+        (dict(lr=0.1, momentum=-0.5), "momentum must be >= 0"),
+        (dict(lr=0.1, momentum=float("nan")), "momentum must be >= 0"),
+        (dict(lr=0.1, weight_decay=-1.0), "weight_decay must be >= 0"),
+        (dict(lr=0.1, nesterov=True), "nesterov needs momentum > 0"),
+        (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov needs momentum > 0"),
+    ])
+    def test_bad_hyperparameters(self, kwargs, message):
+        args = sgd_args()
+        before = snapshot(args)
+        with pytest.raises(ValueError, match=message):
+            _core.sgd_update(**args, step=1, **kwargs)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_grad_leaves_everything_unchanged(self, bad):
+        args = sgd_args(shape=(300, 300))  # big enough for the threaded path
+        args["grad"][123, 45] = bad
+        before = snapshot(args)
+        with pytest.raises(ValueError, match=r"grad holds NaN or infinity"):
+            _core.sgd_update(**args, step=2, lr=0.1, momentum=0.9)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("step", [0, -1])
+    def test_step_counts_from_one(self, step):
+        with pytest.raises(ValueError, match=rf"step counts from 1, got {step}"):
+            _core.sgd_update(**sgd_args(), step=step, lr=0.1)
+
+    @pytest.mark.parametrize("arg", ["param", "buf"])
+    def test_in_place_argument_of_other_dtype(self, arg):
+        args = sgd_args()
+        args[arg] = args[arg].astype(np.float64)
+        before = snapshot(args)
+        with pytest.raises(TypeError, match=rf"^{arg} is updated in place .*float32"):
+            _core.sgd_update(**args, step=1, lr=0.1, momentum=0.9)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("arg", ["grad", "buf"])
+    def test_mismatched_shape(self, arg):
+        args = sgd_args()
+        args[arg] = np.zeros((4, 3), f32)
+        with pytest.raises(ValueError, match=rf"^{arg} must have shape \(3, 4\), got \(4, 3\)"):
+            _core.sgd_update(**args, step=1, lr=0.1, momentum=0.9)
+
+    def test_momentum_needs_a_buffer_and_plain_sgd_does_not(self):
+        args = sgd_args()
+        with pytest.raises(ValueError, match="momentum > 0 needs buf"):
+            _core.sgd_update(**dict(args, buf=None), step=1, lr=0.1, momentum=0.9)
+        expected = args["param"] - np.float32(0.1) * args["grad"]
+        _core.sgd_update(**dict(args, buf=None), step=1, lr=0.1)
+        np.testing.assert_array_equal(args["param"], expected)
+
+
 # ================================================================= clip_grad_norm
 
 

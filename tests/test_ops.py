@@ -181,6 +181,24 @@ def run_adam_update(fn, inputs):
     return {"param": param, "m": m, "v": v}
 
 
+def build_sgd_update(rng, shape, steps, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
+    # One gradient per step; the buffer starts as garbage, which the first step must overwrite.
+    param = uniform(rng, shape)
+    grads = [normal(rng, shape, 0.1) for _ in range(steps)]
+    buf = normal(rng, shape, 100.0)
+    return Inputs([param, grads, buf], dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+
+
+def run_sgd_update(fn, inputs):
+    param, grads, buf = inputs.args
+    for step, grad in enumerate(grads, start=1):
+        assert fn(param, grad, buf, step, **inputs.kwargs) is None
+    outputs = {"param": param}
+    if inputs.kwargs["momentum"]:
+        outputs["buf"] = buf
+    return outputs
+
+
 def build_clip_grad_norm(rng, shapes, max_norm):
     return Inputs([[normal(rng, shape) for shape in shapes], max_norm])
 
@@ -221,6 +239,7 @@ OPS = {
     "output_loss_forward_backward": Op(build_output_loss_forward_backward, ("loss", "dh", "dweight", "dbias")),
     "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
+    "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
     "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
 }
@@ -291,6 +310,12 @@ CASES = [
     ("adam_update", dict(shape=(37, 19), steps=5, weight_decay=0.01)),
     ("adam_update", dict(shape=(1009,), steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
     ("adam_update", dict(shape=(520, 130), steps=3, weight_decay=0.01)),  # threaded
+    ("sgd_update", dict(shape=(37, 19), steps=3)),
+    ("sgd_update", dict(shape=(37, 19), steps=3, weight_decay=0.01)),
+    ("sgd_update", dict(shape=(1009,), steps=4, momentum=0.9)),
+    ("sgd_update", dict(shape=(1009,), steps=4, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("sgd_update", dict(shape=(37, 19), steps=1, lr=20.0, momentum=0.5, nesterov=True)),  # the first step only
+    ("sgd_update", dict(shape=(520, 130), steps=3, momentum=0.9, weight_decay=0.01)),  # threaded
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=0.5)),  # clips
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=1e6)),  # leaves alone
     ("clip_grad_norm", dict(shapes=[(7,)], max_norm=1.0)),

@@ -180,6 +180,28 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     param -= (lr / bias_correction1) * m / denom
 
 
+def sgd_update(param, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """One SGD step in place on param (and buf), as torch.optim.SGD computes it.
+
+    step counts from 1. weight_decay is the L2 penalty added to the gradient. With
+    momentum > 0, buf is the momentum buffer: the gradient itself on the first step,
+    then momentum * buf + gradient; Nesterov steps along gradient + momentum * buf.
+    buf may be None when momentum is 0.
+    """
+    if nesterov and not momentum > 0:
+        raise ValueError("nesterov needs momentum > 0")
+    if weight_decay:
+        grad = grad + weight_decay * param
+    if momentum:
+        if step == 1:
+            buf[...] = grad
+        else:
+            buf *= momentum
+            buf += grad
+        grad = grad + momentum * buf if nesterov else buf
+    param -= lr * grad
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
 

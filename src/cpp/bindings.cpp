@@ -341,6 +341,30 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
                 {lr, beta1, beta2, eps, weight_decay});
 }
 
+void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, int64_t step,
+                   double lr, double momentum, double weight_decay, bool nesterov) {
+    auto param = inplace_float(param_obj, "param");
+    const FloatArray grad = float_input(grad_obj, "grad", param.ndim());
+    require_shape(grad, "grad", shape_of(param));
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0, "lr must be >= 0");
+    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+    require(weight_decay >= 0.0, "weight_decay must be >= 0");
+    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
+    float* buf_data = nullptr;
+    py::array_t<float> buf;
+    if (momentum > 0.0) {
+        require(!buf_obj.is_none(), "momentum > 0 needs buf, the momentum buffer");
+        buf = inplace_float(buf_obj, "buf");
+        require_shape(buf, "buf", shape_of(param));
+        buf_data = buf.mutable_data();
+    }
+    KernelScope scope;
+    if (!all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
+}
+
 double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
     require(max_norm > 0.0, "max_norm must be positive");
     // One array or a sequence of them, as torch.nn.utils.clip_grad_norm_ takes.
@@ -490,6 +514,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
           py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
           py::arg("weight_decay") = 0.0);
+    m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
+          py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
     m.def("windows", &py_windows, py::arg("ids"), py::arg("seq_len"), py::arg("stride") = 1);
     m.def("gather_windows", &py_gather_windows, py::arg("ids"), py::arg("starts"), py::arg("seq_len"));

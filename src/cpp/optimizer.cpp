@@ -35,6 +35,22 @@ void adam_update(float* param, const float* grad, float* m, float* v, int64_t n,
     }
 }
 
+void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& c) {
+    // torch's order of float32 operations: g + wd * p; buf * momentum + g; g + momentum * buf.
+    const float lr = float(c.lr), momentum = float(c.momentum), weight_decay = float(c.weight_decay);
+    const bool decay = c.weight_decay != 0.0, use_momentum = c.momentum != 0.0, first = step == 1;
+    const bool nesterov = c.nesterov;
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
+    for (int64_t i = 0; i < n; ++i) {
+        float g = decay ? grad[i] + weight_decay * param[i] : grad[i];
+        if (use_momentum) {
+            buf[i] = first ? g : buf[i] * momentum + g;
+            g = nesterov ? g + momentum * buf[i] : buf[i];
+        }
+        param[i] -= lr * g;
+    }
+}
+
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
     // Fixed blocks summed in a fixed order: the norm does not depend on the thread count.
     constexpr int64_t kBlock = 4096;

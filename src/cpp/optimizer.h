@@ -1,4 +1,5 @@
-// Adam (as torch.optim.Adam computes it) and gradient clipping by global L2 norm.
+// Adam and SGD (as torch.optim.Adam and torch.optim.SGD compute them) and gradient clipping
+// by global L2 norm.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,18 @@ bool all_finite(const float* x, int64_t n);
 // One step in place; step counts from 1. weight_decay is an L2 term added to the gradient.
 void adam_update(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                  const AdamConfig& config);
+
+struct SgdConfig {
+    double lr, momentum, weight_decay;
+    bool nesterov;
+};
+
+// One step in place; step counts from 1. With momentum > 0, buf is the momentum buffer: the
+// first step sets it to the gradient (torch starts it there, not at zero), later steps decay
+// it by momentum and add the gradient. weight_decay is an L2 term added to the gradient;
+// Nesterov steps along gradient + momentum * buf instead of buf. buf is unused (may be null)
+// when momentum is 0.
+void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& config);
 
 // Global L2 norm of several arrays, accumulated in double.
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
