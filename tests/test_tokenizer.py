@@ -169,7 +169,7 @@ def test_save_load_round_trip(tmp_path, options):
         assert getattr(loaded, key) == value
     assert np.array_equal(loaded.encode(UNICODE), tok.encode(UNICODE))
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == tokenizer_module.FORMAT and data["vocab"][0] == "<unk>"
+    assert data["format"] == 1 and data["vocab"][0] == "<unk>"  # no eos: format 1
     assert {"level", "lowercase", "split_punctuation", "min_count", "max_vocab"} <= data.keys()
     assert os.listdir(tmp_path) == ["tokenizer.json"]  # no temporary file left behind
     tok.save(str(path))  # overwrite in place
@@ -369,3 +369,95 @@ def test_invalid_utf8_names_file_and_offset(tmp_path, chunk_size):
     path.write_bytes(prefix + b"\xff rest")
     tok = Tokenizer.fit_file(path, level="char", errors="replace", chunk_size=chunk_size)
     assert "\ufffd" in tok
+
+
+# ---------------------------------------------------------------- line ends (eos), PTB style
+
+PTB_LIKE = " the cat <unk> sat \n\nthe dog\r\n sat on N mats\n<unk> <unk>"
+
+
+def lines_with_eos(text, eos="<eos>", lowercase=False):
+    """The issue's definition: every line (ending at "\\n", the last one too) is line.split() + [eos]."""
+    import io
+    text = text.lower() if lowercase else text
+    return [token for line in io.StringIO(text, newline="\n") for token in line.split() + [eos]]
+
+
+@pytest.mark.parametrize("text", [PTB_LIKE, PTB_LIKE + "\n", "\n", "a", "a\n\n", TEXT, UNICODE])
+def test_eos_ends_every_line(text):
+    tok = Tokenizer.fit(text, eos="<eos>")
+    expected = lines_with_eos(text)
+    assert tok.tokenize(text) == expected
+    assert [tok.vocab[i] for i in tok.encode(text)] == [t if t in tok else "<unk>" for t in expected]
+    assert tok.counts[tok["<eos>"]] == expected.count("<eos>")
+    # Streaming, cut anywhere, and files read in tiny chunks give the same.
+    assert Tokenizer.fit(chunked(text, [1, 2, 5]), eos="<eos>") == tok
+
+
+def test_eos_in_files_with_small_chunks(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(PTB_LIKE * 3, encoding="utf-8", newline="")
+    tok = Tokenizer.fit(PTB_LIKE * 3, eos="<eos>", lowercase=True)
+    for chunk_size in (1, 3, 64):
+        assert Tokenizer.fit_file(path, eos="<eos>", lowercase=True, chunk_size=chunk_size) == tok
+        assert np.array_equal(tok.encode_file(path, chunk_size=chunk_size), tok.encode(PTB_LIKE * 3))
+
+
+def test_literal_unk_is_the_unknown_token_and_eos_decodes_to_newlines():
+    tok = Tokenizer.fit(PTB_LIKE, eos="<eos>")
+    assert "<unk>" not in tok.vocab[1:]
+    ids = tok.encode("<unk> cat\nzebra")
+    assert ids.tolist() == [0, tok["cat"], tok["<eos>"], 0, tok["<eos>"]]
+    assert tok.decode(ids) == "<unk> cat\n<unk>\n"
+    # Text made of whole lines comes back line for line (words joined by single spaces).
+    lines = "the cat sat\n\nthe dog\n"
+    assert tok.decode(tok.encode(lines)) == lines
+    assert np.array_equal(tok.encode(tok.decode(tok.encode(PTB_LIKE))), tok.encode(PTB_LIKE))
+
+
+def test_eos_with_split_punctuation_and_lowercase():
+    text = "Hello, World!\nBye."
+    tok = Tokenizer.fit(text, eos="</s>", split_punctuation=True, lowercase=True)
+    assert tok.tokenize(text) == ["hello", ",", "world", "!", "</s>", "bye", ".", "</s>"]
+
+
+def test_eos_survives_max_vocab_and_min_count():
+    text = "a a a b b b c c c\nd d d"
+    tok = Tokenizer.fit(text, eos="<eos>", max_vocab=3, min_count=3)
+    assert "<eos>" in tok and len(tok) == 3
+    assert tok.decode(tok.encode("a\n")) == "a\n"
+
+
+def test_eos_saved_and_loaded(tmp_path):
+    tok = Tokenizer.fit(PTB_LIKE, eos="<eos>")
+    tok.save(tmp_path / "tok.json")
+    data = json.loads((tmp_path / "tok.json").read_text(encoding="utf-8"))
+    assert data["eos"] == "<eos>" and data["format"] == 2
+    loaded = Tokenizer.load(tmp_path / "tok.json")
+    assert loaded == tok and loaded.eos == "<eos>"
+    assert np.array_equal(loaded.encode(PTB_LIKE), tok.encode(PTB_LIKE))
+    # Without eos the file stays format 1, readable by earlier versions.
+    Tokenizer.fit(PTB_LIKE).save(tmp_path / "plain.json")
+    plain = json.loads((tmp_path / "plain.json").read_text(encoding="utf-8"))
+    assert plain["format"] == 1 and "eos" not in plain
+    data["format"] = 1
+    (tmp_path / "bad.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="format 1 has no eos"):
+        Tokenizer.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(eos=""), ValueError, "eos must be a non-empty token"),
+    (dict(eos="<e os>"), ValueError, "eos must be one word"),
+    (dict(eos="<unk>"), ValueError, "eos cannot be '<unk>'"),
+    (dict(eos=1), TypeError, "eos must be a str or None"),
+    (dict(eos="<eos>", level="char"), ValueError, "eos applies to level='word' only"),
+])
+def test_bad_eos(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Tokenizer.fit("a b\nc", **kwargs)
+
+
+def test_constructor_needs_eos_in_the_vocabulary():
+    with pytest.raises(ValueError, match="eos token '<eos>' is not in the vocabulary"):
+        Tokenizer(["<unk>", "a"], eos="<eos>")

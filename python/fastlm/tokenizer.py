@@ -12,6 +12,13 @@ Levels
     ``"char"``  tokens are Unicode code points (not grapheme clusters: ``"é"`` written as
                 ``e`` + U+0301 is two tokens). Whitespace is kept.
 
+Line ends
+    ``eos="<eos>"`` (word level) reads the text as lines, the Penn Treebank / WikiText
+    convention: every line becomes ``line.split() + ["<eos>"]`` (a line is what ends at
+    ``"\n"``, and a last line without one counts too), and ``decode`` turns ``<eos>``
+    back into a newline. The end-of-line token is an ordinary entry of the vocabulary,
+    counted like any word.
+
 Special token
     ``"<unk>"`` always has id 0 (``Tokenizer.UNK_ID``, ``tok.unk_id``). Every token not in
     the vocabulary -- never seen, or dropped by ``min_count`` / ``max_vocab`` -- encodes
@@ -43,7 +50,9 @@ Streaming
 Files
     ``save`` writes JSON atomically: ``{"type": "fastlm.Tokenizer", "format": 1, "level",
     "lowercase", "split_punctuation", "min_count", "max_vocab", "unk_token", "unk_id",
-    "vocab": [...], "counts": [...]}``. ``load`` raises FileNotFoundError for a missing
+    "vocab": [...], "counts": [...]}``; a tokenizer with an end-of-line token adds
+    ``"eos"`` and writes format 2, so that an older fastlm refuses it rather than
+    encoding without line ends. ``load`` raises FileNotFoundError for a missing
     file and ValueError, naming the file and the problem, for anything else it cannot use.
 """
 from __future__ import annotations
@@ -62,7 +71,7 @@ from itertools import repeat
 import numpy as np
 
 UNK = "<unk>"
-FORMAT = 1  # version of the JSON written by Tokenizer.save
+FORMAT = 2  # newest version of the JSON written by Tokenizer.save (2: with "eos")
 LEVELS = ("word", "char")
 
 _CHUNK_BYTES = 1 << 20  # bytes read per step by fit_file / encode_file
@@ -89,7 +98,23 @@ def _check_int(name, value, low, allow_none=False):
     return int(value)
 
 
-def _check_options(level, min_count, max_vocab, lowercase, split_punctuation):
+def _check_eos(eos, level):
+    if eos is None:
+        return None
+    if not isinstance(eos, str):
+        raise TypeError(f"eos must be a str or None, got {type(eos).__name__}")
+    if not eos:
+        raise ValueError("eos must be a non-empty token such as '<eos>', got an empty string")
+    if any(c.isspace() for c in eos):
+        raise ValueError(f"eos must be one word without whitespace, got {eos!r}")
+    if eos == UNK:
+        raise ValueError(f"eos cannot be {UNK!r}: that is the unknown token")
+    if level != "word":
+        raise ValueError(f"eos applies to level='word' only (level={level!r} keeps newlines as tokens)")
+    return eos
+
+
+def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos=None):
     if level not in LEVELS:
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
     options = {
@@ -98,6 +123,7 @@ def _check_options(level, min_count, max_vocab, lowercase, split_punctuation):
         "max_vocab": _check_int("max_vocab", max_vocab, 2, allow_none=True),
         "lowercase": _check_bool("lowercase", lowercase),
         "split_punctuation": _check_bool("split_punctuation", split_punctuation),
+        "eos": _check_eos(eos, level),
     }
     if level == "char" and options["split_punctuation"]:
         raise ValueError("split_punctuation applies to level='word' only")
@@ -140,13 +166,40 @@ def _punctuation_regexes():
     return compiled([r for r in ranges if r[1] <= 0xFFFF]), compiled(ranges)
 
 
-def _word_tokens(text, lowercase, split_punctuation):
+def _word_tokens(text, lowercase, split_punctuation, eos=None):
+    """The words of text; with eos, that token after every "\n" (the last line's is _final_eos's job)."""
     if lowercase:
         text = text.lower()
+    if eos is None or "\n" not in text:
+        return _split_words(text, split_punctuation)
+    if not split_punctuation:  # a literal eos in the text is the same token either way
+        return text.replace("\n", f" {eos} ").split()
+    lines = text.split("\n")
+    tokens = []
+    for line in lines[:-1]:
+        tokens += _split_words(line, True)
+        tokens.append(eos)
+    return tokens + _split_words(lines[-1], True)
+
+
+def _split_words(text, split_punctuation):
     if not split_punctuation:
         return text.split()
     bmp, full = _punctuation_regexes()
     return (bmp if text.isascii() or not _ASTRAL.search(text) else full).findall(text)
+
+
+def _with_last_character(pieces, seen):
+    """Pass pieces through, keeping the last character of the text in seen[0] (None while empty)."""
+    for piece in pieces:
+        if piece:
+            seen[0] = piece[-1]
+        yield piece
+
+
+def _final_eos(eos, last_character):
+    """A last line that does not end in "\n" still ends with eos (as ``for line in file`` reads it)."""
+    return [eos] if eos is not None and last_character is not None and last_character != "\n" else []
 
 
 def _codepoints(text):
@@ -282,8 +335,8 @@ class Tokenizer:
     UNK_ID = 0
 
     def __init__(self, vocab, level="word", *, lowercase=False, split_punctuation=False, min_count=1,
-                 max_vocab=None, counts=None):
-        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+                 max_vocab=None, counts=None, eos=None):
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
         vocab = tuple(vocab)
         if len(vocab) < 2 or vocab[0] != UNK:
             raise ValueError(f"vocab must start with {UNK!r} and hold at least one more token")
@@ -296,6 +349,8 @@ class Tokenizer:
                 raise ValueError(f"vocab entry {i} ({token!r}) is empty or holds whitespace, "
                                  "so no word-level text can produce it")
         index = {token: i for i, token in enumerate(vocab)}
+        if options["eos"] is not None and options["eos"] not in index:
+            raise ValueError(f"eos token {options['eos']!r} is not in the vocabulary")
         if len(index) != len(vocab):
             duplicates = sorted({t for t in vocab if vocab.count(t) > 1}) if len(vocab) < 10000 else []
             raise ValueError(f"vocab holds duplicate tokens {duplicates}".replace(" []", ""))
@@ -311,6 +366,7 @@ class Tokenizer:
         self.split_punctuation = options["split_punctuation"]
         self.min_count = options["min_count"]
         self.max_vocab = options["max_vocab"]
+        self.eos = options["eos"]
         self._vocab = vocab
         self._counts = counts
         self._index = index
@@ -320,26 +376,28 @@ class Tokenizer:
     # ------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False):
+    def fit(cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False,
+            eos=None):
         """Fit a vocabulary on text: a str, or an iterable of str chunks (read as their concatenation).
 
         min_count: tokens seen fewer times map to <unk>. max_vocab: keep at most this many
-        entries, <unk> included (the most frequent tokens). Raises ValueError for an empty
-        corpus or bad options, TypeError for input that is not text.
+        entries, <unk> included (the most frequent tokens). eos: a token (such as "<eos>")
+        that ends every line, word level only. Raises ValueError for an empty corpus or
+        bad options, TypeError for input that is not text.
         """
-        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
         return cls._fit_pieces(_text_pieces(text, level), options)
 
     @classmethod
     def fit_file(cls, path, level="word", *, min_count=1, max_vocab=None, lowercase=False,
-                 split_punctuation=False, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES):
+                 split_punctuation=False, eos=None, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES):
         """Fit on a text file read in chunks of chunk_size bytes (memory bounded by the chunk and the vocabulary).
 
         The same vocabulary as ``fit(open(path, encoding=encoding, newline="").read(), ...)``.
         Bytes that are not valid in the encoding raise ValueError naming the file and byte
         offset, unless errors="replace" (or another codecs error handler) is given.
         """
-        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation)
+        options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
         chunk_size = _check_int("chunk_size", chunk_size, 1)
         path = os.fspath(path)
         return cls._fit_pieces(_file_pieces(path, level, encoding, errors, chunk_size), options)
@@ -349,12 +407,18 @@ class Tokenizer:
         level, min_count, max_vocab = options["level"], options["min_count"], options["max_vocab"]
         keep = (max_vocab - 1) if max_vocab is not None else None
         if level == "word":
-            counter = Counter()
-            for piece in pieces:
-                counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"]))
+            counter, last = Counter(), [None]
+            eos = options["eos"]
+            for piece in _with_last_character(pieces, last):
+                counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"], eos))
+            counter.update(_final_eos(eos, last[0]))
             total = sum(counter.values())
-            items = sorted(((t, c) for t, c in counter.items() if c >= min_count and t != UNK),
-                           key=lambda tc: (-tc[1], tc[0]))[:keep]
+            items = sorted(((t, c) for t, c in counter.items() if (c >= min_count or t == eos) and t != UNK),
+                           key=lambda tc: (-tc[1], tc[0]))
+            if eos is not None and keep is not None and eos not in dict(items[:keep]):
+                # The line end is kept whatever its count: encoding must be able to produce it.
+                items = sorted(items[:keep - 1] + [(eos, counter[eos])], key=lambda tc: (-tc[1], tc[0]))
+            items = items[:keep]
             tokens = [t for t, _ in items]
             kept = [c for _, c in items]
         else:
@@ -431,6 +495,8 @@ class Tokenizer:
         options = f"level={self.level!r}, size={len(self)}, lowercase={self.lowercase}"
         if self.level == "word":
             options += f", split_punctuation={self.split_punctuation}"
+        if self.eos is not None:
+            options += f", eos={self.eos!r}"
         return f"Tokenizer({options})"
 
     # ------------------------------------------------------------ encoding
@@ -439,7 +505,8 @@ class Tokenizer:
         """The token strings of text, before lookup (word level: lowercased / punctuation split as configured)."""
         text = _check_text("text", text)
         if self.level == "word":
-            return _word_tokens(text, self.lowercase, self.split_punctuation)
+            return (_word_tokens(text, self.lowercase, self.split_punctuation, self.eos)
+                    + _final_eos(self.eos, text[-1] if text else None))
         return list(text.lower() if self.lowercase else text)
 
     def encode(self, text, return_unknown=False):
@@ -474,11 +541,12 @@ class Tokenizer:
         # shrinking, so the result is never copied.
         out = np.empty(max(capacity, 1), dtype=np.int32)
         n = 0
-        for piece in pieces:
+        last = [None]
+        for piece in _with_last_character(pieces, last):
             if self.level == "char":
                 values = _codepoints(piece.lower() if self.lowercase else piece)
             else:
-                values = _word_tokens(piece, self.lowercase, self.split_punctuation)
+                values = _word_tokens(piece, self.lowercase, self.split_punctuation, self.eos)
             k = len(values)
             if n + k > len(out):
                 out.resize(max(n + k, len(out) + len(out) // 2 + 1024), refcheck=False)
@@ -488,6 +556,10 @@ class Tokenizer:
                 out[n:n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)),
                                            dtype=np.int32, count=k)
             n += k
+        if _final_eos(self.eos, last[0]):
+            out.resize(n + 1, refcheck=False)
+            out[n] = self._index[self.eos]
+            n += 1
         out.resize(n, refcheck=False)
         return out
 
@@ -513,7 +585,8 @@ class Tokenizer:
     # ------------------------------------------------------------ decoding
 
     def decode(self, ids):
-        """Text of token ids: word level joins tokens with single spaces; id 0 decodes as "<unk>"."""
+        """Text of token ids: word level joins tokens with single spaces (the eos token ends a line
+        with "\n"); id 0 decodes as "<unk>"."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
@@ -526,7 +599,12 @@ class Tokenizer:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} outside the vocabulary [0, {len(self._vocab)})")
         if self.level == "word":
-            return " ".join(map(self._vocab.__getitem__, ids.tolist()))
+            tokens = list(map(self._vocab.__getitem__, ids.tolist()))
+            if self.eos is None:
+                return " ".join(tokens)
+            ends = np.flatnonzero(ids == self._index[self.eos]).tolist()
+            starts = [0] + [end + 1 for end in ends]
+            return "\n".join(" ".join(tokens[a:b]) for a, b in zip(starts, ends + [len(tokens)]))
         if low == self.UNK_ID:  # "<unk>" is not one code point: join strings
             return "".join(map(self._vocab.__getitem__, ids.tolist()))
         if self._char_codepoints is None:
@@ -537,9 +615,9 @@ class Tokenizer:
 
     def to_dict(self):
         """Everything save() writes, as JSON-ready Python values."""
-        return {
+        data = {
             "type": "fastlm.Tokenizer",
-            "format": FORMAT,
+            "format": 1 if self.eos is None else 2,
             "level": self.level,
             "lowercase": self.lowercase,
             "split_punctuation": self.split_punctuation,
@@ -550,6 +628,9 @@ class Tokenizer:
             "vocab": list(self._vocab),
             "counts": list(self._counts) if self._counts is not None else None,
         }
+        if self.eos is not None:
+            data["eos"] = self.eos
+        return data
 
     @classmethod
     def from_dict(cls, data):
@@ -568,6 +649,8 @@ class Tokenizer:
                    if key not in data]
         if missing:
             raise ValueError(f"missing {', '.join(map(repr, missing))}")
+        if version < 2 and data.get("eos") is not None:
+            raise ValueError("format 1 has no eos token; the file says format 1 but holds one")
         if data.get("unk_token", UNK) != UNK or data.get("unk_id", 0) != 0:
             raise ValueError(f"unk token must be {UNK!r} with id 0")
         for key in ("vocab", "counts"):
@@ -576,7 +659,7 @@ class Tokenizer:
         try:
             return cls(data["vocab"], data["level"], lowercase=data["lowercase"],
                        split_punctuation=data["split_punctuation"], min_count=data["min_count"],
-                       max_vocab=data["max_vocab"], counts=data.get("counts"))
+                       max_vocab=data["max_vocab"], counts=data.get("counts"), eos=data.get("eos"))
         except TypeError as e:
             raise ValueError(str(e)) from None
 
