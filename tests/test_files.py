@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import fastlm
-from fastlm import files
+from fastlm import model_dir
 
 V_TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n"
 
@@ -103,7 +103,7 @@ def test_without_tokenizer(model, tmp_path):
 
 def test_config_contents(model, tok, saved):
     config = config_of(saved)
-    assert config["format_version"] == files.FORMAT_VERSION == 1
+    assert config["format_version"] == model_dir.FORMAT_VERSION == 1
     assert config["fastlm_version"] == fastlm.__version__
     assert config["model"] == model.config()
     assert config["tokenizer"] == {"level": "char", "size": len(tok)}
@@ -161,7 +161,7 @@ def test_resave_removes_stale_files(model, tok, tmp_path):
     model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
-        files.load_training_state(tmp_path)
+        model_dir.load_training_state(tmp_path)
     assert fastlm.load(tmp_path).tokenizer is None
 
 
@@ -351,16 +351,16 @@ def test_save_into_a_file_path(model, tmp_path):
 
 def test_training_state_checks(model, tok, tmp_path):
     model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path, progress=False)
-    arrays, trainer = files.load_training_state(tmp_path)
+    arrays, trainer = model_dir.load_training_state(tmp_path)
     assert trainer["epoch"] == 1 and set(arrays) == {f"{m}.{k}" for m in "mv" for k in model.state_dict()}
     data = json.loads((tmp_path / "trainer.json").read_text())
     (tmp_path / "trainer.json").write_text(json.dumps({**data, "save_id": "other"}))
     with pytest.raises(ValueError, match=r"trainer\.json does not belong to the same save"):
-        files.load_training_state(tmp_path)
+        model_dir.load_training_state(tmp_path)
     (tmp_path / "trainer.json").write_text(json.dumps(data))
     (tmp_path / "optimizer.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"optimizer\.safetensors is missing"):
-        files.load_training_state(tmp_path)
+        model_dir.load_training_state(tmp_path)
 
 
 # ================================================================= atomic saves
@@ -388,7 +388,7 @@ def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypa
               progress=False)
     before = snapshot(directory)
     other = fastlm.LSTMLM(len(tok), 6, 8, num_layers=2, dropout=0.25, seed=6)
-    training_state = files.load_training_state(directory)
+    training_state = model_dir.load_training_state(directory)
     calls = []
 
     if where in ("weights", "optimizer"):
@@ -424,14 +424,14 @@ def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypa
         monkeypatch.setattr(json, "dump", dump_failing)
 
     with pytest.raises(OSError, match="No space left"):
-        files.save(directory, other, tokenizer=tok, training=training_state)
+        model_dir.write(directory, other, tokenizer=tok, training=training_state)
     assert calls, "the failure was not injected"
     monkeypatch.undo()
     assert snapshot(directory) == before  # every previous file byte for byte
     _no_temporaries(directory)
     loaded = fastlm.load(directory)
     assert_same_weights(model, loaded)
-    files.load_training_state(directory)
+    model_dir.load_training_state(directory)
 
 
 def test_interrupted_save_cleans_up(model, tok, saved, monkeypatch):

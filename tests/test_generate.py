@@ -126,7 +126,7 @@ def test_greedy_is_argmax_continuation(models):
         sequence = list(PROMPT)
         for _ in range(12):
             x = np.array([sequence], dtype=np.int32)
-            _, predictions, _ = cpp._forward(x, np.zeros_like(x))  # arg-max at every position
+            _, predictions, _ = cpp.forward(x, np.zeros_like(x))  # arg-max at every position
             sequence.append(int(predictions[0, -1]))
         np.testing.assert_array_equal(out, sequence[len(PROMPT):])
         # greedy ignores the seed and equals top_k=1 at any temperature

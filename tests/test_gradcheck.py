@@ -2,7 +2,7 @@
 
 ``tests/test_ops.py`` holds the C++ ops to the NumPy reference; this file holds the
 reference to the mathematics. Every analytic gradient -- of a whole 2-layer model composed
-from the reference ops exactly as ``LSTMLM._forward_backward`` composes them, and of each
+from the reference ops exactly as ``LSTMLM.forward_backward`` composes them, and of each
 backward op on its own -- is compared entry by entry with central differences.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def model_parameters(rng):
 
 
 def model_loss_and_gradients(p, x, y, backward=True):
-    """LSTMLM._forward_backward (zero initial state, no dropout) on the reference ops, any dtype."""
+    """LSTMLM.forward_backward (zero initial state, no dropout) on the reference ops, any dtype."""
     batch, steps = x.shape
     zeros = np.zeros((batch, H), dtype=p["decoder.weight"].dtype)
     layer_input = reference.embedding_forward(p["embedding.weight"], x)

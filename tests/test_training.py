@@ -17,7 +17,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import fastlm
-from fastlm import files, training
+from fastlm import model_dir, training
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 SEQ, BATCH = 16, 8
@@ -75,16 +75,16 @@ def weights_differ(a, b):
 
 
 def record_batches(model):
-    """Wrap model._forward_backward to record (x, y, initial_state, final_state) of every training batch."""
+    """Wrap model.forward_backward to record (x, y, initial_state, final_state) of every training batch."""
     calls = []
-    original = model._forward_backward
+    original = model.forward_backward
 
     def wrapped(x, y, initial_state=None, train=False, rng=None):
         loss, grads, final = original(x, y, initial_state=initial_state, train=train, rng=rng)
         calls.append((x.copy(), y.copy(), initial_state, final))
         return loss, grads, final
 
-    model._forward_backward = wrapped
+    model.forward_backward = wrapped
     return calls
 
 
@@ -205,8 +205,8 @@ def test_stateful_differs_from_zero_state_on_same_batches(tok, ids, monkeypatch)
     a = make(tok)
     quiet_fit(a, ids, epochs=1, stateful=True, seq_len=10, batch_size=4)
     b = make(tok)
-    original = b._forward_backward
-    b._forward_backward = lambda x, y, initial_state=None, **kw: original(x, y, None, **kw)
+    original = b.forward_backward
+    b.forward_backward = lambda x, y, initial_state=None, **kw: original(x, y, None, **kw)
     quiet_fit(b, ids, epochs=1, stateful=True, seq_len=10, batch_size=4)
     assert weights_differ(a, b)
 
@@ -315,7 +315,7 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
             history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", max_batches=stop,
                                 resume=n > 0, **fit_kw)
             assert history["interrupted"] is False
-        trainer = json.loads((tmp_path / "b" / files.TRAINER_FILE).read_text())
+        trainer = json.loads((tmp_path / "b" / model_dir.TRAINER_FILE).read_text())
         per_epoch = per_epoch or _batches_per_epoch(full, data, fit_kw)
         done = sum(stops[:n + 1]) if stops != [1] else per_epoch
         assert (trainer["epoch"], trainer["batch"]) == divmod(done, per_epoch)
@@ -327,7 +327,7 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
     assert history["lr"] == expected["lr"]
     assert "interrupted" not in history
     # the checkpoints themselves agree too, optimizer state included
-    for name in (files.MODEL_FILE, files.OPTIMIZER_FILE):
+    for name in (model_dir.MODEL_FILE, model_dir.OPTIMIZER_FILE):
         a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
         assert list(sorted(a)) == list(sorted(b))
         assert all(np.array_equal(a[k], b[k]) for k in a), name
@@ -361,7 +361,7 @@ def test_resume_on_windows_and_extend_epochs(tok, ids, tmp_path):
     part = make(tok)
     quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, max_batches=20)
     quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)
-    done = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    done = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
     assert (done["epoch"], done["batch"]) == (2, 0)
     again = quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)  # nothing left to do
     assert len(again["epoch"]) == 2
@@ -376,7 +376,7 @@ def test_max_batches_at_epoch_end_stops_there(tok, ids, tmp_path):
     history = quiet_fit(model, ids, epochs=3, checkpoint_dir=tmp_path, max_batches=per_epoch)
     assert len(calls) == per_epoch
     assert history["epoch"] == [1] and history["interrupted"] is False
-    trainer = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    trainer = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == (1, 0)
 
 
@@ -386,7 +386,7 @@ def test_checkpoint_is_a_loadable_model(tok, ids, tmp_path):
     loaded = fastlm.load(tmp_path)
     assert_same_weights(model, loaded)
     assert loaded.tokenizer == tok
-    assert files.load_training_state(tmp_path)[1]["epoch"] == 1
+    assert model_dir.load_training_state(tmp_path)[1]["epoch"] == 1
 
 
 # ================================================================= Ctrl-C
@@ -394,7 +394,7 @@ def test_checkpoint_is_a_loadable_model(tok, ids, tmp_path):
 
 def interrupt_at(model, batch_numbers):
     """Send SIGINT to this process while training batch k (1-based) for each k in batch_numbers."""
-    original = model._forward_backward
+    original = model.forward_backward
     count = [0]
 
     def wrapped(*args, **kw):
@@ -403,7 +403,7 @@ def interrupt_at(model, batch_numbers):
             signal.raise_signal(signal.SIGINT)
         return original(*args, **kw)
 
-    model._forward_backward = wrapped
+    model.forward_backward = wrapped
     return count
 
 
@@ -419,7 +419,7 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tok, ids, tmp_path, at):
     assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
     assert history["interrupted"] is True
     assert count[0] == at  # stopped right after the batch during which Ctrl-C came
-    trainer = json.loads((tmp_path / files.TRAINER_FILE).read_text())
+    trainer = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == divmod(at, 16)
     assert_same_weights(model, fastlm.load(tmp_path))  # a valid checkpoint of the state reached
 
@@ -439,14 +439,14 @@ def test_ctrl_c_without_checkpoint_dir_returns(tok, ids):
 def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     model = make(tok)
-    original = model._forward_backward
+    original = model.forward_backward
 
     def twice(*args, **kw):
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
         return original(*args, **kw)
 
-    model._forward_backward = twice
+    model.forward_backward = twice
     with pytest.raises(KeyboardInterrupt):
         quiet_fit(model, ids, epochs=1, checkpoint_dir=tmp_path)
     assert signal.getsignal(signal.SIGINT) is handler
@@ -680,14 +680,14 @@ def test_bad_seed_is_refused(seed):
 
 def test_corrupted_trainer_file_is_a_clear_error(tok, ids, tmp_path):
     quiet_fit(make(tok), ids, epochs=1, checkpoint_dir=tmp_path)
-    (tmp_path / files.TRAINER_FILE).write_text("[1, 2, 3]")
+    (tmp_path / model_dir.TRAINER_FILE).write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="trainer.json is corrupted"):
         quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_second_ctrl_c_during_a_checkpoint_waits_for_it(tok, ids, tmp_path, monkeypatch):
     """A Ctrl-C that lands while files are being renamed must not leave a mixed directory."""
-    real_save = files.save
+    real_save = model_dir.write
     calls = []
 
     def save_with_interrupts(*args, **kwargs):
@@ -696,9 +696,9 @@ def test_second_ctrl_c_during_a_checkpoint_waits_for_it(tok, ids, tmp_path, monk
         signal.raise_signal(signal.SIGINT)  # second press, inside the save: deferred
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(files, "save", save_with_interrupts)
+    monkeypatch.setattr(model_dir, "write", save_with_interrupts)
     with pytest.raises(KeyboardInterrupt):  # raised once the checkpoint is complete
         quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(files, "save", real_save)
+    monkeypatch.setattr(model_dir, "write", real_save)
     assert calls and fastlm.load(tmp_path) is not None
-    files.load_training_state(tmp_path)
+    model_dir.load_training_state(tmp_path)

@@ -13,10 +13,9 @@ _ENVIRONMENT_DEFAULTS = {}
 if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = _ENVIRONMENT_DEFAULTS["GOMP_SPINCOUNT"] = "10000"
 
-from fastlm import files, reference
+from fastlm import reference
 from fastlm._core import build_info, get_num_threads, set_num_threads, windows
-from fastlm.files import load
-from fastlm.model import LSTMLM
+from fastlm.lstmlm import LSTMLM, load
 from fastlm.tokenizer import Tokenizer
 
 __version__ = build_info()["version"]

@@ -61,26 +61,26 @@ def generation_weight_bytes_per_token(c):
 
 def fastlm_train_step(c, backend):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch."""
-    from fastlm.model import LSTMLM
+    from fastlm.lstmlm import LSTMLM
     from fastlm.training import Adam
     model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
-    adam = Adam(model._params, 1e-3)
+    adam = Adam(model.params, 1e-3)
     x, y = model.check_batch(*random_batch(c))
 
     def step():
-        _, grads, _ = model._forward_backward(x, y)
-        adam.step(model._ops, model._params, grads)
+        _, grads, _ = model.forward_backward(x, y)
+        adam.step(model.ops, model.params, grads)
     return step
 
 
 def fastlm_inference_step(c, backend):
     """Teacher-forced forward of a (B, T) random batch: the mean loss only, no backward."""
-    from fastlm.model import LSTMLM
+    from fastlm.lstmlm import LSTMLM
     model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
     x, y = model.check_batch(*random_batch(c))
 
     def step():
-        model._forward(x, y)
+        model.forward(x, y)
     return step
 
 
@@ -89,7 +89,7 @@ def fastlm_generation(c, backend, tokens=500):
 
     The NumPy reference loops over tokens in Python: give it fewer (e.g. 50) and say so.
     """
-    from fastlm.model import LSTMLM
+    from fastlm.lstmlm import LSTMLM
     model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
     prompt = np.zeros(1, dtype=np.int32)
 

@@ -14,6 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
+import fastlm
+from fastlm import model_dir
+
 DEFAULT_OUT = "fastlm-model"
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
 # Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
@@ -94,7 +97,6 @@ def _check_out(out, resume):
 
 
 def cmd_train(args):
-    import fastlm
     out = Path(args.out)
     _check_out(out, args.resume)
     text = "\n".join(read_text(p) for p in args.corpus) if args.corpus else builtin_corpus()
@@ -106,7 +108,7 @@ def cmd_train(args):
     saved = {}
     if args.resume:
         model = _load(out)
-        _, trainer = fastlm.files.load_training_state(out)  # FileNotFoundError when there is no checkpoint
+        _, trainer = model_dir.load_training_state(out)  # FileNotFoundError when there is no checkpoint
         if trainer["epoch"] >= args.epochs:
             raise ValueError(f"{out} has already been trained for {trainer['epoch']} epochs; "
                              f"pass --epochs greater than {trainer['epoch']} to train on")
@@ -161,7 +163,6 @@ def cmd_train(args):
 
 def _load(directory):
     """The model saved in directory, which must include its tokenizer (the commands read and write text)."""
-    import fastlm
     model = fastlm.load(directory)
     if model.tokenizer is None:
         raise FileNotFoundError(f"{Path(directory) / 'tokenizer.json'} is missing: without it the model "
@@ -202,7 +203,6 @@ def cmd_eval(args):
 
 
 def cmd_bench(args):
-    import fastlm
     from fastlm.benchmark import (CONFIGS, fastlm_train_step, median_seconds, torch_train_seconds,
                                   training_flops_per_token)
     if args.threads:

@@ -1,4 +1,6 @@
-"""The LSTM language model: Embedding -> LSTM layers -> Linear, mean cross-entropy.
+"""The LSTM language model's network: Embedding -> LSTM layers -> Linear, mean cross-entropy,
+with evaluation and generation. Training is fastlm.training, files are fastlm.model_dir, and
+fastlm.lstmlm puts the three together as the class users hold, LSTMLM.
 
 Parameters live in PyTorch's names, shapes and gate order (see DESIGN.md), so a
 ``torch.nn`` model's ``state_dict`` loads unchanged. Forward and backward are composed
@@ -12,14 +14,15 @@ import warnings
 
 import numpy as np
 
-from fastlm import files, reference
+from fastlm import _core, reference
+from fastlm.batches import ContiguousBatches
+from fastlm.checks import check_ids, check_tokenizer
 
 BACKENDS = ("cpp", "numpy")
 
 
 def _backend_ops(backend):
     if backend == "cpp":
-        from fastlm import _core
         return _core
     if backend == "numpy":
         return reference
@@ -34,28 +37,18 @@ def _positive_int(name, value):
     return int(value)
 
 
-def check_ids(name, ids, vocab_size, ndim):
-    """Token ids as a C-contiguous int32 array of the given ndim, each in [0, vocab_size)."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-    if ids.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {ids.shape}")
-    if ids.size == 0:
-        raise ValueError(f"{name} is empty (shape {ids.shape})")
-    low, high = ids.min(), ids.max()
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
-    return np.ascontiguousarray(ids, dtype=np.int32)
-
-
-class LSTMLM:
-    """Word- or character-level LSTM language model.
+class LSTMNetwork:
+    """The network of fastlm.LSTMLM, without training and files (see LSTMLM for the user's view).
 
     Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
     with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
     layers and before the decoder, in training only.
+
+    Internal interface, for the rest of the package (training, benchmarks, tests) and not
+    promised to users: ``params`` (name -> float32 C-contiguous array in state_dict order;
+    optimizers update these arrays in place), ``ops`` (the kernels: fastlm._core or
+    fastlm.reference, same signatures), ``forward`` and ``forward_backward`` (one checked batch:
+    see check_batch).
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
@@ -71,9 +64,9 @@ class LSTMLM:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.backend = backend
-        self._ops = _backend_ops(backend)
+        self.ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
-        self._params = self._initial_parameters()
+        self.params = self._initial_parameters()
         self.tokenizer = None  # attached by fastlm.load or by the user, for text in / text out
 
     # ------------------------------------------------------------ parameters
@@ -108,7 +101,7 @@ class LSTMLM:
 
     def state_dict(self):
         """Copies of all parameters keyed by PyTorch's names."""
-        return {name: value.copy() for name, value in self._params.items()}
+        return {name: value.copy() for name, value in self.params.items()}
 
     def load_state_dict(self, state):
         """Replace all parameters; names, shapes and finiteness are checked before anything changes.
@@ -135,7 +128,7 @@ class LSTMLM:
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"state_dict entry {name!r} holds NaN or infinity")
             loaded[name] = np.array(value, dtype=np.float32, order="C")
-        self._params = loaded
+        self.params = loaded
 
     # ------------------------------------------------------------ forward + backward
 
@@ -148,7 +141,7 @@ class LSTMLM:
         deterministic and equal to PyTorch's module in eval mode.
         """
         x, y = self.check_batch(inputs, targets)
-        loss, grads, _ = self._forward_backward(x, y, train=train)
+        loss, grads, _ = self.forward_backward(x, y, train=train)
         return loss, grads
 
     def check_batch(self, inputs, targets):
@@ -171,7 +164,7 @@ class LSTMLM:
 
         rng draws the dropout masks in training; None runs without dropout.
         """
-        ops, p = self._ops, self._params
+        ops, p = self.ops, self.params
         B, T = x.shape
         zeros = np.zeros((B, self.hidden_size), dtype=np.float32)
         layer_input = ops.embedding_forward(p["embedding.weight"], x)
@@ -190,7 +183,7 @@ class LSTMLM:
 
     def _lstm_backward(self, x, dh, top_mask, tape, grads):
         """From the gradient of the top rows down to the embedding; fills grads."""
-        ops, p = self._ops, self._params
+        ops, p = self.ops, self.params
         dhs = dh.reshape(*x.shape, self.hidden_size)
         if top_mask is not None:
             dhs = dhs * top_mask
@@ -209,15 +202,15 @@ class LSTMLM:
     def _final_state(tape):
         return [(hs[:, -1].copy(), cs[:, -1].copy()) for (_, _, _, _, hs, cs, _) in tape]
 
-    def _forward(self, x, y, initial_state=None):
-        """Evaluation: mean loss, (B, T) arg-max predictions and the final state."""
-        p = self._params
+    def forward(self, x, y, initial_state=None):
+        """Evaluation of one checked batch: mean loss, (B, T) arg-max predictions and the final state."""
+        p = self.params
         rows, _, tape = self._lstm_forward(x, initial_state, None)
-        loss, _, predictions = self._ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
-                                                             y.reshape(-1))
+        loss, _, predictions = self.ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
+                                                            y.reshape(-1))
         return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
-    def _forward_backward(self, x, y, initial_state=None, train=False, rng=None):
+    def forward_backward(self, x, y, initial_state=None, train=False, rng=None):
         """Loss, gradients (state_dict order) and the final (h, c) of every layer for one batch.
 
         The state is carried forward but not differentiated through (truncated BPTT). The
@@ -225,53 +218,20 @@ class LSTMLM:
         """
         if train and rng is None:
             rng = self._rng
-        p = self._params
+        p = self.params
         rows, top_mask, tape = self._lstm_forward(x, initial_state, rng if train else None)
-        loss, dh, dweight, dbias = self._ops.output_loss_forward_backward(rows, p["decoder.weight"],
-                                                                          p["decoder.bias"], y.reshape(-1))
+        loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(rows, p["decoder.weight"],
+                                                                         p["decoder.bias"], y.reshape(-1))
         grads = {"decoder.weight": dweight, "decoder.bias": dbias}
         self._lstm_backward(x, dh, top_mask, tape, grads)
         return float(loss), {name: grads[name] for name in p}, self._final_state(tape)
-
-    # ------------------------------------------------------------ training, evaluation, generation, files
 
     def config(self):
         """The constructor arguments (without backend), as saved in config.json."""
         return dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
 
-    def fit(self, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
-            stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
-            early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True,
-            max_batches=None, callback=None):
-        """Train with Adam on a 1-D id array (cut into windows) or on pre-made windows (x, y).
-
-        data: 1-D token ids, or (N, T) input windows with y (N, T) their targets.
-        seq_len, stride: window length and the distance between window starts
-            (stride=None: seq_len, non-overlapping; stride=1: every position, as in the classic recipe).
-        shuffle: a new seeded window order every epoch.
-        stateful: read the corpus as batch_size contiguous streams and carry the hidden
-            state (detached) from one batch to the next (truncated BPTT); ignores stride/shuffle.
-        val_ids: evaluated after each epoch (val_loss, val_perplexity in the history).
-        clip_norm: clip the gradients' global L2 norm. weight_decay: L2 term (as torch's Adam).
-        lr_decay: multiply lr by this when val loss did not improve for more than lr_patience epochs.
-        early_stopping: stop after this many epochs without val-loss improvement.
-        checkpoint_dir: save model + optimizer + position after every epoch (and on Ctrl-C);
-            resume=True continues from it exactly. tokenizer: saved with the checkpoints.
-        progress: a progress bar with loss, perplexity, tokens/s and ETA.
-        max_batches: stop (and checkpoint) after this many batches in this call.
-        callback: called with the history after every epoch.
-
-        Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
-        "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
-        """
-        from fastlm.training import fit
-        return fit(self, data, y, seq_len=seq_len, batch_size=batch_size, epochs=epochs, lr=lr, stride=stride,
-                   shuffle=shuffle, stateful=stateful, val_ids=val_ids, clip_norm=clip_norm,
-                   weight_decay=weight_decay, lr_decay=lr_decay, lr_patience=lr_patience,
-                   early_stopping=early_stopping, checkpoint_dir=checkpoint_dir, resume=resume,
-                   tokenizer=tokenizer if tokenizer is not None else self.tokenizer, progress=progress,
-                   max_batches=max_batches, callback=callback)
+    # ------------------------------------------------------------ evaluation, generation
 
     def evaluate(self, data, y=None, seq_len=100, batch_size=32):
         """Loss (mean cross-entropy, nats), perplexity, top-1 accuracy and bits per token.
@@ -280,7 +240,6 @@ class LSTMLM:
         with the state carried across chunks, so every token but the last few is scored
         with its full history; or (N, T) windows with targets y, each from a zero state.
         """
-        from fastlm.batches import ContiguousBatches
         seq_len = _positive_int("seq_len", seq_len)
         batch_size = _positive_int("batch_size", batch_size)
         if y is not None:
@@ -295,7 +254,7 @@ class LSTMLM:
             stateful = True
         loss_sum, correct, tokens, state = 0.0, 0, 0, None
         for xb, yb in batches:
-            loss, predictions, final_state = self._forward(xb, yb, state)
+            loss, predictions, final_state = self.forward(xb, yb, state)
             loss_sum += loss * yb.size
             correct += int(np.count_nonzero(predictions == yb))
             tokens += yb.size
@@ -337,8 +296,8 @@ class LSTMLM:
             prompt = np.repeat(prompt, num_samples, axis=0)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**64)
-        out = self._ops.generate(self._params, self.num_layers, prompt, int(max_new_tokens), float(temperature),
-                                 top_k or 0, 1.0 if top_p is None else float(top_p), int(seed) % 2**64)
+        out = self.ops.generate(self.params, self.num_layers, prompt, int(max_new_tokens), float(temperature),
+                                top_k or 0, 1.0 if top_p is None else float(top_p), int(seed) % 2**64)
         return out[0] if single and num_samples == 1 else out
 
     def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
@@ -372,9 +331,5 @@ class LSTMLM:
         if self.tokenizer is None:
             raise ValueError("no tokenizer attached: set model.tokenizer, or save the model with "
                              "save(directory, tokenizer=...) and load it with fastlm.load")
-        files.check_tokenizer(self, self.tokenizer)
+        check_tokenizer(self.tokenizer, self.vocab_size)
         return self.tokenizer
-
-    def save(self, directory, tokenizer=None):
-        """Write config.json, model.safetensors and (if any) tokenizer.json into directory, atomically."""
-        files.save(directory, self, tokenizer=tokenizer if tokenizer is not None else self.tokenizer)

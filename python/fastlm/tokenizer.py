@@ -70,6 +70,8 @@ from itertools import repeat
 
 import numpy as np
 
+from fastlm.atomic import atomic_write
+
 UNK = "<unk>"
 FORMAT = 2  # newest version of the JSON written by Tokenizer.save (2: with "eos")
 LEVELS = ("word", "char")
@@ -672,13 +674,12 @@ class Tokenizer:
             return (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode("ascii")
 
     def write_json(self, path):
-        """Write the JSON to path as it is (save() makes it atomic; fastlm.files stages it with a model)."""
+        """Write the JSON to path as it is (save() makes it atomic; fastlm.model_dir stages it with a model)."""
         with open(path, "wb") as f:
             f.write(self.to_json_bytes())
 
     def save(self, path):
         """Write the tokenizer as JSON, atomically (a synced temporary file in the same directory, then a rename)."""
-        from fastlm.files import atomic_write
         atomic_write(path, self.write_json)
 
     @classmethod

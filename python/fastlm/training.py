@@ -1,4 +1,4 @@
-"""LSTMLM.fit: the training loop.
+"""The training loop (fit, which is LSTMLM.fit) and its optimizer.
 
 Adam with per-parameter moments, optional clipping by global norm, dropout, learning-rate
 decay on a validation plateau, early stopping, per-epoch checkpoints and exact resume.
@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from fastlm import files
+from fastlm import model_dir
 from fastlm.batches import ArrayBatches, ContiguousBatches, WindowBatches, epoch_rng
-from fastlm.model import check_ids
+from fastlm.checks import check_ids, check_tokenizer
 
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
@@ -94,7 +94,7 @@ def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful
             raise ValueError(f"stateful training cuts the corpus into batch_size={batch_size} streams of at least "
                              f"seq_len={seq_len} tokens: it needs {batch_size * seq_len + 1} tokens, has {len(ids)}")
         return ContiguousBatches(ids, seq_len, batch_size), len(ids)
-    return WindowBatches(model._ops, ids, seq_len, batch_size, stride, shuffle, model.seed), len(ids)
+    return WindowBatches(model.ops, ids, seq_len, batch_size, stride, shuffle, model.seed), len(ids)
 
 
 def _progress_bar(progress, total, initial, epoch, epochs):
@@ -109,7 +109,30 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
         early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
         callback=None):
-    """See LSTMLM.fit."""
+    """Train with Adam on a 1-D id array (cut into windows) or on pre-made windows (x, y).
+
+    data: 1-D token ids, or (N, T) input windows with y (N, T) their targets.
+    seq_len, stride: window length and the distance between window starts
+        (stride=None: seq_len, non-overlapping; stride=1: every position, as in the classic recipe).
+    shuffle: a new seeded window order every epoch.
+    stateful: read the corpus as batch_size contiguous streams and carry the hidden
+        state (detached) from one batch to the next (truncated BPTT); ignores stride/shuffle.
+    val_ids: evaluated after each epoch (val_loss, val_perplexity in the history).
+    clip_norm: clip the gradients' global L2 norm. weight_decay: L2 term (as torch's Adam).
+    lr_decay: multiply lr by this when val loss did not improve for more than lr_patience epochs.
+    early_stopping: stop after this many epochs without val-loss improvement.
+    checkpoint_dir: save model + optimizer + position after every epoch (and on Ctrl-C);
+        resume=True continues from it exactly. tokenizer: saved with the checkpoints
+        (None: model.tokenizer).
+    progress: a progress bar with loss, perplexity, tokens/s and ETA.
+    max_batches: stop (and checkpoint) after this many batches in this call.
+    callback: called with the history after every epoch.
+
+    Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
+    "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
+    """
+    if tokenizer is None:
+        tokenizer = model.tokenizer
     epochs = _positive("epochs", epochs)
     batch_size = _positive("batch_size", batch_size)
     seq_len = _positive("seq_len", seq_len)
@@ -130,7 +153,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         raise ValueError(f"lr_patience must be an integer >= 0, got {lr_patience!r}")
     if early_stopping is not None:
         early_stopping = _positive("early_stopping", early_stopping)
-    files.check_tokenizer(model, tokenizer)
+    check_tokenizer(tokenizer, model.vocab_size)
     if max_batches is not None:
         max_batches = _positive("max_batches", max_batches)
     if val_ids is not None:
@@ -142,23 +165,23 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     settings = dict(seq_len=seq_len, batch_size=batch_size, stride=stride, shuffle=bool(shuffle),
                     stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
                     lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens))
-    adam = Adam(model._params, lr, weight_decay=weight_decay)
+    adam = Adam(model.params, lr, weight_decay=weight_decay)
     trainer = dict(epoch=0, batch=0, lr=float(lr), best_val_loss=None, epochs_without_improvement=0,
                    stopped_early=False, epoch_loss_sum=0.0, epoch_tokens=0, epoch_seconds=0.0,
                    history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [],
                             "lr": []})
     carry = None  # the hidden state carried between contiguous batches
     if resume:
-        arrays, saved = files.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
+        arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
         changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
                    if saved["settings"].get(k) != settings[k]]
         if changed:
             raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
         try:
-            saved_tokenizer = files.load_into(checkpoint_dir, model)
+            saved_tokenizer = model_dir.load_into(checkpoint_dir, model)
         except ValueError as error:
             raise ValueError(f"cannot resume: {error}") from None
-        adam = Adam(model._params, saved["lr"], weight_decay=weight_decay)
+        adam = Adam(model.params, saved["lr"], weight_decay=weight_decay)
         adam.load_arrays(arrays)
         adam.step_count = saved["adam_step"]
         trainer = {k: saved[k] for k in trainer}
@@ -166,7 +189,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
         if tokenizer is None:
             tokenizer = saved_tokenizer
-        files.check_tokenizer(model, tokenizer)
+        check_tokenizer(tokenizer, model.vocab_size)
 
     def checkpoint():
         if checkpoint_dir is None:
@@ -178,7 +201,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"] = h, c
         interrupt.saving = True
         try:
-            files.save(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
+            model_dir.write(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
         finally:
             interrupt.saving = False
         if interrupt.abort_after_save:
@@ -194,14 +217,14 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             bar = _progress_bar(progress, len(batches), trainer["batch"], epoch, epochs)
             started = time.perf_counter() - trainer["epoch_seconds"]
             for x, y_batch in batches.epoch(epoch, trainer["batch"]):
-                loss, grads, final_state = model._forward_backward(
+                loss, grads, final_state = model.forward_backward(
                     x, y_batch, initial_state=carry, train=True, rng=epoch_rng(model.seed, epoch, trainer["batch"]))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
                                              f"{trainer['batch'] + 1}; lower lr or set clip_norm")
                 if clip_norm is not None:
-                    model._ops.clip_grad_norm(list(grads.values()), clip_norm)
-                adam.step(model._ops, model._params, grads)
+                    model.ops.clip_grad_norm(list(grads.values()), clip_norm)
+                adam.step(model.ops, model.params, grads)
                 if stateful:
                     carry = final_state
                 trainer["batch"] += 1

@@ -1,21 +1,30 @@
-"""Model directories: config.json, model.safetensors, tokenizer.json and, for resuming
-training, optimizer.safetensors and trainer.json.
+"""The model-directory format: config.json, model.safetensors, tokenizer.json and, for
+resuming training, optimizer.safetensors and trainer.json.
 
 Every file is written to a temporary name in the same directory and renamed into place,
 so a crash never leaves a half-written file. config.json is written last and carries a
 save id that the other files repeat: files from different saves (an interrupted save)
 are detected on loading instead of being mixed silently.
+
+This module does not import the model or the training loop: it works on any model object
+with config(), state_dict(), load_state_dict(), vocab_size and tokenizer (see
+docs/architecture.md), and load() builds the class it is given.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
+
+from fastlm._core import build_info
+from fastlm.atomic import stage
+from fastlm.checks import check_tokenizer
+from fastlm.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -27,37 +36,6 @@ TRAINER_FILE = "trainer.json"
 TRAINER_KEYS = ("save_id", "settings", "adam_step", "lr", "epoch", "batch", "history")
 
 
-def _stage(path, write):
-    """Call write(temporary_path) on a new temporary file next to path; returns its name."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 (and safetensors writes its files 0600 too, whatever was there);
-        # a saved model is an ordinary readable file
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def atomic_write(path, write):
-    """Call write(temporary_path), then rename the temporary file to path."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "directory does not exist", str(parent))
-    tmp = _stage(path, write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_writer(data):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
@@ -67,13 +45,11 @@ def _json_writer(data):
 
 
 def _tensors_writer(tensors, save_id):
-    from safetensors.numpy import save_file
-    return lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+    return lambda tmp: safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
                                  metadata={"save_id": save_id})
 
 
 def _load_tensors(path, save_id):
-    from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
@@ -99,14 +75,15 @@ def _read_json(path, what):
         raise ValueError(f"{path} is corrupted: {error}") from None
 
 
-def check_tokenizer(model, tokenizer):
-    """A tokenizer can only go with a model of the same vocabulary size."""
-    if tokenizer is not None and len(tokenizer) != model.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
-                         f"{model.vocab_size}: they do not belong together")
+def save(model, directory, tokenizer=None):
+    """Write config.json, model.safetensors and (if any) tokenizer.json into directory, atomically.
+
+    tokenizer: saved with the model; None saves model.tokenizer (if any).
+    """
+    write(directory, model, tokenizer=tokenizer if tokenizer is not None else model.tokenizer)
 
 
-def save(directory, model, tokenizer=None, training=None):
+def write(directory, model, tokenizer=None, training=None):
     """Write model (and tokenizer, and training state for resume) into directory.
 
     training: None or (optimizer_arrays: dict name -> array, trainer: JSON-able dict).
@@ -115,8 +92,7 @@ def save(directory, model, tokenizer=None, training=None):
     intact. Each rename is atomic; should the process die between two of them, the save id
     shared by the files makes load() refuse the mixed directory instead of mixing saves.
     """
-    check_tokenizer(model, tokenizer)
-    from fastlm import __version__
+    check_tokenizer(tokenizer, model.vocab_size)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
@@ -129,7 +105,7 @@ def save(directory, model, tokenizer=None, training=None):
         writers[TRAINER_FILE] = _json_writer({**trainer, "save_id": save_id})
     writers[CONFIG_FILE] = _json_writer({
         "format_version": FORMAT_VERSION,
-        "fastlm_version": __version__,
+        "fastlm_version": build_info()["version"],
         "save_id": save_id,
         "model": model.config(),
         "tokenizer": {"level": tokenizer.level, "size": len(tokenizer)} if tokenizer is not None else None,
@@ -137,8 +113,8 @@ def save(directory, model, tokenizer=None, training=None):
     })
     staged = {}
     try:
-        for name, write in writers.items():
-            staged[name] = _stage(directory / name, write)
+        for name, writer in writers.items():
+            staged[name] = stage(directory / name, writer)
         for name, tmp in staged.items():
             if name == CONFIG_FILE:
                 # a plain save must not leave a stale tokenizer or checkpoint that --resume would pick up
@@ -168,13 +144,12 @@ def read_config(directory):
     return config
 
 
-def load(directory, backend="cpp"):
-    """The model saved in directory, with its tokenizer (model.tokenizer, or None)."""
-    from fastlm.model import LSTMLM
+def load(directory, model_class, backend="cpp"):
+    """The model saved in directory, as a model_class, with its tokenizer (model.tokenizer, or None)."""
     directory = Path(directory)
     config = read_config(directory)
     try:
-        model = LSTMLM(**config["model"], backend=backend)
+        model = model_class(**config["model"], backend=backend)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
     model.tokenizer = _restore(directory, config, model)
@@ -196,7 +171,6 @@ def load_into(directory, model):
 
 def _restore(directory, config, model):
     """Weights into model from model.safetensors, and the tokenizer (or None), both checked."""
-    from fastlm.tokenizer import Tokenizer
     tensors = _load_tensors(directory / MODEL_FILE, config["save_id"])
     try:
         model.load_state_dict(tensors)
@@ -206,7 +180,7 @@ def _restore(directory, config, model):
         return None
     tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
     try:
-        check_tokenizer(model, tokenizer)
+        check_tokenizer(tokenizer, model.vocab_size)
     except ValueError as error:
         raise ValueError(f"{directory / TOKENIZER_FILE}: {error}") from None
     return tokenizer

@@ -1,0 +1,29 @@
+"""LSTMLM, the class users hold: the network (fastlm.model) with its training loop
+(fastlm.training) and its files (fastlm.model_dir); and fastlm.load.
+
+The one module that sees all three, so that none of them imports another's caller:
+model.py imports neither training nor model_dir, and these two work on any model object
+through the interface documented on LSTMNetwork.
+"""
+from __future__ import annotations
+
+from fastlm import model_dir, training
+from fastlm.model import LSTMNetwork
+
+
+class LSTMLM(LSTMNetwork):
+    """Word- or character-level LSTM language model.
+
+    Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
+    with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
+    layers and before the decoder, in training only.
+    """
+
+    # Defined (signature and docstring) once, in the module that implements each.
+    fit = training.fit
+    save = model_dir.save
+
+
+def load(directory, backend="cpp"):
+    """The model saved in directory, with its tokenizer (model.tokenizer, or None)."""
+    return model_dir.load(directory, LSTMLM, backend)
