@@ -210,3 +210,33 @@ def test_embedding_backward_matches_finite_differences():
     dweight = reference.embedding_backward(r, ids, vocab)
     assert np.all(dweight[[3, 4]] == 0.0)
     check(objective, p, {"weight": dweight})
+
+
+@pytest.mark.parametrize("head_bias", [True, False], ids=["head-bias", "no-head-bias"])
+def test_adaptive_loss_backward_matches_finite_differences(head_bias):
+    rng = np.random.default_rng(11)
+    n_rows, hidden, widths, sizes = 7, 4, [3, 2], [3, 4]  # shortlist 2, clusters [2, 5) and [5, 9)
+    p = {"h": rng.uniform(-1, 1, (n_rows, hidden)), "head": rng.uniform(-1, 1, (2 + len(sizes), hidden))}
+    if head_bias:
+        p["bias"] = rng.uniform(-1, 1, 2 + len(sizes))
+    for i, (d, m) in enumerate(zip(widths, sizes)):
+        p[f"proj{i}"], p[f"out{i}"] = rng.uniform(-1, 1, (d, hidden)), rng.uniform(-1, 1, (m, d))
+    targets = np.array([0, 3, 2, 8, 1, 5, 4])  # every cluster hit, one twice
+
+    def args():
+        return (p["h"], p["head"], p.get("bias"), [p["proj0"], p["proj1"]], [p["out0"], p["out1"]])
+
+    def objective():
+        return reference.adaptive_loss_forward(*args(), targets)[0]
+
+    loss, dh, dhead, dbias, dprojs, douts = reference.adaptive_loss_forward_backward(*args(), targets)
+    # The loss is the mean negative log-probability under the full distribution.
+    full = reference.adaptive_log_prob(*args())
+    np.testing.assert_allclose(np.exp(full).sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(loss, -np.mean(full[np.arange(n_rows), targets]), rtol=1e-14)
+    analytic = {"h": dh, "head": dhead, "proj0": dprojs[0], "proj1": dprojs[1], "out0": douts[0], "out1": douts[1]}
+    if head_bias:
+        analytic["bias"] = dbias
+    else:
+        assert dbias is None
+    check(objective, p, analytic)

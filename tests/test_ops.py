@@ -159,6 +159,41 @@ def build_output_loss_forward_backward(rng, N, H, V, scale=1.0):
     return Inputs(list(output_inputs(rng, N, H, V, scale)))
 
 
+def adaptive_inputs(rng, N, H, cutoffs, V, widths, head_bias=True, scale=1.0, empty_cluster=False):
+    """h, head, tails and targets of an adaptive softmax; targets Zipf-like so every cluster
+    is hit (empty_cluster=True: none in the last cluster, whose gradients are then zero)."""
+    h = uniform(rng, (N, H))
+    head = uniform(rng, (cutoffs[0] + len(widths), H), scale)
+    bias = uniform(rng, (cutoffs[0] + len(widths),), scale) if head_bias else None
+    edges = list(cutoffs) + [V]
+    projs = [uniform(rng, (d, H), scale) for d in widths]
+    outs = [uniform(rng, (edges[i + 1] - edges[i], d), scale) for i, d in enumerate(widths)]
+    high = cutoffs[-1] if empty_cluster else V
+    targets = np.minimum(rng.zipf(1.2, N) - 1, high - 1).astype(np.int32)
+    hit = edges[:-2] if empty_cluster else edges[:-1]  # each cluster's first word, where N allows
+    targets[:min(N, len(hit))] = hit[:N]
+    return h, head, bias, projs, outs, targets
+
+
+def build_adaptive_loss_forward(rng, N, H, cutoffs, V, widths, **kw):
+    return Inputs(list(adaptive_inputs(rng, N, H, cutoffs, V, widths, **kw)))
+
+
+def build_adaptive_log_prob(rng, N, H, cutoffs, V, widths, **kw):
+    return Inputs(list(adaptive_inputs(rng, N, H, cutoffs, V, widths, **kw))[:5])
+
+
+def run_adaptive_forward_backward(fn, inputs):
+    loss, dh, dhead, dbias, dprojs, douts = fn(*inputs.args)
+    assert (dbias is None) == (inputs.args[2] is None)
+    out = {"loss": loss, "dh": dh, "dhead_weight": dhead}
+    if dbias is not None:
+        out["dhead_bias"] = dbias
+    out.update({f"dproj_weights[{i}]": g for i, g in enumerate(dprojs)})
+    out.update({f"dout_weights[{i}]": g for i, g in enumerate(douts)})
+    return out
+
+
 def build_gather_windows(rng, length, seq_len, count):
     ids = rng.integers(0, 1000, length).astype(np.int32)
     starts = rng.integers(0, length - seq_len, count)
@@ -237,6 +272,9 @@ OPS = {
     "output_loss_forward": Op(build_output_loss_forward, ("loss", "lse", "predictions")),
     "output_loss_backward": Op(build_output_loss_backward, ("dh", "dweight", "dbias")),
     "output_loss_forward_backward": Op(build_output_loss_forward_backward, ("loss", "dh", "dweight", "dbias")),
+    "adaptive_loss_forward": Op(build_adaptive_loss_forward, ("loss", "log_prob", "predictions")),
+    "adaptive_loss_forward_backward": Op(build_adaptive_loss_forward, (), run=run_adaptive_forward_backward),
+    "adaptive_log_prob": Op(build_adaptive_log_prob, ("log_prob",)),
     "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
@@ -303,6 +341,18 @@ CASES = [
     ("output_loss_forward_backward", dict(N=300, H=257, V=521)),
     ("output_loss_forward_backward", dict(N=64, H=37, V=100003)),
     ("output_loss_forward_backward", dict(N=300, H=37, V=20011)),
+    ("adaptive_loss_forward", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
+    ("adaptive_loss_forward", dict(N=40, H=37, cutoffs=[50, 200], V=1009, widths=[9, 2], head_bias=False)),
+    ("adaptive_loss_forward", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1],
+                                   scale=4.0)),  # peaked heads: many rows predict beyond the shortlist
+    ("adaptive_loss_forward", dict(N=600, H=37, cutoffs=[30], V=1009, widths=[9], empty_cluster=True)),
+    ("adaptive_loss_forward_backward", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
+    ("adaptive_loss_forward_backward", dict(N=40, H=37, cutoffs=[50, 200], V=1009, widths=[9, 2], head_bias=False)),
+    ("adaptive_loss_forward_backward", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
+    ("adaptive_loss_forward_backward", dict(N=600, H=37, cutoffs=[30, 500], V=1009, widths=[9, 2],
+                                            empty_cluster=True)),
+    ("adaptive_log_prob", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
+    ("adaptive_log_prob", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
     ("gather_windows", dict(length=2, seq_len=1, count=1)),
     ("gather_windows", dict(length=1000, seq_len=7, count=64)),
     ("gather_windows", dict(length=100000, seq_len=100, count=1000)),  # threaded
@@ -357,8 +407,15 @@ def check_predictions(cpp, ref, inputs):
     differ = np.flatnonzero(cpp != ref)
     if differ.size == 0:
         return 0.0
-    h, weight, bias = (np.asarray(a, np.float64) for a in inputs.args[:3])
-    logits = h[differ] @ weight.T + bias
+    if len(inputs.args) == 6:  # the adaptive softmax: compare the words' full log-probabilities
+        h, head, bias, projs, outs, _ = inputs.args
+        f64 = [np.asarray(a, np.float64) for a in (h[differ], head)]
+        logits = reference.adaptive_log_prob(*f64, None if bias is None else np.asarray(bias, np.float64),
+                                             [np.asarray(a, np.float64) for a in projs],
+                                             [np.asarray(a, np.float64) for a in outs])
+    else:
+        h, weight, bias = (np.asarray(a, np.float64) for a in inputs.args[:3])
+        logits = h[differ] @ weight.T + bias
     rows = np.arange(differ.size)
     gap = np.abs(logits[rows, cpp[differ]] - logits[rows, ref[differ]])
     scale = np.maximum(1.0, np.max(np.abs(logits), axis=1))

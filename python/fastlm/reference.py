@@ -161,6 +161,91 @@ def output_loss_forward_backward(h, weight, bias, targets):
     return (loss, *output_loss_backward(h, weight, bias, targets, lse))
 
 
+# ---------------------------------------------------------------- adaptive softmax (Grave et al. 2017)
+#
+# torch.nn.AdaptiveLogSoftmaxWithLoss: a head over the shortlist [0, c1) and one column per
+# cluster; cluster i's words [c_i, c_{i+1}) get the head's log-probability of column c1 + i
+# plus the log-softmax of the tail out_i (proj_i h). c1 is the head's rows less the clusters.
+
+def _log_softmax(logits):
+    peak = logits.max(axis=1, keepdims=True)
+    return logits - (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
+
+
+def _head_log_prob(h, head_weight, head_bias):
+    logits = h @ head_weight.T
+    return _log_softmax(logits + head_bias if head_bias is not None else logits)
+
+
+def _cluster_starts(head_weight, out_weights):
+    """c_i of every cluster, and the vocabulary size after the last."""
+    shortlist = head_weight.shape[0] - len(out_weights)
+    return np.cumsum([shortlist] + [w.shape[0] for w in out_weights])
+
+
+def adaptive_loss_forward(h, head_weight, head_bias, proj_weights, out_weights, targets):
+    """Adaptive softmax cross-entropy: (mean loss, log_prob (N,) of each target, predictions (N,)).
+
+    h (N, H), head_weight (c1 + n, H), head_bias (c1 + n,) or None, proj_weights[i] (d_i, H),
+    out_weights[i] (c_{i+1} - c_i, d_i), targets (N,) in [0, V). Predictions are the arg-max
+    of the full distribution.
+    """
+    starts = _cluster_starts(head_weight, out_weights)
+    shortlist = starts[0]
+    head = _head_log_prob(h, head_weight, head_bias)
+    cluster = np.searchsorted(starts, targets, side="right") - 1  # -1: a shortlist word
+    log_prob = head[np.arange(len(targets)), np.where(cluster < 0, targets, shortlist + cluster)]
+    for i, (proj, out) in enumerate(zip(proj_weights, out_weights)):
+        rows = np.flatnonzero(cluster == i)
+        tail = _log_softmax((h[rows] @ proj.T) @ out.T)
+        log_prob[rows] += tail[np.arange(len(rows)), targets[rows] - starts[i]]
+    predictions = np.empty(len(targets), dtype=np.int32)
+    for rows in _row_chunks(len(targets), int(starts[-1])):
+        predictions[rows] = adaptive_log_prob(h[rows], head_weight, head_bias, proj_weights, out_weights).argmax(1)
+    return -float(np.mean(log_prob, dtype=np.float64)), log_prob, predictions
+
+
+def adaptive_loss_forward_backward(h, head_weight, head_bias, proj_weights, out_weights, targets):
+    """Training: (loss, dh, dhead_weight, dhead_bias or None, [dproj_i], [dout_i]) of the mean loss.
+
+    Each softmax's gradient is (softmax - onehot) / N over the rows it serves: the head over
+    all rows (the target's column), tail i over the rows whose target lies in cluster i.
+    """
+    n_rows = h.shape[0]
+    starts = _cluster_starts(head_weight, out_weights)
+    shortlist = starts[0]
+    loss, _, _ = adaptive_loss_forward(h, head_weight, head_bias, proj_weights, out_weights, targets)
+    cluster = np.searchsorted(starts, targets, side="right") - 1
+    dlogits = np.exp(_head_log_prob(h, head_weight, head_bias))
+    dlogits[np.arange(n_rows), np.where(cluster < 0, targets, shortlist + cluster)] -= 1.0
+    dlogits /= n_rows
+    dh = dlogits @ head_weight
+    dhead_weight = dlogits.T @ h
+    dhead_bias = dlogits.sum(axis=0) if head_bias is not None else None
+    dprojs, douts = [], []
+    for i, (proj, out) in enumerate(zip(proj_weights, out_weights)):
+        rows = np.flatnonzero(cluster == i)
+        p = h[rows] @ proj.T
+        dtail = np.exp(_log_softmax(p @ out.T))
+        dtail[np.arange(len(rows)), targets[rows] - starts[i]] -= 1.0
+        dtail /= n_rows
+        dp = dtail @ out
+        douts.append(dtail.T @ p)
+        dprojs.append(dp.T @ h[rows])
+        dh[rows] += dp @ proj
+    return loss, dh, dhead_weight, dhead_bias, dprojs, douts
+
+
+def adaptive_log_prob(h, head_weight, head_bias, proj_weights, out_weights):
+    """The full distribution: (N, V) log-probabilities of every word."""
+    starts = _cluster_starts(head_weight, out_weights)
+    head = _head_log_prob(h, head_weight, head_bias)
+    parts = [head[:, :starts[0]]]
+    for i, (proj, out) in enumerate(zip(proj_weights, out_weights)):
+        parts.append(_log_softmax((h @ proj.T) @ out.T) + head[:, starts[0] + i, None])
+    return np.concatenate(parts, axis=1)
+
+
 # ---------------------------------------------------------------- optimizer
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):

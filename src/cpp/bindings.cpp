@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "adaptive_softmax.h"
 #include "allocator.h"
 #include "denormals.h"
 #include "embedding.h"
@@ -318,6 +319,127 @@ py::tuple py_output_loss_forward_backward(const py::handle& h, const py::handle&
     return py::make_tuple(loss, dh, dweight, dbias);
 }
 
+// ------------------------------------------------------------------ adaptive softmax
+
+struct AdaptiveArgs {
+    AdaptiveShape shape;
+    FloatArray h, head, head_bias;
+    bool has_bias;  // head_bias was given (not None)
+    std::vector<FloatArray> projections, outputs;
+    AdaptiveWeights weights() const {
+        AdaptiveWeights w{head.data(), has_bias ? head_bias.data() : nullptr, {}, {}};
+        for (size_t i = 0; i < projections.size(); ++i) {
+            w.projection.push_back(projections[i].data());
+            w.out.push_back(outputs[i].data());
+        }
+        return w;
+    }
+};
+
+// h (N, H), head_weight (c1 + n, H), head_bias (c1 + n) or None, and n clusters' tails:
+// proj_weights[i] (d_i, H), out_weights[i] (size_i, d_i), every size positive.
+AdaptiveArgs adaptive_args(const py::handle& h_obj, const py::handle& head_obj, const py::handle& bias_obj,
+                           const py::handle& proj_obj, const py::handle& out_obj) {
+    AdaptiveArgs a{{}, float_input(h_obj, "h", 2), float_input(head_obj, "head_weight", 2), {}, !bias_obj.is_none(), {}, {}};
+    const int64_t N = a.h.shape(0), H = a.h.shape(1), Vh = a.head.shape(0);
+    require(N > 0, "h has no rows");
+    require(H > 0, "h has no columns (hidden size 0)");
+    if (!py::isinstance<py::sequence>(proj_obj) || !py::isinstance<py::sequence>(out_obj))
+        throw py::type_error("proj_weights and out_weights must be sequences of arrays, one per cluster");
+    const py::sequence projs(py::reinterpret_borrow<py::object>(proj_obj)),
+        outs(py::reinterpret_borrow<py::object>(out_obj));
+    const int64_t n = int64_t(projs.size());
+    require(n >= 1, "an adaptive softmax needs at least one cluster (proj_weights is empty)");
+    require(int64_t(outs.size()) == n, "proj_weights has " + std::to_string(n) + " clusters but out_weights " +
+                                           std::to_string(outs.size()));
+    require(Vh > n, "head_weight has " + std::to_string(Vh) + " rows: it needs the shortlist (>= 1 word) and " +
+                        std::to_string(n) + " cluster rows");
+    require_shape(a.head, "head_weight", {Vh, H});
+    if (a.has_bias) {
+        a.head_bias = float_input(bias_obj, "head_bias", 1);
+        require_shape(a.head_bias, "head_bias", {Vh});
+    }
+    a.shape = {N, H, Vh - n, {}, {}};
+    for (int64_t i = 0; i < n; ++i) {
+        const std::string pname = "proj_weights[" + std::to_string(i) + "]";
+        const std::string oname = "out_weights[" + std::to_string(i) + "]";
+        a.projections.push_back(float_input(projs[i], pname.c_str(), 2));
+        a.outputs.push_back(float_input(outs[i], oname.c_str(), 2));
+        const int64_t d = a.projections.back().shape(0), m = a.outputs.back().shape(0);
+        require(d > 0, pname + " has no rows (a tail projection of width 0)");
+        require(m > 0, oname + " has no rows (an empty cluster)");
+        require_shape(a.projections.back(), pname.c_str(), {d, H});
+        require_shape(a.outputs.back(), oname.c_str(), {m, d});
+        a.shape.widths.push_back(d);
+        a.shape.sizes.push_back(m);
+    }
+    return a;
+}
+
+IdArray adaptive_targets(const AdaptiveArgs& a, const py::handle& targets_obj) {
+    IdArray targets = id_input(targets_obj, "targets", a.shape.vocab());
+    require_shape(targets, "targets", {a.shape.rows});
+    return targets;
+}
+
+py::tuple py_adaptive_loss_forward(const py::handle& h, const py::handle& head_weight, const py::handle& head_bias,
+                                   const py::handle& proj_weights, const py::handle& out_weights,
+                                   const py::handle& targets_obj) {
+    const AdaptiveArgs a = adaptive_args(h, head_weight, head_bias, proj_weights, out_weights);
+    const IdArray targets = adaptive_targets(a, targets_obj);
+    py::array_t<float> log_prob({a.shape.rows});
+    py::array_t<int32_t> predictions({a.shape.rows});
+    double loss;
+    {
+        KernelScope scope;
+        loss = adaptive_loss_forward(a.shape, a.h.data(), a.weights(), targets.data(), log_prob.mutable_data(),
+                                     predictions.mutable_data());
+    }
+    return py::make_tuple(loss, log_prob, predictions);
+}
+
+py::tuple py_adaptive_loss_forward_backward(const py::handle& h, const py::handle& head_weight,
+                                            const py::handle& head_bias, const py::handle& proj_weights,
+                                            const py::handle& out_weights, const py::handle& targets_obj) {
+    const AdaptiveArgs a = adaptive_args(h, head_weight, head_bias, proj_weights, out_weights);
+    const IdArray targets = adaptive_targets(a, targets_obj);
+    const AdaptiveShape& s = a.shape;
+    py::array_t<float> dh({s.rows, s.hidden}), dhead({s.head_size(), s.hidden});
+    py::object dbias = py::none();
+    AdaptiveGradients g{dhead.mutable_data(), nullptr, {}, {}};
+    if (a.has_bias) {
+        py::array_t<float> db({s.head_size()});
+        g.head_bias = db.mutable_data();
+        dbias = db;
+    }
+    py::list dprojs, douts;
+    for (int64_t i = 0; i < s.clusters(); ++i) {
+        py::array_t<float> dp({s.widths[i], s.hidden}), dout({s.sizes[i], s.widths[i]});
+        g.projection.push_back(dp.mutable_data());
+        g.out.push_back(dout.mutable_data());
+        dprojs.append(dp);
+        douts.append(dout);
+    }
+    double loss;
+    {
+        KernelScope scope;
+        loss = adaptive_loss_forward_backward(s, a.h.data(), a.weights(), targets.data(), dh.mutable_data(), g);
+    }
+    return py::make_tuple(loss, dh, dhead, dbias, dprojs, douts);
+}
+
+py::array_t<float> py_adaptive_log_prob(const py::handle& h, const py::handle& head_weight,
+                                        const py::handle& head_bias, const py::handle& proj_weights,
+                                        const py::handle& out_weights) {
+    const AdaptiveArgs a = adaptive_args(h, head_weight, head_bias, proj_weights, out_weights);
+    py::array_t<float> out({a.shape.rows, a.shape.vocab()});
+    {
+        KernelScope scope;
+        adaptive_log_prob(a.shape, a.h.data(), a.weights(), out.mutable_data());
+    }
+    return out;
+}
+
 // ------------------------------------------------------------------ optimizer
 
 void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
@@ -511,6 +633,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("targets"), py::arg("lse"));
     m.def("output_loss_forward_backward", &py_output_loss_forward_backward, py::arg("h"), py::arg("weight"),
           py::arg("bias"), py::arg("targets"));
+    m.def("adaptive_loss_forward", &py_adaptive_loss_forward, py::arg("h"), py::arg("head_weight"),
+          py::arg("head_bias"), py::arg("proj_weights"), py::arg("out_weights"), py::arg("targets"));
+    m.def("adaptive_loss_forward_backward", &py_adaptive_loss_forward_backward, py::arg("h"), py::arg("head_weight"),
+          py::arg("head_bias"), py::arg("proj_weights"), py::arg("out_weights"), py::arg("targets"));
+    m.def("adaptive_log_prob", &py_adaptive_log_prob, py::arg("h"), py::arg("head_weight"), py::arg("head_bias"),
+          py::arg("proj_weights"), py::arg("out_weights"));
     m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
           py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
           py::arg("weight_decay") = 0.0);
