@@ -219,6 +219,16 @@ class TestLoadStateDict:
             model.load_state_dict(state)
         assert_state_equal(model.state_dict(), before)
 
+    @pytest.mark.parametrize("value", [1e39, -3.5e38])
+    def test_float64_beyond_float32(self, model, value):
+        """Finite as float64, infinite once cast to float32: the check runs after the cast."""
+        before = model.state_dict()
+        state = {name: array.astype(np.float64) for name, array in modified_state(model).items()}
+        state["decoder.bias"][2] = value
+        with pytest.raises(ValueError, match=r"'decoder\.bias'.*NaN or infinity"):
+            model.load_state_dict(state)
+        assert_state_equal(model.state_dict(), before)
+
     def test_none_entry(self, model):
         before = model.state_dict()
         state = modified_state(model)
@@ -257,6 +267,19 @@ class TestConstructor:
     def test_other_sizes(self, name):
         with pytest.raises(ValueError, match=rf"{name} must be positive"):
             fastlm.LSTMLM(V, **{name: 0})
+
+    @pytest.mark.parametrize("sizes", [dict(num_layers=2**31), dict(hidden_size=10**6), dict(vocab_size=10**12),
+                                       dict(embed_dim=2**40)])
+    def test_larger_than_memory(self, sizes):
+        """Checked by formula before anything is allocated: num_layers=2**31 used to grow for ever."""
+        import time
+        from fastlm.model import physical_memory
+        if physical_memory() is None:
+            pytest.skip("the system does not report its memory")
+        started = time.perf_counter()
+        with pytest.raises(ValueError, match=r"parameters \(.* GiB as float32\), more than this machine's memory"):
+            fastlm.LSTMLM(**{"vocab_size": V, **sizes})
+        assert time.perf_counter() - started < 1.0
 
     @pytest.mark.parametrize("value", [1.0, 1.5, -0.1, float("nan")])
     def test_dropout_out_of_range(self, value):
@@ -617,6 +640,30 @@ class TestWindows:
         with pytest.raises(ValueError, match=rf"ids holds {length} tokens; a window needs seq_len \+ 1 = {seq_len + 1}"):
             fastlm.windows(np.arange(length, dtype=np.int32), seq_len)
 
+    @pytest.mark.parametrize("seq_len", [2**63 - 1, 2**63 - 2, 2**62])
+    def test_huge_seq_len(self, seq_len):
+        """seq_len + 1 overflowed int64 in the bindings."""
+        for call in (lambda: fastlm.windows(self.ids, seq_len), lambda: _core.gather_windows(self.ids, [0], seq_len)):
+            with pytest.raises(ValueError, match=rf"ids holds 20 tokens; a window needs seq_len \+ 1 = {seq_len + 1}"):
+                call()
+
+    @pytest.mark.parametrize("arg", ["seq_len", "stride"])
+    def test_beyond_int64(self, arg):
+        kwargs = {"seq_len": 4, "stride": 1, arg: 2**63}
+        with pytest.raises(ValueError, match=rf"{arg} must be below 2\*\*63, got {2**63}"):
+            fastlm.windows(self.ids, **kwargs)
+        with pytest.raises(TypeError, match=rf"{arg} must be an int, got float"):
+            fastlm.windows(self.ids, **{**kwargs, arg: 4.0})
+
+    def test_more_windows_than_memory(self):
+        from fastlm.model import physical_memory
+        if physical_memory() is None:
+            pytest.skip("the system does not report its memory")
+        n = int(np.sqrt(physical_memory())) + 2  # n/2 windows of n/2 tokens, x and y: 2 n^2 bytes
+        ids = np.zeros(n, np.int32)
+        with pytest.raises(ValueError, match=r"windows of seq_len=\d+ \(x and y.*GiB, more than this machine's memory"):
+            fastlm.windows(ids, n // 2)
+
     def test_exactly_long_enough(self):
         x, y = fastlm.windows(np.arange(4, dtype=np.int32), 3)
         np.testing.assert_array_equal(x, [[0, 1, 2]])
@@ -724,7 +771,8 @@ class TestAdamUpdate:
     @pytest.mark.parametrize("kwargs,fragment", [
         (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr=1e-2, beta1=1.0), "betas"),
         (dict(lr=1e-2, beta2=-0.1), "betas"), (dict(lr=1e-2, eps=-1.0), "eps"),
-        (dict(lr=1e-2, weight_decay=-1.0), "weight_decay"),
+        (dict(lr=1e-2, weight_decay=-1.0), "weight_decay"), (dict(lr=float("inf")), "lr"),
+        (dict(lr=1e-2, weight_decay=float("inf")), "weight_decay"), (dict(lr=1e-2, eps=float("inf")), "eps"),
     ])
     def test_bad_hyperparameters(self, kwargs, fragment):
         args = adam_args()

@@ -513,3 +513,20 @@ def test_console_script(corpus, tmp_path):
     result = _run_process(fastlm, "generate", "does-not-exist", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "fastlm generate: error: model directory does-not-exist does not exist"
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpus, command):
+    """Finite weights whose logits overflow float32: eval printed "perplexity inf" and exited 0,
+    generate emitted the last id forever."""
+    import fastlm
+    model = fastlm.load(model_copy)
+    state = model.state_dict()
+    state["decoder.weight"][:] = 3e38
+    state["decoder.bias"][:] = 3e38
+    model.load_state_dict(state)
+    model.save(model_copy)
+    argv = [corpus] if command == "eval" else ["--prompt", "the", "--max-new-tokens", "5"]
+    code, out, err = run(capsys, command, model_copy, *argv)
+    assert_error(code, err, command, "NaN or infinity")
+    assert "perplexity" not in out

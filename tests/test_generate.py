@@ -301,3 +301,76 @@ def test_numpy_scalars_accepted(model):
     np.testing.assert_array_equal(expected, got)
     with pytest.raises(ValueError, match="top_p"):
         model.generate(PROMPT, 5, top_p=True)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 2.9e-39, 1e-300, 5e-324, 1e-20])
+def test_tiny_temperature_is_greedy(models, temperature):
+    """Below ~3e-39, 1/T overflows float32: the weights were computed as 0 * inf = NaN and
+    every step returned the last id (and a NaN reached the exp's integer conversion)."""
+    cpp, ref = models[1]
+    greedy = cpp.generate(PROMPT, 20, temperature=0)
+    for model in (cpp, ref):
+        np.testing.assert_array_equal(model.generate(PROMPT, 20, temperature=temperature, seed=7), greedy)
+
+
+def test_overflowing_logits_are_an_error(models):
+    """Finite weights whose logits overflow float32: an error, not V-1 forever."""
+    cpp, ref = models[1]
+    state = cpp.state_dict()
+    state["decoder.weight"][:] = 3e38
+    state["decoder.bias"][:] = 3e38
+    for model in (fastlm.LSTMLM(V, E, H, seed=3), fastlm.LSTMLM(V, E, H, seed=3, backend="numpy")):
+        model.load_state_dict(state)
+        for temperature in (0.0, 1.0):
+            with np.errstate(over="ignore", invalid="ignore"), \
+                    pytest.raises(FloatingPointError, match=r"logits at new token \d+ of sample 0 hold NaN or inf"):
+                model.generate(PROMPT, 5, temperature=temperature, seed=1)
+        with np.errstate(over="ignore", invalid="ignore"), \
+                pytest.raises(FloatingPointError, match="the loss is nan.*overflow float32"):
+            model.evaluate(np.arange(V), seq_len=8)
+
+
+@pytest.mark.parametrize("seed", [float("inf"), float("nan"), 1.5, -float("inf")])
+def test_non_integer_seed_is_a_value_error(model, seed):
+    with pytest.raises(ValueError, match="seed must be an integer or None"):
+        model.generate(PROMPT, 3, seed=seed)
+
+
+def test_integral_float_seed_still_accepted(model):
+    np.testing.assert_array_equal(model.generate(PROMPT, 5, seed=4.0), model.generate(PROMPT, 5, seed=4))
+    with pytest.raises(TypeError, match="seed must be an integer or None, got str"):
+        model.generate(PROMPT, 3, seed="4")
+
+
+CTRL_C_CHILD = r"""
+import os, sys, time
+import fastlm
+model = fastlm.LSTMLM(2000, 64, 256, num_layers=2, seed=0)
+print("ready", flush=True)
+started = time.perf_counter()
+try:
+    model.generate([1], 10**8)  # hours
+    print("finished")
+except KeyboardInterrupt:
+    print(f"KeyboardInterrupt {time.perf_counter() - started:.3f}")
+"""
+
+
+def test_ctrl_c_stops_a_long_generate():
+    """The sampling loop polls Python's signal handlers every few milliseconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # into the loop
+        sent = time.perf_counter()
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=60)
+        seen_after = time.perf_counter() - sent
+    finally:
+        child.kill()
+    assert out.startswith("KeyboardInterrupt"), out
+    assert seen_after < 10  # generous for a loaded machine; without the poll: hours

@@ -461,3 +461,15 @@ def test_bad_eos(kwargs, error, message):
 def test_constructor_needs_eos_in_the_vocabulary():
     with pytest.raises(ValueError, match="eos token '<eos>' is not in the vocabulary"):
         Tokenizer(["<unk>", "a"], eos="<eos>")
+
+
+def test_save_keeps_lone_surrogates_apart_from_the_pair_they_spell(tmp_path):
+    """'\\ud83d\\ude00' (two lone surrogates) and '\\U0001F600' (the character they encode as a
+    pair) are different tokens; JSON \\u escapes would read both back as the latter."""
+    for level in ("word", "char"):
+        tok = Tokenizer.fit("\ud83d\ude00 \U0001F600 a \ud83d", level=level)
+        tok.save(tmp_path / "t.json")
+        loaded = Tokenizer.load(tmp_path / "t.json")
+        assert loaded == tok and loaded.vocab == tok.vocab
+        text = "\U0001F600 \ud83d\ude00"
+        assert list(loaded.encode(text)) == list(tok.encode(text))

@@ -467,6 +467,8 @@ def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
     (dict(stride=0), "stride must be a positive integer"),
     (dict(lr=0), "lr must be positive"),
     (dict(lr=-1e-3), "lr must be positive"),
+    (dict(lr=float("inf")), "lr must be positive and finite, got inf"),
+    (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0, got inf"),
     (dict(clip_norm=0), "clip_norm must be positive"),
     (dict(lr_decay=1.5, val_ids=[1, 2, 3]), "lr_decay must lie in"),
     (dict(lr_decay=0.5), "pass val_ids"),

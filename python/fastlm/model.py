@@ -10,6 +10,7 @@ core (``backend="cpp"``) or by the NumPy reference (``backend="numpy"``).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -37,6 +38,33 @@ def _positive_int(name, value):
     return int(value)
 
 
+def parameter_count(vocab_size, embed_dim, hidden_size, num_layers):
+    """Number of float32 parameters of an LSTMLM of these sizes (by formula, nothing allocated)."""
+    V, E, H, L = vocab_size, embed_dim, hidden_size, num_layers
+    lstm = 4 * H * E + (L - 1) * 4 * H * H + L * (4 * H * H + 8 * H)
+    return V * E + lstm + V * H + V
+
+
+def physical_memory():
+    """Bytes of RAM of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_size(vocab_size, embed_dim, hidden_size, num_layers):
+    """Sizes whose parameters cannot fit in memory are a ValueError before anything is allocated
+    (num_layers=2**31 would otherwise grow until the machine swaps or kills the process)."""
+    count = parameter_count(vocab_size, embed_dim, hidden_size, num_layers)
+    memory = physical_memory()
+    if memory is not None and 4 * count > memory:
+        raise ValueError(f"vocab_size={vocab_size}, embed_dim={embed_dim}, hidden_size={hidden_size}, "
+                         f"num_layers={num_layers} make {count:,} parameters ({4 * count / 2**30:,.1f} GiB as "
+                         f"float32), more than this machine's memory ({memory / 2**30:,.1f} GiB)")
+    return count
+
+
 class LSTMNetwork:
     """The network of fastlm.LSTMLM, without training and files (see LSTMLM for the user's view).
 
@@ -57,6 +85,7 @@ class LSTMNetwork:
         self.embed_dim = _positive_int("embed_dim", embed_dim)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
+        check_model_size(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.dropout = float(dropout)
@@ -125,9 +154,11 @@ class LSTMNetwork:
                 raise TypeError(f"state_dict entry {name!r} must hold floats, got dtype {value.dtype}")
             if value.shape != shape:
                 raise ValueError(f"state_dict entry {name!r} has shape {value.shape}, expected {shape}")
+            with np.errstate(over="ignore"):  # float64 beyond float32's range: reported just below
+                value = np.array(value, dtype=np.float32, order="C")
             if not np.all(np.isfinite(value)):
-                raise ValueError(f"state_dict entry {name!r} holds NaN or infinity")
-            loaded[name] = np.array(value, dtype=np.float32, order="C")
+                raise ValueError(f"state_dict entry {name!r} holds NaN or infinity (or a value beyond float32's range)")
+            loaded[name] = value
         self.params = loaded
 
     # ------------------------------------------------------------ forward + backward
@@ -142,6 +173,8 @@ class LSTMNetwork:
         """
         x, y = self.check_batch(inputs, targets)
         loss, grads, _ = self.forward_backward(x, y, train=train)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss}: the model's logits overflow float32 (NaN or infinity)")
         return loss, grads
 
     def check_batch(self, inputs, targets):
@@ -255,6 +288,9 @@ class LSTMNetwork:
         loss_sum, correct, tokens, state = 0.0, 0, 0, None
         for xb, yb in batches:
             loss, predictions, final_state = self.forward(xb, yb, state)
+            if not math.isfinite(loss):  # perplexity inf or nan would be a silent non-answer
+                raise FloatingPointError(f"the loss is {loss} on tokens {tokens} to {tokens + yb.size}: the "
+                                         "model's logits overflow float32 (NaN or infinity)")
             loss_sum += loss * yb.size
             correct += int(np.count_nonzero(predictions == yb))
             tokens += yb.size
@@ -296,6 +332,10 @@ class LSTMNetwork:
             prompt = np.repeat(prompt, num_samples, axis=0)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**64)
+        elif isinstance(seed, bool) or not isinstance(seed, (int, float, np.integer, np.floating)):
+            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
+        elif not (isinstance(seed, (int, np.integer)) or (math.isfinite(seed) and seed == int(seed))):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         out = self.ops.generate(self.params, self.num_layers, prompt, int(max_new_tokens), float(temperature),
                                 top_k or 0, 1.0 if top_p is None else float(top_p), int(seed) % 2**64)
         return out[0] if single and num_samples == 1 else out

@@ -356,7 +356,7 @@ def sample_token(logits, temperature, top_k, top_p, rng):
     restricted to the top_k most likely (0: all) and then to the smallest most-likely set
     whose probability reaches top_p (1: all)."""
     best = int(np.argmax(logits))
-    if temperature == 0:
+    if temperature == 0 or 1.0 / temperature > float(np.finfo(np.float32).max):  # 1/T overflows: greedy
         return best
     # float32 like the C++ sampler; the cumulative sums below are float64 in both.
     weights = np.exp((logits - logits[best]) * np.float32(1.0 / temperature))
@@ -400,6 +400,10 @@ def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=
     out = np.empty((samples, max_new_tokens), dtype=np.int32)
     for n in range(max_new_tokens):
         logits = h[-1] @ params["decoder.weight"].T + params["decoder.bias"]
+        if not np.all(np.isfinite(logits)):
+            bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
+            raise FloatingPointError(f"the logits at new token {n + 1} of sample {bad} hold NaN or infinity: "
+                                     "the weights overflow float32")
         out[:, n] = [sample_token(logits[s], temperature, top_k, top_p, rngs[s]) for s in range(samples)]
         if n + 1 < max_new_tokens:
             step(out[:, n])

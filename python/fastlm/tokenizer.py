@@ -670,8 +670,11 @@ class Tokenizer:
         data = self.to_dict()
         try:
             return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: let JSON escape them
-            return (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode("ascii")
+        except UnicodeEncodeError:
+            # Lone surrogates (text read with errors="surrogateescape"): written as their own
+            # three-byte sequences. JSON's \u escapes would not do: a high and a low surrogate
+            # escaped side by side read back as the one character they encode as a pair.
+            return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8", "surrogatepass")
 
     def write_json(self, path):
         """Write the JSON to path as it is (save() makes it atomic; fastlm.model_dir stages it with a model)."""
@@ -696,7 +699,7 @@ class Tokenizer:
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, "tokenizer file not found", path) from None
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8", "surrogatepass"))
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not a tokenizer file: not UTF-8 text ({e})") from None
         except json.JSONDecodeError as e:

@@ -137,8 +137,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     batch_size = _positive("batch_size", batch_size)
     seq_len = _positive("seq_len", seq_len)
     stride = seq_len if stride is None else _positive("stride", stride)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr must be positive and finite, got {lr}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
     if lr_decay is not None and not 0 < lr_decay < 1:
@@ -147,8 +147,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         raise ValueError("lr_decay and early_stopping watch the validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not 0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
     if isinstance(lr_patience, bool) or not isinstance(lr_patience, (int, np.integer)) or lr_patience < 0:
         raise ValueError(f"lr_patience must be an integer >= 0, got {lr_patience!r}")
     if early_stopping is not None:
@@ -192,6 +192,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         check_tokenizer(tokenizer, model.vocab_size)
 
     def checkpoint():
+        _require_finite_weights(model, trainer)
         if checkpoint_dir is None:
             return
         state = dict(trainer, settings=settings, adam_step=adam.step_count)
@@ -256,6 +257,16 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 return history
     history.pop("interrupted", None)
     return history
+
+
+def _require_finite_weights(model, trainer):
+    """A step with a finite loss can still push weights to infinity (a huge lr): stop before
+    they are saved or returned, since no later load would accept them."""
+    for name, value in model.params.items():
+        if not np.isfinite(value).all():
+            raise FloatingPointError(f"training diverged: {name} holds NaN or infinity after "
+                                     f"{trainer['epoch']} epoch(s) and {trainer['batch']} batch(es) of the next; "
+                                     "lower lr or set clip_norm")
 
 
 def _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):

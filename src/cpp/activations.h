@@ -19,7 +19,8 @@ inline float exp_approx(float x) {
     x = x > 88.0f ? 88.0f : x;
     // n = round(x / ln2) by the 1.5 * 2^23 trick: plain adds, so the loop vectorises
     // (std::floor would not without -fno-trapping-math).
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float shifted = x * 1.44269504088896341f + 12582912.0f;
+    const float n = shifted - 12582912.0f;
     // x - n*ln2 in two parts (Cody-Waite) to keep the reduced argument exact.
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -29,7 +30,13 @@ inline float exp_approx(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    // 2^n from the low bits of the shifted sum, in unsigned arithmetic as the vector
+    // version does: converting a NaN n to an integer and shifting it would be undefined.
+    uint32_t bits, bias;
+    const float biased_zero = 12582912.0f - 127.0f;
+    std::memcpy(&bits, &shifted, sizeof bits);
+    std::memcpy(&bias, &biased_zero, sizeof bias);
+    bits = (bits - bias) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -8,6 +8,8 @@
 #include <pybind11/stl.h>
 
 
+#include <unistd.h>
+
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -17,6 +19,7 @@
 #include "allocator.h"
 #include "denormals.h"
 #include "embedding.h"
+#include "errors.h"
 #include "gemm.h"
 #include "generate.h"
 #include "lstm.h"
@@ -133,8 +136,21 @@ py::array_t<float> cache_aligned_floats(const std::vector<int64_t>& shape) {
     return py::array_t<float>(shape, strides, buffer.mutable_data() + offset, buffer);
 }
 
-// Around every kernel call: other Python threads run meanwhile, and subnormals are flushed.
+// The stop check of long kernels: runs Python's signal handlers (main thread only, so
+// Ctrl-C reaches a generate that would otherwise run for minutes); true when one raised.
+bool python_signal_raised() {
+    py::gil_scoped_acquire acquire;
+    return PyErr_CheckSignals() != 0;
+}
+
+// Around every kernel call: other Python threads run meanwhile, the kernel uses the
+// process-wide thread count whichever thread calls it, and subnormals are flushed.
+struct ProcessThreadCount {
+    ProcessThreadCount() { use_process_thread_count(); }
+};
+
 struct KernelScope {
+    ProcessThreadCount threads;  // first: FlushDenormals reaches the workers of that count
     py::gil_scoped_release release;
     FlushDenormals flush;
 };
@@ -453,9 +469,10 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
     require_shape(m, "m", shape_of(param));
     require_shape(v, "v", shape_of(param));
     require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0, "lr must be >= 0");
+    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
     require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
-    require(eps >= 0.0 && weight_decay >= 0.0, "eps and weight_decay must be >= 0");
+    require(eps >= 0.0 && std::isfinite(eps) && weight_decay >= 0.0 && std::isfinite(weight_decay),
+            "eps and weight_decay must be finite numbers >= 0");
     KernelScope scope;
     if (!all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
@@ -505,14 +522,50 @@ double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
 
 // ------------------------------------------------------------------ data
 
-py::tuple py_windows(const py::handle& ids_obj, int64_t seq_len, int64_t stride) {
-    require(seq_len > 0, "seq_len must be positive, got " + std::to_string(seq_len));
-    require(stride > 0, "stride must be positive, got " + std::to_string(stride));
+// A positive Python integer of any size as int64 (ValueError beyond it, not pybind11's
+// "incompatible function arguments"); TypeError for anything but an integer.
+int64_t positive_int(const py::handle& obj, const char* name) {
+    if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr()))
+        throw py::type_error(std::string(name) + " must be an int, got " +
+                             std::string(py::str(py::type::of(obj).attr("__name__"))));
+    const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+    if (!value) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+    require(overflow <= 0, std::string(name) + " must be below 2**63, got " + std::string(py::str(value)));
+    require(!overflow && v > 0, std::string(name) + " must be positive, got " + std::string(py::str(value)));
+    return v;
+}
+
+// Outputs larger than the machine's memory are a ValueError up front: the allocation
+// might succeed (overcommit) and the process be killed while filling it.
+void require_fits_in_memory(double bytes, const std::string& what) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page_size <= 0) return;
+    const double memory = double(pages) * double(page_size);
+    if (bytes > memory) {
+        std::ostringstream out;
+        out.precision(3);
+        out << what << " would take " << bytes / double(1 << 30) << " GiB, more than this machine's memory ("
+            << memory / double(1 << 30) << " GiB)";
+        throw py::value_error(out.str());
+    }
+}
+
+// "a window needs seq_len + 1 = N tokens", without computing seq_len + 1 in int64.
+std::string window_needs(int64_t seq_len) {
+    return "a window needs seq_len + 1 = " + std::to_string(uint64_t(seq_len) + 1) + " tokens";
+}
+
+py::tuple py_windows(const py::handle& ids_obj, const py::handle& seq_len_obj, const py::handle& stride_obj) {
+    const int64_t seq_len = positive_int(seq_len_obj, "seq_len"), stride = positive_int(stride_obj, "stride");
     const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
     require(ids.ndim() == 1, "ids must be 1-D, got shape " + shape_str(shape_of(ids)));
     const int64_t count = window_count(ids.size(), seq_len, stride);
-    require(count > 0, "ids holds " + std::to_string(ids.size()) + " tokens; a window needs seq_len + 1 = " +
-                           std::to_string(seq_len + 1));
+    require(count > 0, "ids holds " + std::to_string(ids.size()) + " tokens; " + window_needs(seq_len));
+    require_fits_in_memory(2.0 * sizeof(int32_t) * double(count) * double(seq_len),
+                           std::to_string(count) + " windows of seq_len=" + std::to_string(seq_len) +
+                               " (x and y; a larger stride makes fewer)");
     py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
     {
         KernelScope scope;
@@ -521,13 +574,13 @@ py::tuple py_windows(const py::handle& ids_obj, int64_t seq_len, int64_t stride)
     return py::make_tuple(x, y);
 }
 
-py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_obj, int64_t seq_len) {
-    require(seq_len > 0, "seq_len must be positive, got " + std::to_string(seq_len));
+py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_obj, const py::handle& seq_len_obj) {
+    const int64_t seq_len = positive_int(seq_len_obj, "seq_len");
     const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
     require(ids.ndim() == 1, "ids must be 1-D, got shape " + shape_str(shape_of(ids)));
+    require(int64_t(ids.size()) > seq_len, "ids holds " + std::to_string(ids.size()) + " tokens; " +
+                                               window_needs(seq_len));
     const int64_t last_start = ids.size() - seq_len - 1;  // a window needs seq_len + 1 tokens
-    require(last_start >= 0, "ids holds " + std::to_string(ids.size()) + " tokens; a window needs seq_len + 1 = " +
-                                 std::to_string(seq_len + 1));
     const IdArray starts32 = id_input(starts_obj, "starts", last_start + 1);
     require(starts32.ndim() == 1 && starts32.size() > 0, "starts must be a non-empty 1-D array");
     std::vector<int64_t> starts(starts32.data(), starts32.data() + starts32.size());
@@ -584,15 +637,24 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
     require(samples > 0, "prompt has no samples");
     require(prompt_len > 0, "prompt is empty: generation needs at least one token to start from");
     py::array_t<int32_t> out({samples, max_new_tokens});
-    {
+    try {
         KernelScope scope;
         generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
-                 out.mutable_data());
+                 out.mutable_data(), python_signal_raised);
+    } catch (const Interrupted&) {
+        throw py::error_already_set();  // what the signal handler raised, KeyboardInterrupt for Ctrl-C
     }
     return out;
 }
 
+// How many threads a kernel called from this thread runs on: the test of set_num_threads.
+int py_kernel_team_size() {
+    KernelScope scope;
+    return parallel_team_size();
+}
+
 double py_fma_peak_gflops(double seconds) {
+    use_process_thread_count();
     py::gil_scoped_release release;
     return fma_peak_gflops(seconds);
 }
@@ -620,6 +682,13 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastlm's C++ kernels; every function has a NumPy twin in fastlm.reference";
+    py::register_exception_translator([](std::exception_ptr error) {
+        try {
+            if (error) std::rethrow_exception(error);
+        } catch (const NonFiniteError& e) {
+            PyErr_SetString(PyExc_FloatingPointError, e.what());
+        }
+    });
     m.def("embedding_forward", &py_embedding_forward, py::arg("weight"), py::arg("ids"));
     m.def("embedding_backward", &py_embedding_backward, py::arg("dout"), py::arg("ids"), py::arg("vocab_size"));
     m.def("lstm_forward", &py_lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
@@ -655,5 +724,7 @@ PYBIND11_MODULE(_core, m) {
           "every thread (get_num_threads()) with the SIMD width the kernels were built for.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);
+    m.def("_kernel_team_size", &py_kernel_team_size,
+          "The number of threads a kernel called from the calling thread runs on (for tests).");
     m.def("build_info", &build_info);
 }

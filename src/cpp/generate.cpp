@@ -1,10 +1,14 @@
 #include "generate.h"
 
 #include <cstring>
+#include <string>
 
 #include "embedding.h"
+#include "errors.h"
 #include "gemm.h"
+#include "interrupt.h"
 #include "lstm.h"
+#include "optimizer.h"
 
 namespace fastlm {
 namespace {
@@ -56,8 +60,10 @@ struct Stepper {
 }  // namespace
 
 void generate(const LanguageModelView& model, const int32_t* prompt, int64_t samples, int64_t prompt_len,
-              int64_t max_new, const SamplerConfig& config, uint64_t seed, int32_t* out) {
+              int64_t max_new, const SamplerConfig& config, uint64_t seed, int32_t* out,
+              const std::function<bool()>& stop_requested) {
     if (max_new == 0) return;
+    InterruptPoll poll(stop_requested);
     const int64_t V = model.vocab, H = model.hidden;
     Stepper stepper(model, samples);
     const PackedB decoder_t(model.decoder_w, H, true, H, V);
@@ -65,6 +71,7 @@ void generate(const LanguageModelView& model, const int32_t* prompt, int64_t sam
     for (int64_t p = 0; p < prompt_len; ++p) {
         for (int64_t s = 0; s < samples; ++s) tokens[s] = prompt[s * prompt_len + p];
         stepper.step(tokens.data());
+        poll();
     }
     std::vector<SplitMix64> rngs;
     for (int64_t s = 0; s < samples; ++s) rngs.emplace_back(seed + uint64_t(s));
@@ -75,10 +82,14 @@ void generate(const LanguageModelView& model, const int32_t* prompt, int64_t sam
         for (int64_t s = 0; s < samples; ++s) {
             float* z = logits.data() + s * V;
             for (int64_t v = 0; v < V; ++v) z[v] += model.decoder_b[v];
+            if (!all_finite(z, V))
+                throw NonFiniteError("the logits at new token " + std::to_string(n + 1) + " of sample " +
+                                     std::to_string(s) + " hold NaN or infinity: the weights overflow float32");
             tokens[s] = sample_token(z, V, config, rngs[s], scratch);
             out[s * max_new + n] = tokens[s];
         }
         if (n + 1 < max_new) stepper.step(tokens.data());
+        poll();
     }
 }
 

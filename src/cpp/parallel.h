@@ -33,9 +33,17 @@ inline int num_threads_in_region() {
 #endif
 }
 
+// The thread count is process-wide: OpenMP keeps it per thread (a new thread would start
+// from the default again), so every kernel entry applies it to the calling thread.
 void set_num_threads(int n);
 int get_num_threads();
 bool has_openmp();
+
+// Called on entering a kernel, from any thread: its parallel regions use get_num_threads().
+void use_process_thread_count();
+
+// The number of threads a parallel region of the calling thread runs with (for tests).
+int parallel_team_size();
 
 // Blocks of b needed to cover a (a >= 0, b > 0): work split into items.
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -1,6 +1,7 @@
 #include "sampling.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 #include "activations.h"
@@ -28,7 +29,9 @@ int64_t draw(int64_t n, const WeightAt& weight_at, SplitMix64& rng) {
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch) {
     const int64_t best = argmax(logits, vocab);
-    if (config.temperature == 0.0) return static_cast<int32_t>(best);
+    // A temperature whose reciprocal overflows float is greedy in the limit; computed
+    // as written it would give the best logit 0 * inf = NaN as its weight.
+    if (config.temperature == 0.0 || 1.0 / config.temperature > double(FLT_MAX)) return static_cast<int32_t>(best);
 
     // Unnormalised probabilities exp((z - max) / T), as vectorised float exps: with a
     // 10^4 vocabulary, double-precision libm exps would cost more than the model step.

@@ -8,7 +8,7 @@
 namespace fastlm {
 
 int64_t window_count(int64_t length, int64_t seq_len, int64_t stride) {
-    return length < seq_len + 1 ? 0 : (length - seq_len - 1) / stride + 1;
+    return length <= seq_len ? 0 : (length - seq_len - 1) / stride + 1;  // seq_len + 1 may overflow
 }
 
 void gather_windows(const int32_t* ids, const int64_t* starts, int64_t count, int64_t seq_len, int32_t* x, int32_t* y) {
