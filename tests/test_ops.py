@@ -194,8 +194,8 @@ def run_adaptive_forward_backward(fn, inputs):
     return out
 
 
-def build_gather_windows(rng, length, seq_len, count):
-    ids = rng.integers(0, 1000, length).astype(np.int32)
+def build_gather_windows(rng, length, seq_len, count, dtype=np.int32, high=1000):
+    ids = rng.integers(0, high, length).astype(dtype)
     starts = rng.integers(0, length - seq_len, count)
     return Inputs([ids, starts, seq_len])
 
@@ -356,6 +356,9 @@ CASES = [
     ("gather_windows", dict(length=2, seq_len=1, count=1)),
     ("gather_windows", dict(length=1000, seq_len=7, count=64)),
     ("gather_windows", dict(length=100000, seq_len=100, count=1000)),  # threaded
+    ("gather_windows", dict(length=1000, seq_len=7, count=64, dtype=np.uint16, high=65536)),  # a token file's ids
+    ("gather_windows", dict(length=100000, seq_len=100, count=1000, dtype=np.uint16, high=65536)),  # threaded
+    ("gather_windows", dict(length=1000, seq_len=7, count=64, dtype=np.int64)),  # converted
     ("adam_update", dict(shape=(37, 19), steps=5)),
     ("adam_update", dict(shape=(37, 19), steps=5, weight_decay=0.01)),
     ("adam_update", dict(shape=(1009,), steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),

@@ -16,8 +16,10 @@ if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
 from fastlm import reference
 from fastlm._core import build_info, get_num_threads, set_num_threads, windows
 from fastlm.lstmlm import LSTMLM, load
+from fastlm.token_file import open_ids, save_ids
+from fastlm.token_file import read_header as read_ids_header
 from fastlm.tokenizer import Tokenizer
 
 __version__ = build_info()["version"]
 
-__all__ = ["LSTMLM", "Tokenizer", "build_info", "load", "get_num_threads", "reference", "set_num_threads", "windows", "__version__"]
+__all__ = ["LSTMLM", "Tokenizer", "build_info", "load", "get_num_threads", "open_ids", "read_ids_header", "save_ids", "reference", "set_num_threads", "windows", "__version__"]

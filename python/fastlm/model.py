@@ -18,6 +18,7 @@ import numpy as np
 from fastlm import _core, reference
 from fastlm.batches import ContiguousBatches
 from fastlm.checks import check_ids, check_tokenizer
+from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
 
@@ -280,7 +281,7 @@ class LSTMNetwork:
             batches = ((x[r:r + batch_size], y[r:r + batch_size]) for r in range(0, len(x), batch_size))
             stateful = False
         else:
-            ids = check_ids("ids", data, self.vocab_size, 1)
+            ids = check_corpus("ids", data, self.vocab_size)  # a memory map stays on disk
             if len(ids) < 2:
                 raise ValueError(f"evaluation needs at least 2 tokens, got {len(ids)}")
             batches = ContiguousBatches(ids, seq_len, min(batch_size, len(ids) - 1)).epoch(0)

@@ -537,7 +537,26 @@ class Tokenizer:
         ids = self._encode_pieces(_file_pieces(path, self.level, encoding, errors, chunk_size), capacity)
         return (ids, int(np.count_nonzero(ids == self.UNK_ID))) if return_unknown else ids
 
-    def _encode_pieces(self, pieces, capacity):
+    def encode_file_chunks(self, paths, *, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES):
+        """The ids of one text file, or of several joined by newlines, a chunk at a time: an
+        iterator of 1-D int32 arrays whose concatenation is encode_file(path) (for several,
+        encode of the texts joined by "\n"), for corpora whose ids do not fit in memory."""
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
+
+        def pieces():
+            for k, path in enumerate(paths):
+                if k:
+                    yield "\n"
+                yield from _file_pieces(os.fspath(path), self.level, encoding, errors, chunk_size)
+
+        last = [None]
+        for piece in _with_last_character(pieces(), last):
+            yield self._encode_pieces([piece], len(piece) + 16, final_eos=False)  # a token has a character
+        if _final_eos(self.eos, last[0]):
+            yield np.array([self._index[self.eos]], dtype=np.int32)
+
+    def _encode_pieces(self, pieces, capacity, final_eos=True):
         # np.empty leaves the pages untouched, so an over-estimate costs no resident memory;
         # ndarray.resize reallocates in place (mremap for large arrays) when growing and
         # shrinking, so the result is never copied.
@@ -558,7 +577,7 @@ class Tokenizer:
                 out[n:n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)),
                                            dtype=np.int32, count=k)
             n += k
-        if _final_eos(self.eos, last[0]):
+        if final_eos and _final_eos(self.eos, last[0]):
             out.resize(n + 1, refcheck=False)
             out[n] = self._index[self.eos]
             n += 1

@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 
-from fastlm import model_dir
-from fastlm.batches import ArrayBatches, ContiguousBatches, WindowBatches, epoch_rng
-from fastlm.checks import check_ids, check_tokenizer
+from fastlm import distributed, model_dir
+from fastlm.batches import ArrayBatches, ContiguousBatches, RowStreams, WindowBatches, all_rows
+from fastlm.checks import check_tokenizer
+from fastlm.token_file import check_corpus
 
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
@@ -81,11 +82,11 @@ def _positive(name, value):
     return int(value)
 
 
-def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful):
+def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful, rows=all_rows):
     if y is not None:
         x, y = model.check_batch(data, y)
-        return ArrayBatches(x, y, batch_size, shuffle, model.seed), x.size
-    ids = check_ids("ids", data, model.vocab_size, 1)
+        return ArrayBatches(x, y, batch_size, shuffle, model.seed, rows), x.size
+    ids = check_corpus("ids", data, model.vocab_size)
     if len(ids) < seq_len + 1:
         raise ValueError(f"the corpus has {len(ids)} tokens; training windows of seq_len={seq_len} "
                          f"need at least {seq_len + 1}")
@@ -93,8 +94,8 @@ def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful
         if len(ids) - 1 < batch_size * seq_len:
             raise ValueError(f"stateful training cuts the corpus into batch_size={batch_size} streams of at least "
                              f"seq_len={seq_len} tokens: it needs {batch_size * seq_len + 1} tokens, has {len(ids)}")
-        return ContiguousBatches(ids, seq_len, batch_size), len(ids)
-    return WindowBatches(model.ops, ids, seq_len, batch_size, stride, shuffle, model.seed), len(ids)
+        return ContiguousBatches(ids, seq_len, batch_size, rows), len(ids)
+    return WindowBatches(model.ops, ids, seq_len, batch_size, stride, shuffle, model.seed, rows), len(ids)
 
 
 def _progress_bar(progress, total, initial, epoch, epochs):
@@ -105,13 +106,15 @@ def _progress_bar(progress, total, initial, epoch, epochs):
                 dynamic_ncols=True)
 
 
+@distributed.aborts_every_rank
 def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
         stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
         early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
-        callback=None):
+        callback=None, comm=None):
     """Train with Adam on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
-    data: 1-D token ids, or (N, T) input windows with y (N, T) their targets.
+    data: 1-D token ids, or (N, T) input windows with y (N, T) their targets. 1-D ids may be
+        a memory map (fastlm.open_ids, np.memmap): read a batch at a time, never copied whole.
     seq_len, stride: window length and the distance between window starts
         (stride=None: seq_len, non-overlapping; stride=1: every position, as in the classic recipe).
     shuffle: a new seeded window order every epoch.
@@ -126,11 +129,18 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         (None: model.tokenizer).
     progress: a progress bar with loss, perplexity, tokens/s and ETA.
     max_batches: stop (and checkpoint) after this many batches in this call.
-    callback: called with the history after every epoch.
+    callback: called with the history after every epoch (on every rank).
+    comm: an mpi4py communicator (MPI.COMM_WORLD) for data-parallel training: started on N
+        ranks, each takes rank 0's weights and its share of every global batch of
+        N * batch_size rows; one Allreduce per step sums the gradients, so the model trained
+        is the one a single process trains with batch N * batch_size. Rank 0 alone writes
+        checkpoints and shows progress. Ranks given different settings fail at the start on
+        every rank; an exception on one rank ends all of them (MPI_Abort).
 
     Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
     "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
     """
+    dist = distributed.group(comm)
     if tokenizer is None:
         tokenizer = model.tokenizer
     epochs = _positive("epochs", epochs)
@@ -157,12 +167,13 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     if max_batches is not None:
         max_batches = _positive("max_batches", max_batches)
     if val_ids is not None:
-        val_ids = check_ids("val_ids", val_ids, model.vocab_size, 1)
+        val_ids = check_corpus("val_ids", val_ids, model.vocab_size)
         if len(val_ids) < 2:
             raise ValueError(f"val_ids needs at least 2 tokens to score a prediction, got {len(val_ids)}")
-    batches, data_tokens = _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful)
+    batches, data_tokens = _make_batches(model, data, y, seq_len, batch_size * dist.size, stride, shuffle, stateful,
+                                         dist.rows)
 
-    settings = dict(seq_len=seq_len, batch_size=batch_size, stride=stride, shuffle=bool(shuffle),
+    settings = dict(seq_len=seq_len, batch_size=batch_size * dist.size, stride=stride, shuffle=bool(shuffle),
                     stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
                     lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens))
     adam = Adam(model.params, lr, weight_decay=weight_decay)
@@ -190,10 +201,15 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         if tokenizer is None:
             tokenizer = saved_tokenizer
         check_tokenizer(tokenizer, model.vocab_size)
+    if dist.size > 1:
+        dist.check_same(dict(settings, **model.config(), epochs=epochs, lr=lr, resume=bool(resume),
+                             max_batches=max_batches, backend=model.backend, data=distributed.fingerprint(np.asarray(data)),
+                             val=None if val_ids is None else distributed.fingerprint(val_ids)))
+    dist.broadcast_parameters(model.params)
 
     def checkpoint():
         _require_finite_weights(model, trainer)
-        if checkpoint_dir is None:
+        if checkpoint_dir is None or dist.rank != 0:  # one rank writes: they all hold the same state
             return
         state = dict(trainer, settings=settings, adam_step=adam.step_count)
         arrays = adam.arrays()
@@ -215,11 +231,15 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             epoch = trainer["epoch"]
             if trainer["batch"] == 0:
                 carry = None
-            bar = _progress_bar(progress, len(batches), trainer["batch"], epoch, epochs)
+            bar = _progress_bar(progress and dist.rank == 0, len(batches), trainer["batch"], epoch, epochs)
             started = time.perf_counter() - trainer["epoch_seconds"]
             for x, y_batch in batches.epoch(epoch, trainer["batch"]):
-                loss, grads, final_state = model.forward_backward(
-                    x, y_batch, initial_state=carry, train=True, rng=epoch_rng(model.seed, epoch, trainer["batch"]))
+                rows = batches.batch_rows(trainer["batch"])  # of the global batch, of which this rank has x
+                rng = RowStreams(model.seed, epoch, trainer["batch"], dist.rows(rows)[0], len(x))
+                loss, grads, final_state = model.forward_backward(x, y_batch, initial_state=carry, train=True,
+                                                                   rng=rng) if len(x) else (0.0, None, carry)
+                loss, grads, stop = dist.reduce_step(grads, loss, len(x), rows, interrupt.raised)
+                interrupt.raised = stop
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
                                              f"{trainer['batch'] + 1}; lower lr or set clip_norm")
@@ -229,8 +249,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 if stateful:
                     carry = final_state
                 trainer["batch"] += 1
-                trainer["epoch_loss_sum"] += loss * x.size
-                trainer["epoch_tokens"] += int(x.size)
+                trainer["epoch_loss_sum"] += loss * rows * x.shape[1]
+                trainer["epoch_tokens"] += rows * x.shape[1]
                 trainer["epoch_seconds"] = time.perf_counter() - started
                 batches_run += 1
                 if bar is not None:
@@ -251,6 +271,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             checkpoint()
             if callback is not None:
                 callback(history)
+            interrupt.raised = dist.any(interrupt.raised)  # a Ctrl-C since the last step's agreement
             stopping = interrupt.raised or (max_batches is not None and batches_run >= max_batches)
             if stopping and trainer["epoch"] < epochs and not trainer["stopped_early"]:
                 history["interrupted"] = bool(interrupt.raised)  # stopped at an epoch boundary

@@ -574,9 +574,25 @@ py::tuple py_windows(const py::handle& ids_obj, const py::handle& seq_len_obj, c
     return py::make_tuple(x, y);
 }
 
+// The corpus of lazy batching: a native int32 or uint16 C-contiguous array is read where it
+// lies (a memory-mapped token file is never copied, nor scanned whole per batch: the ids of
+// the gathered windows are range-checked by the kernels that take them); any other integer
+// array is checked and converted once here.
+template <typename Id>
+py::tuple gather_from(const py::array& ids, const std::vector<int64_t>& starts, int64_t seq_len) {
+    const auto typed = py::array_t<Id, py::array::c_style>::ensure(ids);
+    const int64_t count = int64_t(starts.size());
+    py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
+    {
+        KernelScope scope;
+        gather_windows(typed.data(), starts.data(), count, seq_len, x.mutable_data(), y.mutable_data());
+    }
+    return py::make_tuple(x, y);
+}
+
 py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_obj, const py::handle& seq_len_obj) {
     const int64_t seq_len = positive_int(seq_len_obj, "seq_len");
-    const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
+    py::array ids = as_array(ids_obj, "ids");
     require(ids.ndim() == 1, "ids must be 1-D, got shape " + shape_str(shape_of(ids)));
     require(int64_t(ids.size()) > seq_len, "ids holds " + std::to_string(ids.size()) + " tokens; " +
                                                window_needs(seq_len));
@@ -584,13 +600,11 @@ py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_
     const IdArray starts32 = id_input(starts_obj, "starts", last_start + 1);
     require(starts32.ndim() == 1 && starts32.size() > 0, "starts must be a non-empty 1-D array");
     std::vector<int64_t> starts(starts32.data(), starts32.data() + starts32.size());
-    const int64_t count = starts32.size();
-    py::array_t<int32_t> x({count, seq_len}), y({count, seq_len});
-    {
-        KernelScope scope;
-        gather_windows(ids.data(), starts.data(), count, seq_len, x.mutable_data(), y.mutable_data());
-    }
-    return py::make_tuple(x, y);
+    const bool contiguous = ids.flags() & py::array::c_style;
+    if (contiguous && ids.dtype().is(py::dtype::of<uint16_t>())) return gather_from<uint16_t>(ids, starts, seq_len);
+    if (!(contiguous && ids.dtype().is(py::dtype::of<int32_t>())))
+        ids = id_input(ids, "ids", int64_t(INT32_MAX) + 1);
+    return gather_from<int32_t>(ids, starts, seq_len);
 }
 
 // ------------------------------------------------------------------ generation

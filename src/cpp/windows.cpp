@@ -19,6 +19,19 @@ void gather_windows(const int32_t* ids, const int64_t* starts, int64_t count, in
     }
 }
 
+void gather_windows(const uint16_t* ids, const int64_t* starts, int64_t count, int64_t seq_len, int32_t* x, int32_t* y) {
+#pragma omp parallel for if (count * seq_len >= kParallelMinWork) schedule(static)
+    for (int64_t n = 0; n < count; ++n) {
+        const uint16_t* window = ids + starts[n];
+        int32_t* xn = x + n * seq_len;
+        int32_t* yn = y + n * seq_len;
+        for (int64_t t = 0; t < seq_len; ++t) {
+            xn[t] = window[t];
+            yn[t] = window[t + 1];
+        }
+    }
+}
+
 void make_windows(const int32_t* ids, int64_t seq_len, int64_t stride, int64_t count, int32_t* x, int32_t* y) {
     std::vector<int64_t> starts(count);
     for (int64_t n = 0; n < count; ++n) starts[n] = n * stride;

@@ -1,0 +1,203 @@
+"""Token files: a corpus encoded once to token ids on disk and read through a memory map,
+so corpora larger than memory train without being loaded.
+
+Format (all little-endian): a 64-byte header, then the ids.
+
+    bytes  0-7   magic b"FASTLMID"
+           8-11  uint32 format version (1)
+          12-15  uint32 bytes per id: 2 (uint16) or 4 (int32), the narrowest that holds the vocabulary
+          16-23  uint64 vocabulary size (the tokenizer's)
+          24-31  uint64 number of ids
+          32-63  zero
+    bytes 64-    the ids
+
+Files are written to a temporary name, the header last, and renamed, so a crash never
+leaves a half-written file under the final name; a file that was cut short afterwards
+(a copy interrupted) is detected from its size.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from fastlm.atomic import atomic_write
+
+MAGIC = b"FASTLMID"
+VERSION = 1
+HEADER_BYTES = 64
+_HEADER = struct.Struct("<8sIIQQ")
+_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<i4")}
+_CHECK_CHUNK = 1 << 22  # ids range-checked per step: bounded memory for any file size
+# Pages of a memory map a process may hold resident before they are handed back: the
+# kernel keeps a mapped file's pages in the process's resident set once touched, so
+# without this, training over a file larger than memory would grow to its size.
+RESIDENT_BUDGET_BYTES = 64 << 20
+
+
+def id_dtype(vocab_size):
+    """The narrowest id type that holds every id of a vocabulary: uint16 up to 65,536 tokens, else int32."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    if not 0 < vocab_size <= 2**31:
+        raise ValueError(f"vocab_size must lie in [1, 2**31], got {vocab_size}")
+    return _DTYPES[2] if vocab_size <= 2**16 else _DTYPES[4]
+
+
+def _header(vocab_size, count, dtype):
+    return _HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, count).ljust(HEADER_BYTES, b"\0")
+
+
+def save_ids(path, ids, vocab_size):
+    """Write token ids to a token file atomically; returns the number of ids written.
+
+    ids: a 1-D integer array, or an iterable of them (written one after the other, so a
+    corpus never needs to be in memory at once). Every id must lie in [0, vocab_size).
+    """
+    dtype = id_dtype(vocab_size)
+    chunks = [ids] if isinstance(ids, np.ndarray) else ids
+    count = 0
+
+    def write(tmp):
+        nonlocal count
+        with open(tmp, "wb") as f:
+            f.write(bytes(HEADER_BYTES))  # the real header comes last: until then the magic is missing
+            for chunk in chunks:
+                chunk = np.asarray(chunk)
+                if chunk.dtype.kind not in "iu" or chunk.ndim != 1:
+                    raise TypeError(f"ids must be 1-D integer arrays, got dtype {chunk.dtype}, shape {chunk.shape}")
+                if chunk.size:
+                    _check_range("ids", chunk, vocab_size, count)
+                    f.write(chunk.astype(dtype, copy=False).tobytes())
+                count += chunk.size
+            f.seek(0)
+            f.write(_header(int(vocab_size), count, dtype))
+
+    atomic_write(path, write)
+    return count
+
+
+def read_header(path):
+    """A token file's header as a dict: vocab_size, dtype, tokens (ids held) and path.
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file and the
+    problem, for one that is not a token file, is of an unknown version, or is truncated.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a token file")
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if head[:len(MAGIC)] != MAGIC:
+        raise ValueError(f"{path} is not a fastlm token file (it starts with {head[:8]!r}, not {MAGIC!r}); "
+                         "write one with `fastlm encode` or fastlm.save_ids")
+    if len(head) < HEADER_BYTES:
+        raise ValueError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+    _, version, itemsize, vocab_size, count = _HEADER.unpack(head[:_HEADER.size])
+    if version != VERSION:
+        raise ValueError(f"{path} is a token file of format version {version}; this fastlm reads version {VERSION}")
+    if itemsize not in _DTYPES or not 0 < vocab_size <= 2**31 or (itemsize == 2 and vocab_size > 2**16):
+        raise ValueError(f"{path} has a corrupt header: {itemsize} bytes per id for a vocabulary of {vocab_size}")
+    expected = HEADER_BYTES + count * itemsize
+    if size != expected:
+        problem = "is truncated" if size < expected else "has trailing bytes"
+        raise ValueError(f"{path} {problem}: its header announces {count:,} ids of {itemsize} bytes "
+                         f"({expected:,} bytes with the header), the file holds {size:,} bytes")
+    return {"path": str(path), "vocab_size": int(vocab_size), "dtype": _DTYPES[itemsize], "tokens": int(count)}
+
+
+def open_ids(path, vocab_size=None):
+    """The ids of a token file as a read-only 1-D np.memmap (uint16 or int32); nothing is read yet.
+
+    With vocab_size (the model's), every id is checked to lie below it, a chunk at a time:
+    the error names the offset of the first one that does not.
+    """
+    header = read_header(path)
+    if header["tokens"] == 0:
+        raise ValueError(f"{path} holds no ids")
+    ids = np.memmap(path, dtype=header["dtype"], mode="r", offset=HEADER_BYTES, shape=(header["tokens"],))
+    if vocab_size is not None:
+        check_corpus(f"{path}", ids, vocab_size, note=f" (it was encoded with a vocabulary of {header['vocab_size']:,})")
+    return ids
+
+
+def check_corpus(name, ids, vocab_size, note=""):
+    """A 1-D id array (in memory or memory-mapped) with every id in [0, vocab_size).
+
+    Checked a chunk at a time, so a memory map is never read into memory whole. Native
+    uint16 and int32 arrays come back as they are (no copy: a token file stays on disk);
+    other integer types are converted to int32.
+    """
+    ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {ids.shape}")
+    if ids.size == 0:
+        raise ValueError(f"{name} is empty (shape {ids.shape})")
+    for start in range(0, ids.size, _CHECK_CHUNK):
+        _check_range(name, ids[start:start + _CHECK_CHUNK], vocab_size, start, note)
+        release_pages(ids)
+    if ids.dtype in (np.dtype("=u2"), np.dtype("=i4")) and ids.flags.c_contiguous:
+        return ids
+    return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+def _check_range(name, chunk, vocab_size, offset, note=""):
+    low, high = chunk.min(), chunk.max()
+    if low < 0 or high >= vocab_size:
+        first = int(np.flatnonzero((chunk < 0) | (chunk >= vocab_size))[0])
+        raise ValueError(f"{name} holds id {chunk[first]} at offset {offset + first:,}, outside the vocabulary "
+                         f"[0, {vocab_size:,}){note}")
+
+
+def _mapping(array):
+    """The mmap under a np.memmap (or a view of one) whose pages may be dropped, else None."""
+    if getattr(array, "mode", None) == "c":  # copy-on-write: dropping pages would lose the writes
+        return None
+    while array is not None and not isinstance(array, mmap.mmap):
+        array = getattr(array, "base", None)
+    return array
+
+
+def release_pages(array):
+    """Hand a memory-mapped array's resident pages back to the kernel (they stay in the page
+    cache and are read back on the next touch); does nothing for an array in memory."""
+    mapping = _mapping(array)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class ResidentPages:
+    """Counts the bytes batches read from a memory map and releases its pages past a budget."""
+
+    def __init__(self, ids, budget=RESIDENT_BUDGET_BYTES):
+        self.ids = ids if _mapping(ids) is not None else None
+        self.budget, self.touched = budget, 0
+
+    def read(self, count, length):
+        """count runs of length ids each were just read."""
+        if self.ids is None:
+            return
+        pages = -(-length * self.ids.itemsize // mmap.PAGESIZE) + 1  # a run may straddle one more page
+        self.touched += count * pages * mmap.PAGESIZE
+        if self.touched > self.budget:
+            release_pages(self.ids)
+            self.touched = 0
+
+
+def encode_files(paths, tokenizer, out, *, encoding="utf-8", errors="strict"):
+    """Encode text files with a tokenizer into one token file, streaming; returns its header.
+
+    The files are read as if joined by a newline (as `fastlm train CORPUS...` joins them),
+    a chunk at a time: memory stays bounded by the chunk size whatever the corpus size.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("no corpus files to encode")
+    save_ids(out, tokenizer.encode_file_chunks(paths, encoding=encoding, errors=errors), len(tokenizer))
+    return read_header(out)

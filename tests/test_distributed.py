@@ -1,0 +1,125 @@
+"""Data-parallel training on MPI: `mpiexec -n 2` ranks with batch b train what one process
+trains with batch 2b on the same windows (dropout included), resume, and fail cleanly."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import distributed
+from fastlm.batches import RowStreams
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import distributed_worker as worker  # noqa: E402
+
+MPIEXEC = shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
+                               reason="needs mpi4py and mpiexec (pip install 'fastlm[mpi]')")
+TIMEOUT = 120  # a hang fails the test instead of stalling the suite
+
+
+def mpiexec(*args, ranks=2):
+    # Each rank gets one thread: two ranks share this machine's cores.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *args], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+
+
+def run_worker(tmp_path, mode, *extra):
+    out = tmp_path / f"{mode}.npz"
+    result = mpiexec(str(HERE / "distributed_worker.py"), str(out), mode, *map(str, extra))
+    return result, out
+
+
+def single_process(batch_size, **changes):
+    model = fastlm.LSTMLM(**worker.MODEL)
+    settings = dict(worker.SETTINGS, batch_size=batch_size, **changes)
+    history = model.fit(worker.corpus(), **settings)
+    return model, history
+
+
+def assert_same_model(saved, model, history):
+    np.testing.assert_allclose(saved["loss"], history["loss"], rtol=1e-5)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(saved[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@needs_mpi
+def test_two_ranks_train_what_one_process_trains_with_twice_the_batch(tmp_path):
+    result, out = run_worker(tmp_path, "train")
+    assert result.returncode == 0, result.stderr
+    model, history = single_process(2 * worker.SETTINGS["batch_size"])
+    saved = np.load(out)
+    assert_same_model(saved, model, history)
+    # ... and not what one process trains with the per-rank batch
+    other, _ = single_process(worker.SETTINGS["batch_size"])
+    assert not np.allclose(saved["decoder.weight"], other.state_dict()["decoder.weight"], atol=1e-3)
+
+
+@needs_mpi
+def test_two_ranks_resume_where_they_stopped(tmp_path):
+    checkpoint = tmp_path / "run"
+    first, _ = run_worker(tmp_path, "first-half", checkpoint)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in checkpoint.iterdir() if not p.name.startswith(".")) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"]
+    second, out = run_worker(tmp_path, "resume", checkpoint)
+    assert second.returncode == 0, second.stderr
+    model, history = single_process(2 * worker.SETTINGS["batch_size"])
+    assert_same_model(np.load(out), model, history)
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_every_rank(tmp_path):
+    result, out = run_worker(tmp_path, "raise")  # would hang until TIMEOUT without the abort
+    assert result.returncode != 0
+    assert "rank 1 of 2 stopped with RuntimeError: rank 1 fails at its 5th step; aborting all ranks" in result.stderr
+    assert not out.exists()
+
+
+@needs_mpi
+def test_ranks_with_different_settings_fail_at_start_on_every_rank(tmp_path):
+    result, _ = run_worker(tmp_path, "differ")
+    assert result.returncode != 0
+    message = "the ranks were started with different settings: rank 1 has lr=0.02, rank 0 0.01"
+    assert result.stderr.count(message) == 2, result.stderr  # raised on both ranks
+
+
+# ---------------------------------------------------------------- the pieces, in one process
+
+def test_row_streams_do_not_depend_on_how_the_batch_is_split():
+    whole = RowStreams(7, 1, 2, 0, 6)
+    first, second = RowStreams(7, 1, 2, 0, 4), RowStreams(7, 1, 2, 4, 2)
+    for shape in [(5, 3), (2, 4)]:  # successive draws continue each row's stream
+        expected = whole.random((6, *shape), dtype=np.float32)
+        got = np.concatenate([first.random((4, *shape), dtype=np.float32),
+                              second.random((2, *shape), dtype=np.float32)])
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match=r"rows=6"):
+        whole.random((5, 3))
+
+
+def test_local_group_and_bad_comm():
+    group = distributed.group(None)
+    assert (group.rank, group.size, group.rows(10)) == (0, 1, (0, 10))
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastlm.LSTMLM(10).fit(np.arange(10) % 10, seq_len=3, comm="COMM_WORLD", progress=False)
+
+
+def test_fingerprint_tells_data_apart():
+    a = np.arange(10000)
+    b = a.copy()
+    b[-1] = 0
+    assert distributed.fingerprint(a) == distributed.fingerprint(a.astype(np.uint16))
+    assert distributed.fingerprint(a) != distributed.fingerprint(b)
+    assert distributed.fingerprint(a) != distributed.fingerprint(a[:-1])

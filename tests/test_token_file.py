@@ -1,0 +1,175 @@
+"""Token files (fastlm.save_ids / open_ids / `fastlm encode`): format, streaming, memory maps, bad input."""
+import struct
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import _core, token_file
+from fastlm.token_file import HEADER_BYTES
+
+TEXT = "the cat sat on the mat . the dog sat on the log .\nthe end ?\n"
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * token_file.mmap.PAGESIZE
+
+
+@pytest.mark.parametrize("vocab_size, dtype", [(1, "<u2"), (65536, "<u2"), (65537, "<i4"), (2**31, "<i4")])
+def test_narrowest_dtype(tmp_path, vocab_size, dtype):
+    ids = np.array([0, vocab_size - 1, vocab_size // 2], dtype=np.int64)
+    assert fastlm.save_ids(tmp_path / "ids.bin", ids, vocab_size) == 3
+    header = fastlm.read_ids_header(tmp_path / "ids.bin")
+    assert header["dtype"] == np.dtype(dtype) and header["vocab_size"] == vocab_size and header["tokens"] == 3
+    opened = fastlm.open_ids(tmp_path / "ids.bin")
+    assert isinstance(opened, np.memmap) and opened.dtype == np.dtype(dtype) and not opened.flags.writeable
+    np.testing.assert_array_equal(opened, ids)
+    assert (tmp_path / "ids.bin").stat().st_size == HEADER_BYTES + 3 * np.dtype(dtype).itemsize
+
+
+def test_header_layout_is_little_endian(tmp_path):
+    fastlm.save_ids(tmp_path / "ids.bin", np.array([1, 258], np.int32), 300)
+    raw = (tmp_path / "ids.bin").read_bytes()
+    assert raw[:8] == b"FASTLMID"
+    assert struct.unpack("<IIQQ", raw[8:32]) == (1, 2, 300, 2)
+    assert raw[32:HEADER_BYTES] == bytes(32)
+    assert raw[HEADER_BYTES:] == b"\x01\x00\x02\x01"
+
+
+def test_save_ids_streams_chunks(tmp_path):
+    chunks = [np.arange(k, k + 10) for k in range(0, 50, 10)]
+    assert fastlm.save_ids(tmp_path / "ids.bin", iter(chunks), 100) == 50
+    np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), np.arange(50))
+
+
+@pytest.mark.parametrize("level, eos", [("word", None), ("char", None), ("word", "<eos>")])
+def test_encode_files_equals_encode_of_joined_text(tmp_path, level, eos):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(TEXT * 50, encoding="utf-8")
+    b.write_text("the mat sat", encoding="utf-8")
+    tok = fastlm.Tokenizer.fit(TEXT, level=level, **({"eos": eos} if eos else {}))
+    header = token_file.encode_files([a, b], tok, tmp_path / "ids.bin")
+    expected = tok.encode(TEXT * 50 + "\n" + "the mat sat")
+    assert header["tokens"] == len(expected) and header["vocab_size"] == len(tok)
+    np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), expected)
+
+
+@pytest.mark.parametrize("eos, tail", [(None, ""), ("<eos>", ""), ("<eos>", "the end")])
+def test_encode_file_chunks_concatenate_to_encode_file(tmp_path, eos, tail):
+    path = tmp_path / "a.txt"
+    path.write_text(TEXT * 200 + tail, encoding="utf-8")
+    tok = fastlm.Tokenizer.fit(TEXT, **({"eos": eos} if eos else {}))
+    chunks = list(tok.encode_file_chunks(path, chunk_size=100))
+    assert len(chunks) > 10 and all(c.dtype == np.int32 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), tok.encode_file(path))
+
+
+# ---------------------------------------------------------------- no copies, bounded memory
+
+def test_gather_reads_a_memmap_without_copying_it(tmp_path):
+    n = 4_000_000  # 8 MB of uint16 ids
+    fastlm.save_ids(tmp_path / "ids.bin", np.arange(n, dtype=np.int64) % 50000, 50000)
+    ids = fastlm.open_ids(tmp_path / "ids.bin")
+    starts = np.array([0, 12345, n - 36], dtype=np.int64)
+    tracemalloc.start()
+    try:
+        x, y = _core.gather_windows(ids, starts, 35)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000  # the batch, not an int32 copy of the 8 MB corpus
+    np.testing.assert_array_equal(x, fastlm.reference.gather_windows(np.asarray(ids), starts, 35)[0])
+    np.testing.assert_array_equal(y[:, -1], (starts + 35) % 50000)
+
+
+def test_check_corpus_keeps_narrow_arrays_and_converts_others():
+    narrow = np.arange(10, dtype=np.uint16)
+    assert token_file.check_corpus("ids", narrow, 10) is narrow
+    wide = np.arange(10, dtype=np.int64)
+    checked = token_file.check_corpus("ids", wide, 10)
+    assert checked.dtype == np.int32 and checked.flags.c_contiguous
+    np.testing.assert_array_equal(checked, wide)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident set from /proc (Linux)")
+def test_release_pages_returns_a_memmaps_resident_pages(tmp_path):
+    n = 32 << 20  # 64 MB of uint16 ids
+    fastlm.save_ids(tmp_path / "ids.bin", (np.zeros(1 << 22, np.uint16) for _ in range(n >> 22)), 10)
+    ids = fastlm.open_ids(tmp_path / "ids.bin")
+    before = resident_bytes()
+    assert int(ids[::1024].sum()) == 0  # touches every page
+    touched = resident_bytes()
+    token_file.release_pages(ids)
+    released = resident_bytes()
+    assert touched - before > 48 << 20
+    assert touched - released > 48 << 20
+    token_file.release_pages(np.zeros(10))  # an array in memory: nothing to do
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_id_is_named_with_its_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(token_file, "_CHECK_CHUNK", 1000)  # the bad id lies in a later chunk
+    ids = np.zeros(5000, np.int32)
+    ids[3456], ids[4000] = 70, 99
+    fastlm.save_ids(tmp_path / "ids.bin", ids, 100)
+    with pytest.raises(ValueError, match=r"holds id 70 at offset 3,456, outside the vocabulary \[0, 50\).*100"):
+        fastlm.open_ids(tmp_path / "ids.bin", vocab_size=50)
+    assert len(fastlm.open_ids(tmp_path / "ids.bin", vocab_size=100)) == 5000
+    with pytest.raises(ValueError, match="holds id -1 at offset 3"):
+        token_file.check_corpus("ids", np.array([0, 1, 2, -1]), 10)
+
+
+def test_save_ids_refuses_ids_outside_the_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="holds id 12 at offset 12"):
+        fastlm.save_ids(tmp_path / "ids.bin", iter([np.arange(10), np.array([10, 11, 12])]), 12)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+    with pytest.raises(TypeError, match="1-D integer"):
+        fastlm.save_ids(tmp_path / "ids.bin", np.zeros(3), 12)
+    with pytest.raises(ValueError, match="vocab_size"):
+        fastlm.save_ids(tmp_path / "ids.bin", np.zeros(3, np.int32), 0)
+
+
+@pytest.fixture
+def good_file(tmp_path):
+    path = tmp_path / "ids.bin"
+    fastlm.save_ids(path, np.arange(100), 1000)
+    return path
+
+
+def test_truncated_file(good_file):
+    good_file.write_bytes(good_file.read_bytes()[:-3])
+    with pytest.raises(ValueError, match=r"is truncated: its header announces 100 ids of 2 bytes \(264 bytes"):
+        fastlm.open_ids(good_file)
+    good_file.write_bytes(good_file.read_bytes()[:20])
+    with pytest.raises(ValueError, match="shorter than the 64-byte header"):
+        fastlm.open_ids(good_file)
+
+
+def test_trailing_bytes(good_file):
+    good_file.write_bytes(good_file.read_bytes() + b"\0\0")
+    with pytest.raises(ValueError, match="has trailing bytes"):
+        fastlm.open_ids(good_file)
+
+
+def test_wrong_header(good_file, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("just some text, not ids")
+    with pytest.raises(ValueError, match="not a fastlm token file"):
+        fastlm.open_ids(text)
+    raw = bytearray(good_file.read_bytes())
+    raw[8] = 7
+    good_file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="format version 7"):
+        fastlm.open_ids(good_file)
+    raw[8], raw[12] = 1, 3
+    good_file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt header: 3 bytes per id"):
+        fastlm.open_ids(good_file)
+    with pytest.raises(FileNotFoundError):
+        fastlm.open_ids(tmp_path / "missing.bin")
+    with pytest.raises(IsADirectoryError):
+        fastlm.open_ids(tmp_path)
