@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from safetensors.numpy import load_file
 import fastlm
 from fastlm import model_dir, training
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 SEQ, BATCH = 16, 8
 
 
@@ -34,9 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def text():
-    if not CORPUS.is_file():
-        pytest.skip(f"corpus {CORPUS} not found (the shared tinyshakespeare.txt this test trains on)")
-    return CORPUS.read_text(encoding="utf-8")[:12000]
+    return fastlm.datasets.tinyshakespeare()[:12000]
 
 
 @pytest.fixture(scope="module")

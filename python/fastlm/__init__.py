@@ -13,7 +13,7 @@ _ENVIRONMENT_DEFAULTS = {}
 if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = _ENVIRONMENT_DEFAULTS["GOMP_SPINCOUNT"] = "10000"
 
-from fastlm import reference
+from fastlm import datasets, reference
 from fastlm._core import build_info, get_num_threads, set_num_threads, windows
 from fastlm.lstmlm import LSTMLM, load
 from fastlm.token_file import open_ids, save_ids
@@ -22,4 +22,5 @@ from fastlm.tokenizer import Tokenizer
 
 __version__ = build_info()["version"]
 
-__all__ = ["LSTMLM", "Tokenizer", "build_info", "load", "get_num_threads", "open_ids", "read_ids_header", "save_ids", "reference", "set_num_threads", "windows", "__version__"]
+__all__ = ["LSTMLM", "Tokenizer", "build_info", "datasets", "load", "get_num_threads", "open_ids", "read_ids_header",
+           "save_ids", "reference", "set_num_threads", "windows", "__version__"]
