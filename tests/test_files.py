@@ -129,23 +129,13 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
     torch = pytest.importorskip("torch", reason="PyTorch not installed: the interchange check needs it")
     from safetensors.torch import load_file as torch_load_file
 
-    class TorchLM(torch.nn.Module):
-        def __init__(self, V, E, H, L):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(V, E)
-            self.lstm = torch.nn.LSTM(E, H, num_layers=L, batch_first=True)
-            self.decoder = torch.nn.Linear(H, V)
-
-        def forward(self, x):
-            return self.decoder(self.lstm(self.embedding(x))[0])
-
+    from fastlm._torch_twin import TorchLM
     module = TorchLM(len(tok), 6, 8, 2).eval()
     module.load_state_dict(torch_load_file(saved / "model.safetensors"), strict=True)
     x = tok.encode(V_TEXT)[None, :-1]
     y = tok.encode(V_TEXT)[None, 1:]
     with torch.no_grad():
-        logits = module(torch.as_tensor(x, dtype=torch.long))
-        loss = torch.nn.functional.cross_entropy(logits[0], torch.as_tensor(y[0], dtype=torch.long))
+        loss = module.loss(x, y)
     assert model.gradients(x, y)[0] == pytest.approx(float(loss), rel=1e-5)
     # and back: a torch state_dict saved with safetensors loads into fastlm
     reloaded = fastlm.LSTMLM(len(tok), 6, 8, 2)

@@ -1,6 +1,6 @@
 """fastlm against PyTorch: same function, same gradients, same optimizer trajectory.
 
-DESIGN.md promises that ``fastlm.LSTMLM`` computes exactly
+docs/DESIGN.md promises that ``fastlm.LSTMLM`` computes exactly
 ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)`` with mean
 cross-entropy, in float32, with PyTorch's parameter names, shapes and gate order, and
 that training from the same weights on the same batches follows torch.optim.Adam.
@@ -26,6 +26,7 @@ torch = pytest.importorskip(
 
 import fastlm  # noqa: E402
 from fastlm import _core, reference  # noqa: E402
+from fastlm._torch_twin import TorchLM  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -33,25 +34,6 @@ BACKENDS = ["cpp", "numpy"]
 LOSS_RTOL = 1e-6
 GRAD_RTOL = 1e-5
 GRAD_ATOL_SCALE = 2e-6  # times the largest magnitude of the reference tensor
-
-
-class TorchLM(torch.nn.Module):
-    """The module DESIGN.md names, with attribute names matching fastlm's state_dict."""
-
-    def __init__(self, V, E, H, L):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(V, E)
-        self.lstm = torch.nn.LSTM(E, H, num_layers=L, batch_first=True)
-        self.decoder = torch.nn.Linear(H, V)
-
-    def forward(self, x):
-        hs, _ = self.lstm(self.embedding(x))
-        return self.decoder(hs)
-
-    def loss(self, x, y):
-        logits = self(torch.as_tensor(x, dtype=torch.long))
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 torch.as_tensor(y, dtype=torch.long).reshape(-1))
 
 
 def make_torch_model(V, E, H, L, seed):
