@@ -2,7 +2,7 @@
 with evaluation and generation. Training is fastlm.training, files are fastlm.model_dir, and
 fastlm.lstmlm puts the three together as the class users hold, LSTMLM.
 
-Parameters live in PyTorch's names, shapes and gate order (see DESIGN.md), so a
+Parameters live in PyTorch's names, shapes and gate order (see docs/DESIGN.md), so a
 ``torch.nn`` model's ``state_dict`` loads unchanged. Forward and backward are composed
 from a handful of coarse kernels per batch (one call per layer), run either by the C++
 core (``backend="cpp"``) or by the NumPy reference (``backend="numpy"``).
