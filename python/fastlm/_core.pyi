@@ -1,0 +1,156 @@
+"""fastlm's C++ kernels (src/cpp/bindings.cpp); every function has a NumPy twin in fastlm.reference.
+
+Type stubs for editors and type checkers. Array inputs accept anything NumPy converts
+(float32 for values, integers for ids); arguments the kernel updates in place must be
+float32 C-contiguous arrays. tests/test_stubs.py checks that every function the extension
+exports is here, with the same parameters.
+"""
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Floats = NDArray[np.float32]
+Ids = NDArray[np.int32]
+
+# ------------------------------------------------------------------ embedding
+
+def embedding_forward(weight: ArrayLike, ids: ArrayLike) -> Floats:
+    """weight (V, E), ids (B, T) -> (B, T, E) rows of weight."""
+
+def embedding_backward(dout: ArrayLike, ids: ArrayLike, vocab_size: int) -> Floats:
+    """dout (B, T, E) -> dweight (V, E): each row sums the gradients of its occurrences."""
+
+# ------------------------------------------------------------------ LSTM layer
+
+def lstm_forward(
+    x: ArrayLike, w_ih: ArrayLike, w_hh: ArrayLike, b_ih: ArrayLike, b_hh: ArrayLike, h0: ArrayLike, c0: ArrayLike
+) -> tuple[Floats, Floats, Floats]:
+    """x (B, T, I) -> (hs (B, T, H), cs (B, T, H), gates (B, T, 4H)); gate order i, f, g, o."""
+
+def lstm_backward(
+    dhs: ArrayLike,
+    dh_n: ArrayLike | None,
+    dc_n: ArrayLike | None,
+    x: ArrayLike,
+    w_ih: ArrayLike,
+    w_hh: ArrayLike,
+    h0: ArrayLike,
+    c0: ArrayLike,
+    hs: ArrayLike,
+    cs: ArrayLike,
+    gates: ArrayLike,
+) -> tuple[Floats, Floats, Floats, Floats, Floats, Floats]:
+    """-> (dx, dw_ih, dw_hh, db (the gradient of each bias vector), dh0, dc0)."""
+
+# ------------------------------------------------------------------ output layer + loss
+
+def output_loss_forward(
+    h: ArrayLike, weight: ArrayLike, bias: ArrayLike, targets: ArrayLike
+) -> tuple[float, Floats, Ids]:
+    """h (N, H), weight (V, H), bias (V,), targets (N,) -> (mean loss, lse (N,), predictions (N,))."""
+
+def output_loss_backward(
+    h: ArrayLike, weight: ArrayLike, bias: ArrayLike, targets: ArrayLike, lse: ArrayLike
+) -> tuple[Floats, Floats, Floats]:
+    """-> (dh (N, H), dweight (V, H), dbias (V,)) of the mean loss."""
+
+def output_loss_forward_backward(
+    h: ArrayLike, weight: ArrayLike, bias: ArrayLike, targets: ArrayLike
+) -> tuple[float, Floats, Floats, Floats]:
+    """Training's fused pass: (mean loss, dh, dweight, dbias)."""
+
+# ------------------------------------------------------------------ adaptive softmax
+
+def adaptive_loss_forward(
+    h: ArrayLike,
+    head_weight: ArrayLike,
+    head_bias: ArrayLike | None,
+    proj_weights: Sequence[ArrayLike],
+    out_weights: Sequence[ArrayLike],
+    targets: ArrayLike,
+) -> tuple[float, Floats, Ids]:
+    """-> (mean loss, log-probability (N,) of each target, predictions (N,))."""
+
+def adaptive_loss_forward_backward(
+    h: ArrayLike,
+    head_weight: ArrayLike,
+    head_bias: ArrayLike | None,
+    proj_weights: Sequence[ArrayLike],
+    out_weights: Sequence[ArrayLike],
+    targets: ArrayLike,
+) -> tuple[float, Floats, Floats, Floats | None, list[Floats], list[Floats]]:
+    """-> (mean loss, dh, dhead_weight, dhead_bias or None, [dproj_i], [dout_i])."""
+
+def adaptive_log_prob(
+    h: ArrayLike,
+    head_weight: ArrayLike,
+    head_bias: ArrayLike | None,
+    proj_weights: Sequence[ArrayLike],
+    out_weights: Sequence[ArrayLike],
+) -> Floats:
+    """The full distribution: (N, V) log-probabilities."""
+
+# ------------------------------------------------------------------ optimizers
+
+def adam_update(
+    param: Floats,
+    grad: ArrayLike,
+    m: Floats,
+    v: Floats,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-08,
+    weight_decay: float = 0.0,
+) -> None:
+    """One torch.optim.Adam step, in place on param, m and v."""
+
+def sgd_update(
+    param: Floats,
+    grad: ArrayLike,
+    buf: Floats | None,
+    step: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> None:
+    """One torch.optim.SGD step, in place on param (and buf, the momentum buffer)."""
+
+def clip_grad_norm(grads: Floats | Sequence[Floats], max_norm: float) -> float:
+    """Scale grads in place so their global L2 norm is at most max_norm; returns the norm before."""
+
+# ------------------------------------------------------------------ data
+
+def windows(ids: ArrayLike, seq_len: int, stride: int = 1) -> tuple[Ids, Ids]:
+    """1-D ids -> inputs x and targets y (x shifted by one), each (N, seq_len)."""
+
+def gather_windows(ids: ArrayLike, starts: ArrayLike, seq_len: int) -> tuple[Ids, Ids]:
+    """The windows starting at each of starts: x and y, each (len(starts), seq_len)."""
+
+# ------------------------------------------------------------------ generation
+
+def generate(
+    params: dict[str, Any],
+    num_layers: int,
+    prompt: ArrayLike,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Ids:
+    """Sample max_new_tokens ids after each row of prompt (samples, length >= 1) -> (samples, max_new_tokens)."""
+
+# ------------------------------------------------------------------ machine and build
+
+def fma_peak_gflops(seconds: float = 0.5) -> float:
+    """The float32 FMA peak of this machine in GFLOP/s, measured for about `seconds` on every thread."""
+
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def build_info() -> dict[str, Any]:
+    """version, simd ("avx512", "avx2" or "scalar"), openmp, threads, malloc_tuned, compiler."""
