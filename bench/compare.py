@@ -110,7 +110,7 @@ def worker_env(threads):
     # Not os.environ: this driver has imported fastlm, whose GOMP_SPINCOUNT every worker
     # would inherit, PyTorch's included (the variable is read when OpenMP starts, so
     # importing torch first does not help). fastlm's workers set it again themselves.
-    from fastlm.benchmark import child_environment
+    from fastlm._environment import child_environment
     return child_environment(threads)
 
 

@@ -282,42 +282,7 @@ def test_bench_times_torch_in_a_process_of_its_own(capsys, monkeypatch):
     assert float(rows[2][-3].replace(",", "")) > 0
 
 
-# ================================================================= bench: OpenMP settings
-
-
-def test_import_sets_and_records_a_spin_bound_unless_the_user_chose(tmp_path):
-    """fastlm bounds GOMP's barrier spin on import, says so in _ENVIRONMENT_DEFAULTS, and
-    leaves a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY alone."""
-    code = ("import json, os, fastlm\n"
-            "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), fastlm._ENVIRONMENT_DEFAULTS]))")
-    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-
-    def child(**extra):
-        result = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
-                                cwd=tmp_path, check=True)
-        return json.loads(result.stdout)
-
-    assert child() == ["10000", {"GOMP_SPINCOUNT": "10000"}]
-    assert child(GOMP_SPINCOUNT="300000") == ["300000", {}]
-    assert child(OMP_WAIT_POLICY="passive") == [None, {}]
-
-
-def test_child_processes_get_the_users_environment(monkeypatch):
-    """What bench/compare.py's workers and `fastlm bench --torch` start from: without the
-    spin bound fastlm set (so PyTorch keeps its own), with any value the user set."""
-    import fastlm
-    from fastlm import benchmark
-    monkeypatch.setattr(fastlm, "_ENVIRONMENT_DEFAULTS", {"GOMP_SPINCOUNT": "10000"})
-    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
-    monkeypatch.setenv("FASTLM_TEST_MARKER", "kept")
-    seen = benchmark._run_child("import json, os; print(json.dumps([os.environ.get(k) for k in "
-                                "('GOMP_SPINCOUNT', 'FASTLM_TEST_MARKER')]))", (), benchmark.user_environment())
-    assert seen == [None, "kept"]
-    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # changed after import: the user's
-    assert benchmark.user_environment()["GOMP_SPINCOUNT"] == "300000"
-    monkeypatch.setattr(fastlm, "_ENVIRONMENT_DEFAULTS", {})  # set by the user before import
-    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
-    assert benchmark.user_environment()["GOMP_SPINCOUNT"] == "10000"
+# ================================================================= bench: child processes
 
 
 def test_a_failing_benchmark_child_raises_with_its_error():

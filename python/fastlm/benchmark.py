@@ -6,6 +6,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from fastlm._environment import child_environment
+
 Config = namedtuple("Config", "vocab embed hidden layers steps batch")
 
 # (V, E, H, L, T, B), as the speed issue names them.
@@ -232,34 +234,6 @@ from fastlm import benchmark as bm
 c, threads, repeats = bm.Config(*json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
 print(json.dumps({"seconds": bm.median_seconds(bm.torch_train_step(c, threads), repeats)}))
 """
-
-
-def user_environment():
-    """os.environ without the settings fastlm made for itself when imported.
-
-    For child processes that time another library. fastlm sets GOMP_SPINCOUNT=10000 unless
-    the user chose a spin policy; GNU OpenMP reads it once, when it starts, and PyTorch
-    shares the runtime, so a child that inherited it would run PyTorch under fastlm's
-    bound (1.2-1.5x slower B training in slow minutes) instead of the default a user's
-    PyTorch program gets. A value the user set stays.
-    """
-    import os
-
-    import fastlm
-    env = dict(os.environ)
-    for name, value in fastlm._ENVIRONMENT_DEFAULTS.items():
-        if env.get(name) == value:
-            del env[name]
-    return env
-
-
-def child_environment(threads):
-    """user_environment() with OMP/OPENBLAS/MKL_NUM_THREADS=threads: what every benchmark
-    child process, and every bench/compare.py worker, starts from."""
-    env = user_environment()
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[variable] = str(threads)
-    return env
 
 
 def _run_child(code, args, env):

@@ -14,11 +14,11 @@ inline ScratchFloats scratch_floats(int64_t n) { return ScratchFloats(new float[
 
 // glibc hands blocks above a (dynamic) threshold back to the OS when they are freed and
 // trims the heap top beyond 128 KiB, so every batch's activations and gradients -- tens
-// of MB -- are page-faulted and zeroed afresh: 15% of a training step was spent in the
-// kernel, and configs B/D trained 25-50% slower. This keeps such blocks in the heap for
-// reuse. Process wide (it also serves NumPy's allocations), so FASTLM_MALLOC_TUNING=0
-// turns it off, and a user's own GLIBC_TUNABLES for malloc take precedence. Returns
-// whether the tuning was applied (never on non-glibc systems).
+// of MB -- would be page-faulted and zeroed afresh. tune_malloc keeps such blocks in the
+// heap for reuse. Process wide (it also serves NumPy's allocations), so the Python package
+// calls it once on import, unless the user opted out (fastlm/_environment.py decides).
+// Returns whether the tuning is in force (never on non-glibc systems), as malloc_tuned().
 bool tune_malloc();
+bool malloc_tuned();
 
 }  // namespace fastlm

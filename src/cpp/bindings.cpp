@@ -673,15 +673,13 @@ double py_fma_peak_gflops(double seconds) {
     return fma_peak_gflops(seconds);
 }
 
-const bool kMallocTuned = tune_malloc();  // at import; see allocator.h
-
 py::dict build_info() {
     py::dict info;
     info["version"] = FASTLM_VERSION;
     info["simd"] = gemm_simd_name();
     info["openmp"] = has_openmp();
     info["threads"] = get_num_threads();
-    info["malloc_tuned"] = kMallocTuned;
+    info["malloc_tuned"] = malloc_tuned();
 #if defined(__clang__)
     info["compiler"] = "clang " __clang_version__;
 #elif defined(__GNUC__)
@@ -741,4 +739,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("_kernel_team_size", &py_kernel_team_size,
           "The number of threads a kernel called from the calling thread runs on (for tests).");
     m.def("build_info", &build_info);
+    m.def("tune_malloc", &tune_malloc,
+          "Keep freed blocks of up to 32 MiB in glibc's heap, process wide; returns whether that is in force. "
+          "fastlm calls it on import unless FASTLM_MALLOC_TUNING=0 (see fastlm/_environment.py).");
 }
