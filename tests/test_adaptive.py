@@ -96,3 +96,140 @@ def test_predictions_beyond_the_shortlist_equal_torch():
     expected = module.predict(h).numpy()
     assert 0.3 < np.mean(expected >= 50) < 0.9  # the case tests what it says
     np.testing.assert_array_equal(predictions, expected)
+
+
+# ------------------------------------------------------------------ the model
+
+
+class TorchAdaptiveLM(torch.nn.Module):
+    """Embedding -> LSTM -> AdaptiveLogSoftmaxWithLoss, with fastlm's state_dict names."""
+
+    def __init__(self, V, E, H, L, cutoffs, div_value, head_bias):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(V, E)
+        self.lstm = torch.nn.LSTM(E, H, num_layers=L, batch_first=True)
+        self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value=div_value, head_bias=head_bias)
+
+    def rows(self, x):
+        hs, _ = self.lstm(self.embedding(torch.as_tensor(x, dtype=torch.long)))
+        return hs.reshape(-1, hs.shape[-1])
+
+    def loss(self, x, y):
+        return self.decoder(self.rows(x), torch.as_tensor(y, dtype=torch.long).reshape(-1)).loss
+
+
+MODEL = dict(vocab_size=300, embed_dim=12, hidden_size=16, num_layers=2)
+ADAPTIVE = dict(cutoffs=[20, 100], div_value=2.0)
+
+
+def zipf_batch(V, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.2, (B, T + 1)) - 1, V - 1).astype(np.int32)
+    return ids[:, :-1], ids[:, 1:]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("head_bias", [False, True], ids=["no-head-bias", "head-bias"])
+def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
+    import fastlm
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, head_bias=head_bias, seed=3, backend=backend)
+    torch.manual_seed(0)
+    reference_model = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], head_bias)
+    assert set(model.state_dict()) == set(reference_model.state_dict())
+    model.load_state_dict(reference_model.state_dict())  # torch -> fastlm, names and shapes as torch's
+    x, y = zipf_batch(MODEL["vocab_size"], 4, 9)
+    loss, grads = model.gradients(x, y)
+    expected = reference_model.loss(x, y)
+    expected.backward()
+    np.testing.assert_allclose(loss, expected.item(), rtol=LOSS_RTOL)
+    for name, param in reference_model.named_parameters():
+        assert_grad_close(grads[name], param.grad, name)
+    # Evaluation: the same loss, and accuracy from torch's predict (the full arg-max).
+    result = model.evaluate(x, y, batch_size=4)
+    with torch.no_grad():
+        predicted = reference_model.decoder.predict(reference_model.rows(x)).numpy()
+    np.testing.assert_allclose(result["loss"], expected.item(), rtol=LOSS_RTOL)
+    assert result["accuracy"] == np.mean(predicted == y.reshape(-1))
+
+
+def test_model_state_dict_loads_into_torch():
+    import fastlm
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=5)
+    reference_model = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], False)
+    reference_model.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    x, y = zipf_batch(MODEL["vocab_size"], 2, 5, seed=1)
+    loss, _ = model.gradients(x, y)
+    np.testing.assert_allclose(loss, reference_model.loss(x, y).item(), rtol=LOSS_RTOL)
+    # torch's initialisation bounds: 1/sqrt(fan_in) for every Linear.
+    shapes = model.parameter_shapes()
+    for name, value in model.state_dict().items():
+        if name.startswith("decoder."):
+            assert np.abs(value).max() <= 1 / np.sqrt(shapes[name][-1])
+
+
+# ------------------------------------------------------------------ generation
+
+
+def sampling_model(backend="cpp"):
+    """A small adaptive model with peaked, uneven tails, so that temperature changes the
+    clusters' weights (Z_c far from 1 and from its bound)."""
+    import fastlm
+    model = fastlm.LSTMLM(60, 8, 8, cutoffs=[10, 30], div_value=1.5, head_bias=True, seed=2, backend=backend)
+    for name, value in model.params.items():
+        if name.startswith("decoder.tail"):
+            value *= 6.0
+    return model
+
+
+def next_token_distribution(model, prompt, temperature):
+    from fastlm import adaptive
+    rows, _, _ = model._lstm_forward(np.asarray([prompt], np.int32), None, None)
+    log_prob = reference.adaptive_log_prob(rows[-1:].astype(np.float64),
+                                           *adaptive.decoder_arguments(model.params, len(model.cutoffs)))[0]
+    p = np.exp((log_prob - log_prob.max()) / temperature)
+    return p / p.sum(), log_prob
+
+
+def naive_factorised_distribution(model, prompt, temperature):
+    """Temperature on the head, then on the tail, each normalised on its own: not p^(1/T)."""
+    from fastlm import adaptive
+    head, bias, projs, outs = adaptive.decoder_arguments(model.params, len(model.cutoffs))
+    rows, _, _ = model._lstm_forward(np.asarray([prompt], np.int32), None, None)
+    h = rows[-1:].astype(np.float64)
+
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    p_head = softmax((h @ head.T + bias)[0] / temperature)
+    parts = [p_head[:10]] + [p_head[10 + i] * softmax(((h @ projs[i].T) @ outs[i].T)[0] / temperature)
+                             for i in range(2)]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_sampling_is_exact_at_any_temperature(temperature):
+    """20000 first tokens after one prompt, one per seed: their frequencies against p(w)^(1/T)
+    normalised (total variation within sampling noise), while the head-then-tail shortcut
+    with temperature on each part would be visibly off."""
+    model = sampling_model()
+    prompt = [3, 1, 4]
+    draws = model.generate(prompt, max_new_tokens=1, temperature=temperature, seed=123, num_samples=20000)[:, 0]
+    expected, _ = next_token_distribution(model, prompt, temperature)
+    observed = np.bincount(draws, minlength=60) / len(draws)
+    distance = 0.5 * np.abs(observed - expected).sum()
+    assert distance < 0.03, distance
+    if temperature != 1.0:
+        naive = naive_factorised_distribution(model, prompt, temperature)
+        assert 0.5 * np.abs(naive - expected).sum() > 0.1  # the test can tell the two apart
+
+
+def test_greedy_is_the_full_arg_max_and_twins_agree():
+    model = sampling_model()
+    _, log_prob = next_token_distribution(model, [5, 9], 1.0)
+    assert model.generate([5, 9], max_new_tokens=1, temperature=0)[0] == np.argmax(log_prob)
+    twin = sampling_model("numpy")
+    for temperature, top_k, top_p in [(0.0, None, None), (1.0, None, None), (0.6, None, None), (1.7, None, None),
+                                      (1.0, 7, None), (0.9, None, 0.8)]:
+        ours = model.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
+        theirs = twin.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
+        np.testing.assert_array_equal(ours, theirs)

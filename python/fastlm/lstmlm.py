@@ -17,6 +17,12 @@ class LSTMLM(LSTMNetwork):
     Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
     with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
     layers and before the decoder, in training only.
+
+    cutoffs=[c1, c2, ...] replaces the decoder by an adaptive softmax, exactly
+    ``torch.nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs, div_value, head_bias)``
+    (state_dict names ``decoder.head.weight``, ``decoder.tail.{i}.0.weight``,
+    ``decoder.tail.{i}.1.weight``): ids below c1 are scored by the head, the rest by the
+    tail of their cluster, so the ids must be in frequency order (as the tokenizer's are).
     """
 
     # Defined (signature and docstring) once, in the module that implements each.

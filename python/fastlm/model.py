@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from fastlm import _core, reference
+from fastlm import _core, adaptive, reference
 from fastlm.batches import ContiguousBatches
 from fastlm.checks import check_ids, check_tokenizer
 from fastlm.token_file import check_corpus
@@ -71,7 +71,8 @@ class LSTMNetwork:
 
     Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
     with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
-    layers and before the decoder, in training only.
+    layers and before the decoder, in training only. With cutoffs the decoder is
+    ``torch.nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value, head_bias)`` instead.
 
     Internal interface, for the rest of the package (training, benchmarks, tests) and not
     promised to users: ``params`` (name -> float32 C-contiguous array in state_dict order;
@@ -81,7 +82,7 @@ class LSTMNetwork:
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
-                 backend="cpp"):
+                 backend="cpp", cutoffs=None, div_value=4.0, head_bias=False):
         self.vocab_size = _positive_int("vocab_size", vocab_size)
         self.embed_dim = _positive_int("embed_dim", embed_dim)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
@@ -93,6 +94,8 @@ class LSTMNetwork:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
+        self.cutoffs, self.div_value, self.head_bias = adaptive.check_adaptive(
+            cutoffs, div_value, head_bias, self.vocab_size, self.hidden_size)
         self.backend = backend
         self.ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
@@ -111,18 +114,23 @@ class LSTMNetwork:
             shapes[f"lstm.weight_hh_l{k}"] = (4 * H, H)
             shapes[f"lstm.bias_ih_l{k}"] = (4 * H,)
             shapes[f"lstm.bias_hh_l{k}"] = (4 * H,)
-        shapes["decoder.weight"] = (V, H)
-        shapes["decoder.bias"] = (V,)
+        if self.cutoffs is not None:
+            shapes.update(adaptive.decoder_shapes(V, H, self.cutoffs, self.div_value, self.head_bias))
+        else:
+            shapes["decoder.weight"] = (V, H)
+            shapes["decoder.bias"] = (V,)
         return shapes
 
     def _initial_parameters(self):
-        """PyTorch's default initialisation: N(0, 1) embeddings, U(-1/sqrt(H), 1/sqrt(H)) elsewhere."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        """PyTorch's default initialisation: N(0, 1) embeddings, U(-1/sqrt(H), 1/sqrt(H)) elsewhere
+        (U(-1/sqrt(d), 1/sqrt(d)) for an adaptive tail's second Linear, whose inputs are d wide)."""
         params = {}
         for name, shape in self.parameter_shapes().items():
             if name == "embedding.weight":
                 values = self._rng.standard_normal(shape, dtype=np.float32)
             else:
+                fan_in = shape[1] if name.endswith(".1.weight") else self.hidden_size
+                bound = 1.0 / math.sqrt(fan_in)
                 values = self._rng.random(shape, dtype=np.float32)
                 values *= np.float32(2.0 * bound)
                 values -= np.float32(bound)
@@ -240,8 +248,12 @@ class LSTMNetwork:
         """Evaluation of one checked batch: mean loss, (B, T) arg-max predictions and the final state."""
         p = self.params
         rows, _, tape = self._lstm_forward(x, initial_state, None)
-        loss, _, predictions = self.ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
-                                                            y.reshape(-1))
+        if self.cutoffs is not None:
+            loss, _, predictions = self.ops.adaptive_loss_forward(
+                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1))
+        else:
+            loss, _, predictions = self.ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
+                                                                y.reshape(-1))
         return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
     def forward_backward(self, x, y, initial_state=None, train=False, rng=None):
@@ -254,16 +266,25 @@ class LSTMNetwork:
             rng = self._rng
         p = self.params
         rows, top_mask, tape = self._lstm_forward(x, initial_state, rng if train else None)
-        loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(rows, p["decoder.weight"],
-                                                                         p["decoder.bias"], y.reshape(-1))
-        grads = {"decoder.weight": dweight, "decoder.bias": dbias}
+        if self.cutoffs is not None:
+            loss, dh, *decoder = self.ops.adaptive_loss_forward_backward(
+                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1))
+            grads = adaptive.decoder_gradients(*decoder)
+        else:
+            loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(rows, p["decoder.weight"],
+                                                                             p["decoder.bias"], y.reshape(-1))
+            grads = {"decoder.weight": dweight, "decoder.bias": dbias}
         self._lstm_backward(x, dh, top_mask, tape, grads)
         return float(loss), {name: grads[name] for name in p}, self._final_state(tape)
 
     def config(self):
-        """The constructor arguments (without backend), as saved in config.json."""
-        return dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
+        """The constructor arguments (without backend), as saved in config.json; the adaptive
+        softmax's only when it is on, so that a full-softmax config reads as before."""
+        config = dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
+                      num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
+        if self.cutoffs is not None:
+            config.update(cutoffs=list(self.cutoffs), div_value=self.div_value, head_bias=self.head_bias)
+        return config
 
     # ------------------------------------------------------------ evaluation, generation
 

@@ -374,6 +374,75 @@ def sample_token(logits, temperature, top_k, top_p, rng):
     return int(order[min(int(np.searchsorted(cumulative, target, side="right")), len(order) - 1)])
 
 
+def _draw(weights, rng):
+    """The first index whose cumulative weight exceeds u * total, u ~ U[0, 1) (float64 sums)."""
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    target = rng.uniform() * cumulative[-1]
+    return min(int(np.searchsorted(cumulative, target, side="right")), len(weights) - 1)
+
+
+def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
+    """One id from an adaptive softmax decoder (the state_dict's decoder.*) after the top state h (H,).
+
+    Greedy: the arg-max of the full distribution. top_k / top_p: sample_token on the full
+    log-probabilities. Otherwise an exact draw from p(w)^(1/T) that computes only the tails it
+    needs: p(w)^(1/T) = p_head(c)^(1/T) Z_c p_T(w | c) with Z_c = sum_w p(w | c)^(1/T) <= bound_c
+    (1 for T <= 1, size_c^(1 - 1/T) above), so a cluster proposed from p_head(c)^(1/T) bound_c is
+    accepted with probability Z_c / bound_c, and on rejection its bound becomes Z_c (the C++
+    sampler's algorithm, drawing the same numbers).
+    """
+    n = sum(1 for name in params if name.endswith(".0.weight") and name.startswith("decoder.tail."))
+    head_weight, head_bias, projs, outs = (params["decoder.head.weight"], params.get("decoder.head.bias"),
+                                           [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
+                                           [params[f"decoder.tail.{i}.1.weight"] for i in range(n)])
+    starts = _cluster_starts(head_weight, outs)
+    c1 = int(starts[0])
+    head = _head_log_prob(h[None], head_weight, head_bias)[0]
+    tails = {}
+
+    def tail(i):
+        if i not in tails:
+            logits = (h @ projs[i].T) @ outs[i].T
+            if not np.all(np.isfinite(logits)):
+                raise FloatingPointError("the adaptive decoder's logits hold NaN or infinity: the weights overflow "
+                                         "float32")
+            tails[i] = _log_softmax(logits[None])[0]
+        return tails[i]
+
+    if not (np.all(np.isfinite(head)) and np.all(np.isfinite(h))):
+        raise FloatingPointError("the adaptive decoder's logits hold NaN or infinity: the weights overflow float32")
+    if temperature == 0 or 1.0 / temperature > float(np.finfo(np.float32).max):  # 1/T overflows: greedy
+        best = int(np.argmax(head[:c1]))
+        best_lp = head[best]
+        for i in range(n):
+            if head[c1 + i] > best_lp:
+                arg = int(np.argmax(tail(i)))
+                if head[c1 + i] + tail(i)[arg] > best_lp:
+                    best, best_lp = int(starts[i]) + arg, head[c1 + i] + tail(i)[arg]
+        return best
+    if top_k > 0 or top_p < 1.0:
+        full = np.concatenate([head[:c1]] + [tail(i) + head[c1 + i] for i in range(n)])
+        return sample_token(full, temperature, top_k, top_p, rng)
+    inv_t = np.float32(1.0 / temperature)
+    sizes = np.diff(starts).astype(np.float64)
+    bound = sizes ** (1.0 - 1.0 / temperature) if temperature > 1.0 else np.ones(n)
+    weights = np.exp((head - head.max()) * inv_t).astype(np.float64)
+    while True:
+        j = _draw(np.concatenate([weights[:c1], weights[c1:] * bound]), rng)
+        if j < c1:
+            return j
+        i = j - c1
+        known = i in tails
+        if temperature != 1.0 and not known:
+            z = float(np.sum(np.exp(tail(i) * inv_t), dtype=np.float64))
+            accepted = rng.uniform() * bound[i] < z
+            bound[i] = z
+            if not accepted:
+                continue
+        t = tail(i)
+        return int(starts[i]) + _draw(np.exp((t - t.max()) * inv_t), rng)
+
+
 def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0):
     """Sample max_new_tokens ids after each row of prompt (samples, length >= 1).
 
@@ -399,12 +468,16 @@ def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=
     rngs = [SplitMix64(seed + s) for s in range(samples)]
     out = np.empty((samples, max_new_tokens), dtype=np.int32)
     for n in range(max_new_tokens):
-        logits = h[-1] @ params["decoder.weight"].T + params["decoder.bias"]
-        if not np.all(np.isfinite(logits)):
-            bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
-            raise FloatingPointError(f"the logits at new token {n + 1} of sample {bad} hold NaN or infinity: "
-                                     "the weights overflow float32")
-        out[:, n] = [sample_token(logits[s], temperature, top_k, top_p, rngs[s]) for s in range(samples)]
+        if "decoder.head.weight" in params:
+            out[:, n] = [adaptive_sample_token(h[-1][s], params, temperature, top_k, top_p, rngs[s])
+                         for s in range(samples)]
+        else:
+            logits = h[-1] @ params["decoder.weight"].T + params["decoder.bias"]
+            if not np.all(np.isfinite(logits)):
+                bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
+                raise FloatingPointError(f"the logits at new token {n + 1} of sample {bad} hold NaN or infinity: "
+                                         "the weights overflow float32")
+            out[:, n] = [sample_token(logits[s], temperature, top_k, top_p, rngs[s]) for s in range(samples)]
         if n + 1 < max_new_tokens:
             step(out[:, n])
     return out

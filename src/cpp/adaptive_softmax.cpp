@@ -19,6 +19,15 @@ int64_t AdaptiveShape::cluster_start(int64_t i) const {
     return start;
 }
 
+void log_softmax_row(float* x, int64_t n, float shift) {
+    float peak = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) peak = x[j] > peak ? x[j] : peak;
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) sum += exp_approx(x[j] - peak);
+    const float offset = peak + float(std::log(sum)) - shift;
+    for (int64_t j = 0; j < n; ++j) x[j] -= offset;
+}
+
 namespace {
 
 // Rows of the head's logits held at once where they must be held (prediction, full
@@ -68,16 +77,6 @@ float dot(const float* a, const float* b, int64_t n) {
 std::vector<float> head_bias_or_zeros(const AdaptiveShape& s, const AdaptiveWeights& w) {
     return w.head_bias ? std::vector<float>(w.head_bias, w.head_bias + s.head_size())
                        : std::vector<float>(s.head_size(), 0.0f);
-}
-
-// x (n) <- log_softmax(x) + shift.
-void log_softmax_row(float* x, int64_t n, float shift) {
-    float peak = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) peak = x[j] > peak ? x[j] : peak;
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; ++j) sum += exp_approx(x[j] - peak);
-    const float offset = peak + float(std::log(sum)) - shift;
-    for (int64_t j = 0; j < n; ++j) x[j] -= offset;
 }
 
 // One cluster's tail for the rows routed to it (n > 0): its projection p (n x d) of h.

@@ -48,6 +48,9 @@ double adaptive_loss_forward(const AdaptiveShape& s, const float* h, const Adapt
 double adaptive_loss_forward_backward(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w,
                                       const int32_t* targets, float* dh, const AdaptiveGradients& g);
 
+// x (n) <- log_softmax(x) + shift, for one row.
+void log_softmax_row(float* x, int64_t n, float shift);
+
 // The full distribution for whoever asks: out (N, V) = log p(w | h_r).
 void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out);
 

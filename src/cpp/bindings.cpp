@@ -340,7 +340,7 @@ py::tuple py_output_loss_forward_backward(const py::handle& h, const py::handle&
 struct AdaptiveArgs {
     AdaptiveShape shape;
     FloatArray h, head, head_bias;
-    bool has_bias;  // head_bias was given (not None)
+    bool has_bias = false;  // head_bias was given (not None)
     std::vector<FloatArray> projections, outputs;
     AdaptiveWeights weights() const {
         AdaptiveWeights w{head.data(), has_bias ? head_bias.data() : nullptr, {}, {}};
@@ -354,12 +354,11 @@ struct AdaptiveArgs {
 
 // h (N, H), head_weight (c1 + n, H), head_bias (c1 + n) or None, and n clusters' tails:
 // proj_weights[i] (d_i, H), out_weights[i] (size_i, d_i), every size positive.
-AdaptiveArgs adaptive_args(const py::handle& h_obj, const py::handle& head_obj, const py::handle& bias_obj,
-                           const py::handle& proj_obj, const py::handle& out_obj) {
-    AdaptiveArgs a{{}, float_input(h_obj, "h", 2), float_input(head_obj, "head_weight", 2), {}, !bias_obj.is_none(), {}, {}};
-    const int64_t N = a.h.shape(0), H = a.h.shape(1), Vh = a.head.shape(0);
-    require(N > 0, "h has no rows");
-    require(H > 0, "h has no columns (hidden size 0)");
+// The decoder's weights alone (h is left empty), for hidden size H.
+AdaptiveArgs adaptive_decoder_args(int64_t H, const py::handle& head_obj, const py::handle& bias_obj,
+                                   const py::handle& proj_obj, const py::handle& out_obj) {
+    AdaptiveArgs a{{}, {}, float_input(head_obj, "head_weight", 2), {}, !bias_obj.is_none(), {}, {}};
+    const int64_t N = 0, Vh = a.head.shape(0);
     if (!py::isinstance<py::sequence>(proj_obj) || !py::isinstance<py::sequence>(out_obj))
         throw py::type_error("proj_weights and out_weights must be sequences of arrays, one per cluster");
     const py::sequence projs(py::reinterpret_borrow<py::object>(proj_obj)),
@@ -389,6 +388,17 @@ AdaptiveArgs adaptive_args(const py::handle& h_obj, const py::handle& head_obj, 
         a.shape.widths.push_back(d);
         a.shape.sizes.push_back(m);
     }
+    return a;
+}
+
+AdaptiveArgs adaptive_args(const py::handle& h_obj, const py::handle& head_obj, const py::handle& bias_obj,
+                           const py::handle& proj_obj, const py::handle& out_obj) {
+    FloatArray h = float_input(h_obj, "h", 2);
+    require(h.shape(0) > 0, "h has no rows");
+    require(h.shape(1) > 0, "h has no columns (hidden size 0)");
+    AdaptiveArgs a = adaptive_decoder_args(h.shape(1), head_obj, bias_obj, proj_obj, out_obj);
+    a.h = h;
+    a.shape.rows = h.shape(0);
     return a;
 }
 
@@ -641,10 +651,26 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
         const size_t n = keep.size();
         view.layers.push_back({keep[n - 4].data(), keep[n - 3].data(), keep[n - 2].data(), keep[n - 1].data(), width});
     }
-    keep.push_back(param(params, "decoder.weight", {V, H}));
-    keep.push_back(param(params, "decoder.bias", {V}));
-    view.decoder_w = keep[keep.size() - 2].data();
-    view.decoder_b = keep.back().data();
+    AdaptiveArgs adaptive;  // owns the adaptive decoder's arrays while the kernel runs
+    if (params.contains("decoder.head.weight")) {
+        py::list projs, outs;
+        for (int64_t i = 0; params.contains("decoder.tail." + std::to_string(i) + ".0.weight"); ++i) {
+            projs.append(params[("decoder.tail." + std::to_string(i) + ".0.weight").c_str()]);
+            outs.append(params[("decoder.tail." + std::to_string(i) + ".1.weight").c_str()]);
+        }
+        const py::object bias = params.contains("decoder.head.bias") ? py::object(params["decoder.head.bias"])
+                                                                     : py::object(py::none());
+        adaptive = adaptive_decoder_args(H, params["decoder.head.weight"], bias, projs, outs);
+        require(adaptive.shape.vocab() == V, "the adaptive decoder covers " + std::to_string(adaptive.shape.vocab()) +
+                                                 " words but embedding.weight has " + std::to_string(V) + " rows");
+        view.adaptive_shape = adaptive.shape;
+        view.adaptive = adaptive.weights();
+    } else {
+        keep.push_back(param(params, "decoder.weight", {V, H}));
+        keep.push_back(param(params, "decoder.bias", {V}));
+        view.decoder_w = keep[keep.size() - 2].data();
+        view.decoder_b = keep.back().data();
+    }
     const IdArray prompt = id_input(prompt_obj, "prompt", V);
     require(prompt.ndim() == 2, "prompt must be 2-D (samples, length), got shape " + shape_str(shape_of(prompt)));
     const int64_t samples = prompt.shape(0), prompt_len = prompt.shape(1);

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "adaptive_sampling.h"
 #include "embedding.h"
 #include "errors.h"
 #include "gemm.h"
@@ -66,7 +67,6 @@ void generate(const LanguageModelView& model, const int32_t* prompt, int64_t sam
     InterruptPoll poll(stop_requested);
     const int64_t V = model.vocab, H = model.hidden;
     Stepper stepper(model, samples);
-    const PackedB decoder_t(model.decoder_w, H, true, H, V);
     std::vector<int32_t> tokens(samples);
     for (int64_t p = 0; p < prompt_len; ++p) {
         for (int64_t s = 0; s < samples; ++s) tokens[s] = prompt[s * prompt_len + p];
@@ -75,6 +75,19 @@ void generate(const LanguageModelView& model, const int32_t* prompt, int64_t sam
     }
     std::vector<SplitMix64> rngs;
     for (int64_t s = 0; s < samples; ++s) rngs.emplace_back(seed + uint64_t(s));
+    if (model.adaptive_shape.clusters() > 0) {
+        AdaptiveSampler sampler(model.adaptive_shape, model.adaptive);
+        for (int64_t n = 0; n < max_new; ++n) {
+            for (int64_t s = 0; s < samples; ++s) {
+                tokens[s] = sampler.sample(stepper.h.back().data() + s * H, config, rngs[s]);
+                out[s * max_new + n] = tokens[s];
+            }
+            if (n + 1 < max_new) stepper.step(tokens.data());
+            poll();
+        }
+        return;
+    }
+    const PackedB decoder_t(model.decoder_w, H, true, H, V);
     std::vector<float> logits(samples * V);
     SamplerScratch scratch;
     for (int64_t n = 0; n < max_new; ++n) {

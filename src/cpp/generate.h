@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "adaptive_softmax.h"
 #include "sampling.h"
 
 namespace fastlm {
@@ -21,6 +22,9 @@ struct LanguageModelView {
     const float* embedding;
     std::vector<LstmLayerView> layers;
     const float *decoder_w, *decoder_b;
+    // An adaptive softmax decoder instead of decoder_w / decoder_b, when adaptive_shape has clusters.
+    AdaptiveShape adaptive_shape{};
+    AdaptiveWeights adaptive{};
 };
 
 // prompt (samples, prompt_len >= 1) warms the state from zero; out (samples, max_new)

@@ -8,24 +8,6 @@
 
 namespace fastlm {
 
-namespace {
-
-// The first of n candidates whose cumulative weight exceeds u * (total weight), u ~ U[0, 1).
-template <typename WeightAt>
-int64_t draw(int64_t n, const WeightAt& weight_at, SplitMix64& rng) {
-    double total = 0.0;
-    for (int64_t r = 0; r < n; ++r) total += weight_at(r);
-    const double target = rng.uniform() * total;
-    double cumulative = 0.0;
-    for (int64_t r = 0; r < n; ++r) {
-        cumulative += weight_at(r);
-        if (cumulative > target) return r;
-    }
-    return n - 1;  // rounding left target at the very top
-}
-
-}  // namespace
-
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch) {
     const int64_t best = argmax(logits, vocab);

@@ -41,6 +41,20 @@ struct SamplerConfig {
     double top_p;        // 1: off
 };
 
+// The first of n candidates whose cumulative weight exceeds u * (total weight), u ~ U[0, 1).
+template <typename WeightAt>
+int64_t draw(int64_t n, const WeightAt& weight_at, SplitMix64& rng) {
+    double total = 0.0;
+    for (int64_t r = 0; r < n; ++r) total += weight_at(r);
+    const double target = rng.uniform() * total;
+    double cumulative = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+        cumulative += weight_at(r);
+        if (cumulative > target) return r;
+    }
+    return n - 1;  // rounding left target at the very top
+}
+
 // Reused buffers, so that sampling allocates nothing per token.
 struct SamplerScratch {
     std::vector<float> weights;

@@ -1,0 +1,88 @@
+"""The adaptive softmax decoder's configuration: its arguments' checks and its parameters'
+names and shapes, exactly those of ``torch.nn.AdaptiveLogSoftmaxWithLoss`` held as a
+model's ``decoder`` (a leaf module: NumPy only).
+
+Head ``Linear(H, c1 + n_clusters, bias=head_bias)``; tail i ``Linear(H, H // div_value**(i+1),
+bias=False)`` then ``Linear(that, c_{i+1} - c_i, bias=False)``, with c_{n} = vocab_size.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
+    """(cutoffs as a list of int or None, div_value as float, head_bias as bool), checked.
+
+    cutoffs None is the full softmax (div_value and head_bias are then unused but still checked).
+    """
+    if isinstance(head_bias, (bool, np.bool_)):
+        head_bias = bool(head_bias)
+    else:
+        raise TypeError(f"head_bias must be a bool, got {type(head_bias).__name__}")
+    if isinstance(div_value, (bool, np.bool_)) or not isinstance(div_value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"div_value must be a number, got {type(div_value).__name__}")
+    div_value = float(div_value)
+    if not (math.isfinite(div_value) and div_value > 1.0):
+        raise ValueError(f"div_value must be a finite number > 1, got {div_value!r}")
+    if cutoffs is None:
+        return None, div_value, head_bias
+    if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__iter__"):
+        raise TypeError(f"cutoffs must be a sequence of ints, got {type(cutoffs).__name__}")
+    cutoffs = list(cutoffs)
+    if not cutoffs:
+        raise ValueError("cutoffs is empty: give at least one cutoff, or cutoffs=None for the full softmax")
+    for c in cutoffs:
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+            raise TypeError(f"cutoffs must hold ints, got {c!r} ({type(c).__name__}) in {cutoffs}")
+    cutoffs = [int(c) for c in cutoffs]
+    if cutoffs[0] <= 0:
+        raise ValueError(f"cutoffs must be positive, got {cutoffs[0]} in cutoffs={cutoffs}")
+    for a, b in zip(cutoffs, cutoffs[1:]):
+        if b <= a:
+            raise ValueError(f"cutoffs must be strictly increasing, got {a} then {b} in cutoffs={cutoffs}")
+    if cutoffs[-1] >= vocab_size:
+        raise ValueError(f"cutoffs must be < vocab_size={vocab_size} (the last cluster needs a word), "
+                         f"got {cutoffs[-1]} in cutoffs={cutoffs}")
+    for i, width in enumerate(tail_widths(hidden_size, div_value, len(cutoffs))):
+        if width == 0:
+            raise ValueError(f"div_value={div_value} is too large for hidden_size={hidden_size}: tail {i}'s "
+                             f"projection would have width {hidden_size} // {div_value}**{i + 1} = 0")
+    return cutoffs, div_value, head_bias
+
+
+def tail_widths(hidden_size, div_value, n_clusters):
+    """Each tail projection's width, as torch computes it: int(H // div_value ** (i + 1))."""
+    return [int(hidden_size // (div_value ** (i + 1))) for i in range(n_clusters)]
+
+
+def decoder_shapes(vocab_size, hidden_size, cutoffs, div_value, head_bias):
+    """Name -> shape of the decoder's parameters, in torch's state_dict order."""
+    H, n = hidden_size, len(cutoffs)
+    shapes = {"decoder.head.weight": (cutoffs[0] + n, H)}
+    if head_bias:
+        shapes["decoder.head.bias"] = (cutoffs[0] + n,)
+    edges = cutoffs + [vocab_size]
+    for i, width in enumerate(tail_widths(H, div_value, n)):
+        shapes[f"decoder.tail.{i}.0.weight"] = (width, H)
+        shapes[f"decoder.tail.{i}.1.weight"] = (edges[i + 1] - edges[i], width)
+    return shapes
+
+
+def decoder_arguments(params, n_clusters):
+    """The adaptive ops' weight arguments (head_weight, head_bias, proj_weights, out_weights)."""
+    return (params["decoder.head.weight"], params.get("decoder.head.bias"),
+            [params[f"decoder.tail.{i}.0.weight"] for i in range(n_clusters)],
+            [params[f"decoder.tail.{i}.1.weight"] for i in range(n_clusters)])
+
+
+def decoder_gradients(dhead, dbias, dprojs, douts):
+    """The adaptive ops' weight gradients keyed like the state_dict."""
+    grads = {"decoder.head.weight": dhead}
+    if dbias is not None:
+        grads["decoder.head.bias"] = dbias
+    for i, (dproj, dout) in enumerate(zip(dprojs, douts)):
+        grads[f"decoder.tail.{i}.0.weight"] = dproj
+        grads[f"decoder.tail.{i}.1.weight"] = dout
+    return grads
