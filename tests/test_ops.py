@@ -494,7 +494,7 @@ def test_op_deterministic(op, shapes, restore_threads):
 # Bindings that are not ops of the math: thread control, build facts and the FMA peak
 # the benchmarks divide by. Generation is random sampling; its twin is compared in
 # test_generate.py.
-NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "fma_peak_gflops", "generate"}
+NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "fma_peak_gflops", "generate", "tune_malloc"}
 
 
 def test_fma_peak_is_a_measured_rate(restore_threads):
