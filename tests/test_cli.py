@@ -175,14 +175,32 @@ def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
             "trainer.json"} <= {p.name for p in out.iterdir()}
 
 
-def test_train_with_no_corpus_uses_the_builtin_corpus(capsys, tmp_path):
+def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
     out = tmp_path / "m"
     code, stdout, err = run(capsys, "train", "--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1",
                             "--sample-tokens", "10", "--out", out)
     assert code == 0, err
-    assert "corpus: the built-in corpus (pydoc_data.topics)" in stdout
+    assert "corpus: the python_docs dataset (fastlm.datasets.python_docs)" in stdout
     assert "--- sample ---" in stdout
     assert (out / "model.safetensors").is_file()
+
+
+def test_train_on_a_shipped_dataset(capsys, tmp_path):
+    import fastlm
+    out = tmp_path / "m"
+    code, stdout, err = run(capsys, "train", "--dataset", "tinyshakespeare", "--max-steps", "1", "--hidden", "8",
+                            "--embed", "4", "--layers", "1", "--sample-tokens", "0", "--out", out)
+    assert code == 0, err
+    assert "corpus: the tinyshakespeare dataset (fastlm.datasets.tinyshakespeare): 1,115,394 char tokens" in stdout
+    assert len(fastlm.load(out).tokenizer) == len(set(fastlm.datasets.tinyshakespeare())) + 1  # and <unk>
+
+
+def test_train_takes_files_or_a_dataset_not_both(capsys, corpus, tmp_path):
+    code, _, err = run(capsys, "train", corpus, "--dataset", "tinyshakespeare", "--out", tmp_path / "m")
+    assert code == 1 and "give CORPUS files or --dataset, not both" in err
+    assert not (tmp_path / "m").exists()
+    code, _, err = run(capsys, "train", "--dataset", "shakespeare", "--out", tmp_path / "m")
+    assert code == 2 and "invalid choice: 'shakespeare'" in err
 
 
 def test_train_replacing_a_model_says_so(capsys, corpus, model_copy):

@@ -18,15 +18,10 @@ import fastlm
 from fastlm import model_dir
 
 DEFAULT_OUT = "fastlm-model"
+DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
 # Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
 RESUMED_DEFAULTS = {"seq_len": 100, "batch_size": 32, "stride": None, "clip_norm": 5.0}
-
-
-def builtin_corpus():
-    """About 460 KB of English prose every Python installation has: the reference-manual topics."""
-    from pydoc_data.topics import topics
-    return "\n\n".join(topics[key] for key in sorted(topics))
 
 
 def read_text(path):
@@ -96,11 +91,20 @@ def _check_out(out, resume):
         raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; choose another --out")
 
 
+def _training_text(corpus, dataset):
+    """The text to train on and how to name it: the CORPUS files, a --dataset, or the default dataset."""
+    if corpus and dataset:
+        raise ValueError(f"give CORPUS files or --dataset, not both (got {len(corpus)} files and --dataset {dataset})")
+    if corpus:
+        return "\n".join(read_text(p) for p in corpus), ", ".join(corpus)
+    dataset = dataset or DEFAULT_DATASET
+    return fastlm.datasets.load(dataset), f"the {dataset} dataset (fastlm.datasets.{dataset})"
+
+
 def cmd_train(args):
     out = Path(args.out)
     _check_out(out, args.resume)
-    text = "\n".join(read_text(p) for p in args.corpus) if args.corpus else builtin_corpus()
-    source = ", ".join(args.corpus) if args.corpus else "the built-in corpus (pydoc_data.topics)"
+    text, source = _training_text(args.corpus, args.dataset)
     if not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
     if args.threads:
@@ -235,11 +239,16 @@ def build_parser():
                                      "on the CPU.", epilog="Run 'fastlm COMMAND --help' for a command's options.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on text files (or on the built-in corpus)",
+    train = commands.add_parser("train", help="train a model on text files (or on a dataset shipped with fastlm)",
                                 description="Train a language model and save it, with a checkpoint after every "
-                                "epoch, then print a sample. With no CORPUS, trains on the Python reference-manual "
-                                "topics that ship with every Python (pydoc_data.topics, ~460 KB).")
-    train.add_argument("corpus", nargs="*", metavar="CORPUS", help="UTF-8 text files (default: the built-in corpus)")
+                                "epoch, then print a sample. With no CORPUS and no --dataset, trains on the Python "
+                                "reference-manual topics that ship with every Python (--dataset python_docs, "
+                                "~460 KB).")
+    train.add_argument("corpus", nargs="*", metavar="CORPUS",
+                       help=f"UTF-8 text files (default: --dataset {DEFAULT_DATASET})")
+    train.add_argument("--dataset", choices=fastlm.datasets.NAMES, default=None,
+                       help="a corpus shipped with fastlm, instead of CORPUS files: tinyshakespeare (1.1 MB) or "
+                       f"python_docs (default: {DEFAULT_DATASET} when no CORPUS is given)")
     train.add_argument("--level", choices=["char", "word"], default="char", help="token level (default: char)")
     train.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
                        help="rarer tokens become <unk> (default: 1)")
