@@ -255,7 +255,7 @@ class TestLoadStateDict:
 class TestConstructor:
     @pytest.mark.parametrize("value", [0, -3])
     def test_vocab_size_not_positive(self, value):
-        with pytest.raises(ValueError, match=rf"vocab_size must be positive, got {value}"):
+        with pytest.raises(ValueError, match=rf"vocab_size must be a positive integer, got {value}"):
             fastlm.LSTMLM(value)
 
     @pytest.mark.parametrize("value", [10.0, "10", None, True])
@@ -265,7 +265,7 @@ class TestConstructor:
 
     @pytest.mark.parametrize("name", ["embed_dim", "hidden_size", "num_layers"])
     def test_other_sizes(self, name):
-        with pytest.raises(ValueError, match=rf"{name} must be positive"):
+        with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got 0"):
             fastlm.LSTMLM(V, **{name: 0})
 
     @pytest.mark.parametrize("sizes", [dict(num_layers=2**31), dict(hidden_size=10**6), dict(vocab_size=10**12),
@@ -286,9 +286,14 @@ class TestConstructor:
         with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
             fastlm.LSTMLM(V, dropout=value)
 
-    @pytest.mark.parametrize("backend", ["cuda", "CPP", "", None])
+    @pytest.mark.parametrize("backend", ["cuda", "CPP", ""])
     def test_unknown_backend(self, backend):
         with pytest.raises(ValueError, match=r"backend must be one of"):
+            fastlm.LSTMLM(V, backend=backend)
+
+    @pytest.mark.parametrize("backend", [None, 0, b"cpp"])
+    def test_backend_not_str(self, backend):
+        with pytest.raises(TypeError, match=r"backend must be one of 'cpp', 'numpy', got"):
             fastlm.LSTMLM(V, backend=backend)
 
 

@@ -217,7 +217,7 @@ def test_config_without_required_entries(saved, config, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(vocab_size=-3), "vocab_size must be positive"),
+    (dict(vocab_size=-3), "vocab_size must be a positive integer"),
     (dict(hidden_size="big"), "hidden_size must be an int"),
     (dict(colour="blue"), "colour"),
     (dict(dropout=2.0), "dropout must lie in"),

@@ -455,7 +455,6 @@ def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
 @pytest.mark.parametrize("kw, message", [
     (dict(epochs=0), "epochs must be a positive integer, got 0"),
     (dict(epochs=-1), "epochs must be a positive integer"),
-    (dict(epochs=1.5), "epochs must be a positive integer"),
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(batch_size=-4), "batch_size must be a positive integer"),
     (dict(seq_len=0), "seq_len must be a positive integer, got 0"),
@@ -642,8 +641,8 @@ def test_evaluate_ids_carries_state(trained, ids):
 @pytest.mark.parametrize("args, kw, error, message", [
     ((np.array([], dtype=np.int32),), {}, ValueError, "empty"),
     ((np.array([3], dtype=np.int32),), {}, ValueError, "at least 2 tokens"),
-    ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be positive"),
-    ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be positive"),
+    ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be a positive integer, got 0"),
+    ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
     ((np.array([1, 2, 500]),), {}, ValueError, "ids holds id 500"),
 ])
 def test_evaluate_bad_input(trained, args, kw, error, message):
@@ -664,16 +663,28 @@ def test_tokenizer_of_another_vocabulary_is_refused_before_training(tok, ids, tm
 
 
 @pytest.mark.parametrize("option, value", [("early_stopping", 0), ("early_stopping", -1), ("lr_patience", -1),
-                                           ("lr_patience", 1.5), ("weight_decay", -0.1)])
+                                           ("weight_decay", -0.1)])
 def test_plateau_and_decay_options_are_checked(tok, ids, option, value):
     with pytest.raises(ValueError, match=option):
         quiet_fit(make(tok), ids, epochs=1, val_ids=ids[:50], **{option: value})
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
-def test_bad_seed_is_refused(seed):
-    with pytest.raises(ValueError, match="seed"):
-        fastlm.LSTMLM(10, 4, 4, seed=seed)
+@pytest.mark.parametrize("option, value", [("epochs", 1.5), ("lr_patience", 1.5), ("early_stopping", 2.0),
+                                           ("lr", "0.1"), ("shuffle", "yes"), ("callback", 3)])
+def test_options_of_the_wrong_type_are_type_errors(tok, ids, tmp_path, option, value):
+    model = make(tok)
+    with pytest.raises(TypeError, match=rf"^{option} must be"):
+        quiet_fit(model, ids, **{"epochs": 1, "val_ids": ids[:50], "checkpoint_dir": tmp_path / "ck", option: value})
+    assert not (tmp_path / "ck").exists()
+    assert not weights_differ(model, make(tok))
+
+
+def test_bad_seed_is_refused():
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        fastlm.LSTMLM(10, 4, 4, seed=-1)
+    for seed in (1.5, True, "0"):
+        with pytest.raises(TypeError, match="seed must be an integer, got"):
+            fastlm.LSTMLM(10, 4, 4, seed=seed)
 
 
 def test_corrupted_trainer_file_is_a_clear_error(tok, ids, tmp_path):

@@ -8,7 +8,6 @@ before the first checkpoint, and checkpoints are written atomically.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import warnings
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import fastlm
 from fastlm import model_dir
+from fastlm.checks import check_int, check_number
 
 DEFAULT_OUT = "fastlm-model"
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
@@ -38,25 +38,27 @@ def read_text(path):
                          "convert it to UTF-8 first") from None
 
 
-def _checked(convert, ok, expected):
-    """An argparse type: convert the text, then check it, so that bad values are usage errors (exit 2)."""
+def _option(convert, check, *bounds):
+    """An argparse type: convert the text, then check it with fastlm.checks (the rule of the Python API),
+    so that bad values are usage errors (exit 2) saying what was expected."""
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
+            value = text  # not a number: the check reports the wrong type
+        try:
+            return check("the value", value, *bounds)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return parse
 
 
-POSITIVE_INT = _checked(int, lambda v: v > 0, "a positive integer")
-NONNEGATIVE_INT = _checked(int, lambda v: v >= 0, "an integer >= 0")
-POSITIVE_FLOAT = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
-NONNEGATIVE_FLOAT = _checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
-FRACTION = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-PROBABILITY = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+POSITIVE_INT = _option(int, check_int, 1)
+NONNEGATIVE_INT = _option(int, check_int, 0)
+POSITIVE_FLOAT = _option(float, check_number, "(0, inf)")
+NONNEGATIVE_FLOAT = _option(float, check_number, "[0, inf)")
+FRACTION = _option(float, check_number, "[0, 1)")
+PROBABILITY = _option(float, check_number, "(0, 1]")
 
 
 def _epoch_line(epochs):

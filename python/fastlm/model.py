@@ -17,26 +17,14 @@ import numpy as np
 
 from fastlm import _core, adaptive, reference
 from fastlm.batches import ContiguousBatches
-from fastlm.checks import check_ids, check_tokenizer
+from fastlm.checks import check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
 from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
 
 
 def _backend_ops(backend):
-    if backend == "cpp":
-        return _core
-    if backend == "numpy":
-        return reference
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
+    return _core if check_choice("backend", backend, BACKENDS) == "cpp" else reference
 
 
 def parameter_count(vocab_size, embed_dim, hidden_size, num_layers):
@@ -83,17 +71,13 @@ class LSTMNetwork:
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
                  backend="cpp", cutoffs=None, div_value=4.0, head_bias=False):
-        self.vocab_size = _positive_int("vocab_size", vocab_size)
-        self.embed_dim = _positive_int("embed_dim", embed_dim)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        self.vocab_size = check_int("vocab_size", vocab_size, 1)
+        self.embed_dim = check_int("embed_dim", embed_dim, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
         check_model_size(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.dropout = float(dropout)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = int(seed)
+        self.dropout = check_number("dropout", dropout, "[0, 1)")
+        self.seed = check_int("seed", seed, 0)
         self.cutoffs, self.div_value, self.head_bias = adaptive.check_adaptive(
             cutoffs, div_value, head_bias, self.vocab_size, self.hidden_size)
         self.backend = backend
@@ -295,8 +279,8 @@ class LSTMNetwork:
         with the state carried across chunks, so every token but the last few is scored
         with its full history; or (N, T) windows with targets y, each from a zero state.
         """
-        seq_len = _positive_int("seq_len", seq_len)
-        batch_size = _positive_int("batch_size", batch_size)
+        seq_len = check_int("seq_len", seq_len, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
         if y is not None:
             x, y = self.check_batch(data, y)
             batches = ((x[r:r + batch_size], y[r:r + batch_size]) for r in range(0, len(x), batch_size))
@@ -331,18 +315,12 @@ class LSTMNetwork:
         set whose probability reaches p. seed=None draws a fresh seed.
         Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens).
         """
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if top_k is not None:
-            top_k = _positive_int("top_k", top_k)
-        if top_p is not None and not (isinstance(top_p, (int, float, np.integer, np.floating))
-                                      and not isinstance(top_p, bool) and 0.0 < top_p <= 1.0):
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-                or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        num_samples = _positive_int("num_samples", num_samples)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+        temperature = check_number("temperature", temperature, "[0, inf)")
+        top_k = check_int("top_k", top_k, 1, allow_none=True)
+        top_p = check_number("top_p", top_p, "(0, 1]", allow_none=True)
+        seed = check_int("seed", seed, 0, allow_none=True)
+        num_samples = check_int("num_samples", num_samples, 1)
         prompt = np.asarray(prompt_ids)
         if prompt.size == 0:
             raise ValueError("the prompt is empty: generation starts from at least one token id")
@@ -354,12 +332,8 @@ class LSTMNetwork:
             prompt = np.repeat(prompt, num_samples, axis=0)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**64)
-        elif isinstance(seed, bool) or not isinstance(seed, (int, float, np.integer, np.floating)):
-            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
-        elif not (isinstance(seed, (int, np.integer)) or (math.isfinite(seed) and seed == int(seed))):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        out = self.ops.generate(self.params, self.num_layers, prompt, int(max_new_tokens), float(temperature),
-                                top_k or 0, 1.0 if top_p is None else float(top_p), int(seed) % 2**64)
+        out = self.ops.generate(self.params, self.num_layers, prompt, max_new_tokens, temperature, top_k or 0,
+                                1.0 if top_p is None else top_p, seed % 2**64)
         return out[0] if single and num_samples == 1 else out
 
     def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
@@ -368,8 +342,7 @@ class LSTMNetwork:
         (a str, or a list of num_samples str). Prompt words outside the vocabulary are
         mapped to <unk> with a warning that says how many."""
         tokenizer = self._require_tokenizer()
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        check_str("prompt", prompt)
         ids, unknown = tokenizer.encode(prompt, return_unknown=True)
         if unknown:
             shown = ", ".join(map(repr, tokenizer.unknown_tokens(prompt)[:10]))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlm.atomic import atomic_write
+from fastlm.checks import check_int
 
 MAGIC = b"FASTLMID"
 VERSION = 1
@@ -40,10 +41,7 @@ RESIDENT_BUDGET_BYTES = 64 << 20
 
 def id_dtype(vocab_size):
     """The narrowest id type that holds every id of a vocabulary: uint16 up to 65,536 tokens, else int32."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
-        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
-    if not 0 < vocab_size <= 2**31:
-        raise ValueError(f"vocab_size must lie in [1, 2**31], got {vocab_size}")
+    vocab_size = check_int("vocab_size", vocab_size, 1, 2**31)
     return _DTYPES[2] if vocab_size <= 2**16 else _DTYPES[4]
 
 

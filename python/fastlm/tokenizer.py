@@ -71,6 +71,7 @@ from itertools import repeat
 import numpy as np
 
 from fastlm.atomic import atomic_write
+from fastlm.checks import check_bool, check_choice, check_int, check_str
 
 UNK = "<unk>"
 FORMAT = 2  # newest version of the JSON written by Tokenizer.save (2: with "eos")
@@ -83,22 +84,6 @@ _LAST_SPACE = re.compile(r"\s\S*\Z")
 
 
 # ---------------------------------------------------------------- argument checks
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _check_int(name, value, low, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}, got {value}")
-    return int(value)
-
 
 def _check_eos(eos, level):
     if eos is None:
@@ -117,25 +102,17 @@ def _check_eos(eos, level):
 
 
 def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos=None):
-    if level not in LEVELS:
-        raise ValueError(f"level must be 'word' or 'char', got {level!r}")
     options = {
-        "level": level,
-        "min_count": _check_int("min_count", min_count, 1),
-        "max_vocab": _check_int("max_vocab", max_vocab, 2, allow_none=True),
-        "lowercase": _check_bool("lowercase", lowercase),
-        "split_punctuation": _check_bool("split_punctuation", split_punctuation),
+        "level": check_choice("level", level, LEVELS),
+        "min_count": check_int("min_count", min_count, 1),
+        "max_vocab": check_int("max_vocab", max_vocab, 2, allow_none=True),
+        "lowercase": check_bool("lowercase", lowercase),
+        "split_punctuation": check_bool("split_punctuation", split_punctuation),
         "eos": _check_eos(eos, level),
     }
     if level == "char" and options["split_punctuation"]:
         raise ValueError("split_punctuation applies to level='word' only")
     return options
-
-
-def _check_text(name, text):
-    if not isinstance(text, str):
-        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-    return text
 
 
 # ---------------------------------------------------------------- splitting text
@@ -362,7 +339,7 @@ class Tokenizer:
             counts = tuple(counts)
             if len(counts) != len(vocab):
                 raise ValueError(f"counts has {len(counts)} entries for {len(vocab)} tokens")
-            counts = tuple(_check_int(f"counts[{i}]", c, 0) for i, c in enumerate(counts))
+            counts = tuple(check_int(f"counts[{i}]", c, 0) for i, c in enumerate(counts))
         self.level = options["level"]
         self.lowercase = options["lowercase"]
         self.split_punctuation = options["split_punctuation"]
@@ -400,7 +377,7 @@ class Tokenizer:
         offset, unless errors="replace" (or another codecs error handler) is given.
         """
         options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 1)
         path = os.fspath(path)
         return cls._fit_pieces(_file_pieces(path, level, encoding, errors, chunk_size), options)
 
@@ -481,7 +458,7 @@ class Tokenizer:
 
     def id_to_token(self, token_id):
         """The token with this id; IndexError outside [0, len(self))."""
-        token_id = _check_int("token_id", token_id, 0)
+        token_id = check_int("token_id", token_id, 0)
         if token_id >= len(self._vocab):
             raise IndexError(f"token id {token_id} outside the vocabulary [0, {len(self._vocab)})")
         return self._vocab[token_id]
@@ -505,7 +482,7 @@ class Tokenizer:
 
     def tokenize(self, text):
         """The token strings of text, before lookup (word level: lowercased / punctuation split as configured)."""
-        text = _check_text("text", text)
+        text = check_str("text", text)
         if self.level == "word":
             return (_word_tokens(text, self.lowercase, self.split_punctuation, self.eos)
                     + _final_eos(self.eos, text[-1] if text else None))
@@ -516,7 +493,7 @@ class Tokenizer:
 
         With return_unknown=True returns (ids, number of positions encoded as <unk>).
         """
-        text = _check_text("text", text)
+        text = check_str("text", text)
         capacity = len(text) if self.level == "char" else len(text) // 4 + 16
         ids = self._encode_pieces(_text_pieces(text, self.level), capacity)
         return (ids, int(np.count_nonzero(ids == self.UNK_ID))) if return_unknown else ids
@@ -528,7 +505,7 @@ class Tokenizer:
         Equal to ``encode(open(path, encoding=encoding, newline="").read())`` but memory
         beyond the returned array stays bounded by a few chunks.
         """
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 1)
         path = os.fspath(path)
         size = os.stat(path).st_size
         # A code point takes at least one byte, so the byte count bounds char-level output;
@@ -541,7 +518,7 @@ class Tokenizer:
         """The ids of one text file, or of several joined by newlines, a chunk at a time: an
         iterator of 1-D int32 arrays whose concatenation is encode_file(path) (for several,
         encode of the texts joined by "\n"), for corpora whose ids do not fit in memory."""
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 1)
         paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
 
         def pieces():

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastlm import distributed, model_dir
 from fastlm.batches import ArrayBatches, ContiguousBatches, RowStreams, WindowBatches, all_rows
-from fastlm.checks import check_tokenizer
+from fastlm.checks import check_bool, check_int, check_number, check_tokenizer
 from fastlm.token_file import check_corpus
 
 # Settings that must not change between a run and its resumption.
@@ -74,12 +74,6 @@ class _InterruptFlag:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful, rows=all_rows):
@@ -143,29 +137,28 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     dist = distributed.group(comm)
     if tokenizer is None:
         tokenizer = model.tokenizer
-    epochs = _positive("epochs", epochs)
-    batch_size = _positive("batch_size", batch_size)
-    seq_len = _positive("seq_len", seq_len)
-    stride = seq_len if stride is None else _positive("stride", stride)
-    if not 0 < lr < math.inf:
-        raise ValueError(f"lr must be positive and finite, got {lr}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
-    if lr_decay is not None and not 0 < lr_decay < 1:
-        raise ValueError(f"lr_decay must lie in (0, 1) or be None, got {lr_decay}")
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
+    stride = seq_len if stride is None else check_int("stride", stride, 1)
+    lr = check_number("lr", lr, "(0, inf)")
+    shuffle = check_bool("shuffle", shuffle)
+    stateful = check_bool("stateful", stateful)
+    clip_norm = check_number("clip_norm", clip_norm, "(0, inf)", allow_none=True)
+    weight_decay = check_number("weight_decay", weight_decay, "[0, inf)")
+    lr_decay = check_number("lr_decay", lr_decay, "(0, 1)", allow_none=True)
+    lr_patience = check_int("lr_patience", lr_patience, 0)
+    early_stopping = check_int("early_stopping", early_stopping, 1, allow_none=True)
+    resume = check_bool("resume", resume)
+    progress = check_bool("progress", progress)
+    max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
     if (lr_decay is not None or early_stopping is not None) and val_ids is None:
         raise ValueError("lr_decay and early_stopping watch the validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
-    if not 0 <= weight_decay < math.inf:
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-    if isinstance(lr_patience, bool) or not isinstance(lr_patience, (int, np.integer)) or lr_patience < 0:
-        raise ValueError(f"lr_patience must be an integer >= 0, got {lr_patience!r}")
-    if early_stopping is not None:
-        early_stopping = _positive("early_stopping", early_stopping)
     check_tokenizer(tokenizer, model.vocab_size)
-    if max_batches is not None:
-        max_batches = _positive("max_batches", max_batches)
     if val_ids is not None:
         val_ids = check_corpus("val_ids", val_ids, model.vocab_size)
         if len(val_ids) < 2:
