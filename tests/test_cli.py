@@ -109,7 +109,7 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
             for option in action.option_strings or [action.metavar]:
                 assert option in help_text, (name, option)
             if action.option_strings and action.nargs != 0:  # every option taking a value states its default
-                assert "default" in action.help, (name, action.option_strings)
+                assert ("required" if action.required else "default") in action.help, (name, action.option_strings)
 
 
 def test_bench_help_describes_the_configurations(capsys):
@@ -128,7 +128,7 @@ def test_no_command_is_a_usage_error(capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["frobnicate"], "invalid choice"),
-    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--bogus", "--out", "m"], "unrecognized arguments: --bogus"),
     (["train", "--epochs", "two"], "argument --epochs"),
     (["train", "--epochs", "0"], "argument --epochs"),
     (["train", "--batch-size", "0"], "argument --batch-size"),
@@ -513,3 +513,73 @@ def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpu
     code, out, err = run(capsys, command, model_copy, *argv)
     assert_error(code, err, command, "NaN or infinity")
     assert "perplexity" not in out
+
+
+# ================================================================= what a newcomer trips on (issue 12)
+
+
+def test_version(capsys):
+    import fastlm
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"fastlm {fastlm.__version__}"
+
+
+def test_train_requires_out_and_writes_nothing_without_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "train", "--max-steps", "1")
+    assert_usage_error(code, err, "--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_says_where_the_model_goes(capsys, monkeypatch, corpus, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", "rel/m")
+    assert code == 0, err
+    assert f"saving to {tmp_path / 'rel' / 'm'}\n" in out  # the absolute path, whatever the working directory
+    assert (tmp_path / "rel" / "m" / "config.json").is_file()
+
+
+def test_eval_with_swapped_arguments_says_which_is_which(capsys, model_dir, corpus):
+    code, _, err = run(capsys, "eval", corpus, model_dir)
+    assert_error(code, err, "eval", "look swapped", f"fastlm eval {model_dir} {corpus}")
+
+
+def test_a_file_given_as_the_model_directory(capsys, corpus):
+    for argv in (["generate", corpus], ["eval", corpus, corpus]):
+        code, _, err = run(capsys, *argv)
+        assert_error(code, err, argv[0], f"{corpus} is a file, not a model directory")
+
+
+def test_cli_and_generate_text_sample_at_the_same_temperature(monkeypatch, model_dir, capsys):
+    import inspect
+
+    import fastlm
+    default = inspect.signature(fastlm.LSTMLM.generate_text).parameters["temperature"].default
+    seen = []
+    real = fastlm.LSTMLM.generate_text
+
+    def recording(self, *args, **kw):
+        seen.append(kw.get("temperature", default))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(fastlm.LSTMLM, "generate_text", recording)
+    assert run(capsys, "generate", model_dir, "--max-new-tokens", "3", "--seed", "1")[0] == 0
+    cli._print_sample(fastlm.load(model_dir), 0, 3)  # the sample `fastlm train` prints
+    capsys.readouterr()
+    assert seen == [default, default] and default == 1.0
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", "m"], ["generate", "m"], ["eval", "m", "f"], ["bench"]])
+def test_every_command_takes_threads(argv):
+    assert cli.build_parser().parse_args([*argv, "--threads", "3"]).threads == 3
+
+
+def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
+    import fastlm
+    before = fastlm.get_num_threads()
+    try:
+        code, _, err = run(capsys, "eval", model_dir, corpus, "--threads", "1")
+        assert code == 0, err
+        assert fastlm.get_num_threads() == 1
+    finally:
+        fastlm.set_num_threads(before)

@@ -17,7 +17,6 @@ import fastlm
 from fastlm import model_dir
 from fastlm.checks import check_int, check_number
 
-DEFAULT_OUT = "fastlm-model"
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
 # Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
@@ -75,7 +74,7 @@ def _epoch_line(epochs):
 def _print_sample(model, seed, tokens):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        text = model.generate_text("", max_new_tokens=tokens, temperature=0.8, seed=seed)
+        text = model.generate_text("", max_new_tokens=tokens, seed=seed)
     print("--- sample ---")
     print(text.strip("\n"))
     print("--------------")
@@ -109,8 +108,6 @@ def cmd_train(args):
     text, source = _training_text(args.corpus, args.dataset)
     if not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
-    if args.threads:
-        fastlm.set_num_threads(args.threads)
     saved = {}
     if args.resume:
         model = _load(out)
@@ -140,7 +137,7 @@ def cmd_train(args):
     print(f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
           f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}")
     print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}; "
-          f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out}", flush=True)
+          f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}", flush=True)
     if not args.resume and (out / "config.json").exists():
         print(f"fastlm train: note: replacing the model in {out} (--resume continues it instead)", file=sys.stderr)
     started = time.perf_counter()
@@ -193,7 +190,18 @@ def cmd_generate(args):
     return 0
 
 
+def _check_eval_arguments(directory, file):
+    """`fastlm eval FILE DIR` is an easy slip: say which argument is which rather than that a
+    directory does not exist or is not a text file."""
+    directory, file = Path(directory), Path(file)
+    if directory.is_file() and file.is_dir():
+        raise ValueError(f"the arguments look swapped: {directory} is a file and {file} a directory; "
+                         f"fastlm eval takes the model directory first, then the text file: "
+                         f"fastlm eval {file} {directory}")
+
+
 def cmd_eval(args):
+    _check_eval_arguments(args.directory, args.file)
     model = _load(args.directory)
     path = Path(args.file)
     ids, unknown = model.tokenizer.encode(read_text(path), return_unknown=True)
@@ -211,8 +219,6 @@ def cmd_eval(args):
 def cmd_bench(args):
     from fastlm.benchmark import (CONFIGS, fastlm_train_step, median_seconds, torch_train_seconds,
                                   training_flops_per_token)
-    if args.threads:
-        fastlm.set_num_threads(args.threads)
     threads = fastlm.get_num_threads()
     print(f"training step (forward, loss, backward, Adam), median of {args.repeats}; {threads} threads, "
           f"{fastlm.build_info()['simd']}")
@@ -239,6 +245,7 @@ def cmd_bench(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastlm", description="Train, sample and evaluate LSTM language models "
                                      "on the CPU.", epilog="Run 'fastlm COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"fastlm {fastlm.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on text files (or on a dataset shipped with fastlm)",
@@ -281,11 +288,10 @@ def build_parser():
                        help="stop (with a checkpoint) after this many batches (default: no limit)")
     train.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
                        help="initialisation, order and sampling seed (default: 0)")
-    train.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
-                       help="threads (default: all cores)")
     train.add_argument("--sample-tokens", type=NONNEGATIVE_INT, default=300, metavar="N",
                        help="length of the sample printed at the end; 0 = none (default: 300)")
-    train.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"model directory (default: {DEFAULT_OUT})")
+    train.add_argument("--out", required=True, metavar="DIR",
+                       help="model directory to write (required: fastlm writes nowhere you did not name)")
     train.add_argument("--resume", action="store_true",
                        help="continue the training checkpointed in --out (same corpus; model and tokenizer "
                        "from the checkpoint)")
@@ -299,8 +305,9 @@ def build_parser():
     generate.add_argument("--prompt", default="", help="text to continue (default: none)")
     generate.add_argument("--max-new-tokens", type=NONNEGATIVE_INT, default=200, metavar="N",
                           help="tokens to add (default: 200)")
-    generate.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=0.8, metavar="T",
-                          help="sampling temperature; 0 = greedy (default: 0.8)")
+    generate.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=1.0, metavar="T",
+                          help="sampling temperature; 1 = the model's own distribution, lower is more "
+                          "conservative, 0 = greedy (default: 1, as generate_text)")
     generate.add_argument("--top-k", type=POSITIVE_INT, default=None, metavar="K",
                           help="sample among the K most likely tokens (default: all)")
     generate.add_argument("--top-p", type=PROBABILITY, default=None, metavar="P",
@@ -331,8 +338,11 @@ def build_parser():
     bench.add_argument("--repeats", type=POSITIVE_INT, default=3, metavar="N", help="timed repeats (default: 3)")
     bench.add_argument("--torch", action="store_true",
                        help="also time PyTorch, if installed, in a process of its own (default: off)")
-    bench.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N", help="threads (default: all cores)")
     bench.set_defaults(run=cmd_bench)
+    for command in (train, generate, evaluate, bench):
+        command.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
+                             help="threads (default: all cores; on a machine where other programs are busy, "
+                             "fewer can be faster: see README, 'Threads')")
     return parser
 
 
@@ -352,6 +362,8 @@ def _message(error):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            fastlm.set_num_threads(args.threads)
         return args.run(args)
     except KeyboardInterrupt:
         print(f"fastlm {args.command}: interrupted", file=sys.stderr)

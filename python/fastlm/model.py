@@ -311,8 +311,9 @@ class LSTMNetwork:
         """Sample new token ids after a prompt; the sampling loop runs in C++.
 
         prompt_ids: 1-D ids (at least one) warming the state, or (S, P) for S prompts.
-        temperature 0 is greedy; top_k keeps the k most likely tokens; top_p the smallest
-        set whose probability reaches p. seed=None draws a fresh seed.
+        temperature 1 samples the model's own distribution (the default everywhere, the CLI
+        included), lower is more conservative, 0 is greedy; top_k keeps the k most likely
+        tokens; top_p the smallest set whose probability reaches p. seed=None draws a fresh seed.
         Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens).
         """
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)

@@ -130,6 +130,8 @@ def write(directory, model, tokenizer=None, training=None):
 
 def read_config(directory):
     directory = Path(directory)
+    if directory.is_file():
+        raise NotADirectoryError(f"{directory} is a file, not a model directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {directory} does not exist")
     config = _read_json(directory / CONFIG_FILE, "not a fastlm model directory?")

@@ -109,8 +109,11 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
 
     data: 1-D token ids, or (N, T) input windows with y (N, T) their targets. 1-D ids may be
         a memory map (fastlm.open_ids, np.memmap): read a batch at a time, never copied whole.
-    seq_len, stride: window length and the distance between window starts
-        (stride=None: seq_len, non-overlapping; stride=1: every position, as in the classic recipe).
+    seq_len, stride: window length and the distance between window starts. Every window
+        predicts all of its seq_len next tokens, so stride=None (seq_len: non-overlapping)
+        makes each token a target once per epoch; stride=1 (a window at every position)
+        makes it a target up to seq_len times, at about seq_len times the cost per epoch.
+        (The classic recipe's window at every position predicts only the token after it.)
     shuffle: a new seeded window order every epoch.
     stateful: read the corpus as batch_size contiguous streams and carry the hidden
         state (detached) from one batch to the next (truncated BPTT); ignores stride/shuffle.
