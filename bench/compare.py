@@ -296,7 +296,7 @@ def main():
     import numpy
 
     import fastlm
-    from fastlm.benchmark import numpy_sgemm_gflops, peak_fma_gflops, torch_matmul_gflops
+    from peaks import numpy_sgemm_gflops, peak_fma_gflops, torch_matmul_gflops
 
     impls = ["fastlm-cpp"]
     if not args.skip_numpy:

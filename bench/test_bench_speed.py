@@ -5,7 +5,7 @@
 
 Configurations A-D (V, E, H, L, T, B) from fastlm.benchmark.CONFIGS. Every result carries
 tokens_per_s, gflops and peak_pct in extra_info (see --benchmark-json); peak_pct is against
-the float32 FMA peak measured once per session (fastlm.benchmark.peak_fma_gflops: an FMA
+the float32 FMA peak measured once per session (bench/peaks.py's peak_fma_gflops: an FMA
 loop in registers with the build's SIMD width).
 
 Threads: FASTLM_BENCH_THREADS (default 2) for fastlm and torch. The NumPy reference uses
@@ -22,6 +22,7 @@ import pytest
 
 import fastlm
 from fastlm import benchmark as bm
+from peaks import peak_fma_gflops  # bench/peaks.py (pytest puts bench/ on sys.path)
 
 THREADS = int(os.environ.get("FASTLM_BENCH_THREADS", "2"))
 CONFIG_NAMES = os.environ.get("FASTLM_BENCH_CONFIGS", "A B C D").split()
@@ -46,7 +47,7 @@ def threads():
 
 @pytest.fixture(scope="session")
 def peak_gflops():
-    return bm.peak_fma_gflops(THREADS)["gflops"]
+    return peak_fma_gflops(THREADS)["gflops"]
 
 
 def _torch_or_skip():

@@ -306,7 +306,7 @@ def test_bench_times_torch_in_a_process_of_its_own(capsys, monkeypatch):
 def test_a_failing_benchmark_child_raises_with_its_error():
     from fastlm import benchmark
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-        benchmark._run_child("1 / 0", (), dict(os.environ))
+        benchmark.run_child("1 / 0", (), dict(os.environ))
 
 
 # ================================================================= train: bad input

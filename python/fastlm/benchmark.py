@@ -1,4 +1,4 @@
-"""Benchmark configurations and timers shared by `fastlm bench` and bench/."""
+"""Benchmark configurations, workloads and timers: `fastlm bench` and the scripts in bench/ (bench/peaks.py holds the peak references)."""
 from __future__ import annotations
 
 import time
@@ -188,44 +188,7 @@ def torch_generation(c, threads, tokens=500, mkldnn=True):
     return run
 
 
-# ------------------------------------------------------------ the machine's peak
-
-PEAK_ENV_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-_SGEMM_CODE = """
-import json, sys, time
-import numpy as np
-n, repeats = int(sys.argv[1]), int(sys.argv[2])
-rng = np.random.default_rng(0)
-a = rng.standard_normal((n, n), dtype=np.float32)
-b = rng.standard_normal((n, n), dtype=np.float32)
-out = np.empty((n, n), dtype=np.float32)
-np.matmul(a, b, out=out)
-best = float("inf")
-for _ in range(repeats):
-    start = time.perf_counter()
-    np.matmul(a, b, out=out)
-    best = min(best, time.perf_counter() - start)
-print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "seconds": best}))
-"""
-
-_TORCH_MATMUL_CODE = """
-import json, sys, time
-import torch
-n, repeats, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-torch.set_num_threads(threads)
-torch.manual_seed(0)
-a, b = torch.randn(n, n), torch.randn(n, n)
-out = torch.empty(n, n)
-torch.matmul(a, b, out=out)
-best = float("inf")
-for _ in range(repeats):
-    start = time.perf_counter()
-    torch.matmul(a, b, out=out)
-    best = min(best, time.perf_counter() - start)
-print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "seconds": best, "torch": torch.__version__}))
-"""
-
+# ------------------------------------------------------------ PyTorch in a process of its own
 
 _TORCH_TRAIN_CODE = """
 import json, sys
@@ -236,7 +199,7 @@ print(json.dumps({"seconds": bm.median_seconds(bm.torch_train_step(c, threads), 
 """
 
 
-def _run_child(code, args, env):
+def run_child(code, args, env):
     """Run `python -c code args` and return the JSON object on the last line of its output."""
     import json
     import subprocess
@@ -257,46 +220,5 @@ def torch_train_seconds(c, threads, repeats):
     import json
     if importlib.util.find_spec("torch") is None:
         return None
-    result = _run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), child_environment(threads))
+    result = run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), child_environment(threads))
     return result["seconds"]
-
-
-def peak_fma_gflops(threads, seconds=0.5, repeats=3):
-    """The float32 FMA peak with `threads` threads: fastlm's register-only FMA loop (best of repeats).
-
-    It uses the SIMD width fastlm was built for, so "% of peak" says how much of what this
-    build can do the kernels reach. Returns {"gflops", "threads", "source"}.
-    """
-    from fastlm import _core
-    previous = _core.get_num_threads()
-    _core.set_num_threads(threads)
-    try:
-        best = max(_core.fma_peak_gflops(seconds) for _ in range(repeats))
-    finally:
-        _core.set_num_threads(previous)
-    return dict(gflops=best, threads=threads,
-                source=f"FMA loop in registers ({_core.build_info()['simd']}, {threads} threads)")
-
-
-def numpy_sgemm_gflops(threads, n=4096, repeats=3):
-    """A peak reference: a large NumPy float32 SGEMM (best of repeats).
-
-    Runs in a subprocess with OMP/OPENBLAS_NUM_THREADS=threads and without OPENBLAS_CORETYPE
-    and OPENBLAS_L2_SIZE (when set, they can pin OpenBLAS to slower kernels than the CPU
-    has). Returns {"gflops", "seconds", "n", "threads", "unset": the variables removed}.
-    """
-    env = child_environment(threads)
-    unset = [name for name in PEAK_ENV_UNSET if env.pop(name, None) is not None]
-    result = _run_child(_SGEMM_CODE, (n, repeats), env)
-    result.update(n=n, threads=threads, unset=unset, source=f"numpy float32 matmul {n}x{n}")
-    return result
-
-
-def torch_matmul_gflops(threads, n=4096, repeats=3):
-    """A second peak reference: torch.matmul on n x n float32 (best of repeats), or None without torch."""
-    import importlib.util
-    if importlib.util.find_spec("torch") is None:
-        return None
-    result = _run_child(_TORCH_MATMUL_CODE, (n, repeats, threads), child_environment(threads))
-    result.update(n=n, threads=threads, source=f"torch.matmul float32 {n}x{n}")
-    return result
