@@ -155,8 +155,13 @@ def rates(results, name, impl, kind):
 
 def summarise(args, impls, results, peaks, references):
     """Rows for every table: dicts with the cells already computed."""
-    from fastlm.benchmark import CONFIGS, generation_flops_per_token, generation_weight_bytes_per_token, \
-        inference_flops_per_token, training_flops_per_token
+    from fastlm.benchmark import (
+        CONFIGS,
+        generation_flops_per_token,
+        generation_weight_bytes_per_token,
+        inference_flops_per_token,
+        training_flops_per_token,
+    )
     flops = {"train": training_flops_per_token, "infer": inference_flops_per_token,
              "generate": generation_flops_per_token}
     peak = max(p["gflops"] for p in peaks)  # a peak: the best round, least disturbed by other processes
@@ -244,7 +249,8 @@ def markdown_report(summary, header_items):
             impl = row["impl"] + (f" ({row['tokens']} tokens)" if row["tokens"] not in (None, 500) else "")
             lines.append(f"| {row['config']} | {impl} | {row['rate']:,.0f} | {row['gflops']:.2f} | "
                          f"{row['peak_pct']:.1f}% | {row['spread']:.0f}% | {fmt_ratio(row['vs_torch'])} | "
-                         f"{fmt_ratio(row['vs_torch_paired'])} | {fmt_ratio(row['vs_numpy'])} |" + (f" {row['weights_gbps']:.1f} |" if gen else ""))
+                         f"{fmt_ratio(row['vs_torch_paired'])} | {fmt_ratio(row['vs_numpy'])} |"
+                         + (f" {row['weights_gbps']:.1f} |" if gen else ""))
         lines.append("")
     lines += ["## peak RSS of a training process", "",
               "| config | implementation | peak RSS (MiB) | after imports (MiB) | peak − imports (MiB) |",
@@ -254,10 +260,10 @@ def markdown_report(summary, header_items):
                      f"{row['peak'] - row['base']:.0f} |")
     lines += ["", "tokens/s: median over rounds of each worker's median time; spread: (max − min) / median of "
               "the per-round figures. fastlm / torch: the ratio of the medians; paired: the median over rounds "
-              "of the ratio within a round (measured seconds apart). GFLOP/s by the issue's count (training 3 × (Σ 2·4H(E_in+H) + 2HV) per "
-              "token; inference and generation 1/3 of it); % of peak against the FMA peak above. Batch-1 generation is "
-              "a chain of matrix-vector products, bound by memory traffic rather than FMAs: weights read = tokens/s × "
-              "float32 LSTM and decoder weights.", ""]
+              "of the ratio within a round (measured seconds apart). GFLOP/s by the issue's count (training "
+              "3 × (Σ 2·4H(E_in+H) + 2HV) per token; inference and generation 1/3 of it); % of peak against the FMA "
+              "peak above. Batch-1 generation is a chain of matrix-vector products, bound by memory traffic "
+              "rather than FMAs: weights read = tokens/s × float32 LSTM and decoder weights.", ""]
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ def main():
     grads_mb = sum(g.nbytes for g in grads.values()) / 2**20
     logits_mb = B * T * V * 4 / 2**20
     print(f"backend={args.backend} V={V} E={E} H={H} B={B} T={T} loss={loss:.4f}")
-    print(f"parameters {params_mb:.0f} MiB, gradients returned {grads_mb:.0f} MiB, full logits would be {logits_mb:.0f} MiB")
+    print(f"parameters {params_mb:.0f} MiB, gradients returned {grads_mb:.0f} MiB, "
+          f"full logits would be {logits_mb:.0f} MiB")
     print(f"RSS before the call {before:.0f} MiB, peak during it {peak:.0f} MiB: "
           f"the call needed {peak - before:.0f} MiB beyond the model, gradients included")
 

@@ -273,6 +273,7 @@ class TestConstructor:
     def test_larger_than_memory(self, sizes):
         """Checked by formula before anything is allocated: num_layers=2**31 used to grow for ever."""
         import time
+
         from fastlm.model import physical_memory
         if physical_memory() is None:
             pytest.skip("the system does not report its memory")
@@ -642,7 +643,8 @@ class TestWindows:
 
     @pytest.mark.parametrize("length,seq_len", [(0, 3), (3, 3), (1, 1), (10, 10)])
     def test_too_short(self, length, seq_len):
-        with pytest.raises(ValueError, match=rf"ids holds {length} tokens; a window needs seq_len \+ 1 = {seq_len + 1}"):
+        message = rf"ids holds {length} tokens; a window needs seq_len \+ 1 = {seq_len + 1}"
+        with pytest.raises(ValueError, match=message):
             fastlm.windows(np.arange(length, dtype=np.int32), seq_len)
 
     @pytest.mark.parametrize("seq_len", [2**63 - 1, 2**63 - 2, 2**62])

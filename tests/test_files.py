@@ -242,7 +242,8 @@ def test_config_disagreeing_with_weights(saved):
     config = config_of(saved)
     config["model"]["hidden_size"] = 9
     write_config(saved, config)
-    with pytest.raises(ValueError, match=r"model\.safetensors: .*lstm.weight_ih_l0.*shape \(32, 6\), expected \(36, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"model\.safetensors: .*lstm.weight_ih_l0.*shape \(32, 6\), expected \(36, 6\)"):
         fastlm.load(saved)
 
 

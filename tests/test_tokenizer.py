@@ -353,7 +353,7 @@ def test_missing_files(tmp_path):
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 7, 1 << 20])
 def test_invalid_utf8_names_file_and_offset(tmp_path, chunk_size):
-    prefix = "héllo wörld 😀 ".encode("utf-8")
+    prefix = "héllo wörld 😀 ".encode()
     path = tmp_path / "bad.txt"
     path.write_bytes(prefix + b"\xff rest")
     with pytest.raises(ValueError, match=rf"bad\.txt.*byte offset {len(prefix)}\b"):
@@ -362,7 +362,7 @@ def test_invalid_utf8_names_file_and_offset(tmp_path, chunk_size):
     with pytest.raises(ValueError, match=rf"byte offset {len(prefix)}\b"):
         tok.encode_file(path, chunk_size=chunk_size)
     # a multi-byte character cut off by the end of the file
-    path.write_bytes(prefix + "😀".encode("utf-8")[:2])
+    path.write_bytes(prefix + "😀".encode()[:2])
     with pytest.raises(ValueError, match=rf"byte offset {len(prefix)}\b"):
         Tokenizer.fit_file(path, chunk_size=chunk_size)
     # errors="replace" reads it anyway

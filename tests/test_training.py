@@ -185,7 +185,7 @@ def test_stateful_carries_state(tok, ids):
     for epoch in range(2):
         epoch_calls = calls[epoch * per_epoch:(epoch + 1) * per_epoch]
         assert epoch_calls[0][2] is None  # every epoch starts from the zero state
-        for (x0, y0, _, final), (x1, _, initial, _) in zip(epoch_calls, epoch_calls[1:]):
+        for (_, y0, _, final), (x1, _, initial, _) in zip(epoch_calls, epoch_calls[1:]):
             assert np.array_equal(x1[:, 0], y0[:, -1])  # each row continues its stream
             assert len(initial) == 2
             for (h, c), (h_prev, c_prev) in zip(initial, final):
@@ -325,7 +325,7 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
     # the checkpoints themselves agree too, optimizer state included
     for name in (model_dir.MODEL_FILE, model_dir.OPTIMIZER_FILE):
         a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
-        assert list(sorted(a)) == list(sorted(b))
+        assert sorted(a) == sorted(b)
         assert all(np.array_equal(a[k], b[k]) for k in a), name
 
 
@@ -550,7 +550,8 @@ def test_resume_with_a_different_model(tok, ids, tmp_path):
 
 def test_divergence_raises_clearly(tok, ids, tmp_path):
     model = make(tok)
-    with pytest.raises(FloatingPointError, match=r"training diverged: the loss is (nan|inf).*lower lr or set clip_norm"):
+    with pytest.raises(FloatingPointError,
+                       match=r"training diverged: the loss is (nan|inf).*lower lr or set clip_norm"):
         quiet_fit(model, ids, epochs=1, lr=1e38, checkpoint_dir=tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # no checkpoint of a diverged model
 

@@ -1,4 +1,5 @@
-"""Benchmark configurations, workloads and timers: `fastlm bench` and the scripts in bench/ (bench/peaks.py holds the peak references)."""
+"""Benchmark configurations, workloads and timers, for `fastlm bench` and bench/ (whose peaks.py
+holds the machine's peak references)."""
 from __future__ import annotations
 
 import time

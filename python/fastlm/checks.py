@@ -37,7 +37,7 @@ def check_int(name, value, low=None, high=None, *, allow_none=False):
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interval(text):
     """'(0, 1]' -> (0.0, False, 1.0, True): the bounds and whether each is included."""
     match = _INTERVAL.match(text)

@@ -217,8 +217,13 @@ def cmd_eval(args):
 
 
 def cmd_bench(args):
-    from fastlm.benchmark import (CONFIGS, fastlm_train_step, median_seconds, torch_train_seconds,
-                                  training_flops_per_token)
+    from fastlm.benchmark import (
+        CONFIGS,
+        fastlm_train_step,
+        median_seconds,
+        torch_train_seconds,
+        training_flops_per_token,
+    )
     threads = fastlm.get_num_threads()
     print(f"training step (forward, loss, backward, Adam), median of {args.repeats}; {threads} threads, "
           f"{fastlm.build_info()['simd']}")

@@ -119,7 +119,8 @@ def open_ids(path, vocab_size=None):
         raise ValueError(f"{path} holds no ids")
     ids = np.memmap(path, dtype=header["dtype"], mode="r", offset=HEADER_BYTES, shape=(header["tokens"],))
     if vocab_size is not None:
-        check_corpus(f"{path}", ids, vocab_size, note=f" (it was encoded with a vocabulary of {header['vocab_size']:,})")
+        check_corpus(f"{path}", ids, vocab_size,
+                     note=f" (it was encoded with a vocabulary of {header['vocab_size']:,})")
     return ids
 
 

@@ -120,7 +120,7 @@ def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eo
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _punctuation_regexes():
     """Tokens for split_punctuation=True: <unk>, word runs (with combining marks), or one other char.
 

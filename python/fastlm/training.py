@@ -199,7 +199,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         check_tokenizer(tokenizer, model.vocab_size)
     if dist.size > 1:
         dist.check_same(dict(settings, **model.config(), epochs=epochs, lr=lr, resume=bool(resume),
-                             max_batches=max_batches, backend=model.backend, data=distributed.fingerprint(np.asarray(data)),
+                             max_batches=max_batches, backend=model.backend,
+                             data=distributed.fingerprint(np.asarray(data)),
                              val=None if val_ids is None else distributed.fingerprint(val_ids)))
     dist.broadcast_parameters(model.params)
 
