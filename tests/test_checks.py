@@ -55,12 +55,16 @@ MISTAKES = {
     "probability (0, 1] or None": [("0.5", TypeError), (True, TypeError), (0.0, ValueError), (1.5, ValueError),
                                    (math.nan, ValueError)],
     "bool": [(1, TypeError), ("yes", TypeError), (None, TypeError)],
+    "number > 1": [("4", TypeError), (True, TypeError), (1.0, ValueError), (0.5, ValueError), (math.inf, ValueError),
+                   (math.nan, ValueError)],
 }
 
 ARGUMENTS = [  # (entry point, argument, kind)
     *[("LSTMLM", name, "positive int") for name in ("vocab_size", "embed_dim", "hidden_size", "num_layers")],
     ("LSTMLM", "dropout", "fraction [0, 1)"),
     ("LSTMLM", "seed", "int >= 0"),
+    ("LSTMLM", "head_bias", "bool"),
+    ("LSTMLM", "div_value", "number > 1"),
     *[("fit", name, "positive int") for name in ("epochs", "batch_size", "seq_len")],
     *[("fit", name, "positive int or None") for name in ("stride", "max_batches")],
     ("fit", "lr_patience", "int >= 0"),

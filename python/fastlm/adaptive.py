@@ -1,15 +1,13 @@
 """The adaptive softmax decoder's configuration: its arguments' checks and its parameters'
 names and shapes, exactly those of ``torch.nn.AdaptiveLogSoftmaxWithLoss`` held as a
-model's ``decoder`` (a leaf module: NumPy only).
+model's ``decoder`` (imports only fastlm.checks).
 
 Head ``Linear(H, c1 + n_clusters, bias=head_bias)``; tail i ``Linear(H, H // div_value**(i+1),
 bias=False)`` then ``Linear(that, c_{i+1} - c_i, bias=False)``, with c_{n} = vocab_size.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
+from fastlm.checks import check_bool, check_int, check_number
 
 
 def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
@@ -17,15 +15,8 @@ def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
 
     cutoffs None is the full softmax (div_value and head_bias are then unused but still checked).
     """
-    if isinstance(head_bias, (bool, np.bool_)):
-        head_bias = bool(head_bias)
-    else:
-        raise TypeError(f"head_bias must be a bool, got {type(head_bias).__name__}")
-    if isinstance(div_value, (bool, np.bool_)) or not isinstance(div_value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"div_value must be a number, got {type(div_value).__name__}")
-    div_value = float(div_value)
-    if not (math.isfinite(div_value) and div_value > 1.0):
-        raise ValueError(f"div_value must be a finite number > 1, got {div_value!r}")
+    head_bias = check_bool("head_bias", head_bias)
+    div_value = check_number("div_value", div_value, "(1, inf)")
     if cutoffs is None:
         return None, div_value, head_bias
     if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__iter__"):
@@ -33,10 +24,7 @@ def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
     cutoffs = list(cutoffs)
     if not cutoffs:
         raise ValueError("cutoffs is empty: give at least one cutoff, or cutoffs=None for the full softmax")
-    for c in cutoffs:
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
-            raise TypeError(f"cutoffs must hold ints, got {c!r} ({type(c).__name__}) in {cutoffs}")
-    cutoffs = [int(c) for c in cutoffs]
+    cutoffs = [check_int(f"cutoffs[{i}]", c) for i, c in enumerate(cutoffs)]
     if cutoffs[0] <= 0:
         raise ValueError(f"cutoffs must be positive, got {cutoffs[0]} in cutoffs={cutoffs}")
     for a, b in zip(cutoffs, cutoffs[1:]):
