@@ -123,3 +123,50 @@ def test_fingerprint_tells_data_apart():
     assert distributed.fingerprint(a) == distributed.fingerprint(a.astype(np.uint16))
     assert distributed.fingerprint(a) != distributed.fingerprint(b)
     assert distributed.fingerprint(a) != distributed.fingerprint(a[:-1])
+
+
+# ---------------------------------------------------------------- the command line
+
+@pytest.fixture
+def encoded(tmp_path):
+    tok = fastlm.Tokenizer.fit(" ".join(f"w{k}" for k in range(30)))
+    tok.save(tmp_path / "tok.json")
+    fastlm.save_ids(tmp_path / "ids.bin", worker.corpus() % len(tok), len(tok))
+    return ["--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "tok.json", "--hidden", "8", "--embed", "8",
+            "--seq-len", "10", "--batch-size", "4", "--sample-tokens", "5", "--out", tmp_path / "model"]
+
+
+def fastlm_command(*argv, mpi_ranks=None, env=None):
+    command = [sys.executable, "-m", "fastlm", *map(str, argv)]
+    if mpi_ranks:
+        command = [MPIEXEC, "-n", str(mpi_ranks), *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+
+
+@needs_mpi
+def test_cli_trains_and_resumes_on_two_ranks(encoded, tmp_path):
+    first = fastlm_command("train", *encoded, "--epochs", "1", "--distributed", mpi_ranks=2)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("corpus: ") == 1 and first.stdout.count("--- sample ---") == 1  # rank 0 alone
+    assert (tmp_path / "model" / "config.json").is_file()
+    second = fastlm_command("train", *encoded, "--epochs", "2", "--distributed", "--resume", mpi_ranks=2)
+    assert second.returncode == 0, second.stderr
+    assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install 'fastlm[mpi]')")
+def test_cli_distributed_without_mpiexec_trains_as_one_rank(encoded):
+    result = fastlm_command("train", *encoded, "--epochs", "1", "--max-steps", "2", "--distributed")
+    assert result.returncode == 0, result.stderr
+    assert "not started by mpiexec (or with -n 1): training as one rank" in result.stderr
+
+
+def test_cli_distributed_without_mpi4py_says_what_to_install(encoded, tmp_path):
+    hide = tmp_path / "hide" / "mpi4py"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    result = fastlm_command("train", *encoded, "--epochs", "1", "--distributed", env={"PYTHONPATH": str(hide.parent)})
+    assert result.returncode == 1
+    assert "--distributed needs mpi4py" in result.stderr and "pip install 'fastlm[mpi]'" in result.stderr
+    assert "Traceback" not in result.stderr

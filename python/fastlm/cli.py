@@ -1,4 +1,4 @@
-"""The `fastlm` command: train, generate, eval, bench (also `python -m fastlm`).
+"""The `fastlm` command: train, generate, eval, encode, bench (also `python -m fastlm`).
 
 Exit codes: 0 success; 2 usage errors, including out-of-range option values (argparse);
 1 any other failure, reported as one line "fastlm COMMAND: error: ..." on stderr without a
@@ -8,13 +8,14 @@ before the first checkpoint, and checkpoints are written atomically.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import fastlm
-from fastlm import model_dir
+from fastlm import distributed, model_dir, token_file
 from fastlm.checks import check_int, check_number
 
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
@@ -102,11 +103,39 @@ def _training_text(corpus, dataset):
     return fastlm.datasets.load(dataset), f"the {dataset} dataset (fastlm.datasets.{dataset})"
 
 
+def _read_tokenizer(path):
+    """--tokenizer: a tokenizer.json, or a model directory holding one."""
+    path = Path(path)
+    return fastlm.Tokenizer.load(path / model_dir.TOKENIZER_FILE if path.is_dir() else path)
+
+
+def _mpi_world(args):
+    """--distributed: MPI.COMM_WORLD, with rank 0 alone printing; None without the option."""
+    if not args.distributed:
+        return None
+    try:
+        comm = args.comm = distributed.world()
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    if comm.Get_size() == 1:
+        print(f"fastlm {args.command}: note: --distributed but not started by mpiexec (or with -n 1): "
+              "training as one rank", file=sys.stderr)
+    elif comm.Get_rank() > 0:  # the ranks train together: rank 0 reports for all
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    distributed.install_excepthook(comm)
+    return comm
+
+
 def cmd_train(args):
     out = Path(args.out)
+    comm = _mpi_world(args)
     _check_out(out, args.resume)
-    text, source = _training_text(args.corpus, args.dataset)
-    if not text.strip():
+    if args.ids and (args.corpus or args.dataset):
+        raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
+    if args.ids and not args.tokenizer and not args.resume:
+        raise ValueError("--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)")
+    text, source = (None, args.ids) if args.ids else _training_text(args.corpus, args.dataset)
+    if text is not None and not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
     saved = {}
     if args.resume:
@@ -117,14 +146,18 @@ def cmd_train(args):
                              f"pass --epochs greater than {trainer['epoch']} to train on")
         tokenizer, saved = model.tokenizer, trainer.get("settings", {})
     else:
-        tokenizer = fastlm.Tokenizer.fit(text, level=args.level, min_count=args.min_count, max_vocab=args.max_vocab,
-                                         lowercase=args.lowercase, split_punctuation=args.split_punctuation)
+        tokenizer = _read_tokenizer(args.tokenizer) if args.ids else fastlm.Tokenizer.fit(
+            text, level=args.level, min_count=args.min_count, max_vocab=args.max_vocab, lowercase=args.lowercase,
+            split_punctuation=args.split_punctuation)
         model = fastlm.LSTMLM(len(tokenizer), args.embed, args.hidden, args.layers, dropout=args.dropout,
                               seed=args.seed)
+    per_rank_batch = args.batch_size is None and "batch_size" in saved and comm is not None
     for name, default in RESUMED_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
-    ids = tokenizer.encode(text)
+    if per_rank_batch:  # the checkpoint holds the global batch
+        args.batch_size = max(1, args.batch_size // comm.Get_size())
+    ids = fastlm.open_ids(args.ids, vocab_size=len(tokenizer)) if args.ids else tokenizer.encode(text)
     n_val = int(len(ids) * args.val_fraction)
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     if len(train_ids) < args.seq_len + 1:
@@ -144,8 +177,10 @@ def cmd_train(args):
     history = model.fit(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                         stride=args.stride, val_ids=val_ids, clip_norm=args.clip_norm, checkpoint_dir=out,
                         resume=args.resume, tokenizer=tokenizer, progress=args.progress,
-                        max_batches=args.max_steps, callback=_epoch_line(args.epochs))
+                        max_batches=args.max_steps, callback=_epoch_line(args.epochs), comm=comm)
     elapsed = time.perf_counter() - started
+    if comm is not None and comm.Get_rank() > 0:
+        return 0
     if history.get("interrupted"):
         print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train ... --out {out} --resume")
         return 130
@@ -161,6 +196,35 @@ def cmd_train(args):
     if args.sample_tokens:
         model.tokenizer = tokenizer
         _print_sample(model, args.seed, args.sample_tokens)
+    return 0
+
+
+def _text_chunks(paths, size=1 << 20):
+    """The files' text joined by newlines, a chunk at a time (for fitting a tokenizer on a corpus of any size)."""
+    for k, path in enumerate(paths):
+        if k:
+            yield "\n"
+        with open(path, encoding="utf-8", newline="") as f:
+            while chunk := f.read(size):
+                yield chunk
+
+
+def cmd_encode(args):
+    out, tokenizer_path = Path(args.out), Path(args.tokenizer)
+    for path in args.corpus:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path} is a directory, not a text file")
+    if args.fit:
+        tokenizer = fastlm.Tokenizer.fit(_text_chunks(args.corpus), level=args.level, min_count=args.min_count,
+                                         max_vocab=args.max_vocab, lowercase=args.lowercase,
+                                         split_punctuation=args.split_punctuation)
+        tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
+    else:
+        tokenizer = _read_tokenizer(tokenizer_path)
+    started = time.perf_counter()
+    header = token_file.encode_files(args.corpus, tokenizer, out)
+    print(f"{out}: {header['tokens']:,} {tokenizer.level} tokens of {', '.join(args.corpus)}, vocabulary "
+          f"{header['vocab_size']:,}, {header['dtype'].name} ids, in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -302,7 +366,34 @@ def build_parser():
                        "from the checkpoint)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                        help="progress bar on stderr (default: on in a terminal)")
+    train.add_argument("--ids", default=None, metavar="FILE",
+                       help="train on a token file written by `fastlm encode` (read through a memory map) "
+                       "instead of CORPUS; needs --tokenizer")
+    train.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
+                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
+                       "pip install 'fastlm[mpi]'); --batch-size is per rank")
     train.set_defaults(run=cmd_train)
+
+    encode = commands.add_parser("encode", help="encode text files into a token file for `train --ids`",
+                                 description="Stream UTF-8 text files through a tokenizer into a token file "
+                                 "(little-endian uint16 or int32 ids after a 64-byte header), chunk by chunk, "
+                                 "so corpora larger than memory can be trained on.")
+    encode.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files (joined by newlines)")
+    encode.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
+                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer")
+    encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write")
+    encode.add_argument("--fit", action="store_true",
+                        help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer")
+    encode.add_argument("--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)")
+    encode.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
+                        help="with --fit: drop tokens seen fewer than N times (default: 1)")
+    encode.add_argument("--max-vocab", type=POSITIVE_INT, default=None, metavar="N",
+                        help="with --fit: keep the N most frequent tokens (default: all)")
+    encode.add_argument("--lowercase", action="store_true", help="with --fit: lower-case the text")
+    encode.add_argument("--split-punctuation", action="store_true", help="with --fit: punctuation as tokens")
+    encode.set_defaults(run=cmd_encode)
 
     generate = commands.add_parser("generate", help="write text with a trained model",
                                    description="Continue a prompt with text sampled from a saved model.")
@@ -374,5 +465,8 @@ def main(argv=None):
         print(f"fastlm {args.command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        print(f"fastlm {args.command}: error: {_message(error)}", file=sys.stderr)
+        print(f"fastlm {args.command}: error: {_message(error)}", file=sys.stderr, flush=True)
+        comm = getattr(args, "comm", None)
+        if comm is not None and comm.Get_size() > 1 and not getattr(error, "fastlm_on_every_rank", False):
+            comm.Abort(1)  # an error of this rank alone: the others would wait for it for ever
         return 1
