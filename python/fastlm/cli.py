@@ -368,9 +368,9 @@ def build_parser():
                        help="progress bar on stderr (default: on in a terminal)")
     train.add_argument("--ids", default=None, metavar="FILE",
                        help="train on a token file written by `fastlm encode` (read through a memory map) "
-                       "instead of CORPUS; needs --tokenizer")
+                       "instead of CORPUS; needs --tokenizer (default: none)")
     train.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
-                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with")
+                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with (default: none)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
                        "pip install 'fastlm[mpi]'); --batch-size is per rank")
@@ -382,8 +382,8 @@ def build_parser():
                                  "so corpora larger than memory can be trained on.")
     encode.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files (joined by newlines)")
     encode.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
-                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer")
-    encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write")
+                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer (no default)")
+    encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write (no default)")
     encode.add_argument("--fit", action="store_true",
                         help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer")
     encode.add_argument("--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)")
