@@ -232,3 +232,15 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     code, _, err = cli_run(capsys, "encode", corpus_file, "--tokenizer", tmp_path / "missing.json", "--out",
                            tmp_path / "x.bin")
     assert code == 1 and "missing.json" in err and not (tmp_path / "x.bin").exists()
+
+
+def test_window_order_is_narrow_and_the_permutation_of_the_starts():
+    from fastlm.batches import WindowBatches, epoch_rng
+    ids = np.zeros(10_000, np.uint16)
+    batches = WindowBatches(_core, ids, 35, 20, 7, True, 5)
+    order = batches.window_order(3)
+    assert order.dtype == np.int32  # 4 bytes per window: 120 MB for a 1G-token corpus, not 2 x 240 MB
+    starts = np.arange(batches.count, dtype=np.int64) * 7
+    np.testing.assert_array_equal(order.astype(np.int64) * 7, epoch_rng(5, 3).permutation(starts))
+    x, _ = next(batches.epoch(3))
+    assert x.shape == (20, 35)

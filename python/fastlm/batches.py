@@ -56,26 +56,35 @@ class WindowBatches:
     def __init__(self, ops, ids, seq_len, batch_size, stride, shuffle, seed, rows=all_rows):
         self.ops, self.ids, self.seq_len = ops, ids, seq_len
         self.batch_size, self.shuffle, self.seed, self.rows = batch_size, shuffle, seed, rows
-        count = (len(ids) - seq_len - 1) // stride + 1
-        self.starts = np.arange(count, dtype=np.int64) * stride
+        self.stride, self.count = stride, (len(ids) - seq_len - 1) // stride + 1
         self.pages = ResidentPages(ids)
 
     def __len__(self):
-        return -(-len(self.starts) // self.batch_size)
+        return -(-self.count // self.batch_size)
 
     def batch_rows(self, b):
-        return min(self.batch_size, len(self.starts) - b * self.batch_size)
+        return min(self.batch_size, self.count - b * self.batch_size)
+
+    def window_order(self, epoch):
+        """The epoch's order of window numbers (start = number * stride). Held as int32 where
+        it fits, shuffled in place: a 1G-token corpus has 30M windows of T = 35, so an int64
+        order and its permuted copy would take 490 MB. The same order as permuting the int64
+        starts, which earlier versions did, so their checkpoints resume unchanged."""
+        order = np.arange(self.count, dtype=np.int32 if self.count < 2**31 else np.int64)
+        if self.shuffle:
+            epoch_rng(self.seed, epoch).shuffle(order)
+        return order
 
     def epoch(self, epoch, first_batch=0):
         """Yields (x, y) batches of the given epoch, starting at batch index first_batch."""
-        order = epoch_rng(self.seed, epoch).permutation(self.starts) if self.shuffle else self.starts
+        order = self.window_order(epoch)
         for b in range(first_batch, len(self)):
-            starts = order[b * self.batch_size:(b + 1) * self.batch_size]
-            lo, hi = self.rows(len(starts))
+            windows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            lo, hi = self.rows(len(windows))
             if lo == hi:
                 yield np.empty((0, self.seq_len), np.int32), np.empty((0, self.seq_len), np.int32)
                 continue
-            yield self.ops.gather_windows(self.ids, starts[lo:hi], self.seq_len)
+            yield self.ops.gather_windows(self.ids, windows[lo:hi].astype(np.int64) * self.stride, self.seq_len)
             self.pages.read(hi - lo, self.seq_len + 1)
 
 
