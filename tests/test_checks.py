@@ -36,6 +36,8 @@ ENTRY_POINTS = {
     "Tokenizer.fit": lambda **kw: fastlm.Tokenizer.fit("a b c", **kw),
     "Tokenizer.encode_file": lambda path, **kw: tiny_tokenizer().encode_file(path, **kw),
     "Tokenizer.id_to_token": lambda **kw: tiny_tokenizer().id_to_token(**kw),
+    "save_ids": lambda **kw: fastlm.save_ids("never-written.bin", IDS, **kw),  # checked before any writing
+    "open_ids": lambda path, **kw: fastlm.open_ids(path, **kw),
 }
 
 # the kinds of argument, and for each, mistakes with the exception they must raise
@@ -82,6 +84,8 @@ ARGUMENTS = [  # (entry point, argument, kind)
     *[("Tokenizer.fit", name, "bool") for name in ("lowercase", "split_punctuation")],
     ("Tokenizer.encode_file", "chunk_size", "positive int"),
     ("Tokenizer.id_to_token", "token_id", "int >= 0"),
+    ("save_ids", "vocab_size", "positive int"),
+    ("open_ids", "vocab_size", "positive int or None"),
 ]
 
 CASES = [pytest.param(entry, argument, value, error, id=f"{entry}-{argument}={value!r}")
@@ -94,6 +98,10 @@ def test_same_mistake_same_exception_everywhere(entry, argument, value, error, t
     if entry == "Tokenizer.encode_file":
         path = tmp_path / "text.txt"
         path.write_text("a b c")
+        call = lambda **kw: ENTRY_POINTS[entry](path, **kw)  # noqa: E731
+    if entry == "open_ids":
+        path = tmp_path / "ids.bin"
+        fastlm.save_ids(path, IDS, V)
         call = lambda **kw: ENTRY_POINTS[entry](path, **kw)  # noqa: E731
     with pytest.raises(error) as info:
         call(**{argument: value})

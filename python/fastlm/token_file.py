@@ -114,6 +114,7 @@ def open_ids(path, vocab_size=None):
     With vocab_size (the model's), every id is checked to lie below it, a chunk at a time:
     the error names the offset of the first one that does not.
     """
+    vocab_size = check_int("vocab_size", vocab_size, 1, allow_none=True)
     header = read_header(path)
     if header["tokens"] == 0:
         raise ValueError(f"{path} holds no ids")
