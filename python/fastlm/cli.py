@@ -382,8 +382,8 @@ def build_parser():
                                  "so corpora larger than memory can be trained on.")
     encode.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files (joined by newlines)")
     encode.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
-                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer (no default)")
-    encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write (no default)")
+                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer (required)")
+    encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write (required)")
     encode.add_argument("--fit", action="store_true",
                         help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer")
     encode.add_argument("--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)")
@@ -435,7 +435,7 @@ def build_parser():
     bench.add_argument("--torch", action="store_true",
                        help="also time PyTorch, if installed, in a process of its own (default: off)")
     bench.set_defaults(run=cmd_bench)
-    for command in (train, generate, evaluate, bench):
+    for command in (train, generate, evaluate, encode, bench):
         command.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
                              help="threads (default: all cores; on a machine where other programs are busy, "
                              "fewer can be faster: see README, 'Threads')")
