@@ -158,6 +158,26 @@ def test_stride_window_counts(tok, ids):
         assert np.array_equal(x, expected)  # the same windows as fastlm.windows
 
 
+def test_how_often_each_token_is_a_target_per_epoch(tok, ids):
+    """What README and fit's docstring say about stride: every window predicts all its positions,
+    so stride=None makes each token a target once per epoch, stride=1 up to seq_len times."""
+    ids = ids[:2000]
+    for stride, interior in ((None, 1), (1, SEQ)):
+        model = make(tok)
+        calls = record_batches(model)
+        quiet_fit(model, ids, epochs=1, stride=stride, batch_size=64, shuffle=False)
+        y = np.concatenate([c[1] for c in calls])
+        step = stride or SEQ
+        times = np.zeros(len(ids), dtype=np.int64)  # how often each corpus position was a target
+        for k, row in enumerate(y):
+            start = k * step  # in order: shuffle=False
+            assert np.array_equal(row, ids[start + 1:start + SEQ + 1])  # all SEQ positions predicted
+            times[start + 1:start + SEQ + 1] += 1
+        assert times.sum() == y.size == len(y) * SEQ
+        covered = times[SEQ:len(y) * step]  # away from both ends of the corpus
+        assert covered.min() == covered.max() == interior
+
+
 def test_shuffle_is_seeded_per_epoch(tok, ids):
     model = make(tok)
     calls = record_batches(model)
