@@ -7,6 +7,10 @@
 //       -o /tmp/gemm_shapes
 //   OMP_NUM_THREADS=2 /tmp/gemm_shapes
 //
+// -march=native times the kernels of the best instruction set the compiler enables there
+// (src/cpp/isa.h); for one set as the portable build compiles it, replace -march=native
+// by that set's flags and level from CMakeLists.txt, e.g. -mavx2 -mfma -DFASTLM_ISA_LEVEL=1.
+//
 // Each shape is timed with its right-hand matrix packed once (as the kernels use it) and
 // reported as the best of five rounds: the machine's noise only ever slows a round down,
 // and on a shared virtual machine a whole run can land in a slow minute (run it twice).
@@ -18,9 +22,12 @@
 #include <vector>
 
 #include "gemm.h"
+#include "isa.h"
 #include "peak.h"
 
 namespace {
+
+namespace kernels = fastlm::FASTLM_ISA;
 
 struct Shape {
     const char* what;
@@ -51,14 +58,14 @@ double seconds_per_product(const Shape& s, int repeats) {
     std::vector<float> a(s.m * s.k), b(s.k * s.n), c(s.m * s.n);
     for (size_t i = 0; i < a.size(); ++i) a[i] = float(i % 13) * 0.01f;
     for (size_t i = 0; i < b.size(); ++i) b[i] = float(i % 7) * 0.01f;
-    const fastlm::PackedB packed(b.data(), s.n, false, s.k, s.n);
+    const kernels::PackedB packed(b.data(), s.n, false, s.k, s.n);
     const int64_t lda = s.trans_a ? s.m : s.k;
-    fastlm::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);  // warm-up
+    kernels::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);  // warm-up
     double best = 1e30;
     for (int round = 0; round < 5; ++round) {
         const auto start = std::chrono::steady_clock::now();
         for (int r = 0; r < repeats; ++r)
-            fastlm::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);
+            kernels::sgemm_packed(s.trans_a, s.m, a.data(), lda, packed, 0.0f, c.data(), s.n);
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         best = std::min(best, elapsed / repeats);
     }
@@ -68,8 +75,8 @@ double seconds_per_product(const Shape& s, int repeats) {
 }  // namespace
 
 int main() {
-    const double peak = fastlm::fma_peak_gflops(0.5);
-    std::printf("%s, %d threads, FMA peak %.1f GFLOP/s\n", fastlm::gemm_simd_name(), omp_get_max_threads(), peak);
+    const double peak = kernels::fma_peak_gflops(0.5);
+    std::printf("%s, %d threads, FMA peak %.1f GFLOP/s\n", FASTLM_ISA_NAME, omp_get_max_threads(), peak);
     for (const Shape& s : kShapes) {
         const double flops = 2.0 * s.m * s.n * s.k;
         const int repeats = std::max(1, int(1e10 / flops));  // about 0.1 s per round at 100 GFLOP/s

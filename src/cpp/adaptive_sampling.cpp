@@ -9,6 +9,7 @@
 #include "optimizer.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 
 AdaptiveSampler::AdaptiveSampler(const AdaptiveShape& shape, const AdaptiveWeights& w)
     : shape_(shape),
@@ -119,4 +120,5 @@ int32_t AdaptiveSampler::sample(const float* h, const SamplerConfig& config, Spl
     return sample_by_rejection(h, config.temperature, rng);
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -17,9 +17,11 @@
 
 #include "adaptive_softmax.h"
 #include "gemm.h"
+#include "isa.h"
 #include "sampling.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 
 class AdaptiveSampler {
 public:
@@ -48,4 +50,5 @@ private:
     SamplerScratch scratch_;
 };
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -10,14 +10,7 @@
 #include "parallel.h"
 
 namespace fastlm {
-
-int64_t AdaptiveShape::vocab() const { return cluster_start(clusters()); }
-
-int64_t AdaptiveShape::cluster_start(int64_t i) const {
-    int64_t start = shortlist;
-    for (int64_t k = 0; k < i; ++k) start += sizes[k];
-    return start;
-}
+namespace FASTLM_ISA {
 
 void log_softmax_row(float* x, int64_t n, float shift) {
     float peak = -INFINITY;
@@ -268,4 +261,5 @@ void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWei
     }
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -9,34 +9,12 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
+
+#include "isa.h"
+#include "kernels.h"
 
 namespace fastlm {
-
-struct AdaptiveShape {
-    int64_t rows, hidden, shortlist;  // N, H, c1
-    std::vector<int64_t> widths;      // d_i, the width of each tail projection
-    std::vector<int64_t> sizes;       // c_{i+1} - c_i, the words of each cluster
-    int64_t clusters() const { return int64_t(sizes.size()); }
-    int64_t head_size() const { return shortlist + clusters(); }
-    int64_t vocab() const;
-    int64_t cluster_start(int64_t i) const;  // c_i of cluster i (c_0 of cluster 0 is c1)
-};
-
-// Read-only weights in the state_dict layout: head (c1 + n, H), head_bias (c1 + n) or null,
-// projection[i] (d_i, H), out[i] (sizes[i], d_i).
-struct AdaptiveWeights {
-    const float* head;
-    const float* head_bias;
-    std::vector<const float*> projection, out;
-};
-
-// Gradients of the same shapes (head_bias null when the head has no bias).
-struct AdaptiveGradients {
-    float* head;
-    float* head_bias;
-    std::vector<float*> projection, out;
-};
+namespace FASTLM_ISA {
 
 // Evaluation: log_prob (N) the exact log-probability of each target, predictions (N) the
 // arg-max of the full distribution (as torch's predict: a cluster's tail is computed only
@@ -54,4 +32,5 @@ void log_softmax_row(float* x, int64_t n, float shift);
 // The full distribution for whoever asks: out (N, V) = log p(w | h_r).
 void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

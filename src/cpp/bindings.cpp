@@ -15,18 +15,11 @@
 #include <string>
 #include <vector>
 
-#include "adaptive_softmax.h"
 #include "allocator.h"
 #include "denormals.h"
-#include "embedding.h"
 #include "errors.h"
-#include "gemm.h"
-#include "generate.h"
-#include "lstm.h"
-#include "optimizer.h"
-#include "output_loss.h"
+#include "kernels.h"
 #include "parallel.h"
-#include "peak.h"
 #include "windows.h"
 
 namespace py = pybind11;
@@ -172,7 +165,7 @@ py::array_t<float> py_embedding_forward(const py::handle& weight_obj, const py::
     py::array_t<float> out(out_shape);
     {
         KernelScope scope;
-        embedding_forward(weight.data(), E, ids.data(), ids.size(), out.mutable_data());
+        kernels().embedding_forward(weight.data(), E, ids.data(), ids.size(), out.mutable_data());
     }
     return out;
 }
@@ -189,7 +182,7 @@ py::array_t<float> py_embedding_backward(const py::handle& dout_obj, const py::h
     py::array_t<float> dweight({vocab_size, E});
     {
         KernelScope scope;
-        embedding_backward(dout.data(), E, ids.data(), ids.size(), vocab_size, dweight.mutable_data());
+        kernels().embedding_backward(dout.data(), E, ids.data(), ids.size(), vocab_size, dweight.mutable_data());
     }
     return dweight;
 }
@@ -228,8 +221,8 @@ py::tuple py_lstm_forward(const py::handle& x, const py::handle& w_ih, const py:
                        gates = cache_aligned_floats({B, T, 4 * H});
     {
         KernelScope scope;
-        lstm_forward(a.shape, a.x.data(), a.w_ih.data(), a.w_hh.data(), b_ih.data(), b_hh.data(), a.h0.data(),
-                     a.c0.data(), hs.mutable_data(), cs.mutable_data(), gates.mutable_data());
+        kernels().lstm_forward(a.shape, a.x.data(), a.w_ih.data(), a.w_hh.data(), b_ih.data(), b_hh.data(), a.h0.data(),
+                               a.c0.data(), hs.mutable_data(), cs.mutable_data(), gates.mutable_data());
     }
     return py::make_tuple(hs, cs, gates);
 }
@@ -260,11 +253,11 @@ py::tuple py_lstm_backward(const py::handle& dhs_obj, const py::handle& dh_n_obj
         dh0 = cache_aligned_floats({B, H}), dc0({B, H});
     {
         KernelScope scope;
-        lstm_backward(a.shape, dhs.data(), dh_n_obj.is_none() ? nullptr : dh_n.data(),
-                      dc_n_obj.is_none() ? nullptr : dc_n.data(), a.x.data(), a.w_ih.data(), a.w_hh.data(),
-                      a.h0.data(), a.c0.data(), hs.data(), cs.data(), gates.data(), dx.mutable_data(),
-                      dw_ih.mutable_data(), dw_hh.mutable_data(), db.mutable_data(), dh0.mutable_data(),
-                      dc0.mutable_data());
+        kernels().lstm_backward(a.shape, dhs.data(), dh_n_obj.is_none() ? nullptr : dh_n.data(),
+                                dc_n_obj.is_none() ? nullptr : dc_n.data(), a.x.data(), a.w_ih.data(), a.w_hh.data(),
+                                a.h0.data(), a.c0.data(), hs.data(), cs.data(), gates.data(), dx.mutable_data(),
+                                dw_ih.mutable_data(), dw_hh.mutable_data(), db.mutable_data(), dh0.mutable_data(),
+                                dc0.mutable_data());
     }
     return py::make_tuple(dx, dw_ih, dw_hh, db, dh0, dc0);
 }
@@ -300,8 +293,8 @@ py::tuple py_output_loss_forward(const py::handle& h, const py::handle& weight, 
     double loss;
     {
         KernelScope scope;
-        loss = output_loss_forward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
-                                   lse.mutable_data(), predictions.mutable_data());
+        loss = kernels().output_loss_forward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
+                                             lse.mutable_data(), predictions.mutable_data());
     }
     return py::make_tuple(loss, lse, predictions);
 }
@@ -315,8 +308,8 @@ py::tuple py_output_loss_backward(const py::handle& h, const py::handle& weight,
         dbias({a.shape.vocab});
     {
         KernelScope scope;
-        output_loss_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(), lse.data(),
-                             dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
+        kernels().output_loss_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
+                                       lse.data(), dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
     }
     return py::make_tuple(dh, dweight, dbias);
 }
@@ -329,8 +322,9 @@ py::tuple py_output_loss_forward_backward(const py::handle& h, const py::handle&
     double loss;
     {
         KernelScope scope;
-        loss = output_loss_forward_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
-                                            dh.mutable_data(), dweight.mutable_data(), dbias.mutable_data());
+        loss = kernels().output_loss_forward_backward(a.shape, a.h.data(), a.weight.data(), a.bias.data(),
+                                                      a.targets.data(), dh.mutable_data(), dweight.mutable_data(),
+                                                      dbias.mutable_data());
     }
     return py::make_tuple(loss, dh, dweight, dbias);
 }
@@ -418,7 +412,7 @@ py::tuple py_adaptive_loss_forward(const py::handle& h, const py::handle& head_w
     double loss;
     {
         KernelScope scope;
-        loss = adaptive_loss_forward(a.shape, a.h.data(), a.weights(), targets.data(), log_prob.mutable_data(),
+        loss = kernels().adaptive_loss_forward(a.shape, a.h.data(), a.weights(), targets.data(), log_prob.mutable_data(),
                                      predictions.mutable_data());
     }
     return py::make_tuple(loss, log_prob, predictions);
@@ -449,7 +443,7 @@ py::tuple py_adaptive_loss_forward_backward(const py::handle& h, const py::handl
     double loss;
     {
         KernelScope scope;
-        loss = adaptive_loss_forward_backward(s, a.h.data(), a.weights(), targets.data(), dh.mutable_data(), g);
+        loss = kernels().adaptive_loss_forward_backward(s, a.h.data(), a.weights(), targets.data(), dh.mutable_data(), g);
     }
     return py::make_tuple(loss, dh, dhead, dbias, dprojs, douts);
 }
@@ -461,7 +455,7 @@ py::array_t<float> py_adaptive_log_prob(const py::handle& h, const py::handle& h
     py::array_t<float> out({a.shape.rows, a.shape.vocab()});
     {
         KernelScope scope;
-        adaptive_log_prob(a.shape, a.h.data(), a.weights(), out.mutable_data());
+        kernels().adaptive_log_prob(a.shape, a.h.data(), a.weights(), out.mutable_data());
     }
     return out;
 }
@@ -484,10 +478,10 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
     require(eps >= 0.0 && std::isfinite(eps) && weight_decay >= 0.0 && std::isfinite(weight_decay),
             "eps and weight_decay must be finite numbers >= 0");
     KernelScope scope;
-    if (!all_finite(grad.data(), grad.size()))
+    if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
-    adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
-                {lr, beta1, beta2, eps, weight_decay});
+    kernels().adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
+                          {lr, beta1, beta2, eps, weight_decay});
 }
 
 void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, int64_t step,
@@ -509,9 +503,9 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
         buf_data = buf.mutable_data();
     }
     KernelScope scope;
-    if (!all_finite(grad.data(), grad.size()))
+    if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
-    sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
+    kernels().sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
 }
 
 double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
@@ -527,7 +521,7 @@ double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
         arrays.emplace_back(keep.back().mutable_data(), keep.back().size());
     }
     KernelScope scope;
-    return clip_grad_norm(arrays, max_norm);
+    return kernels().clip_grad_norm(arrays, max_norm);
 }
 
 // ------------------------------------------------------------------ data
@@ -679,8 +673,8 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
     py::array_t<int32_t> out({samples, max_new_tokens});
     try {
         KernelScope scope;
-        generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
-                 out.mutable_data(), python_signal_raised);
+        kernels().generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
+                           out.mutable_data(), python_signal_raised);
     } catch (const Interrupted&) {
         throw py::error_already_set();  // what the signal handler raised, KeyboardInterrupt for Ctrl-C
     }
@@ -696,13 +690,16 @@ int py_kernel_team_size() {
 double py_fma_peak_gflops(double seconds) {
     use_process_thread_count();
     py::gil_scoped_release release;
-    return fma_peak_gflops(seconds);
+    return kernels().fma_peak_gflops(seconds);
 }
 
 py::dict build_info() {
     py::dict info;
     info["version"] = FASTLM_VERSION;
-    info["simd"] = gemm_simd_name();
+    info["isa"] = kernels().isa;
+    info["isa_available"] = isa_available();
+    info["simd"] = kernels().isa;  // the name earlier versions gave the set in use
+    info["isa_build"] = FASTLM_ISA_BUILD;  // "portable": a copy per set; "native": one, for the building CPU
     info["openmp"] = has_openmp();
     info["threads"] = get_num_threads();
     info["malloc_tuned"] = malloc_tuned();
@@ -720,6 +717,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastlm's C++ kernels; every function has a NumPy twin in fastlm.reference";
+    kernels();  // the instruction set is chosen now: a bad FASTLM_ISA fails the import, naming the choices
     py::register_exception_translator([](std::exception_ptr error) {
         try {
             if (error) std::rethrow_exception(error);

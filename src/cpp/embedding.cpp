@@ -6,6 +6,7 @@
 #include "parallel.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 
 void embedding_forward(const float* weight, int64_t dim, const int32_t* ids, int64_t n, float* out) {
 #pragma omp parallel for if (n * dim >= kParallelMinWork) schedule(static)
@@ -30,4 +31,5 @@ void embedding_backward(const float* dout, int64_t dim, const int32_t* ids, int6
     }
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -3,7 +3,10 @@
 
 #include <cstdint>
 
+#include "isa.h"
+
 namespace fastlm {
+namespace FASTLM_ISA {
 
 // out (n, E) = weight[ids] with weight (V, E); ids already range-checked.
 void embedding_forward(const float* weight, int64_t dim, const int32_t* ids, int64_t n, float* out);
@@ -13,4 +16,5 @@ void embedding_forward(const float* weight, int64_t dim, const int32_t* ids, int
 void embedding_backward(const float* dout, int64_t dim, const int32_t* ids, int64_t n,
                         int64_t vocab_size, float* dweight);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

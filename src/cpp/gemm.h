@@ -1,6 +1,7 @@
 // Single-precision matrix products, BLIS-style: operands packed into cache-sized
-// panels, an MR x NR register-tiled microkernel (AVX-512, AVX2 or scalar, chosen
-// at build time), OpenMP over output tiles.
+// panels, an MR x NR register-tiled microkernel (the instruction set's family in
+// kernels/<isa>/gemm_micro.h), OpenMP over output tiles. This file and gemm.cpp are the
+// frame: blocking, packing and threading, the same for every instruction set.
 //
 // All matrices are row-major. op(X) is X or its transpose. C = op(A) op(B) + beta C,
 // with beta 0 (C is only written, never read) or 1 (accumulate).
@@ -11,10 +12,10 @@
 #include <initializer_list>
 
 #include "allocator.h"
+#include "isa.h"
 
 namespace fastlm {
-
-const char* gemm_simd_name();  // "avx512", "avx2" or "scalar"
+namespace FASTLM_ISA {
 
 // op(B) (K x N) packed once into the microkernel's panel layout, for products that
 // reuse the same right-hand matrix many times (the recurrent weights at every time
@@ -75,4 +76,5 @@ using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, 
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -12,6 +12,7 @@
 #include "optimizer.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 namespace {
 
 struct PackedLayer {
@@ -106,4 +107,5 @@ void generate(const LanguageModelView& model, const int32_t* prompt, int64_t sam
     }
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

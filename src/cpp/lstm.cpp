@@ -7,56 +7,38 @@
 #include "activations.h"
 #include "allocator.h"
 #include "gemm.h"
+#include "kernels/kernel_set.h"
 #include "parallel.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 namespace {
 
-// Callables for activate(): the scalar function, and with AVX2 the function templates of
-// lanes:: for any number of vectors.
-#if defined(__AVX2__) && defined(__FMA__)
+// The scalar functions, with their vector spans from the instruction set's row family
+// (kernels/<isa>/row_spans.h) for activate().
 struct Sigmoid {
-    template <int N> void operator()(__m256 (&v)[N]) const { lanes::sigmoid(v); }
+    template <bool kBias>
+    static int64_t span(int64_t n, const float* in, const float* bias, float* out) {
+        return row_spans::sigmoid<kBias>(n, in, bias, out);
+    }
     float operator()(float x) const { return sigmoid(x); }
 };
 struct Tanh {
-    template <int N> void operator()(__m256 (&v)[N]) const { lanes::tanh_approx(v); }
+    template <bool kBias>
+    static int64_t span(int64_t n, const float* in, const float* bias, float* out) {
+        return row_spans::tanh<kBias>(n, in, bias, out);
+    }
     float operator()(float x) const { return tanh_approx(x); }
 };
-#else
-struct Sigmoid {
-    float operator()(float x) const { return sigmoid(x); }
-};
-struct Tanh {
-    float operator()(float x) const { return tanh_approx(x); }
-};
-#endif
 
-// out[j] = fn(in[j] + bias[j]) (bias may be null: fn(in[j])) for j in [0, n): with AVX2,
-// four vectors of eight at a time, then single vectors, the last few floats by the scalar
-// function. A pass per function, so that each iteration's dependence chains are short
-// (one pass over all four gates and the state measured slower: its chain outgrows the
-// reorder window).
+// out[j] = fn(in[j] + bias[j]) (bias may be null: fn(in[j])) for j in [0, n): the vector
+// span first, the last few floats by the scalar function. A pass per function, so that
+// each iteration's dependence chains are short (one pass over all four gates and the
+// state measured slower: its chain outgrows the reorder window).
 template <bool kBias, class Fn>
 inline void activate_impl(int64_t n, const float* in, const float* bias, float* out, Fn fn) {
-    int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    const auto input = [&](int64_t at) {
-        const __m256 x = _mm256_loadu_ps(in + at);
-        return kBias ? _mm256_add_ps(x, _mm256_loadu_ps(bias + at)) : x;
-    };
-    for (; j + 32 <= n; j += 32) {
-        __m256 v[4] = {input(j), input(j + 8), input(j + 16), input(j + 24)};
-        fn(v);
-        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + j + 8 * k, v[k]);
-    }
-    for (; j + 8 <= n; j += 8) {
-        __m256 v[1] = {input(j)};
-        fn(v);
-        _mm256_storeu_ps(out + j, v[0]);
-    }
-#endif
-    for (; j < n; ++j) out[j] = fn(kBias ? in[j] + bias[j] : in[j]);
+    for (int64_t j = Fn::template span<kBias>(n, in, bias, out); j < n; ++j)
+        out[j] = fn(kBias ? in[j] + bias[j] : in[j]);
 }
 
 template <class Fn>
@@ -101,23 +83,9 @@ void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_pr
     activate(2 * H, i, bias, i, Sigmoid());  // i and f are adjacent
     activate(H, g, bias + 2 * H, g, Tanh());
     activate(H, o, bias + 3 * H, o, Sigmoid());
-    int64_t j = 0;
     // c may be c_prev (generation updates the state in place): same index only, so no
     // dependence between iterations.
-#if defined(__AVX2__) && defined(__FMA__)
-    for (; j + 16 <= H; j += 16) {
-        __m256 cj[2], t[2];
-        for (int k = 0; k < 2; ++k) {
-            const int64_t u = j + 8 * k;
-            cj[k] = _mm256_fmadd_ps(_mm256_loadu_ps(f + u), _mm256_loadu_ps(c_prev + u),
-                                    _mm256_mul_ps(_mm256_loadu_ps(i + u), _mm256_loadu_ps(g + u)));
-            _mm256_storeu_ps(c + u, cj[k]);
-            t[k] = cj[k];
-        }
-        lanes::tanh_approx(t);
-        for (int k = 0; k < 2; ++k) _mm256_storeu_ps(h + j + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(o + j + 8 * k), t[k]));
-    }
-#endif
+    int64_t j = row_spans::lstm_state(H, i, f, g, o, c_prev, c, h);
 #pragma GCC ivdep
     for (; j < H; ++j) {
         c[j] = f[j] * c_prev[j] + i[j] * g[j];
@@ -195,4 +163,5 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
                           0.0f);
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -8,15 +8,15 @@
 
 #include <cstdint>
 
+#include "isa.h"
+#include "kernels.h"
+
 namespace fastlm {
+namespace FASTLM_ISA {
 
 // One cell step for a single row: a (4H) gate pre-activations, bias not yet added, in place
 // -> activations; c = f*c_prev + i*g; h = o*tanh(c). Shared by training and generation.
 void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_prev, float* c, float* h);
-
-struct LstmShape {
-    int64_t batch, steps, input, hidden;
-};
 
 void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
                   const float* b_ih, const float* b_hh, const float* h0, const float* c0,
@@ -30,4 +30,5 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
                    const float* c0, const float* hs, const float* cs, const float* gates,
                    float* dx, float* dw_ih, float* dw_hh, float* db, float* dh0, float* dc0);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -8,6 +8,7 @@
 #include "parallel.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 
 bool all_finite(const float* x, int64_t n) {
     int bad = 0;
@@ -86,4 +87,5 @@ double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, dou
     return norm;
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

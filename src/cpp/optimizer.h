@@ -6,11 +6,11 @@
 #include <utility>
 #include <vector>
 
-namespace fastlm {
+#include "isa.h"
+#include "kernels.h"
 
-struct AdamConfig {
-    double lr, beta1, beta2, eps, weight_decay;
-};
+namespace fastlm {
+namespace FASTLM_ISA {
 
 // True when every value is finite.
 bool all_finite(const float* x, int64_t n);
@@ -18,11 +18,6 @@ bool all_finite(const float* x, int64_t n);
 // One step in place; step counts from 1. weight_decay is an L2 term added to the gradient.
 void adam_update(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                  const AdamConfig& config);
-
-struct SgdConfig {
-    double lr, momentum, weight_decay;
-    bool nesterov;
-};
 
 // One step in place; step counts from 1. With momentum > 0, buf is the momentum buffer: the
 // first step sets it to the gradient (torch starts it there, not at zero), later steps decay
@@ -38,4 +33,5 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
 // torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
 double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -7,17 +7,19 @@
 #include "activations.h"
 #include "allocator.h"
 #include "gemm.h"
+#include "kernels/kernel_set.h"
 #include "parallel.h"
 #include "sampling.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 namespace {
 
 // Rows per chunk: about kLogitChunkElements logits, or as many as the decoder has weights
 // when that is more. Each chunk streams the decoder, packed two ways, and its gradient:
-// 3 V H floats, from DRAM once they outgrow L3 (78 MB at C's V = 10000, H = 650, where
-// chunks of 700 rows rather than 104 made the training output layer 5% faster). The
-// chunk never outgrows the weights themselves, so memory still does not grow with N.
+// 3 V H floats, from DRAM once they outgrow L3 (78 MB at C's V = 10000, H = 650), so
+// larger chunks amortise that stream over more rows. The chunk never outgrows the
+// weights themselves, so memory still does not grow with N.
 int64_t chunk_rows(const OutputShape& s) {
     const int64_t vocab = std::max<int64_t>(1, s.vocab);
     const int64_t elements = std::max(kLogitChunkElements, vocab * s.hidden);
@@ -39,28 +41,15 @@ void chunk_logits(const OutputShape& s, const float* h_chunk, int64_t rows, cons
 
 // Row reductions in sixteen independent lanes, so that the compiler may vectorise them
 // (a single running max or sum fixes the order and stays scalar without -ffast-math).
-// GCC 12 still left the max scalar: AVX2 builds run explicit vector loops first and
-// these lanes take the rest of the row.
+// GCC 12 still leaves the max scalar: the row family's vector span
+// (kernels/<isa>/row_spans.h) runs first and these lanes take the rest of the row.
 constexpr int64_t kLanes = 16;
 
 // z <- z + bias, returning the row's maximum.
 float add_bias_row_max(float* z, const float* bias, int64_t V) {
     float lanes[kLanes];
     std::fill(lanes, lanes + kLanes, -INFINITY);
-    int64_t v = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    // GCC leaves the lane loop below scalar (measured: a third of training's row pass).
-    // max_ps(x, m) is exactly x > m ? x : m, NaN included (a NaN x never enters).
-    __m256 peaks[4] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY),
-                       _mm256_set1_ps(-INFINITY)};
-    for (; v + 32 <= V; v += 32)
-        for (int k = 0; k < 4; ++k) {
-            const __m256 x = _mm256_add_ps(_mm256_loadu_ps(z + v + 8 * k), _mm256_loadu_ps(bias + v + 8 * k));
-            _mm256_storeu_ps(z + v + 8 * k, x);
-            peaks[k] = _mm256_max_ps(x, peaks[k]);
-        }
-    _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(peaks[0], peaks[1]), _mm256_max_ps(peaks[2], peaks[3])));
-#endif
+    int64_t v = row_spans::add_bias_max(z, bias, V, lanes);
     for (; v + kLanes <= V; v += kLanes)
         for (int64_t l = 0; l < kLanes; ++l) {
             const float x = (z[v + l] += bias[v + l]);
@@ -84,23 +73,7 @@ double row_exp_sum(float* z, int64_t V, float peak) {
     for (int64_t b = 0; b < V; b += kBlock) {
         const int64_t end = std::min(V, b + kBlock);
         float lanes[kLanes] = {};
-        int64_t v = b;
-#if defined(__AVX2__) && defined(__FMA__)
-        // Four vectors at a time with their exps' dependence chains interleaved (lanes::).
-        __m256 sums[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        const __m256 shift = _mm256_set1_ps(peak);
-        for (; v + 32 <= end; v += 32) {
-            __m256 e[4];
-            for (int k = 0; k < 4; ++k) e[k] = _mm256_sub_ps(_mm256_loadu_ps(z + v + 8 * k), shift);
-            lanes::exp_approx(e);
-            for (int k = 0; k < 4; ++k) {
-                if (kStore) _mm256_storeu_ps(z + v + 8 * k, e[k]);
-                sums[k] = _mm256_add_ps(sums[k], e[k]);
-            }
-        }
-        const __m256 sum8 = _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3]));
-        _mm256_storeu_ps(lanes, sum8);  // the first eight lanes, added to below
-#endif
+        int64_t v = row_spans::exp_sum<kStore>(z, b, end, peak, lanes);
         for (; v + kLanes <= end; v += kLanes)
             for (int64_t l = 0; l < kLanes; ++l) {
                 const float e = exp_approx(z[v + l] - peak);
@@ -173,59 +146,10 @@ struct BlockStatistics {
     explicit BlockStatistics(int64_t n) : max(n), sum(n), arg(n) {}
 };
 
-#if defined(__AVX2__) && defined(__FMA__)
-// Rows [r0, r0 + 32) of a block: the maximum and its first index, then the exp sum, for
-// four vectors of rows at a time. The statistics stay in registers down the block's m
-// entries, and the second pass finds the 12 KB of this row slice still in L1 (two sweeps
-// of the whole 96 KB block went to L2 and kept the running values in memory: 17 cycles
-// per 8 logits on Zen 3). The four exps' dependence chains interleave (lanes::).
-void reduce_logit_rows32(const float* z, int64_t ldz, int64_t m, int64_t r0, int64_t v0, const float* bias,
-                         float* max, float* sum, int32_t* arg) {
-    __m256 peak[4];
-    __m256i index[4];
-    for (int k = 0; k < 4; ++k) {
-        peak[k] = _mm256_set1_ps(-INFINITY);
-        index[k] = _mm256_set1_epi32(int32_t(v0));
-    }
-    // Strictly greater: the first index of the maximum wins, as in NumPy's argmax (a NaN
-    // is never greater; rows holding one are recomputed after the merge).
-    for (int64_t v = 0; v < m; ++v) {
-        const __m256 b = _mm256_set1_ps(bias[v0 + v]);
-        const __m256i at = _mm256_set1_epi32(int32_t(v0 + v));
-        const float* zv = z + v * ldz + r0;
-        for (int k = 0; k < 4; ++k) {
-            const __m256 x = _mm256_add_ps(_mm256_loadu_ps(zv + 8 * k), b);
-            const __m256 greater = _mm256_cmp_ps(x, peak[k], _CMP_GT_OQ);
-            peak[k] = _mm256_blendv_ps(peak[k], x, greater);
-            index[k] = _mm256_castps_si256(
-                _mm256_blendv_ps(_mm256_castsi256_ps(index[k]), _mm256_castsi256_ps(at), greater));
-        }
-    }
-    __m256 total[4];
-    for (int k = 0; k < 4; ++k) total[k] = _mm256_setzero_ps();
-    for (int64_t v = 0; v < m; ++v) {
-        const __m256 b = _mm256_set1_ps(bias[v0 + v]);
-        const float* zv = z + v * ldz + r0;
-        __m256 e[4];
-        for (int k = 0; k < 4; ++k) e[k] = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(zv + 8 * k), b), peak[k]);
-        lanes::exp_approx(e);
-        for (int k = 0; k < 4; ++k) total[k] = _mm256_add_ps(total[k], e[k]);
-    }
-    for (int k = 0; k < 4; ++k) {
-        _mm256_storeu_ps(max + r0 + 8 * k, peak[k]);
-        _mm256_storeu_ps(sum + r0 + 8 * k, total[k]);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r0 + 8 * k), index[k]);
-    }
-}
-#endif
-
 // One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows.
 void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64_t v0, const float* bias,
                         const int32_t* targets, float* max, float* sum, int32_t* arg, float* target_logit) {
-    int64_t r0 = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    for (; r0 + 32 <= n; r0 += 32) reduce_logit_rows32(z, ldz, m, r0, v0, bias, max, sum, arg);
-#endif
+    const int64_t r0 = row_spans::logit_rows(z, ldz, m, n, v0, bias, max, sum, arg);
     for (int64_t r = r0; r < n; ++r) {
         max[r] = -INFINITY;
         sum[r] = 0.0f;
@@ -407,4 +331,5 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
     return total / static_cast<double>(s.rows);
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

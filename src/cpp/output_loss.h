@@ -7,13 +7,13 @@
 
 #include <cstdint>
 
+#include "isa.h"
+#include "kernels.h"
+
 namespace fastlm {
+namespace FASTLM_ISA {
 
 constexpr int64_t kLogitChunkElements = int64_t(1) << 20;
-
-struct OutputShape {
-    int64_t rows, hidden, vocab;
-};
 
 // h (N, H), weight (V, H), bias (V), targets (N) range-checked. Writes lse (N), the
 // log-sum-exp of each row's logits, and predictions (N), the arg-max; returns the mean loss.
@@ -30,4 +30,5 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
 double output_loss_forward_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                                     const int32_t* targets, float* dh, float* dweight, float* dbias);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

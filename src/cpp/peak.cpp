@@ -5,36 +5,18 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
+#include "kernels/kernel_set.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 namespace {
 
 // Twelve accumulators: more than latency x units (4 x 2 on current x86 cores) so the
 // FMA units, not the dependency chains, set the pace.
 constexpr int kChains = 12;
 
-#if defined(__AVX512F__)
-using Vec = __m512;
-constexpr int kWidth = 16;
-inline Vec splat(float x) { return _mm512_set1_ps(x); }
-inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline float first(Vec v) { return _mm512_cvtss_f32(v); }
-#elif defined(__AVX2__) && defined(__FMA__)
-using Vec = __m256;
-constexpr int kWidth = 8;
-inline Vec splat(float x) { return _mm256_set1_ps(x); }
-inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline float first(Vec v) { return _mm256_cvtss_f32(v); }
-#else
-using Vec = float;
-constexpr int kWidth = 1;
-inline Vec splat(float x) { return x; }
-inline Vec fma(Vec a, Vec b, Vec c) { return a * b + c; }
-inline float first(Vec v) { return v; }
-#endif
+// The widest multiply-add vector of the instruction set (kernels/<isa>/fma_vector.h).
+using fma_vector::Vec, fma_vector::kWidth, fma_vector::splat, fma_vector::fma, fma_vector::first;
 
 // `iterations` rounds of kChains FMAs; x <- x * 0.999 + 0.001 converges to 1 (no
 // overflow, no denormals). Each call starts from the previous call's result and returns
@@ -77,4 +59,5 @@ double fma_peak_gflops(double seconds) {
     return double(total) * kChains * kWidth * 2.0 / elapsed / 1e9;
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

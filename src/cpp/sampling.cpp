@@ -7,6 +7,7 @@
 #include "activations.h"
 
 namespace fastlm {
+namespace FASTLM_ISA {
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch) {
@@ -53,4 +54,5 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& co
     return cand[draw(kept, [&](int64_t r) { return cand[r].first; }, rng)].second;
 }
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -6,7 +6,11 @@
 #include <utility>
 #include <vector>
 
+#include "isa.h"
+#include "kernels.h"
+
 namespace fastlm {
+namespace FASTLM_ISA {
 
 // Index of the largest value, the first one on ties; the first NaN if there is one
 // (NumPy's argmax, so the twins agree even on broken input).
@@ -35,12 +39,6 @@ private:
     uint64_t state_;
 };
 
-struct SamplerConfig {
-    double temperature;  // 0: greedy
-    int64_t top_k;       // 0: off
-    double top_p;        // 1: off
-};
-
 // The first of n candidates whose cumulative weight exceeds u * (total weight), u ~ U[0, 1).
 template <typename WeightAt>
 int64_t draw(int64_t n, const WeightAt& weight_at, SplitMix64& rng) {
@@ -67,4 +65,5 @@ struct SamplerScratch {
 int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& config, SplitMix64& rng,
                      SamplerScratch& scratch);
 
+}  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -1,0 +1,6 @@
+// The kernel families of the AVX2 + FMA set.
+#pragma once
+
+#include "kernels/avx2/fma_vector.h"
+#include "kernels/avx2/gemm_micro.h"
+#include "kernels/avx2/row_spans.h"

@@ -1,0 +1,40 @@
+// The reference gemm microkernel: portable C++ on a 4 x 8 tile, accumulators in an
+// array the compiler keeps in vector registers where the target has them (SSE2 on the
+// x86-64 baseline). The blocking and packing around it are gemm.cpp's, as for the
+// SIMD kernels.
+// The interface of every gemm microkernel family (gemm.cpp's frame calls these):
+//   MR x NR                the register tile;
+//   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
+//                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   pack_a_rows(rows, kc, panel)  packs the first k steps of MR rows of op(A) into the
+//                          panel (kc x MR) and returns how many it packed; the frame
+//                          copies the rest element by element.
+#pragma once
+
+#include <cstdint>
+
+#include "isa.h"
+
+namespace fastlm {
+namespace FASTLM_ISA {
+
+constexpr int64_t MR = 4, NR = 8;
+
+template <int R>
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                         float* __restrict c, int64_t ldc, bool accumulate) {
+    float acc[R][NR] = {};
+    for (int64_t p = 0; p < kc; ++p) {
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+        a += MR;
+        b += NR;
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+}
+
+inline int64_t pack_a_rows(const float* const* /*rows*/, int64_t /*kc*/, float* /*panel*/) { return 0; }
+
+}  // namespace FASTLM_ISA
+}  // namespace fastlm
