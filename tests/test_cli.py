@@ -583,3 +583,21 @@ def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
         assert fastlm.get_num_threads() == 1
     finally:
         fastlm.set_num_threads(before)
+
+
+def test_the_readme_command_lines_parse():
+    """Every concrete `fastlm ...` command in README.md's code blocks is accepted by the parser
+    (a newcomer copies them: an option renamed or made required must show up here)."""
+    import re
+    import shlex
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.S | re.M)
+    commands = [m.group(1) for block in blocks for line in block.splitlines()
+                if (m := re.match(r"^(?:pip install \S+ && |mpiexec -n \d+ )?fastlm (.*)$", line))
+                and "[" not in line and "|" not in line]
+    assert len(commands) >= 3, commands
+    for command in commands:
+        try:
+            cli.build_parser().parse_args(shlex.split(command))
+        except SystemExit as exit:  # --version and --help exit 0; usage errors exit 2
+            assert exit.code == 0, command
