@@ -10,8 +10,8 @@ answering one JSON line), and the implementations take turns round-robin, the or
 rotating every round, so that a slow spell of the machine does not land on one of them.
 The figures are medians over the rounds of each worker's median time. "fastlm / torch"
 divides those medians; "paired" is the median over rounds of the same division within
-one round, where the two ran seconds apart: this machine's speed drifts by up to 2x over
-minutes (its FMA peak included), and a paired ratio cancels a slow spell that lands on
+one round, where the two ran seconds apart: a shared machine's speed drifts over minutes
+(its FMA peak included), and a paired ratio cancels a slow spell that lands on
 one implementation's round.
 
   training    tokens/s of one step: forward, loss, backward, Adam on a random (B, T) batch
@@ -72,8 +72,8 @@ def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
         # PyTorch's OpenMP runtime starts before fastlm is imported, so it keeps its own
         # barrier spin, as in a user's process without fastlm (worker_env leaves fastlm's
         # GOMP_SPINCOUNT out). Imported first, fastlm would give it fastlm's
-        # GOMP_SPINCOUNT=10000 (the two share one libgomp), which made PyTorch's B training
-        # 1.2-1.5x slower in slow minutes.
+        # GOMP_SPINCOUNT=10000 (the two share one libgomp), which slows PyTorch's training
+        # down when the machine is busy (figures in commit 1d101ca).
         import torch  # noqa: F401
     import fastlm
     from fastlm import benchmark as bm

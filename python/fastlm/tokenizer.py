@@ -125,7 +125,7 @@ def _punctuation_regexes():
     """Tokens for split_punctuation=True: <unk>, word runs (with combining marks), or one other char.
 
     Two compiled forms: the complete one, and one without the combining marks beyond the
-    Basic Multilingual Plane, which is three times faster (re tests those ranges one by one)
+    Basic Multilingual Plane, which is much faster (re tests those ranges one by one)
     and gives the same tokens on text without such characters.
     """
     category = unicodedata.category
