@@ -133,7 +133,8 @@ def cmd_train(args):
     if args.ids and (args.corpus or args.dataset):
         raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
     if args.ids and not args.tokenizer and not args.resume:
-        raise ValueError("--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)")
+        raise ValueError("--ids needs --tokenizer (the tokenizer.json, or a model directory, "
+                         "the ids were encoded with)")
     text, source = (None, args.ids) if args.ids else _training_text(args.corpus, args.dataset)
     if text is not None and not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
@@ -370,7 +371,8 @@ def build_parser():
                        help="train on a token file written by `fastlm encode` (read through a memory map) "
                        "instead of CORPUS; needs --tokenizer (default: none)")
     train.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
-                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with (default: none)")
+                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with "
+                       "(default: none)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
                        "pip install 'fastlm[mpi]'); --batch-size is per rank")
@@ -382,11 +384,13 @@ def build_parser():
                                  "so corpora larger than memory can be trained on.")
     encode.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files (joined by newlines)")
     encode.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
-                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer (required)")
+                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer "
+                        "(required)")
     encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write (required)")
     encode.add_argument("--fit", action="store_true",
                         help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer")
-    encode.add_argument("--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)")
+    encode.add_argument("--level", choices=["char", "word"], default="word",
+                        help="with --fit: token level (default: word)")
     encode.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
                         help="with --fit: drop tokens seen fewer than N times (default: 1)")
     encode.add_argument("--max-vocab", type=POSITIVE_INT, default=None, metavar="N",
