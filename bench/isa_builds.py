@@ -100,7 +100,8 @@ def main():
                 median = statistics.median(speeds[name])
                 ratio = median / statistics.median(speeds[first])
                 paired = statistics.median(s / f for s, f in zip(speeds[name], speeds[first]))
-                cells.append(f"{name} {median:,.0f}" + ("" if name == first else f" ({ratio:.3f}x, paired {paired:.3f}x)"))
+                versus = "" if name == first else f" ({ratio:.3f}x, paired {paired:.3f}x)"
+                cells.append(f"{name} {median:,.0f}{versus}")
             print(f"{config} {kind:8s} tokens/s: " + "; ".join(cells), flush=True)
 
 
