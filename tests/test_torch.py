@@ -297,3 +297,21 @@ def test_three_adam_steps_follow_torch(backend, clip):
     # and the moved weights really moved: not a vacuous comparison
     start = numpy_state(make_torch_model(V, E, H, L, seed=31))
     assert max(float(np.abs(state[k] - start[k]).max()) for k in state) > 2 * lr
+
+
+# ---------------------------------------------------------------- (d) the twin with an adaptive decoder
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_adaptive_twin_loads_fastlm_weights_and_gives_its_loss(head_bias):
+    V, E, H, L, B, T = 300, 12, 16, 2, 3, 5
+    options = dict(cutoffs=[20, 100], div_value=2.0, head_bias=head_bias)
+    model = fastlm.LSTMLM(V, embed_dim=E, hidden_size=H, num_layers=L, seed=4, **options)
+    net = TorchLM(V, E, H, L, **options).eval()
+    net.load_state_dict({name: torch.from_numpy(value) for name, value in model.state_dict().items()}, strict=True)
+    x, y = make_batch(np.random.default_rng(4), V, B, T)
+    with torch.no_grad():
+        torch_loss = float(net.loss(x, y))
+        probs = net.next_token_probs(net(torch.as_tensor(x[:1]))[0])
+    np.testing.assert_allclose(model.gradients(x, y)[0], torch_loss, rtol=LOSS_RTOL)
+    assert probs.shape == (V,) and abs(float(probs.sum()) - 1) < 1e-5
