@@ -2,8 +2,10 @@
 
 Usage: python distributed_worker.py OUT.npz MODE [CHECKPOINT_DIR]. Rank 0 saves the final
 weights and the history's losses to OUT.npz. MODE: "train", "resume", "raise" (rank 1 fails
-at its 5th step), "differ" (rank 1 is given another lr).
+at its 5th step), "die" (rank 1 is killed at its 5th step), "differ" (rank 1 is given another lr).
 """
+import os
+import signal
 import sys
 
 import numpy as np
@@ -27,11 +29,13 @@ def main(out, mode, checkpoint_dir=None):
     settings = dict(SETTINGS)
     if mode == "differ" and comm.rank == 1:
         settings["lr"] = 0.02
-    if mode == "raise" and comm.rank == 1:
+    if mode in ("raise", "die") and comm.rank == 1:
         steps, step = [0], model.forward_backward
 
         def failing(*args, **kwargs):
             steps[0] += 1
+            if steps[0] == 5 and mode == "die":
+                os.kill(os.getpid(), signal.SIGKILL)
             if steps[0] == 5:
                 raise RuntimeError("rank 1 fails at its 5th step")
             return step(*args, **kwargs)

@@ -88,6 +88,13 @@ def test_a_rank_that_raises_ends_every_rank(tmp_path):
 
 
 @needs_mpi
+def test_a_rank_that_dies_ends_every_rank(tmp_path):
+    result, out = run_worker(tmp_path, "die")  # mpiexec ends the others when one is killed
+    assert result.returncode != 0 and "BAD TERMINATION" in result.stdout + result.stderr
+    assert not out.exists()
+
+
+@needs_mpi
 def test_ranks_with_different_settings_fail_at_start_on_every_rank(tmp_path):
     result, _ = run_worker(tmp_path, "differ")
     assert result.returncode != 0

@@ -84,8 +84,9 @@ class WindowBatches:
             if lo == hi:
                 yield np.empty((0, self.seq_len), np.int32), np.empty((0, self.seq_len), np.int32)
                 continue
-            yield self.ops.gather_windows(self.ids, windows[lo:hi].astype(np.int64) * self.stride, self.seq_len)
-            self.pages.read(hi - lo, self.seq_len + 1)
+            x, y = self.ops.gather_windows(self.ids, windows[lo:hi].astype(np.int64) * self.stride, self.seq_len)
+            self.pages.batch_read()
+            yield x, y
 
 
 class ArrayBatches:
@@ -133,5 +134,5 @@ class ContiguousBatches:
             cols = slice(b * self.seq_len, (b + 1) * self.seq_len)
             x = np.ascontiguousarray(self.streams_x[:, cols], dtype=np.int32)
             y = np.ascontiguousarray(self.streams_y[:, cols], dtype=np.int32)
-            self.pages.read(2 * len(x), x.shape[1])
+            self.pages.batch_read()
             yield x, y
