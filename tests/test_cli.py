@@ -97,7 +97,7 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "generate", "eval", "encode", "bench"}
+    assert set(commands) == {"train", "generate", "eval", "score", "encode", "bench"}
     for name in commands:
         assert name in out
         code, out_command, _ = run(capsys, name, "--help")

@@ -14,13 +14,18 @@ from fastlm import _core
 STUB = Path(fastlm.__file__).parent / "_core.pyi"  # installed beside the package's modules
 
 
-def stub_functions():
+def stub_functions(kind=ast.FunctionDef):
     tree = ast.parse(STUB.read_text(encoding="utf-8"))
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    return {node.name: node for node in tree.body if isinstance(node, kind)}
 
 
 def exported_functions():
-    return sorted(name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name)))
+    return sorted(name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name))
+                  and not isinstance(getattr(_core, name), type))
+
+
+def exported_classes():
+    return sorted(name for name in dir(_core) if not name.startswith("_") and isinstance(getattr(_core, name), type))
 
 
 def split_top_level(text):
@@ -64,6 +69,15 @@ def test_every_exported_function_has_a_stub_and_no_stub_is_stale():
     assert not missing, f"add to python/fastlm/_core.pyi: {', '.join(missing)}"
     stale = [name for name in stubs if name not in exported_functions()]
     assert not stale, f"python/fastlm/_core.pyi describes functions _core does not export: {', '.join(stale)}"
+
+
+def test_every_exported_class_has_a_stub_with_its_methods():
+    stubs = stub_functions(ast.ClassDef)
+    assert sorted(stubs) == exported_classes()
+    for name, node in stubs.items():
+        methods = {m.name for m in node.body if isinstance(m, ast.FunctionDef)} - {"__init__"}
+        public = {m for m in dir(getattr(_core, name)) if not m.startswith("_")}
+        assert methods == public, f"{name}: stub methods {sorted(methods)}, bound {sorted(public)}"
 
 
 @pytest.mark.parametrize("name", exported_functions())

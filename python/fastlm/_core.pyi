@@ -142,8 +142,44 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
+    suppressed: int = -1,
 ) -> Ids:
-    """Sample max_new_tokens ids after each row of prompt (samples, length >= 1) -> (samples, max_new_tokens)."""
+    """Sample max_new_tokens ids after each row of prompt (samples, length >= 1) -> (samples, max_new_tokens);
+    suppressed (>= 0) is an id never drawn."""
+
+class GenerationSession:
+    """A generation in progress: next(count) continues it, probabilities() gives the next-token
+    distribution; the same tokens as generate() with the same arguments."""
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        num_layers: int,
+        prompt: ArrayLike,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        suppressed: int = -1,
+    ) -> None: ...
+    def next(self, count: int) -> Ids:
+        """The next count tokens of every sample -> (samples, count)."""
+    def probabilities(self) -> Floats:
+        """The next-token distribution of every sample -> (samples, V); draws nothing."""
+
+# ------------------------------------------------------------------ scoring
+
+def score_sequences(
+    params: dict[str, Any], num_layers: int, ids: ArrayLike, offsets: ArrayLike, bos: int = -1, batch_size: int = 256
+) -> tuple[Floats, Ids, Ids]:
+    """Sequences ids[offsets[i]:offsets[i + 1]], each from a zero state -> per scored token
+    (log_probs, predictions, ranks); bos >= 0 scores the first token after bos."""
+
+def output_scores(h: ArrayLike, weight: ArrayLike, bias: ArrayLike, targets: ArrayLike) -> tuple[Floats, Ids, Ids]:
+    """h (N, H) -> (log_probs (N,) of the targets, predictions (N,) arg-max, ranks (N,) logits above the target's)."""
+
+def prediction_counts(targets: ArrayLike, predictions: ArrayLike, vocab_size: int) -> NDArray[np.int64]:
+    """-> (3, vocab_size): true positives, predictions and targets of each token id."""
 
 # ------------------------------------------------------------------ machine and build
 

@@ -1,4 +1,4 @@
-"""The `fastlm` command: train, generate, eval, encode, bench (also `python -m fastlm`).
+"""The `fastlm` command: train, generate, eval, score, encode, bench (also `python -m fastlm`).
 
 Exit codes: 0 success; 2 usage errors, including out-of-range option values (argparse);
 1 any other failure, reported as one line "fastlm COMMAND: error: ..." on stderr without a
@@ -8,6 +8,7 @@ before the first checkpoint, and checkpoints are written atomically.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -238,16 +239,48 @@ def _load(directory):
     return model
 
 
+def unescape(text):
+    """The escapes a shell leaves in an argument such as --stop "\\n": \\n, \\t, \\r and \\\\."""
+    escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    out, k = [], 0
+    while k < len(text):
+        if text[k] == "\\" and k + 1 < len(text) and text[k + 1] in escapes:
+            out.append(escapes[text[k + 1]])
+            k += 2
+        else:
+            out.append(text[k])
+            k += 1
+    return "".join(out)
+
+
+def _stream(model, args, stop, separator):
+    """Print the continuation as it is sampled; Ctrl-C ends the line and the command (exit 130)."""
+    pieces = model.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop)
+    print(args.prompt, end="", flush=True)
+    try:
+        for k, piece in enumerate(pieces):
+            print((separator if k == 0 else "") + piece, end="", flush=True)
+    finally:
+        print(flush=True)
+    return 0
+
+
 def cmd_generate(args):
     model = _load(args.directory)
+    stop = [unescape(s) for s in args.stop] if args.stop else None
+    separator = " " if model.tokenizer.level == "word" and args.prompt[-1:].strip() else ""
+    if args.stream:
+        if args.num_samples != 1:
+            raise ValueError(f"--stream prints one sample; got --num-samples {args.num_samples}")
+        return _stream(model, args, stop, separator)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = model.generate_text(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    num_samples=args.num_samples)
+                                    num_samples=args.num_samples, stop=stop)
     for warning in caught:
         print(f"fastlm generate: note: {warning.message}", file=sys.stderr)
-    separator = " " if model.tokenizer.level == "word" and args.prompt[-1:].strip() else ""
     for k, text in enumerate([texts] if isinstance(texts, str) else texts):
         if k:
             print("---")
@@ -278,7 +311,55 @@ def cmd_eval(args):
     print(f"perplexity  {result['perplexity']:.3f}")
     print(f"bits/token  {result['bits_per_token']:.4f}")
     print(f"accuracy    {result['accuracy']:.4f}")
+    print(f"top-{result['top_k']} acc.  {result['top_k_accuracy']:.4f}")
+    print(f"precision   {result['precision']:.4f} (macro)")
+    print(f"recall      {result['recall']:.4f} (macro)")
+    print(f"f1          {result['f1']:.4f} (macro)")
     return 0
+
+
+SCORE_BLOCK_LINES = 4096  # lines scored per call: stdin is read as it comes
+
+
+def _line_blocks(stream):
+    block = []
+    for line in stream:
+        block.append(line.rstrip("\r\n"))
+        if len(block) == SCORE_BLOCK_LINES:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def cmd_score(args):
+    model = _load(args.directory)
+    bos, eos = not args.no_bos, not args.no_eos
+    source = open(args.file, encoding="utf-8") if args.file else sys.stdin
+    try:
+        for lines in _line_blocks(source):
+            if not args.json:
+                print("\n".join(f"{value:.6f}" for value in model.score(lines, bos=bos, eos=eos)), flush=True)
+                continue
+            for line, scores, ids in zip(lines, model.full_scores(lines, bos=bos, eos=eos),
+                                         scored_ids(model, lines, bos, eos)):
+                tokens = [{"token": model.tokenizer.id_to_token(int(i)), "log10_prob": p, "unknown": unknown}
+                          for i, (p, unknown) in zip(ids, scores)]
+                print(json.dumps({"text": line, "log10_prob": sum(p for p, _ in scores), "tokens": tokens},
+                                 ensure_ascii=False))
+    finally:
+        if args.file:
+            source.close()
+    return 0
+
+
+def scored_ids(model, lines, bos, eos):
+    """The ids each line's scores belong to (full_scores gives the scores only)."""
+    from fastlm.scoring import boundary_id, sentence_ids
+    boundary = boundary_id(model.tokenizer)
+    for line in lines:
+        ids = list(sentence_ids(model.tokenizer, line, boundary)) + ([boundary] if eos else [])
+        yield ids if bos else ids[1:]
 
 
 def cmd_bench(args):
@@ -415,6 +496,10 @@ def build_parser():
     generate.add_argument("--num-samples", type=POSITIVE_INT, default=1, metavar="N",
                           help="independent samples (default: 1)")
     generate.add_argument("--seed", type=NONNEGATIVE_INT, default=None, help="sampling seed (default: random)")
+    generate.add_argument("--stop", action="append", metavar="TEXT",
+                          help="end the text before TEXT (repeatable; \\n, \\t are escapes; default: none)")
+    generate.add_argument("--stream", action="store_true",
+                          help="print the text as it is sampled (Ctrl-C ends it; default: off)")
     generate.set_defaults(run=cmd_generate)
 
     evaluate = commands.add_parser("eval", help="perplexity and accuracy of a model on a text file",
@@ -425,8 +510,24 @@ def build_parser():
     evaluate.add_argument("--seq-len", type=POSITIVE_INT, default=100, metavar="T",
                           help="chunk length (default: 100)")
     evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32, metavar="B",
-                          help="parallel streams (default: 32)")
+                          help="kept for compatibility: the text is scored as one stream, every token with its "
+                          "full left context (default: 32)")
     evaluate.set_defaults(run=cmd_eval)
+
+    score = commands.add_parser("score", help="log10 probability of each line of a text",
+                                description="Score every line of FILE (or of standard input) as a sentence, as "
+                                "KenLM's query does: one log10 probability per line, the boundary (eos) after it "
+                                "included.")
+    score.add_argument("directory", metavar="DIR", help="model directory")
+    score.add_argument("file", metavar="FILE", nargs="?", default=None,
+                       help="UTF-8 text file, one sentence per line (default: standard input)")
+    score.add_argument("--json", action="store_true",
+                       help="one JSON object per line with per-token scores (default: one number per line)")
+    score.add_argument("--no-bos", action="store_true",
+                       help="do not score the first token as following a sentence boundary")
+    score.add_argument("--no-eos", action="store_true",
+                       help="do not score the sentence boundary after the last token")
+    score.set_defaults(run=cmd_score)
 
     bench = commands.add_parser("bench", help="training speed: C++ core vs NumPy reference (vs PyTorch)",
                                 description="Time one training step (forward, loss, backward, Adam) on random "
@@ -439,7 +540,7 @@ def build_parser():
     bench.add_argument("--torch", action="store_true",
                        help="also time PyTorch, if installed, in a process of its own (default: off)")
     bench.set_defaults(run=cmd_bench)
-    for command in (train, generate, evaluate, encode, bench):
+    for command in (train, generate, evaluate, score, encode, bench):
         command.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
                              help="threads (default: all cores; on a machine where other programs are busy, "
                              "fewer can be faster: see README, 'Threads')")

@@ -9,15 +9,18 @@ core (``backend="cpp"``) or by the NumPy reference (``backend="numpy"``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
 
-from fastlm import _core, adaptive, reference
+from fastlm import _core, adaptive, reference, scoring, streaming
 from fastlm.batches import ContiguousBatches
-from fastlm.checks import check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
+from fastlm.checks import (check_bool, check_choice, check_ids, check_int, check_number, check_str,
+                           check_tokenizer)
 from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
@@ -67,6 +70,11 @@ class LSTMNetwork:
     optimizers update these arrays in place), ``ops`` (the kernels: fastlm._core or
     fastlm.reference, same signatures), ``forward`` and ``forward_backward`` (one checked batch:
     see check_batch).
+
+    Threads: evaluate, generate, stream, log_probs, score and the rest read the weights
+    through reading_params(), and fit trains on its own copy (training_snapshot()), so any
+    number of threads may read while one trains: they see the weights as they were when fit
+    started, never a half-updated mix.
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
@@ -85,6 +93,9 @@ class LSTMNetwork:
         self._rng = np.random.default_rng(self.seed)
         self.params = self._initial_parameters()
         self.tokenizer = None  # attached by fastlm.load or by the user, for text in / text out
+        self._params_lock = threading.Lock()
+        self._snapshot = None  # while fit runs: the weights as they were when it started
+        self._training_thread = None
 
     # ------------------------------------------------------------ parameters
 
@@ -123,7 +134,7 @@ class LSTMNetwork:
 
     def state_dict(self):
         """Copies of all parameters keyed by PyTorch's names."""
-        return {name: value.copy() for name, value in self.params.items()}
+        return {name: value.copy() for name, value in self.reading_params().items()}
 
     def load_state_dict(self, state):
         """Replace all parameters; names, shapes and finiteness are checked before anything changes.
@@ -153,6 +164,31 @@ class LSTMNetwork:
                 raise ValueError(f"state_dict entry {name!r} holds NaN or infinity (or a value beyond float32's range)")
             loaded[name] = value
         self.params = loaded
+
+    def reading_params(self):
+        """The parameters a reader uses: while fit runs in another thread, the weights as they
+        were when it started (fit updates a copy); otherwise params itself."""
+        with self._params_lock:
+            if self._snapshot is not None and threading.get_ident() != self._training_thread:
+                return self._snapshot
+            return self.params
+
+    @contextlib.contextmanager
+    def training_snapshot(self):
+        """For fit: train on a private copy of the weights while other threads keep reading
+        the weights as they were; one fit at a time (RuntimeError for a second one)."""
+        with self._params_lock:
+            if self._training_thread is not None:
+                raise RuntimeError("fit is already running on this model in another thread: one fit at a time")
+            self._snapshot = self.params
+            self.params = {name: value.copy() for name, value in self.params.items()}
+            self._training_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._params_lock:
+                self._snapshot = None
+                self._training_thread = None
 
     # ------------------------------------------------------------ forward + backward
 
@@ -185,12 +221,13 @@ class LSTMNetwork:
         mask = (rng.random(values.shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)
         return values * mask, mask
 
-    def _lstm_forward(self, x, initial_state, rng):
+    def _lstm_forward(self, x, initial_state, rng, params=None):
         """Embedding and LSTM layers: the top layer's (B*T, H) rows and what backward needs.
 
-        rng draws the dropout masks in training; None runs without dropout.
+        rng draws the dropout masks in training; None runs without dropout. params: the
+        weights to use (default: self.params).
         """
-        ops, p = self.ops, self.params
+        ops, p = self.ops, self.params if params is None else params
         B, T = x.shape
         zeros = np.zeros((B, self.hidden_size), dtype=np.float32)
         layer_input = ops.embedding_forward(p["embedding.weight"], x)
@@ -272,15 +309,20 @@ class LSTMNetwork:
 
     # ------------------------------------------------------------ evaluation, generation
 
-    def evaluate(self, data, y=None, seq_len=100, batch_size=32):
-        """Loss (mean cross-entropy, nats), perplexity, top-1 accuracy and bits per token.
+    def evaluate(self, data, y=None, seq_len=100, batch_size=32, top_k=5):
+        """Next-token metrics: loss (mean cross-entropy, nats), perplexity, accuracy (top-1),
+        top_k_accuracy (the target among the top_k most likely), the macro precision, recall
+        and f1 of the arg-max prediction over the tokens that occur as target or prediction,
+        bits_per_token, and tokens (how many were scored).
 
-        data: 1-D token ids, read as batch_size contiguous streams in chunks of seq_len
-        with the state carried across chunks, so every token but the last few is scored
-        with its full history; or (N, T) windows with targets y, each from a zero state.
+        data: 1-D token ids: every token after the first is scored with its full left
+        context, whatever the batch size: the text is read as one stream in chunks of
+        seq_len with the state carried across (the last, shorter chunk too). Or (N, T)
+        windows with targets y, batch_size rows at a time, each from a zero state.
         """
         seq_len = check_int("seq_len", seq_len, 1)
         batch_size = check_int("batch_size", batch_size, 1)
+        top_k = check_int("top_k", top_k, 1)
         if y is not None:
             x, y = self.check_batch(data, y)
             batches = ((x[r:r + batch_size], y[r:r + batch_size]) for r in range(0, len(x), batch_size))
@@ -289,38 +331,69 @@ class LSTMNetwork:
             ids = check_corpus("ids", data, self.vocab_size)  # a memory map stays on disk
             if len(ids) < 2:
                 raise ValueError(f"evaluation needs at least 2 tokens, got {len(ids)}")
-            batches = ContiguousBatches(ids, seq_len, min(batch_size, len(ids) - 1)).epoch(0)
+            batches = ContiguousBatches(ids, seq_len, 1).epoch(0)
             stateful = True
-        loss_sum, correct, tokens, state = 0.0, 0, 0, None
+        p = self.reading_params()
+        metrics = scoring.NextTokenMetrics(self.ops, self.vocab_size, top_k)
+        state = None
         for xb, yb in batches:
-            loss, predictions, final_state = self.forward(xb, yb, state)
-            if not math.isfinite(loss):  # perplexity inf or nan would be a silent non-answer
-                raise FloatingPointError(f"the loss is {loss} on tokens {tokens} to {tokens + yb.size}: the "
-                                         "model's logits overflow float32 (NaN or infinity)")
-            loss_sum += loss * yb.size
-            correct += int(np.count_nonzero(predictions == yb))
-            tokens += yb.size
+            rows, _, tape = self._lstm_forward(xb, state, None, params=p)
+            targets = yb.reshape(-1)
+            log_probs, predictions, ranks = scoring.output_scores(self, rows, targets, p)
+            if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
+                loss = -float(np.mean(log_probs, dtype=np.float64))
+                raise FloatingPointError(f"the loss is {loss} on tokens {metrics.tokens} to "
+                                         f"{metrics.tokens + yb.size}: the model's logits overflow float32 "
+                                         "(NaN or infinity)")
+            metrics.add(targets, log_probs, predictions, ranks)
             if stateful:
-                state = final_state
-        mean = loss_sum / tokens
-        return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf,
-                "accuracy": correct / tokens, "bits_per_token": mean / math.log(2), "tokens": tokens}
+                state = self._final_state(tape)
+        return metrics.result()
+
+    def _sampling(self, temperature, top_k, top_p, seed, suppress_unk):
+        """The sampling arguments checked, in the kernels' form: (temperature, top_k, top_p, seed, suppressed)."""
+        temperature = check_number("temperature", temperature, "[0, inf)")
+        top_k = check_int("top_k", top_k, 1, allow_none=True)
+        top_p = check_number("top_p", top_p, "(0, 1]", allow_none=True)
+        seed = check_int("seed", seed, 0, allow_none=True)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**64)
+        suppressed = -1
+        if check_bool("suppress_unk", suppress_unk):
+            if self.tokenizer is None:
+                raise ValueError("suppress_unk=True needs the tokenizer that says which id is <unk>: attach one "
+                                 "(model.tokenizer) or pass suppress_unk=False")
+            suppressed = self.tokenizer.unk_id
+        return temperature, top_k or 0, 1.0 if top_p is None else top_p, seed % 2**64, suppressed
+
+    def session(self, prompt_ids, temperature=1.0, top_k=None, top_p=None, seed=None, suppress_unk=False):
+        """A generation in progress after the 1-D prompt: the kernels' GenerationSession, whose
+        next(count) draws the next tokens ((1, count) ids) and probabilities() the next-token
+        distribution; the tokens generate would draw with the same arguments."""
+        prompt = np.asarray(prompt_ids)
+        if prompt.size == 0:
+            raise ValueError("the prompt is empty: generation starts from at least one token id")
+        prompt = check_ids("prompt_ids", prompt, self.vocab_size, 1)
+        sampling = self._sampling(temperature, top_k, top_p, seed, suppress_unk)
+        return self.ops.GenerationSession(self.reading_params(), self.num_layers, prompt[None], *sampling)
 
     def generate(self, prompt_ids, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 num_samples=1):
+                 num_samples=1, stop=None, suppress_unk=False):
         """Sample new token ids after a prompt; the sampling loop runs in C++.
 
         prompt_ids: 1-D ids (at least one) warming the state, or (S, P) for S prompts.
         temperature 1 samples the model's own distribution (the default everywhere, the CLI
         included), lower is more conservative, 0 is greedy; top_k keeps the k most likely
-        tokens; top_p the smallest set whose probability reaches p. seed=None draws a fresh seed.
-        Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens).
+        tokens; top_p the smallest set whose probability reaches p. seed=None draws a fresh
+        seed. suppress_unk: never
+        sample <unk> (needs the tokenizer). stop: a token id or a list of them; each sample
+        ends before the first one.
+        Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens)
+        (with stop: a list of 1-D arrays, each as long as its sample went).
         """
+        sampling = self._sampling(temperature, top_k, top_p, seed, suppress_unk)
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
-        temperature = check_number("temperature", temperature, "[0, inf)")
-        top_k = check_int("top_k", top_k, 1, allow_none=True)
-        top_p = check_number("top_p", top_p, "(0, 1]", allow_none=True)
-        seed = check_int("seed", seed, 0, allow_none=True)
+        _, stop_ids = streaming.check_stop(stop, text=False)
         num_samples = check_int("num_samples", num_samples, 1)
         prompt = np.asarray(prompt_ids)
         if prompt.size == 0:
@@ -331,29 +404,58 @@ class LSTMNetwork:
             if prompt.shape[0] != 1:
                 raise ValueError("num_samples > 1 needs a single prompt")
             prompt = np.repeat(prompt, num_samples, axis=0)
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**64)
-        out = self.ops.generate(self.params, self.num_layers, prompt, max_new_tokens, temperature, top_k or 0,
-                                1.0 if top_p is None else top_p, seed % 2**64)
+        if stop is not None and single and num_samples == 1:  # a stream: no tokens drawn past the stop
+            return np.array(list(streaming.stream(self, prompt[0], max_new_tokens, temperature, top_k, top_p,
+                                                  sampling[3], list(stop_ids), suppress_unk)), dtype=np.int32)
+        out = self.ops.generate(self.reading_params(), self.num_layers, prompt, max_new_tokens, *sampling)
+        if stop is not None:
+            return [row[:streaming.first_stop_id(row, stop_ids)] for row in out]
         return out[0] if single and num_samples == 1 else out
 
-    def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
-                      num_samples=1):
-        """Text in, text out, through the attached tokenizer: the continuation of prompt
-        (a str, or a list of num_samples str). Prompt words outside the vocabulary are
-        mapped to <unk> with a warning that says how many."""
-        tokenizer = self._require_tokenizer()
+    def prompt_ids(self, prompt):
+        """A text prompt's ids through the tokenizer (words outside the vocabulary map to <unk>,
+        with a warning saying how many); an empty prompt starts from _start_token."""
+        tokenizer = self.require_tokenizer()
         check_str("prompt", prompt)
         ids, unknown = tokenizer.encode(prompt, return_unknown=True)
         if unknown:
             shown = ", ".join(map(repr, tokenizer.unknown_tokens(prompt)[:10]))
             warnings.warn(f"{unknown} prompt token(s) are not in the vocabulary and were mapped to "
-                          f"{tokenizer.vocab[tokenizer.unk_id]!r}: {shown}", stacklevel=2)
+                          f"{tokenizer.vocab[tokenizer.unk_id]!r}: {shown}", stacklevel=3)
+        eos = scoring.boundary_id(tokenizer) if getattr(tokenizer, "eos", None) is not None else None
+        if eos is not None and len(ids) and ids[-1] == eos and not prompt.endswith("\n"):
+            ids = ids[:-1]  # continue the prompt's line, not a line the tokenizer closed
         if len(ids) == 0:
             ids = np.array([self._start_token(tokenizer)], dtype=np.int32)
-        out = self.generate(ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples)
-        texts = [tokenizer.decode(row) for row in np.atleast_2d(out)]
+        return ids
+
+    def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
+                      num_samples=1, stop=None, suppress_unk=True):
+        """Text in, text out, through the attached tokenizer: the continuation of prompt
+        (a str, or a list of num_samples str). Prompt words outside the vocabulary are
+        mapped to <unk> with a warning that says how many. stop: a str or token id or a list
+        of them; the text ends before the first (the stop string itself is left out).
+        suppress_unk: never sample <unk>."""
+        tokenizer = self.require_tokenizer()
+        if stop is not None and num_samples == 1:
+            return "".join(streaming.stream(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                                            suppress_unk))
+        stop_strings, stop_ids = streaming.check_stop(stop, text=True)
+        ids = self.prompt_ids(prompt)
+        out = self.generate(ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+                            suppress_unk=suppress_unk)
+        texts = []
+        for row in np.atleast_2d(out):
+            end = streaming.first_stop_id(row, stop_ids)
+            texts.append(streaming.cut_at_stop(tokenizer.decode(row[:end]), stop_strings)[0])
         return texts[0] if num_samples == 1 else texts
+
+    stream = streaming.stream
+    log_probs = scoring.log_probs
+    score = scoring.score
+    perplexity = scoring.perplexity
+    full_scores = scoring.full_scores
+    next_token_probs = scoring.next_token_probs
 
     @staticmethod
     def _start_token(tokenizer):
@@ -363,7 +465,7 @@ class LSTMNetwork:
             return int(newline[0])
         return min(tokenizer.unk_id + 1, len(tokenizer) - 1)
 
-    def _require_tokenizer(self):
+    def require_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError("no tokenizer attached: set model.tokenizer, or save the model with "
                              "save(directory, tokenizer=...) and load it with fastlm.load")

@@ -246,6 +246,41 @@ def adaptive_log_prob(h, head_weight, head_bias, proj_weights, out_weights):
     return np.concatenate(parts, axis=1)
 
 
+def output_scores(h, weight, bias, targets):
+    """The output layer's verdict on each row of h (N, H) for its target: log_probs (N,)
+    the target's log-probability, predictions (N,) int32 the arg-max and ranks (N,) int32
+    how many logits exceed the target's (the target is in the top k when rank < k)."""
+    log_probs = np.empty(h.shape[0], dtype=h.dtype)
+    predictions = np.empty(h.shape[0], dtype=np.int32)
+    ranks = np.empty(h.shape[0], dtype=np.int32)
+    for rows in _row_chunks(h.shape[0], weight.shape[0]):
+        logits = h[rows] @ weight.T + bias
+        peak = logits.max(axis=1)
+        lse = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+        target_logit = logits[np.arange(logits.shape[0]), targets[rows]]
+        log_probs[rows] = target_logit - lse
+        predictions[rows] = logits.argmax(axis=1)
+        ranks[rows] = (logits > target_logit[:, None]).sum(axis=1)
+    return log_probs, predictions, ranks
+
+
+def adaptive_output_scores(h, head_weight, head_bias, proj_weights, out_weights, targets, log_prob=None):
+    """output_scores for an adaptive softmax decoder: the same three outputs from the full
+    distribution (log_prob: adaptive_log_prob or its C++ twin), in row chunks."""
+    log_prob = adaptive_log_prob if log_prob is None else log_prob
+    vocab = int(_cluster_starts(head_weight, out_weights)[-1])
+    log_probs = np.empty(h.shape[0], dtype=h.dtype)
+    predictions = np.empty(h.shape[0], dtype=np.int32)
+    ranks = np.empty(h.shape[0], dtype=np.int32)
+    for rows in _row_chunks(h.shape[0], vocab):
+        full = log_prob(h[rows], head_weight, head_bias, proj_weights, out_weights)
+        target = full[np.arange(full.shape[0]), targets[rows]]
+        log_probs[rows] = target
+        predictions[rows] = full.argmax(axis=1)
+        ranks[rows] = (full > target[:, None]).sum(axis=1)
+    return log_probs, predictions, ranks
+
+
 # ---------------------------------------------------------------- optimizer
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
@@ -351,10 +386,13 @@ class SplitMix64:
         return (self.next() >> 11) * 2.0 ** -53
 
 
-def sample_token(logits, temperature, top_k, top_p, rng):
+def sample_token(logits, temperature, top_k, top_p, rng, suppressed=-1):
     """One id from logits (V,): greedy at temperature 0, else softmax(logits / temperature)
     restricted to the top_k most likely (0: all) and then to the smallest most-likely set
-    whose probability reaches top_p (1: all)."""
+    whose probability reaches top_p (1: all). The id suppressed (>= 0) is never drawn."""
+    if suppressed >= 0:
+        logits = logits.copy()
+        logits[suppressed] = -np.inf
     best = int(np.argmax(logits))
     if temperature == 0 or 1.0 / temperature > float(np.finfo(np.float32).max):  # 1/T overflows: greedy
         return best
@@ -443,41 +481,160 @@ def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
         return int(starts[i]) + _draw(np.exp((t - t.max()) * inv_t), rng)
 
 
-def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+def _adaptive_decoder(params):
+    """An adaptive decoder's weights from the state_dict: (head_weight, head_bias, proj_weights, out_weights)."""
+    n = sum(1 for name in params if name.startswith("decoder.tail.") and name.endswith(".0.weight"))
+    return (params["decoder.head.weight"], params.get("decoder.head.bias"),
+            [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
+            [params[f"decoder.tail.{i}.1.weight"] for i in range(n)])
+
+
+def _lstm_step(params, num_layers, h, c, tokens):
+    """Feed one token per row through every layer, updating the states h, c (lists per layer)."""
+    x = params["embedding.weight"][tokens][:, None]
+    for k in range(num_layers):
+        hs, cs, _ = lstm_forward(x, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
+                                 params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], h[k], c[k])
+        h[k], c[k] = hs[:, 0], cs[:, 0]
+        x = hs
+
+
+class GenerationSession:
+    """A generation in progress (the C++ class's twin): the state after the prompt
+    (samples, length >= 1), one SplitMix64(seed + s) per sample; next(count) continues,
+    probabilities() gives the next-token distribution without drawing."""
+
+    def __init__(self, params, num_layers, prompt, temperature=1.0, top_k=0, top_p=1.0, seed=0, suppressed=-1):
+        prompt = np.asarray(prompt)
+        self.params, self.num_layers = params, num_layers
+        self.sampling = (temperature, top_k, top_p)
+        self.suppressed = suppressed
+        samples = prompt.shape[0]
+        H = params["lstm.weight_hh_l0"].shape[1]
+        self.h = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
+        self.c = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
+        for p in range(prompt.shape[1]):
+            _lstm_step(params, num_layers, self.h, self.c, prompt[:, p])
+        self.rngs = [SplitMix64(seed + s) for s in range(samples)]
+        self.pending = None  # the tokens drawn last, fed to the LSTM when the next is asked for
+        self.drawn = 0
+
+    def _advance(self):
+        if self.pending is not None:
+            _lstm_step(self.params, self.num_layers, self.h, self.c, self.pending)
+            self.pending = None
+
+    def _adaptive_sample(self, h, rng):
+        """An adaptive decoder's draw, drawn again while it is the suppressed id (as in C++)."""
+        for _ in range(1000):
+            token = adaptive_sample_token(h, self.params, *self.sampling, rng)
+            if token != self.suppressed:
+                return token
+            if self.sampling[0] == 0:
+                break
+        raise ValueError("the suppressed token (<unk>) is this adaptive model's choice at every draw: "
+                         "generate with suppress_unk=False")
+
+    def _logits(self):
+        self._advance()
+        logits = self.h[-1] @ self.params["decoder.weight"].T + self.params["decoder.bias"]
+        if not np.all(np.isfinite(logits)):
+            bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
+            raise FloatingPointError(f"the logits at new token {self.drawn + 1} of sample {bad} hold NaN or "
+                                     "infinity: the weights overflow float32")
+        return logits
+
+    def next(self, count):
+        out = np.empty((len(self.rngs), count), dtype=np.int32)
+        for n in range(count):
+            if "decoder.head.weight" in self.params:
+                self._advance()
+                out[:, n] = [self._adaptive_sample(self.h[-1][s], rng) for s, rng in enumerate(self.rngs)]
+            else:
+                logits = self._logits()
+                out[:, n] = [sample_token(logits[s], *self.sampling, rng, self.suppressed)
+                             for s, rng in enumerate(self.rngs)]
+            self.pending = out[:, n]
+            self.drawn += 1
+        return out
+
+    def probabilities(self):
+        if "decoder.head.weight" in self.params:
+            self._advance()
+            return np.exp(adaptive_log_prob(self.h[-1], *_adaptive_decoder(self.params))).astype(np.float32)
+        logits = self._logits().astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def generate(params, num_layers, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=0, suppressed=-1):
     """Sample max_new_tokens ids after each row of prompt (samples, length >= 1).
 
     params: the state_dict. The state starts at zero and is warmed by the prompt;
-    sample s draws from SplitMix64(seed + s). Returns (samples, max_new_tokens) int32.
+    sample s draws from SplitMix64(seed + s); suppressed (>= 0) is an id never drawn.
+    Returns (samples, max_new_tokens) int32.
     """
     prompt = np.asarray(prompt)
-    samples = prompt.shape[0]
-    H = params["lstm.weight_hh_l0"].shape[1]
-    h = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
-    c = [np.zeros((samples, H), np.float32) for _ in range(num_layers)]
+    if max_new_tokens == 0:
+        return np.empty((prompt.shape[0], 0), dtype=np.int32)
+    session = GenerationSession(params, num_layers, prompt, temperature, top_k, top_p, seed, suppressed)
+    return session.next(max_new_tokens)
 
-    def step(tokens):
-        x = params["embedding.weight"][tokens][:, None]
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_sequences(params, num_layers, ids, offsets, bos=-1, batch_size=256):
+    """Score the sequences ids[offsets[i]:offsets[i + 1]], each from a zero state.
+
+    With bos >= 0 every token is predicted, the first from bos; with bos = -1 the first
+    token is context only. Returns, per scored token in sequence order: log_probs (natural
+    log of the target's probability), predictions (arg-max ids) and ranks (how many ids have
+    a larger logit than the target). A group of batch_size sequences runs as one padded
+    batch: the LSTM is causal, so padding after a sequence's end changes none of its scores.
+    """
+    ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    if bos >= 0:
+        inputs = [np.concatenate([[bos], ids[a:b - 1]]) if b > a else ids[a:a] for a, b in zip(offsets, offsets[1:])]
+        targets = [ids[a:b] for a, b in zip(offsets, offsets[1:])]
+    else:
+        inputs = [ids[a:b - 1] for a, b in zip(offsets, offsets[1:])]
+        targets = [ids[a + 1:b] for a, b in zip(offsets, offsets[1:])]
+    steps = np.array([len(t) for t in targets], dtype=np.int64)
+    log_probs, predictions, ranks = [], [], []
+    for g in range(0, len(lengths), batch_size):
+        group = range(g, min(g + batch_size, len(lengths)))
+        T = int(max((steps[i] for i in group), default=0))
+        if T == 0:
+            continue
+        x = np.zeros((len(group), T), dtype=np.int64)
+        valid = np.zeros((len(group), T), dtype=bool)
+        y = np.zeros((len(group), T), dtype=np.int64)
+        for r, i in enumerate(group):
+            x[r, :steps[i]], y[r, :steps[i]], valid[r, :steps[i]] = inputs[i], targets[i], True
+        layer = params["embedding.weight"][x]
+        H = params["lstm.weight_hh_l0"].shape[1]
+        zeros = np.zeros((len(group), H), np.float32)
         for k in range(num_layers):
-            hs, cs, _ = lstm_forward(x, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
-                                     params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], h[k], c[k])
-            h[k], c[k] = hs[:, 0], cs[:, 0]
-            x = hs
-
-    for p in range(prompt.shape[1]):
-        step(prompt[:, p])
-    rngs = [SplitMix64(seed + s) for s in range(samples)]
-    out = np.empty((samples, max_new_tokens), dtype=np.int32)
-    for n in range(max_new_tokens):
+            layer, _, _ = lstm_forward(layer, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
+                                       params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], zeros, zeros)
+        rows, row_targets = layer[valid], y[valid]  # row-major: sequence by sequence, in order
         if "decoder.head.weight" in params:
-            out[:, n] = [adaptive_sample_token(h[-1][s], params, temperature, top_k, top_p, rngs[s])
-                         for s in range(samples)]
+            scores = adaptive_output_scores(rows, *_adaptive_decoder(params), row_targets)
         else:
-            logits = h[-1] @ params["decoder.weight"].T + params["decoder.bias"]
-            if not np.all(np.isfinite(logits)):
-                bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
-                raise FloatingPointError(f"the logits at new token {n + 1} of sample {bad} hold NaN or infinity: "
-                                         "the weights overflow float32")
-            out[:, n] = [sample_token(logits[s], temperature, top_k, top_p, rngs[s]) for s in range(samples)]
-        if n + 1 < max_new_tokens:
-            step(out[:, n])
-    return out
+            scores = output_scores(rows, params["decoder.weight"], params["decoder.bias"], row_targets)
+        for out, value in zip((log_probs, predictions, ranks), scores):
+            out.append(value)
+    if not log_probs:
+        return np.empty(0, np.float32), np.empty(0, np.int32), np.empty(0, np.int32)
+    return np.concatenate(log_probs), np.concatenate(predictions), np.concatenate(ranks)
+
+
+def prediction_counts(targets, predictions, vocab_size):
+    """(3, vocab_size) int64: per token id, the true positives (predicted and right), the
+    predictions and the targets, from which per-token precision and recall follow."""
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    return np.stack([np.bincount(targets[predictions == targets], minlength=vocab_size),
+                     np.bincount(predictions, minlength=vocab_size),
+                     np.bincount(targets, minlength=vocab_size)]).astype(np.int64)

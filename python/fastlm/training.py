@@ -8,6 +8,7 @@ resumed is bit-identical to an uninterrupted run with the same seed and thread c
 """
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import threading
@@ -100,6 +101,17 @@ def _progress_bar(progress, total, initial, epoch, epochs):
                 dynamic_ncols=True)
 
 
+def _trains_a_copy(function):
+    """Decorate fit: the model trains on a copy of its weights, so that other threads reading
+    it meanwhile see the weights as they were (LSTMNetwork.training_snapshot)."""
+    @functools.wraps(function)
+    def run(model, *args, **kwargs):
+        with model.training_snapshot():
+            return function(model, *args, **kwargs)
+    return run
+
+
+@_trains_a_copy
 @distributed.aborts_every_rank
 def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
         stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,

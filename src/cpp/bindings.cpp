@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -620,33 +622,35 @@ FloatArray param(const py::dict& params, const std::string& name, const Shape& s
     return a;
 }
 
-py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, const py::handle& prompt_obj,
-                                 int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
-                                 uint64_t seed) {
+// A model's parameters (the state_dict) checked and viewed for the C++ loops; owns the
+// arrays (converted ones included) for as long as the view is used.
+struct ModelArgs {
+    std::vector<FloatArray> keep;
+    AdaptiveArgs adaptive;  // an adaptive softmax decoder's arrays, when the model has one
+    LanguageModelView view;
+};
+
+ModelArgs model_args(const py::dict& params, int64_t num_layers) {
     require(num_layers >= 1, "num_layers must be >= 1");
-    require(max_new_tokens >= 0, "max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
-    require(std::isfinite(temperature) && temperature >= 0.0, "temperature must be >= 0 (0 is greedy)");
-    require(top_k >= 0, "top_k must be >= 0 (0 is off)");
-    require(top_p > 0.0 && top_p <= 1.0, "top_p must lie in (0, 1]");
+    ModelArgs a;
     if (!params.contains("embedding.weight")) throw py::key_error("params is missing 'embedding.weight'");
-    const FloatArray embedding = float_input(params["embedding.weight"], "embedding.weight", 2);
-    const int64_t V = embedding.shape(0), E = embedding.shape(1);
+    a.keep.push_back(float_input(params["embedding.weight"], "embedding.weight", 2));
+    const int64_t V = a.keep[0].shape(0), E = a.keep[0].shape(1);
     if (!params.contains("lstm.weight_hh_l0")) throw py::key_error("params is missing 'lstm.weight_hh_l0'");
     const int64_t H = float_input(params["lstm.weight_hh_l0"], "lstm.weight_hh_l0", 2).shape(1);
-    std::vector<FloatArray> keep;  // owns converted arrays while the kernel runs
-    LanguageModelView view{V, E, H, embedding.data(), {}, nullptr, nullptr};
+    a.view = LanguageModelView{V, E, H, a.keep[0].data(), {}, nullptr, nullptr};
     for (int64_t k = 0; k < num_layers; ++k) {
         const std::string l = std::to_string(k);
         const int64_t width = k == 0 ? E : H;
-        keep.push_back(param(params, "lstm.weight_ih_l" + l, {4 * H, width}));
-        keep.push_back(param(params, "lstm.weight_hh_l" + l, {4 * H, H}));
-        keep.push_back(param(params, "lstm.bias_ih_l" + l, {4 * H}));
-        keep.push_back(param(params, "lstm.bias_hh_l" + l, {4 * H}));
-        const size_t n = keep.size();
-        view.layers.push_back({keep[n - 4].data(), keep[n - 3].data(), keep[n - 2].data(), keep[n - 1].data(), width});
+        a.keep.push_back(param(params, "lstm.weight_ih_l" + l, {4 * H, width}));
+        a.keep.push_back(param(params, "lstm.weight_hh_l" + l, {4 * H, H}));
+        a.keep.push_back(param(params, "lstm.bias_ih_l" + l, {4 * H}));
+        a.keep.push_back(param(params, "lstm.bias_hh_l" + l, {4 * H}));
+        const size_t n = a.keep.size();
+        a.view.layers.push_back(
+            {a.keep[n - 4].data(), a.keep[n - 3].data(), a.keep[n - 2].data(), a.keep[n - 1].data(), width});
     }
-    AdaptiveArgs adaptive;  // owns the adaptive decoder's arrays while the kernel runs
-    if (params.contains("decoder.head.weight")) {
+    if (params.contains("decoder.head.weight")) {  // an adaptive softmax decoder
         py::list projs, outs;
         for (int64_t i = 0; params.contains("decoder.tail." + std::to_string(i) + ".0.weight"); ++i) {
             projs.append(params[("decoder.tail." + std::to_string(i) + ".0.weight").c_str()]);
@@ -654,26 +658,51 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
         }
         const py::object bias = params.contains("decoder.head.bias") ? py::object(params["decoder.head.bias"])
                                                                      : py::object(py::none());
-        adaptive = adaptive_decoder_args(H, params["decoder.head.weight"], bias, projs, outs);
-        require(adaptive.shape.vocab() == V, "the adaptive decoder covers " + std::to_string(adaptive.shape.vocab()) +
-                                                 " words but embedding.weight has " + std::to_string(V) + " rows");
-        view.adaptive_shape = adaptive.shape;
-        view.adaptive = adaptive.weights();
+        a.adaptive = adaptive_decoder_args(H, params["decoder.head.weight"], bias, projs, outs);
+        require(a.adaptive.shape.vocab() == V, "the adaptive decoder covers " +
+                                                   std::to_string(a.adaptive.shape.vocab()) +
+                                                   " words but embedding.weight has " + std::to_string(V) + " rows");
+        a.view.adaptive_shape = a.adaptive.shape;
+        a.view.adaptive = a.adaptive.weights();
     } else {
-        keep.push_back(param(params, "decoder.weight", {V, H}));
-        keep.push_back(param(params, "decoder.bias", {V}));
-        view.decoder_w = keep[keep.size() - 2].data();
-        view.decoder_b = keep.back().data();
+        a.keep.push_back(param(params, "decoder.weight", {V, H}));
+        a.keep.push_back(param(params, "decoder.bias", {V}));
+        a.view.decoder_w = a.keep[a.keep.size() - 2].data();
+        a.view.decoder_b = a.keep.back().data();
     }
-    const IdArray prompt = id_input(prompt_obj, "prompt", V);
+    return a;
+}
+
+SamplerConfig sampler_config(double temperature, int64_t top_k, double top_p, int64_t suppressed, int64_t vocab) {
+    require(std::isfinite(temperature) && temperature >= 0.0, "temperature must be >= 0 (0 is greedy)");
+    require(top_k >= 0, "top_k must be >= 0 (0 is off)");
+    require(top_p > 0.0 && top_p <= 1.0, "top_p must lie in (0, 1]");
+    require(suppressed >= -1 && suppressed < vocab,
+            "suppressed must be a token id in [0, " + std::to_string(vocab) + ") or -1 (none), got " +
+                std::to_string(suppressed));
+    return {temperature, top_k, top_p, static_cast<int32_t>(suppressed)};
+}
+
+IdArray prompt_input(const py::handle& prompt_obj, int64_t vocab) {
+    const IdArray prompt = id_input(prompt_obj, "prompt", vocab);
     require(prompt.ndim() == 2, "prompt must be 2-D (samples, length), got shape " + shape_str(shape_of(prompt)));
+    require(prompt.shape(0) > 0, "prompt has no samples");
+    require(prompt.shape(1) > 0, "prompt is empty: generation needs at least one token to start from");
+    return prompt;
+}
+
+py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, const py::handle& prompt_obj,
+                                 int64_t max_new_tokens, double temperature, int64_t top_k, double top_p,
+                                 uint64_t seed, int64_t suppressed) {
+    require(max_new_tokens >= 0, "max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+    const ModelArgs model = model_args(params, num_layers);
+    const SamplerConfig config = sampler_config(temperature, top_k, top_p, suppressed, model.view.vocab);
+    const IdArray prompt = prompt_input(prompt_obj, model.view.vocab);
     const int64_t samples = prompt.shape(0), prompt_len = prompt.shape(1);
-    require(samples > 0, "prompt has no samples");
-    require(prompt_len > 0, "prompt is empty: generation needs at least one token to start from");
     py::array_t<int32_t> out({samples, max_new_tokens});
     try {
         KernelScope scope;
-        kernels().generate(view, prompt.data(), samples, prompt_len, max_new_tokens, {temperature, top_k, top_p}, seed,
+        kernels().generate(model.view, prompt.data(), samples, prompt_len, max_new_tokens, config, seed,
                            out.mutable_data(), python_signal_raised);
     } catch (const Interrupted&) {
         throw py::error_already_set();  // what the signal handler raised, KeyboardInterrupt for Ctrl-C
@@ -685,6 +714,118 @@ py::array_t<int32_t> py_generate(const py::dict& params, int64_t num_layers, con
 int py_kernel_team_size() {
     KernelScope scope;
     return parallel_team_size();
+}
+
+// GenerationSession for Python: the weights it reads stay alive with it, and a lock keeps
+// two threads from advancing the same session at once.
+class PySession {
+public:
+    PySession(const py::dict& params, int64_t num_layers, const py::handle& prompt_obj, double temperature,
+              int64_t top_k, double top_p, uint64_t seed, int64_t suppressed)
+        : model_(model_args(params, num_layers)) {
+        const SamplerConfig config = sampler_config(temperature, top_k, top_p, suppressed, model_.view.vocab);
+        const IdArray prompt = prompt_input(prompt_obj, model_.view.vocab);
+        try {
+            KernelScope scope;
+            session_ = kernels().generation_session(model_.view, prompt.data(), prompt.shape(0), prompt.shape(1),
+                                                    config, seed, python_signal_raised);
+        } catch (const Interrupted&) {
+            throw py::error_already_set();
+        }
+    }
+
+    py::array_t<int32_t> next(int64_t count) {
+        require(count >= 0, "count must be >= 0, got " + std::to_string(count));
+        py::array_t<int32_t> out({session_->samples(), count});
+        try {
+            KernelScope scope;
+            std::lock_guard<std::mutex> lock(mutex_);
+            session_->next(count, out.mutable_data(), count, python_signal_raised);
+        } catch (const Interrupted&) {
+            throw py::error_already_set();
+        }
+        return out;
+    }
+
+    py::array_t<float> probabilities() {
+        py::array_t<float> out({session_->samples(), session_->vocab()});
+        KernelScope scope;
+        std::lock_guard<std::mutex> lock(mutex_);
+        session_->probabilities(out.mutable_data());
+        return out;
+    }
+
+private:
+    ModelArgs model_;
+    std::unique_ptr<GenerationSession> session_;
+    std::mutex mutex_;
+};
+
+// ------------------------------------------------------------------ scoring
+
+py::tuple py_score_sequences(const py::dict& params, int64_t num_layers, const py::handle& ids_obj,
+                             const py::handle& offsets_obj, int64_t bos, int64_t batch_size) {
+    const ModelArgs model = model_args(params, num_layers);
+    const int64_t V = model.view.vocab;
+    require(batch_size > 0, "batch_size must be positive, got " + std::to_string(batch_size));
+    require(bos >= -1 && bos < V, "bos must be a token id in [0, " + std::to_string(V) + ") or -1 (none), got " +
+                                      std::to_string(bos));
+    py::array offsets_array = as_array(offsets_obj, "offsets");
+    require(offsets_array.dtype().kind() == 'i' || offsets_array.dtype().kind() == 'u',
+            "offsets must be an integer array");
+    const auto offsets = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(offsets_array);
+    require(offsets.ndim() == 1 && offsets.size() >= 1,
+            "offsets must be 1-D with at least one entry (sequence i is ids[offsets[i]:offsets[i + 1]])");
+    const IdArray ids = id_input(ids_obj, "ids", V);
+    require(ids.ndim() == 1, "ids must be 1-D (the sequences one after another), got shape " +
+                                 shape_str(shape_of(ids)));
+    const int64_t count = offsets.size() - 1;
+    const int64_t* off = offsets.data();
+    require(off[0] == 0 && off[count] == int64_t(ids.size()),
+            "offsets must start at 0 and end at len(ids) = " + std::to_string(ids.size()));
+    int64_t total = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        require(off[i + 1] >= off[i], "offsets must not decrease (sequence " + std::to_string(i) + ")");
+        total += scored_count(off[i + 1] - off[i], int32_t(bos));
+    }
+    py::array_t<float> log_probs(total);
+    py::array_t<int32_t> predictions(total), ranks(total);
+    {
+        KernelScope scope;
+        kernels().score_sequences(model.view, ids.data(), off, count, int32_t(bos), batch_size,
+                        {log_probs.mutable_data(), predictions.mutable_data(), ranks.mutable_data()});
+    }
+    return py::make_tuple(log_probs, predictions, ranks);
+}
+
+py::tuple py_output_scores(const py::handle& h, const py::handle& weight, const py::handle& bias,
+                           const py::handle& targets) {
+    const OutputArgs a = output_args(h, weight, bias, targets);
+    py::array_t<float> log_probs(a.shape.rows);
+    py::array_t<int32_t> predictions(a.shape.rows), ranks(a.shape.rows);
+    {
+        KernelScope scope;
+        kernels().output_scores(a.shape, a.h.data(), a.weight.data(), a.bias.data(), a.targets.data(),
+                      {log_probs.mutable_data(), predictions.mutable_data(), ranks.mutable_data()});
+    }
+    return py::make_tuple(log_probs, predictions, ranks);
+}
+
+py::array_t<int64_t> py_prediction_counts(const py::handle& targets_obj, const py::handle& predictions_obj,
+                                          int64_t vocab_size) {
+    require(vocab_size > 0, "vocab_size must be positive, got " + std::to_string(vocab_size));
+    const IdArray targets = id_input(targets_obj, "targets", vocab_size);
+    const IdArray predictions = id_input(predictions_obj, "predictions", vocab_size);
+    require(targets.ndim() == 1, "targets must be 1-D, got shape " + shape_str(shape_of(targets)));
+    require_shape(predictions, "predictions", shape_of(targets));
+    py::array_t<int64_t> counts({int64_t(3), vocab_size});
+    std::fill(counts.mutable_data(), counts.mutable_data() + counts.size(), int64_t(0));
+    {
+        KernelScope scope;
+        kernels().prediction_counts(targets.data(), predictions.data(), targets.size(), vocab_size,
+                                    counts.mutable_data());
+    }
+    return counts;
 }
 
 double py_fma_peak_gflops(double seconds) {
@@ -754,7 +895,20 @@ PYBIND11_MODULE(_core, m) {
     m.def("gather_windows", &py_gather_windows, py::arg("ids"), py::arg("starts"), py::arg("seq_len"));
     m.def("generate", &py_generate, py::arg("params"), py::arg("num_layers"), py::arg("prompt"),
           py::arg("max_new_tokens"), py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
-          py::arg("seed") = 0);
+          py::arg("seed") = 0, py::arg("suppressed") = -1);
+    py::class_<PySession>(m, "GenerationSession",
+                          "A generation in progress: next(count) continues it, probabilities() gives the "
+                          "next-token distribution; the same tokens as generate() with the same arguments.")
+        .def(py::init<const py::dict&, int64_t, const py::handle&, double, int64_t, double, uint64_t, int64_t>(),
+             py::arg("params"), py::arg("num_layers"), py::arg("prompt"), py::arg("temperature") = 1.0,
+             py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0, py::arg("suppressed") = -1)
+        .def("next", &PySession::next, py::arg("count"))
+        .def("probabilities", &PySession::probabilities);
+    m.def("score_sequences", &py_score_sequences, py::arg("params"), py::arg("num_layers"), py::arg("ids"),
+          py::arg("offsets"), py::arg("bos") = -1, py::arg("batch_size") = 256);
+    m.def("output_scores", &py_output_scores, py::arg("h"), py::arg("weight"), py::arg("bias"), py::arg("targets"));
+    m.def("prediction_counts", &py_prediction_counts, py::arg("targets"), py::arg("predictions"),
+          py::arg("vocab_size"));
     m.def("fma_peak_gflops", &py_fma_peak_gflops, py::arg("seconds") = 0.5,
           "The float32 FMA peak of this machine in GFLOP/s, measured for about `seconds` on "
           "every thread (get_num_threads()) with the SIMD width the kernels were built for.");

@@ -10,6 +10,7 @@
 #include "optimizer.h"
 #include "output_loss.h"
 #include "peak.h"
+#include "scoring.h"
 
 #define FASTLM_TABLE_FUNCTION_(isa) fastlm_kernels_##isa
 #define FASTLM_TABLE_FUNCTION(isa) FASTLM_TABLE_FUNCTION_(isa)
@@ -37,6 +38,10 @@ const Kernels kTable = {
     &clip_grad_norm,
     &generate,
     &fma_peak_gflops,
+    &make_generation_session,
+    &score_sequences,
+    &output_scores,
+    &prediction_counts,
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,7 @@ struct SamplerConfig {
     double temperature;  // 0: greedy
     int64_t top_k;       // 0: off
     double top_p;        // 1: off
+    int32_t suppressed = -1;  // a token id never drawn, or -1
 };
 
 struct LstmLayerView {
@@ -91,6 +93,27 @@ struct LanguageModelView {
     AdaptiveWeights adaptive{};
 };
 
+// Per scored token of score_sequences / output_scores (scoring.h).
+struct ScoreOutputs {
+    float* log_probs;
+    int32_t* predictions;
+    int32_t* ranks;
+};
+
+// How many tokens of a sequence of this length are scored: all of them after a bos token
+// (bos >= 0), else all but the first, which is context only.
+inline int64_t scored_count(int64_t length, int32_t bos) { return bos >= 0 ? length : (length > 0 ? length - 1 : 0); }
+
+// A generation in progress (generate.h): made by Kernels::generation_session.
+class GenerationSession {
+public:
+    virtual ~GenerationSession() = default;
+    virtual int64_t samples() const = 0;
+    virtual int64_t vocab() const = 0;
+    virtual void next(int64_t count, int32_t* out, int64_t ld, const std::function<bool()>& stop_requested) = 0;
+    virtual void probabilities(float* out) = 0;
+};
+
 // ------------------------------------------------------------------ the table
 // One entry per kernel the bindings call; each is documented at its declaration in the
 // kernel's own header (lstm.h, output_loss.h, ...).
@@ -136,6 +159,16 @@ struct Kernels {
                      const std::function<bool()>& stop_requested);
 
     double (*fma_peak_gflops)(double seconds);
+    std::unique_ptr<GenerationSession> (*generation_session)(const LanguageModelView& model, const int32_t* prompt,
+                                                             int64_t samples, int64_t prompt_len,
+                                                             const SamplerConfig& config, uint64_t seed,
+                                                             const std::function<bool()>& stop_requested);
+    void (*score_sequences)(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets,
+                            int64_t count, int32_t bos, int64_t batch_size, const ScoreOutputs& out);
+    void (*output_scores)(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                          const int32_t* targets, const ScoreOutputs& out);
+    void (*prediction_counts)(const int32_t* targets, const int32_t* predictions, int64_t n, int64_t vocab,
+                              int64_t* counts);
 };
 
 // The table in use, chosen at import (dispatch.cpp): the best instruction set this CPU

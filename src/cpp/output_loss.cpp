@@ -236,20 +236,24 @@ void recompute_row(const OutputShape& s, const float* h_row, const float* weight
         for (int64_t k = 0; k < H; ++k) dot += weight[v * H + k] * h_row[k];
         z[v] = dot;
     }
-    const float peak = add_bias_row_max(z.data(), bias, V);
-    const double sum = row_exp_sum<false>(z.data(), V, peak);
-    int64_t index = 0;
-    if (std::isnan(sum)) {
-        index = argmax(z.data(), V);
-    } else {
-        while (z[index] != peak) ++index;
-    }
-    *lse = z[index] + static_cast<float>(std::log(sum));
-    *best = static_cast<int32_t>(index);
+    *lse = row_log_sum_exp(z.data(), bias, V, best);
     *target_logit = z[target];
 }
 
 }  // namespace
+
+float row_log_sum_exp(float* z, const float* bias, int64_t V, int32_t* best) {
+    const float peak = add_bias_row_max(z, bias, V);
+    const double sum = row_exp_sum<false>(z, V, peak);
+    int64_t index = 0;
+    if (std::isnan(sum)) {
+        index = argmax(z, V);
+    } else {
+        while (z[index] != peak) ++index;
+    }
+    *best = static_cast<int32_t>(index);
+    return z[index] + static_cast<float>(std::log(sum));
+}
 
 double output_loss_forward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                            const int32_t* targets, float* lse, int32_t* predictions) {

@@ -20,6 +20,11 @@ constexpr int64_t kLogitChunkElements = int64_t(1) << 20;
 double output_loss_forward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                            const int32_t* targets, float* lse, int32_t* predictions);
 
+// One row of logits z (V): adds the bias in place, returns the log-sum-exp and writes the
+// first arg-max to best (NumPy's argmax: the first NaN if there is one). The forward op's
+// rule for rows holding a NaN or an infinity, and the scoring kernels' row pass.
+float row_log_sum_exp(float* z, const float* bias, int64_t V, int32_t* best);
+
 // Gradients of the mean loss: dh (N, H), dweight (V, H), dbias (V). Logits are recomputed
 // chunk by chunk from lse: d loss / d logits = (softmax - onehot) / N.
 void output_loss_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,

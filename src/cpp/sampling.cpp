@@ -22,6 +22,8 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplerConfig& co
     weights.resize(vocab);
     const float peak = logits[best], inv_temperature = static_cast<float>(1.0 / config.temperature);
     for (int64_t v = 0; v < vocab; ++v) weights[v] = exp_approx((logits[v] - peak) * inv_temperature);
+    // exp_approx saturates at e^-87 rather than reaching 0: a suppressed token gets no weight at all.
+    if (config.suppressed >= 0 && config.suppressed < vocab) weights[config.suppressed] = 0.0f;
 
     if (config.top_k == 0 && config.top_p >= 1.0)  // the whole vocabulary, in id order
         return static_cast<int32_t>(draw(vocab, [&](int64_t v) { return weights[v]; }, rng));

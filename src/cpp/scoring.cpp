@@ -1,0 +1,245 @@
+#include "scoring.h"
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "adaptive_softmax.h"
+#include "allocator.h"
+#include "embedding.h"
+#include "gemm.h"
+#include "lstm.h"
+#include "output_loss.h"
+#include "parallel.h"
+#include "sampling.h"
+
+namespace fastlm {
+namespace FASTLM_ISA {
+namespace {
+
+// Packed rows per chunk of steps: the gate pre-activations of a chunk (rows x 4H floats)
+// stay around 32 MB whatever the sequences' lengths.
+constexpr int64_t kChunkGateFloats = int64_t(1) << 23;
+
+struct PackedLstmLayer {
+    PackedB w_ih_t, w_hh_t;
+    std::vector<float> bias;
+};
+
+// The weights packed once per call, shared by every group of sequences.
+struct PackedModel {
+    std::vector<PackedLstmLayer> layers;
+    PackedB decoder_t;
+
+    explicit PackedModel(const LanguageModelView& m) {
+        const int64_t H = m.hidden, G = 4 * H;
+        if (m.adaptive_shape.clusters() == 0) decoder_t = PackedB(m.decoder_w, H, true, H, m.vocab);
+        for (const LstmLayerView& l : m.layers) {
+            PackedLstmLayer p{PackedB(l.w_ih, l.input, true, l.input, G), PackedB(l.w_hh, H, true, H, G),
+                              std::vector<float>(G)};
+            for (int64_t j = 0; j < G; ++j) p.bias[j] = l.b_ih[j] + l.b_hh[j];
+            layers.push_back(std::move(p));
+        }
+    }
+};
+
+// One group of sequences, longest first: where each scored position's input and target
+// come from and where its results go.
+struct Group {
+    const int32_t* ids;
+    const int64_t* offsets;
+    const int64_t* out_at;
+    int32_t bos;
+    std::vector<int64_t> members;  // sequence indices, longest first
+    std::vector<int64_t> active;   // active[t]: members still running at step t (a prefix)
+
+    int32_t input(int64_t r, int64_t t) const {
+        const int64_t at = offsets[members[r]];
+        return bos >= 0 ? (t == 0 ? bos : ids[at + t - 1]) : ids[at + t];
+    }
+    int32_t target(int64_t r, int64_t t) const { return ids[offsets[members[r]] + t + (bos >= 0 ? 0 : 1)]; }
+    int64_t output(int64_t r, int64_t t) const { return out_at[members[r]] + t; }
+};
+
+// The output layer on rows (n x H) of hidden states, the decoder packed: per row the
+// target's log-probability, the arg-max and the target's rank.
+void score_rows(const OutputShape& s, const float* hidden, const PackedB& decoder_t, const float* bias,
+                const int32_t* targets, const ScoreOutputs& out) {
+    const int64_t n = s.rows, H = s.hidden, V = s.vocab;
+    const int64_t chunk = std::max<int64_t>(1, std::min(n, std::max(kLogitChunkElements, V * H) / V));
+    const ScratchFloats logits = scratch_floats(chunk * V);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+        const int64_t rows = std::min(chunk, n - r0);
+        sgemm_packed(false, rows, hidden + r0 * H, H, decoder_t, 0.0f, logits.get(), V);
+#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
+        for (int64_t r = 0; r < rows; ++r) {
+            float* z = logits.get() + r * V;
+            const int64_t row = r0 + r;
+            const float lse = row_log_sum_exp(z, bias, V, &out.predictions[row]);
+            const float target_logit = z[targets[row]];
+            out.log_probs[row] = target_logit - lse;
+            int32_t above = 0;
+            for (int64_t v = 0; v < V; ++v) above += z[v] > target_logit;
+            out.ranks[row] = above;
+        }
+    }
+}
+
+// The same for an adaptive softmax decoder: each row's full distribution, in row chunks.
+void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_t n, const int32_t* targets,
+                         const ScoreOutputs& out) {
+    const int64_t H = m.hidden, V = m.vocab;
+    const int64_t chunk = std::max<int64_t>(1, std::min(n, kLogitChunkElements / V));
+    const ScratchFloats log_p = scratch_floats(chunk * V);
+    AdaptiveShape shape = m.adaptive_shape;
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+        shape.rows = std::min(chunk, n - r0);
+        adaptive_log_prob(shape, hidden + r0 * H, m.adaptive, log_p.get());
+#pragma omp parallel for if (shape.rows * V >= kParallelMinWork) schedule(dynamic)
+        for (int64_t r = 0; r < shape.rows; ++r) {
+            const float* z = log_p.get() + r * V;
+            const int64_t row = r0 + r;
+            const float target = z[targets[row]];
+            out.log_probs[row] = target;
+            out.predictions[row] = static_cast<int32_t>(argmax(z, V));
+            int32_t above = 0;
+            for (int64_t v = 0; v < V; ++v) above += z[v] > target;
+            out.ranks[row] = above;
+        }
+    }
+}
+
+// Scratch of one group, reused across its chunks of steps.
+struct GroupBuffers {
+    std::vector<std::vector<float>> h, c;  // per layer, the state of every member (members x H)
+    std::vector<float> x, layer_out, pre, log_prob;
+    std::vector<int32_t> tokens, targets, prediction, rank;
+};
+
+void score_group(const LanguageModelView& m, const PackedModel& packed, const Group& g, GroupBuffers& b,
+                 const ScoreOutputs& out) {
+    const int64_t H = m.hidden, G = 4 * H, E = m.embed, members = int64_t(g.members.size());
+    const int64_t steps = int64_t(g.active.size());
+    const int64_t budget = std::max<int64_t>(1, kChunkGateFloats / G);
+    b.h.assign(m.layers.size(), std::vector<float>(members * H, 0.0f));
+    b.c.assign(m.layers.size(), std::vector<float>(members * H, 0.0f));
+    std::vector<int64_t> step_at;
+    for (int64_t t0 = 0; t0 < steps;) {
+        // Steps [t0, t1): packed rows, step t's rows at step_at[t - t0].
+        int64_t rows = 0, t1 = t0;
+        step_at.clear();
+        while (t1 < steps && (t1 == t0 || rows + g.active[t1] <= budget)) {
+            step_at.push_back(rows);
+            rows += g.active[t1++];
+        }
+        b.tokens.resize(rows);
+        b.targets.resize(rows);
+        for (int64_t t = t0; t < t1; ++t)
+            for (int64_t r = 0; r < g.active[t]; ++r) {
+                b.tokens[step_at[t - t0] + r] = g.input(r, t);
+                b.targets[step_at[t - t0] + r] = g.target(r, t);
+            }
+        b.x.resize(rows * std::max(E, H));
+        b.layer_out.resize(rows * H);
+        b.pre.resize(rows * G);
+        embedding_forward(m.embedding, E, b.tokens.data(), rows, b.x.data());
+        for (size_t k = 0; k < m.layers.size(); ++k) {
+            const int64_t width = m.layers[k].input;
+            const PackedLstmLayer& layer = packed.layers[k];
+            sgemm_packed(false, rows, b.x.data(), width, layer.w_ih_t, 0.0f, b.pre.data(), G);
+            float* h_state = b.h[k].data();
+            float* c_state = b.c[k].data();
+            float* hs = b.layer_out.data();
+            float* pre = b.pre.data();
+            // One parallel region for the chunk's recurrence, as in lstm_forward: per step
+            // each thread's share of the recurrent product, then its rows' cells.
+#pragma omp parallel if (g.active[t0] * G * H >= kParallelMinWork)
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t n = g.active[t], at = step_at[t - t0];
+                // h_{t-1}: the carried state at a chunk's first step, else the previous
+                // step's rows, of which the rows still running are a prefix.
+                const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
+                sgemm_packed_team_share(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t r = 0; r < n; ++r)
+                    lstm_cell_forward(H, layer.bias.data(), pre + (at + r) * G, c_state + r * H, c_state + r * H,
+                                      hs + (at + r) * H);
+            }
+            // Carry h of the members still running into the next chunk.
+            const int64_t last = step_at[t1 - 1 - t0];
+            std::copy(hs + last * H, hs + (last + g.active[t1 - 1]) * H, h_state);
+            std::swap(b.x, b.layer_out);
+            b.layer_out.resize(rows * H);
+        }
+        b.log_prob.resize(rows);
+        b.prediction.resize(rows);
+        b.rank.resize(rows);
+        const ScoreOutputs scores{b.log_prob.data(), b.prediction.data(), b.rank.data()};
+        if (m.adaptive_shape.clusters() > 0)
+            score_rows_adaptive(m, b.x.data(), rows, b.targets.data(), scores);
+        else
+            score_rows({rows, H, m.vocab}, b.x.data(), packed.decoder_t, m.decoder_b, b.targets.data(), scores);
+        for (int64_t t = t0; t < t1; ++t)
+            for (int64_t r = 0; r < g.active[t]; ++r) {
+                const int64_t from = step_at[t - t0] + r, to = g.output(r, t);
+                out.log_probs[to] = b.log_prob[from];
+                out.predictions[to] = b.prediction[from];
+                out.ranks[to] = b.rank[from];
+            }
+        t0 = t1;
+    }
+}
+
+}  // namespace
+
+void output_scores(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                   const int32_t* targets, const ScoreOutputs& out) {
+    const PackedB decoder_t(weight, s.hidden, /*trans_b=*/true, s.hidden, s.vocab);
+    score_rows(s, h, decoder_t, bias, targets, out);
+}
+
+void score_sequences(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets, int64_t count,
+                     int32_t bos, int64_t batch_size, const ScoreOutputs& out) {
+    std::vector<int64_t> steps(count), out_at(count + 1, 0);
+    for (int64_t i = 0; i < count; ++i) {
+        steps[i] = scored_count(offsets[i + 1] - offsets[i], bos);
+        out_at[i + 1] = out_at[i] + steps[i];
+    }
+    std::vector<int64_t> order;
+    for (int64_t i = 0; i < count; ++i)
+        if (steps[i] > 0) order.push_back(i);
+    // Longest first; equal lengths in input order, so results do not depend on the sort.
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return steps[a] > steps[b]; });
+    if (order.empty()) return;
+    const PackedModel packed(model);
+    GroupBuffers buffers;
+    for (size_t g0 = 0; g0 < order.size(); g0 += size_t(batch_size)) {
+        Group group{ids, offsets, out_at.data(), bos, {}, {}};
+        const size_t g1 = std::min(order.size(), g0 + size_t(batch_size));
+        group.members.assign(order.begin() + g0, order.begin() + g1);
+        const int64_t longest = steps[group.members.front()];
+        group.active.assign(longest, 0);
+        int64_t running = int64_t(group.members.size());
+        for (int64_t t = 0; t < longest; ++t) {
+            while (steps[group.members[running - 1]] <= t) --running;
+            group.active[t] = running;
+        }
+        score_group(model, packed, group, buffers, out);
+    }
+}
+
+void prediction_counts(const int32_t* targets, const int32_t* predictions, int64_t n, int64_t vocab,
+                       int64_t* counts) {
+    int64_t* true_positives = counts;
+    int64_t* predicted = counts + vocab;
+    int64_t* actual = counts + 2 * vocab;
+    for (int64_t i = 0; i < n; ++i) {
+        true_positives[targets[i]] += predictions[i] == targets[i];
+        ++predicted[predictions[i]];
+        ++actual[targets[i]];
+    }
+}
+
+}  // namespace FASTLM_ISA
+}  // namespace fastlm

@@ -1,0 +1,43 @@
+// Scoring token sequences of different lengths: the log-probability of every token given
+// the ones before it, many sequences at once, and the counts behind next-token metrics.
+#pragma once
+
+#include <cstdint>
+
+#include "generate.h"
+#include "isa.h"
+#include "kernels.h"
+#include "output_loss.h"
+
+namespace fastlm {
+namespace FASTLM_ISA {
+
+// The tokens of sequence i are ids[offsets[i] .. offsets[i + 1]). Each is scored from a
+// zero state: with bos >= 0 the first input is bos and every token is a target (as many
+// scores as tokens); with bos < 0 the first token is context only (one score fewer, none
+// for a sequence of one token). Sequence i's scores start at the sum of the earlier
+// sequences' counts, in order.
+//
+// Sequences run longest first in groups of up to batch_size, packed like PyTorch's
+// PackedSequence: at step t only the group's sequences still running are computed (a
+// prefix of the group, since it is sorted), so nothing is spent on padding, and the state
+// is carried across chunks of steps so that memory stays bounded for any length.
+// Writes, per scored token: log_probs (natural log), predictions (the arg-max token) and
+// ranks (how many tokens have a larger logit than the target's: the target is in the
+// top k when rank < k). scored_count (kernels.h) gives each sequence's count.
+
+// The output layer alone on rows h (N, H) with weight (V, H), bias (V) and targets (N):
+// the same three outputs per row. Logits in row chunks, never all at once.
+void output_scores(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                   const int32_t* targets, const ScoreOutputs& out);
+
+void score_sequences(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets, int64_t count,
+                     int32_t bos, int64_t batch_size, const ScoreOutputs& out);
+
+// counts (3, vocab), added to: true positives, predictions and targets of each token id,
+// so that per-token precision and recall need no vocab x vocab confusion matrix.
+void prediction_counts(const int32_t* targets, const int32_t* predictions, int64_t n, int64_t vocab,
+                       int64_t* counts);
+
+}  // namespace FASTLM_ISA
+}  // namespace fastlm

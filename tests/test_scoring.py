@@ -1,0 +1,462 @@
+"""Scoring (log_probs, score, perplexity, full_scores), evaluate's metrics, streaming
+generation with stop conditions, suppress_unk, next_token_probs, and calls from many
+threads at once (issue 15). Tiny models on a slice of fastlm.datasets.tinyshakespeare()."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastlm
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TEXT = fastlm.datasets.tinyshakespeare()[:6000]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return fastlm.Tokenizer.fit(TEXT, level="word", eos="<eos>")
+
+
+def make(tok, seed=1, layers=2, backend="cpp"):
+    model = fastlm.LSTMLM(len(tok), 12, 20, layers, seed=seed, backend=backend)
+    state = model.state_dict()
+    state["decoder.weight"] *= 6  # peaked distributions: scores and samples depend on the context
+    model.load_state_dict(state)
+    model.tokenizer = tok
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return make(tok)
+
+
+@pytest.fixture(scope="module")
+def twin(tok, model):
+    ref = make(tok, backend="numpy")
+    ref.load_state_dict(model.state_dict())
+    return ref
+
+
+def sequences(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, n).astype(np.int32) for n in lengths]
+
+
+def forward_log_probs(model, inputs, targets):
+    """Per-token log-probabilities from the training path (one padded-free batch of one row)."""
+    p = model.state_dict()
+    logits = model.ops.output_scores  # the decoder alone; the LSTM through _lstm_forward
+    rows, _, _ = model._lstm_forward(np.asarray(inputs, np.int32)[None], None, None)
+    return logits(rows, p["decoder.weight"], p["decoder.bias"], np.asarray(targets, np.int32))[0]
+
+
+# ------------------------------------------------------------------ log_probs
+
+
+def test_log_probs_match_one_sequence_at_a_time_and_the_training_path(model):
+    seqs = sequences(model.vocab_size, [5, 1, 0, 17, 3, 17, 40, 2])
+    for bos in (None, 7):
+        batched = model.log_probs(seqs, bos=bos, batch_size=3)
+        assert len(batched) == len(seqs)
+        for s, lp in zip(seqs, batched):
+            alone = model.log_probs([s], bos=bos)[0]
+            np.testing.assert_allclose(lp, alone, rtol=0, atol=2e-5)
+            inputs = np.concatenate([[bos], s[:-1]]) if bos is not None else s[:-1]
+            targets = s if bos is not None else s[1:]
+            assert lp.dtype == np.float32 and lp.shape == (len(targets),)
+            if len(targets):
+                np.testing.assert_allclose(lp, forward_log_probs(model, inputs, targets), atol=2e-5)
+
+
+def test_log_probs_cpp_equal_numpy_backend(model, twin):
+    seqs = sequences(model.vocab_size, [9, 30, 2, 1, 21], seed=3)
+    for a, b in zip(model.log_probs(seqs, bos=0), twin.log_probs(seqs, bos=0)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_log_probs_are_normalised(tok):
+    """Over every possible next token the probabilities sum to one."""
+    small = fastlm.LSTMLM(30, 6, 8, 1, seed=4)
+    prefix = np.array([3, 1, 4], np.int32)
+    candidates = [np.append(prefix, t).astype(np.int32) for t in range(30)]
+    last = np.array([lp[-1] for lp in small.log_probs(candidates, bos=2)], np.float64)
+    assert np.exp(last).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("sequences_arg, kw, error, message", [
+    ([np.array([1, 2]), np.array([3, 99999])], {}, ValueError, "sequence 1 holds id 99999 at position 1"),
+    ([np.array([1, 2]), np.array([-1])], {}, ValueError, "sequence 1 holds id -1"),
+    ([np.array([[1, 2]])], {}, ValueError, "sequence 0 must be 1-D"),
+    ([np.array([1.5, 2.0])], {}, TypeError, "sequence 0 must hold integer token ids"),
+    (np.array([1, 2, 3]), {}, TypeError, "a single 1-D array: wrap it in a list"),
+    (5, {}, TypeError, "list of 1-D id arrays"),
+    ([np.array([1, 2])], dict(bos=10**9), ValueError, r"bos must be an integer in \[0, "),
+    ([np.array([1, 2])], dict(bos="x"), TypeError, "bos must be an integer or None"),
+    ([np.array([1, 2])], dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+])
+def test_log_probs_bad_input(model, sequences_arg, kw, error, message):
+    with pytest.raises(error, match=message):
+        model.log_probs(sequences_arg, **kw)
+
+
+def test_log_probs_of_nothing(model):
+    assert model.log_probs([]) == []
+    assert [len(lp) for lp in model.log_probs([np.array([], np.int32), np.array([4])])] == [0, 0]
+
+
+# ------------------------------------------------------------------ KenLM's API
+
+
+def test_score_is_the_log10_sum_over_tokens_with_the_boundaries(model, tok):
+    sentence = "First Citizen: Before we proceed any further"
+    ids = tok.encode(sentence)[:-1]  # the tokenizer's own end-of-line eos left out
+    eos = tok["<eos>"]
+    expected = model.log_probs([np.append(ids, eos)], bos=eos)[0].astype(np.float64).sum() / math.log(10)
+    assert model.score(sentence) == pytest.approx(expected, rel=1e-6)
+    no_eos = model.log_probs([ids], bos=eos)[0].astype(np.float64).sum() / math.log(10)
+    assert model.score(sentence, eos=False) == pytest.approx(no_eos, rel=1e-6)
+    no_bos = model.log_probs([np.append(ids, eos)])[0].astype(np.float64).sum() / math.log(10)
+    assert model.score(sentence, bos=False) == pytest.approx(no_bos, rel=1e-6)
+    scores = model.full_scores(sentence)
+    assert len(scores) == len(ids) + 1
+    assert sum(p for p, _ in scores) == pytest.approx(model.score(sentence), rel=1e-6)
+    assert model.perplexity(sentence) == pytest.approx(10 ** (-model.score(sentence) / len(scores)), rel=1e-9)
+
+
+def test_a_string_or_a_list_give_the_same_answers(model):
+    sentences = ["First Citizen:", "You are all resolved rather to die than to famish ?", "", "Speak , speak ."]
+    listed = model.score(sentences)
+    assert listed == pytest.approx([model.score(s) for s in sentences], rel=1e-6)
+    assert model.perplexity(sentences) == pytest.approx([model.perplexity(s) for s in sentences], rel=1e-6)
+    listed_full, alone_full = model.full_scores(sentences)[1], model.full_scores(sentences[1])
+    assert [p for p, _ in listed_full] == pytest.approx([p for p, _ in alone_full], rel=1e-6)
+    assert [u for _, u in listed_full] == [u for _, u in alone_full]
+    assert model.score(tuple(sentences)) == pytest.approx(listed)
+
+
+def test_empty_sentence_is_its_boundary_alone(model, tok):
+    eos = tok["<eos>"]
+    assert model.score("") == pytest.approx(float(model.log_probs([[eos]], bos=eos)[0][0]) / math.log(10), rel=1e-6)
+    assert len(model.full_scores("")) == 1
+    with pytest.raises(ValueError, match="sentence 1 .* has no token to score: it is empty"):
+        model.score(["Citizen", ""], eos=False)
+
+
+def test_unknown_words_are_flagged(model, tok):
+    known = tok.id_to_token(5)
+    scores = model.full_scores(f"{known} qwertyuiop {known}")
+    assert [unknown for _, unknown in scores] == [False, True, False, False]
+
+
+def test_without_a_boundary_token(tok):
+    words = fastlm.Tokenizer.fit(TEXT, level="word")  # no eos
+    model = make(words)
+    with pytest.raises(ValueError, match="bos=True needs a sentence-boundary token"):
+        model.score("First Citizen:")
+    assert model.score("First Citizen:", bos=False, eos=False) == pytest.approx(
+        float(model.log_probs([words.encode("First Citizen:")])[0].astype(np.float64).sum()) / math.log(10), rel=1e-6)
+    chars = fastlm.Tokenizer.fit(TEXT, level="char")  # the newline is the boundary
+    char_model = make(chars)
+    newline = chars["\n"]
+    ids = chars.encode("Citizen")
+    expected = char_model.log_probs([np.append(ids, newline)], bos=newline)[0].astype(np.float64).sum()
+    assert char_model.score("Citizen") == pytest.approx(expected / math.log(10), rel=1e-6)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: m.score(b"bytes"), TypeError, "sentences must be a str or a list of str"),
+    (lambda m: m.score(["ok", 3]), TypeError, "sentence 1 must be a str"),
+    (lambda m: m.score("ok", bos=1), TypeError, "bos must be True or False"),
+    (lambda m: m.score("ok", bos=False, eos=False), ValueError, "first token is context only"),
+])
+def test_score_bad_input(model, call, error, message):
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_score_needs_a_tokenizer():
+    with pytest.raises(ValueError, match="no tokenizer attached"):
+        fastlm.LSTMLM(10, 4, 4).score("a b")
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def macro_reference(targets, predictions):
+    labels = np.union1d(targets, predictions)
+    p, r, f = [], [], []
+    for c in labels:
+        tp = np.sum((predictions == c) & (targets == c))
+        precision = tp / np.sum(predictions == c) if np.any(predictions == c) else 0.0
+        recall = tp / np.sum(targets == c) if np.any(targets == c) else 0.0
+        p.append(precision)
+        r.append(recall)
+        f.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return np.mean(p), np.mean(r), np.mean(f)
+
+
+def test_evaluate_short_text_does_not_depend_on_the_batch_size(model, tok):
+    ids = tok.encode("First Citizen: Before we proceed")  # 6 words and eos
+    results = [model.evaluate(ids, batch_size=b, seq_len=s) for b in (1, 32) for s in (100, 2)]
+    for r in results:
+        assert r["tokens"] == len(ids) - 1
+        assert r["perplexity"] == pytest.approx(results[0]["perplexity"], rel=1e-5)
+    lp = model.log_probs([ids])[0].astype(np.float64)
+    assert results[0]["loss"] == pytest.approx(-lp.mean(), rel=1e-5)
+
+
+def test_evaluate_metrics_against_their_definitions(model, twin, tok):
+    ids = tok.encode(TEXT[:3000])
+    result = model.evaluate(ids, seq_len=37, batch_size=8, top_k=3)
+    ref = twin.evaluate(ids, seq_len=37, batch_size=8, top_k=3)
+    assert result["tokens"] == len(ids) - 1
+    p = model.state_dict()
+    rows, _, _ = model._lstm_forward(ids[None, :-1].astype(np.int32), None, None)
+    logits = rows.astype(np.float64) @ p["decoder.weight"].T.astype(np.float64) + p["decoder.bias"]
+    targets = ids[1:]
+    predictions = logits.argmax(axis=1)
+    target_logit = logits[np.arange(len(targets)), targets]
+    assert result["accuracy"] == pytest.approx(np.mean(predictions == targets), abs=2 / len(targets))
+    assert result["top_k"] == 3
+    assert result["top_k_accuracy"] == pytest.approx(np.mean((logits > target_logit[:, None]).sum(1) < 3),
+                                                     abs=2 / len(targets))
+    for name, value in zip(("precision", "recall", "f1"), macro_reference(targets, predictions)):
+        assert result[name] == pytest.approx(value, abs=0.02), name
+        assert result[name] == pytest.approx(ref[name], abs=0.02), name
+    assert 0 <= result["f1"] <= 1 and result["top_k_accuracy"] >= result["accuracy"]
+
+
+def test_evaluate_windows_and_adaptive(tok):
+    adaptive = fastlm.LSTMLM(len(tok), 8, 16, 1, cutoffs=[20, 100], div_value=2.0, seed=2)
+    ids = tok.encode(TEXT[:1500])
+    result = adaptive.evaluate(ids, top_k=5)
+    lp = adaptive.log_probs([ids])[0].astype(np.float64)
+    assert result["loss"] == pytest.approx(-lp.mean(), rel=1e-5)
+    x, y = fastlm.windows(ids, 10, 10)
+    windows = adaptive.evaluate(x, y, batch_size=4)
+    assert windows["tokens"] == x.size and windows["loss"] == pytest.approx(adaptive.gradients(x, y)[0], rel=1e-5)
+
+
+def test_evaluate_bad_top_k(model, tok):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        model.evaluate(tok.encode(TEXT[:200]), top_k=0)
+
+
+# ------------------------------------------------------------------ streaming
+
+
+def test_stream_yields_what_generate_draws(model, tok):
+    ids = tok.encode("First Citizen:")[:-1]
+    for settings in (dict(temperature=0), dict(temperature=1.0, top_k=5), dict(temperature=0.8, top_p=0.9)):
+        generated = model.generate(ids, 40, seed=5, **settings)
+        streamed = list(model.stream(ids, 40, seed=5, suppress_unk=False, **settings))
+        assert streamed == generated.tolist()
+        pieces = list(model.stream("First Citizen:", 40, seed=5, **settings))
+        assert len(pieces) > 3 and all(isinstance(p, str) and p for p in pieces)
+        assert "".join(pieces) == model.generate_text("First Citizen:", 40, seed=5, **settings)
+
+
+def test_stream_matches_the_numpy_twin(model, twin):
+    a = list(model.stream(np.array([3, 1, 4]), 30, temperature=1.0, seed=9, suppress_unk=False))
+    b = list(twin.stream(np.array([3, 1, 4]), 30, temperature=1.0, seed=9, suppress_unk=False))
+    assert a == b
+
+
+def test_stop_strings_and_ids(model, tok):
+    full = model.generate_text("First Citizen:", 60, seed=2, suppress_unk=False)
+    words = full.split()
+    stop_word = words[len(words) // 2]
+    cut = full[:full.find(stop_word)]
+    assert model.generate_text("First Citizen:", 60, seed=2, stop=stop_word, suppress_unk=False) == cut
+    assert "".join(model.stream("First Citizen:", 60, seed=2, stop=[stop_word, "zzzz"], suppress_unk=False)) == cut
+    assert model.generate_text("First Citizen:", 60, seed=2, stop="not in the text at all") == \
+        model.generate_text("First Citizen:", 60, seed=2)
+    ids = model.generate(np.array([3, 1]), 50, seed=4)
+    stop_id = int(ids[20])
+    first = int(np.flatnonzero(ids == stop_id)[0])
+    np.testing.assert_array_equal(model.generate(np.array([3, 1]), 50, seed=4, stop=stop_id), ids[:first])
+    rows = model.generate(np.array([3, 1]), 50, seed=4, num_samples=3, stop=[stop_id])
+    assert isinstance(rows, list) and len(rows) == 3
+    np.testing.assert_array_equal(rows[0], ids[:first])
+
+
+@pytest.mark.parametrize("stop, error, message", [
+    ([], ValueError, "stop is an empty list"),
+    ("", ValueError, "stop holds an empty string"),
+    (["a", ""], ValueError, "stop holds an empty string"),
+    ([1.5], TypeError, "stop must hold str or int"),
+])
+def test_stop_bad_input(model, stop, error, message):
+    with pytest.raises(error, match=message):
+        model.generate_text("First", 5, seed=0, stop=stop)
+    with pytest.raises(error, match=message):
+        list(model.stream("First", 5, seed=0, stop=stop))
+
+
+def test_stop_strings_need_text(model):
+    with pytest.raises(TypeError, match="stop strings need text output"):
+        model.generate(np.array([1, 2]), 5, stop="x")
+
+
+def test_abandoned_stream_leaves_the_model_usable(model):
+    expected = model.generate_text("First", 20, seed=1)
+    for _ in range(50):
+        pieces = model.stream("First", 10**6, seed=1)
+        next(pieces)
+        pieces.close()
+        del pieces
+    assert model.generate_text("First", 20, seed=1) == expected
+
+
+def test_suppress_unk(tok):
+    model = make(tok, seed=3)
+    state = model.state_dict()
+    state["decoder.bias"][tok.unk_id] = 30.0  # <unk> is by far the likeliest token
+    model.load_state_dict(state)
+    ids = np.array([5, 6])
+    assert np.all(model.generate(ids, 30, temperature=0) == tok.unk_id)
+    for settings in (dict(temperature=0), dict(temperature=1.0), dict(temperature=1.0, top_k=3),
+                     dict(temperature=2.0, top_p=0.5)):
+        out = model.generate(ids, 60, seed=1, suppress_unk=True, **settings)
+        assert not np.any(out == tok.unk_id), settings
+    assert "<unk>" not in model.generate_text("First", 60, seed=1)  # the default for text
+    with pytest.raises(ValueError, match="suppress_unk=True needs the tokenizer"):
+        fastlm.LSTMLM(10, 4, 4).generate(np.array([1]), 3, suppress_unk=True)
+
+
+def test_next_token_probs(model, twin, tok):
+    probs = model.next_token_probs("First Citizen:")
+    assert probs.shape == (len(tok),) and probs.dtype == np.float32
+    assert float(probs.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(probs, twin.next_token_probs("First Citizen:"), atol=1e-6)
+    ids = tok.encode("First Citizen:")[:-1]
+    lp = model.log_probs([np.append(ids, t) for t in range(len(tok))])  # every continuation scored
+    np.testing.assert_allclose(probs, np.exp([x[-1] for x in lp]), atol=1e-5)
+    top = model.next_token_probs("First Citizen:", top_k=4)
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert top[0][0] == tok.id_to_token(int(np.argmax(probs)))
+    assert model.next_token_probs(ids, top_k=2)[0][0] == int(np.argmax(probs))
+
+
+# ------------------------------------------------------------------ threads
+
+
+def test_eight_threads_get_what_they_would_get_alone(model, tok):
+    ids = tok.encode(TEXT[:1500])
+    seqs = sequences(model.vocab_size, [5, 40, 12, 1, 30], seed=8)
+    calls = {
+        "generate": lambda k: model.generate(ids[:5], 60, temperature=1.0, seed=k).tolist(),
+        "stream": lambda k: "".join(model.stream("First Citizen:", 40, seed=k)),
+        "evaluate": lambda k: model.evaluate(ids[: 500 + 50 * k], seq_len=33)["loss"],
+        "log_probs": lambda k: [lp.tolist() for lp in model.log_probs(seqs[k % 5:], bos=k)],
+        "score": lambda k: model.score(["First Citizen:", "We are accounted poor citizens"][k % 2:]),
+    }
+    jobs = [(name, k) for name in calls for k in range(8)]
+    serial = {job: calls[job[0]](job[1]) for job in jobs}
+    results, errors = {}, []
+
+    def worker(part):
+        try:
+            for job in part:
+                results[job] = calls[job[0]](job[1])
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    fastlm.set_num_threads(2)
+    threads = [threading.Thread(target=worker, args=(jobs[t::8],)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == serial
+
+
+def test_another_python_thread_runs_during_a_long_generate(model):
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=ticker)
+    started = time.perf_counter()
+    model.generate(np.array([1, 2]), 2000, seed=0)  # warm up, and a measure of how long it takes
+    alone = time.perf_counter() - started
+    t.start()
+    begin = time.perf_counter()
+    model.generate(np.array([1, 2]), 2000, seed=0)
+    end = time.perf_counter()
+    stop.set()
+    t.join()
+    during = [x for x in ticks if begin < x < end]
+    assert alone > 0.01
+    assert len(during) >= 5, f"the other thread ticked {len(during)} times in {end - begin:.3f} s"
+
+
+def test_fit_while_others_read_gives_them_the_weights_before_fit(tok):
+    model = make(tok, seed=5, layers=1)
+    ids = tok.encode(TEXT)
+    before_score = model.score(["First Citizen:", "Speak , speak ."])
+    before_generate = model.generate(ids[:3], 30, seed=1).tolist()
+    state_before = model.state_dict()
+    results, errors = [], []
+    training = threading.Event()
+
+    def reader():
+        training.wait()
+        try:
+            for _ in range(20):
+                results.append((model.score(["First Citizen:", "Speak , speak ."]),
+                                model.generate(ids[:3], 30, seed=1).tolist()))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+
+    def callback(history):
+        training.set()
+        time.sleep(0.2)  # the readers run while this fit is in progress
+
+    model.fit(ids, seq_len=20, batch_size=8, epochs=2, lr=1e-2, progress=False, callback=callback)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results and all(r == (before_score, before_generate) for r in results)
+    assert model.score("First Citizen:") != before_score[0]  # fit did train, and its result is in place
+    assert any(not np.array_equal(state_before[k], v) for k, v in model.state_dict().items())
+
+
+def test_two_fits_at_once_are_refused(tok):
+    model = make(tok, seed=6, layers=1)
+    ids = tok.encode(TEXT)
+    caught = []
+
+    def callback(history):
+        try:
+            threading_fit = threading.Thread(target=lambda: caught.append(_second_fit(model, ids)))
+            threading_fit.start()
+            threading_fit.join()
+        finally:
+            pass
+
+    model.fit(ids, seq_len=20, batch_size=8, epochs=1, progress=False, callback=callback)
+    assert caught == ["fit is already running on this model in another thread: one fit at a time"]
+
+
+def _second_fit(model, ids):
+    try:
+        model.fit(ids, seq_len=20, batch_size=8, epochs=1, progress=False)
+    except RuntimeError as error:
+        return str(error)
+    return "no error"
