@@ -12,6 +12,10 @@ window order of ~30M windows) is left out of both sides alike; the setup is repo
 
     python bench/memmap_training.py [--file /tmp/fastlm-bench-ids.bin] [--gigabytes 2]
                                     [--steps 300] [--rounds 3] [--threads 2]
+
+--gather times only what differs between the two sides, the batches themselves (window
+order, gather, page release), in one process alternating, per batch of config B: on a busy
+machine the training steps' noise hides a difference this small.
 """
 from __future__ import annotations
 
@@ -63,6 +67,28 @@ def child(mode, path, steps, threads):
                           setup_and_one_step_s=times[1], tokens=len(ids))))
 
 
+def gather_only(path, batches=2000, rounds=5):
+    import fastlm
+    from fastlm.batches import WindowBatches
+    mapped = fastlm.open_ids(path)
+    in_memory = np.fromfile(path, dtype=mapped.dtype, offset=64)
+    times = {"memmap": [], "ram": []}
+    for round_ in range(rounds):
+        for mode, ids in (("memmap", mapped), ("ram", in_memory))[::1 if round_ % 2 == 0 else -1]:
+            source = WindowBatches(fastlm._core, ids, SEQ_LEN, BATCH, SEQ_LEN, True, 1)
+            epoch = source.epoch(round_)
+            next(epoch)  # the window order is made once per epoch: not per batch
+            started = time.perf_counter()
+            for _ in range(batches):
+                next(epoch)
+            times[mode].append((time.perf_counter() - started) / batches)
+    us = {mode: statistics.median(t) * 1e6 for mode, t in times.items()}
+    print(f"per batch of config B (20 windows of 35): memory map {us['memmap']:.1f} us, in memory {us['ram']:.1f} us "
+          f"(medians of {rounds} alternating rounds of {batches} batches); the difference is "
+          f"{us['memmap'] - us['ram']:.1f} us per batch, {100 * (us['memmap'] - us['ram']) / 81700:.3f}% of a "
+          "config B training step at README's 8,572 tokens/s (81.7 ms)")
+
+
 def cpu_name():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -82,9 +108,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", choices=["memmap", "ram"])
+    parser.add_argument("--gather", action="store_true", help="time the batches alone (see above)")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.file, args.steps, args.threads)
+    if args.gather:
+        return gather_only(args.file)
     if not os.path.exists(args.file) or os.path.getsize(args.file) != 64 + int(args.gigabytes * 2**30) // 2 * 2:
         write_file(args.file, args.gigabytes)
     results = {"memmap": [], "ram": []}
