@@ -65,8 +65,16 @@ def assert_usage_error(code, err, *fragments):
 
 
 def snapshot(directory):
-    """Names and contents of a directory's files: to check that a failed command changed nothing."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Paths and contents of the files under a directory (but fastlm's lock file): to check
+    that a failed command changed nothing."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".fastlm.lock"}
+
+
+def files_of(directory):
+    """Where a model directory's current save keeps its files (the subdirectory config.json names)."""
+    from fastlm import model_dir
+    return model_dir.save_path(directory)
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +179,9 @@ def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
     assert "validation: loss" in stdout
     sample = stdout.split("--- sample ---\n")[1].split("--------------")[0]
     assert sample.strip()
-    assert {"config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors",
-            "trainer.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "config.json").is_file()
+    assert {"model.safetensors", "tokenizer.json", "optimizer.safetensors",
+            "trainer.json"} <= {p.name for p in files_of(out).iterdir()}
 
 
 def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
@@ -182,7 +191,7 @@ def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
     assert code == 0, err
     assert "corpus: the python_docs dataset (fastlm.datasets.python_docs)" in stdout
     assert "--- sample ---" in stdout
-    assert (out / "model.safetensors").is_file()
+    assert (files_of(out) / "model.safetensors").is_file()
 
 
 def test_train_on_a_shipped_dataset(capsys, tmp_path):
@@ -258,7 +267,7 @@ def test_resume_continues_training(capsys, corpus, tmp_path):
                             "--sample-tokens", "5")  # settings come from the checkpoint
     assert code == 0, err
     assert "epoch 2/2" in stdout and "epoch 1/" not in stdout
-    assert json.loads((out / "trainer.json").read_text())["epoch"] == 2
+    assert json.loads((files_of(out) / "trainer.json").read_text())["epoch"] == 2
     before = snapshot(out)
     code, _, err = run(capsys, "train", *common, "--epochs", "2", "--resume")
     assert_error(code, err, "train", "already been trained for 2 epochs")
@@ -408,27 +417,27 @@ def _set_config(directory, **changes):
 
 
 def _drop_last_token(directory):
-    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    tokenizer = json.loads((files_of(directory) / "tokenizer.json").read_text())
     tokenizer["vocab"], tokenizer["counts"] = tokenizer["vocab"][:-1], tokenizer["counts"][:-1]
-    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (files_of(directory) / "tokenizer.json").write_text(json.dumps(tokenizer))
 
 
 DAMAGE = {  # name -> (what to do to a model directory, words the message must contain)
-    "no model.safetensors": (lambda d: (d / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
+    "no model.safetensors": (lambda d: (files_of(d) / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
     "no config.json": (lambda d: (d / "config.json").unlink(), ["config.json", "missing"]),
-    "no tokenizer.json": (lambda d: (d / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
+    "no tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
     "corrupted config.json": (lambda d: (d / "config.json").write_text('{"format_version": 1, '),
                               ["config.json", "corrupted"]),
     "config.json not a config": (lambda d: (d / "config.json").write_text("[1, 2]"), ["config.json"]),
     "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}),
                               ["config.json", "vocab_size", "-3"]),
     "model section of the wrong kind": (lambda d: _set_config(d, model={"colour": "red"}), ["config.json"]),
-    "garbage weights": (lambda d: (d / "model.safetensors").write_bytes(os.urandom(300)),
+    "garbage weights": (lambda d: (files_of(d) / "model.safetensors").write_bytes(os.urandom(300)),
                         ["model.safetensors"]),
-    "truncated weights": (lambda d: (d / "model.safetensors").write_bytes(
-        (d / "model.safetensors").read_bytes()[:-50]), ["model.safetensors"]),
+    "truncated weights": (lambda d: (files_of(d) / "model.safetensors").write_bytes(
+        (files_of(d) / "model.safetensors").read_bytes()[:-50]), ["model.safetensors"]),
     "future format_version": (lambda d: _set_config(d, format_version=99), ["format version 99", "upgrade"]),
-    "corrupted tokenizer.json": (lambda d: (d / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
+    "corrupted tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
     "tokenizer vocabulary mismatch": (_drop_last_token, ["tokenizer.json", "do not belong together"]),
 }
 

@@ -42,7 +42,14 @@ def saved(model, tok, tmp_path):
 
 
 def snapshot(directory):
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file under directory (the save's subdirectory too) by relative path, but the lock."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != model_dir.LOCK_FILE}
+
+
+def files_of(directory):
+    """Where the current save's files are: the save-<id> subdirectory config.json names."""
+    return model_dir.save_path(directory)
 
 
 def assert_same_weights(a, b):
@@ -64,7 +71,9 @@ def write_config(directory, config):
 
 
 def test_round_trip(model, tok, saved):
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    save = config_of(saved)["save"]
+    assert sorted(p.name for p in saved.iterdir()) == [".fastlm.lock", "config.json", save]
+    assert sorted(p.name for p in files_of(saved).iterdir()) == ["model.safetensors", "tokenizer.json"]
     loaded = fastlm.load(saved)
     assert isinstance(loaded, fastlm.LSTMLM)
     assert_same_weights(model, loaded)
@@ -96,14 +105,15 @@ def test_round_trip_after_training(tok, tmp_path):
 
 def test_without_tokenizer(model, tmp_path):
     model.save(tmp_path)
-    assert not (tmp_path / "tokenizer.json").exists()
+    assert not (files_of(tmp_path) / "tokenizer.json").exists()
     assert fastlm.load(tmp_path).tokenizer is None
     assert config_of(tmp_path)["tokenizer"] is None
 
 
 def test_config_contents(model, tok, saved):
     config = config_of(saved)
-    assert config["format_version"] == model_dir.FORMAT_VERSION == 1
+    assert config["format_version"] == model_dir.FORMAT_VERSION == 2
+    assert config["save"] == "save-" + config["save_id"]
     assert config["fastlm_version"] == fastlm.__version__
     assert config["model"] == model.config()
     assert config["tokenizer"] == {"level": "char", "size": len(tok)}
@@ -112,7 +122,7 @@ def test_config_contents(model, tok, saved):
 
 
 def test_safetensors_file_has_pytorch_names(model, saved):
-    tensors = load_file(saved / "model.safetensors")
+    tensors = load_file(files_of(saved) / "model.safetensors")
     state = model.state_dict()
     assert sorted(tensors) == sorted(state)
     assert {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
@@ -121,7 +131,7 @@ def test_safetensors_file_has_pytorch_names(model, saved):
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, state[name], err_msg=name)
     from safetensors import safe_open
-    with safe_open(str(saved / "model.safetensors"), framework="np") as f:
+    with safe_open(str(files_of(saved) / "model.safetensors"), framework="np") as f:
         assert f.metadata()["save_id"] == config_of(saved)["save_id"]
 
 
@@ -131,7 +141,7 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
 
     from fastlm._torch_twin import TorchLM
     module = TorchLM(len(tok), 6, 8, 2).eval()
-    module.load_state_dict(torch_load_file(saved / "model.safetensors"), strict=True)
+    module.load_state_dict(torch_load_file(files_of(saved) / "model.safetensors"), strict=True)
     x = tok.encode(V_TEXT)[None, :-1]
     y = tok.encode(V_TEXT)[None, 1:]
     with torch.no_grad():
@@ -146,10 +156,11 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
 def test_resave_removes_stale_files(model, tok, tmp_path):
     model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path,
               tokenizer=tok, progress=False)
-    assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in files_of(tmp_path).iterdir()}
     assert config_of(tmp_path)["has_training_state"] is True
     model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in files_of(tmp_path).iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fastlm.lock", "config.json", config_of(tmp_path)["save"]]
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         model_dir.load_training_state(tmp_path)
     assert fastlm.load(tmp_path).tokenizer is None
@@ -170,7 +181,7 @@ def test_file_permissions(model, tok, tmp_path):
                   tokenizer=tok, progress=False)
     finally:
         os.umask(old)
-    for path in tmp_path.iterdir():
+    for path in tmp_path.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o444 == 0o444, f"{path.name} is not readable by everyone: {oct(mode)}"
         assert mode & 0o022 == 0, f"{path.name} is writable by others: {oct(mode)}"
@@ -191,7 +202,7 @@ def test_empty_directory(tmp_path):
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_missing_file(saved, name):
-    (saved / name).unlink()
+    (saved / name if name == "config.json" else files_of(saved) / name).unlink()
     with pytest.raises(FileNotFoundError, match=name):
         fastlm.load(saved)
 
@@ -247,7 +258,7 @@ def test_config_disagreeing_with_weights(saved):
         fastlm.load(saved)
 
 
-@pytest.mark.parametrize("version", [2, 99])
+@pytest.mark.parametrize("version", [3, 99])
 def test_future_format_version(saved, version):
     config = config_of(saved)
     config["format_version"] = version
@@ -258,7 +269,7 @@ def test_future_format_version(saved, version):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "header-only"])
 def test_corrupted_weights(saved, damage):
-    path = saved / "model.safetensors"
+    path = files_of(saved) / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"",
                       "header-only": data[:8]}[damage])
@@ -269,15 +280,15 @@ def test_corrupted_weights(saved, damage):
 def test_weights_from_another_save(model, tok, tmp_path):
     model.save(tmp_path / "a", tokenizer=tok)
     model.save(tmp_path / "b", tokenizer=tok)  # identical weights, a different save
-    (tmp_path / "a" / "model.safetensors").replace(tmp_path / "b" / "model.safetensors")
+    (files_of(tmp_path / "a") / "model.safetensors").replace(files_of(tmp_path / "b") / "model.safetensors")
     with pytest.raises(ValueError, match="does not belong to the same save"):
         fastlm.load(tmp_path / "b")
 
 
 def _rewrite_weights(directory, edit):
-    tensors = load_file(directory / "model.safetensors")
+    tensors = load_file(files_of(directory) / "model.safetensors")
     edit(tensors)
-    save_file(tensors, directory / "model.safetensors", metadata={"save_id": config_of(directory)["save_id"]})
+    save_file(tensors, files_of(directory) / "model.safetensors", metadata={"save_id": config_of(directory)["save_id"]})
 
 
 def test_misshaped_tensor_is_named(saved):
@@ -313,14 +324,14 @@ def test_integer_tensor_is_named(saved):
 
 
 def test_tokenizer_vocabulary_mismatch(model, saved):
-    fastlm.Tokenizer.fit("abc", level="char").save(saved / "tokenizer.json")
+    fastlm.Tokenizer.fit("abc", level="char").save(files_of(saved) / "tokenizer.json")
     with pytest.raises(ValueError, match=r"tokenizer\.json: the tokenizer has 4 tokens but the model's vocabulary "
                                          rf"has {model.vocab_size}: they do not belong together"):
         fastlm.load(saved)
 
 
 def test_corrupted_tokenizer(saved):
-    (saved / "tokenizer.json").write_text('{"type": "fastlm.Tokenizer"')
+    (files_of(saved) / "tokenizer.json").write_text('{"type": "fastlm.Tokenizer"')
     with pytest.raises(ValueError, match=r"tokenizer\.json"):
         fastlm.load(saved)
 
@@ -344,12 +355,13 @@ def test_training_state_checks(model, tok, tmp_path):
     model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path, progress=False)
     arrays, trainer = model_dir.load_training_state(tmp_path)
     assert trainer["epoch"] == 1 and set(arrays) == {f"{m}.{k}" for m in "mv" for k in model.state_dict()}
-    data = json.loads((tmp_path / "trainer.json").read_text())
-    (tmp_path / "trainer.json").write_text(json.dumps({**data, "save_id": "other"}))
+    files = files_of(tmp_path)
+    data = json.loads((files / "trainer.json").read_text())
+    (files / "trainer.json").write_text(json.dumps({**data, "save_id": "other"}))
     with pytest.raises(ValueError, match=r"trainer\.json does not belong to the same save"):
         model_dir.load_training_state(tmp_path)
-    (tmp_path / "trainer.json").write_text(json.dumps(data))
-    (tmp_path / "optimizer.safetensors").unlink()
+    (files / "trainer.json").write_text(json.dumps(data))
+    (files / "optimizer.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"optimizer\.safetensors is missing"):
         model_dir.load_training_state(tmp_path)
 
@@ -358,7 +370,9 @@ def test_training_state_checks(model, tok, tmp_path):
 
 
 def _no_temporaries(directory):
-    leftovers = [p.name for p in directory.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+    """Nothing but config.json, the lock and the one save config.json names."""
+    expected = {"config.json", model_dir.LOCK_FILE, config_of(directory)["save"]}
+    leftovers = [p.name for p in directory.iterdir() if p.name not in expected]
     assert leftovers == [], leftovers
 
 

@@ -344,8 +344,9 @@ def test_negative_seed_is_a_value_error(model):
 
 
 CTRL_C_CHILD = r"""
-import os, sys, time
+import os, signal, sys, time
 import fastlm
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (nohup &)
 model = fastlm.LSTMLM(2000, 64, 256, num_layers=2, seed=0)
 print("ready", flush=True)
 started = time.perf_counter()

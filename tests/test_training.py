@@ -331,7 +331,7 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
             history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", max_batches=stop,
                                 resume=n > 0, **fit_kw)
             assert history["interrupted"] is False
-        trainer = json.loads((tmp_path / "b" / model_dir.TRAINER_FILE).read_text())
+        trainer = json.loads((model_dir.save_path(tmp_path / "b") / model_dir.TRAINER_FILE).read_text())
         per_epoch = per_epoch or _batches_per_epoch(full, data, fit_kw)
         done = sum(stops[:n + 1]) if stops != [1] else per_epoch
         assert (trainer["epoch"], trainer["batch"]) == divmod(done, per_epoch)
@@ -344,7 +344,8 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
     assert "interrupted" not in history
     # the checkpoints themselves agree too, optimizer state included
     for name in (model_dir.MODEL_FILE, model_dir.OPTIMIZER_FILE):
-        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        a = load_file(model_dir.save_path(tmp_path / "a") / name)
+        b = load_file(model_dir.save_path(tmp_path / "b") / name)
         assert sorted(a) == sorted(b)
         assert all(np.array_equal(a[k], b[k]) for k in a), name
 
@@ -377,7 +378,7 @@ def test_resume_on_windows_and_extend_epochs(tok, ids, tmp_path):
     part = make(tok)
     quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, max_batches=20)
     quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)
-    done = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
+    done = json.loads((model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).read_text())
     assert (done["epoch"], done["batch"]) == (2, 0)
     again = quiet_fit(part, x, y, epochs=2, checkpoint_dir=tmp_path, resume=True)  # nothing left to do
     assert len(again["epoch"]) == 2
@@ -392,7 +393,7 @@ def test_max_batches_at_epoch_end_stops_there(tok, ids, tmp_path):
     history = quiet_fit(model, ids, epochs=3, checkpoint_dir=tmp_path, max_batches=per_epoch)
     assert len(calls) == per_epoch
     assert history["epoch"] == [1] and history["interrupted"] is False
-    trainer = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
+    trainer = json.loads((model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == (1, 0)
 
 
@@ -435,7 +436,7 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tok, ids, tmp_path, at):
     assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
     assert history["interrupted"] is True
     assert count[0] == at  # stopped right after the batch during which Ctrl-C came
-    trainer = json.loads((tmp_path / model_dir.TRAINER_FILE).read_text())
+    trainer = json.loads((model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == divmod(at, 16)
     assert_same_weights(model, fastlm.load(tmp_path))  # a valid checkpoint of the state reached
 
@@ -552,12 +553,12 @@ def test_resume_without_checkpoint(tok, ids, tmp_path):
 ])
 def test_resume_with_changed_settings(tok, ids, tmp_path, change, message):
     quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, max_batches=3)
-    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    saved = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     change = dict(change)
     data = ids[:-100] if change.pop("data", None) else ids
     with pytest.raises(ValueError, match=f"cannot resume with different training settings: .*{message}"):
         quiet_fit(make(tok), data, epochs=2, checkpoint_dir=tmp_path, resume=True, **change)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved  # the checkpoint is untouched
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == saved  # the checkpoint is untouched
 
 
 def test_resume_with_a_different_model(tok, ids, tmp_path):
@@ -709,7 +710,7 @@ def test_bad_seed_is_refused():
 
 def test_corrupted_trainer_file_is_a_clear_error(tok, ids, tmp_path):
     quiet_fit(make(tok), ids, epochs=1, checkpoint_dir=tmp_path)
-    (tmp_path / model_dir.TRAINER_FILE).write_text("[1, 2, 3]")
+    (model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="trainer.json is corrupted"):
         quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
 

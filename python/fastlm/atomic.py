@@ -44,3 +44,25 @@ def atomic_write(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_synced(path, write):
+    """Call write(path), then sync the file to disk and make it world-readable (as stage does),
+    for files in a directory that nothing refers to yet (a save being assembled)."""
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
+
+
+def fsync_directory(path):
+    """Sync a directory's entries (new, renamed and removed names) to disk. File systems that
+    cannot sync a directory (some network ones) refuse with EINVAL: nothing more can be done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)

@@ -90,8 +90,11 @@ def _check_out(out, resume):
                                     "continue, or train without --resume)")
     elif out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a model directory")
-    elif out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; choose another --out")
+    elif out.is_dir() and not (out / model_dir.CONFIG_FILE).exists():
+        model_dir.remove_leftovers(out, abandoned_saves=True)  # a save killed before its first config.json
+        if any(not model_dir.is_fastlm_file(p.name) for p in out.iterdir()):
+            raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; "
+                                  "choose another --out")
 
 
 def _training_text(corpus, dataset):
@@ -107,6 +110,8 @@ def _training_text(corpus, dataset):
 def _read_tokenizer(path):
     """--tokenizer: a tokenizer.json, or a model directory holding one."""
     path = Path(path)
+    if path.is_dir() and (path / model_dir.CONFIG_FILE).is_file():  # a model directory: its current save's
+        path = model_dir.save_path(path)
     return fastlm.Tokenizer.load(path / model_dir.TOKENIZER_FILE if path.is_dir() else path)
 
 
@@ -173,7 +178,7 @@ def cmd_train(args):
           f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}")
     print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}; "
           f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}", flush=True)
-    if not args.resume and (out / "config.json").exists():
+    if not args.resume and (out / model_dir.CONFIG_FILE).exists():
         print(f"fastlm train: note: replacing the model in {out} (--resume continues it instead)", file=sys.stderr)
     started = time.perf_counter()
     history = model.fit(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,

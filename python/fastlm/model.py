@@ -37,6 +37,23 @@ def parameter_count(vocab_size, embed_dim, hidden_size, num_layers):
     return V * E + lstm + V * H + V
 
 
+def iter_parameter_shapes(vocab_size, embed_dim, hidden_size, num_layers, decoder_shapes=None):
+    """(name, shape) of every parameter of an LSTMLM of these sizes, in state_dict order, lazily;
+    decoder_shapes: an adaptive decoder's (adaptive.decoder_shapes), None for the full Linear."""
+    V, E, H = vocab_size, embed_dim, hidden_size
+    yield "embedding.weight", (V, E)
+    for k in range(num_layers):
+        yield f"lstm.weight_ih_l{k}", (4 * H, E if k == 0 else H)
+        yield f"lstm.weight_hh_l{k}", (4 * H, H)
+        yield f"lstm.bias_ih_l{k}", (4 * H,)
+        yield f"lstm.bias_hh_l{k}", (4 * H,)
+    if decoder_shapes is not None:
+        yield from decoder_shapes.items()
+    else:
+        yield "decoder.weight", (V, H)
+        yield "decoder.bias", (V,)
+
+
 def physical_memory():
     """Bytes of RAM of this machine, or None where the system does not say."""
     try:
@@ -101,20 +118,31 @@ class LSTMNetwork:
 
     def parameter_shapes(self):
         """Name -> shape of every parameter, in state_dict order."""
-        V, E, H = self.vocab_size, self.embed_dim, self.hidden_size
-        shapes = {"embedding.weight": (V, E)}
-        for k in range(self.num_layers):
-            width = E if k == 0 else H
-            shapes[f"lstm.weight_ih_l{k}"] = (4 * H, width)
-            shapes[f"lstm.weight_hh_l{k}"] = (4 * H, H)
-            shapes[f"lstm.bias_ih_l{k}"] = (4 * H,)
-            shapes[f"lstm.bias_hh_l{k}"] = (4 * H,)
-        if self.cutoffs is not None:
-            shapes.update(adaptive.decoder_shapes(V, H, self.cutoffs, self.div_value, self.head_bias))
-        else:
-            shapes["decoder.weight"] = (V, H)
-            shapes["decoder.bias"] = (V,)
-        return shapes
+        decoder = None if self.cutoffs is None else adaptive.decoder_shapes(
+            self.vocab_size, self.hidden_size, self.cutoffs, self.div_value, self.head_bias)
+        return dict(iter_parameter_shapes(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers,
+                                          decoder))
+
+    @classmethod
+    def saved_shapes(cls, config):
+        """(name, shape) of every parameter a saved config (the constructor's keyword arguments)
+        implies, lazily, after checking the sizes as the constructor does but without allocating
+        anything: a file's reader stops at the first name it lacks, so that a config claiming
+        10**9 layers fails before 4 * 10**9 names are listed."""
+        if not isinstance(config, dict):
+            raise TypeError(f"the model section must be a mapping, got {type(config).__name__}")
+        known = {"vocab_size", "embed_dim", "hidden_size", "num_layers", "dropout", "seed", "cutoffs", "div_value",
+                 "head_bias"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise TypeError(f"unexpected model settings {', '.join(map(repr, unknown))}")
+        V, E, H, L = (check_int(name, config.get(name, default), 1) for name, default in
+                      (("vocab_size", None), ("embed_dim", 128), ("hidden_size", 128), ("num_layers", 1)))
+        check_model_size(V, E, H, L)
+        cutoffs, div_value, head_bias = adaptive.check_adaptive(
+            config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H)
+        decoder = None if cutoffs is None else adaptive.decoder_shapes(V, H, cutoffs, div_value, head_bias)
+        return iter_parameter_shapes(V, E, H, L, decoder)
 
     def _initial_parameters(self):
         """PyTorch's default initialisation: N(0, 1) embeddings, U(-1/sqrt(H), 1/sqrt(H)) elsewhere
@@ -400,9 +428,13 @@ class LSTMNetwork:
             raise ValueError("the prompt is empty: generation starts from at least one token id")
         single = prompt.ndim == 1
         prompt = check_ids("prompt_ids", prompt[None] if single else prompt, self.vocab_size, 2)
+        if num_samples > 1 and prompt.shape[0] != 1:
+            raise ValueError("num_samples > 1 needs a single prompt")
+        rows, memory = num_samples * prompt.shape[0], physical_memory()
+        if memory is not None and 4 * rows * (prompt.shape[1] + max_new_tokens + 8 * self.hidden_size) > memory:
+            raise ValueError(f"num_samples={num_samples} and max_new_tokens={max_new_tokens} need more than this "
+                             f"machine's memory ({memory / 2**30:,.1f} GiB) for {rows:,} sequences")
         if num_samples > 1:
-            if prompt.shape[0] != 1:
-                raise ValueError("num_samples > 1 needs a single prompt")
             prompt = np.repeat(prompt, num_samples, axis=0)
         if stop is not None and single and num_samples == 1:  # a stream: no tokens drawn past the stop
             return np.array(list(streaming.stream(self, prompt[0], max_new_tokens, temperature, top_k, top_p,

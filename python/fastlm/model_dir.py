@@ -1,19 +1,45 @@
-"""The model-directory format: config.json, model.safetensors, tokenizer.json and, for
-resuming training, optimizer.safetensors and trainer.json.
+"""The model-directory format: config.json, and the save it names.
 
-Every file is written to a temporary name in the same directory and renamed into place,
-so a crash never leaves a half-written file. config.json is written last and carries a
-save id that the other files repeat: files from different saves (an interrupted save)
-are detected on loading instead of being mixed silently.
+Format 2 (written since format 1's saves could be lost, see README "Model directory"):
+
+    DIR/config.json                 hyperparameters, versions, and "save": the subdirectory below
+    DIR/save-<id>/model.safetensors the state_dict
+    DIR/save-<id>/tokenizer.json    (optional)
+    DIR/save-<id>/optimizer.safetensors, trainer.json   (checkpoints, for resuming)
+    DIR/.fastlm.lock                coordinates savers, loaders and clean-up
+
+A save writes a new save-<id> subdirectory beside the current one, syncs its files and the
+directory entries, then switches by one atomic step: the rename of a new config.json over
+the old one. Until that rename, config.json names the previous save, untouched; after it,
+the new one, complete. Only then is the previous subdirectory removed. So a process killed at
+any instant leaves one complete save that load() finds, plus at most some leftovers of
+fastlm's own (unreferenced save-* subdirectories, staged .config.json.*.tmp files), which the
+next save, load or `fastlm train` removes.
+
+Concurrency: savers and loaders hold a shared flock on .fastlm.lock while they use a save;
+removing leftovers needs the exclusive lock and is skipped (left for later) while anyone
+holds it, so a load never loses its files to a concurrent save's clean-up, nor a save its
+half-written subdirectory to a concurrent load's.
+
+Format 1 (flat: every file directly in DIR, config.json renamed last) is still loaded.
+
+Reading trusts nothing: JSON files are bounded in size and nesting; the safetensors header
+is parsed and every name, dtype, shape and offset is checked against config.json before a
+byte of tensor data is read or a parameter allocated, and only the expected tensors are read.
 
 This module does not import the model or the training loop: it works on any model object
-with config(), state_dict(), load_state_dict(), vocab_size and tokenizer (see
-docs/architecture.md), and load() builds the class it is given.
+with config(), state_dict(), load_state_dict(), parameter_shapes(), vocab_size and tokenizer,
+and a model class with saved_shapes() (see docs/architecture.md).
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
+import shutil
+import struct
 import uuid
 from pathlib import Path
 
@@ -22,18 +48,48 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from fastlm._core import build_info
-from fastlm.atomic import stage
+from fastlm.atomic import fsync_directory, stage, write_synced
 from fastlm.checks import check_tokenizer
 from fastlm.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; saves stay atomic, clean-up is not coordinated
+    fcntl = None
+
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+LOCK_FILE = ".fastlm.lock"
+SAVE_PREFIX = "save-"
+SAVE_NAME = re.compile(r"save-[0-9a-f]{32}")
+# Temporaries of fastlm's own: atomic.stage's names for config.json (and, in format 1, the others).
+STAGED_NAME = re.compile(r"\.(config\.json|model\.safetensors|tokenizer\.json|optimizer\.safetensors|"
+                         r"trainer\.json)\..+\.tmp")
+SAVE_FILES = (MODEL_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_FILE)
 # What a resumable trainer.json must hold (written by fastlm.training).
 TRAINER_KEYS = ("save_id", "settings", "adam_step", "lr", "epoch", "batch", "history")
+
+# Size bounds of what is read before anything is checked. config.json is a few hundred
+# bytes; trainer.json grows by a few numbers per epoch; tokenizer.json is bounded per token of
+# the model's vocabulary (no token of fastlm's tokenizer is near 1 KiB); a safetensors header
+# holds about 100 bytes per tensor (safetensors itself refuses headers above 100 MB).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_TRAINER_BYTES = 64 << 20
+TOKENIZER_BASE_BYTES, TOKENIZER_BYTES_PER_TOKEN = 1 << 20, 1 << 10
+HEADER_BASE_BYTES, HEADER_BYTES_PER_TENSOR, MAX_HEADER_BYTES = 64 << 10, 256, 100_000_000
+DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def _fault_point(step):
+    """Called at each step of a save; does nothing. tests/test_faults.py replaces it to raise
+    or to kill the process there, so that every step is proven survivable."""
+
+
+# ================================================================= small helpers
 
 
 def _json_writer(data):
@@ -45,34 +101,176 @@ def _json_writer(data):
 
 
 def _tensors_writer(tensors, save_id):
-    return lambda tmp: safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                                 metadata={"save_id": save_id})
+    def write(path):
+        try:
+            safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+                                        metadata={"save_id": save_id})
+        except OSError:
+            raise
+        except Exception as error:  # SafetensorError wraps the OS error (a full disk) in its message
+            found = re.search(r"os error (\d+)", str(error))
+            code = int(found.group(1)) if found else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from None
+    return write
 
 
-def _load_tensors(path, save_id):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing")
+def _parse_json(raw, path):
     try:
-        with safe_open(str(path), framework="np") as f:
-            found_id = (f.metadata() or {}).get("save_id")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"cannot read {path}: {error}") from None
-    if found_id != save_id:
-        raise ValueError(f"{path} does not belong to the same save as {path.parent / CONFIG_FILE} "
-                         "(an interrupted save?); save the model again")
-    return tensors
-
-
-def _read_json(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing ({what})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is corrupted: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is corrupted: its JSON is nested too deeply") from None
+
+
+def _read_json(path, what, max_bytes, hint=""):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing ({what}{hint})")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path} is corrupted: {size:,} bytes, more than a {what} can be ({max_bytes:,})")
+    with open(path, "rb") as f:
+        return _parse_json(f.read(max_bytes + 1), path)
+
+
+# ================================================================= the lock and leftovers
+
+
+class _DirectoryLock:
+    """A flock on DIR/.fastlm.lock: shared while a save is used (read or written), exclusive
+    (never waited for) to remove leftovers. No lock where the file cannot be had (a read-only
+    format-1 directory) or on systems without flock."""
+
+    def __init__(self, directory, create):
+        self.fd = None
+        if fcntl is None:
+            return
+        path = Path(directory) / LOCK_FILE
+        try:
+            self.fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o644)
+        except OSError:
+            if create:
+                raise
+            return
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def try_exclusive(self):
+        """True when no other process holds the lock; the shared lock is given up either way."""
+        if self.fd is None:
+            return False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _current_save_name(directory):
+    """The save-* subdirectory config.json names, or None (no config, format 1, or unreadable)."""
+    try:
+        config = _read_json(Path(directory) / CONFIG_FILE, "model config", MAX_CONFIG_BYTES)
+    except (OSError, ValueError):
+        return None
+    name = config.get("save") if isinstance(config, dict) else None
+    return name if isinstance(name, str) and SAVE_NAME.fullmatch(name) else None
+
+
+def _format_version(directory):
+    """format_version of the config.json in directory, or None (none, or unreadable)."""
+    try:
+        config = _read_json(Path(directory) / CONFIG_FILE, "model config", MAX_CONFIG_BYTES)
+    except (OSError, ValueError):
+        return None
+    return config.get("format_version") if isinstance(config, dict) else None
+
+
+def _leftovers(directory, abandoned_saves=False):
+    """fastlm's own files in directory that no complete save refers to: staged temporaries,
+    and save-* subdirectories other than the one config.json names. Without a readable
+    config.json naming a save, subdirectories are kept (a damaged or deleted config.json must
+    not cost the weights) unless abandoned_saves says the caller starts afresh. (The flat
+    files of a format-1 save are removed by the save that replaces it, not here: a file named
+    tokenizer.json beside config.json may be the user's.)"""
+    directory = Path(directory)
+    current = _current_save_name(directory)
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    found = [p for p in entries if STAGED_NAME.fullmatch(p.name)]
+    if current is not None or abandoned_saves:
+        found += [p for p in entries if SAVE_NAME.fullmatch(p.name) and p.name != current and p.is_dir()]
+    return found
+
+
+def _remove(paths):
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def remove_leftovers(directory, abandoned_saves=False):
+    """Remove what interrupted saves of fastlm left in directory (see _leftovers), unless a
+    save or load is using the directory right now. Returns the names removed. Called by save,
+    load and `fastlm train` (which starts afresh: abandoned_saves)."""
+    directory = Path(directory)
+    if not directory.is_dir() or not _leftovers(directory, abandoned_saves):
+        return []
+    try:
+        lock = _DirectoryLock(directory, create=True)
+    except OSError:  # a read-only directory: nothing can be removed anyway
+        return []
+    with lock:
+        if not lock.try_exclusive():
+            return []
+        found = _leftovers(directory, abandoned_saves)
+        _remove(found)
+        return sorted(p.name for p in found)
+
+
+def is_fastlm_file(name):
+    """True for the names fastlm itself creates in a model directory."""
+    return (name in (CONFIG_FILE, LOCK_FILE, *SAVE_FILES) or bool(SAVE_NAME.fullmatch(name))
+            or bool(STAGED_NAME.fullmatch(name)))
+
+
+def check_writable(directory):
+    """Prove that a save into directory can create its files (creating, then removing, the
+    directory and a probe file), so that a training run learns of a read-only --out before its
+    first epoch, not after it. Raises the OSError the save would meet."""
+    directory = Path(directory)
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".fastlm-probe-{uuid.uuid4().hex}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    finally:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+# ================================================================= saving
 
 
 def save(model, directory, tokenizer=None):
@@ -84,48 +282,79 @@ def save(model, directory, tokenizer=None):
 
 
 def write(directory, model, tokenizer=None, training=None):
-    """Write model (and tokenizer, and training state for resume) into directory.
+    """Write model (and tokenizer, and training state for resume) into directory as a new save.
 
     training: None or (optimizer_arrays: dict name -> array, trainer: JSON-able dict).
-    Every file is first written in full (and synced) to a temporary name; only then are they
-    renamed into place, config.json last, so a failure while writing leaves the previous save
-    intact. Each rename is atomic; should the process die between two of them, the save id
-    shared by the files makes load() refuse the mixed directory instead of mixing saves.
+    The files go to a new save-<id> subdirectory, are synced, and config.json is replaced in
+    one rename to name it; a failure or a kill at any point leaves the previous save loadable.
     """
     check_tokenizer(tokenizer, model.vocab_size)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
-    writers = {MODEL_FILE: _tensors_writer(model.state_dict(), save_id)}
+    name = SAVE_PREFIX + save_id
+    files = {MODEL_FILE: _tensors_writer(model.state_dict(), save_id)}
     if tokenizer is not None:
-        writers[TOKENIZER_FILE] = tokenizer.write_json
+        files[TOKENIZER_FILE] = tokenizer.write_json
     if training is not None:
         arrays, trainer = training
-        writers[OPTIMIZER_FILE] = _tensors_writer(arrays, save_id)
-        writers[TRAINER_FILE] = _json_writer({**trainer, "save_id": save_id})
-    writers[CONFIG_FILE] = _json_writer({
+        files[OPTIMIZER_FILE] = _tensors_writer(arrays, save_id)
+        files[TRAINER_FILE] = _json_writer({**trainer, "save_id": save_id})
+    config = {
         "format_version": FORMAT_VERSION,
         "fastlm_version": build_info()["version"],
         "save_id": save_id,
+        "save": name,
         "model": model.config(),
         "tokenizer": {"level": tokenizer.level, "size": len(tokenizer)} if tokenizer is not None else None,
         "has_training_state": training is not None,
-    })
-    staged = {}
-    try:
-        for name, writer in writers.items():
-            staged[name] = stage(directory / name, writer)
-        for name, tmp in staged.items():
-            if name == CONFIG_FILE:
-                # a plain save must not leave a stale tokenizer or checkpoint that --resume would pick up
-                for stale in (TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_FILE):
-                    if stale not in staged:
-                        (directory / stale).unlink(missing_ok=True)
-            os.replace(tmp, directory / name)
-    except BaseException:
-        for tmp in staged.values():
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    }
+    with _DirectoryLock(directory, create=True) as lock:  # shared: no clean-up removes our subdirectory
+        replaces_format_1 = _format_version(directory) == 1
+        subdirectory, staged = directory / name, None
+        try:
+            subdirectory.mkdir()
+            _fault_point("created the save subdirectory")
+            for file, writer in files.items():
+                write_synced(subdirectory / file, writer)
+                _fault_point(f"wrote {file}")
+            fsync_directory(subdirectory)
+            fsync_directory(directory)  # the subdirectory's own entry
+            _fault_point("synced the save subdirectory")
+            staged = stage(directory / CONFIG_FILE, _json_writer(config))
+            _fault_point("staged config.json")
+            os.replace(staged, directory / CONFIG_FILE)  # the switch: one atomic step
+        except BaseException:
+            if staged is not None:
+                Path(staged).unlink(missing_ok=True)
+            shutil.rmtree(subdirectory, ignore_errors=True)
+            raise
+        _fault_point("renamed config.json")
+        fsync_directory(directory)
+        _fault_point("synced the directory")
+        if lock.try_exclusive():  # else someone is reading the previous save: the next clean-up removes it
+            _remove(_leftovers(directory))
+            if replaces_format_1:  # the flat files of the format-1 save this one replaced
+                _remove([directory / file for file in SAVE_FILES if (directory / file).is_file()])
+            _fault_point("removed the previous save")
+
+
+# ================================================================= reading
+
+
+def _require_a_save(directory):
+    """FileNotFoundError naming the problem when directory holds no config.json, after removing
+    the temporaries an interrupted first save left."""
+    if directory.is_file():
+        raise NotADirectoryError(f"{directory} is a file, not a model directory")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    if not (directory / CONFIG_FILE).is_file():
+        remove_leftovers(directory)
+        if any(SAVE_NAME.fullmatch(p.name) for p in directory.iterdir()):
+            raise FileNotFoundError(f"{directory / CONFIG_FILE} is missing: {directory} holds no complete save (a "
+                                    "save interrupted before its end leaves a save-* subdirectory without it; "
+                                    "`fastlm train --out` replaces it)")
 
 
 def read_config(directory):
@@ -134,27 +363,131 @@ def read_config(directory):
         raise NotADirectoryError(f"{directory} is a file, not a model directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {directory} does not exist")
-    config = _read_json(directory / CONFIG_FILE, "not a fastlm model directory?")
-    if not isinstance(config, dict) or not isinstance(config.get("format_version"), int):
+    config = _read_json(directory / CONFIG_FILE, "model config", MAX_CONFIG_BYTES, ": not a fastlm model directory?")
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int):
         raise ValueError(f"{directory / CONFIG_FILE} has no format_version: not a fastlm model config")
-    if config["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"{directory} was written in format version {config['format_version']} by a newer fastlm; "
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written in format version {version} by a newer fastlm; "
                          f"this fastlm reads up to version {FORMAT_VERSION}: upgrade fastlm")
-    for key in ("save_id", "model"):
+    for key in ("save_id", "model") + (("save",) if version >= 2 else ()):
         if key not in config:
             raise ValueError(f"{directory / CONFIG_FILE} lacks the entry {key!r}")
+    if version >= 2 and not (isinstance(config["save"], str) and SAVE_NAME.fullmatch(config["save"])):
+        raise ValueError(f"{directory / CONFIG_FILE} names an invalid save {config['save']!r}")
     return config
+
+
+def save_path(directory, config=None):
+    """The directory holding the current save's files: DIR/save-<id> (format 2) or DIR (format 1)."""
+    directory = Path(directory)
+    config = read_config(directory) if config is None else config
+    return directory / config["save"] if config["format_version"] >= 2 else directory
+
+
+def _read_header(path, max_header):
+    """(metadata, entries) of a safetensors file, every entry checked against the file's size."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"cannot read {path}: {size} bytes, not a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, max_header):
+            raise ValueError(f"cannot read {path}: its header claims {length:,} bytes, the file has {size:,} "
+                             f"and a header of this model at most {max_header:,}")
+        header = _parse_json(f.read(length), path)
+    if not isinstance(header, dict):
+        raise ValueError(f"cannot read {path}: the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    data_bytes = size - 8 - length
+    for name, entry in header.items():
+        what = f"cannot read {path}: entry {name!r}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
+            raise ValueError(f"{what} is malformed")
+        shape, (begin, end) = entry["shape"], entry["data_offsets"]
+        if entry.get("dtype") not in DTYPES:
+            raise ValueError(f"{what} must hold floats ({', '.join(DTYPES)}), got dtype {entry.get('dtype')!r}")
+        if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"{what} has an invalid shape {shape}")
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)) \
+                or not 0 <= begin <= end <= data_bytes:
+            raise ValueError(f"{what} lies outside the file's {data_bytes:,} data bytes ({begin}, {end})")
+        if end - begin != math.prod(shape) * np.dtype(DTYPES[entry["dtype"]]).itemsize:
+            raise ValueError(f"{what}: shape {shape} does not match its {end - begin:,} bytes")
+    return metadata if isinstance(metadata, dict) else {}, header
+
+
+def _check_entries(path, entries, expected, optional=()):
+    """Names and shapes of a header against the (name, shape) pairs config.json implies, taken
+    lazily (the first few missing names end the check); nothing is read from the data yet."""
+    shapes, missing = {}, []
+    for name, shape in expected:
+        if name in entries:
+            shapes[name] = shape
+        else:
+            missing.append(name)
+            if len(missing) == 5:
+                break
+    if missing:
+        more = " and more" if len(missing) == 5 else ""
+        raise ValueError(f"{path}: missing {', '.join(map(repr, missing))}{more}")
+    extra = [name for name in entries if name not in shapes and not any(o.fullmatch(name) for o in optional)]
+    if extra:
+        shown = ", ".join(map(repr, extra[:5])) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ValueError(f"{path}: unexpected entries {shown}")
+    for name, shape in shapes.items():
+        if tuple(entries[name]["shape"]) != tuple(shape):
+            raise ValueError(f"{path}: entry {name!r} has shape {tuple(entries[name]['shape'])}, expected "
+                             f"{tuple(shape)} from {CONFIG_FILE}")
+
+
+def _read_tensors(path, names, save_id):
+    """The named tensors of a checked file, one at a time, as NumPy arrays."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            found_id = (f.metadata() or {}).get("save_id")
+            if found_id != save_id:
+                raise ValueError(f"{path} does not belong to the same save as {CONFIG_FILE} "
+                                 "(an interrupted format-1 save?); save the model again")
+            return {name: f.get_tensor(name) for name in names}
+    except ValueError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
+def _header_bound(config, extra_tensors=0):
+    """The largest safetensors header a model of config's num_layers can have (4 L + 3 tensors)."""
+    layers = config["model"].get("num_layers", 1) if isinstance(config["model"], dict) else 1
+    tensors = 4 * layers + 3 if isinstance(layers, int) and layers > 0 else 3
+    return min(MAX_HEADER_BYTES, HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * (tensors + extra_tensors))
 
 
 def load(directory, model_class, backend="cpp"):
     """The model saved in directory, as a model_class, with its tokenizer (model.tokenizer, or None)."""
     directory = Path(directory)
-    config = read_config(directory)
-    try:
-        model = model_class(**config["model"], backend=backend)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
-    model.tokenizer = _restore(directory, config, model)
+    _require_a_save(directory)
+    with _DirectoryLock(directory, create=False) as lock:
+        config = read_config(directory)
+        files = save_path(directory, config)
+        _, entries = _read_header(files / MODEL_FILE, _header_bound(config))
+        try:
+            shapes = model_class.saved_shapes(config["model"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
+        _check_entries(files / MODEL_FILE, entries, shapes)
+        try:
+            model = model_class(**config["model"], backend=backend)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
+        model.tokenizer = _restore(files, config, model, entries)
+        if lock.try_exclusive():
+            _remove(_leftovers(directory))
     return model
 
 
@@ -162,46 +495,72 @@ def load_into(directory, model):
     """Load the weights saved in directory into model, which must have the saved
     configuration (a resumed training run); returns the saved tokenizer or None."""
     directory = Path(directory)
-    config = read_config(directory)
-    saved = config["model"]
-    if saved != model.config():
-        changed = [f"{k} was {v!r}, now {model.config().get(k)!r}" for k, v in saved.items()
-                   if model.config().get(k) != v]
-        raise ValueError(f"the checkpoint in {directory} is of a different model: " + "; ".join(changed))
-    return _restore(directory, config, model)
+    _require_a_save(directory)
+    with _DirectoryLock(directory, create=False):
+        config = read_config(directory)
+        saved = config["model"]
+        if saved != model.config():
+            changed = [f"{k} was {v!r}, now {model.config().get(k)!r}" for k, v in saved.items()
+                       if model.config().get(k) != v]
+            raise ValueError(f"the checkpoint in {directory} is of a different model: " + "; ".join(changed))
+        return _restore(save_path(directory, config), config, model)
 
 
-def _restore(directory, config, model):
-    """Weights into model from model.safetensors, and the tokenizer (or None), both checked."""
-    tensors = _load_tensors(directory / MODEL_FILE, config["save_id"])
+def _restore(files, config, model, entries=None):
+    """Weights into model from the checked model.safetensors, and the tokenizer (or None)."""
+    path = files / MODEL_FILE
+    shapes = model.parameter_shapes()
+    if entries is None:
+        _, entries = _read_header(path, _header_bound(config))
+        _check_entries(path, entries, shapes.items())
+    tensors = _read_tensors(path, shapes, config["save_id"])
     try:
         model.load_state_dict(tensors)
-    except (KeyError, TypeError, ValueError) as error:  # names, dtypes or shapes that do not fit config.json
-        raise ValueError(f"{directory / MODEL_FILE}: {error.args[0] if error.args else error}") from None
-    if not (directory / TOKENIZER_FILE).is_file():
+    except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
+        raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
+    del tensors
+    if not (files / TOKENIZER_FILE).is_file():
         return None
-    tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
+    tokenizer_path = files / TOKENIZER_FILE
+    bound = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * model.vocab_size
+    if tokenizer_path.stat().st_size > bound:
+        raise ValueError(f"{tokenizer_path}: {tokenizer_path.stat().st_size:,} bytes, more than a tokenizer of "
+                         f"{model.vocab_size:,} tokens can be ({bound:,}): corrupted")
+    tokenizer = Tokenizer.load(tokenizer_path)
     try:
         check_tokenizer(tokenizer, model.vocab_size)
     except ValueError as error:
-        raise ValueError(f"{directory / TOKENIZER_FILE}: {error}") from None
+        raise ValueError(f"{tokenizer_path}: {error}") from None
     return tokenizer
+
+
+OPTIONAL_TRAINING_ENTRIES = (re.compile(r"carry\.[hc]\.\d+"),)
 
 
 def load_training_state(directory):
     """(optimizer arrays, trainer dict) of a checkpoint, for resuming."""
     directory = Path(directory)
+    if directory.is_dir():
+        remove_leftovers(directory)
     if not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
                                 f"({'no ' + CONFIG_FILE if directory.is_dir() else 'no such directory'})")
-    config = read_config(directory)
-    if not config.get("has_training_state") or not (directory / TRAINER_FILE).is_file():
-        raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
-                                "(train with a checkpoint directory first)")
-    trainer = _read_json(directory / TRAINER_FILE, "training position")
-    missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
-    if missing:
-        raise ValueError(f"{directory / TRAINER_FILE} is corrupted: it lacks {', '.join(missing)}")
-    if trainer.get("save_id") != config["save_id"]:
-        raise ValueError(f"{directory / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
-    return _load_tensors(directory / OPTIMIZER_FILE, config["save_id"]), trainer
+    with _DirectoryLock(directory, create=False):
+        config = read_config(directory)
+        files = save_path(directory, config)
+        if not config.get("has_training_state") or not (files / TRAINER_FILE).is_file():
+            raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
+                                    "(train with a checkpoint directory first)")
+        trainer = _read_json(files / TRAINER_FILE, "training position", MAX_TRAINER_BYTES)
+        missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
+        if missing:
+            raise ValueError(f"{files / TRAINER_FILE} is corrupted: it lacks {', '.join(missing)}")
+        if trainer.get("save_id") != config["save_id"]:
+            raise ValueError(f"{files / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
+        path = files / OPTIMIZER_FILE
+        _, model_entries = _read_header(files / MODEL_FILE, _header_bound(config))
+        expected = [(f"{moment}.{name}", entry["shape"]) for moment in ("m", "v")
+                    for name, entry in model_entries.items()]
+        _, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
+        _check_entries(path, entries, expected, OPTIONAL_TRAINING_ENTRIES)
+        return _read_tensors(path, list(entries), config["save_id"]), trainer

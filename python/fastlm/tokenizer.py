@@ -700,6 +700,8 @@ class Tokenizer:
             raise ValueError(f"{path}: not a tokenizer file: not UTF-8 text ({e})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not a tokenizer file: corrupted JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a tokenizer file: JSON nested too deeply") from None
         try:
             return cls.from_dict(data)
         except ValueError as e:

@@ -190,6 +190,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                    history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [],
                             "lr": []})
     carry = None  # the hidden state carried between contiguous batches
+    if checkpoint_dir is not None:
+        model_dir.check_writable(checkpoint_dir)  # a read-only directory: now, not after the first epoch
     if resume:
         arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
         changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
