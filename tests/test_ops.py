@@ -450,7 +450,8 @@ NEAR_TIE_SHARE = 1e-3
 
 def check_near_ties(name, cpp, ref):
     cpp, ref = np.asarray(cpp), np.asarray(ref)
-    assert cpp.dtype == ref.dtype and cpp.shape == ref.shape, f"{name}: {cpp.dtype}{cpp.shape} vs {ref.dtype}{ref.shape}"
+    assert cpp.dtype == ref.dtype and cpp.shape == ref.shape, \
+        f"{name}: {cpp.dtype}{cpp.shape} vs {ref.dtype}{ref.shape}"
     differ = np.flatnonzero(cpp != ref)
     assert differ.size <= max(1, NEAR_TIE_SHARE * cpp.size), f"{name}: {differ.size} of {cpp.size} entries differ"
     if name == "ranks":

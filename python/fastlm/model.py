@@ -19,8 +19,7 @@ import numpy as np
 
 from fastlm import _core, adaptive, reference, scoring, streaming
 from fastlm.batches import ContiguousBatches
-from fastlm.checks import (check_bool, check_choice, check_ids, check_int, check_number, check_str,
-                           check_tokenizer)
+from fastlm.checks import check_bool, check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
 from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
