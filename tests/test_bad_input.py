@@ -253,6 +253,22 @@ class TestLoadStateDict:
 
 
 class TestConstructor:
+    @pytest.mark.parametrize("kwargs, error, message", [
+        (dict(embed_dim=8, hidden_size=16, tie_weights=True), ValueError,
+         r"tie_weights=True .* needs embed_dim == hidden_size; got embed_dim=8, hidden_size=16"),
+        (dict(embed_dim=16, hidden_size=16, tie_weights=True, cutoffs=[10]), ValueError,
+         r"tie_weights=True needs the full softmax decoder"),
+        (dict(tie_weights=1), TypeError, r"tie_weights must be True or False, got 1"),
+        (dict(init_range=0.0), ValueError, r"init_range must be positive and finite, got 0.0"),
+        (dict(init_range=-0.1), ValueError, r"init_range must be positive and finite"),
+        (dict(init_range=float("inf")), ValueError, r"init_range must be positive and finite"),
+        (dict(init_range="0.1"), TypeError, r"init_range must be a number or None, got '0.1'"),
+        (dict(init_range=True), TypeError, r"init_range must be a number or None"),
+    ])
+    def test_recipe_options(self, kwargs, error, message):
+        with pytest.raises(error, match=message):
+            fastlm.LSTMLM(V, **kwargs)
+
     @pytest.mark.parametrize("value", [0, -3])
     def test_vocab_size_not_positive(self, value):
         with pytest.raises(ValueError, match=rf"vocab_size must be a positive integer, got {value}"):

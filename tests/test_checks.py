@@ -59,6 +59,8 @@ MISTAKES = {
     "bool": [(1, TypeError), ("yes", TypeError), (None, TypeError)],
     "number > 1": [("4", TypeError), (True, TypeError), (1.0, ValueError), (0.5, ValueError), (math.inf, ValueError),
                    (math.nan, ValueError)],
+    "positive number or None": [("0.1", TypeError), (True, TypeError), (0, ValueError), (-0.5, ValueError),
+                                (math.nan, ValueError), (math.inf, ValueError)],
 }
 
 ARGUMENTS = [  # (entry point, argument, kind)
@@ -67,11 +69,16 @@ ARGUMENTS = [  # (entry point, argument, kind)
     ("LSTMLM", "seed", "int >= 0"),
     ("LSTMLM", "head_bias", "bool"),
     ("LSTMLM", "div_value", "number > 1"),
+    ("LSTMLM", "tie_weights", "bool"),
+    ("LSTMLM", "init_range", "positive number or None"),
     *[("fit", name, "positive int") for name in ("epochs", "batch_size", "seq_len")],
     *[("fit", name, "positive int or None") for name in ("stride", "max_batches")],
     ("fit", "lr_patience", "int >= 0"),
     ("fit", "lr", "positive number"),
     ("fit", "weight_decay", "number >= 0"),
+    ("fit", "momentum", "number >= 0"),
+    ("fit", "nesterov", "bool"),
+    ("fit", "lr_decay_epoch", "positive int or None"),
     *[("fit", name, "bool") for name in ("shuffle", "stateful", "resume", "progress")],
     *[("evaluate", name, "positive int") for name in ("seq_len", "batch_size")],
     *[(entry, "max_new_tokens", "int >= 0") for entry in ("generate", "generate_text")],

@@ -315,3 +315,161 @@ def test_adaptive_twin_loads_fastlm_weights_and_gives_its_loss(head_bias):
         probs = net.next_token_probs(net(torch.as_tensor(x[:1]))[0])
     np.testing.assert_allclose(model.gradients(x, y)[0], torch_loss, rtol=LOSS_RTOL)
     assert probs.shape == (V,) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+# ---------------------------------------------------------------- (e) the recipes: SGD through fit, tying, init
+
+
+class RecipeLM(torch.nn.Module):
+    """PyTorch's word_language_model example: dropout on the embedding, between layers, before the decoder."""
+
+    def __init__(self, V, E, H, L, dropout=0.0, tie=False):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(V, E)
+        self.lstm = torch.nn.LSTM(E, H, num_layers=L, dropout=dropout, batch_first=True)
+        self.decoder = torch.nn.Linear(H, V)
+        self.drop = torch.nn.Dropout(dropout)
+        if tie:
+            self.decoder.weight = self.embedding.weight
+
+    def forward(self, x, state=None):
+        out, state = self.lstm(self.drop(self.embedding(x)), state)
+        return self.decoder(self.drop(out)), state
+
+
+def test_fit_with_sgd_follows_torch_sgd_batch_for_batch():
+    """LSTMLM.fit(optimizer="sgd", momentum, nesterov, clipping, stateful batches, epoch schedule) against
+    the same loop written with torch.optim.SGD, from the same weights, for two epochs."""
+    V, E, H, L, B, T = 53, 16, 16, 2, 4, 5
+    ids = np.random.default_rng(5).integers(0, V, 4 * 5 * 3 + 1)  # 3 batches per epoch
+    model = fastlm.LSTMLM(V, E, H, L, init_range=0.1, seed=5)
+    net = RecipeLM(V, E, H, L)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    settings = dict(lr=2.0, momentum=0.9, nesterov=True, clip=0.5, decay=0.5, decay_epoch=2)
+    history = model.fit(ids, seq_len=T, batch_size=B, epochs=2, lr=settings["lr"], optimizer="sgd",
+                        momentum=settings["momentum"], nesterov=True, clip_norm=settings["clip"], stateful=True,
+                        lr_decay=settings["decay"], lr_decay_epoch=settings["decay_epoch"], progress=False)
+    assert history["lr"] == [2.0, 1.0]
+
+    opt = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True)
+    streams = torch.from_numpy(ids[:60].reshape(B, 15)), torch.from_numpy(ids[1:61].reshape(B, 15))
+    for epoch, lr in enumerate(history["lr"]):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        state = None
+        for start in range(0, 15, T):
+            x, y = (s[:, start:start + T] for s in streams)
+            logits, state = net(x, state)
+            state = tuple(s.detach() for s in state)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), settings["clip"])
+            opt.step()
+    mine, theirs = model.state_dict(), numpy_state(net)
+    start = fastlm.LSTMLM(V, E, H, L, init_range=0.1, seed=5).state_dict()
+    for name in mine:
+        error = np.abs(mine[name] - theirs[name]).max() / np.abs(theirs[name]).max()
+        assert error <= 1e-5, f"{name}: normalised difference {error:.3g} after 6 SGD steps"
+        assert not np.allclose(mine[name], start[name]), f"{name} did not move"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tied_model_loss_and_gradients_equal_torch_autograd(backend):
+    """A tied PyTorch module (decoder.weight = embedding.weight): its state_dict loads, and loss and the
+    shared matrix's gradient (both uses summed by autograd) agree."""
+    V, E, L, B, T = 211, 24, 2, 3, 6
+    torch.manual_seed(8)
+    net = RecipeLM(V, E, E, L, tie=True).eval()
+    state = net.state_dict()
+    assert set(state) >= {"embedding.weight", "decoder.weight"}
+    model = fastlm.LSTMLM(V, E, E, L, tie_weights=True, backend=backend)
+    model.load_state_dict(state)
+    x, y = make_batch(np.random.default_rng(8), V, B, T)
+    net.zero_grad()
+    logits, _ = net(torch.as_tensor(x))
+    torch_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.as_tensor(y).reshape(-1))
+    torch_loss.backward()
+    torch_grads = {name: p.grad.numpy() for name, p in net.named_parameters()}
+    assert "decoder.weight" not in torch_grads  # autograd holds one tensor, under its first name
+
+    loss, grads = model.gradients(x, y)
+    np.testing.assert_allclose(loss, torch_loss.item(), rtol=LOSS_RTOL)
+    assert list(grads) == list(model.state_dict())
+    np.testing.assert_array_equal(grads["decoder.weight"], grads["embedding.weight"])
+    for name, expected in torch_grads.items():
+        assert_grad_close(grads[name], expected, name)
+    # and back: fastlm's tied state_dict loads into the tied module, strictly, with both names equal
+    trained = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
+    RecipeLM(V, E, E, L, tie=True).load_state_dict(trained, strict=True)
+
+
+def test_tied_model_refuses_an_untied_state_dict():
+    V, E = 50, 8
+    untied = fastlm.LSTMLM(V, E, E).state_dict()
+    with pytest.raises(ValueError, match="embedding.weight and decoder.weight differ"):
+        fastlm.LSTMLM(V, E, E, tie_weights=True).load_state_dict(untied)
+
+
+@pytest.mark.parametrize("init_range", [None, 0.1])
+def test_initialisation_matches_torch_in_distribution(init_range):
+    """init_range=None: PyTorch's default initialisation; r: every parameter U[-r, r] as the recipes'
+    `p.data.uniform_(-r, r)`. Different generators, so the spread of each tensor is compared."""
+    V, E, H, L = 3001, 64, 64, 2
+    torch.manual_seed(0)
+    net = RecipeLM(V, E, H, L)
+    if init_range is not None:
+        for p in net.parameters():
+            p.data.uniform_(-init_range, init_range)
+    mine = fastlm.LSTMLM(V, E, H, L, init_range=init_range).state_dict()
+    for name, theirs in numpy_state(net).items():
+        bound = init_range if init_range is not None else (None if name == "embedding.weight" else 1 / np.sqrt(H))
+        if bound is not None:
+            assert np.abs(mine[name]).max() <= bound, name
+        spread = float(np.std(mine[name])) / float(np.std(theirs))
+        # the standard error of a std estimate from n >= 256 values is below 5%
+        assert abs(spread - 1) < 0.15, f"{name}: std {np.std(mine[name]):.4g} vs torch's {np.std(theirs):.4g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_placement_equals_torch_with_the_same_masks(backend, monkeypatch):
+    """Dropout on the embedding output, between the layers and before the decoder (PyTorch's
+    word_language_model example): with fastlm's masks replayed in torch, loss and gradients agree."""
+    V, E, H, L, B, T, p = 97, 12, 16, 2, 3, 5, 0.4
+    model = fastlm.LSTMLM(V, E, H, L, dropout=p, seed=4, backend=backend)
+    masks = []
+    original = model._dropout
+
+    def recording(values, rng):
+        dropped, mask = original(values, rng)
+        masks.append(mask)
+        return dropped, mask
+
+    monkeypatch.setattr(model, "_dropout", recording)
+    x, y = make_batch(np.random.default_rng(4), V, B, T)
+    loss, grads = model.gradients(x, y, train=True)
+    assert len(masks) == L + 1 and all(m is not None for m in masks)  # L layer inputs + the top output
+
+    state = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
+    embedding = torch.nn.Embedding(V, E)
+    layers = [torch.nn.LSTM(E if k == 0 else H, H, batch_first=True) for k in range(L)]
+    decoder = torch.nn.Linear(H, V)
+    embedding.weight.data, decoder.weight.data, decoder.bias.data = (
+        state["embedding.weight"], state["decoder.weight"], state["decoder.bias"])
+    for k, layer in enumerate(layers):
+        for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(layer, f"{kind}_l0").data = state[f"lstm.{kind}_l{k}"].clone()
+    h = embedding(torch.as_tensor(x))
+    for k, layer in enumerate(layers):
+        h, _ = layer(h * torch.from_numpy(masks[k]))
+    logits = decoder(h * torch.from_numpy(masks[L]))
+    torch_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.as_tensor(y).reshape(-1))
+    torch_loss.backward()
+    np.testing.assert_allclose(loss, torch_loss.item(), rtol=LOSS_RTOL)
+    assert_grad_close(grads["embedding.weight"], embedding.weight.grad.numpy(), "embedding.weight")
+    assert_grad_close(grads["decoder.weight"], decoder.weight.grad.numpy(), "decoder.weight")
+    for k, layer in enumerate(layers):
+        assert_grad_close(grads[f"lstm.weight_ih_l{k}"], layer.weight_ih_l0.grad.numpy(), f"weight_ih_l{k}")
+        assert_grad_close(grads[f"lstm.weight_hh_l{k}"], layer.weight_hh_l0.grad.numpy(), f"weight_hh_l{k}")
+    # the masks really drop: without them the loss would differ
+    assert abs(loss - model.gradients(x, y)[0]) > 1e-4

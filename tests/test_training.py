@@ -307,10 +307,14 @@ def _resume_options(kind):
                     fit=dict(lr=1e-2, stateful=True, seq_len=10, batch_size=4, clip_norm=0.5))
     if kind == "overlapping":  # overlapping windows, dropout, validation with plateau rules
         return dict(model=dict(dropout=0.2), fit=dict(lr=1e-2, stride=3, lr_decay=0.5, early_stopping=5))
+    if kind == "sgd":  # the recipes: SGD with Nesterov momentum, tied weights, uniform init, the epoch schedule
+        return dict(model=dict(num_layers=2, embed_dim=16, tie_weights=True, init_range=0.1, dropout=0.2),
+                    fit=dict(lr=1.0, optimizer="sgd", momentum=0.9, nesterov=True, stateful=True, seq_len=10,
+                             batch_size=4, clip_norm=0.5, lr_decay=0.5, lr_decay_epoch=2))
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["windows", "stateful", "overlapping"])
+@pytest.mark.parametrize("kind", ["windows", "stateful", "overlapping", "sgd"])
 @pytest.mark.parametrize("stops", [[1], [5, 13], [9]], ids=["epoch-boundary", "mid-epoch-twice", "mid-epoch"])
 def test_exact_resume(tok, ids, tmp_path, kind, stops):
     options = _resume_options(kind)
@@ -494,6 +498,13 @@ def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
     (dict(val_ids=[1]), "val_ids needs at least 2 tokens"),
     (dict(val_ids=[1, 10_000]), "val_ids holds id 10000"),
     (dict(stateful=True, batch_size=200), "stateful training cuts the corpus"),
+    (dict(optimizer="adagrad"), "optimizer must be one of 'adam', 'sgd', got 'adagrad'"),
+    (dict(optimizer="sgd", momentum=-0.5), "momentum must be a finite number >= 0, got -0.5"),
+    (dict(optimizer="sgd", momentum=float("nan")), "momentum must be a finite number >= 0"),
+    (dict(optimizer="sgd", nesterov=True), "nesterov=True needs momentum > 0"),
+    (dict(momentum=0.9), "momentum applies to optimizer='sgd'"),
+    (dict(lr_decay_epoch=3), "lr_decay_epoch=3 starts the epoch schedule.*pass lr_decay too"),
+    (dict(lr_decay_epoch=0, lr_decay=0.5), "lr_decay_epoch must be a positive integer, got 0"),
 ])
 def test_bad_settings(tok, ids, tmp_path, kw, message):
     model = make(tok)
@@ -550,6 +561,8 @@ def test_resume_without_checkpoint(tok, ids, tmp_path):
     (dict(stateful=True), "stateful was False, now True"),
     (dict(clip_norm=1.0), "clip_norm was None, now 1.0"),
     (dict(data="shorter"), "data_tokens was"),
+    (dict(optimizer="sgd"), "optimizer was 'adam', now 'sgd'"),
+    (dict(lr=0.5), "lr was 0.001, now 0.5"),
 ])
 def test_resume_with_changed_settings(tok, ids, tmp_path, change, message):
     quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, max_batches=3)
@@ -732,3 +745,31 @@ def test_second_ctrl_c_during_a_checkpoint_waits_for_it(tok, ids, tmp_path, monk
     monkeypatch.setattr(model_dir, "write", real_save)
     assert calls and fastlm.load(tmp_path) is not None
     model_dir.load_training_state(tmp_path)
+
+
+# ================================================================= the recipes' schedule and optimizer
+
+
+def test_epoch_schedule_decays_from_the_given_epoch_without_validation(tok, ids):
+    history = quiet_fit(make(tok), ids[:400], epochs=5, lr=2.0, optimizer="sgd", lr_decay=0.5, lr_decay_epoch=3)
+    assert history["lr"] == [2.0, 2.0, 1.0, 0.5, 0.25]
+    assert training.epoch_lr(1.0, 0.5, 5, 4) == 1.0 and training.epoch_lr(1.0, 0.5, 5, 6) == 0.25
+
+
+def test_epoch_schedule_replaces_the_plateau_rule(tok, ids):
+    """With lr_decay_epoch the decay follows the calendar, whatever the validation loss does."""
+    history = quiet_fit(make(tok), ids[:400], val_ids=ids[400:600], epochs=3, lr=1e3, optimizer="sgd",
+                        clip_norm=1.0, lr_decay=0.5, lr_decay_epoch=2)
+    assert history["lr"] == [1e3, 500.0, 250.0]
+
+
+def test_sgd_learns_and_momentum_changes_the_path(tok, ids):
+    runs = {}
+    for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
+        model = make(tok)
+        history = quiet_fit(model, ids, epochs=3, lr=1.0, optimizer="sgd", momentum=momentum, nesterov=nesterov,
+                            clip_norm=1.0)
+        assert history["loss"][-1] < history["loss"][0]
+        runs[momentum, nesterov] = model
+    models = list(runs.values())
+    assert weights_differ(models[0], models[1]) and weights_differ(models[1], models[2])

@@ -4,7 +4,7 @@ from fastlm import _environment
 # Before the core loads the OpenMP runtime, which reads its settings once, when it starts.
 _environment.bound_openmp_spin()
 
-from fastlm import _core, datasets, reference
+from fastlm import _core, datasets, presets, reference
 from fastlm._core import build_info, get_num_threads, set_num_threads, windows
 from fastlm.lstmlm import LSTMLM, load
 from fastlm.token_file import open_ids, save_ids

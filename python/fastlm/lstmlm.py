@@ -15,8 +15,11 @@ class LSTMLM(LSTMNetwork):
     """Word- or character-level LSTM language model.
 
     Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
-    with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
-    layers and before the decoder, in training only.
+    with mean cross-entropy over all positions. Dropout, when > 0, applies to the input of
+    every LSTM layer (the embedding output included) and before the decoder, in training
+    only. ``tie_weights=True`` shares the embedding matrix with the decoder (needs
+    embed_dim == hidden_size); ``init_range=r`` draws every parameter from U[-r, r]
+    (None: PyTorch's defaults).
 
     cutoffs=[c1, c2, ...] replaces the decoder by an adaptive softmax, exactly
     ``torch.nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs, div_value, head_bias)``

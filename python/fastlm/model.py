@@ -6,6 +6,11 @@ Parameters live in PyTorch's names, shapes and gate order (see docs/DESIGN.md), 
 ``torch.nn`` model's ``state_dict`` loads unchanged. Forward and backward are composed
 from a handful of coarse kernels per batch (one call per layer), run either by the C++
 core (``backend="cpp"``) or by the NumPy reference (``backend="numpy"``).
+
+With tie_weights=True the embedding and the decoder share one (V, H) matrix (Press & Wolf
+2017; Inan et al. 2017): ``params`` holds it under both names as one array, so every reader
+of either name sees it, while ``trainable()`` lists it once, for the optimizer to step it
+once with the gradients of both uses summed.
 """
 from __future__ import annotations
 
@@ -73,17 +78,34 @@ def check_model_size(vocab_size, embed_dim, hidden_size, num_layers):
     return count
 
 
+def _check_recipe_options(tie_weights, init_range, embed_dim, hidden_size, cutoffs):
+    """(tie_weights, init_range) checked: the decoder can share the embedding only when both are (V, H)."""
+    tie_weights = check_bool("tie_weights", tie_weights)
+    if tie_weights and embed_dim != hidden_size:
+        raise ValueError(f"tie_weights=True shares the embedding matrix with the decoder, which needs "
+                         f"embed_dim == hidden_size; got embed_dim={embed_dim}, hidden_size={hidden_size}")
+    if tie_weights and cutoffs is not None:
+        raise ValueError("tie_weights=True needs the full softmax decoder: the adaptive softmax (cutoffs) has "
+                         "no (vocab_size, hidden_size) matrix to share with the embedding")
+    return tie_weights, check_number("init_range", init_range, "(0, inf)", allow_none=True)
+
+
 class LSTMNetwork:
     """The network of fastlm.LSTMLM, without training and files (see LSTMLM for the user's view).
 
     Exactly ``Embedding(V, E) -> LSTM(E, H, num_layers=L, batch_first=True) -> Linear(H, V)``
-    with mean cross-entropy over all positions. Dropout, when > 0, applies between LSTM
-    layers and before the decoder, in training only. With cutoffs the decoder is
-    ``torch.nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value, head_bias)`` instead.
+    with mean cross-entropy over all positions. Dropout, when > 0, applies to the input of
+    every LSTM layer (the embedding output included) and before the decoder, in training
+    only, as in Zaremba et al. (2014) and PyTorch's word-language-model example. With
+    cutoffs the decoder is ``torch.nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value,
+    head_bias)`` instead. tie_weights: the decoder uses the embedding matrix (needs
+    embed_dim == hidden_size). init_range: None for PyTorch's default initialisation, or r
+    for every parameter uniform in [-r, r] (the recipes' choice).
 
     Internal interface, for the rest of the package (training, benchmarks, tests) and not
     promised to users: ``params`` (name -> float32 C-contiguous array in state_dict order;
-    optimizers update these arrays in place), ``ops`` (the kernels: fastlm._core or
+    a tied decoder.weight is the embedding.weight array), ``trainable()`` (the distinct
+    parameters, which optimizers update in place), ``ops`` (the kernels: fastlm._core or
     fastlm.reference, same signatures), ``forward`` and ``forward_backward`` (one checked batch:
     see check_batch).
 
@@ -94,7 +116,7 @@ class LSTMNetwork:
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
-                 backend="cpp", cutoffs=None, div_value=4.0, head_bias=False):
+                 backend="cpp", cutoffs=None, div_value=4.0, head_bias=False, tie_weights=False, init_range=None):
         self.vocab_size = check_int("vocab_size", vocab_size, 1)
         self.embed_dim = check_int("embed_dim", embed_dim, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
@@ -104,6 +126,8 @@ class LSTMNetwork:
         self.seed = check_int("seed", seed, 0)
         self.cutoffs, self.div_value, self.head_bias = adaptive.check_adaptive(
             cutoffs, div_value, head_bias, self.vocab_size, self.hidden_size)
+        self.tie_weights, self.init_range = _check_recipe_options(tie_weights, init_range, self.embed_dim,
+                                                                  self.hidden_size, self.cutoffs)
         self.backend = backend
         self.ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
@@ -145,28 +169,43 @@ class LSTMNetwork:
 
     def _initial_parameters(self):
         """PyTorch's default initialisation: N(0, 1) embeddings, U(-1/sqrt(H), 1/sqrt(H)) elsewhere
-        (U(-1/sqrt(d), 1/sqrt(d)) for an adaptive tail's second Linear, whose inputs are d wide)."""
+        (U(-1/sqrt(d), 1/sqrt(d)) for an adaptive tail's second Linear, whose inputs are d wide);
+        or, with init_range r, U(-r, r) everywhere. A tied decoder takes the embedding's matrix,
+        as PyTorch's tied module does (its own draw is discarded, so the other parameters do
+        not depend on tying)."""
         params = {}
         for name, shape in self.parameter_shapes().items():
-            if name == "embedding.weight":
+            if name == "embedding.weight" and self.init_range is None:
                 values = self._rng.standard_normal(shape, dtype=np.float32)
             else:
                 fan_in = shape[1] if name.endswith(".1.weight") else self.hidden_size
-                bound = 1.0 / math.sqrt(fan_in)
+                bound = 1.0 / math.sqrt(fan_in) if self.init_range is None else self.init_range
                 values = self._rng.random(shape, dtype=np.float32)
                 values *= np.float32(2.0 * bound)
                 values -= np.float32(bound)
             params[name] = values
+        return self._tie(params)
+
+    def _tie(self, params):
+        if self.tie_weights:
+            params["decoder.weight"] = params["embedding.weight"]
         return params
 
+    def trainable(self):
+        """The distinct parameters, by name, in state_dict order: a tied decoder.weight is embedding.weight."""
+        if not self.tie_weights:
+            return self.params
+        return {name: value for name, value in self.params.items() if name != "decoder.weight"}
+
     def state_dict(self):
-        """Copies of all parameters keyed by PyTorch's names."""
+        """Copies of all parameters keyed by PyTorch's names (tied: both names, equal values)."""
         return {name: value.copy() for name, value in self.reading_params().items()}
 
     def load_state_dict(self, state):
         """Replace all parameters; names, shapes and finiteness are checked before anything changes.
 
-        Values may be NumPy arrays or CPU torch tensors.
+        Values may be NumPy arrays or CPU torch tensors. A tied model needs equal
+        embedding.weight and decoder.weight, as a tied PyTorch module's state_dict has them.
         """
         expected = self.parameter_shapes()
         missing = [name for name in expected if name not in state]
@@ -190,7 +229,10 @@ class LSTMNetwork:
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"state_dict entry {name!r} holds NaN or infinity (or a value beyond float32's range)")
             loaded[name] = value
-        self.params = loaded
+        if self.tie_weights and not np.array_equal(loaded["embedding.weight"], loaded["decoder.weight"]):
+            raise ValueError("this model ties its weights, but the state_dict's embedding.weight and "
+                             "decoder.weight differ (it comes from an untied model)")
+        self.params = self._tie(loaded)
 
     def reading_params(self):
         """The parameters a reader uses: while fit runs in another thread, the weights as they
@@ -208,7 +250,7 @@ class LSTMNetwork:
             if self._training_thread is not None:
                 raise RuntimeError("fit is already running on this model in another thread: one fit at a time")
             self._snapshot = self.params
-            self.params = {name: value.copy() for name, value in self.params.items()}
+            self.params = self._tie({name: value.copy() for name, value in self.params.items()})
             self._training_thread = threading.get_ident()
         try:
             yield
@@ -231,6 +273,9 @@ class LSTMNetwork:
         loss, grads, _ = self.forward_backward(x, y, train=train)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss}: the model's logits overflow float32 (NaN or infinity)")
+        if self.tie_weights:  # keyed like state_dict: both names carry the shared matrix's gradient
+            grads = {name: grads["embedding.weight"].copy() if name == "decoder.weight" else grads[name]
+                     for name in self.params}
         return loss, grads
 
     def check_batch(self, inputs, targets):
@@ -260,9 +305,7 @@ class LSTMNetwork:
         layer_input = ops.embedding_forward(p["embedding.weight"], x)
         tape = []  # what each layer's backward needs
         for k in range(self.num_layers):
-            mask = None
-            if k > 0:
-                layer_input, mask = self._dropout(layer_input, rng)
+            layer_input, mask = self._dropout(layer_input, rng)
             h0, c0 = initial_state[k] if initial_state is not None else (zeros, zeros)
             hs, cs, gates = ops.lstm_forward(layer_input, p[f"lstm.weight_ih_l{k}"], p[f"lstm.weight_hh_l{k}"],
                                              p[f"lstm.bias_ih_l{k}"], p[f"lstm.bias_hh_l{k}"], h0, c0)
@@ -287,6 +330,8 @@ class LSTMNetwork:
             grads[f"lstm.bias_hh_l{k}"] = db.copy()  # both biases are parameters in their own right
             dhs = dx * mask if mask is not None else dx
         grads["embedding.weight"] = ops.embedding_backward(dhs, x, self.vocab_size)
+        if self.tie_weights:  # one matrix used twice: its gradient is the sum of both uses'
+            grads["embedding.weight"] += grads.pop("decoder.weight")
 
     @staticmethod
     def _final_state(tape):
@@ -305,7 +350,7 @@ class LSTMNetwork:
         return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
     def forward_backward(self, x, y, initial_state=None, train=False, rng=None):
-        """Loss, gradients (state_dict order) and the final (h, c) of every layer for one batch.
+        """Loss, gradients (of trainable(), in state_dict order) and the final (h, c) of every layer for one batch.
 
         The state is carried forward but not differentiated through (truncated BPTT). The
         output layer runs forward and backward in one fused pass.
@@ -323,15 +368,19 @@ class LSTMNetwork:
                                                                              p["decoder.bias"], y.reshape(-1))
             grads = {"decoder.weight": dweight, "decoder.bias": dbias}
         self._lstm_backward(x, dh, top_mask, tape, grads)
-        return float(loss), {name: grads[name] for name in p}, self._final_state(tape)
+        return float(loss), {name: grads[name] for name in self.trainable()}, self._final_state(tape)
 
     def config(self):
         """The constructor arguments (without backend), as saved in config.json; the adaptive
-        softmax's only when it is on, so that a full-softmax config reads as before."""
+        softmax's, tie_weights and init_range only when they are on, so that other configs read as before."""
         config = dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
                       num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
         if self.cutoffs is not None:
             config.update(cutoffs=list(self.cutoffs), div_value=self.div_value, head_bias=self.head_bias)
+        if self.tie_weights:
+            config.update(tie_weights=True)
+        if self.init_range is not None:
+            config.update(init_range=self.init_range)
         return config
 
     # ------------------------------------------------------------ evaluation, generation

@@ -1,7 +1,8 @@
-"""The training loop (fit, which is LSTMLM.fit) and its optimizer.
+"""The training loop (fit, which is LSTMLM.fit) and its optimizers.
 
-Adam with per-parameter moments, optional clipping by global norm, dropout, learning-rate
-decay on a validation plateau, early stopping, per-epoch checkpoints and exact resume.
+Adam with per-parameter moments or SGD (momentum, Nesterov), optional clipping by global
+norm, dropout, learning-rate decay on a validation plateau or by epoch (the schedule of
+Zaremba et al.), early stopping, per-epoch checkpoints and exact resume.
 Every random choice (window order, dropout masks) is a pure function of (seed, epoch,
 batch), and the full optimizer state is saved, so training stopped after any batch and
 resumed is bit-identical to an uninterrupted run with the same seed and thread count.
@@ -18,12 +19,16 @@ import numpy as np
 
 from fastlm import distributed, model_dir
 from fastlm.batches import ArrayBatches, ContiguousBatches, RowStreams, WindowBatches, all_rows
-from fastlm.checks import check_bool, check_int, check_number, check_tokenizer
+from fastlm.checks import check_bool, check_choice, check_int, check_number, check_tokenizer
 from fastlm.token_file import check_corpus
 
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
-               "lr_patience", "early_stopping", "data_tokens")
+               "lr_patience", "early_stopping", "data_tokens", "optimizer", "momentum", "nesterov", "lr_decay_epoch",
+               "lr")
+# What checkpoints written before a setting was recorded trained with (lr: unknown, not compared).
+SETTINGS_BEFORE_RECORDED = {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_decay_epoch": None}
+OPTIMIZERS = ("adam", "sgd")
 
 
 class Adam:
@@ -48,6 +53,40 @@ class Adam:
         for name in self.m:
             self.m[name] = np.array(arrays[f"m.{name}"], dtype=np.float32, order="C")
             self.v[name] = np.array(arrays[f"v.{name}"], dtype=np.float32, order="C")
+
+
+class SGD:
+    """torch.optim.SGD: plain, with a momentum buffer per parameter (set to the first gradient), or Nesterov."""
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        self.buf = {name: np.zeros_like(p) for name, p in params.items()} if momentum else {}
+        self.step_count = 0
+
+    def step(self, ops, params, grads):
+        self.step_count += 1
+        for name, param in params.items():
+            ops.sgd_update(param, grads[name], self.buf.get(name), self.step_count, self.lr, self.momentum,
+                           self.weight_decay, self.nesterov)
+
+    def arrays(self):
+        return {f"momentum.{k}": v for k, v in self.buf.items()}
+
+    def load_arrays(self, arrays):
+        for name in self.buf:
+            self.buf[name] = np.array(arrays[f"momentum.{name}"], dtype=np.float32, order="C")
+
+
+def _make_optimizer(settings, params, lr):
+    if settings["optimizer"] == "sgd":
+        return SGD(params, lr, settings["momentum"], settings["nesterov"], settings["weight_decay"])
+    return Adam(params, lr, weight_decay=settings["weight_decay"])
+
+
+def epoch_lr(lr, lr_decay, lr_decay_epoch, epoch):
+    """The learning rate of epoch (counted from 1) under the epoch schedule of Zaremba et al.:
+    lr until epoch lr_decay_epoch - 1, then multiplied by lr_decay once more every epoch."""
+    return lr * lr_decay ** max(epoch - lr_decay_epoch + 1, 0)
 
 
 class _InterruptFlag:
@@ -116,8 +155,8 @@ def _trains_a_copy(function):
 def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
         stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
         early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
-        callback=None, comm=None):
-    """Train with Adam on a 1-D id array (cut into windows) or on pre-made windows (x, y).
+        callback=None, comm=None, optimizer="adam", momentum=0.0, nesterov=False, lr_decay_epoch=None):
+    """Train with Adam or SGD on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
     data: 1-D token ids, or (N, T) input windows with y (N, T) their targets. 1-D ids may be
         a memory map (fastlm.open_ids, np.memmap): read a batch at a time, never copied whole.
@@ -130,8 +169,12 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     stateful: read the corpus as batch_size contiguous streams and carry the hidden
         state (detached) from one batch to the next (truncated BPTT); ignores stride/shuffle.
     val_ids: evaluated after each epoch (val_loss, val_perplexity in the history).
-    clip_norm: clip the gradients' global L2 norm. weight_decay: L2 term (as torch's Adam).
-    lr_decay: multiply lr by this when val loss did not improve for more than lr_patience epochs.
+    clip_norm: clip the gradients' global L2 norm. weight_decay: L2 term (as torch's Adam and SGD).
+    optimizer: "adam" (torch.optim.Adam) or "sgd" (torch.optim.SGD: with momentum > 0 a
+        momentum buffer, with nesterov=True Nesterov momentum).
+    lr_decay: multiply lr by this when val loss did not improve for more than lr_patience epochs;
+        with lr_decay_epoch=k instead once more every epoch from epoch k on (the schedule of
+        Zaremba et al.: epoch e, counted from 1, trains with lr * lr_decay ** max(e - k + 1, 0)).
     early_stopping: stop after this many epochs without val-loss improvement.
     checkpoint_dir: save model + optimizer + position after every epoch (and on Ctrl-C);
         resume=True continues from it exactly. tokenizer: saved with the checkpoints
@@ -169,8 +212,21 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}")
-    if (lr_decay is not None or early_stopping is not None) and val_ids is None:
-        raise ValueError("lr_decay and early_stopping watch the validation loss: pass val_ids")
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    momentum = check_number("momentum", momentum, "[0, inf)")
+    nesterov = check_bool("nesterov", nesterov)
+    if momentum and optimizer != "sgd":
+        raise ValueError(f"momentum applies to optimizer='sgd' (Adam has its own betas), got momentum={momentum!r} "
+                         f"with optimizer={optimizer!r}")
+    if nesterov and not momentum > 0:
+        raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+    lr_decay_epoch = check_int("lr_decay_epoch", lr_decay_epoch, 1, allow_none=True)
+    if lr_decay_epoch is not None and lr_decay is None:
+        raise ValueError(f"lr_decay_epoch={lr_decay_epoch} starts the epoch schedule, which multiplies lr by "
+                         "lr_decay every epoch: pass lr_decay too")
+    if ((lr_decay is not None and lr_decay_epoch is None) or early_stopping is not None) and val_ids is None:
+        raise ValueError("lr_decay (without lr_decay_epoch) and early_stopping watch the validation loss: "
+                         "pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     check_tokenizer(tokenizer, model.vocab_size)
@@ -183,8 +239,10 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
 
     settings = dict(seq_len=seq_len, batch_size=batch_size * dist.size, stride=stride, shuffle=bool(shuffle),
                     stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
-                    lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens))
-    adam = Adam(model.params, lr, weight_decay=weight_decay)
+                    lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens),
+                    optimizer=optimizer, momentum=momentum, nesterov=nesterov, lr_decay_epoch=lr_decay_epoch,
+                    lr=float(lr))
+    opt = _make_optimizer(settings, model.trainable(), lr)
     trainer = dict(epoch=0, batch=0, lr=float(lr), best_val_loss=None, epochs_without_improvement=0,
                    stopped_early=False, epoch_loss_sum=0.0, epoch_tokens=0, epoch_seconds=0.0,
                    history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [],
@@ -194,17 +252,18 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         model_dir.check_writable(checkpoint_dir)  # a read-only directory: now, not after the first epoch
     if resume:
         arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
-        changed = [f"{k} was {saved['settings'].get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
-                   if saved["settings"].get(k) != settings[k]]
+        recorded = {**SETTINGS_BEFORE_RECORDED, "lr": settings["lr"], **saved["settings"]}
+        changed = [f"{k} was {recorded.get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
+                   if recorded.get(k) != settings[k]]
         if changed:
             raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
         try:
             saved_tokenizer = model_dir.load_into(checkpoint_dir, model)
         except ValueError as error:
             raise ValueError(f"cannot resume: {error}") from None
-        adam = Adam(model.params, saved["lr"], weight_decay=weight_decay)
-        adam.load_arrays(arrays)
-        adam.step_count = saved["adam_step"]
+        opt = _make_optimizer(settings, model.trainable(), saved["lr"])
+        opt.load_arrays(arrays)
+        opt.step_count = saved["adam_step"]  # the optimizer's step count, whichever the optimizer
         trainer = {k: saved[k] for k in trainer}
         if stateful and "carry.h.0" in arrays:
             carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
@@ -216,14 +275,14 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                              max_batches=max_batches, backend=model.backend,
                              data=distributed.fingerprint(np.asarray(data)),
                              val=None if val_ids is None else distributed.fingerprint(val_ids)))
-    dist.broadcast_parameters(model.params)
+    dist.broadcast_parameters(model.trainable())
 
     def checkpoint():
         _require_finite_weights(model, trainer)
         if checkpoint_dir is None or dist.rank != 0:  # one rank writes: they all hold the same state
             return
-        state = dict(trainer, settings=settings, adam_step=adam.step_count)
-        arrays = adam.arrays()
+        state = dict(trainer, settings=settings, adam_step=opt.step_count)
+        arrays = opt.arrays()
         if carry is not None:
             for k, (h, c) in enumerate(carry):
                 arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"] = h, c
@@ -242,6 +301,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             epoch = trainer["epoch"]
             if trainer["batch"] == 0:
                 carry = None
+            if lr_decay_epoch is not None:
+                opt.lr = trainer["lr"] = epoch_lr(lr, lr_decay, lr_decay_epoch, epoch + 1)
             bar = _progress_bar(progress and dist.rank == 0, len(batches), trainer["batch"], epoch, epochs)
             started = time.perf_counter() - trainer["epoch_seconds"]
             for x, y_batch in batches.epoch(epoch, trainer["batch"]):
@@ -256,7 +317,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                                              f"{trainer['batch'] + 1}; lower lr or set clip_norm")
                 if clip_norm is not None:
                     model.ops.clip_grad_norm(list(grads.values()), clip_norm)
-                adam.step(model.ops, model.params, grads)
+                opt.step(model.ops, model.trainable(), grads)
                 if stateful:
                     carry = final_state
                 trainer["batch"] += 1
@@ -278,7 +339,8 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 checkpoint()
                 history["interrupted"] = bool(interrupt.raised)
                 return history
-            _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping)
+            _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size,
+                          lr_decay if lr_decay_epoch is None else None, lr_patience, early_stopping)
             checkpoint()
             if callback is not None:
                 callback(history)
@@ -301,13 +363,13 @@ def _require_finite_weights(model, trainer):
                                      "lower lr or set clip_norm")
 
 
-def _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):
-    """Record the epoch, then apply the plateau rules to the validation loss."""
+def _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):
+    """Record the epoch, then apply the plateau rules to the validation loss (lr_decay None: no plateau decay)."""
     history = trainer["history"]
     history["epoch"].append(trainer["epoch"] + 1)
     history["loss"].append(trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"]))
     history["tokens_per_s"].append(trainer["epoch_tokens"] / max(trainer["epoch_seconds"], 1e-9))
-    history["lr"].append(adam.lr)
+    history["lr"].append(opt.lr)
     result = model.evaluate(val_ids, seq_len=seq_len, batch_size=batch_size) if val_ids is not None else {}
     val_loss = result.get("loss")
     history["val_loss"].append(val_loss)
@@ -319,10 +381,10 @@ def _finish_epoch(model, trainer, adam, val_ids, seq_len, batch_size, lr_decay, 
         else:
             trainer["epochs_without_improvement"] += 1
             if lr_decay is not None and trainer["epochs_without_improvement"] > lr_patience:
-                adam.lr *= lr_decay
+                opt.lr *= lr_decay
             if early_stopping is not None and trainer["epochs_without_improvement"] >= early_stopping:
                 trainer["stopped_early"] = True
-    trainer["lr"] = adam.lr
+    trainer["lr"] = opt.lr
     trainer["epoch"] += 1
     trainer["batch"] = 0
     trainer["epoch_loss_sum"], trainer["epoch_tokens"], trainer["epoch_seconds"] = 0.0, 0, 0.0

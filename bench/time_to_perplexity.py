@@ -1,0 +1,317 @@
+"""Time to perplexity: fastlm and PyTorch training the same recipe on a real corpus.
+
+    python bench/time_to_perplexity.py --preset zaremba-small            # all 13 epochs
+    python bench/time_to_perplexity.py --preset zaremba-medium --epochs 3
+
+The corpus (default ../shared/data/warandpeace.txt) is split by lines, 90 / 5 / 5 %, into
+training, validation and test text; blank lines are dropped, the text lower-cased and
+every line ended with ``<eos>`` (Penn Treebank style); the vocabulary is the training
+text's 10,000 most frequent words, ``<unk>`` included. Both sides then train the
+preset's recipe from the same initial weights (drawn once, uniform in [-init, init]) on
+the same batches (batch_size contiguous streams, seq_len steps at a time, the state
+carried across batches), with SGD, the preset's clipping and epoch schedule, and
+evaluate the validation text after every epoch the same way (contiguous streams,
+state carried). Each side runs in a process of its own with the same thread count,
+one after the other (``--order``), or both at once (``--parallel``: on a machine other
+jobs are loading, both then train under the same load, and each gets about the same
+share of the cores while both run, so the ratio of their times is one of work per core;
+once the first finishes, the second has the cores to itself, which favours the slower
+side), and reports after every epoch the wall-clock seconds since its training began
+(evaluation passes included) and the validation perplexity.
+
+Reported: both final validation perplexities, and for each side the time at which its
+validation perplexity first reached the worse of the two (at an epoch end), and their
+ratio. The test perplexity of each final model is computed after the clock stops.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
+
+
+# ---------------------------------------------------------------- data (in a worker of its own)
+
+def prepare(corpus, directory, preset_name, vocab, seed):
+    """Split, tokenize and encode the corpus; draw the shared initial weights. Writes .npy files."""
+    import numpy as np
+
+    import fastlm
+    lines = [line for line in Path(corpus).read_text(encoding="utf-8").split("\n") if line.strip()]
+    a, b = int(0.9 * len(lines)), int(0.95 * len(lines))
+    parts = {"train": lines[:a], "val": lines[a:b], "test": lines[b:]}
+    texts = {name: "\n".join(part) + "\n" for name, part in parts.items()}
+    preset = fastlm.presets.get(preset_name)
+    tokenizer = fastlm.Tokenizer.fit(texts["train"], **preset.tokenizer, lowercase=True, max_vocab=vocab)
+    for name, text in texts.items():
+        np.save(Path(directory) / f"{name}.npy", tokenizer.encode(text))
+    model = fastlm.LSTMLM(len(tokenizer), **preset.model, seed=seed)
+    np.savez(Path(directory) / "init.npz", **model.state_dict())
+    return {"vocab_size": len(tokenizer), **{f"{name}_tokens": int(len(tokenizer.encode(t)))
+                                            for name, t in texts.items()}}
+
+
+# ---------------------------------------------------------------- the two sides
+
+def contiguous_batches(ids, seq_len, batch_size):
+    """fastlm's ContiguousBatches: batch_size streams, read seq_len columns at a time."""
+    length = (len(ids) - 1) // batch_size
+    xs = ids[:length * batch_size].reshape(batch_size, length)
+    ys = ids[1:length * batch_size + 1].reshape(batch_size, length)
+    for start in range(0, length, seq_len):
+        yield xs[:, start:start + seq_len], ys[:, start:start + seq_len]
+
+
+def epoch_lr(lr, decay, decay_from, epoch):
+    """The epoch schedule: lr * decay ** max(epoch - (decay_from - 1), 0), epochs counted from 1."""
+    return lr * decay ** max(epoch - (decay_from - 1), 0)
+
+
+def run_fastlm(directory, preset_name, epochs, threads, report):
+    import numpy as np
+
+    import fastlm
+    fastlm.set_num_threads(threads)
+    data = {name: np.load(Path(directory) / f"{name}.npy") for name in ("train", "val", "test")}
+    init = dict(np.load(Path(directory) / "init.npz"))
+    preset = fastlm.presets.get(preset_name)
+    model = fastlm.LSTMLM(init["decoder.bias"].shape[0], **preset.model)
+    model.load_state_dict(init)
+    fit = dict(preset.fit, epochs=epochs)
+    started = time.perf_counter()
+
+    def callback(history):
+        report(epoch=history["epoch"][-1], seconds=time.perf_counter() - started, lr=history["lr"][-1],
+               loss=history["loss"][-1], val_perplexity=history["val_perplexity"][-1])
+
+    model.fit(data["train"], val_ids=data["val"], progress=False, callback=callback, **fit)
+    test = model.evaluate(data["test"], seq_len=fit["seq_len"], batch_size=fit["batch_size"])
+    report(test_perplexity=test["perplexity"])
+
+
+def run_torch(directory, preset_name, epochs, threads, report):
+    import numpy as np
+    import torch
+
+    import fastlm  # the preset's values only; no fastlm code runs in the timed loop
+    torch.set_num_threads(threads)
+    data = {name: np.load(Path(directory) / f"{name}.npy").astype(np.int64) for name in ("train", "val", "test")}
+    init = dict(np.load(Path(directory) / "init.npz"))
+    preset = fastlm.presets.get(preset_name)
+    m, fit = preset.model, dict(preset.fit, epochs=epochs)
+    V = init["decoder.bias"].shape[0]
+
+    class Net(torch.nn.Module):
+        """PyTorch's word_language_model example: dropout on the embedding, between layers, before the decoder."""
+
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, m["embed_dim"])
+            self.lstm = torch.nn.LSTM(m["embed_dim"], m["hidden_size"], num_layers=m["num_layers"],
+                                      dropout=m["dropout"], batch_first=True)
+            self.decoder = torch.nn.Linear(m["hidden_size"], V)
+            self.drop = torch.nn.Dropout(m["dropout"])
+
+        def forward(self, x, state):
+            out, state = self.lstm(self.drop(self.embedding(x)), state)
+            return self.decoder(self.drop(out)), state
+
+    net = Net()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
+    opt = torch.optim.SGD(net.parameters(), lr=fit["lr"])
+    T, B = fit["seq_len"], fit["batch_size"]
+
+    def evaluate(ids):
+        net.eval()
+        total, count, state = 0.0, 0, None
+        with torch.no_grad():
+            for x, y in contiguous_batches(ids, T, min(B, len(ids) - 1)):
+                logits, state = net(torch.from_numpy(np.ascontiguousarray(x)), state)
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                                         torch.from_numpy(np.ascontiguousarray(y)).reshape(-1))
+                total += float(loss) * y.size
+                count += y.size
+        return math.exp(total / count)
+
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        lr = epoch_lr(fit["lr"], fit["lr_decay"], fit["lr_decay_epoch"], epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        net.train()
+        state, loss_sum, tokens = None, 0.0, 0
+        for x, y in contiguous_batches(data["train"], T, B):
+            if state is not None:
+                state = tuple(s.detach() for s in state)
+            logits, state = net(torch.from_numpy(np.ascontiguousarray(x)), state)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                                     torch.from_numpy(np.ascontiguousarray(y)).reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), fit["clip_norm"])
+            opt.step()
+            loss_sum += loss.item() * y.size
+            tokens += y.size
+        report(epoch=epoch, seconds=time.perf_counter() - started, lr=lr, loss=loss_sum / tokens,
+               val_perplexity=evaluate(data["val"]))
+    report(test_perplexity=evaluate(data["test"]))
+
+
+# ---------------------------------------------------------------- driver
+
+def worker(args):
+    def report(**values):
+        print(json.dumps(values), flush=True)
+
+    if args.worker == "prepare":
+        report(**prepare(args.corpus, args.data, args.preset, args.vocab, args.seed))
+    else:
+        run = run_fastlm if args.worker == "fastlm" else run_torch
+        run(args.data, args.preset, args.epochs, args.threads, report)
+
+
+def child_environment(threads):
+    """The same environment for both sides. Both get the bounded OpenMP barrier spin fastlm sets
+    for itself on import: on a machine shared with other jobs, GOMP's default spin slows a
+    2-thread PyTorch down several times, which would flatter fastlm."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    if "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", "10000")
+    return env
+
+
+def start_worker(side, args, data):
+    command = [sys.executable, str(HERE), "--worker", side, "--data", data, "--preset", args.preset,
+               "--epochs", str(args.epochs), "--threads", str(args.threads), "--corpus", str(args.corpus),
+               "--vocab", str(args.vocab), "--seed", str(args.seed)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=child_environment(args.threads))
+
+
+def collect(side, proc, log):
+    """The worker's records as they come (echoed to log), once it has ended."""
+    records = []
+    with proc:
+        for line in proc.stdout:
+            record = json.loads(line)
+            records.append(record)
+            print(f"{side:7s} {json.dumps(record)}", file=log, flush=True)
+    if proc.returncode:
+        raise SystemExit(f"the {side} worker failed (exit {proc.returncode})")
+    return records
+
+
+def run_worker(side, args, data, log):
+    return collect(side, start_worker(side, args, data), log)
+
+
+def run_parallel(sides, args, data, log):
+    from concurrent.futures import ThreadPoolExecutor
+    procs = {side: start_worker(side, args, data) for side in sides}
+    with ThreadPoolExecutor(len(sides)) as pool:
+        futures = {side: pool.submit(collect, side, proc, log) for side, proc in procs.items()}
+        return {side: future.result() for side, future in futures.items()}
+
+
+def time_to_reach(epochs, target):
+    """Seconds at the first epoch end whose validation perplexity is at most target."""
+    return next((e["seconds"] for e in epochs if e["val_perplexity"] <= target * (1 + 1e-12)), None)
+
+
+def summarise(args, prepared, results):
+    sides = list(results)
+    epochs = {side: [r for r in results[side] if "epoch" in r] for side in sides}
+    final = {side: epochs[side][-1]["val_perplexity"] for side in sides}
+    test = {side: next(r["test_perplexity"] for r in results[side] if "test_perplexity" in r) for side in sides}
+    target = max(final.values())
+    reach = {side: time_to_reach(epochs[side], target) for side in sides}
+    lines = [f"### {args.preset}, {args.epochs} epochs, {args.threads} threads",
+             "",
+             f"Corpus {Path(args.corpus).name}: {prepared['train_tokens']:,} training, {prepared['val_tokens']:,} "
+             f"validation, {prepared['test_tokens']:,} test tokens; vocabulary {prepared['vocab_size']:,}. "
+             f"CPU: {cpu_name()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
+             "",
+             "| epoch | " + " | ".join(f"{s} s | {s} val ppl" for s in sides) + " |",
+             "|---:|" + "---:|---:|" * len(sides)]
+    for k in range(args.epochs):
+        cells = [f"{epochs[s][k]['seconds']:.0f} | {epochs[s][k]['val_perplexity']:.2f}" for s in sides]
+        lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Final validation perplexity: " + ", ".join(f"{s} {final[s]:.2f}" for s in sides) +
+                 f" (difference {abs(final['fastlm'] - final['torch']) / min(final.values()):.2%}); test: " +
+                 ", ".join(f"{s} {test[s]:.2f}" for s in sides) + ".")
+    if all(reach.values()):
+        lines.append(f"Time to validation perplexity {target:.2f} (the worse final): " +
+                     ", ".join(f"{s} {reach[s]:.0f} s" for s in sides) +
+                     f"; fastlm {reach['torch'] / reach['fastlm']:.2f}x sooner.")
+    per_epoch = {s: epochs[s][-1]["seconds"] / len(epochs[s]) for s in sides}
+    lines.append("Mean time per epoch (evaluation included): " +
+                 ", ".join(f"{s} {per_epoch[s]:.0f} s" for s in sides) +
+                 f"; ratio {per_epoch['torch'] / per_epoch['fastlm']:.2f}x.")
+    return "\n".join(lines) + "\n", dict(final=final, test=test, target=target, reach=reach, epochs=epochs)
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+                return f"{line.split(':', 1)[1].strip()} ({simd}, {os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="zaremba-small")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--vocab", type=int, default=10000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", default="fastlm,torch", help="which side runs first (default: fastlm,torch)")
+    parser.add_argument("--parallel", action="store_true", help="run both sides at the same time")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every record here")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="append the summary to this file")
+    parser.add_argument("--worker", choices=["prepare", "fastlm", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = int(subprocess.check_output(
+            [sys.executable, "-c", f"import fastlm; print(fastlm.presets.get({args.preset!r}).fit['epochs'])"],
+            text=True))
+    if args.worker:
+        return worker(args)
+    with tempfile.TemporaryDirectory(prefix="fastlm-ttp-") as data:
+        prepared = run_worker("prepare", args, data, sys.stdout)[0]
+        sides = args.order.split(",")
+        if args.parallel:
+            results = run_parallel(sides, args, data, sys.stdout)
+        else:
+            results = {side: run_worker(side, args, data, sys.stdout) for side in sides}
+    summary, figures = summarise(args, prepared, results)
+    print(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(args=vars(args), prepared=prepared, results=results,
+                                                   summary=figures), indent=1) + "\n")
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write("\n" + summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
