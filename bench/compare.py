@@ -178,7 +178,7 @@ def summarise(args, impls, results, peaks, references):
                 per_round = rates(results, name, impl, kind)
                 rate = medians[impl]
                 gflops = rate * flops[kind](c) / 1e9
-                row = dict(config=name, shape=tuple(c), impl=impl, rate=rate, gflops=gflops,
+                row = dict(config=name, shape=tuple(c)[:6], impl=impl, rate=rate, gflops=gflops,
                            peak_pct=100.0 * gflops / peak, rounds=len(per_round),
                            spread=100.0 * (max(per_round) - min(per_round)) / rate,
                            tokens=results[(name, impl, kind)][0]["tokens"] if kind == "generate" else None,

@@ -233,3 +233,173 @@ def test_greedy_is_the_full_arg_max_and_twins_agree():
         ours = model.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
         theirs = twin.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
         np.testing.assert_array_equal(ours, theirs)
+
+
+# ------------------------------------------------------------------ sparse embedding updates
+
+
+def clip_with_sparse_grads(params, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s rule, which torch itself cannot apply to sparse grads:
+    the norm of a sparse gradient is that of its coalesced values."""
+    grads = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in params]
+    norm = torch.sqrt(sum((g.values() if g.is_sparse else g).double().pow(2).sum() for g in grads))
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
+        for p, g in zip(params, grads):
+            p.grad = g * scale.float()
+    return bool(scale < 1)
+
+
+def test_sparse_embedding_training_follows_torch_sparse_adam():
+    """fit(..., sparse_embedding=True) against torch: Embedding(sparse=True) under
+    torch.optim.SparseAdam, every other parameter under torch.optim.Adam, same lr, same
+    batches, from the same weights; with an adaptive decoder and clipping."""
+    import fastlm
+    V = MODEL["vocab_size"]
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3)
+    torch.manual_seed(0)
+    twin = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], False)
+    twin.embedding = torch.nn.Embedding(V, MODEL["embed_dim"], sparse=True)
+    model.load_state_dict(twin.state_dict())
+    x, y = zipf_batch(V, 6, 8, seed=4)  # three batches of 2 rows: each step sees other ids
+    lr, epochs = 0.01, 2
+    sparse = torch.optim.SparseAdam([twin.embedding.weight], lr=lr)
+    dense = torch.optim.Adam([p for n, p in twin.named_parameters() if n != "embedding.weight"], lr=lr)
+    clipped = 0
+    for _ in range(epochs):
+        for r in range(0, 6, 2):
+            sparse.zero_grad()
+            dense.zero_grad()
+            twin.loss(x[r:r + 2], y[r:r + 2]).backward()
+            clipped += clip_with_sparse_grads(list(twin.parameters()), 0.1)
+            sparse.step()
+            dense.step()
+    assert clipped  # the clipping rule was exercised
+    before = model.state_dict()["embedding.weight"]
+    model.fit(x, y, batch_size=2, epochs=epochs, lr=lr, shuffle=False, clip_norm=0.1, progress=False,
+              sparse_embedding=True)
+    after = model.state_dict()
+    for name, value in twin.state_dict().items():
+        np.testing.assert_allclose(after[name], value.numpy(), rtol=0, atol=1e-4, err_msg=name)
+    unused = np.setdiff1d(np.arange(V), x)
+    np.testing.assert_array_equal(after["embedding.weight"][unused], before[unused])  # rows never seen
+
+
+def test_sparse_embedding_never_forms_the_dense_gradient():
+    import fastlm
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3)
+    x, y = zipf_batch(MODEL["vocab_size"], 3, 4, seed=2)
+    _, grads, _ = model.forward_backward(*model.check_batch(x, y), sparse_embedding=True)
+    rows, values = grads["embedding.weight"]
+    np.testing.assert_array_equal(rows, np.unique(x))
+    assert values.shape == (len(rows), MODEL["embed_dim"])
+    _, dense = model.gradients(x, y)
+    np.testing.assert_allclose(values, dense["embedding.weight"][rows], rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_embedding_checkpoint_resumes_exactly(tmp_path):
+    import fastlm
+    x, y = zipf_batch(MODEL["vocab_size"], 8, 6, seed=5)
+    whole = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
+    whole.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True)
+    parts = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
+    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path,
+              max_batches=5)
+    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path,
+              resume=True)
+    for name, value in whole.state_dict().items():
+        np.testing.assert_array_equal(parts.state_dict()[name], value, err_msg=name)
+    with pytest.raises(ValueError, match="sparse_embedding"):
+        parts.fit(x, y, batch_size=2, epochs=3, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(cutoffs=[100, 20]), ValueError, "strictly increasing"),
+    (dict(cutoffs=[20, 20]), ValueError, "strictly increasing"),
+    (dict(cutoffs=[0, 20]), ValueError, "positive"),
+    (dict(cutoffs=[-5]), ValueError, "positive"),
+    (dict(cutoffs=[20, 300]), ValueError, "vocab_size"),
+    (dict(cutoffs=[]), ValueError, "empty"),
+    (dict(cutoffs=[20.5]), TypeError, "cutoffs"),
+    (dict(cutoffs="20"), TypeError, "cutoffs"),
+    (dict(cutoffs=[20], div_value=1.0), ValueError, "div_value"),
+    (dict(cutoffs=[20], div_value=0.5), ValueError, "div_value"),
+    (dict(cutoffs=[20], div_value=float("nan")), ValueError, "div_value"),
+    (dict(cutoffs=[20, 100], div_value=5.0), ValueError, "div_value=5.0 is too large"),  # 16 // 25 = 0
+    (dict(cutoffs=[20], div_value="4"), TypeError, "div_value"),
+    (dict(cutoffs=[20], head_bias=1), TypeError, "head_bias"),
+])
+def test_bad_adaptive_arguments_are_named(kwargs, error, match):
+    import fastlm
+    with pytest.raises(error, match=match):
+        fastlm.LSTMLM(**MODEL, **kwargs)
+
+
+def test_bad_adaptive_state_dicts_change_nothing():
+    import fastlm
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE)
+    before = model.state_dict()
+    missing = dict(before)
+    del missing["decoder.tail.1.0.weight"]
+    with pytest.raises(KeyError, match="decoder.tail.1.0.weight"):
+        model.load_state_dict(missing)
+    wrong = dict(before, **{"decoder.tail.0.1.weight": np.zeros((80, 7), np.float32)})
+    with pytest.raises(ValueError, match="decoder.tail.0.1.weight"):
+        model.load_state_dict(wrong)
+    full = fastlm.LSTMLM(**MODEL).state_dict()
+    with pytest.raises(KeyError, match="decoder"):
+        model.load_state_dict(full)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_sparse_embedding_bad_combinations():
+    import fastlm
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE)
+    x, y = zipf_batch(MODEL["vocab_size"], 2, 4)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="weight_decay"):
+        model.fit(x, y, epochs=1, progress=False, sparse_embedding=True, weight_decay=0.1)
+    with pytest.raises(TypeError, match="sparse_embedding"):
+        model.fit(x, y, epochs=1, progress=False, sparse_embedding="yes")
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_trains_an_adaptive_model_with_sparse_embedding(tmp_path, capsys):
+    import json
+
+    import fastlm
+    from fastlm import cli
+    words = [f"w{i}" for i in range(60)]
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(words[k] for k in np.minimum(rng.zipf(1.3, 12) - 1, 59)) for _ in range(200))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text + "\n", encoding="utf-8")
+    out = tmp_path / "model"
+    argv = ["train", str(corpus), "--level", "word", "--epochs", "1", "--hidden", "16", "--embed", "8", "--layers",
+            "1", "--seq-len", "10", "--batch-size", "4", "--sample-tokens", "5", "--cutoffs", "10,30",
+            "--div-value", "2", "--sparse-embedding", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "adaptive softmax, cutoffs 10,30" in printed
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["cutoffs"] == [10, 30] and config["div_value"] == 2.0
+    model = fastlm.load(out)
+    assert model.cutoffs == [10, 30] and "decoder.tail.1.1.weight" in model.state_dict()
+    # --resume keeps sparse_embedding from the checkpoint without the flag.
+    assert cli.main([*argv[:5], "2", *argv[6:-3], "--out", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", str(corpus), "--cutoffs", "30,10", "--out", str(tmp_path / "bad")])
+    assert usage.value.code == 2
+    assert "--cutoffs" in capsys.readouterr().err
+    assert cli.main(["train", str(corpus), "--level", "word", "--cutoffs", "10,5000", "--out",
+                     str(tmp_path / "bad")]) == 1
+    assert "cutoffs must be < vocab_size" in capsys.readouterr().err

@@ -71,6 +71,7 @@ ARGUMENTS = [  # (entry point, argument, kind)
     ("LSTMLM", "div_value", "number > 1"),
     ("LSTMLM", "tie_weights", "bool"),
     ("LSTMLM", "init_range", "positive number or None"),
+    ("fit", "sparse_embedding", "bool"),
     *[("fit", name, "positive int") for name in ("epochs", "batch_size", "seq_len")],
     *[("fit", name, "positive int or None") for name in ("stride", "max_batches")],
     ("fit", "lr_patience", "int >= 0"),

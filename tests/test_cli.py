@@ -121,12 +121,14 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
 
 
 def test_bench_help_describes_the_configurations(capsys):
-    from fastlm.benchmark import CONFIGS
+    from fastlm.benchmark import CONFIGS, shape
     code, out, _ = run(capsys, "bench", "--help")
     assert code == 0
     help_text = " ".join(out.split())
     for name, config in CONFIGS.items():
-        assert f"{name} = {tuple(config)}" in help_text
+        assert f"{name} = {shape(config)}" in help_text
+        if config.cutoffs:
+            assert f"{name} = {shape(config)} with cutoffs {', '.join(map(str, config.cutoffs))}" in help_text
 
 
 def test_no_command_is_a_usage_error(capsys):

@@ -194,6 +194,30 @@ def run_adaptive_forward_backward(fn, inputs):
     return out
 
 
+def build_embedding_backward_sparse(rng, V, E, B, T):
+    return Inputs([normal(rng, (B, T, E)), rng.integers(0, V, (B, T), dtype=np.int32)])
+
+
+def build_sparse_adam_update(rng, V, E, steps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    # Each step updates a different subset of rows; moments live in slots, a row's slot
+    # fixed from the first step that sees it (slots deliberately not in id order).
+    param = uniform(rng, (V, E))
+    slot_of = rng.permutation(V).astype(np.int32)
+    batches = []
+    for _ in range(steps):
+        rows = np.sort(rng.choice(V, size=max(1, V // 3), replace=False)).astype(np.int32)
+        batches.append((rows, normal(rng, (len(rows), E), 0.1), slot_of[rows]))
+    m, v = np.zeros((V, E), np.float32), np.zeros((V, E), np.float32)
+    return Inputs([param, batches, m, v], dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps))
+
+
+def run_sparse_adam_update(fn, inputs):
+    param, batches, m, v = inputs.args
+    for step, (rows, grad, slots) in enumerate(batches, start=1):
+        assert fn(param, rows, grad, m, v, slots, step, **inputs.kwargs) is None
+    return {"param": param, "m": m, "v": v}
+
+
 def build_gather_windows(rng, length, seq_len, count, dtype=np.int32, high=1000):
     ids = rng.integers(0, high, length).astype(dtype)
     starts = rng.integers(0, length - seq_len, count)
@@ -293,6 +317,8 @@ OPS = {
     "adaptive_loss_forward": Op(build_adaptive_loss_forward, ("loss", "log_prob", "predictions")),
     "adaptive_loss_forward_backward": Op(build_adaptive_loss_forward, (), run=run_adaptive_forward_backward),
     "adaptive_log_prob": Op(build_adaptive_log_prob, ("log_prob",)),
+    "embedding_backward_sparse": Op(build_embedding_backward_sparse, ("rows", "grad"), exact=("rows",)),
+    "sparse_adam_update": Op(build_sparse_adam_update, ("param", "m", "v"), run=run_sparse_adam_update),
     "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
@@ -374,6 +400,12 @@ CASES = [
                                             empty_cluster=True)),
     ("adaptive_log_prob", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_log_prob", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
+    ("embedding_backward_sparse", dict(V=1009, E=19, B=3, T=5)),
+    ("embedding_backward_sparse", dict(V=3, E=1, B=1, T=1)),
+    ("embedding_backward_sparse", dict(V=50, E=130, B=33, T=17)),  # repeats; threaded over rows
+    ("sparse_adam_update", dict(V=37, E=19, steps=5)),
+    ("sparse_adam_update", dict(V=1009, E=7, steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6)),
+    ("sparse_adam_update", dict(V=900, E=130, steps=3)),  # threaded
     ("gather_windows", dict(length=2, seq_len=1, count=1)),
     ("gather_windows", dict(length=1000, seq_len=7, count=64)),
     ("gather_windows", dict(length=100000, seq_len=100, count=1000)),  # threaded

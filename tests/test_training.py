@@ -75,8 +75,8 @@ def record_batches(model):
     calls = []
     original = model.forward_backward
 
-    def wrapped(x, y, initial_state=None, train=False, rng=None):
-        loss, grads, final = original(x, y, initial_state=initial_state, train=train, rng=rng)
+    def wrapped(x, y, initial_state=None, train=False, rng=None, **options):
+        loss, grads, final = original(x, y, initial_state=initial_state, train=train, rng=rng, **options)
         calls.append((x.copy(), y.copy(), initial_state, final))
         return loss, grads, final
 

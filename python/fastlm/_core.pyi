@@ -108,6 +108,24 @@ def adam_update(
 ) -> None:
     """One torch.optim.Adam step, in place on param, m and v."""
 
+def embedding_backward_sparse(dout: ArrayLike, ids: ArrayLike) -> tuple[Ids, Floats]:
+    """The distinct ids in increasing order and each one's summed gradient (U, E)."""
+
+def sparse_adam_update(
+    param: Floats,
+    rows: ArrayLike,
+    grad: ArrayLike,
+    m: Floats,
+    v: Floats,
+    slots: ArrayLike,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-08,
+) -> None:
+    """One torch.optim.SparseAdam step on param's rows, in place on them and on m, v rows slots."""
+
 def sgd_update(
     param: Floats,
     grad: ArrayLike,

@@ -10,6 +10,19 @@ from __future__ import annotations
 from fastlm.checks import check_bool, check_int, check_number
 
 
+def check_cutoffs(name, cutoffs):
+    """cutoffs as a list of strictly increasing positive ints (at least one)."""
+    if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integers, got {cutoffs!r}")
+    cutoffs = [check_int(name, c, 1) for c in cutoffs]
+    if not cutoffs:
+        raise ValueError(f"{name} is empty: give at least one cutoff, or cutoffs=None for the full softmax")
+    for a, b in zip(cutoffs, cutoffs[1:]):
+        if b <= a:
+            raise ValueError(f"{name} must be strictly increasing, got {a} then {b} in {cutoffs}")
+    return cutoffs
+
+
 def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
     """(cutoffs as a list of int or None, div_value as float, head_bias as bool), checked.
 
@@ -19,17 +32,7 @@ def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
     div_value = check_number("div_value", div_value, "(1, inf)")
     if cutoffs is None:
         return None, div_value, head_bias
-    if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__iter__"):
-        raise TypeError(f"cutoffs must be a sequence of ints, got {type(cutoffs).__name__}")
-    cutoffs = list(cutoffs)
-    if not cutoffs:
-        raise ValueError("cutoffs is empty: give at least one cutoff, or cutoffs=None for the full softmax")
-    cutoffs = [check_int(f"cutoffs[{i}]", c) for i, c in enumerate(cutoffs)]
-    if cutoffs[0] <= 0:
-        raise ValueError(f"cutoffs must be positive, got {cutoffs[0]} in cutoffs={cutoffs}")
-    for a, b in zip(cutoffs, cutoffs[1:]):
-        if b <= a:
-            raise ValueError(f"cutoffs must be strictly increasing, got {a} then {b} in cutoffs={cutoffs}")
+    cutoffs = check_cutoffs("cutoffs", cutoffs)
     if cutoffs[-1] >= vocab_size:
         raise ValueError(f"cutoffs must be < vocab_size={vocab_size} (the last cluster needs a word), "
                          f"got {cutoffs[-1]} in cutoffs={cutoffs}")

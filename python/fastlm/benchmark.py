@@ -9,15 +9,24 @@ import numpy as np
 
 from fastlm._environment import child_environment
 
-Config = namedtuple("Config", "vocab embed hidden layers steps batch")
+# cutoffs: an adaptive softmax decoder (div_value 4, no head bias), on ids drawn from a
+# Zipf law of exponent 1.1 so that the clusters are hit as in real text; None: full softmax.
+Config = namedtuple("Config", "vocab embed hidden layers steps batch cutoffs", defaults=(None,))
 
-# (V, E, H, L, T, B), as the speed issue names them.
+# (V, E, H, L, T, B), as the speed issue names them; W and X (large vocabularies) as issue 16 does.
 CONFIGS = {
     "A": Config(10000, 128, 128, 1, 100, 32),
     "B": Config(10000, 200, 200, 2, 35, 20),
     "C": Config(10000, 650, 650, 2, 35, 20),
     "D": Config(65, 64, 512, 2, 100, 32),
+    "W": Config(50000, 256, 256, 1, 100, 32, (2000, 10000)),
+    "X": Config(250000, 512, 512, 2, 35, 32, (4000, 20000, 100000)),
 }
+
+
+def shape(c):
+    """(V, E, H, L, T, B) of a configuration, for tables."""
+    return tuple(c)[:6]
 
 
 def _lstm_weights(c):
@@ -26,14 +35,30 @@ def _lstm_weights(c):
 
 
 def training_flops_per_token(c):
-    """Forward + backward ~ 3x the forward multiply-adds x 2 (the speed issue's count)."""
+    """Forward + backward ~ 3x the forward multiply-adds x 2 (the speed issue's count; with
+    cutoffs, the full softmax's count, so that GFLOP/s compare the same work)."""
     return 3 * 2 * (_lstm_weights(c) + c.hidden * c.vocab)
+
+
+def zipf_ids(vocab, size, rng, exponent=1.1):
+    """Ids 0..vocab-1 with P(id = k) proportional to (k + 1)^-exponent: frequency order, as a
+    tokenizer's ids are, and heavy-tailed like words in text."""
+    p = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
+    return rng.choice(vocab, size=size, p=p / p.sum()).astype(np.int32)
 
 
 def random_batch(c, seed=0):
     rng = np.random.default_rng(seed)
     shape = (c.batch, c.steps)
+    if c.cutoffs is not None:
+        return zipf_ids(c.vocab, shape, rng), zipf_ids(c.vocab, shape, rng)
     return rng.integers(0, c.vocab, shape, dtype=np.int32), rng.integers(0, c.vocab, shape, dtype=np.int32)
+
+
+def _fastlm_model(c, backend):
+    from fastlm.lstmlm import LSTMLM
+    cutoffs = None if c.cutoffs is None else list(c.cutoffs)
+    return LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend, cutoffs=cutoffs)
 
 
 def median_seconds(fn, repeats, warmup=1):
@@ -62,24 +87,23 @@ def generation_weight_bytes_per_token(c):
     return 4 * (_lstm_weights(c) + c.hidden * c.vocab)
 
 
-def fastlm_train_step(c, backend):
-    """One training step (forward, loss, backward, Adam) of a fresh model on a random batch."""
-    from fastlm.lstmlm import LSTMLM
+def fastlm_train_step(c, backend, sparse_embedding=False):
+    """One training step (forward, loss, backward, Adam) of a fresh model on a random batch
+    (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True))."""
     from fastlm.training import Adam
-    model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
-    adam = Adam(model.params, 1e-3)
+    model = _fastlm_model(c, backend)
+    adam = Adam(model.params, 1e-3, sparse_embedding=sparse_embedding)
     x, y = model.check_batch(*random_batch(c))
 
     def step():
-        _, grads, _ = model.forward_backward(x, y)
+        _, grads, _ = model.forward_backward(x, y, sparse_embedding=sparse_embedding)
         adam.step(model.ops, model.params, grads)
     return step
 
 
 def fastlm_inference_step(c, backend):
     """Teacher-forced forward of a (B, T) random batch: the mean loss only, no backward."""
-    from fastlm.lstmlm import LSTMLM
-    model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
+    model = _fastlm_model(c, backend)
     x, y = model.check_batch(*random_batch(c))
 
     def step():
@@ -92,8 +116,7 @@ def fastlm_generation(c, backend, tokens=500):
 
     The NumPy reference loops over tokens in Python: give it fewer (e.g. 50) and say so.
     """
-    from fastlm.lstmlm import LSTMLM
-    model = LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend)
+    model = _fastlm_model(c, backend)
     prompt = np.zeros(1, dtype=np.int32)
 
     def run():
@@ -111,35 +134,52 @@ def _torch(threads):
     return torch
 
 
-def _torch_net(torch, c):
+def _torch_net(torch, c, sparse_embedding=False):
+    """Embedding -> LSTM -> Linear, or -> AdaptiveLogSoftmaxWithLoss when c has cutoffs
+    (then forward returns the LSTM's outputs, and loss() applies the decoder)."""
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.embedding = torch.nn.Embedding(c.vocab, c.embed)
+            self.embedding = torch.nn.Embedding(c.vocab, c.embed, sparse=sparse_embedding)
             self.lstm = torch.nn.LSTM(c.embed, c.hidden, c.layers, batch_first=True)
-            self.decoder = torch.nn.Linear(c.hidden, c.vocab)
+            if c.cutoffs is None:
+                self.decoder = torch.nn.Linear(c.hidden, c.vocab)
+            else:
+                self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(c.hidden, c.vocab, list(c.cutoffs), div_value=4.0)
 
         def forward(self, x, state=None):
             out, state = self.lstm(self.embedding(x), state)
-            return self.decoder(out), state
+            return (self.decoder(out) if c.cutoffs is None else out), state
+
+        def loss(self, x, y):
+            out = self(x)[0]
+            if c.cutoffs is None:
+                return torch.nn.functional.cross_entropy(out.reshape(-1, c.vocab), y.reshape(-1))
+            return self.decoder(out.reshape(-1, c.hidden), y.reshape(-1)).loss
 
     return Net()
 
 
-def torch_train_step(c, threads):
-    """The same step in PyTorch (Embedding -> LSTM -> Linear, Adam), or None without torch."""
+def torch_train_step(c, threads, sparse_embedding=False):
+    """The same step in PyTorch (Embedding -> LSTM -> Linear, Adam), or None without torch.
+    sparse_embedding: Embedding(sparse=True) under torch.optim.SparseAdam, the rest under Adam."""
     torch = _torch(threads)
     if torch is None:
         return None
-    net = _torch_net(torch, c)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net = _torch_net(torch, c, sparse_embedding)
+    if sparse_embedding:
+        dense = [p for name, p in net.named_parameters() if name != "embedding.weight"]
+        optimizers = [torch.optim.SparseAdam([net.embedding.weight], lr=1e-3), torch.optim.Adam(dense, lr=1e-3)]
+    else:
+        optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3)]
     x, y = (torch.from_numpy(a).long() for a in random_batch(c))
 
     def step():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x)[0].reshape(-1, c.vocab), y.reshape(-1))
-        loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        net.loss(x, y).backward()
+        for optimizer in optimizers:
+            optimizer.step()
     return step
 
 
@@ -153,7 +193,7 @@ def torch_inference_step(c, threads):
 
     def step():
         with torch.no_grad():
-            torch.nn.functional.cross_entropy(net(x)[0].reshape(-1, c.vocab), y.reshape(-1))
+            net.loss(x, y)
     return step
 
 
@@ -182,7 +222,10 @@ def torch_generation(c, threads, tokens=500, mkldnn=True):
                 out = torch.empty(tokens, dtype=torch.long)
                 for n in range(tokens):
                     logits, state = net(token, state)
-                    probs = torch.softmax(logits[0, -1], dim=-1)
+                    if c.cutoffs is None:
+                        probs = torch.softmax(logits[0, -1], dim=-1)
+                    else:  # the adaptive module's only way to the distribution: log_prob, every cluster
+                        probs = net.decoder.log_prob(logits[0, -1:])[0].exp()
                     token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
                     out[n] = token[0, 0]
         return out

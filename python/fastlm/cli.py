@@ -17,12 +17,13 @@ from pathlib import Path
 
 import fastlm
 from fastlm import distributed, model_dir, token_file
+from fastlm.adaptive import check_cutoffs
 from fastlm.checks import check_int, check_number
 
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
 # Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
-RESUMED_DEFAULTS = {"seq_len": 100, "batch_size": 32, "stride": None, "clip_norm": 5.0}
+RESUMED_DEFAULTS = {"seq_len": 100, "batch_size": 32, "stride": None, "clip_norm": 5.0, "sparse_embedding": False}
 
 
 def read_text(path):
@@ -55,6 +56,7 @@ def _option(convert, check, *bounds):
 
 
 POSITIVE_INT = _option(int, check_int, 1)
+CUTOFFS = _option(lambda text: [int(part) for part in text.split(",")], check_cutoffs)
 NONNEGATIVE_INT = _option(int, check_int, 0)
 POSITIVE_FLOAT = _option(float, check_number, "(0, inf)")
 NONNEGATIVE_FLOAT = _option(float, check_number, "[0, inf)")
@@ -157,7 +159,7 @@ def cmd_train(args):
             text, level=args.level, min_count=args.min_count, max_vocab=args.max_vocab, lowercase=args.lowercase,
             split_punctuation=args.split_punctuation)
         model = fastlm.LSTMLM(len(tokenizer), args.embed, args.hidden, args.layers, dropout=args.dropout,
-                              seed=args.seed)
+                              seed=args.seed, cutoffs=args.cutoffs, div_value=args.div_value)
     per_rank_batch = args.batch_size is None and "batch_size" in saved and comm is not None
     for name, default in RESUMED_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -176,7 +178,8 @@ def cmd_train(args):
                          "resume with the same CORPUS files and --val-fraction")
     print(f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
           f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}")
-    print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}; "
+    decoder = f"; adaptive softmax, cutoffs {','.join(map(str, model.cutoffs))}" if model.cutoffs else ""
+    print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}{decoder}; "
           f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}", flush=True)
     if not args.resume and (out / model_dir.CONFIG_FILE).exists():
         print(f"fastlm train: note: replacing the model in {out} (--resume continues it instead)", file=sys.stderr)
@@ -184,7 +187,8 @@ def cmd_train(args):
     history = model.fit(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                         stride=args.stride, val_ids=val_ids, clip_norm=args.clip_norm, checkpoint_dir=out,
                         resume=args.resume, tokenizer=tokenizer, progress=args.progress,
-                        max_batches=args.max_steps, callback=_epoch_line(args.epochs), comm=comm)
+                        max_batches=args.max_steps, callback=_epoch_line(args.epochs), comm=comm,
+                        sparse_embedding=args.sparse_embedding)
     elapsed = time.perf_counter() - started
     if comm is not None and comm.Get_rank() > 0:
         return 0
@@ -372,6 +376,7 @@ def cmd_bench(args):
         CONFIGS,
         fastlm_train_step,
         median_seconds,
+        shape,
         torch_train_seconds,
         training_flops_per_token,
     )
@@ -393,7 +398,7 @@ def cmd_bench(args):
                 rates["torch"] = tokens / seconds
         for backend, rate in rates.items():
             gflops = rate * training_flops_per_token(c) / 1e9
-            print(f"{name:8} {str(tuple(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} "
+            print(f"{name:8} {str(shape(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} "
                   f"{rate / rates['numpy']:8.2f}x")
     return 0
 
@@ -435,6 +440,14 @@ def build_parser():
     train.add_argument("--layers", type=POSITIVE_INT, default=2, metavar="L", help="LSTM layers (default: 2)")
     train.add_argument("--dropout", type=FRACTION, default=0.0, metavar="P",
                        help="dropout between layers and before the decoder (default: 0)")
+    train.add_argument("--cutoffs", type=CUTOFFS, default=None, metavar="C1,C2,...",
+                       help="adaptive softmax: ids below C1 in the head, [C1, C2), ... and [last, vocabulary) in "
+                       "clusters of their own (default: off, the full softmax)")
+    train.add_argument("--div-value", type=POSITIVE_FLOAT, default=4.0, metavar="D",
+                       help="adaptive softmax: cluster i's projection is hidden // D**(i+1) wide (default: 4)")
+    train.add_argument("--sparse-embedding", action="store_const", const=True, default=None,
+                       help="update only the embedding rows each batch uses (torch.optim.SparseAdam's rule): for "
+                       "large vocabularies (default: off; --resume keeps the run's choice)")
     train.add_argument("--lr", type=POSITIVE_FLOAT, default=2e-3, help="Adam learning rate (default: 0.002)")
     train.add_argument("--clip-norm", type=POSITIVE_FLOAT, default=None, metavar="NORM",
                        help="clip the gradients' global norm (default: 5, or the checkpoint's with --resume)")
@@ -538,8 +551,11 @@ def build_parser():
                                 description="Time one training step (forward, loss, backward, Adam) on random "
                                 "batches for the benchmark configurations (V, E, H, L, T, B): A = (10000, 128, 128, "
                                 "1, 100, 32), B = (10000, 200, 200, 2, 35, 20), C = (10000, 650, 650, 2, 35, 20), "
-                                "D = (65, 64, 512, 2, 100, 32).")
-    bench.add_argument("--configs", nargs="+", choices=["A", "B", "C", "D"], default=["A", "D"],
+                                "D = (65, 64, 512, 2, 100, 32); large vocabularies with an adaptive softmax on "
+                                "Zipf(1.1) ids (GFLOP/s count the full softmax's work): W = (50000, 256, 256, 1, 100, "
+                                "32) with cutoffs 2000, 10000, X = (250000, 512, 512, 2, 35, 32) with cutoffs 4000, "
+                                "20000, 100000.")
+    bench.add_argument("--configs", nargs="+", choices=["A", "B", "C", "D", "W", "X"], default=["A", "D"],
                        help="configurations (default: A D)")
     bench.add_argument("--repeats", type=POSITIVE_INT, default=3, metavar="N", help="timed repeats (default: 3)")
     bench.add_argument("--torch", action="store_true",

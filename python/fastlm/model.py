@@ -314,8 +314,9 @@ class LSTMNetwork:
         top, top_mask = self._dropout(layer_input, rng)
         return top.reshape(B * T, self.hidden_size), top_mask, tape
 
-    def _lstm_backward(self, x, dh, top_mask, tape, grads):
-        """From the gradient of the top rows down to the embedding; fills grads."""
+    def _lstm_backward(self, x, dh, top_mask, tape, grads, sparse_embedding=False):
+        """From the gradient of the top rows down to the embedding; fills grads (the
+        embedding's as (rows, values) of the ids used when sparse_embedding)."""
         ops, p = self.ops, self.params
         dhs = dh.reshape(*x.shape, self.hidden_size)
         if top_mask is not None:
@@ -329,7 +330,10 @@ class LSTMNetwork:
             grads[f"lstm.bias_ih_l{k}"] = db
             grads[f"lstm.bias_hh_l{k}"] = db.copy()  # both biases are parameters in their own right
             dhs = dx * mask if mask is not None else dx
-        grads["embedding.weight"] = ops.embedding_backward(dhs, x, self.vocab_size)
+        if sparse_embedding:
+            grads["embedding.weight"] = ops.embedding_backward_sparse(dhs, x)
+        else:
+            grads["embedding.weight"] = ops.embedding_backward(dhs, x, self.vocab_size)
         if self.tie_weights:  # one matrix used twice: its gradient is the sum of both uses'
             grads["embedding.weight"] += grads.pop("decoder.weight")
 
@@ -349,11 +353,12 @@ class LSTMNetwork:
                                                                 y.reshape(-1))
         return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
-    def forward_backward(self, x, y, initial_state=None, train=False, rng=None):
+    def forward_backward(self, x, y, initial_state=None, train=False, rng=None, sparse_embedding=False):
         """Loss, gradients (of trainable(), in state_dict order) and the final (h, c) of every layer for one batch.
 
         The state is carried forward but not differentiated through (truncated BPTT). The
-        output layer runs forward and backward in one fused pass.
+        output layer runs forward and backward in one fused pass. sparse_embedding: the
+        embedding's gradient is (rows, values), the distinct ids used and their summed gradient.
         """
         if train and rng is None:
             rng = self._rng
@@ -367,7 +372,7 @@ class LSTMNetwork:
             loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(rows, p["decoder.weight"],
                                                                              p["decoder.bias"], y.reshape(-1))
             grads = {"decoder.weight": dweight, "decoder.bias": dbias}
-        self._lstm_backward(x, dh, top_mask, tape, grads)
+        self._lstm_backward(x, dh, top_mask, tape, grads, sparse_embedding)
         return float(loss), {name: grads[name] for name in self.trainable()}, self._final_state(tape)
 
     def config(self):

@@ -534,7 +534,7 @@ def _restore(files, config, model, entries=None):
     return tokenizer
 
 
-OPTIONAL_TRAINING_ENTRIES = (re.compile(r"carry\.[hc]\.\d+"),)
+OPTIONAL_TRAINING_ENTRIES = (re.compile(r"carry\.[hc]\.\d+"), re.compile(r"sparse\.(seen|m|v|step)"))
 
 
 def load_training_state(directory):
@@ -559,8 +559,9 @@ def load_training_state(directory):
             raise ValueError(f"{files / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
         path = files / OPTIMIZER_FILE
         _, model_entries = _read_header(files / MODEL_FILE, _header_bound(config))
+        sparse = isinstance(trainer.get("settings"), dict) and trainer["settings"].get("sparse_embedding") is True
         expected = [(f"{moment}.{name}", entry["shape"]) for moment in ("m", "v")
-                    for name, entry in model_entries.items()]
+                    for name, entry in model_entries.items() if not (sparse and name == "embedding.weight")]
         _, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
         _check_entries(path, entries, expected, OPTIONAL_TRAINING_ENTRIES)
         return _read_tensors(path, list(entries), config["save_id"]), trainer

@@ -322,6 +322,24 @@ def sgd_update(param, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, neste
     param -= lr * grad
 
 
+def embedding_backward_sparse(dout, ids):
+    """The gradient of the rows a batch uses: rows (U,) int32 the distinct ids in increasing
+    order, grad (U, E) each one's summed dout rows (embedding_backward restricted to rows)."""
+    rows, where = np.unique(np.asarray(ids).reshape(-1), return_inverse=True)
+    grad = np.zeros((len(rows), dout.shape[-1]), dtype=dout.dtype)
+    np.add.at(grad, where.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+    return rows.astype(np.int32), grad
+
+
+def sparse_adam_update(param, rows, grad, m, v, slots, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """torch.optim.SparseAdam's step in place on param's rows, m[slots] and v[slots] (the
+    moments of the rows seen). Unlike Adam, eps is added to sqrt(v) before the bias correction."""
+    m[slots] += (grad - m[slots]) * (1.0 - beta1)
+    v[slots] += (grad * grad - v[slots]) * (1.0 - beta2)
+    step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    param[rows] -= np.asarray(step_size, dtype=param.dtype) * (m[slots] / (np.sqrt(v[slots]) + eps))
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
 

@@ -25,34 +25,99 @@ from fastlm.token_file import check_corpus
 # Settings that must not change between a run and its resumption.
 RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
                "lr_patience", "early_stopping", "data_tokens", "optimizer", "momentum", "nesterov", "lr_decay_epoch",
-               "lr")
+               "lr", "sparse_embedding")
 # What checkpoints written before a setting was recorded trained with (lr: unknown, not compared).
-SETTINGS_BEFORE_RECORDED = {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_decay_epoch": None}
+SETTINGS_BEFORE_RECORDED = {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_decay_epoch": None,
+                           "sparse_embedding": False}
 OPTIMIZERS = ("adam", "sgd")
 
 
 class Adam:
-    """torch.optim.Adam: one first and second moment per parameter, step counted from 1."""
+    """torch.optim.Adam: one first and second moment per parameter, step counted from 1.
 
-    def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    sparse_embedding=True: embedding.weight instead follows torch.optim.SparseAdam (its
+    gradient is then (rows, values), see SparseAdam), at the same lr.
+    """
+
+    def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, sparse_embedding=False):
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
-        self.m = {name: np.zeros_like(p) for name, p in params.items()}
-        self.v = {name: np.zeros_like(p) for name, p in params.items()}
+        dense = {name: p for name, p in params.items() if not (sparse_embedding and name == "embedding.weight")}
+        self.m = {name: np.zeros_like(p) for name, p in dense.items()}
+        self.v = {name: np.zeros_like(p) for name, p in dense.items()}
+        self.sparse = SparseAdam(*params["embedding.weight"].shape, beta1, beta2, eps) if sparse_embedding else None
         self.step_count = 0
 
     def step(self, ops, params, grads):
         self.step_count += 1
-        for name, param in params.items():
-            ops.adam_update(param, grads[name], self.m[name], self.v[name], self.step_count, self.lr,
+        for name in self.m:
+            ops.adam_update(params[name], grads[name], self.m[name], self.v[name], self.step_count, self.lr,
                             self.beta1, self.beta2, self.eps, self.weight_decay)
+        if self.sparse is not None:
+            self.sparse.step(ops, params["embedding.weight"], *grads["embedding.weight"], self.lr)
 
     def arrays(self):
-        return {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}
+        arrays = {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}
+        return {**arrays, **self.sparse.arrays()} if self.sparse is not None else arrays
 
     def load_arrays(self, arrays):
         for name in self.m:
             self.m[name] = np.array(arrays[f"m.{name}"], dtype=np.float32, order="C")
             self.v[name] = np.array(arrays[f"v.{name}"], dtype=np.float32, order="C")
+        if self.sparse is not None:
+            self.sparse.load_arrays(arrays)
+
+
+class SparseAdam:
+    """torch.optim.SparseAdam for the embedding: each step updates only the rows the batch
+    used, from their summed gradient (rows, values), and moments exist only for rows seen
+    so far: row slot[id] of m and v, slots handed out in order of first sight. The dense
+    V x E gradient is never formed, and memory grows with the rows seen, not with V."""
+
+    def __init__(self, vocab_size, dim, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.slot = np.full(vocab_size, -1, dtype=np.int32)
+        self.seen = np.empty(0, dtype=np.int32)  # the ids of slots 0, 1, ...
+        self.m = np.zeros((0, dim), dtype=np.float32)  # capacity >= len(seen) rows
+        self.v = np.zeros((0, dim), dtype=np.float32)
+        self.step_count = 0
+
+    def _slots(self, rows):
+        new = rows[self.slot[rows] < 0]
+        if new.size:
+            self.slot[new] = np.arange(len(self.seen), len(self.seen) + len(new), dtype=np.int32)
+            self.seen = np.concatenate([self.seen, new])
+            if len(self.seen) > len(self.m):  # grow by doubling: few copies over a run
+                capacity = max(len(self.seen), 2 * len(self.m))
+                for name in ("m", "v"):
+                    grown = np.zeros((capacity, self.m.shape[1]), dtype=np.float32)
+                    grown[:len(getattr(self, name))] = getattr(self, name)
+                    setattr(self, name, grown)
+        return self.slot[rows]
+
+    def step(self, ops, param, rows, values, lr):
+        self.step_count += 1
+        slots = self._slots(rows)  # first: it may grow m and v
+        ops.sparse_adam_update(param, rows, values, self.m, self.v, slots, self.step_count, lr, self.beta1,
+                               self.beta2, self.eps)
+
+    def arrays(self):
+        n = len(self.seen)
+        # Optimizer files hold floats only: ids and the step count as float64 (exact below 2**53).
+        return {"sparse.seen": self.seen.astype(np.float64), "sparse.m": self.m[:n], "sparse.v": self.v[:n],
+                "sparse.step": np.array([self.step_count], dtype=np.float64)}
+
+    def load_arrays(self, arrays):
+        self.seen = np.array(arrays["sparse.seen"], dtype=np.int32)
+        self.m = np.array(arrays["sparse.m"], dtype=np.float32, order="C")
+        self.v = np.array(arrays["sparse.v"], dtype=np.float32, order="C")
+        self.slot[:] = -1
+        self.slot[self.seen] = np.arange(len(self.seen), dtype=np.int32)
+        self.step_count = int(np.asarray(arrays["sparse.step"])[0])
+
+
+def _gradient_arrays(grads):
+    """Every gradient array, the sparse embedding's values included (for clipping)."""
+    return [g[1] if isinstance(g, tuple) else g for g in grads.values()]
 
 
 class SGD:
@@ -80,7 +145,7 @@ class SGD:
 def _make_optimizer(settings, params, lr):
     if settings["optimizer"] == "sgd":
         return SGD(params, lr, settings["momentum"], settings["nesterov"], settings["weight_decay"])
-    return Adam(params, lr, weight_decay=settings["weight_decay"])
+    return Adam(params, lr, weight_decay=settings["weight_decay"], sparse_embedding=settings["sparse_embedding"])
 
 
 def epoch_lr(lr, lr_decay, lr_decay_epoch, epoch):
@@ -155,7 +220,8 @@ def _trains_a_copy(function):
 def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
         stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
         early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
-        callback=None, comm=None, optimizer="adam", momentum=0.0, nesterov=False, lr_decay_epoch=None):
+        callback=None, comm=None, optimizer="adam", momentum=0.0, nesterov=False, lr_decay_epoch=None,
+        sparse_embedding=False):
     """Train with Adam or SGD on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
     data: 1-D token ids, or (N, T) input windows with y (N, T) their targets. 1-D ids may be
@@ -188,11 +254,29 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         is the one a single process trains with batch N * batch_size. Rank 0 alone writes
         checkpoints and shows progress. Ranks given different settings fail at the start on
         every rank; an exception on one rank ends all of them (MPI_Abort).
+    sparse_embedding: update only the embedding rows each batch uses, as torch.optim.SparseAdam
+        (moments only for rows seen; eps added before the bias correction), never forming the
+        dense vocab_size x embed_dim gradient: for large vocabularies. Not with weight_decay
+        (SparseAdam has none) or comm.
 
     Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
     "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
     """
     dist = distributed.group(comm)
+    sparse_embedding = check_bool("sparse_embedding", sparse_embedding)
+    if sparse_embedding and weight_decay:
+        raise ValueError(f"sparse_embedding=True follows torch.optim.SparseAdam, which has no weight decay; "
+                         f"got weight_decay={weight_decay}")
+    if sparse_embedding and optimizer != "adam":
+        reason = ("SGD's momentum with sparse gradients is not defined (PyTorch refuses it too)" if momentum
+                  else "it is implemented for Adam (torch.optim.SparseAdam) only")
+        raise ValueError(f"sparse_embedding=True with optimizer={optimizer!r}, momentum={momentum!r}: {reason}")
+    if sparse_embedding and model.tie_weights:
+        raise ValueError("sparse_embedding=True cannot go with tie_weights=True: the shared matrix's gradient is "
+                         "dense (the decoder's)")
+    if sparse_embedding and dist.size > 1:
+        raise ValueError("sparse_embedding=True is not supported with comm (data-parallel training sums dense "
+                         "gradients)")
     if tokenizer is None:
         tokenizer = model.tokenizer
     epochs = check_int("epochs", epochs, 1)
@@ -241,7 +325,7 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                     stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
                     lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens),
                     optimizer=optimizer, momentum=momentum, nesterov=nesterov, lr_decay_epoch=lr_decay_epoch,
-                    lr=float(lr))
+                    lr=float(lr), sparse_embedding=bool(sparse_embedding))
     opt = _make_optimizer(settings, model.trainable(), lr)
     trainer = dict(epoch=0, batch=0, lr=float(lr), best_val_loss=None, epochs_without_improvement=0,
                    stopped_early=False, epoch_loss_sum=0.0, epoch_tokens=0, epoch_seconds=0.0,
@@ -309,14 +393,15 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 rows = batches.batch_rows(trainer["batch"])  # of the global batch, of which this rank has x
                 rng = RowStreams(model.seed, epoch, trainer["batch"], dist.rows(rows)[0], len(x))
                 loss, grads, final_state = model.forward_backward(x, y_batch, initial_state=carry, train=True,
-                                                                   rng=rng) if len(x) else (0.0, None, carry)
+                                                                   rng=rng, sparse_embedding=bool(sparse_embedding)
+                                                                   ) if len(x) else (0.0, None, carry)
                 loss, grads, stop = dist.reduce_step(grads, loss, len(x), rows, interrupt.raised)
                 interrupt.raised = stop
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
                                              f"{trainer['batch'] + 1}; lower lr or set clip_norm")
                 if clip_norm is not None:
-                    model.ops.clip_grad_norm(list(grads.values()), clip_norm)
+                    model.ops.clip_grad_norm(_gradient_arrays(grads), clip_norm)
                 opt.step(model.ops, model.trainable(), grads)
                 if stateful:
                     carry = final_state

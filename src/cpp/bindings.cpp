@@ -486,6 +486,64 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
                           {lr, beta1, beta2, eps, weight_decay});
 }
 
+py::tuple py_embedding_backward_sparse(const py::handle& dout_obj, const py::handle& ids_obj) {
+    const IdArray ids = id_input(ids_obj, "ids", int64_t(INT32_MAX) + 1);
+    require(ids.ndim() >= 1 && ids.size() > 0, "ids must be a non-empty array");
+    const FloatArray dout = float_input(dout_obj, "dout", ids.ndim() + 1);
+    Shape expected = shape_of(ids);
+    const int64_t E = dout.shape(ids.ndim()), n = ids.size();
+    expected.push_back(E);
+    require_shape(dout, "dout", expected);
+    std::vector<int32_t> rows(n);
+    std::vector<float> grad(n * E);
+    int64_t count;
+    {
+        KernelScope scope;
+        count = kernels().embedding_backward_sparse(dout.data(), E, ids.data(), n, rows.data(), grad.data());
+    }
+    py::array_t<int32_t> rows_out({count});
+    py::array_t<float> grad_out({count, E});
+    std::copy(rows.begin(), rows.begin() + count, rows_out.mutable_data());
+    std::copy(grad.begin(), grad.begin() + count * E, grad_out.mutable_data());
+    return py::make_tuple(rows_out, grad_out);
+}
+
+void py_sparse_adam_update(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+                           const py::handle& m_obj, const py::handle& v_obj, const py::handle& slots_obj, int64_t step,
+                           double lr, double beta1, double beta2, double eps) {
+    auto param = inplace_float(param_obj, "param");
+    auto m = inplace_float(m_obj, "m");
+    auto v = inplace_float(v_obj, "v");
+    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
+    const int64_t V = param.shape(0), E = param.shape(1);
+    require(m.ndim() == 2 && m.shape(1) == E, "m must be (slots, " + std::to_string(E) + "), got shape " +
+                                                  shape_str(shape_of(m)));
+    require_shape(v, "v", shape_of(m));
+    const IdArray rows = id_input(rows_obj, "rows", V);
+    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    const int64_t count = rows.size();
+    const IdArray slots = id_input(slots_obj, "slots", m.shape(0));
+    require_shape(slots, "slots", {count});
+    const FloatArray grad = float_input(grad_obj, "grad", 2);
+    require_shape(grad, "grad", {count, E});
+    for (int64_t k = 1; k < count; ++k)  // distinct rows: one writer each, as after coalescing
+        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted)");
+    std::vector<char> used(m.shape(0), 0);
+    for (int64_t k = 0; k < count; ++k) {
+        require(!used[slots.data()[k]], "slots must be distinct: slot " + std::to_string(slots.data()[k]) + " repeats");
+        used[slots.data()[k]] = 1;
+    }
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
+    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
+    require(eps >= 0.0 && std::isfinite(eps), "eps must be a finite number >= 0");
+    KernelScope scope;
+    if (!kernels().all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    kernels().sparse_adam_update(param.mutable_data(), E, rows.data(), grad.data(), count, m.mutable_data(), v.mutable_data(),
+                       slots.data(), step, {lr, beta1, beta2, eps, 0.0});
+}
+
 void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, int64_t step,
                    double lr, double momentum, double weight_decay, bool nesterov) {
     auto param = inplace_float(param_obj, "param");
@@ -888,6 +946,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
           py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
           py::arg("weight_decay") = 0.0);
+    m.def("embedding_backward_sparse", &py_embedding_backward_sparse, py::arg("dout"), py::arg("ids"));
+    m.def("sparse_adam_update", &py_sparse_adam_update, py::arg("param"), py::arg("rows"), py::arg("grad"),
+          py::arg("m"), py::arg("v"), py::arg("slots"), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
+          py::arg("beta2") = 0.999, py::arg("eps") = 1e-8);
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));

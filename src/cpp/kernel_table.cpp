@@ -11,6 +11,7 @@
 #include "output_loss.h"
 #include "peak.h"
 #include "scoring.h"
+#include "sparse_embedding.h"
 
 #define FASTLM_TABLE_FUNCTION_(isa) fastlm_kernels_##isa
 #define FASTLM_TABLE_FUNCTION(isa) FASTLM_TABLE_FUNCTION_(isa)
@@ -24,6 +25,7 @@ const Kernels kTable = {
     FASTLM_ISA_NAME,
     &embedding_forward,
     &embedding_backward,
+    &embedding_backward_sparse,
     &lstm_forward,
     &lstm_backward,
     &output_loss_forward,
@@ -34,6 +36,7 @@ const Kernels kTable = {
     &adaptive_log_prob,
     &all_finite,
     &adam_update,
+    &sparse_adam_update,
     &sgd_update,
     &clip_grad_norm,
     &generate,

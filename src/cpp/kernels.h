@@ -124,6 +124,8 @@ struct Kernels {
     void (*embedding_forward)(const float* weight, int64_t dim, const int32_t* ids, int64_t n, float* out);
     void (*embedding_backward)(const float* dout, int64_t dim, const int32_t* ids, int64_t n, int64_t vocab_size,
                                float* dweight);
+    int64_t (*embedding_backward_sparse)(const float* dout, int64_t dim, const int32_t* ids, int64_t n,
+                                         int32_t* rows, float* grad);
 
     void (*lstm_forward)(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
                          const float* b_ih, const float* b_hh, const float* h0, const float* c0, float* hs,
@@ -150,6 +152,8 @@ struct Kernels {
     bool (*all_finite)(const float* x, int64_t n);
     void (*adam_update)(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                         const AdamConfig& config);
+    void (*sparse_adam_update)(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
+                               float* m, float* v, const int32_t* slots, int64_t step, const AdamConfig& config);
     void (*sgd_update)(float* param, const float* grad, float* buf, int64_t n, int64_t step,
                        const SgdConfig& config);
     double (*clip_grad_norm)(const FloatSpans& arrays, double max_norm);
