@@ -353,7 +353,7 @@ def test_fit_with_sgd_follows_torch_sgd_batch_for_batch():
 
     opt = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True)
     streams = torch.from_numpy(ids[:60].reshape(B, 15)), torch.from_numpy(ids[1:61].reshape(B, 15))
-    for epoch, lr in enumerate(history["lr"]):
+    for lr in history["lr"]:
         for group in opt.param_groups:
             group["lr"] = lr
         state = None

@@ -15,5 +15,5 @@ _environment.tune_malloc(_core)
 
 __version__ = build_info()["version"]
 
-__all__ = ["LSTMLM", "Tokenizer", "build_info", "datasets", "load", "get_num_threads", "open_ids", "read_ids_header",
-           "save_ids", "reference", "set_num_threads", "windows", "__version__"]
+__all__ = ["LSTMLM", "Tokenizer", "build_info", "datasets", "load", "get_num_threads", "open_ids", "presets",
+           "read_ids_header", "save_ids", "reference", "set_num_threads", "windows", "__version__"]
