@@ -116,7 +116,8 @@ def run_threads(threads, tokens=300):
 
 def child(name, *args):
     """Run one measurement in a fresh process; returns its JSON result."""
-    code = f"import json, sys; sys.path.insert(0, 'bench'); import scoring; print(json.dumps(scoring.{name}(*{args!r})))"
+    code = ("import json, sys; sys.path.insert(0, 'bench'); import scoring; "
+            f"print(json.dumps(scoring.{name}(*{args!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
