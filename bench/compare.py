@@ -76,20 +76,21 @@ def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
         # down when the machine is busy (figures in commit 1d101ca).
         import torch  # noqa: F401
     import fastlm
+    import workloads
     from fastlm import benchmark as bm
     fastlm.set_num_threads(threads)
     c = bm.CONFIGS[name]
     if impl == "torch":
         make = {"train": lambda: bm.torch_train_step(c, threads),
-                "infer": lambda: bm.torch_inference_step(c, threads),
-                "generate": lambda: bm.torch_generation(c, threads, tokens, mkldnn=torch_onednn)}[kind]
+                "infer": lambda: workloads.torch_inference_step(c, threads),
+                "generate": lambda: workloads.torch_generation(c, threads, tokens, mkldnn=torch_onednn)}[kind]
         import torch
         library = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     else:
         backend = {"fastlm-cpp": "cpp", "numpy-reference": "numpy"}[impl]
         make = {"train": lambda: bm.fastlm_train_step(c, backend),
-                "infer": lambda: bm.fastlm_inference_step(c, backend),
-                "generate": lambda: bm.fastlm_generation(c, backend, tokens)}[kind]
+                "infer": lambda: workloads.fastlm_inference_step(c, backend),
+                "generate": lambda: workloads.fastlm_generation(c, backend, tokens)}[kind]
         library = {"fastlm_threads": fastlm.get_num_threads()}
     base = max_rss_mib()
     fn = make()
@@ -155,13 +156,8 @@ def rates(results, name, impl, kind):
 
 def summarise(args, impls, results, peaks, references):
     """Rows for every table: dicts with the cells already computed."""
-    from fastlm.benchmark import (
-        CONFIGS,
-        generation_flops_per_token,
-        generation_weight_bytes_per_token,
-        inference_flops_per_token,
-        training_flops_per_token,
-    )
+    from fastlm.benchmark import CONFIGS, training_flops_per_token
+    from workloads import generation_flops_per_token, generation_weight_bytes_per_token, inference_flops_per_token
     flops = {"train": training_flops_per_token, "infer": inference_flops_per_token,
              "generate": generation_flops_per_token}
     peak = max(p["gflops"] for p in peaks)  # a peak: the best round, least disturbed by other processes

@@ -21,8 +21,9 @@ import os
 import pytest
 
 import fastlm
+import workloads  # bench/workloads.py and bench/peaks.py: pytest puts bench/ on sys.path
 from fastlm import benchmark as bm
-from peaks import peak_fma_gflops  # bench/peaks.py (pytest puts bench/ on sys.path)
+from peaks import peak_fma_gflops
 
 THREADS = int(os.environ.get("FASTLM_BENCH_THREADS", "2"))
 CONFIG_NAMES = os.environ.get("FASTLM_BENCH_CONFIGS", "A B C D").split()
@@ -83,10 +84,10 @@ def test_inference_step(benchmark, peak_gflops, name, impl):
     c = bm.CONFIGS[name]
     if impl == "torch":
         _torch_or_skip()
-        fn = bm.torch_inference_step(c, THREADS)
+        fn = workloads.torch_inference_step(c, THREADS)
     else:
-        fn = bm.fastlm_inference_step(c, impl)
-    _run(benchmark, fn, impl, name, c.batch * c.steps, bm.inference_flops_per_token(c), peak_gflops)
+        fn = workloads.fastlm_inference_step(c, impl)
+    _run(benchmark, fn, impl, name, c.batch * c.steps, workloads.inference_flops_per_token(c), peak_gflops)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -96,7 +97,7 @@ def test_generation(benchmark, peak_gflops, name, impl):
     tokens = GENERATION_TOKENS[impl]
     if impl == "torch":
         _torch_or_skip()
-        fn = bm.torch_generation(c, THREADS, tokens)
+        fn = workloads.torch_generation(c, THREADS, tokens)
     else:
-        fn = bm.fastlm_generation(c, impl, tokens)
-    _run(benchmark, fn, impl, name, tokens, bm.generation_flops_per_token(c), peak_gflops)
+        fn = workloads.fastlm_generation(c, impl, tokens)
+    _run(benchmark, fn, impl, name, tokens, workloads.generation_flops_per_token(c), peak_gflops)

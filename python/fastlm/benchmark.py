@@ -29,7 +29,7 @@ def shape(c):
     return tuple(c)[:6]
 
 
-def _lstm_weights(c):
+def lstm_weights(c):
     """Entries of all LSTM weight matrices: one multiply-add each per token."""
     return sum(4 * c.hidden * ((c.embed if k == 0 else c.hidden) + c.hidden) for k in range(c.layers))
 
@@ -37,7 +37,7 @@ def _lstm_weights(c):
 def training_flops_per_token(c):
     """Forward + backward ~ 3x the forward multiply-adds x 2 (the speed issue's count; with
     cutoffs, the full softmax's count, so that GFLOP/s compare the same work)."""
-    return 3 * 2 * (_lstm_weights(c) + c.hidden * c.vocab)
+    return 3 * 2 * (lstm_weights(c) + c.hidden * c.vocab)
 
 
 def zipf_ids(vocab, size, rng, exponent=1.1):
@@ -55,7 +55,7 @@ def random_batch(c, seed=0):
     return rng.integers(0, c.vocab, shape, dtype=np.int32), rng.integers(0, c.vocab, shape, dtype=np.int32)
 
 
-def _fastlm_model(c, backend):
+def fastlm_model(c, backend):
     from fastlm.lstmlm import LSTMLM
     cutoffs = None if c.cutoffs is None else list(c.cutoffs)
     return LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend, cutoffs=cutoffs)
@@ -72,26 +72,11 @@ def median_seconds(fn, repeats, warmup=1):
     return float(np.median(times))
 
 
-def inference_flops_per_token(c):
-    """Teacher-forced forward (loss, no backward): a third of the training count."""
-    return training_flops_per_token(c) / 3
-
-
-# One sampled token: one LSTM step per layer and the decoder, the forward count per token.
-generation_flops_per_token = inference_flops_per_token
-
-
-def generation_weight_bytes_per_token(c):
-    """float32 weights read per sampled token (LSTM matrices and decoder): batch-1 generation
-    is a chain of matrix-vector products, bound by this traffic rather than by FMAs."""
-    return 4 * (_lstm_weights(c) + c.hidden * c.vocab)
-
-
 def fastlm_train_step(c, backend, sparse_embedding=False):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch
     (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True))."""
     from fastlm.training import Adam
-    model = _fastlm_model(c, backend)
+    model = fastlm_model(c, backend)
     adam = Adam(model.params, 1e-3, sparse_embedding=sparse_embedding)
     x, y = model.check_batch(*random_batch(c))
 
@@ -101,30 +86,13 @@ def fastlm_train_step(c, backend, sparse_embedding=False):
     return step
 
 
-def fastlm_inference_step(c, backend):
-    """Teacher-forced forward of a (B, T) random batch: the mean loss only, no backward."""
-    model = _fastlm_model(c, backend)
-    x, y = model.check_batch(*random_batch(c))
-
-    def step():
-        model.forward(x, y)
-    return step
+def torch_twin(c, sparse_embedding=False):
+    """PyTorch's twin of the model of configuration c (fastlm/_torch_twin.py)."""
+    from fastlm._torch_twin import TorchLM
+    return TorchLM(c.vocab, c.embed, c.hidden, c.layers, cutoffs=c.cutoffs, sparse_embedding=sparse_embedding)
 
 
-def fastlm_generation(c, backend, tokens=500):
-    """Sample `tokens` new ids, batch 1, after a one-token prompt (temperature 1, seed 0).
-
-    The NumPy reference loops over tokens in Python: give it fewer (e.g. 50) and say so.
-    """
-    model = _fastlm_model(c, backend)
-    prompt = np.zeros(1, dtype=np.int32)
-
-    def run():
-        model.generate(prompt, max_new_tokens=tokens, temperature=1.0, seed=0)
-    return run
-
-
-def _torch(threads):
+def torch_with_threads(threads):
     try:
         import torch
     except ImportError:
@@ -134,39 +102,13 @@ def _torch(threads):
     return torch
 
 
-def _torch_net(torch, c, sparse_embedding=False):
-    """Embedding -> LSTM -> Linear, or -> AdaptiveLogSoftmaxWithLoss when c has cutoffs
-    (then forward returns the LSTM's outputs, and loss() applies the decoder)."""
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(c.vocab, c.embed, sparse=sparse_embedding)
-            self.lstm = torch.nn.LSTM(c.embed, c.hidden, c.layers, batch_first=True)
-            if c.cutoffs is None:
-                self.decoder = torch.nn.Linear(c.hidden, c.vocab)
-            else:
-                self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(c.hidden, c.vocab, list(c.cutoffs), div_value=4.0)
-
-        def forward(self, x, state=None):
-            out, state = self.lstm(self.embedding(x), state)
-            return (self.decoder(out) if c.cutoffs is None else out), state
-
-        def loss(self, x, y):
-            out = self(x)[0]
-            if c.cutoffs is None:
-                return torch.nn.functional.cross_entropy(out.reshape(-1, c.vocab), y.reshape(-1))
-            return self.decoder(out.reshape(-1, c.hidden), y.reshape(-1)).loss
-
-    return Net()
-
-
 def torch_train_step(c, threads, sparse_embedding=False):
     """The same step in PyTorch (Embedding -> LSTM -> Linear, Adam), or None without torch.
     sparse_embedding: Embedding(sparse=True) under torch.optim.SparseAdam, the rest under Adam."""
-    torch = _torch(threads)
+    torch = torch_with_threads(threads)
     if torch is None:
         return None
-    net = _torch_net(torch, c, sparse_embedding)
+    net = torch_twin(c, sparse_embedding)
     if sparse_embedding:
         dense = [p for name, p in net.named_parameters() if name != "embedding.weight"]
         optimizers = [torch.optim.SparseAdam([net.embedding.weight], lr=1e-3), torch.optim.Adam(dense, lr=1e-3)]
@@ -181,55 +123,6 @@ def torch_train_step(c, threads, sparse_embedding=False):
         for optimizer in optimizers:
             optimizer.step()
     return step
-
-
-def torch_inference_step(c, threads):
-    """Teacher-forced forward and mean loss in PyTorch under no_grad, or None without torch."""
-    torch = _torch(threads)
-    if torch is None:
-        return None
-    net = _torch_net(torch, c).eval()
-    x, y = (torch.from_numpy(a).long() for a in random_batch(c))
-
-    def step():
-        with torch.no_grad():
-            net.loss(x, y)
-    return step
-
-
-def torch_generation(c, threads, tokens=500, mkldnn=True):
-    """Sampling loop in PyTorch, batch 1: embed one token, one LSTM step carrying (h, c),
-    decoder, softmax, torch.multinomial; under no_grad. None without torch.
-
-    mkldnn=False runs the LSTM steps with oneDNN (torch.backends.mkldnn) disabled: torch's
-    default oneDNN LSTM is slow for one step at a time with larger H (it reorders weights
-    every call), so this is the faster way to run PyTorch here on some configurations.
-    """
-    torch = _torch(threads)
-    if torch is None:
-        return None
-    import contextlib
-    import warnings
-    net = _torch_net(torch, c).eval()
-    generator = torch.Generator().manual_seed(0)
-
-    def run():
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.backends.mkldnn.flags warns about TF32 on Intel GPUs
-            with contextlib.nullcontext() if mkldnn else torch.backends.mkldnn.flags(enabled=False):
-                token = torch.zeros((1, 1), dtype=torch.long)
-                state = None
-                out = torch.empty(tokens, dtype=torch.long)
-                for n in range(tokens):
-                    logits, state = net(token, state)
-                    if c.cutoffs is None:
-                        probs = torch.softmax(logits[0, -1], dim=-1)
-                    else:  # the adaptive module's only way to the distribution: log_prob, every cluster
-                        probs = net.decoder.log_prob(logits[0, -1:])[0].exp()
-                    token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
-                    out[n] = token[0, 0]
-        return out
-    return run
 
 
 # ------------------------------------------------------------ PyTorch in a process of its own
