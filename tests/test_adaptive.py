@@ -14,6 +14,8 @@ from fastlm import _core, reference
 torch = pytest.importorskip(
     "torch", reason="PyTorch not installed; these comparisons need it (CI installs torch==2.13.0 on CPU)")
 
+from fastlm._torch_twin import TorchLM  # noqa: E402
+
 torch.set_num_threads(2)
 
 OPS = {"cpp": _core, "numpy": reference}
@@ -98,25 +100,7 @@ def test_predictions_beyond_the_shortlist_equal_torch():
     np.testing.assert_array_equal(predictions, expected)
 
 
-# ------------------------------------------------------------------ the model
-
-
-class TorchAdaptiveLM(torch.nn.Module):
-    """Embedding -> LSTM -> AdaptiveLogSoftmaxWithLoss, with fastlm's state_dict names."""
-
-    def __init__(self, V, E, H, L, cutoffs, div_value, head_bias):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(V, E)
-        self.lstm = torch.nn.LSTM(E, H, num_layers=L, batch_first=True)
-        self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value=div_value, head_bias=head_bias)
-
-    def rows(self, x):
-        hs, _ = self.lstm(self.embedding(torch.as_tensor(x, dtype=torch.long)))
-        return hs.reshape(-1, hs.shape[-1])
-
-    def loss(self, x, y):
-        return self.decoder(self.rows(x), torch.as_tensor(y, dtype=torch.long).reshape(-1)).loss
-
+# ------------------------------------------------------------------ the model (PyTorch's: fastlm/_torch_twin.py)
 
 MODEL = dict(vocab_size=300, embed_dim=12, hidden_size=16, num_layers=2)
 ADAPTIVE = dict(cutoffs=[20, 100], div_value=2.0)
@@ -134,7 +118,7 @@ def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
     import fastlm
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, head_bias=head_bias, seed=3, backend=backend)
     torch.manual_seed(0)
-    reference_model = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], head_bias)
+    reference_model = TorchLM(*MODEL.values(), **ADAPTIVE, head_bias=head_bias)
     assert set(model.state_dict()) == set(reference_model.state_dict())
     model.load_state_dict(reference_model.state_dict())  # torch -> fastlm, names and shapes as torch's
     x, y = zipf_batch(MODEL["vocab_size"], 4, 9)
@@ -147,7 +131,8 @@ def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
     # Evaluation: the same loss, and accuracy from torch's predict (the full arg-max).
     result = model.evaluate(x, y, batch_size=4)
     with torch.no_grad():
-        predicted = reference_model.decoder.predict(reference_model.rows(x)).numpy()
+        rows = reference_model(torch.as_tensor(x, dtype=torch.long))[0].reshape(-1, MODEL["hidden_size"])
+        predicted = reference_model.decoder.predict(rows).numpy()
     np.testing.assert_allclose(result["loss"], expected.item(), rtol=LOSS_RTOL)
     assert result["accuracy"] == np.mean(predicted == y.reshape(-1))
 
@@ -155,7 +140,7 @@ def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
 def test_model_state_dict_loads_into_torch():
     import fastlm
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=5)
-    reference_model = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], False)
+    reference_model = TorchLM(*MODEL.values(), **ADAPTIVE)
     reference_model.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     x, y = zipf_batch(MODEL["vocab_size"], 2, 5, seed=1)
     loss, _ = model.gradients(x, y)
@@ -258,8 +243,7 @@ def test_sparse_embedding_training_follows_torch_sparse_adam():
     V = MODEL["vocab_size"]
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3)
     torch.manual_seed(0)
-    twin = TorchAdaptiveLM(*MODEL.values(), ADAPTIVE["cutoffs"], ADAPTIVE["div_value"], False)
-    twin.embedding = torch.nn.Embedding(V, MODEL["embed_dim"], sparse=True)
+    twin = TorchLM(*MODEL.values(), **ADAPTIVE, sparse_embedding=True)
     model.load_state_dict(twin.state_dict())
     x, y = zipf_batch(V, 6, 8, seed=4)  # three batches of 2 rows: each step sees other ids
     lr, epochs = 0.01, 2
