@@ -34,6 +34,7 @@ def worker(impl, kind, name, threads, repeats):
     if impl.startswith("torch"):
         import torch  # noqa: F401  (before fastlm: its OpenMP keeps its own settings)
     import fastlm
+    import workloads  # bench/workloads.py: inference and generation
     from fastlm import benchmark as bm
     fastlm.set_num_threads(threads)
     c = bm.CONFIGS[name]
@@ -42,12 +43,12 @@ def worker(impl, kind, name, threads, repeats):
     sparse = impl.endswith("-sparse")
     if impl.startswith("torch"):
         make = {"train": lambda: bm.torch_train_step(c, threads, sparse_embedding=sparse),
-                "infer": lambda: bm.torch_inference_step(c, threads),
-                "generate": lambda: bm.torch_generation(c, threads, 100)}[kind]
+                "infer": lambda: workloads.torch_inference_step(c, threads),
+                "generate": lambda: workloads.torch_generation(c, threads, 100)}[kind]
     else:
         make = {"train": lambda: bm.fastlm_train_step(c, "cpp", sparse_embedding=sparse),
-                "infer": lambda: bm.fastlm_inference_step(c, "cpp"),
-                "generate": lambda: bm.fastlm_generation(c, "cpp", 100)}[kind]
+                "infer": lambda: workloads.fastlm_inference_step(c, "cpp"),
+                "generate": lambda: workloads.fastlm_generation(c, "cpp", 100)}[kind]
     fn = make()
     seconds = bm.median_seconds(fn, repeats)
     tokens = 100 if kind == "generate" else c.batch * c.steps
