@@ -455,3 +455,14 @@ def test_interrupted_save_cleans_up(model, tok, saved, monkeypatch):
 def test_successful_save_leaves_no_temporaries(model, tok, saved):
     model.save(saved, tokenizer=tok)
     _no_temporaries(saved)
+
+
+def test_tied_model_with_init_range_saves_and_loads(tmp_path):
+    model = fastlm.LSTMLM(40, embed_dim=12, hidden_size=12, tie_weights=True, init_range=0.1, seed=3)
+    model.save(tmp_path / "tied")
+    loaded = fastlm.load(tmp_path / "tied")
+    assert loaded.config() == model.config()
+    state = loaded.state_dict()
+    np.testing.assert_array_equal(state["embedding.weight"], state["decoder.weight"])
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(state[name], value)

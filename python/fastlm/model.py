@@ -155,7 +155,7 @@ class LSTMNetwork:
         if not isinstance(config, dict):
             raise TypeError(f"the model section must be a mapping, got {type(config).__name__}")
         known = {"vocab_size", "embed_dim", "hidden_size", "num_layers", "dropout", "seed", "cutoffs", "div_value",
-                 "head_bias"}
+                 "head_bias", "tie_weights", "init_range"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise TypeError(f"unexpected model settings {', '.join(map(repr, unknown))}")
@@ -164,6 +164,7 @@ class LSTMNetwork:
         check_model_size(V, E, H, L)
         cutoffs, div_value, head_bias = adaptive.check_adaptive(
             config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H)
+        _check_recipe_options(config.get("tie_weights", False), config.get("init_range"), E, H, cutoffs)
         decoder = None if cutoffs is None else adaptive.decoder_shapes(V, H, cutoffs, div_value, head_bias)
         return iter_parameter_shapes(V, E, H, L, decoder)
 

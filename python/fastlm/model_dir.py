@@ -537,6 +537,14 @@ def _restore(files, config, model, entries=None):
 OPTIONAL_TRAINING_ENTRIES = (re.compile(r"carry\.[hc]\.\d+"), re.compile(r"sparse\.(seen|m|v|step)"))
 
 
+def _optimizer_slots(settings):
+    """The per-parameter arrays the checkpoint's optimizer keeps: Adam's two moments, SGD's
+    momentum buffer (none without momentum). Checkpoints from before SGD recorded no optimizer."""
+    if settings.get("optimizer", "adam") == "sgd":
+        return ("momentum",) if settings.get("momentum") else ()
+    return ("m", "v")
+
+
 def load_training_state(directory):
     """(optimizer arrays, trainer dict) of a checkpoint, for resuming."""
     directory = Path(directory)
@@ -559,9 +567,13 @@ def load_training_state(directory):
             raise ValueError(f"{files / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
         path = files / OPTIMIZER_FILE
         _, model_entries = _read_header(files / MODEL_FILE, _header_bound(config))
-        sparse = isinstance(trainer.get("settings"), dict) and trainer["settings"].get("sparse_embedding") is True
-        expected = [(f"{moment}.{name}", entry["shape"]) for moment in ("m", "v")
-                    for name, entry in model_entries.items() if not (sparse and name == "embedding.weight")]
+        settings = trainer.get("settings") if isinstance(trainer.get("settings"), dict) else {}
+        model = config["model"] if isinstance(config["model"], dict) else {}
+        no_dense_state = {"embedding.weight"} if settings.get("sparse_embedding") is True else set()
+        if model.get("tie_weights") is True:
+            no_dense_state.add("decoder.weight")  # one matrix with the embedding: its state is the embedding's
+        expected = [(f"{slot}.{name}", entry["shape"]) for slot in _optimizer_slots(settings)
+                    for name, entry in model_entries.items() if name not in no_dense_state]
         _, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
         _check_entries(path, entries, expected, OPTIONAL_TRAINING_ENTRIES)
         return _read_tensors(path, list(entries), config["save_id"]), trainer
