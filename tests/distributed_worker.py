@@ -4,12 +4,12 @@ Usage: python distributed_worker.py OUT.npz MODE [CHECKPOINT_DIR]. Rank 0 saves 
 weights and the history's losses to OUT.npz. MODE: "train", "resume", "raise" (rank 1 fails
 at its 5th step), "die" (rank 1 is killed at its 5th step), "differ" (rank 1 is given another lr).
 """
+
 import os
 import signal
 import sys
 
 import numpy as np
-from mpi4py import MPI
 
 import fastlm
 
@@ -22,6 +22,10 @@ def corpus():
 
 
 def main(out, mode, checkpoint_dir=None):
+    # Imported here, not at the top: test_distributed imports this module for MODEL, SETTINGS
+    # and corpus() also where mpi4py is not installed (its MPI tests then skip).
+    from mpi4py import MPI
+
     comm = MPI.COMM_WORLD
     model = fastlm.LSTMLM(**MODEL, backend="cpp")
     if comm.rank > 0:  # rank 0's weights must win the broadcast
@@ -39,10 +43,12 @@ def main(out, mode, checkpoint_dir=None):
             if steps[0] == 5:
                 raise RuntimeError("rank 1 fails at its 5th step")
             return step(*args, **kwargs)
+
         model.forward_backward = failing
     if mode in ("resume", "first-half"):
-        settings.update(checkpoint_dir=checkpoint_dir, resume=mode == "resume",
-                        max_batches=20 if mode == "first-half" else 30)
+        settings.update(
+            checkpoint_dir=checkpoint_dir, resume=mode == "resume", max_batches=20 if mode == "first-half" else 30
+        )
     history = model.fit(corpus(), comm=comm, **settings)
     if comm.rank == 0:
         np.savez(out, loss=np.array(history["loss"]), **model.state_dict())
