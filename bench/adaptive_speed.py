@@ -12,6 +12,7 @@ Embedding(sparse=True) + torch.optim.SparseAdam), the rest under Adam. infer: te
 forward and loss. generate: 100 tokens, batch 1 (torch: log_prob of every cluster, then
 multinomial). Peak RSS: ru_maxrss of the worker (imports, model and optimizer included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,16 @@ import sys
 import time
 
 CELLS = [  # (impl, kind, configs)
-    ("fastlm", "train", "WX"), ("fastlm-sparse", "train", "WX"), ("torch", "train", "WX"),
-    ("torch-sparse", "train", "WX"), ("fastlm-full", "train", "W"), ("torch-full", "train", "W"),
-    ("fastlm", "infer", "WX"), ("torch", "infer", "WX"), ("fastlm", "generate", "WX"), ("torch", "generate", "WX"),
+    ("fastlm", "train", "WX"),
+    ("fastlm-sparse", "train", "WX"),
+    ("torch", "train", "WX"),
+    ("torch-sparse", "train", "WX"),
+    ("fastlm-full", "train", "W"),
+    ("torch-full", "train", "W"),
+    ("fastlm", "infer", "WX"),
+    ("torch", "infer", "WX"),
+    ("fastlm", "generate", "WX"),
+    ("torch", "generate", "WX"),
 ]
 
 
@@ -36,19 +44,24 @@ def worker(impl, kind, name, threads, repeats):
     import fastlm
     import workloads  # bench/workloads.py: inference and generation
     from fastlm import benchmark as bm
+
     fastlm.set_num_threads(threads)
     c = bm.CONFIGS[name]
     if impl.endswith("-full"):
         c = c._replace(cutoffs=None)
     sparse = impl.endswith("-sparse")
     if impl.startswith("torch"):
-        make = {"train": lambda: bm.torch_train_step(c, threads, sparse_embedding=sparse),
-                "infer": lambda: workloads.torch_inference_step(c, threads),
-                "generate": lambda: workloads.torch_generation(c, threads, 100)}[kind]
+        make = {
+            "train": lambda: bm.torch_train_step(c, threads, sparse_embedding=sparse),
+            "infer": lambda: workloads.torch_inference_step(c, threads),
+            "generate": lambda: workloads.torch_generation(c, threads, 100),
+        }[kind]
     else:
-        make = {"train": lambda: bm.fastlm_train_step(c, "cpp", sparse_embedding=sparse),
-                "infer": lambda: workloads.fastlm_inference_step(c, "cpp"),
-                "generate": lambda: workloads.fastlm_generation(c, "cpp", 100)}[kind]
+        make = {
+            "train": lambda: bm.fastlm_train_step(c, "cpp", sparse_embedding=sparse),
+            "infer": lambda: workloads.fastlm_inference_step(c, "cpp"),
+            "generate": lambda: workloads.fastlm_generation(c, "cpp", 100),
+        }[kind]
     fn = make()
     seconds = bm.median_seconds(fn, repeats)
     tokens = 100 if kind == "generate" else c.batch * c.steps
@@ -67,14 +80,29 @@ def main():
     if args.worker:
         return worker(*args.worker, args.threads, args.repeats)
     from fastlm._environment import child_environment
+
     results = {}
     for r in range(args.rounds):
         cells = [(impl, kind, name) for impl, kind, names in CELLS for name in args.configs if name in names]
-        cells = cells[r % len(cells):] + cells[:r % len(cells)]
+        cells = cells[r % len(cells) :] + cells[: r % len(cells)]
         for impl, kind, name in cells:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", impl, kind, name,
-                                  "--threads", str(args.threads), "--repeats", str(args.repeats)],
-                                 env=child_environment(args.threads), capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--worker",
+                    impl,
+                    kind,
+                    name,
+                    "--threads",
+                    str(args.threads),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                env=child_environment(args.threads),
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 print(f"{impl} {kind} {name} failed: {out.stderr[-500:]}", file=sys.stderr)
                 continue
@@ -82,8 +110,10 @@ def main():
             print(time.strftime("%H:%M:%S"), impl, kind, name, results[(impl, kind, name)][-1], flush=True)
     print(f"\n{'config':6} {'kind':8} {'impl':14} {'tokens/s':>10} {'peak RSS MiB':>12}")
     for (impl, kind, name), runs in sorted(results.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-        print(f"{name:6} {kind:8} {impl:14} {statistics.median(r['rate'] for r in runs):10,.0f} "
-              f"{statistics.median(r['peak_rss_mib'] for r in runs):12,.0f}")
+        print(
+            f"{name:6} {kind:8} {impl:14} {statistics.median(r['rate'] for r in runs):10,.0f} "
+            f"{statistics.median(r['peak_rss_mib'] for r in runs):12,.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ A child that outlives --timeout is killed (recorded as such); --memory-limit-gib
 address space (RLIMIT_AS), so that a memory bomb ends in MemoryError instead of taking the
 machine. Prints a Markdown table: case, seconds, peak RSS above the import, outcome.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,22 +42,28 @@ def main():
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    print(f"fastlm of {args.python}; timeout {args.timeout:g} s, address space capped at "
-          f"{args.memory_limit_gib:g} GiB\n")
+    print(
+        f"fastlm of {args.python}; timeout {args.timeout:g} s, address space capped at {args.memory_limit_gib:g} GiB\n"
+    )
     print("| case | seconds | peak RSS above import (MB) | outcome |\n|---|---:|---:|---|")
     with tempfile.TemporaryDirectory() as root:
         for k, (name, make) in enumerate(crafted.CASES.items()):
             directory = Path(root) / f"case{k:02d}"
             make(directory)
             try:
-                done = subprocess.run([args.python, "-c", crafted.CHILD, str(directory)], capture_output=True,
-                                      text=True, timeout=args.timeout, preexec_fn=cap_memory)
+                done = subprocess.run(
+                    [args.python, "-c", crafted.CHILD, str(directory)],
+                    capture_output=True,
+                    text=True,
+                    timeout=args.timeout,
+                    preexec_fn=cap_memory,
+                )
                 lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
                 if lines:
                     import json
+
                     result = json.loads(lines[0])
-                    row = (f"{result['seconds']:.3f}", f"{result['peak_mb_above_import']:.0f}",
-                           result["outcome"][:140])
+                    row = (f"{result['seconds']:.3f}", f"{result['peak_mb_above_import']:.0f}", result["outcome"][:140])
                 else:
                     tail = done.stderr.strip().splitlines()[-1:] or [""]
                     row = ("-", "-", f"child died (exit {done.returncode}): {tail[0][:120]}")

@@ -20,6 +20,7 @@ Building the two usual builds from a checkout:
     pip wheel --no-deps -w /tmp/portable .          # and unzip it into a directory
     pip wheel --no-deps -w /tmp/native . -C cmake.define.FASTLM_NATIVE=ON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,13 @@ def environment(directory, isa, threads):
 
 def describe(name, directory, isa, threads):
     code = "import fastlm, json; print(json.dumps([fastlm.__file__, fastlm.build_info()]))"
-    out = subprocess.run([sys.executable, "-c", code], env=environment(directory, isa, threads), check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment(directory, isa, threads),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path, info = json.loads(out)
     if not os.path.abspath(path).startswith(directory + os.sep):
         sys.exit(f"build {name}: fastlm was imported from {path}, not from {directory} (is fastlm installed?)")
@@ -61,10 +67,23 @@ def describe(name, directory, isa, threads):
 
 
 def measure(directory, isa, kind, config, args):
-    command = [sys.executable, os.path.join(HERE, "compare.py"), "--worker", "fastlm-cpp", kind, config,
-               "--threads", str(args.threads), "--repeats", str(args.repeats), "--tokens", str(args.tokens)]
-    result = subprocess.run(command, env=environment(directory, isa, args.threads), capture_output=True, text=True,
-                            timeout=1800)
+    command = [
+        sys.executable,
+        os.path.join(HERE, "compare.py"),
+        "--worker",
+        "fastlm-cpp",
+        kind,
+        config,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--tokens",
+        str(args.tokens),
+    ]
+    result = subprocess.run(
+        command, env=environment(directory, isa, args.threads), capture_output=True, text=True, timeout=1800
+    )
     if result.returncode != 0:
         raise RuntimeError(f"worker {kind} {config} failed:\n{result.stderr[-2000:]}")
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -91,7 +110,7 @@ def main():
         for kind in args.kinds:
             speeds = {name: [] for name in names}
             for r in range(args.rounds):
-                order = args.builds[r % len(args.builds):] + args.builds[:r % len(args.builds)]
+                order = args.builds[r % len(args.builds) :] + args.builds[: r % len(args.builds)]
                 for name, directory, isa in order:
                     speeds[name].append(measure(directory, isa, kind, config, args))
             first = names[0]

@@ -17,6 +17,7 @@ window order of ~30M windows) is left out of both sides alike; the setup is repo
 order, gather, page release), in one process alternating, per batch of config B: on a busy
 machine the training steps' noise hides a difference this small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,14 @@ SEQ_LEN, BATCH = 35, 20
 
 def write_file(path, gigabytes):
     import fastlm
+
     tokens = int(gigabytes * 2**30) // 2
     chunk = 1 << 24
     rng = np.random.default_rng(0)
-    chunks = (rng.integers(0, CONFIG_B["vocab_size"], min(chunk, tokens - start), dtype=np.uint16)
-              for start in range(0, tokens, chunk))
+    chunks = (
+        rng.integers(0, CONFIG_B["vocab_size"], min(chunk, tokens - start), dtype=np.uint16)
+        for start in range(0, tokens, chunk)
+    )
     started = time.perf_counter()
     fastlm.save_ids(path, chunks, CONFIG_B["vocab_size"])
     print(f"wrote {path}: {tokens:,} ids in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -49,6 +53,7 @@ def write_file(path, gigabytes):
 
 def child(mode, path, steps, threads):
     import fastlm
+
     fastlm.set_num_threads(threads)
     started = time.perf_counter()
     ids = fastlm.open_ids(path)
@@ -63,18 +68,29 @@ def child(mode, path, steps, threads):
         times[k] = time.perf_counter() - started
     tokens_per_s = (steps - 1) * SEQ_LEN * BATCH / (times[steps] - times[1])
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(mode=mode, tokens_per_s=tokens_per_s, peak_rss_mib=peak_mib, load_s=load_seconds,
-                          setup_and_one_step_s=times[1], tokens=len(ids))))
+    print(
+        json.dumps(
+            dict(
+                mode=mode,
+                tokens_per_s=tokens_per_s,
+                peak_rss_mib=peak_mib,
+                load_s=load_seconds,
+                setup_and_one_step_s=times[1],
+                tokens=len(ids),
+            )
+        )
+    )
 
 
 def gather_only(path, batches=2000, rounds=5):
     import fastlm
     from fastlm.batches import WindowBatches
+
     mapped = fastlm.open_ids(path)
     in_memory = np.fromfile(path, dtype=mapped.dtype, offset=64)
     times = {"memmap": [], "ram": []}
     for round_ in range(rounds):
-        for mode, ids in (("memmap", mapped), ("ram", in_memory))[::1 if round_ % 2 == 0 else -1]:
+        for mode, ids in (("memmap", mapped), ("ram", in_memory))[:: 1 if round_ % 2 == 0 else -1]:
             source = WindowBatches(fastlm._core, ids, SEQ_LEN, BATCH, SEQ_LEN, True, 1)
             epoch = source.epoch(round_)
             next(epoch)  # the window order is made once per epoch: not per batch
@@ -83,10 +99,12 @@ def gather_only(path, batches=2000, rounds=5):
                 next(epoch)
             times[mode].append((time.perf_counter() - started) / batches)
     us = {mode: statistics.median(t) * 1e6 for mode, t in times.items()}
-    print(f"per batch of config B (20 windows of 35): memory map {us['memmap']:.1f} us, in memory {us['ram']:.1f} us "
-          f"(medians of {rounds} alternating rounds of {batches} batches); the difference is "
-          f"{us['memmap'] - us['ram']:.1f} us per batch, {100 * (us['memmap'] - us['ram']) / 81700:.3f}% of a "
-          "config B training step at README's 8,572 tokens/s (81.7 ms)")
+    print(
+        f"per batch of config B (20 windows of 35): memory map {us['memmap']:.1f} us, in memory {us['ram']:.1f} us "
+        f"(medians of {rounds} alternating rounds of {batches} batches); the difference is "
+        f"{us['memmap'] - us['ram']:.1f} us per batch, {100 * (us['memmap'] - us['ram']) / 81700:.3f}% of a "
+        "config B training step at README's 8,572 tokens/s (81.7 ms)"
+    )
 
 
 def cpu_name():
@@ -119,28 +137,50 @@ def main():
     results = {"memmap": [], "ram": []}
     for round_ in range(args.rounds):
         for mode in ("memmap", "ram") if round_ % 2 == 0 else ("ram", "memmap"):
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--file", args.file, "--steps",
-                                  str(args.steps), "--threads", str(args.threads)], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--file",
+                    args.file,
+                    "--steps",
+                    str(args.steps),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 sys.exit(out.stderr)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results[mode].append(result)
             print(json.dumps(result), file=sys.stderr)
-    print(f"CPU: {cpu_name()}; {args.threads} threads; file {args.file}, {results['memmap'][0]['tokens']:,} uint16 ids "
-          f"({os.path.getsize(args.file) / 2**30:.2f} GiB); config B, {args.steps - 1} timed steps per run, "
-          f"{args.rounds} alternating rounds, each run in its own process")
+    print(
+        f"CPU: {cpu_name()}; {args.threads} threads; file {args.file}, {results['memmap'][0]['tokens']:,} uint16 ids "
+        f"({os.path.getsize(args.file) / 2**30:.2f} GiB); config B, {args.steps - 1} timed steps per run, "
+        f"{args.rounds} alternating rounds, each run in its own process"
+    )
     print("| | memory map | in memory (np.fromfile) | memmap / memory |")
     print("|---|---:|---:|---:|")
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k in results[m][0] if k != "mode"} for m in results}
     ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results["memmap"], results["ram"])]
-    print(f"| training tokens/s (median) | {med['memmap']['tokens_per_s']:,.0f} | {med['ram']['tokens_per_s']:,.0f} | "
-          f"{med['memmap']['tokens_per_s'] / med['ram']['tokens_per_s']:.3f} (per round: "
-          f"{', '.join(f'{r:.3f}' for r in ratios)}) |")
-    print(f"| peak RSS, MiB (max) | {max(r['peak_rss_mib'] for r in results['memmap']):,.0f} | "
-          f"{max(r['peak_rss_mib'] for r in results['ram']):,.0f} | |")
+    print(
+        f"| training tokens/s (median) | {med['memmap']['tokens_per_s']:,.0f} | {med['ram']['tokens_per_s']:,.0f} | "
+        f"{med['memmap']['tokens_per_s'] / med['ram']['tokens_per_s']:.3f} (per round: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}) |"
+    )
+    print(
+        f"| peak RSS, MiB (max) | {max(r['peak_rss_mib'] for r in results['memmap']):,.0f} | "
+        f"{max(r['peak_rss_mib'] for r in results['ram']):,.0f} | |"
+    )
     print(f"| open/load, s | {med['memmap']['load_s']:.2f} | {med['ram']['load_s']:.2f} | |")
-    print(f"| fit setup + 1 step, s | {med['memmap']['setup_and_one_step_s']:.2f} | "
-          f"{med['ram']['setup_and_one_step_s']:.2f} | |")
+    print(
+        f"| fit setup + 1 step, s | {med['memmap']['setup_and_one_step_s']:.2f} | "
+        f"{med['ram']['setup_and_one_step_s']:.2f} | |"
+    )
 
 
 if __name__ == "__main__":

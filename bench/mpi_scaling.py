@@ -11,6 +11,7 @@ tokens/s is differential (fit over K steps minus fit over 1 step, per K - 1 step
 
     python bench/mpi_scaling.py [--configs B C] [--steps 40] [--rounds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,27 @@ import time
 
 import numpy as np
 
-CONFIGS = {"B": dict(vocab_size=10000, embed_dim=200, hidden_size=200, num_layers=2),
-           "C": dict(vocab_size=10000, embed_dim=650, hidden_size=650, num_layers=2)}
+CONFIGS = {
+    "B": dict(vocab_size=10000, embed_dim=200, hidden_size=200, num_layers=2),
+    "C": dict(vocab_size=10000, embed_dim=650, hidden_size=650, num_layers=2),
+}
 SEQ_LEN = 35
 # Per-machine step times for the projection: README's quiet-machine single-process figures
 # (B 8,572 and C 1,951 training tokens/s for 700-token batches). A busy machine's slower steps
 # would hide the communication and flatter the projection.
 QUIET_STEP_S = {"B": 700 / 8572, "C": 700 / 1951}
-RUNS = [("1 rank x 2 threads, batch 20", 1, 2, 20), ("2 ranks x 1 thread, batch 10 each", 2, 1, 10),
-        ("2 ranks x 1 thread, batch 20 each", 2, 1, 20)]
+RUNS = [
+    ("1 rank x 2 threads, batch 20", 1, 2, 20),
+    ("2 ranks x 1 thread, batch 10 each", 2, 1, 10),
+    ("2 ranks x 1 thread, batch 20 each", 2, 1, 20),
+]
 
 
 def worker(config, threads, batch, steps):
     from mpi4py import MPI
 
     import fastlm
+
     comm = MPI.COMM_WORLD
     fastlm.set_num_threads(threads)
     ids = np.random.default_rng(0).integers(0, 10000, 2_000_000).astype(np.uint16)
@@ -47,8 +54,15 @@ def worker(config, threads, batch, steps):
     for k in (1, steps):
         comm.Barrier()
         started = time.perf_counter()
-        model.fit(ids, seq_len=SEQ_LEN, batch_size=batch, epochs=1, progress=False, max_batches=k,
-                  comm=comm if comm.size > 1 else None)
+        model.fit(
+            ids,
+            seq_len=SEQ_LEN,
+            batch_size=batch,
+            epochs=1,
+            progress=False,
+            max_batches=k,
+            comm=comm if comm.size > 1 else None,
+        )
         times[k] = time.perf_counter() - started
     tokens_per_s = (steps - 1) * SEQ_LEN * batch * comm.size / (times[steps] - times[1])
     allreduce = None
@@ -62,8 +76,16 @@ def worker(config, threads, batch, steps):
             samples.append(time.perf_counter() - started)
         allreduce = statistics.median(samples)
     if comm.rank == 0:
-        print(json.dumps(dict(tokens_per_s=tokens_per_s, allreduce_s=allreduce, floats=int(
-            sum(p.size for p in model.params.values())), step_s=SEQ_LEN * batch * comm.size / tokens_per_s)))
+        print(
+            json.dumps(
+                dict(
+                    tokens_per_s=tokens_per_s,
+                    allreduce_s=allreduce,
+                    floats=int(sum(p.size for p in model.params.values())),
+                    step_s=SEQ_LEN * batch * comm.size / tokens_per_s,
+                )
+            )
+        )
 
 
 def projection(step_s, floats, machines, gbit_s, latency_s=20e-6):
@@ -88,18 +110,31 @@ def main():
     results = {}
     for round_ in range(args.rounds):
         for config in args.configs:
-            for label, ranks, threads, batch in (RUNS if round_ % 2 == 0 else RUNS[::-1]):
+            for label, ranks, threads, batch in RUNS if round_ % 2 == 0 else RUNS[::-1]:
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                out = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", config,
-                                      str(threads), str(batch), str(args.steps)], capture_output=True, text=True,
-                                     env=env)
+                out = subprocess.run(
+                    [
+                        mpiexec,
+                        "-n",
+                        str(ranks),
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        config,
+                        str(threads),
+                        str(batch),
+                        str(args.steps),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
                 if out.returncode:
                     sys.exit(out.stderr)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault((config, label), []).append(result)
                 print(config, label, json.dumps(result), file=sys.stderr, flush=True)
-    print(f"{args.rounds} alternating rounds, {args.steps - 1} timed steps per run, each run its own mpiexec; "
-          "medians")
+    print(f"{args.rounds} alternating rounds, {args.steps - 1} timed steps per run, each run its own mpiexec; medians")
     print("| config | run | tokens/s | vs 1 rank x 2 threads | step, ms | Allreduce of the gradients, ms |")
     print("|---|---|---:|---:|---:|---:|")
     for config in args.configs:
@@ -108,14 +143,19 @@ def main():
             rs = results[(config, label)]
             tps = statistics.median(r["tokens_per_s"] for r in rs)
             ar = [r["allreduce_s"] for r in rs if r["allreduce_s"] is not None]
-            print(f"| {config} ({rs[0]['floats'] * 4 / 2**20:.0f} MiB of gradients) | {label} | {tps:,.0f} | "
-                  f"{tps / base:.2f} | {statistics.median(r['step_s'] for r in rs) * 1e3:.0f} | "
-                  f"{statistics.median(ar) * 1e3:.1f} |" if ar else
-                  f"| {config} ({rs[0]['floats'] * 4 / 2**20:.0f} MiB of gradients) | {label} | {tps:,.0f} | "
-                  f"{tps / base:.2f} | {statistics.median(r['step_s'] for r in rs) * 1e3:.0f} | |")
+            print(
+                f"| {config} ({rs[0]['floats'] * 4 / 2**20:.0f} MiB of gradients) | {label} | {tps:,.0f} | "
+                f"{tps / base:.2f} | {statistics.median(r['step_s'] for r in rs) * 1e3:.0f} | "
+                f"{statistics.median(ar) * 1e3:.1f} |"
+                if ar
+                else f"| {config} ({rs[0]['floats'] * 4 / 2**20:.0f} MiB of gradients) | {label} | {tps:,.0f} | "
+                f"{tps / base:.2f} | {statistics.median(r['step_s'] for r in rs) * 1e3:.0f} | |"
+            )
     print()
-    print("Projection (ring Allreduce after backward, no overlap, 20 us per message; per-machine step = "
-          "README's quiet-machine single-process step, batch 20 per machine):")
+    print(
+        "Projection (ring Allreduce after backward, no overlap, 20 us per message; per-machine step = "
+        "README's quiet-machine single-process step, batch 20 per machine):"
+    )
     print("| config | machines | 10 Gbit/s: efficiency (Allreduce ms) | 100 Gbit/s: efficiency (Allreduce ms) |")
     print("|---|---:|---:|---:|")
     for config in args.configs:

@@ -6,6 +6,7 @@ V=50000, E=256, H=256, B=32, T=100: the full (B*T x V) float32 logits would be 6
 Prints the resident memory before the call and the peak during it (Linux: the peak is
 reset through /proc/self/clear_refs just before the call, so set-up does not count).
 """
+
 import argparse
 from pathlib import Path
 
@@ -42,10 +43,14 @@ def main():
     grads_mb = sum(g.nbytes for g in grads.values()) / 2**20
     logits_mb = B * T * V * 4 / 2**20
     print(f"backend={args.backend} V={V} E={E} H={H} B={B} T={T} loss={loss:.4f}")
-    print(f"parameters {params_mb:.0f} MiB, gradients returned {grads_mb:.0f} MiB, "
-          f"full logits would be {logits_mb:.0f} MiB")
-    print(f"RSS before the call {before:.0f} MiB, peak during it {peak:.0f} MiB: "
-          f"the call needed {peak - before:.0f} MiB beyond the model, gradients included")
+    print(
+        f"parameters {params_mb:.0f} MiB, gradients returned {grads_mb:.0f} MiB, "
+        f"full logits would be {logits_mb:.0f} MiB"
+    )
+    print(
+        f"RSS before the call {before:.0f} MiB, peak during it {peak:.0f} MiB: "
+        f"the call needed {peak - before:.0f} MiB beyond the model, gradients included"
+    )
 
 
 if __name__ == "__main__":

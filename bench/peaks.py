@@ -3,6 +3,7 @@
 peak_fma_gflops is fastlm's own register-only FMA loop, the peak that counts; a large NumPy
 SGEMM and torch.matmul, each in a process of its own, are printed beside it as references.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -60,8 +61,9 @@ def peak_fma_gflops(threads, seconds=0.5, repeats=3):
         best = max(_core.fma_peak_gflops(seconds) for _ in range(repeats))
     finally:
         _core.set_num_threads(previous)
-    return dict(gflops=best, threads=threads,
-                source=f"FMA loop in registers ({_core.build_info()['simd']}, {threads} threads)")
+    return dict(
+        gflops=best, threads=threads, source=f"FMA loop in registers ({_core.build_info()['simd']}, {threads} threads)"
+    )
 
 
 def numpy_sgemm_gflops(threads, n=4096, repeats=3):

@@ -9,6 +9,7 @@ length-sorted batches, and fastlm called one sentence at a time. Streaming: time
 first token and tokens/s of model.stream against model.generate (config B, 500 tokens).
 Threads: total tokens/s of 1, 2 and 4 threads calling generate on config A.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def sentences(count, seed=0):
 
 def fastlm_model(config):
     import fastlm
+
     E, H, L = {"A": (128, 128, 1), "B": (200, 200, 2)}[config]
     return fastlm.LSTMLM(V, E, H, L, seed=0)
 
@@ -55,9 +57,13 @@ def run_fastlm_one_at_a_time(count):
 def run_torch_packed(count, batch=256):
     import torch
     from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
+
     torch.manual_seed(0)
-    embedding, lstm, decoder = torch.nn.Embedding(V, 200), torch.nn.LSTM(200, 200, 2, batch_first=True), \
-        torch.nn.Linear(200, V)
+    embedding, lstm, decoder = (
+        torch.nn.Embedding(V, 200),
+        torch.nn.LSTM(200, 200, 2, batch_first=True),
+        torch.nn.Linear(200, V),
+    )
     seqs = sentences(count)
     order = sorted(range(count), key=lambda i: -len(seqs[i]))
 
@@ -75,7 +81,7 @@ def run_torch_packed(count, batch=256):
         score(order[:batch])
         start = time.perf_counter()
         for b in range(0, count, batch):
-            score(order[b:b + batch])
+            score(order[b : b + batch])
         return count / (time.perf_counter() - start)
 
 
@@ -92,20 +98,25 @@ def run_stream(tokens=500):
         if n == 0:
             first = time.perf_counter() - start
     stream_rate = tokens / (time.perf_counter() - start)
-    return {"generate_tokens_per_s": generate_rate, "stream_tokens_per_s": stream_rate,
-            "stream_first_token_ms": 1000 * first}
+    return {
+        "generate_tokens_per_s": generate_rate,
+        "stream_tokens_per_s": stream_rate,
+        "stream_first_token_ms": 1000 * first,
+    }
 
 
 def run_threads(threads, tokens=300):
     import threading
 
     import fastlm
+
     fastlm.set_num_threads(1)
     model = fastlm_model("A")
     prompt = np.arange(1, 11, dtype=np.int32)
     model.generate(prompt, 20, seed=0)
-    workers = [threading.Thread(target=model.generate, args=(prompt, tokens), kwargs={"seed": k})
-               for k in range(threads)]
+    workers = [
+        threading.Thread(target=model.generate, args=(prompt, tokens), kwargs={"seed": k}) for k in range(threads)
+    ]
     start = time.perf_counter()
     for w in workers:
         w.start()
@@ -116,8 +127,9 @@ def run_threads(threads, tokens=300):
 
 def child(name, *args):
     """Run one measurement in a fresh process; returns its JSON result."""
-    code = ("import json, sys; sys.path.insert(0, 'bench'); import scoring; "
-            f"print(json.dumps(scoring.{name}(*{args!r})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, 'bench'); import scoring; print(json.dumps(scoring.{name}(*{args!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -4,6 +4,7 @@ alternating. Prints windows, target tokens and seconds per epoch, and the ratios
 
     python bench/stride_cost.py [--chars 20000] [--seq-len 50] [--rounds 2] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ print(json.dumps({"seconds": seconds, "windows": windows, "targets": windows * s
 
 
 def run(chars, seq_len, stride, threads):
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([chars, seq_len, stride, threads])],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps([chars, seq_len, stride, threads])],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -51,11 +56,15 @@ def main():
     for stride, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
         r = runs[0]
-        print(f"stride={stride!s:5} windows {r['windows']:7,} target tokens {r['targets']:9,} "
-              f"epoch {seconds:7.2f} s (median of {len(runs)}), loss after the epoch {r['loss']:.3f}")
+        print(
+            f"stride={stride!s:5} windows {r['windows']:7,} target tokens {r['targets']:9,} "
+            f"epoch {seconds:7.2f} s (median of {len(runs)}), loss after the epoch {r['loss']:.3f}"
+        )
     base, every = (statistics.median(r["seconds"] for r in results[s]) for s in (None, 1))
-    print(f"stride=1 / stride=None: {results[1][0]['windows'] / results[None][0]['windows']:.1f}x the windows, "
-          f"{every / base:.1f}x the epoch time")
+    print(
+        f"stride=1 / stride=None: {results[1][0]['windows'] / results[None][0]['windows']:.1f}x the windows, "
+        f"{every / base:.1f}x the epoch time"
+    )
 
 
 if __name__ == "__main__":

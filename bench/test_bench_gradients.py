@@ -5,6 +5,7 @@
 Each result carries tokens/s and GFLOP/s in extra_info. OPENBLAS_CORETYPE, when set
 on the machine, is left as it is: the NumPy side runs as a user's NumPy would.
 """
+
 import pytest
 
 import fastlm
@@ -39,6 +40,7 @@ def test_gradients_torch(benchmark, name):
     c = CONFIGS[name]
 
     from fastlm._torch_twin import TorchLM
+
     net = TorchLM(c.vocab, c.embed, c.hidden, c.layers)
     x, y = (torch.from_numpy(a).long() for a in random_batch(c))
 

@@ -16,6 +16,7 @@ fastlm sets on import (GOMP_SPINCOUNT=10000, unless you set it); bench/compare.p
 measurement in its own process, PyTorch with its own settings, alternating, and is the one
 to quote.
 """
+
 import os
 
 import pytest
@@ -62,8 +63,14 @@ def _run(benchmark, fn, impl, name, tokens, flops_per_token, peak):
     seconds = benchmark.stats.stats.median
     rate = tokens / seconds
     gflops = rate * flops_per_token / 1e9
-    benchmark.extra_info.update(tokens=tokens, tokens_per_s=rate, gflops=gflops, peak_gflops=peak,
-                                peak_pct=100.0 * gflops / peak, threads=THREADS)
+    benchmark.extra_info.update(
+        tokens=tokens,
+        tokens_per_s=rate,
+        gflops=gflops,
+        peak_gflops=peak,
+        peak_pct=100.0 * gflops / peak,
+        threads=THREADS,
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)

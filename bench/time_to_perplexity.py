@@ -23,6 +23,7 @@ Reported: both final validation perplexities, and for each side the time at whic
 validation perplexity first reached the worse of the two (at an epoch end), and their
 ratio. The test perplexity of each final model is computed after the clock stops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,13 @@ DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
 
 # ---------------------------------------------------------------- data (in a worker of its own)
 
+
 def prepare(corpus, directory, preset_name, vocab, seed):
     """Split, tokenize and encode the corpus; draw the shared initial weights. Writes .npy files."""
     import numpy as np
 
     import fastlm
+
     lines = [line for line in Path(corpus).read_text(encoding="utf-8").split("\n") if line.strip()]
     a, b = int(0.9 * len(lines)), int(0.95 * len(lines))
     parts = {"train": lines[:a], "val": lines[a:b], "test": lines[b:]}
@@ -57,19 +60,22 @@ def prepare(corpus, directory, preset_name, vocab, seed):
         np.save(Path(directory) / f"{name}.npy", tokenizer.encode(text))
     model = fastlm.LSTMLM(len(tokenizer), **preset.model, seed=seed)
     np.savez(Path(directory) / "init.npz", **model.state_dict())
-    return {"vocab_size": len(tokenizer), **{f"{name}_tokens": int(len(tokenizer.encode(t)))
-                                            for name, t in texts.items()}}
+    return {
+        "vocab_size": len(tokenizer),
+        **{f"{name}_tokens": int(len(tokenizer.encode(t))) for name, t in texts.items()},
+    }
 
 
 # ---------------------------------------------------------------- the two sides
 
+
 def contiguous_batches(ids, seq_len, batch_size):
     """fastlm's ContiguousBatches: batch_size streams, read seq_len columns at a time."""
     length = (len(ids) - 1) // batch_size
-    xs = ids[:length * batch_size].reshape(batch_size, length)
-    ys = ids[1:length * batch_size + 1].reshape(batch_size, length)
+    xs = ids[: length * batch_size].reshape(batch_size, length)
+    ys = ids[1 : length * batch_size + 1].reshape(batch_size, length)
     for start in range(0, length, seq_len):
-        yield xs[:, start:start + seq_len], ys[:, start:start + seq_len]
+        yield xs[:, start : start + seq_len], ys[:, start : start + seq_len]
 
 
 def epoch_lr(lr, decay, decay_from, epoch):
@@ -81,6 +87,7 @@ def run_fastlm(directory, preset_name, epochs, threads, report):
     import numpy as np
 
     import fastlm
+
     fastlm.set_num_threads(threads)
     data = {name: np.load(Path(directory) / f"{name}.npy") for name in ("train", "val", "test")}
     init = dict(np.load(Path(directory) / "init.npz"))
@@ -91,8 +98,13 @@ def run_fastlm(directory, preset_name, epochs, threads, report):
     started = time.perf_counter()
 
     def callback(history):
-        report(epoch=history["epoch"][-1], seconds=time.perf_counter() - started, lr=history["lr"][-1],
-               loss=history["loss"][-1], val_perplexity=history["val_perplexity"][-1])
+        report(
+            epoch=history["epoch"][-1],
+            seconds=time.perf_counter() - started,
+            lr=history["lr"][-1],
+            loss=history["loss"][-1],
+            val_perplexity=history["val_perplexity"][-1],
+        )
 
     model.fit(data["train"], val_ids=data["val"], progress=False, callback=callback, **fit)
     test = model.evaluate(data["test"], seq_len=fit["seq_len"], batch_size=fit["batch_size"])
@@ -104,6 +116,7 @@ def run_torch(directory, preset_name, epochs, threads, report):
     import torch
 
     import fastlm  # the preset's values only; no fastlm code runs in the timed loop
+
     torch.set_num_threads(threads)
     data = {name: np.load(Path(directory) / f"{name}.npy").astype(np.int64) for name in ("train", "val", "test")}
     init = dict(np.load(Path(directory) / "init.npz"))
@@ -117,8 +130,9 @@ def run_torch(directory, preset_name, epochs, threads, report):
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.Embedding(V, m["embed_dim"])
-            self.lstm = torch.nn.LSTM(m["embed_dim"], m["hidden_size"], num_layers=m["num_layers"],
-                                      dropout=m["dropout"], batch_first=True)
+            self.lstm = torch.nn.LSTM(
+                m["embed_dim"], m["hidden_size"], num_layers=m["num_layers"], dropout=m["dropout"], batch_first=True
+            )
             self.decoder = torch.nn.Linear(m["hidden_size"], V)
             self.drop = torch.nn.Dropout(m["dropout"])
 
@@ -137,8 +151,9 @@ def run_torch(directory, preset_name, epochs, threads, report):
         with torch.no_grad():
             for x, y in contiguous_batches(ids, T, min(B, len(ids) - 1)):
                 logits, state = net(torch.from_numpy(np.ascontiguousarray(x)), state)
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
-                                                         torch.from_numpy(np.ascontiguousarray(y)).reshape(-1))
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, V), torch.from_numpy(np.ascontiguousarray(y)).reshape(-1)
+                )
                 total += float(loss) * y.size
                 count += y.size
         return math.exp(total / count)
@@ -154,20 +169,27 @@ def run_torch(directory, preset_name, epochs, threads, report):
             if state is not None:
                 state = tuple(s.detach() for s in state)
             logits, state = net(torch.from_numpy(np.ascontiguousarray(x)), state)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
-                                                     torch.from_numpy(np.ascontiguousarray(y)).reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, V), torch.from_numpy(np.ascontiguousarray(y)).reshape(-1)
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), fit["clip_norm"])
             opt.step()
             loss_sum += loss.item() * y.size
             tokens += y.size
-        report(epoch=epoch, seconds=time.perf_counter() - started, lr=lr, loss=loss_sum / tokens,
-               val_perplexity=evaluate(data["val"]))
+        report(
+            epoch=epoch,
+            seconds=time.perf_counter() - started,
+            lr=lr,
+            loss=loss_sum / tokens,
+            val_perplexity=evaluate(data["val"]),
+        )
     report(test_perplexity=evaluate(data["test"]))
 
 
 # ---------------------------------------------------------------- driver
+
 
 def worker(args):
     def report(**values):
@@ -193,9 +215,26 @@ def child_environment(threads):
 
 
 def start_worker(side, args, data):
-    command = [sys.executable, str(HERE), "--worker", side, "--data", data, "--preset", args.preset,
-               "--epochs", str(args.epochs), "--threads", str(args.threads), "--corpus", str(args.corpus),
-               "--vocab", str(args.vocab), "--seed", str(args.seed)]
+    command = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        side,
+        "--data",
+        data,
+        "--preset",
+        args.preset,
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(args.threads),
+        "--corpus",
+        str(args.corpus),
+        "--vocab",
+        str(args.vocab),
+        "--seed",
+        str(args.seed),
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=child_environment(args.threads))
 
 
@@ -218,6 +257,7 @@ def run_worker(side, args, data, log):
 
 def run_parallel(sides, args, data, log):
     from concurrent.futures import ThreadPoolExecutor
+
     procs = {side: start_worker(side, args, data) for side in sides}
     with ThreadPoolExecutor(len(sides)) as pool:
         futures = {side: pool.submit(collect, side, proc, log) for side, proc in procs.items()}
@@ -236,29 +276,39 @@ def summarise(args, prepared, results):
     test = {side: next(r["test_perplexity"] for r in results[side] if "test_perplexity" in r) for side in sides}
     target = max(final.values())
     reach = {side: time_to_reach(epochs[side], target) for side in sides}
-    lines = [f"### {args.preset}, {args.epochs} epochs, {args.threads} threads",
-             "",
-             f"Corpus {Path(args.corpus).name}: {prepared['train_tokens']:,} training, {prepared['val_tokens']:,} "
-             f"validation, {prepared['test_tokens']:,} test tokens; vocabulary {prepared['vocab_size']:,}. "
-             f"CPU: {cpu_name()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
-             "",
-             "| epoch | " + " | ".join(f"{s} s | {s} val ppl" for s in sides) + " |",
-             "|---:|" + "---:|---:|" * len(sides)]
+    lines = [
+        f"### {args.preset}, {args.epochs} epochs, {args.threads} threads",
+        "",
+        f"Corpus {Path(args.corpus).name}: {prepared['train_tokens']:,} training, {prepared['val_tokens']:,} "
+        f"validation, {prepared['test_tokens']:,} test tokens; vocabulary {prepared['vocab_size']:,}. "
+        f"CPU: {cpu_name()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
+        "",
+        "| epoch | " + " | ".join(f"{s} s | {s} val ppl" for s in sides) + " |",
+        "|---:|" + "---:|---:|" * len(sides),
+    ]
     for k in range(args.epochs):
         cells = [f"{epochs[s][k]['seconds']:.0f} | {epochs[s][k]['val_perplexity']:.2f}" for s in sides]
         lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Final validation perplexity: " + ", ".join(f"{s} {final[s]:.2f}" for s in sides) +
-                 f" (difference {abs(final['fastlm'] - final['torch']) / min(final.values()):.2%}); test: " +
-                 ", ".join(f"{s} {test[s]:.2f}" for s in sides) + ".")
+    lines.append(
+        "Final validation perplexity: "
+        + ", ".join(f"{s} {final[s]:.2f}" for s in sides)
+        + f" (difference {abs(final['fastlm'] - final['torch']) / min(final.values()):.2%}); test: "
+        + ", ".join(f"{s} {test[s]:.2f}" for s in sides)
+        + "."
+    )
     if all(reach.values()):
-        lines.append(f"Time to validation perplexity {target:.2f} (the worse final): " +
-                     ", ".join(f"{s} {reach[s]:.0f} s" for s in sides) +
-                     f"; fastlm {reach['torch'] / reach['fastlm']:.2f}x sooner.")
+        lines.append(
+            f"Time to validation perplexity {target:.2f} (the worse final): "
+            + ", ".join(f"{s} {reach[s]:.0f} s" for s in sides)
+            + f"; fastlm {reach['torch'] / reach['fastlm']:.2f}x sooner."
+        )
     per_epoch = {s: epochs[s][-1]["seconds"] / len(epochs[s]) for s in sides}
-    lines.append("Mean time per epoch (evaluation included): " +
-                 ", ".join(f"{s} {per_epoch[s]:.0f} s" for s in sides) +
-                 f"; ratio {per_epoch['torch'] / per_epoch['fastlm']:.2f}x.")
+    lines.append(
+        "Mean time per epoch (evaluation included): "
+        + ", ".join(f"{s} {per_epoch[s]:.0f} s" for s in sides)
+        + f"; ratio {per_epoch['torch'] / per_epoch['fastlm']:.2f}x."
+    )
     return "\n".join(lines) + "\n", dict(final=final, test=test, target=target, reach=reach, epochs=epochs)
 
 
@@ -290,9 +340,12 @@ def main(argv=None):
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = int(subprocess.check_output(
-            [sys.executable, "-c", f"import fastlm; print(fastlm.presets.get({args.preset!r}).fit['epochs'])"],
-            text=True))
+        args.epochs = int(
+            subprocess.check_output(
+                [sys.executable, "-c", f"import fastlm; print(fastlm.presets.get({args.preset!r}).fit['epochs'])"],
+                text=True,
+            )
+        )
     if args.worker:
         return worker(args)
     with tempfile.TemporaryDirectory(prefix="fastlm-ttp-") as data:
@@ -305,8 +358,9 @@ def main(argv=None):
     summary, figures = summarise(args, prepared, results)
     print(summary)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(args=vars(args), prepared=prepared, results=results,
-                                                   summary=figures), indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(dict(args=vars(args), prepared=prepared, results=results, summary=figures), indent=1) + "\n"
+        )
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as f:
             f.write("\n" + summary)

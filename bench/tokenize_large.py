@@ -9,6 +9,7 @@ that each peak RSS (getrusage ru_maxrss) is that level's alone. The int32 ids ar
 the peak and unavoidable -- 4 bytes per token, so ~400 MB for 100 MB of text at char
 level -- so the overhead beyond the interpreter baseline and the output array is printed too.
 """
+
 import argparse
 import json
 import os
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def peak_rss_mib():
@@ -57,10 +58,22 @@ def child(level, path, lowercase, split_punctuation, chunk_size):
     ids = tok.encode_file(path, chunk_size=chunk_size)
     encode_seconds = time.perf_counter() - start
     peak = peak_rss_mib()
-    print(json.dumps(dict(level=level, vocab=len(tok), tokens=int(ids.size), output_mib=ids.nbytes / MIB,
-                          unknown=int((ids == tok.unk_id).sum()), fit_seconds=fit_seconds,
-                          encode_seconds=encode_seconds, baseline_mib=baseline, fit_peak_mib=fit_peak,
-                          peak_mib=peak)))
+    print(
+        json.dumps(
+            dict(
+                level=level,
+                vocab=len(tok),
+                tokens=int(ids.size),
+                output_mib=ids.nbytes / MIB,
+                unknown=int((ids == tok.unk_id).sum()),
+                fit_seconds=fit_seconds,
+                encode_seconds=encode_seconds,
+                baseline_mib=baseline,
+                fit_peak_mib=fit_peak,
+                peak_mib=peak,
+            )
+        )
+    )
 
 
 def main():
@@ -82,10 +95,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "large.txt")
         size = build_file(args.corpus, path, args.mb)
-        print(f"file: {size / MIB:.1f} MiB ({args.corpus} repeated), chunk size {args.chunk_size} bytes, "
-              f"lowercase={args.lowercase}, split_punctuation={args.split_punctuation}")
-        print(f"{'level':5} {'vocab':>6} {'tokens':>11} {'fit s':>6} {'encode s':>8} {'MB/s':>6} "
-              f"{'base':>5} {'fit peak':>8} {'peak':>6} {'ids':>6} {'overhead':>8}   (memory in MiB)")
+        print(
+            f"file: {size / MIB:.1f} MiB ({args.corpus} repeated), chunk size {args.chunk_size} bytes, "
+            f"lowercase={args.lowercase}, split_punctuation={args.split_punctuation}"
+        )
+        print(
+            f"{'level':5} {'vocab':>6} {'tokens':>11} {'fit s':>6} {'encode s':>8} {'MB/s':>6} "
+            f"{'base':>5} {'fit peak':>8} {'peak':>6} {'ids':>6} {'overhead':>8}   (memory in MiB)"
+        )
         for level in args.levels:
             command = [sys.executable, __file__, "--child", level, path, "--chunk-size", str(args.chunk_size)]
             command += ["--lowercase"] * args.lowercase + ["--split-punctuation"] * args.split_punctuation
@@ -93,11 +110,15 @@ def main():
             r = json.loads(result.stdout.strip().splitlines()[-1])
             rate = size / 1e6 / (r["fit_seconds"] + r["encode_seconds"])
             overhead = r["peak_mib"] - r["baseline_mib"] - r["output_mib"]
-            print(f"{level:5} {r['vocab']:6d} {r['tokens']:11d} {r['fit_seconds']:6.2f} {r['encode_seconds']:8.2f} "
-                  f"{rate:6.1f} {r['baseline_mib']:5.0f} {r['fit_peak_mib']:8.0f} {r['peak_mib']:6.0f} "
-                  f"{r['output_mib']:6.0f} {overhead:8.0f}")
-        print("base: RSS after importing fastlm; fit peak: peak RSS after fit_file; peak: after encode_file; "
-              "overhead = peak - base - ids")
+            print(
+                f"{level:5} {r['vocab']:6d} {r['tokens']:11d} {r['fit_seconds']:6.2f} {r['encode_seconds']:8.2f} "
+                f"{rate:6.1f} {r['baseline_mib']:5.0f} {r['fit_peak_mib']:8.0f} {r['peak_mib']:6.0f} "
+                f"{r['output_mib']:6.0f} {overhead:8.0f}"
+            )
+        print(
+            "base: RSS after importing fastlm; fit peak: peak RSS after fit_file; peak: after encode_file; "
+            "overhead = peak - base - ids"
+        )
 
 
 if __name__ == "__main__":

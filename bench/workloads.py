@@ -4,6 +4,7 @@ fastlm and for PyTorch, with their FLOP and weight-traffic counts.
 The configurations, the training step and PyTorch's twin of the model come from the
 package (fastlm.benchmark, fastlm/_torch_twin.py), which `fastlm bench` also uses.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,7 @@ def fastlm_inference_step(c, backend):
 
     def step():
         model.forward(x, y)
+
     return step
 
 
@@ -46,6 +48,7 @@ def fastlm_generation(c, backend, tokens=500):
 
     def run():
         model.generate(prompt, max_new_tokens=tokens, temperature=1.0, seed=0)
+
     return run
 
 
@@ -60,6 +63,7 @@ def torch_inference_step(c, threads):
     def step():
         with torch.no_grad():
             net.loss(x, y)
+
     return step
 
 
@@ -76,6 +80,7 @@ def torch_generation(c, threads, tokens=500, mkldnn=True):
         return None
     import contextlib
     import warnings
+
     net = bm.torch_twin(c).eval()
     generator = torch.Generator().manual_seed(0)
 
@@ -92,4 +97,5 @@ def torch_generation(c, threads, tokens=500, mkldnn=True):
                     token = torch.multinomial(probs, 1, generator=generator).view(1, 1)
                     out[n] = token[0, 0]
         return out
+
     return run

@@ -4,6 +4,7 @@ Both twins (C++ and NumPy) take the module's own weights; the loss, each target'
 log-probability, the full distribution, the predictions and every gradient must agree
 with PyTorch's. Tolerances as in test_torch.py (float32 on both sides).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 from fastlm import _core, reference
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed; these comparisons need it (CI installs torch==2.13.0 on CPU)")
+    "torch", reason="PyTorch not installed; these comparisons need it (CI installs torch==2.13.0 on CPU)"
+)
 
 from fastlm._torch_twin import TorchLM  # noqa: E402
 
@@ -26,8 +28,7 @@ GRAD_ATOL_SCALE = 2e-6  # times the largest magnitude of the reference tensor
 
 def assert_grad_close(ours, theirs, name):
     theirs = theirs.detach().numpy()
-    np.testing.assert_allclose(ours, theirs, rtol=GRAD_RTOL, atol=GRAD_ATOL_SCALE * np.abs(theirs).max(),
-                               err_msg=name)
+    np.testing.assert_allclose(ours, theirs, rtol=GRAD_RTOL, atol=GRAD_ATOL_SCALE * np.abs(theirs).max(), err_msg=name)
 
 
 def torch_case(N, H, V, cutoffs, div_value, head_bias, seed=0, zipf=1.2):
@@ -41,9 +42,13 @@ def torch_case(N, H, V, cutoffs, div_value, head_bias, seed=0, zipf=1.2):
 
 def op_args(module, h):
     bias = module.head.bias.detach().numpy() if module.head.bias is not None else None
-    return (h.detach().numpy(), module.head.weight.detach().numpy(), bias,
-            [tail[0].weight.detach().numpy() for tail in module.tail],
-            [tail[1].weight.detach().numpy() for tail in module.tail])
+    return (
+        h.detach().numpy(),
+        module.head.weight.detach().numpy(),
+        bias,
+        [tail[0].weight.detach().numpy() for tail in module.tail],
+        [tail[1].weight.detach().numpy() for tail in module.tail],
+    )
 
 
 CASES = [
@@ -116,6 +121,7 @@ def zipf_batch(V, B, T, seed=0):
 @pytest.mark.parametrize("head_bias", [False, True], ids=["no-head-bias", "head-bias"])
 def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
     import fastlm
+
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, head_bias=head_bias, seed=3, backend=backend)
     torch.manual_seed(0)
     reference_model = TorchLM(*MODEL.values(), **ADAPTIVE, head_bias=head_bias)
@@ -139,6 +145,7 @@ def test_model_loss_gradients_and_evaluation_equal_torch(backend, head_bias):
 
 def test_model_state_dict_loads_into_torch():
     import fastlm
+
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=5)
     reference_model = TorchLM(*MODEL.values(), **ADAPTIVE)
     reference_model.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
@@ -159,6 +166,7 @@ def sampling_model(backend="cpp"):
     """A small adaptive model with peaked, uneven tails, so that temperature changes the
     clusters' weights (Z_c far from 1 and from its bound)."""
     import fastlm
+
     model = fastlm.LSTMLM(60, 8, 8, cutoffs=[10, 30], div_value=1.5, head_bias=True, seed=2, backend=backend)
     for name, value in model.params.items():
         if name.startswith("decoder.tail"):
@@ -168,9 +176,11 @@ def sampling_model(backend="cpp"):
 
 def next_token_distribution(model, prompt, temperature):
     from fastlm import adaptive
+
     rows, _, _ = model._lstm_forward(np.asarray([prompt], np.int32), None, None)
-    log_prob = reference.adaptive_log_prob(rows[-1:].astype(np.float64),
-                                           *adaptive.decoder_arguments(model.params, len(model.cutoffs)))[0]
+    log_prob = reference.adaptive_log_prob(
+        rows[-1:].astype(np.float64), *adaptive.decoder_arguments(model.params, len(model.cutoffs))
+    )[0]
     p = np.exp((log_prob - log_prob.max()) / temperature)
     return p / p.sum(), log_prob
 
@@ -178,6 +188,7 @@ def next_token_distribution(model, prompt, temperature):
 def naive_factorised_distribution(model, prompt, temperature):
     """Temperature on the head, then on the tail, each normalised on its own: not p^(1/T)."""
     from fastlm import adaptive
+
     head, bias, projs, outs = adaptive.decoder_arguments(model.params, len(model.cutoffs))
     rows, _, _ = model._lstm_forward(np.asarray([prompt], np.int32), None, None)
     h = rows[-1:].astype(np.float64)
@@ -185,9 +196,11 @@ def naive_factorised_distribution(model, prompt, temperature):
     def softmax(z):
         e = np.exp(z - z.max())
         return e / e.sum()
+
     p_head = softmax((h @ head.T + bias)[0] / temperature)
-    parts = [p_head[:10]] + [p_head[10 + i] * softmax(((h @ projs[i].T) @ outs[i].T)[0] / temperature)
-                             for i in range(2)]
+    parts = [p_head[:10]] + [
+        p_head[10 + i] * softmax(((h @ projs[i].T) @ outs[i].T)[0] / temperature) for i in range(2)
+    ]
     return np.concatenate(parts)
 
 
@@ -213,8 +226,14 @@ def test_greedy_is_the_full_arg_max_and_twins_agree():
     _, log_prob = next_token_distribution(model, [5, 9], 1.0)
     assert model.generate([5, 9], max_new_tokens=1, temperature=0)[0] == np.argmax(log_prob)
     twin = sampling_model("numpy")
-    for temperature, top_k, top_p in [(0.0, None, None), (1.0, None, None), (0.6, None, None), (1.7, None, None),
-                                      (1.0, 7, None), (0.9, None, 0.8)]:
+    for temperature, top_k, top_p in [
+        (0.0, None, None),
+        (1.0, None, None),
+        (0.6, None, None),
+        (1.7, None, None),
+        (1.0, 7, None),
+        (0.9, None, 0.8),
+    ]:
         ours = model.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
         theirs = twin.generate([5, 9], 25, temperature, top_k, top_p, seed=4, num_samples=3)
         np.testing.assert_array_equal(ours, theirs)
@@ -240,6 +259,7 @@ def test_sparse_embedding_training_follows_torch_sparse_adam():
     torch.optim.SparseAdam, every other parameter under torch.optim.Adam, same lr, same
     batches, from the same weights; with an adaptive decoder and clipping."""
     import fastlm
+
     V = MODEL["vocab_size"]
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3)
     torch.manual_seed(0)
@@ -254,14 +274,15 @@ def test_sparse_embedding_training_follows_torch_sparse_adam():
         for r in range(0, 6, 2):
             sparse.zero_grad()
             dense.zero_grad()
-            twin.loss(x[r:r + 2], y[r:r + 2]).backward()
+            twin.loss(x[r : r + 2], y[r : r + 2]).backward()
             clipped += clip_with_sparse_grads(list(twin.parameters()), 0.1)
             sparse.step()
             dense.step()
     assert clipped  # the clipping rule was exercised
     before = model.state_dict()["embedding.weight"]
-    model.fit(x, y, batch_size=2, epochs=epochs, lr=lr, shuffle=False, clip_norm=0.1, progress=False,
-              sparse_embedding=True)
+    model.fit(
+        x, y, batch_size=2, epochs=epochs, lr=lr, shuffle=False, clip_norm=0.1, progress=False, sparse_embedding=True
+    )
     after = model.state_dict()
     for name, value in twin.state_dict().items():
         np.testing.assert_allclose(after[name], value.numpy(), rtol=0, atol=1e-4, err_msg=name)
@@ -271,6 +292,7 @@ def test_sparse_embedding_training_follows_torch_sparse_adam():
 
 def test_sparse_embedding_never_forms_the_dense_gradient():
     import fastlm
+
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3)
     x, y = zipf_batch(MODEL["vocab_size"], 3, 4, seed=2)
     _, grads, _ = model.forward_backward(*model.check_batch(x, y), sparse_embedding=True)
@@ -283,14 +305,15 @@ def test_sparse_embedding_never_forms_the_dense_gradient():
 
 def test_sparse_embedding_checkpoint_resumes_exactly(tmp_path):
     import fastlm
+
     x, y = zipf_batch(MODEL["vocab_size"], 8, 6, seed=5)
     whole = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
     whole.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True)
     parts = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
-    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path,
-              max_batches=5)
-    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path,
-              resume=True)
+    parts.fit(
+        x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path, max_batches=5
+    )
+    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path, resume=True)
     for name, value in whole.state_dict().items():
         np.testing.assert_array_equal(parts.state_dict()[name], value, err_msg=name)
     with pytest.raises(ValueError, match="sparse_embedding"):
@@ -300,30 +323,35 @@ def test_sparse_embedding_checkpoint_resumes_exactly(tmp_path):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(cutoffs=[100, 20]), ValueError, "strictly increasing"),
-    (dict(cutoffs=[20, 20]), ValueError, "strictly increasing"),
-    (dict(cutoffs=[0, 20]), ValueError, "positive"),
-    (dict(cutoffs=[-5]), ValueError, "positive"),
-    (dict(cutoffs=[20, 300]), ValueError, "vocab_size"),
-    (dict(cutoffs=[]), ValueError, "empty"),
-    (dict(cutoffs=[20.5]), TypeError, "cutoffs"),
-    (dict(cutoffs="20"), TypeError, "cutoffs"),
-    (dict(cutoffs=[20], div_value=1.0), ValueError, "div_value"),
-    (dict(cutoffs=[20], div_value=0.5), ValueError, "div_value"),
-    (dict(cutoffs=[20], div_value=float("nan")), ValueError, "div_value"),
-    (dict(cutoffs=[20, 100], div_value=5.0), ValueError, "div_value=5.0 is too large"),  # 16 // 25 = 0
-    (dict(cutoffs=[20], div_value="4"), TypeError, "div_value"),
-    (dict(cutoffs=[20], head_bias=1), TypeError, "head_bias"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(cutoffs=[100, 20]), ValueError, "strictly increasing"),
+        (dict(cutoffs=[20, 20]), ValueError, "strictly increasing"),
+        (dict(cutoffs=[0, 20]), ValueError, "positive"),
+        (dict(cutoffs=[-5]), ValueError, "positive"),
+        (dict(cutoffs=[20, 300]), ValueError, "vocab_size"),
+        (dict(cutoffs=[]), ValueError, "empty"),
+        (dict(cutoffs=[20.5]), TypeError, "cutoffs"),
+        (dict(cutoffs="20"), TypeError, "cutoffs"),
+        (dict(cutoffs=[20], div_value=1.0), ValueError, "div_value"),
+        (dict(cutoffs=[20], div_value=0.5), ValueError, "div_value"),
+        (dict(cutoffs=[20], div_value=float("nan")), ValueError, "div_value"),
+        (dict(cutoffs=[20, 100], div_value=5.0), ValueError, "div_value=5.0 is too large"),  # 16 // 25 = 0
+        (dict(cutoffs=[20], div_value="4"), TypeError, "div_value"),
+        (dict(cutoffs=[20], head_bias=1), TypeError, "head_bias"),
+    ],
+)
 def test_bad_adaptive_arguments_are_named(kwargs, error, match):
     import fastlm
+
     with pytest.raises(error, match=match):
         fastlm.LSTMLM(**MODEL, **kwargs)
 
 
 def test_bad_adaptive_state_dicts_change_nothing():
     import fastlm
+
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE)
     before = model.state_dict()
     missing = dict(before)
@@ -342,6 +370,7 @@ def test_bad_adaptive_state_dicts_change_nothing():
 
 def test_sparse_embedding_bad_combinations():
     import fastlm
+
     model = fastlm.LSTMLM(**MODEL, **ADAPTIVE)
     x, y = zipf_batch(MODEL["vocab_size"], 2, 4)
     before = model.state_dict()
@@ -361,15 +390,40 @@ def test_cli_trains_an_adaptive_model_with_sparse_embedding(tmp_path, capsys):
 
     import fastlm
     from fastlm import cli
+
     words = [f"w{i}" for i in range(60)]
     rng = np.random.default_rng(0)
     text = "\n".join(" ".join(words[k] for k in np.minimum(rng.zipf(1.3, 12) - 1, 59)) for _ in range(200))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text + "\n", encoding="utf-8")
     out = tmp_path / "model"
-    argv = ["train", str(corpus), "--level", "word", "--epochs", "1", "--hidden", "16", "--embed", "8", "--layers",
-            "1", "--seq-len", "10", "--batch-size", "4", "--sample-tokens", "5", "--cutoffs", "10,30",
-            "--div-value", "2", "--sparse-embedding", "--out", str(out)]
+    argv = [
+        "train",
+        str(corpus),
+        "--level",
+        "word",
+        "--epochs",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--layers",
+        "1",
+        "--seq-len",
+        "10",
+        "--batch-size",
+        "4",
+        "--sample-tokens",
+        "5",
+        "--cutoffs",
+        "10,30",
+        "--div-value",
+        "2",
+        "--sparse-embedding",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "adaptive softmax, cutoffs 10,30" in printed
@@ -384,6 +438,7 @@ def test_cli_trains_an_adaptive_model_with_sparse_embedding(tmp_path, capsys):
         cli.main(["train", str(corpus), "--cutoffs", "30,10", "--out", str(tmp_path / "bad")])
     assert usage.value.code == 2
     assert "--cutoffs" in capsys.readouterr().err
-    assert cli.main(["train", str(corpus), "--level", "word", "--cutoffs", "10,5000", "--out",
-                     str(tmp_path / "bad")]) == 1
+    assert (
+        cli.main(["train", str(corpus), "--level", "word", "--cutoffs", "10,5000", "--out", str(tmp_path / "bad")]) == 1
+    )
     assert "cutoffs must be < vocab_size" in capsys.readouterr().err

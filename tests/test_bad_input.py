@@ -9,6 +9,7 @@ cost a pass over every array); NaN propagates to exactly the outputs that depend
 (the loss becomes NaN) and nothing crashes. The places that do check are those where
 NaN would silently destroy state: load_state_dict, adam_update's grad, clip_grad_norm.
 """
+
 from __future__ import annotations
 
 import re
@@ -115,10 +116,21 @@ class TestGradientsRejects:
 class TestGradientsAcceptsUnusualLayouts:
     """Non-contiguous, byte-swapped and other-width ids are read correctly."""
 
-    @pytest.mark.parametrize("variant", [
-        "transposed", "strided-slice", "fortran", "big-endian-i4", "big-endian-i8", "int64", "uint8", "int16",
-        "negative-stride", "list",
-    ])
+    @pytest.mark.parametrize(
+        "variant",
+        [
+            "transposed",
+            "strided-slice",
+            "fortran",
+            "big-endian-i4",
+            "big-endian-i8",
+            "int64",
+            "uint8",
+            "int16",
+            "negative-stride",
+            "list",
+        ],
+    )
     def test_same_result_as_contiguous_int32(self, model, variant):
         x, y = batch(3, 5, seed=4)
         expected = model.gradients(x, y)
@@ -186,12 +198,15 @@ class TestLoadStateDict:
             model.load_state_dict(state)
         assert_state_equal(model.state_dict(), before)
 
-    @pytest.mark.parametrize("entry,bad_shape", [
-        ("decoder.bias", (V + 1,)),
-        ("lstm.weight_hh_l1", (H, 4 * H)),  # transposed
-        ("embedding.weight", (V * E,)),  # right size, wrong shape
-        ("lstm.bias_ih_l0", (1, 4 * H)),
-    ])
+    @pytest.mark.parametrize(
+        "entry,bad_shape",
+        [
+            ("decoder.bias", (V + 1,)),
+            ("lstm.weight_hh_l1", (H, 4 * H)),  # transposed
+            ("embedding.weight", (V * E,)),  # right size, wrong shape
+            ("lstm.bias_ih_l0", (1, 4 * H)),
+        ],
+    )
     def test_misshaped_entry(self, model, entry, bad_shape):
         before = model.state_dict()
         state = modified_state(model)
@@ -253,18 +268,27 @@ class TestLoadStateDict:
 
 
 class TestConstructor:
-    @pytest.mark.parametrize("kwargs, error, message", [
-        (dict(embed_dim=8, hidden_size=16, tie_weights=True), ValueError,
-         r"tie_weights=True .* needs embed_dim == hidden_size; got embed_dim=8, hidden_size=16"),
-        (dict(embed_dim=16, hidden_size=16, tie_weights=True, cutoffs=[10]), ValueError,
-         r"tie_weights=True needs the full softmax decoder"),
-        (dict(tie_weights=1), TypeError, r"tie_weights must be True or False, got 1"),
-        (dict(init_range=0.0), ValueError, r"init_range must be positive and finite, got 0.0"),
-        (dict(init_range=-0.1), ValueError, r"init_range must be positive and finite"),
-        (dict(init_range=float("inf")), ValueError, r"init_range must be positive and finite"),
-        (dict(init_range="0.1"), TypeError, r"init_range must be a number or None, got '0.1'"),
-        (dict(init_range=True), TypeError, r"init_range must be a number or None"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, error, message",
+        [
+            (
+                dict(embed_dim=8, hidden_size=16, tie_weights=True),
+                ValueError,
+                r"tie_weights=True .* needs embed_dim == hidden_size; got embed_dim=8, hidden_size=16",
+            ),
+            (
+                dict(embed_dim=16, hidden_size=16, tie_weights=True, cutoffs=[10]),
+                ValueError,
+                r"tie_weights=True needs the full softmax decoder",
+            ),
+            (dict(tie_weights=1), TypeError, r"tie_weights must be True or False, got 1"),
+            (dict(init_range=0.0), ValueError, r"init_range must be positive and finite, got 0.0"),
+            (dict(init_range=-0.1), ValueError, r"init_range must be positive and finite"),
+            (dict(init_range=float("inf")), ValueError, r"init_range must be positive and finite"),
+            (dict(init_range="0.1"), TypeError, r"init_range must be a number or None, got '0.1'"),
+            (dict(init_range=True), TypeError, r"init_range must be a number or None"),
+        ],
+    )
     def test_recipe_options(self, kwargs, error, message):
         with pytest.raises(error, match=message):
             fastlm.LSTMLM(V, **kwargs)
@@ -284,13 +308,15 @@ class TestConstructor:
         with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got 0"):
             fastlm.LSTMLM(V, **{name: 0})
 
-    @pytest.mark.parametrize("sizes", [dict(num_layers=2**31), dict(hidden_size=10**6), dict(vocab_size=10**12),
-                                       dict(embed_dim=2**40)])
+    @pytest.mark.parametrize(
+        "sizes", [dict(num_layers=2**31), dict(hidden_size=10**6), dict(vocab_size=10**12), dict(embed_dim=2**40)]
+    )
     def test_larger_than_memory(self, sizes):
         """Checked by formula before anything is allocated: num_layers=2**31 used to grow for ever."""
         import time
 
         from fastlm.model import physical_memory
+
         if physical_memory() is None:
             pytest.skip("the system does not report its memory")
         started = time.perf_counter()
@@ -336,14 +362,29 @@ def lstm_backward_inputs(B=2, T=3, I=4, Hd=5, seed=0):
     dhs = np.random.default_rng(seed + 1).standard_normal((B, T, Hd)).astype(f32)
     dh_n = (np.random.default_rng(seed + 2).standard_normal((B, Hd)) * 0.1).astype(f32)
     dc_n = (np.random.default_rng(seed + 3).standard_normal((B, Hd)) * 0.1).astype(f32)
-    return dict(dhs=dhs, dh_n=dh_n, dc_n=dc_n, x=a["x"], w_ih=a["w_ih"], w_hh=a["w_hh"], h0=a["h0"], c0=a["c0"],
-                hs=hs, cs=cs, gates=gates)
+    return dict(
+        dhs=dhs,
+        dh_n=dh_n,
+        dc_n=dc_n,
+        x=a["x"],
+        w_ih=a["w_ih"],
+        w_hh=a["w_hh"],
+        h0=a["h0"],
+        c0=a["c0"],
+        hs=hs,
+        cs=cs,
+        gates=gates,
+    )
 
 
 def output_inputs(N=6, Hd=5, Vo=7, seed=0):
     rng = np.random.default_rng(seed)
-    return dict(h=rng.standard_normal((N, Hd)).astype(f32), weight=rng.standard_normal((Vo, Hd)).astype(f32),
-                bias=rng.standard_normal(Vo).astype(f32), targets=rng.integers(0, Vo, N).astype(np.int32))
+    return dict(
+        h=rng.standard_normal((N, Hd)).astype(f32),
+        weight=rng.standard_normal((Vo, Hd)).astype(f32),
+        bias=rng.standard_normal(Vo).astype(f32),
+        targets=rng.integers(0, Vo, N).astype(np.int32),
+    )
 
 
 def output_backward_inputs(N=6, Hd=5, Vo=7, seed=0):
@@ -359,8 +400,9 @@ def embedding_inputs(seed=0):
 
 def embedding_backward_inputs(seed=0):
     rng = np.random.default_rng(seed)
-    return dict(dout=rng.standard_normal((2, 3, E)).astype(f32), ids=rng.integers(0, V, (2, 3)).astype(np.int32),
-                vocab_size=V)
+    return dict(
+        dout=rng.standard_normal((2, 3, E)).astype(f32), ids=rng.integers(0, V, (2, 3)).astype(np.int32), vocab_size=V
+    )
 
 
 OPS = {
@@ -373,8 +415,7 @@ OPS = {
 }
 
 # Every array argument of every op.
-ARRAY_ARGS = [(op, name) for op, make in OPS.items() for name, value in make().items()
-              if isinstance(value, np.ndarray)]
+ARRAY_ARGS = [(op, name) for op, make in OPS.items() for name, value in make().items() if isinstance(value, np.ndarray)]
 FLOAT_ARGS = [(op, name) for op, name in ARRAY_ARGS if OPS[op]()[name].dtype.kind == "f"]
 ID_ARGS = [(op, name) for op, name in ARRAY_ARGS if OPS[op]()[name].dtype.kind == "i"]
 
@@ -382,11 +423,17 @@ ID_ARGS = [(op, name) for op, name in ARRAY_ARGS if OPS[op]()[name].dtype.kind =
 NONE_ARGS = [(op, name) for op, name in ARRAY_ARGS if name not in ("dh_n", "dc_n")]
 
 # (op, argument, add or drop an axis, regex of the argument names the message may name)
-WRONG_NDIM = [(op, name, change, name) for op, name in ARRAY_ARGS for change in ("add-axis", "drop-axis")
-              if op != "embedding_forward" or name != "ids"]  # ids of any ndim >= 1 are valid there
+WRONG_NDIM = [
+    (op, name, change, name)
+    for op, name in ARRAY_ARGS
+    for change in ("add-axis", "drop-axis")
+    if op != "embedding_forward" or name != "ids"
+]  # ids of any ndim >= 1 are valid there
 # embedding_backward: ids of any ndim are valid, dout must then have one axis more
-WRONG_NDIM = [(op, name, change, "dout" if (op, name) == ("embedding_backward", "ids") else names)
-              for op, name, change, names in WRONG_NDIM]
+WRONG_NDIM = [
+    (op, name, change, "dout" if (op, name) == ("embedding_backward", "ids") else names)
+    for op, name, change, names in WRONG_NDIM
+]
 
 # (op, argument, axis grown by one, names the message may name: the argument, or the one
 #  whose shape it no longer fits when the grown axis is what defines a size)
@@ -409,10 +456,16 @@ for _op in ("lstm_forward", "lstm_backward"):
         (_op, "c0", 0, "c0"),
         (_op, "c0", 1, "c0"),
     ]
-MISMATCH += [("lstm_forward", "b_ih", 0, "b_ih"), ("lstm_forward", "b_hh", 0, "b_hh"),
-             ("lstm_backward", "x", 1, "x|dhs|hs|cs|gates")]  # x defines T in lstm_forward
-MISMATCH += [("lstm_backward", name, axis, name) for name in ("dhs", "hs", "cs", "gates", "dh_n", "dc_n")
-             for axis in range(3 if name in ("dhs", "hs", "cs", "gates") else 2)]
+MISMATCH += [
+    ("lstm_forward", "b_ih", 0, "b_ih"),
+    ("lstm_forward", "b_hh", 0, "b_hh"),
+    ("lstm_backward", "x", 1, "x|dhs|hs|cs|gates"),
+]  # x defines T in lstm_forward
+MISMATCH += [
+    ("lstm_backward", name, axis, name)
+    for name in ("dhs", "hs", "cs", "gates", "dh_n", "dc_n")
+    for axis in range(3 if name in ("dhs", "hs", "cs", "gates") else 2)
+]
 for _op in ("output_loss_forward", "output_loss_backward"):
     MISMATCH += [
         (_op, "h", 0, "h|targets|lse"),
@@ -546,8 +599,16 @@ def empty_variant(op, axis):
         args["h0"], args["c0"] = np.zeros((B, 5), f32), np.zeros((B, 5), f32)
         if op == "lstm_backward":
             full = lstm_backward_inputs()
-            args = dict(full, x=args["x"], h0=args["h0"], c0=args["c0"], dhs=np.zeros((B, T, 5), f32),
-                        hs=np.zeros((B, T, 5), f32), cs=np.zeros((B, T, 5), f32), gates=np.zeros((B, T, 20), f32))
+            args = dict(
+                full,
+                x=args["x"],
+                h0=args["h0"],
+                c0=args["c0"],
+                dhs=np.zeros((B, T, 5), f32),
+                hs=np.zeros((B, T, 5), f32),
+                cs=np.zeros((B, T, 5), f32),
+                gates=np.zeros((B, T, 20), f32),
+            )
     else:
         if axis == 1:
             pytest.skip("the output layer takes (N, H) rows: only N can be empty")
@@ -617,8 +678,10 @@ class TestOpsAcceptUnusualLayouts:
 
     def test_lstm_forward_float64_is_rounded_to_float32(self):
         rng = np.random.default_rng(9)
-        args64 = {name: value.astype(np.float64) + rng.standard_normal(value.shape) * 1e-9
-                  for name, value in lstm_inputs().items()}
+        args64 = {
+            name: value.astype(np.float64) + rng.standard_normal(value.shape) * 1e-9
+            for name, value in lstm_inputs().items()
+        }
         args32 = {name: value.astype(f32) for name, value in args64.items()}
         assert_outputs_equal(_core.lstm_forward(**args64), _core.lstm_forward(**args32))
 
@@ -680,6 +743,7 @@ class TestWindows:
 
     def test_more_windows_than_memory(self):
         from fastlm.model import physical_memory
+
         if physical_memory() is None:
             pytest.skip("the system does not report its memory")
         n = int(np.sqrt(physical_memory())) + 2  # n/2 windows of n/2 tokens, x and y: 2 n^2 bytes
@@ -717,8 +781,12 @@ class TestWindows:
 
 def adam_args(shape=(3, 4), seed=0):
     rng = np.random.default_rng(seed)
-    return dict(param=rng.standard_normal(shape).astype(f32), grad=rng.standard_normal(shape).astype(f32),
-                m=(rng.standard_normal(shape) * 0.1).astype(f32), v=(rng.random(shape) * 0.1).astype(f32))
+    return dict(
+        param=rng.standard_normal(shape).astype(f32),
+        grad=rng.standard_normal(shape).astype(f32),
+        m=(rng.standard_normal(shape) * 0.1).astype(f32),
+        v=(rng.random(shape) * 0.1).astype(f32),
+    )
 
 
 def snapshot(args):
@@ -791,12 +859,20 @@ class TestAdamUpdate:
             _core.adam_update(**args, step=1, lr=1e-2)
         assert_state_equal(snapshot(dict(args, **{arg: None})), before)
 
-    @pytest.mark.parametrize("kwargs,fragment", [
-        (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr=1e-2, beta1=1.0), "betas"),
-        (dict(lr=1e-2, beta2=-0.1), "betas"), (dict(lr=1e-2, eps=-1.0), "eps"),
-        (dict(lr=1e-2, weight_decay=-1.0), "weight_decay"), (dict(lr=float("inf")), "lr"),
-        (dict(lr=1e-2, weight_decay=float("inf")), "weight_decay"), (dict(lr=1e-2, eps=float("inf")), "eps"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs,fragment",
+        [
+            (dict(lr=-1.0), "lr"),
+            (dict(lr=float("nan")), "lr"),
+            (dict(lr=1e-2, beta1=1.0), "betas"),
+            (dict(lr=1e-2, beta2=-0.1), "betas"),
+            (dict(lr=1e-2, eps=-1.0), "eps"),
+            (dict(lr=1e-2, weight_decay=-1.0), "weight_decay"),
+            (dict(lr=float("inf")), "lr"),
+            (dict(lr=1e-2, weight_decay=float("inf")), "weight_decay"),
+            (dict(lr=1e-2, eps=float("inf")), "eps"),
+        ],
+    )
     def test_bad_hyperparameters(self, kwargs, fragment):
         args = adam_args()
         before = snapshot(args)
@@ -824,19 +900,26 @@ class TestAdamUpdate:
 
 def sgd_args(shape=(3, 4), seed=0):
     rng = np.random.default_rng(seed)
-    return dict(param=rng.standard_normal(shape).astype(f32), grad=rng.standard_normal(shape).astype(f32),
-                buf=(rng.standard_normal(shape) * 0.1).astype(f32))
+    return dict(
+        param=rng.standard_normal(shape).astype(f32),
+        grad=rng.standard_normal(shape).astype(f32),
+        buf=(rng.standard_normal(shape) * 0.1).astype(f32),
+    )
 
 
 class TestSgdUpdate:
-    @pytest.mark.parametrize("kwargs,message", [
-        (dict(lr=-1.0), "lr must be >= 0"), (dict(lr=float("nan")), "lr must be >= 0"),
-        (dict(lr=0.1, momentum=-0.5), "momentum must be >= 0"),
-        (dict(lr=0.1, momentum=float("nan")), "momentum must be >= 0"),
-        (dict(lr=0.1, weight_decay=-1.0), "weight_decay must be >= 0"),
-        (dict(lr=0.1, nesterov=True), "nesterov needs momentum > 0"),
-        (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov needs momentum > 0"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs,message",
+        [
+            (dict(lr=-1.0), "lr must be >= 0"),
+            (dict(lr=float("nan")), "lr must be >= 0"),
+            (dict(lr=0.1, momentum=-0.5), "momentum must be >= 0"),
+            (dict(lr=0.1, momentum=float("nan")), "momentum must be >= 0"),
+            (dict(lr=0.1, weight_decay=-1.0), "weight_decay must be >= 0"),
+            (dict(lr=0.1, nesterov=True), "nesterov needs momentum > 0"),
+            (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov needs momentum > 0"),
+        ],
+    )
     def test_bad_hyperparameters(self, kwargs, message):
         args = sgd_args()
         before = snapshot(args)

@@ -2,6 +2,7 @@
 exception type from every public entry point -- TypeError for a wrong type, ValueError for a
 wrong value -- with a message naming the argument and the value; the CLI reports the same
 message as a usage error."""
+
 from __future__ import annotations
 
 import math
@@ -42,25 +43,66 @@ ENTRY_POINTS = {
 
 # the kinds of argument, and for each, mistakes with the exception they must raise
 MISTAKES = {
-    "positive int": [(2.5, TypeError), (2.0, TypeError), ("2", TypeError), (True, TypeError), (None, TypeError),
-                     (np.float64(3), TypeError), (0, ValueError), (-1, ValueError)],
-    "positive int or None": [(2.5, TypeError), ("2", TypeError), (False, TypeError), (0, ValueError),
-                             (-2, ValueError)],
+    "positive int": [
+        (2.5, TypeError),
+        (2.0, TypeError),
+        ("2", TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        (np.float64(3), TypeError),
+        (0, ValueError),
+        (-1, ValueError),
+    ],
+    "positive int or None": [(2.5, TypeError), ("2", TypeError), (False, TypeError), (0, ValueError), (-2, ValueError)],
     "int >= 0": [(1.5, TypeError), (1.0, TypeError), ("1", TypeError), (True, TypeError), (-1, ValueError)],
     "int >= 0 or None": [(1.5, TypeError), ("1", TypeError), (-1, ValueError)],
-    "positive number": [("0.1", TypeError), (True, TypeError), (None, TypeError), (0, ValueError),
-                        (-0.5, ValueError), (math.nan, ValueError), (math.inf, ValueError)],
-    "number >= 0": [("0.1", TypeError), (True, TypeError), (-0.5, ValueError), (math.nan, ValueError),
-                    (math.inf, ValueError)],
-    "fraction [0, 1)": [("0.1", TypeError), (False, TypeError), (1.0, ValueError), (-0.1, ValueError),
-                        (math.nan, ValueError)],
-    "probability (0, 1] or None": [("0.5", TypeError), (True, TypeError), (0.0, ValueError), (1.5, ValueError),
-                                   (math.nan, ValueError)],
+    "positive number": [
+        ("0.1", TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        (0, ValueError),
+        (-0.5, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+    ],
+    "number >= 0": [
+        ("0.1", TypeError),
+        (True, TypeError),
+        (-0.5, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+    ],
+    "fraction [0, 1)": [
+        ("0.1", TypeError),
+        (False, TypeError),
+        (1.0, ValueError),
+        (-0.1, ValueError),
+        (math.nan, ValueError),
+    ],
+    "probability (0, 1] or None": [
+        ("0.5", TypeError),
+        (True, TypeError),
+        (0.0, ValueError),
+        (1.5, ValueError),
+        (math.nan, ValueError),
+    ],
     "bool": [(1, TypeError), ("yes", TypeError), (None, TypeError)],
-    "number > 1": [("4", TypeError), (True, TypeError), (1.0, ValueError), (0.5, ValueError), (math.inf, ValueError),
-                   (math.nan, ValueError)],
-    "positive number or None": [("0.1", TypeError), (True, TypeError), (0, ValueError), (-0.5, ValueError),
-                                (math.nan, ValueError), (math.inf, ValueError)],
+    "number > 1": [
+        ("4", TypeError),
+        (True, TypeError),
+        (1.0, ValueError),
+        (0.5, ValueError),
+        (math.inf, ValueError),
+        (math.nan, ValueError),
+    ],
+    "positive number or None": [
+        ("0.1", TypeError),
+        (True, TypeError),
+        (0, ValueError),
+        (-0.5, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+    ],
 }
 
 ARGUMENTS = [  # (entry point, argument, kind)
@@ -96,8 +138,11 @@ ARGUMENTS = [  # (entry point, argument, kind)
     ("open_ids", "vocab_size", "positive int or None"),
 ]
 
-CASES = [pytest.param(entry, argument, value, error, id=f"{entry}-{argument}={value!r}")
-         for entry, argument, kind in ARGUMENTS for value, error in MISTAKES[kind]]
+CASES = [
+    pytest.param(entry, argument, value, error, id=f"{entry}-{argument}={value!r}")
+    for entry, argument, kind in ARGUMENTS
+    for value, error in MISTAKES[kind]
+]
 
 
 @pytest.mark.parametrize("entry, argument, value, error", CASES)
@@ -140,10 +185,14 @@ CLI_OPTIONS = [
     (["eval", "m", "f"], "--seq-len", "positive int", INT, 1),
     (["bench"], "--repeats", "positive int", INT, 1),
 ]
-CLI_CASES = [pytest.param(argv, option, text, check, bound, id=f"{argv[0]}{option}={text}")
-             for argv, option, kind, check, bound in CLI_OPTIONS
-             for text in ["two", *(str(value) for value, _ in MISTAKES[kind]
-                                   if isinstance(value, (int, float)) and not isinstance(value, bool))]]
+CLI_CASES = [
+    pytest.param(argv, option, text, check, bound, id=f"{argv[0]}{option}={text}")
+    for argv, option, kind, check, bound in CLI_OPTIONS
+    for text in [
+        "two",
+        *(str(value) for value, _ in MISTAKES[kind] if isinstance(value, (int, float)) and not isinstance(value, bool)),
+    ]
+]
 
 
 @pytest.mark.parametrize("argv, option, text, check, bound", CLI_CASES)
@@ -164,18 +213,22 @@ def test_cli_reports_the_python_message(capsys, argv, option, text, check, bound
 
 # the checks themselves
 
+
 def test_numpy_scalars_are_numbers():
     assert checks.check_int("n", np.int64(3), 1) == 3 and type(checks.check_int("n", np.uint8(3), 1)) is int
     assert checks.check_number("x", np.float32(0.5), "(0, 1]") == 0.5
     assert checks.check_bool("flag", np.bool_(True)) is True
 
 
-@pytest.mark.parametrize("interval, inside, outside", [
-    ("(0, 1]", [1e-9, 1.0], [0.0, 1.0001]),
-    ("[0, 1)", [0.0, 0.999], [1.0, -1e-9]),
-    ("[-1, 1]", [-1, 1], [-1.5, 1.5]),
-    ("(0, inf)", [1e300], [0, math.inf]),
-])
+@pytest.mark.parametrize(
+    "interval, inside, outside",
+    [
+        ("(0, 1]", [1e-9, 1.0], [0.0, 1.0001]),
+        ("[0, 1)", [0.0, 0.999], [1.0, -1e-9]),
+        ("[-1, 1]", [-1, 1], [-1.5, 1.5]),
+        ("(0, inf)", [1e300], [0, math.inf]),
+    ],
+)
 def test_intervals(interval, inside, outside):
     for value in inside:
         assert checks.check_number("x", value, interval) == value

@@ -5,6 +5,7 @@ Exit codes: 0 success; 2 usage errors (argparse, including out-of-range option v
 traceback. A failing command writes nothing. Most tests call fastlm.cli.main in-process
 (fast); a few run the real `python -m fastlm` and `fastlm` executables.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,16 +24,31 @@ import pytest
 from fastlm import cli
 
 # A tiny model that trains in well under a second.
-TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--seq-len", "20", "--batch-size", "8",
-        "--sample-tokens", "20"]
-WORDS = ("the a cat dog sat ran on under mat tree house river quickly slowly and then big small red green "
-         "bird fish saw heard it they we").split()
+TINY = [
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--layers",
+    "1",
+    "--seq-len",
+    "20",
+    "--batch-size",
+    "8",
+    "--sample-tokens",
+    "20",
+]
+WORDS = (
+    "the a cat dog sat ran on under mat tree house river quickly slowly and then big small red green "
+    "bird fish saw heard it they we"
+).split()
 
 
 def write_corpus(path, lines=300, seed=0):
     rng = random.Random(seed)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(lines)) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(lines)) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -67,13 +83,17 @@ def assert_usage_error(code, err, *fragments):
 def snapshot(directory):
     """Paths and contents of the files under a directory (but fastlm's lock file): to check
     that a failed command changed nothing."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != ".fastlm.lock"}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".fastlm.lock"
+    }
 
 
 def files_of(directory):
     """Where a model directory's current save keeps its files (the subdirectory config.json names)."""
     from fastlm import model_dir
+
     return model_dir.save_path(directory)
 
 
@@ -122,6 +142,7 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
 
 def test_bench_help_describes_the_configurations(capsys):
     from fastlm.benchmark import CONFIGS, shape
+
     code, out, _ = run(capsys, "bench", "--help")
     assert code == 0
     help_text = " ".join(out.split())
@@ -136,32 +157,35 @@ def test_no_command_is_a_usage_error(capsys):
     assert_usage_error(code, err, "COMMAND")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["frobnicate"], "invalid choice"),
-    (["train", "--bogus", "--out", "m"], "unrecognized arguments: --bogus"),
-    (["train", "--epochs", "two"], "argument --epochs"),
-    (["train", "--epochs", "0"], "argument --epochs"),
-    (["train", "--batch-size", "0"], "argument --batch-size"),
-    (["train", "--batch-size", "-4"], "argument --batch-size"),
-    (["train", "--seq-len", "0"], "argument --seq-len"),
-    (["train", "--lr", "0"], "argument --lr"),
-    (["train", "--lr", "nan"], "argument --lr"),
-    (["train", "--val-fraction", "1"], "argument --val-fraction"),
-    (["train", "--dropout", "-0.1"], "argument --dropout"),
-    (["train", "--level", "byte"], "argument --level"),
-    (["generate"], "DIR"),
-    (["generate", "m", "--temperature", "-1"], "argument --temperature"),
-    (["generate", "m", "--temperature", "inf"], "argument --temperature"),
-    (["generate", "m", "--top-p", "1.5"], "argument --top-p"),
-    (["generate", "m", "--top-p", "0"], "argument --top-p"),
-    (["generate", "m", "--top-k", "0"], "argument --top-k"),
-    (["generate", "m", "--max-new-tokens", "-1"], "argument --max-new-tokens"),
-    (["generate", "m", "--num-samples", "0"], "argument --num-samples"),
-    (["eval", "m"], "FILE"),
-    (["eval", "m", "f", "--seq-len", "0"], "argument --seq-len"),
-    (["bench", "--configs", "Z"], "argument --configs"),
-    (["bench", "--repeats", "0"], "argument --repeats"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["frobnicate"], "invalid choice"),
+        (["train", "--bogus", "--out", "m"], "unrecognized arguments: --bogus"),
+        (["train", "--epochs", "two"], "argument --epochs"),
+        (["train", "--epochs", "0"], "argument --epochs"),
+        (["train", "--batch-size", "0"], "argument --batch-size"),
+        (["train", "--batch-size", "-4"], "argument --batch-size"),
+        (["train", "--seq-len", "0"], "argument --seq-len"),
+        (["train", "--lr", "0"], "argument --lr"),
+        (["train", "--lr", "nan"], "argument --lr"),
+        (["train", "--val-fraction", "1"], "argument --val-fraction"),
+        (["train", "--dropout", "-0.1"], "argument --dropout"),
+        (["train", "--level", "byte"], "argument --level"),
+        (["generate"], "DIR"),
+        (["generate", "m", "--temperature", "-1"], "argument --temperature"),
+        (["generate", "m", "--temperature", "inf"], "argument --temperature"),
+        (["generate", "m", "--top-p", "1.5"], "argument --top-p"),
+        (["generate", "m", "--top-p", "0"], "argument --top-p"),
+        (["generate", "m", "--top-k", "0"], "argument --top-k"),
+        (["generate", "m", "--max-new-tokens", "-1"], "argument --max-new-tokens"),
+        (["generate", "m", "--num-samples", "0"], "argument --num-samples"),
+        (["eval", "m"], "FILE"),
+        (["eval", "m", "f", "--seq-len", "0"], "argument --seq-len"),
+        (["bench", "--configs", "Z"], "argument --configs"),
+        (["bench", "--repeats", "0"], "argument --repeats"),
+    ],
+)
 def test_bad_options_are_usage_errors(capsys, monkeypatch, tmp_path, argv, fragment):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
@@ -182,14 +206,29 @@ def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
     sample = stdout.split("--- sample ---\n")[1].split("--------------")[0]
     assert sample.strip()
     assert (out / "config.json").is_file()
-    assert {"model.safetensors", "tokenizer.json", "optimizer.safetensors",
-            "trainer.json"} <= {p.name for p in files_of(out).iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer.json"} <= {
+        p.name for p in files_of(out).iterdir()
+    }
 
 
 def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", "--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1",
-                            "--sample-tokens", "10", "--out", out)
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "--max-steps",
+        "2",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--layers",
+        "1",
+        "--sample-tokens",
+        "10",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert "corpus: the python_docs dataset (fastlm.datasets.python_docs)" in stdout
     assert "--- sample ---" in stdout
@@ -198,9 +237,26 @@ def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
 
 def test_train_on_a_shipped_dataset(capsys, tmp_path):
     import fastlm
+
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", "--dataset", "tinyshakespeare", "--max-steps", "1", "--hidden", "8",
-                            "--embed", "4", "--layers", "1", "--sample-tokens", "0", "--out", out)
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "tinyshakespeare",
+        "--max-steps",
+        "1",
+        "--hidden",
+        "8",
+        "--embed",
+        "4",
+        "--layers",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert "corpus: the tinyshakespeare dataset (fastlm.datasets.tinyshakespeare): 1,115,394 char tokens" in stdout
     assert len(fastlm.load(out).tokenizer) == len(set(fastlm.datasets.tinyshakespeare())) + 1  # and <unk>
@@ -229,13 +285,29 @@ def test_generate_is_reproducible_with_a_seed(capsys, model_dir):
 
 
 def test_generate_options(capsys, model_dir):
-    code, out, err = run(capsys, "generate", model_dir, "--num-samples", "2", "--max-new-tokens", "8",
-                         "--temperature", "1.2", "--top-k", "5", "--top-p", "0.9", "--seed", "3")
+    code, out, err = run(
+        capsys,
+        "generate",
+        model_dir,
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.2",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    )
     assert code == 0, err
     assert len(out.split("\n---\n")) == 2
     greedy = run(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8")
-    assert greedy[0] == 0 and greedy == run(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0",
-                                            "--max-new-tokens", "8")
+    assert greedy[0] == 0 and greedy == run(
+        capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8"
+    )
     code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog", "--max-new-tokens", "0")
     assert code == 0 and out == "the dog \n"
     code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog ", "--max-new-tokens", "1")
@@ -243,8 +315,7 @@ def test_generate_options(capsys, model_dir):
 
 
 def test_generate_notes_unknown_prompt_words(capsys, model_dir):
-    code, out, err = run(capsys, "generate", model_dir, "--prompt", "the zebra", "--max-new-tokens", "5",
-                         "--seed", "1")
+    code, out, err = run(capsys, "generate", model_dir, "--prompt", "the zebra", "--max-new-tokens", "5", "--seed", "1")
     assert code == 0
     assert out.startswith("the zebra ")
     assert err.startswith("fastlm generate: note: ") and "'zebra'" in err and "Traceback" not in err
@@ -265,8 +336,9 @@ def test_resume_continues_training(capsys, corpus, tmp_path):
     common = [corpus, "--level", "word", *TINY, "--out", out]
     code, stdout, _ = run(capsys, "train", *common, "--epochs", "1")
     assert code == 0 and "epoch 1/1" in stdout
-    code, stdout, err = run(capsys, "train", corpus, "--out", out, "--epochs", "2", "--resume",
-                            "--sample-tokens", "5")  # settings come from the checkpoint
+    code, stdout, err = run(
+        capsys, "train", corpus, "--out", out, "--epochs", "2", "--resume", "--sample-tokens", "5"
+    )  # settings come from the checkpoint
     assert code == 0, err
     assert "epoch 2/2" in stdout and "epoch 1/" not in stdout
     assert json.loads((files_of(out) / "trainer.json").read_text())["epoch"] == 2
@@ -292,6 +364,7 @@ def test_resume_finishes_an_epoch_stopped_by_max_steps(capsys, corpus, tmp_path)
 
 def test_bench(capsys, monkeypatch):
     from fastlm import benchmark
+
     monkeypatch.setitem(benchmark.CONFIGS, "D", benchmark.Config(13, 4, 8, 1, 5, 2))  # the real D is slow
     code, out, err = run(capsys, "bench", "--configs", "D", "--repeats", "1")
     assert code == 0, err
@@ -303,6 +376,7 @@ def test_bench(capsys, monkeypatch):
 def test_bench_times_torch_in_a_process_of_its_own(capsys, monkeypatch):
     pytest.importorskip("torch", reason="PyTorch not installed (CI installs torch==2.13.0)")
     from fastlm import benchmark
+
     monkeypatch.setitem(benchmark.CONFIGS, "D", benchmark.Config(13, 4, 8, 1, 5, 2))  # passed on to the child
     code, out, err = run(capsys, "bench", "--configs", "D", "--repeats", "1", "--torch")
     assert code == 0, err
@@ -316,6 +390,7 @@ def test_bench_times_torch_in_a_process_of_its_own(capsys, monkeypatch):
 
 def test_a_failing_benchmark_child_raises_with_its_error():
     from fastlm import benchmark
+
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         benchmark.run_child("1 / 0", (), dict(os.environ))
 
@@ -345,8 +420,19 @@ def bad_corpus(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "empty", "whitespace only", "shorter than seq_len + 1",
-                                  "not UTF-8", "binary", "NUL bytes"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "empty",
+        "whitespace only",
+        "shorter than seq_len + 1",
+        "not UTF-8",
+        "binary",
+        "NUL bytes",
+    ],
+)
 def test_train_refuses_bad_corpus_and_writes_nothing(capsys, bad_corpus, tmp_path, case):
     path, fragments = bad_corpus[case]
     out = tmp_path / "m"
@@ -357,8 +443,7 @@ def test_train_refuses_bad_corpus_and_writes_nothing(capsys, bad_corpus, tmp_pat
 
 def test_train_refuses_a_bad_corpus_without_touching_an_existing_model(capsys, bad_corpus, model_copy):
     before = snapshot(model_copy)
-    code, _, err = run(capsys, "train", bad_corpus["shorter than seq_len + 1"][0], *TINY,
-                       "--out", model_copy)
+    code, _, err = run(capsys, "train", bad_corpus["shorter than seq_len + 1"][0], *TINY, "--out", model_copy)
     assert_error(code, err, "train", "too short")
     assert snapshot(model_copy) == before
 
@@ -379,6 +464,7 @@ def test_train_refuses_an_unreadable_corpus(capsys, corpus, tmp_path, monkeypatc
             if self.name == "secret.txt":
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
             return read_bytes(self)
+
         monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
     code, _, err = run(capsys, "train", path, *TINY, "--out", tmp_path / "m")
     assert_error(code, err, "train", "secret.txt: Permission denied")
@@ -401,6 +487,7 @@ def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
     assert_error(code, err, "train", "nothing to resume")
     assert not (tmp_path / "nothing").exists()
     import fastlm
+
     plain = tmp_path / "plain"
     fastlm.load(model_dir).save(plain)  # a saved model without training state
     before = snapshot(plain)
@@ -428,16 +515,23 @@ DAMAGE = {  # name -> (what to do to a model directory, words the message must c
     "no model.safetensors": (lambda d: (files_of(d) / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
     "no config.json": (lambda d: (d / "config.json").unlink(), ["config.json", "missing"]),
     "no tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
-    "corrupted config.json": (lambda d: (d / "config.json").write_text('{"format_version": 1, '),
-                              ["config.json", "corrupted"]),
+    "corrupted config.json": (
+        lambda d: (d / "config.json").write_text('{"format_version": 1, '),
+        ["config.json", "corrupted"],
+    ),
     "config.json not a config": (lambda d: (d / "config.json").write_text("[1, 2]"), ["config.json"]),
-    "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}),
-                              ["config.json", "vocab_size", "-3"]),
+    "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}), ["config.json", "vocab_size", "-3"]),
     "model section of the wrong kind": (lambda d: _set_config(d, model={"colour": "red"}), ["config.json"]),
-    "garbage weights": (lambda d: (files_of(d) / "model.safetensors").write_bytes(os.urandom(300)),
-                        ["model.safetensors"]),
-    "truncated weights": (lambda d: (files_of(d) / "model.safetensors").write_bytes(
-        (files_of(d) / "model.safetensors").read_bytes()[:-50]), ["model.safetensors"]),
+    "garbage weights": (
+        lambda d: (files_of(d) / "model.safetensors").write_bytes(os.urandom(300)),
+        ["model.safetensors"],
+    ),
+    "truncated weights": (
+        lambda d: (files_of(d) / "model.safetensors").write_bytes(
+            (files_of(d) / "model.safetensors").read_bytes()[:-50]
+        ),
+        ["model.safetensors"],
+    ),
     "future format_version": (lambda d: _set_config(d, format_version=99), ["format version 99", "upgrade"]),
     "corrupted tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
     "tokenizer vocabulary mismatch": (_drop_last_token, ["tokenizer.json", "do not belong together"]),
@@ -465,9 +559,14 @@ def test_missing_model_directory(capsys, tmp_path, corpus, command):
 
 
 def test_eval_refuses_bad_text(capsys, model_dir, bad_corpus):
-    for case, fragment in [("missing", "No such file"), ("directory", "is a directory"),
-                           ("empty", "0 word tokens"), ("whitespace only", "0 word tokens"),
-                           ("not UTF-8", "not UTF-8"), ("NUL bytes", "NUL bytes")]:
+    for case, fragment in [
+        ("missing", "No such file"),
+        ("directory", "is a directory"),
+        ("empty", "0 word tokens"),
+        ("whitespace only", "0 word tokens"),
+        ("not UTF-8", "not UTF-8"),
+        ("NUL bytes", "NUL bytes"),
+    ]:
         code, _, err = run(capsys, "eval", model_dir, bad_corpus[case][0])
         assert_error(code, err, "eval", fragment)
 
@@ -489,8 +588,9 @@ def test_python_dash_m(model_dir, tmp_path):
     result = _run_process(sys.executable, "-m", "fastlm", "eval", model_dir, tmp_path / "missing.txt")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("fastlm eval: error: ") and len(result.stderr.splitlines()) == 1
-    result = _run_process(sys.executable, "-m", "fastlm", "generate", model_dir, "--prompt", "the", "--seed", "1",
-                          "--max-new-tokens", "5")
+    result = _run_process(
+        sys.executable, "-m", "fastlm", "generate", model_dir, "--prompt", "the", "--seed", "1", "--max-new-tokens", "5"
+    )
     assert result.returncode == 0 and result.stdout.startswith("the ")
 
 
@@ -498,8 +598,9 @@ def test_console_script(corpus, tmp_path):
     fastlm = shutil.which("fastlm")
     if fastlm is None:
         pytest.skip("the fastlm console script is not on PATH")
-    result = _run_process(fastlm, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "3", "--out", "m",
-                          cwd=tmp_path)
+    result = _run_process(
+        fastlm, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "3", "--out", "m", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "--- sample ---" in result.stdout and (tmp_path / "m" / "config.json").is_file()
     result = _run_process(fastlm, "generate", "m", "--top-p", "2", cwd=tmp_path)
@@ -514,6 +615,7 @@ def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpu
     """Finite weights whose logits overflow float32: eval printed "perplexity inf" and exited 0,
     generate emitted the last id forever."""
     import fastlm
+
     model = fastlm.load(model_copy)
     state = model.state_dict()
     state["decoder.weight"][:] = 3e38
@@ -531,6 +633,7 @@ def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpu
 
 def test_version(capsys):
     import fastlm
+
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.strip() == f"fastlm {fastlm.__version__}"
 
@@ -565,6 +668,7 @@ def test_cli_and_generate_text_sample_at_the_same_temperature(monkeypatch, model
     import inspect
 
     import fastlm
+
     default = inspect.signature(fastlm.LSTMLM.generate_text).parameters["temperature"].default
     seen = []
     real = fastlm.LSTMLM.generate_text
@@ -587,6 +691,7 @@ def test_every_command_takes_threads(argv):
 
 def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
     import fastlm
+
     before = fastlm.get_num_threads()
     try:
         code, _, err = run(capsys, "eval", model_dir, corpus, "--threads", "1")
@@ -601,11 +706,17 @@ def test_the_readme_command_lines_parse():
     (a newcomer copies them: an option renamed or made required must show up here)."""
     import re
     import shlex
+
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.S | re.M)
-    commands = [m.group(1) for block in blocks for line in block.splitlines()
-                if (m := re.match(r"^(?:pip install \S+ && |mpiexec -n \d+ )?fastlm (.*)$", line))
-                and "[" not in line and "|" not in line]
+    commands = [
+        m.group(1)
+        for block in blocks
+        for line in block.splitlines()
+        if (m := re.match(r"^(?:pip install \S+ && |mpiexec -n \d+ )?fastlm (.*)$", line))
+        and "[" not in line
+        and "|" not in line
+    ]
     assert len(commands) >= 3, commands
     for command in commands:
         try:

@@ -8,6 +8,7 @@ side by side), which fastlm still loads, so the same corpus measures an older fa
 load, the time it took and how far the process's peak RSS rose above its level after
 importing fastlm; the peak only grows, so a bomb in any case shows in every later one.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,22 +38,46 @@ def _shapes(vocab=V, embed=E, hidden=H, layers=1):
 
 def _tensors(dtype=np.float32, value=None):
     rng = np.random.default_rng(0)
-    return {name: (rng.standard_normal(shape) * 0.1 if value is None else np.full(shape, value)).astype(dtype)
-            for name, shape in _shapes().items()}
+    return {
+        name: (rng.standard_normal(shape) * 0.1 if value is None else np.full(shape, value)).astype(dtype)
+        for name, shape in _shapes().items()
+    }
 
 
 def _config(save_id="crafted", **model):
-    return {"format_version": 1, "fastlm_version": "0.1.0", "save_id": save_id,
-            "model": {"vocab_size": V, "embed_dim": E, "hidden_size": H, "num_layers": 1, "dropout": 0.0,
-                      "seed": 0, **model},
-            "tokenizer": {"level": "word", "size": V}, "has_training_state": False}
+    return {
+        "format_version": 1,
+        "fastlm_version": "0.1.0",
+        "save_id": save_id,
+        "model": {
+            "vocab_size": V,
+            "embed_dim": E,
+            "hidden_size": H,
+            "num_layers": 1,
+            "dropout": 0.0,
+            "seed": 0,
+            **model,
+        },
+        "tokenizer": {"level": "word", "size": V},
+        "has_training_state": False,
+    }
 
 
 def _tokenizer(vocab=None, counts=None):
     vocab = vocab or ["<unk>"] + WORDS.split()
-    return {"type": "fastlm.Tokenizer", "format": 1, "level": "word", "lowercase": False,
-            "split_punctuation": False, "min_count": 1, "max_vocab": None, "unk_token": "<unk>", "unk_id": 0,
-            "vocab": vocab, "counts": counts if counts is not None else [1] * len(vocab)}
+    return {
+        "type": "fastlm.Tokenizer",
+        "format": 1,
+        "level": "word",
+        "lowercase": False,
+        "split_punctuation": False,
+        "min_count": 1,
+        "max_vocab": None,
+        "unk_token": "<unk>",
+        "unk_id": 0,
+        "vocab": vocab,
+        "counts": counts if counts is not None else [1] * len(vocab),
+    }
 
 
 def _safetensors_bytes(tensors, save_id="crafted", extra_header=None, extra_bytes=0):
@@ -64,8 +89,11 @@ def _safetensors_bytes(tensors, save_id="crafted", extra_header=None, extra_byte
     codes = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16"}
     for name, array in tensors.items():
         data = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": codes[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     for name, entry in (extra_header or {}).items():
@@ -75,8 +103,16 @@ def _safetensors_bytes(tensors, save_id="crafted", extra_header=None, extra_byte
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def _write(directory, config=None, tensors=None, tokenizer=None, model_bytes=None, hole=0,
-           config_text=None, tokenizer_text=None):
+def _write(
+    directory,
+    config=None,
+    tensors=None,
+    tokenizer=None,
+    model_bytes=None,
+    hole=0,
+    config_text=None,
+    tokenizer_text=None,
+):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(config_text if config_text is not None else json.dumps(config or _config()))
     with open(directory / "model.safetensors", "wb") as f:
@@ -84,7 +120,8 @@ def _write(directory, config=None, tensors=None, tokenizer=None, model_bytes=Non
         if hole:
             f.truncate(f.tell() + hole)  # a sparse hole: costs no disk, reads as zeros
     (directory / "tokenizer.json").write_text(
-        tokenizer_text if tokenizer_text is not None else json.dumps(_tokenizer()), encoding="utf-8")
+        tokenizer_text if tokenizer_text is not None else json.dumps(_tokenizer()), encoding="utf-8"
+    )
 
 
 GIB = 2**30
@@ -93,8 +130,12 @@ GIB = 2**30
 def _extra_hole_tensor(directory):
     """A valid model plus an unexpected 3 GiB tensor whose data is a sparse hole."""
     n = 3 * GIB // 4
-    data = _safetensors_bytes(_tensors(), extra_header={
-        "zzz.extra": lambda offset: {"dtype": "F32", "shape": [n], "data_offsets": [offset, offset + 4 * n]}})
+    data = _safetensors_bytes(
+        _tensors(),
+        extra_header={
+            "zzz.extra": lambda offset: {"dtype": "F32", "shape": [n], "data_offsets": [offset, offset + 4 * n]}
+        },
+    )
     _write(directory, model_bytes=data, hole=4 * n)
 
 
@@ -112,14 +153,23 @@ CASES = {
     "extra 3 GiB sparse-hole tensor": _extra_hole_tensor,
     "header length 2**62": lambda d: _write(d, model_bytes=struct.pack("<Q", 2**62) + b"{}"),
     "header length beyond the file": lambda d: _write(d, model_bytes=struct.pack("<Q", 10**6) + b'{"a": 1}'),
-    "declared shape 2**40 x 2**40": lambda d: _write(d, model_bytes=_safetensors_bytes(
-        {k: v for k, v in _tensors().items() if k != "embedding.weight"},
-        extra_header={"embedding.weight": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 16]}})),
-    "shape mismatch (V+1, E)": lambda d: _write(d, tensors={**_tensors(), "embedding.weight":
-                                                            np.zeros((V + 1, E), np.float32)}),
-    "offsets beyond the data": lambda d: _write(d, model_bytes=_safetensors_bytes(
-        {k: v for k, v in _tensors().items() if k != "decoder.bias"},
-        extra_header={"decoder.bias": {"dtype": "F32", "shape": [V], "data_offsets": [10**9, 10**9 + 4 * V]}})),
+    "declared shape 2**40 x 2**40": lambda d: _write(
+        d,
+        model_bytes=_safetensors_bytes(
+            {k: v for k, v in _tensors().items() if k != "embedding.weight"},
+            extra_header={"embedding.weight": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 16]}},
+        ),
+    ),
+    "shape mismatch (V+1, E)": lambda d: _write(
+        d, tensors={**_tensors(), "embedding.weight": np.zeros((V + 1, E), np.float32)}
+    ),
+    "offsets beyond the data": lambda d: _write(
+        d,
+        model_bytes=_safetensors_bytes(
+            {k: v for k, v in _tensors().items() if k != "decoder.bias"},
+            extra_header={"decoder.bias": {"dtype": "F32", "shape": [V], "data_offsets": [10**9, 10**9 + 4 * V]}},
+        ),
+    ),
     "header nested 20,000 deep": lambda d: _write(d, model_bytes=struct.pack("<Q", 40000) + _deep(20000).encode()),
     # extreme floats
     "float64 weights of 1e39": lambda d: _write(d, tensors=_tensors(dtype=np.float64, value=1e39)),
@@ -127,11 +177,16 @@ CASES = {
     # JSON files
     "config nested 100,000 deep": lambda d: _write(d, config_text=_deep(100000)),
     "config 50 MB": lambda d: _write(d, config_text=json.dumps({**_config(), "pad": "x" * 50_000_000})),
-    "tokenizer nested 100,000 deep": lambda d: _write(d, tokenizer_text=_deep(100000, "{\"a\":", "}")),
-    "tokenizer with a 150 MB counts list": lambda d: _write(d, tokenizer_text=json.dumps(
-        _tokenizer()).replace('"counts": [', '"counts": [' + "1234567," * 18_750_000)),
-    "tokenizer with 3 * 10**6 tokens": lambda d: _write(d, tokenizer_text=json.dumps(_tokenizer()).replace(
-        '"vocab": ["<unk>", ', '"vocab": ["<unk>", ' + '"t1234567", ' * 3_000_000)),
+    "tokenizer nested 100,000 deep": lambda d: _write(d, tokenizer_text=_deep(100000, '{"a":', "}")),
+    "tokenizer with a 150 MB counts list": lambda d: _write(
+        d, tokenizer_text=json.dumps(_tokenizer()).replace('"counts": [', '"counts": [' + "1234567," * 18_750_000)
+    ),
+    "tokenizer with 3 * 10**6 tokens": lambda d: _write(
+        d,
+        tokenizer_text=json.dumps(_tokenizer()).replace(
+            '"vocab": ["<unk>", ', '"vocab": ["<unk>", ' + '"t1234567", ' * 3_000_000
+        ),
+    ),
 }
 
 CHILD = textwrap.dedent("""
@@ -154,12 +209,14 @@ CHILD = textwrap.dedent("""
 
 def run_cases(python, directories, timeout=600, env=None):
     """Load each directory in one child interpreter; a dict per directory, in order."""
-    done = subprocess.run([python, "-c", CHILD, *map(str, directories)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    done = subprocess.run(
+        [python, "-c", CHILD, *map(str, directories)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if len(results) != len(directories):
-        raise AssertionError(f"the child stopped after {len(results)} cases (exit {done.returncode}):\n"
-                             f"{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"the child stopped after {len(results)} cases (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
     return results
 
 

@@ -1,4 +1,5 @@
 """fastlm.datasets: the corpora shipped in the package are whole, text, and usable as they come."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ def test_tinyshakespeare_speakers_are_words_of_the_word_tokenizer():
 
 def test_python_docs_is_the_reference_manual():
     from pydoc_data.topics import topics
+
     text = fastlm.datasets.python_docs()
     assert isinstance(text, str) and len(text) > 100_000
     assert all(topics[key] in text for key in topics)

@@ -1,5 +1,6 @@
 """Data-parallel training on MPI: `mpiexec -n 2` ranks with batch b train what one process
 trains with batch 2b on the same windows (dropout included), resume, and fail cleanly."""
+
 import os
 import shutil
 import subprocess
@@ -20,19 +21,22 @@ import distributed_worker as worker  # noqa: E402
 MPIEXEC = shutil.which("mpiexec")
 try:
     import mpi4py  # noqa: F401
+
     HAVE_MPI4PY = True
 except ImportError:
     HAVE_MPI4PY = False
-needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
-                               reason="needs mpi4py and mpiexec (pip install 'fastlm[mpi]')")
+needs_mpi = pytest.mark.skipif(
+    not (HAVE_MPI4PY and MPIEXEC), reason="needs mpi4py and mpiexec (pip install 'fastlm[mpi]')"
+)
 TIMEOUT = 120  # a hang fails the test instead of stalling the suite
 
 
 def mpiexec(*args, ranks=2):
     # Each rank gets one thread: two ranks share this machine's cores.
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env)
+    return subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, *args], capture_output=True, text=True, timeout=TIMEOUT, env=env
+    )
 
 
 def run_worker(tmp_path, mode, *extra):
@@ -72,7 +76,10 @@ def test_two_ranks_resume_where_they_stopped(tmp_path):
     first, _ = run_worker(tmp_path, "first-half", checkpoint)
     assert first.returncode == 0, first.stderr
     assert sorted(p.name for p in model_dir.save_path(checkpoint).iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "trainer.json"]
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+    ]
     second, out = run_worker(tmp_path, "resume", checkpoint)
     assert second.returncode == 0, second.stderr
     model, history = single_process(2 * worker.SETTINGS["batch_size"])
@@ -104,13 +111,15 @@ def test_ranks_with_different_settings_fail_at_start_on_every_rank(tmp_path):
 
 # ---------------------------------------------------------------- the pieces, in one process
 
+
 def test_row_streams_do_not_depend_on_how_the_batch_is_split():
     whole = RowStreams(7, 1, 2, 0, 6)
     first, second = RowStreams(7, 1, 2, 0, 4), RowStreams(7, 1, 2, 4, 2)
     for shape in [(5, 3), (2, 4)]:  # successive draws continue each row's stream
         expected = whole.random((6, *shape), dtype=np.float32)
-        got = np.concatenate([first.random((4, *shape), dtype=np.float32),
-                              second.random((2, *shape), dtype=np.float32)])
+        got = np.concatenate(
+            [first.random((4, *shape), dtype=np.float32), second.random((2, *shape), dtype=np.float32)]
+        )
         np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match=r"rows=6"):
         whole.random((5, 3))
@@ -134,21 +143,43 @@ def test_fingerprint_tells_data_apart():
 
 # ---------------------------------------------------------------- the command line
 
+
 @pytest.fixture
 def encoded(tmp_path):
     tok = fastlm.Tokenizer.fit(" ".join(f"w{k}" for k in range(30)))
     tok.save(tmp_path / "tok.json")
     fastlm.save_ids(tmp_path / "ids.bin", worker.corpus() % len(tok), len(tok))
-    return ["--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "tok.json", "--hidden", "8", "--embed", "8",
-            "--seq-len", "10", "--batch-size", "4", "--sample-tokens", "5", "--out", tmp_path / "model"]
+    return [
+        "--ids",
+        tmp_path / "ids.bin",
+        "--tokenizer",
+        tmp_path / "tok.json",
+        "--hidden",
+        "8",
+        "--embed",
+        "8",
+        "--seq-len",
+        "10",
+        "--batch-size",
+        "4",
+        "--sample-tokens",
+        "5",
+        "--out",
+        tmp_path / "model",
+    ]
 
 
 def fastlm_command(*argv, mpi_ranks=None, env=None):
     command = [sys.executable, "-m", "fastlm", *map(str, argv)]
     if mpi_ranks:
         command = [MPIEXEC, "-n", str(mpi_ranks), *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+    )
 
 
 @needs_mpi

@@ -1,6 +1,7 @@
 """fastlm/_environment.py: the process-wide settings made on import, a user's choice winning,
 and the environment child processes get without them. Each case runs `import fastlm` in a
 fresh interpreter, since the settings are made once, on import."""
+
 from __future__ import annotations
 
 import json
@@ -14,18 +15,26 @@ import pytest
 from fastlm import _environment
 
 OURS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "FASTLM_MALLOC_TUNING", "GLIBC_TUNABLES")
-REPORT = ("import json, os, fastlm\n"
-          "from fastlm import _environment\n"
-          "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), _environment.DEFAULTS,"
-          " fastlm.build_info()['malloc_tuned']]))")
+REPORT = (
+    "import json, os, fastlm\n"
+    "from fastlm import _environment\n"
+    "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), _environment.DEFAULTS,"
+    " fastlm.build_info()['malloc_tuned']]))"
+)
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 def import_fastlm(tmp_path, **variables):
     """[GOMP_SPINCOUNT, what fastlm recorded as set, malloc_tuned] after `import fastlm` with these variables."""
     env = {k: v for k, v in os.environ.items() if k not in OURS}
-    result = subprocess.run([sys.executable, "-c", REPORT], env={**env, **variables}, capture_output=True, text=True,
-                            cwd=tmp_path, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", REPORT],
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -50,8 +59,9 @@ def test_child_processes_get_the_users_environment(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
     monkeypatch.setenv("FASTLM_TEST_MARKER", "kept")
     code = "import json, os; print(json.dumps([os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'FASTLM_TEST_MARKER')]))"
-    seen = subprocess.run([sys.executable, "-c", code], env=_environment.user_environment(), capture_output=True,
-                          text=True, check=True)
+    seen = subprocess.run(
+        [sys.executable, "-c", code], env=_environment.user_environment(), capture_output=True, text=True, check=True
+    )
     assert json.loads(seen.stdout) == [None, "kept"]
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # changed after import: the user's
     assert _environment.user_environment()["GOMP_SPINCOUNT"] == "300000"

@@ -7,6 +7,7 @@ each, the directory must load as the last complete save, and --resume must conti
 bit-identically to a run that was never interrupted. Also: a full disk as safetensors
 reports it, a read-only directory, and a kill during the very first save.
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,16 +57,23 @@ def reference(tmp_path_factory):
             after[epochs] = weights(train(directory, epochs, resume=epochs > 1))
     finally:
         model_dir._fault_point = real
-    one_save = steps[:steps.index("removed the previous save") + 1] if "removed the previous save" in steps else []
+    one_save = steps[: steps.index("removed the previous save") + 1] if "removed the previous save" in steps else []
     return after, one_save
 
 
 def test_every_step_is_named(reference):
     _, steps = reference
     assert steps[0] == "created the save subdirectory"
-    for step in ("wrote model.safetensors", "wrote optimizer.safetensors", "wrote trainer.json",
-                 "synced the save subdirectory", "staged config.json", "renamed config.json", "synced the directory",
-                 "removed the previous save"):
+    for step in (
+        "wrote model.safetensors",
+        "wrote optimizer.safetensors",
+        "wrote trainer.json",
+        "synced the save subdirectory",
+        "staged config.json",
+        "renamed config.json",
+        "synced the directory",
+        "removed the previous save",
+    ):
         assert step in steps
     assert steps.index("staged config.json") < steps.index("renamed config.json")
 
@@ -79,6 +87,7 @@ def fail_at(monkeypatch, step, error, on_save=1):
             seen["saves"] += 1
         if name == step and seen["saves"] == on_save:
             raise error
+
     monkeypatch.setattr(model_dir, "_fault_point", point)
 
 
@@ -95,6 +104,7 @@ def kill_in_child_at(step, work, on_save=1):
                     seen["saves"] += 1
                 if name == step and seen["saves"] == on_save:
                     os._exit(137)
+
             model_dir._fault_point = point
             work()
             os._exit(0)
@@ -114,8 +124,11 @@ def check_recovers(directory, reference_weights, switched):
     assert trainer["epoch"] == (2 if switched else 1)
     resumed = train(directory, 3, resume=True)
     assert same(weights(resumed), reference_weights[3])
-    leftovers = [p.name for p in directory.iterdir()
-                 if p.name not in ("config.json", model_dir.LOCK_FILE, model_dir.read_config(directory)["save"])]
+    leftovers = [
+        p.name
+        for p in directory.iterdir()
+        if p.name not in ("config.json", model_dir.LOCK_FILE, model_dir.read_config(directory)["save"])
+    ]
     assert leftovers == []
 
 
@@ -177,12 +190,31 @@ def test_kill_during_the_first_save_does_not_block_the_directory(reference, tmp_
         # and a fresh `fastlm train --out` takes the directory, removing the abandoned save
         corpus = tmp_path / "corpus.txt"
         corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
-        code = cli.main(["train", str(corpus), "--epochs", "1", "--hidden", "8", "--embed", "4", "--seq-len", "8",
-                         "--batch-size", "4", "--sample-tokens", "0", "--out", str(directory)])
+        code = cli.main(
+            [
+                "train",
+                str(corpus),
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--embed",
+                "4",
+                "--seq-len",
+                "8",
+                "--batch-size",
+                "4",
+                "--sample-tokens",
+                "0",
+                "--out",
+                str(directory),
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         fastlm.load(directory)
         assert sorted(p.name for p in directory.iterdir()) == sorted(
-            ["config.json", model_dir.LOCK_FILE, model_dir.read_config(directory)["save"]])
+            ["config.json", model_dir.LOCK_FILE, model_dir.read_config(directory)["save"]]
+        )
     capsys.readouterr()
 
 
@@ -227,14 +259,33 @@ def test_a_failing_write_inside_safetensors_is_one_line(tmp_path, capsys):
     ENOSPC through the same path), while config.json, smaller, could still be written."""
     import resource
     import signal
+
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
     previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (2048, previous_limit[1]))
     try:
-        code = cli.main(["train", str(corpus), "--epochs", "1", "--hidden", "8", "--embed", "4", "--seq-len", "8",
-                         "--batch-size", "4", "--sample-tokens", "0", "--out", str(tmp_path / "m")])
+        code = cli.main(
+            [
+                "train",
+                str(corpus),
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--embed",
+                "4",
+                "--seq-len",
+                "8",
+                "--batch-size",
+                "4",
+                "--sample-tokens",
+                "0",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
         signal.signal(signal.SIGXFSZ, previous_handler)
@@ -265,6 +316,7 @@ def refuse_writes_under(monkeypatch, directory):
         if str(path).startswith(prefix):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_mkdir(path, *args, **kwargs)
+
     monkeypatch.setattr(os, "open", guarded_open)
     monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 
@@ -279,8 +331,26 @@ def test_read_only_out_is_refused_before_training(tmp_path, monkeypatch, capsys)
     assert epochs_run == []  # refused before the first epoch, not after it
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
-    code = cli.main(["train", str(corpus), "--epochs", "1", "--hidden", "8", "--embed", "4", "--seq-len", "8",
-                     "--batch-size", "4", "--sample-tokens", "0", "--out", str(read_only / "m")])
+    code = cli.main(
+        [
+            "train",
+            str(corpus),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--embed",
+            "4",
+            "--seq-len",
+            "8",
+            "--batch-size",
+            "4",
+            "--sample-tokens",
+            "0",
+            "--out",
+            str(read_only / "m"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and "Permission denied" in err and len(err.strip().splitlines()) == 1, err
     assert "epoch 1" not in out
@@ -303,18 +373,29 @@ def test_format_1_directories_still_load(tmp_path):
     import json
 
     from safetensors.numpy import save_file
+
     model = new_model()
     tokenizer = fastlm.Tokenizer.fit(" ".join(f"w{i}" for i in range(V - 1)))
     directory = tmp_path / "old"
     directory.mkdir()
     save_file(model.state_dict(), str(directory / "model.safetensors"), metadata={"save_id": "abc"})
     tokenizer.save(directory / "tokenizer.json")
-    (directory / "config.json").write_text(json.dumps({
-        "format_version": 1, "fastlm_version": "0.1.0", "save_id": "abc", "model": model.config(),
-        "tokenizer": {"level": "word", "size": V}, "has_training_state": False}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "fastlm_version": "0.1.0",
+                "save_id": "abc",
+                "model": model.config(),
+                "tokenizer": {"level": "word", "size": V},
+                "has_training_state": False,
+            }
+        )
+    )
     loaded = fastlm.load(directory)
     assert same(weights(loaded), weights(model)) and loaded.tokenizer == tokenizer
     loaded.save(directory)  # upgraded in place: the flat files go once the new save is named
     assert sorted(p.name for p in directory.iterdir()) == sorted(
-        [".fastlm.lock", "config.json", model_dir.read_config(directory)["save"]])
+        [".fastlm.lock", "config.json", model_dir.read_config(directory)["save"]]
+    )
     assert same(weights(fastlm.load(directory)), weights(model))

@@ -5,6 +5,7 @@ tokenizer.json and, for checkpoints, optimizer.safetensors and trainer.json. Loa
 checks the format version, the names and shapes of the tensors and that all files come
 from one save, and names what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ def saved(model, tok, tmp_path):
 
 def snapshot(directory):
     """Every file under directory (the save's subdirectory too) by relative path, but the lock."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != model_dir.LOCK_FILE}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != model_dir.LOCK_FILE
+    }
 
 
 def files_of(directory):
@@ -78,8 +82,14 @@ def test_round_trip(model, tok, saved):
     assert isinstance(loaded, fastlm.LSTMLM)
     assert_same_weights(model, loaded)
     assert loaded.config() == model.config()
-    assert (loaded.vocab_size, loaded.embed_dim, loaded.hidden_size, loaded.num_layers, loaded.dropout,
-            loaded.seed) == (len(tok), 6, 8, 2, 0.25, 5)
+    assert (
+        loaded.vocab_size,
+        loaded.embed_dim,
+        loaded.hidden_size,
+        loaded.num_layers,
+        loaded.dropout,
+        loaded.seed,
+    ) == (len(tok), 6, 8, 2, 0.25, 5)
     assert loaded.backend == "cpp"
     assert isinstance(loaded.tokenizer, fastlm.Tokenizer) and loaded.tokenizer == tok
     x = tok.encode(V_TEXT)
@@ -125,12 +135,21 @@ def test_safetensors_file_has_pytorch_names(model, saved):
     tensors = load_file(files_of(saved) / "model.safetensors")
     state = model.state_dict()
     assert sorted(tensors) == sorted(state)
-    assert {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
-            "lstm.weight_ih_l1", "decoder.weight", "decoder.bias"} <= set(tensors)
+    assert {
+        "embedding.weight",
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "lstm.bias_ih_l0",
+        "lstm.bias_hh_l0",
+        "lstm.weight_ih_l1",
+        "decoder.weight",
+        "decoder.bias",
+    } <= set(tensors)
     for name, value in tensors.items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, state[name], err_msg=name)
     from safetensors import safe_open
+
     with safe_open(str(files_of(saved) / "model.safetensors"), framework="np") as f:
         assert f.metadata()["save_id"] == config_of(saved)["save_id"]
 
@@ -140,6 +159,7 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
     from safetensors.torch import load_file as torch_load_file
 
     from fastlm._torch_twin import TorchLM
+
     module = TorchLM(len(tok), 6, 8, 2).eval()
     module.load_state_dict(torch_load_file(files_of(saved) / "model.safetensors"), strict=True)
     x = tok.encode(V_TEXT)[None, :-1]
@@ -154,8 +174,15 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
 
 
 def test_resave_removes_stale_files(model, tok, tmp_path):
-    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path,
-              tokenizer=tok, progress=False)
+    model.fit(
+        tok.encode(V_TEXT * 3),
+        seq_len=8,
+        batch_size=4,
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        tokenizer=tok,
+        progress=False,
+    )
     assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in files_of(tmp_path).iterdir()}
     assert config_of(tmp_path)["has_training_state"] is True
     model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
@@ -177,8 +204,15 @@ def test_save_overwrites_previous_model(model, tok, saved):
 def test_file_permissions(model, tok, tmp_path):
     old = os.umask(0o022)
     try:
-        model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path,
-                  tokenizer=tok, progress=False)
+        model.fit(
+            tok.encode(V_TEXT * 3),
+            seq_len=8,
+            batch_size=4,
+            epochs=1,
+            checkpoint_dir=tmp_path,
+            tokenizer=tok,
+            progress=False,
+        )
     finally:
         os.umask(old)
     for path in tmp_path.rglob("*"):
@@ -214,25 +248,31 @@ def test_corrupted_config(saved, content):
         fastlm.load(saved)
 
 
-@pytest.mark.parametrize("config, message", [
-    ([1, 2, 3], "has no format_version"),
-    ({"model": {}}, "has no format_version"),
-    ({"format_version": "1"}, "has no format_version"),
-    ({"format_version": 1, "save_id": "x"}, "lacks the entry 'model'"),
-    ({"format_version": 1, "model": {}}, "lacks the entry 'save_id'"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([1, 2, 3], "has no format_version"),
+        ({"model": {}}, "has no format_version"),
+        ({"format_version": "1"}, "has no format_version"),
+        ({"format_version": 1, "save_id": "x"}, "lacks the entry 'model'"),
+        ({"format_version": 1, "model": {}}, "lacks the entry 'save_id'"),
+    ],
+)
 def test_config_without_required_entries(saved, config, message):
     write_config(saved, config)
     with pytest.raises(ValueError, match=message):
         fastlm.load(saved)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(vocab_size=-3), "vocab_size must be a positive integer"),
-    (dict(hidden_size="big"), "hidden_size must be an int"),
-    (dict(colour="blue"), "colour"),
-    (dict(dropout=2.0), "dropout must lie in"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(vocab_size=-3), "vocab_size must be a positive integer"),
+        (dict(hidden_size="big"), "hidden_size must be an int"),
+        (dict(colour="blue"), "colour"),
+        (dict(dropout=2.0), "dropout must lie in"),
+    ],
+)
 def test_config_with_invalid_model_section(saved, change, message):
     config = config_of(saved)
     config["model"].update(change)
@@ -253,8 +293,9 @@ def test_config_disagreeing_with_weights(saved):
     config = config_of(saved)
     config["model"]["hidden_size"] = 9
     write_config(saved, config)
-    with pytest.raises(ValueError,
-                       match=r"model\.safetensors: .*lstm.weight_ih_l0.*shape \(32, 6\), expected \(36, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: .*lstm.weight_ih_l0.*shape \(32, 6\), expected \(36, 6\)"
+    ):
         fastlm.load(saved)
 
 
@@ -271,8 +312,11 @@ def test_future_format_version(saved, version):
 def test_corrupted_weights(saved, damage):
     path = files_of(saved) / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"",
-                      "header-only": data[:8]}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"", "header-only": data[:8]}[
+            damage
+        ]
+    )
     with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors"):
         fastlm.load(saved)
 
@@ -312,6 +356,7 @@ def test_extra_tensor_is_named(saved):
 def test_non_finite_tensor_is_named(saved):
     def poison(t):
         t["lstm.weight_hh_l0"][3, 2] = np.nan
+
     _rewrite_weights(saved, poison)
     with pytest.raises(ValueError, match=r"'lstm\.weight_hh_l0' holds NaN"):
         fastlm.load(saved)
@@ -325,8 +370,11 @@ def test_integer_tensor_is_named(saved):
 
 def test_tokenizer_vocabulary_mismatch(model, saved):
     fastlm.Tokenizer.fit("abc", level="char").save(files_of(saved) / "tokenizer.json")
-    with pytest.raises(ValueError, match=r"tokenizer\.json: the tokenizer has 4 tokens but the model's vocabulary "
-                                         rf"has {model.vocab_size}: they do not belong together"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokenizer\.json: the tokenizer has 4 tokens but the model's vocabulary "
+        rf"has {model.vocab_size}: they do not belong together",
+    ):
         fastlm.load(saved)
 
 
@@ -378,19 +426,28 @@ def _no_temporaries(directory):
 
 def _failing_after_partial_write(real):
     """A writer that writes part of its file, then fails as a full disk would."""
+
     def fail(*args, **kwargs):
         path = kwargs.get("filename") or args[1]
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError(28, "No space left on device")
+
     return fail
 
 
 @pytest.mark.parametrize("where", ["weights", "tokenizer", "config", "optimizer", "trainer"])
 def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypatch, where):
     directory = tmp_path / "m"
-    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=directory, tokenizer=tok,
-              progress=False)
+    model.fit(
+        tok.encode(V_TEXT * 3),
+        seq_len=8,
+        batch_size=4,
+        epochs=1,
+        checkpoint_dir=directory,
+        tokenizer=tok,
+        progress=False,
+    )
     before = snapshot(directory)
     other = fastlm.LSTMLM(len(tok), 6, 8, num_layers=2, dropout=0.25, seed=6)
     training_state = model_dir.load_training_state(directory)
@@ -398,6 +455,7 @@ def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypa
 
     if where in ("weights", "optimizer"):
         import safetensors.numpy
+
         real = safetensors.numpy.save_file
 
         def save_file_failing(tensors, filename, metadata=None):
@@ -409,6 +467,7 @@ def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypa
 
         monkeypatch.setattr(safetensors.numpy, "save_file", save_file_failing)
     elif where == "tokenizer":
+
         def tokenizer_save_failing(self, path):
             calls.append(path)
             with open(path, "w") as f:

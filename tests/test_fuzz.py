@@ -7,6 +7,7 @@ else (a crash, OverflowError, IndexError, ZeroDivisionError, MemoryError, ...) i
 unclear error and fails the test. A watchdog (SIGALRM) turns a hang into a failure. The
 counts of cases and outcomes are printed (pytest -s) for the record.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,8 +27,9 @@ import fastlm  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-FUZZ = settings(derandomize=True, max_examples=150, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    derandomize=True, max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 CLEAR = (TypeError, ValueError, KeyError)
 COUNTS = collections.defaultdict(collections.Counter)
 V = 12
@@ -40,6 +42,7 @@ def outcome(test, seconds=10):
 
     def hung(signum, frame):
         raise TimeoutError(f"{test}: a call ran longer than {seconds} s")
+
     if main:
         previous = signal.signal(signal.SIGALRM, hung)
         signal.alarm(seconds)
@@ -75,10 +78,13 @@ def model():
 anything = st.one_of(
     # integers at the edges only: a middling one (10**8 tokens, a 10**8 vocabulary) is valid and
     # would take its time and memory for real
-    st.none(), st.booleans(),
-    st.sampled_from([-2**70, -2**63, -1, 0, 2**31, 2**32 + 1, 2**63 - 1, 2**63, 2**64, 2**70]),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
-    st.sampled_from([np.int64(3), np.float32(0.5), np.uint64(2**63), [], [1, 2], (3,), {}]))
+    st.none(),
+    st.booleans(),
+    st.sampled_from([-(2**70), -(2**63), -1, 0, 2**31, 2**32 + 1, 2**63 - 1, 2**63, 2**64, 2**70]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.sampled_from([np.int64(3), np.float32(0.5), np.uint64(2**63), [], [1, 2], (3,), {}]),
+)
 small_ints = st.integers(min_value=-3, max_value=40)
 
 
@@ -89,26 +95,56 @@ def mostly(valid, invalid=anything):
 
 # Mostly valid values, so that most cases get past the argument checks into the kernels.
 sizes = st.one_of(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12), small_ints, anything)
-dtypes = st.sampled_from(["int32", "int64", "int32", "int64", "int8", "int16", "uint8", "uint16", "uint32",
-                          "uint64", "float32", "float64", "bool", "complex64", "object"])
+dtypes = st.sampled_from(
+    [
+        "int32",
+        "int64",
+        "int32",
+        "int64",
+        "int8",
+        "int16",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float32",
+        "float64",
+        "bool",
+        "complex64",
+        "object",
+    ]
+)
 
 
 @st.composite
 def id_arrays(draw, max_dims=2):
-    shape = draw(st.one_of(st.lists(st.integers(1, 9), min_size=max_dims, max_size=max_dims),
-                           st.lists(st.integers(0, 9), min_size=0, max_size=max_dims + 1)))
+    shape = draw(
+        st.one_of(
+            st.lists(st.integers(1, 9), min_size=max_dims, max_size=max_dims),
+            st.lists(st.integers(0, 9), min_size=0, max_size=max_dims + 1),
+        )
+    )
     dtype = draw(mostly(st.sampled_from(["int32", "int64", "uint8", "int16"]), dtypes))
-    values = draw(st.lists(st.one_of(st.integers(0, V - 1), st.integers(0, V - 1), st.integers(-5, V + 5)),
-                           min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    values = draw(
+        st.lists(
+            st.one_of(st.integers(0, V - 1), st.integers(0, V - 1), st.integers(-5, V + 5)),
+            min_size=int(np.prod(shape)),
+            max_size=int(np.prod(shape)),
+        )
+    )
     array = np.array(values, dtype=np.int64).reshape(shape)
     return array.astype(dtype) if dtype != "object" else array.astype(object)
 
 
-
 @FUZZ
-@given(vocab=mostly(st.integers(1, 40), sizes), embed=mostly(st.integers(1, 9), sizes),
-       hidden=mostly(st.integers(1, 9), sizes), layers=mostly(st.integers(1, 3), sizes),
-       dropout=mostly(st.floats(0, 0.9)), seed=mostly(st.integers(0, 2**64)))
+@given(
+    vocab=mostly(st.integers(1, 40), sizes),
+    embed=mostly(st.integers(1, 9), sizes),
+    hidden=mostly(st.integers(1, 9), sizes),
+    layers=mostly(st.integers(1, 3), sizes),
+    dropout=mostly(st.floats(0, 0.9)),
+    seed=mostly(st.integers(0, 2**64)),
+)
 def test_constructor(vocab, embed, hidden, layers, dropout, seed):
     with outcome("LSTMLM()"):
         model = fastlm.LSTMLM(vocab, embed, hidden, layers, dropout=dropout, seed=seed)
@@ -116,27 +152,35 @@ def test_constructor(vocab, embed, hidden, layers, dropout, seed):
 
 
 @FUZZ
-@given(ids=st.one_of(id_arrays(max_dims=1), id_arrays(max_dims=1), id_arrays(max_dims=2)),
-       seq_len=mostly(st.integers(1, 6), sizes), stride=mostly(st.integers(1, 4), sizes))
+@given(
+    ids=st.one_of(id_arrays(max_dims=1), id_arrays(max_dims=1), id_arrays(max_dims=2)),
+    seq_len=mostly(st.integers(1, 6), sizes),
+    stride=mostly(st.integers(1, 4), sizes),
+)
 def test_windows(ids, seq_len, stride):
     with outcome("windows()"):
         x, y = fastlm.windows(ids, seq_len, stride)
         flat = np.asarray(ids).astype(np.int64)
         for n in range(len(x)):
-            assert np.array_equal(x[n], flat[n * stride:n * stride + seq_len])
-            assert np.array_equal(y[n], flat[n * stride + 1:n * stride + seq_len + 1])
+            assert np.array_equal(x[n], flat[n * stride : n * stride + seq_len])
+            assert np.array_equal(y[n], flat[n * stride + 1 : n * stride + seq_len + 1])
 
 
 @FUZZ
-@given(prompt=st.one_of(id_arrays(max_dims=1), id_arrays(max_dims=2)),
-       tokens=mostly(st.integers(0, 12)),
-       temperature=mostly(st.one_of(st.floats(0, 5), st.floats(0, 1e-30))),
-       top_k=mostly(st.one_of(st.none(), st.integers(1, 15))), top_p=mostly(st.one_of(st.none(), st.floats(1e-9, 1))),
-       seed=mostly(st.one_of(st.none(), st.integers(0, 2**64 - 1))), samples=mostly(st.integers(1, 3)))
+@given(
+    prompt=st.one_of(id_arrays(max_dims=1), id_arrays(max_dims=2)),
+    tokens=mostly(st.integers(0, 12)),
+    temperature=mostly(st.one_of(st.floats(0, 5), st.floats(0, 1e-30))),
+    top_k=mostly(st.one_of(st.none(), st.integers(1, 15))),
+    top_p=mostly(st.one_of(st.none(), st.floats(1e-9, 1))),
+    seed=mostly(st.one_of(st.none(), st.integers(0, 2**64 - 1))),
+    samples=mostly(st.integers(1, 3)),
+)
 def test_generate(model, prompt, tokens, temperature, top_k, top_p, seed, samples):
     with outcome("generate()"):
-        out = model.generate(prompt, tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                             num_samples=samples)
+        out = model.generate(
+            prompt, tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, num_samples=samples
+        )
         assert out.dtype == np.int32 and out.shape[-1] == tokens
         if temperature == 0 or temperature < 1e-38:  # greedy, however it is asked for
             assert np.array_equal(out, model.generate(prompt, tokens, temperature=0, num_samples=samples))
@@ -152,8 +196,9 @@ def test_gradients(model, inputs, targets):
 
 
 @FUZZ
-@given(data=id_arrays(max_dims=1), seq_len=mostly(st.integers(1, 8), sizes),
-       batch_size=mostly(st.integers(1, 8), sizes))
+@given(
+    data=id_arrays(max_dims=1), seq_len=mostly(st.integers(1, 8), sizes), batch_size=mostly(st.integers(1, 8), sizes)
+)
 def test_evaluate(model, data, seq_len, batch_size):
     with outcome("evaluate()"):
         result = model.evaluate(data, seq_len=seq_len, batch_size=batch_size)
@@ -161,10 +206,12 @@ def test_evaluate(model, data, seq_len, batch_size):
 
 
 @FUZZ
-@given(name=st.sampled_from(["decoder.bias", "embedding.weight", "lstm.bias_ih_l1", "nope"]),
-       shape=st.one_of(st.just("right"), st.just("right"), st.lists(st.integers(0, 13), max_size=3)),
-       dtype=mostly(st.sampled_from(["float32", "float64", "float16"]), dtypes),
-       value=st.floats(allow_nan=True, allow_infinity=True, width=64))
+@given(
+    name=st.sampled_from(["decoder.bias", "embedding.weight", "lstm.bias_ih_l1", "nope"]),
+    shape=st.one_of(st.just("right"), st.just("right"), st.lists(st.integers(0, 13), max_size=3)),
+    dtype=mostly(st.sampled_from(["float32", "float64", "float16"]), dtypes),
+    value=st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
 def test_load_state_dict(model, name, shape, dtype, value):
     state = model.state_dict()
     if shape == "right":
@@ -177,9 +224,12 @@ def test_load_state_dict(model, name, shape, dtype, value):
 
 
 @FUZZ
-@given(text=st.text(max_size=60), level=st.sampled_from(["word", "char", "word", "char", "byte", None]),
-       min_count=mostly(st.integers(1, 3), st.one_of(st.integers(-1, 0), anything)),
-       max_vocab=mostly(st.none(), st.one_of(st.integers(-1, 8), anything)))
+@given(
+    text=st.text(max_size=60),
+    level=st.sampled_from(["word", "char", "word", "char", "byte", None]),
+    min_count=mostly(st.integers(1, 3), st.one_of(st.integers(-1, 0), anything)),
+    max_vocab=mostly(st.none(), st.one_of(st.integers(-1, 8), anything)),
+)
 def test_tokenizer_round_trip(tmp_path_factory, text, level, min_count, max_vocab):
     with outcome("Tokenizer"):
         tokenizer = fastlm.Tokenizer.fit(text, level=level, min_count=min_count, max_vocab=max_vocab)

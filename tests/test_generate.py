@@ -6,6 +6,7 @@ same weights they return the same ids. Models are tiny (V = 40, E = 8, H = 16); 
 weights are scaled up so the next-token distributions are peaked enough for top-k and
 top-p to cut something off.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,7 +129,7 @@ def test_greedy_is_argmax_continuation(models):
             x = np.array([sequence], dtype=np.int32)
             _, predictions, _ = cpp.forward(x, np.zeros_like(x))  # arg-max at every position
             sequence.append(int(predictions[0, -1]))
-        np.testing.assert_array_equal(out, sequence[len(PROMPT):])
+        np.testing.assert_array_equal(out, sequence[len(PROMPT) :])
         # greedy ignores the seed and equals top_k=1 at any temperature
         np.testing.assert_array_equal(out, cpp.generate(PROMPT, 12, temperature=0, seed=99))
         np.testing.assert_array_equal(out, cpp.generate(PROMPT, 12, temperature=1.7, top_k=1, seed=5))
@@ -170,37 +171,43 @@ def test_generate_does_not_change_the_model(model):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("kw, error, message", [
-    (dict(temperature=-0.1), ValueError, "temperature must be a finite number >= 0"),
-    (dict(temperature=math.nan), ValueError, "temperature must be a finite number >= 0"),
-    (dict(temperature=math.inf), ValueError, "temperature must be a finite number >= 0"),
-    (dict(temperature="hot"), TypeError, "temperature must be a number, got 'hot'"),
-    (dict(top_p=0.0), ValueError, r"top_p must lie in \(0, 1\]"),
-    (dict(top_p=1.5), ValueError, r"top_p must lie in \(0, 1\]"),
-    (dict(top_p=-0.5), ValueError, r"top_p must lie in \(0, 1\]"),
-    (dict(top_p=math.nan), ValueError, r"top_p must lie in \(0, 1\]"),
-    (dict(top_k=0), ValueError, "top_k must be a positive integer, got 0"),
-    (dict(top_k=-3), ValueError, "top_k must be a positive integer"),
-    (dict(top_k=2.5), TypeError, "top_k must be an int"),
-    (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be an integer >= 0, got -1"),
-    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an integer, got 2.0"),
-    (dict(num_samples=0), ValueError, "num_samples must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kw, error, message",
+    [
+        (dict(temperature=-0.1), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=math.nan), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=math.inf), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature="hot"), TypeError, "temperature must be a number, got 'hot'"),
+        (dict(top_p=0.0), ValueError, r"top_p must lie in \(0, 1\]"),
+        (dict(top_p=1.5), ValueError, r"top_p must lie in \(0, 1\]"),
+        (dict(top_p=-0.5), ValueError, r"top_p must lie in \(0, 1\]"),
+        (dict(top_p=math.nan), ValueError, r"top_p must lie in \(0, 1\]"),
+        (dict(top_k=0), ValueError, "top_k must be a positive integer, got 0"),
+        (dict(top_k=-3), ValueError, "top_k must be a positive integer"),
+        (dict(top_k=2.5), TypeError, "top_k must be an int"),
+        (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be an integer >= 0, got -1"),
+        (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an integer, got 2.0"),
+        (dict(num_samples=0), ValueError, "num_samples must be a positive integer"),
+    ],
+)
 def test_bad_options(model, kw, error, message):
     with pytest.raises(error, match=message):
         model.generate(PROMPT, **{"max_new_tokens": 5, "seed": 0, **kw})
 
 
-@pytest.mark.parametrize("prompt, error, message", [
-    (np.array([], dtype=np.int32), ValueError, "the prompt is empty"),
-    ([], ValueError, "the prompt is empty"),
-    (np.zeros((2, 0), dtype=np.int32), ValueError, "the prompt is empty"),
-    (np.array([1, V]), ValueError, f"prompt_ids holds id {V}, outside the vocabulary"),
-    (np.array([-1, 2]), ValueError, "prompt_ids holds id -1"),
-    (np.array([1.0, 2.0]), TypeError, "prompt_ids must hold integer token ids"),
-    ("hello", TypeError, "must hold integer token ids"),
-    (np.zeros((1, 2, 3), dtype=np.int32), ValueError, "must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "prompt, error, message",
+    [
+        (np.array([], dtype=np.int32), ValueError, "the prompt is empty"),
+        ([], ValueError, "the prompt is empty"),
+        (np.zeros((2, 0), dtype=np.int32), ValueError, "the prompt is empty"),
+        (np.array([1, V]), ValueError, f"prompt_ids holds id {V}, outside the vocabulary"),
+        (np.array([-1, 2]), ValueError, "prompt_ids holds id -1"),
+        (np.array([1.0, 2.0]), TypeError, "prompt_ids must hold integer token ids"),
+        ("hello", TypeError, "must hold integer token ids"),
+        (np.zeros((1, 2, 3), dtype=np.int32), ValueError, "must be 2-D"),
+    ],
+)
 def test_bad_prompt(model, prompt, error, message):
     with pytest.raises(error, match=message):
         model.generate(prompt, 5, seed=0)
@@ -274,8 +281,9 @@ def test_generate_text_tokenizer_mismatch():
     tok = fastlm.Tokenizer.fit("a b c d", level="word")
     model = fastlm.LSTMLM(len(tok) + 3, 4, 4)
     model.tokenizer = tok
-    with pytest.raises(ValueError, match=f"tokenizer has {len(tok)} tokens but the model's vocabulary has "
-                                         f"{len(tok) + 3}"):
+    with pytest.raises(
+        ValueError, match=f"tokenizer has {len(tok)} tokens but the model's vocabulary has {len(tok) + 3}"
+    ):
         model.generate_text("a b")
 
 
@@ -289,15 +297,17 @@ def test_generate_text_bad_prompt_type(word_model):
 def test_generate_text_through_save_and_load(word_model, tmp_path):
     word_model.save(tmp_path / "m")
     loaded = fastlm.load(tmp_path / "m")
-    assert loaded.generate_text("the cat", 5, temperature=0.7, seed=4) == \
-        word_model.generate_text("the cat", 5, temperature=0.7, seed=4)
+    assert loaded.generate_text("the cat", 5, temperature=0.7, seed=4) == word_model.generate_text(
+        "the cat", 5, temperature=0.7, seed=4
+    )
 
 
 def test_numpy_scalars_accepted(model):
     """Settings often come out of NumPy code: np.float32 / np.int64 act like their Python values."""
     expected = model.generate(PROMPT, 10, temperature=0.5, top_k=4, top_p=0.75, seed=8)
-    got = model.generate(PROMPT, np.int64(10), temperature=np.float32(0.5), top_k=np.int32(4),
-                         top_p=np.float64(0.75), seed=np.uint64(8))
+    got = model.generate(
+        PROMPT, np.int64(10), temperature=np.float32(0.5), top_k=np.int32(4), top_p=np.float64(0.75), seed=np.uint64(8)
+    )
     np.testing.assert_array_equal(expected, got)
     with pytest.raises(TypeError, match="top_p must be a number or None, got True"):
         model.generate(PROMPT, 5, top_p=True)
@@ -322,11 +332,15 @@ def test_overflowing_logits_are_an_error(models):
     for model in (fastlm.LSTMLM(V, E, H, seed=3), fastlm.LSTMLM(V, E, H, seed=3, backend="numpy")):
         model.load_state_dict(state)
         for temperature in (0.0, 1.0):
-            with np.errstate(over="ignore", invalid="ignore"), \
-                    pytest.raises(FloatingPointError, match=r"logits at new token \d+ of sample 0 hold NaN or inf"):
+            with (
+                np.errstate(over="ignore", invalid="ignore"),
+                pytest.raises(FloatingPointError, match=r"logits at new token \d+ of sample 0 hold NaN or inf"),
+            ):
                 model.generate(PROMPT, 5, temperature=temperature, seed=1)
-        with np.errstate(over="ignore", invalid="ignore"), \
-                pytest.raises(FloatingPointError, match="the loss is nan.*overflow float32"):
+        with (
+            np.errstate(over="ignore", invalid="ignore"),
+            pytest.raises(FloatingPointError, match="the loss is nan.*overflow float32"),
+        ):
             model.evaluate(np.arange(V), seq_len=8)
 
 
@@ -364,6 +378,7 @@ def test_ctrl_c_stops_a_long_generate():
     import subprocess
     import sys
     import time
+
     child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"

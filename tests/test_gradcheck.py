@@ -5,6 +5,7 @@ reference to the mathematics. Every analytic gradient -- of a whole 2-layer mode
 from the reference ops exactly as ``LSTMLM.forward_backward`` composes them, and of each
 backward op on its own -- is compared entry by entry with central differences.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -84,22 +85,39 @@ def model_loss_and_gradients(p, x, y, backward=True):
     layer_input = reference.embedding_forward(p["embedding.weight"], x)
     tape = []
     for k in range(L):
-        hs, cs, gates = reference.lstm_forward(layer_input, p[f"lstm.weight_ih_l{k}"], p[f"lstm.weight_hh_l{k}"],
-                                               p[f"lstm.bias_ih_l{k}"], p[f"lstm.bias_hh_l{k}"], zeros, zeros)
+        hs, cs, gates = reference.lstm_forward(
+            layer_input,
+            p[f"lstm.weight_ih_l{k}"],
+            p[f"lstm.weight_hh_l{k}"],
+            p[f"lstm.bias_ih_l{k}"],
+            p[f"lstm.bias_hh_l{k}"],
+            zeros,
+            zeros,
+        )
         tape.append((layer_input, hs, cs, gates))
         layer_input = hs
     rows, row_targets = layer_input.reshape(batch * steps, H), y.reshape(batch * steps)
     loss, lse, _ = reference.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"], row_targets)
     if not backward:
         return loss, None
-    dh, dweight, dbias = reference.output_loss_backward(rows, p["decoder.weight"], p["decoder.bias"],
-                                                        row_targets, lse)
+    dh, dweight, dbias = reference.output_loss_backward(rows, p["decoder.weight"], p["decoder.bias"], row_targets, lse)
     grads = {"decoder.weight": dweight, "decoder.bias": dbias}
     dhs = dh.reshape(batch, steps, H)
     for k in reversed(range(L)):
         layer_input, hs, cs, gates = tape[k]
-        dx, dw_ih, dw_hh, db, _, _ = reference.lstm_backward(dhs, None, None, layer_input, p[f"lstm.weight_ih_l{k}"],
-                                                             p[f"lstm.weight_hh_l{k}"], zeros, zeros, hs, cs, gates)
+        dx, dw_ih, dw_hh, db, _, _ = reference.lstm_backward(
+            dhs,
+            None,
+            None,
+            layer_input,
+            p[f"lstm.weight_ih_l{k}"],
+            p[f"lstm.weight_hh_l{k}"],
+            zeros,
+            zeros,
+            hs,
+            cs,
+            gates,
+        )
         grads[f"lstm.weight_ih_l{k}"] = dw_ih
         grads[f"lstm.weight_hh_l{k}"] = dw_hh
         grads[f"lstm.bias_ih_l{k}"] = db  # both bias vectors get the same gradient
@@ -140,6 +158,7 @@ def test_model_composition_matches_lstmlm():
 
 # ------------------------------------------------------------------ each op on its own
 
+
 def lstm_case(rng, batch=2, steps=3, width=5, hidden=4):
     bound = 1.0 / np.sqrt(hidden)
     return {
@@ -169,8 +188,9 @@ def test_lstm_backward_matches_finite_differences(final_grads, steps):
 
     hs, cs, gates = reference.lstm_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"], p["c0"])
     dh_n, dc_n = (r_h, r_c) if final_grads else (None, None)
-    dx, dw_ih, dw_hh, db, dh0, dc0 = reference.lstm_backward(r_hs, dh_n, dc_n, p["x"], p["w_ih"], p["w_hh"],
-                                                             p["h0"], p["c0"], hs, cs, gates)
+    dx, dw_ih, dw_hh, db, dh0, dc0 = reference.lstm_backward(
+        r_hs, dh_n, dc_n, p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], hs, cs, gates
+    )
     analytic = {"x": dx, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db, "b_hh": db, "h0": dh0, "c0": dc0}
     check(objective, p, analytic)
 
@@ -180,8 +200,11 @@ def test_output_loss_backward_matches_finite_differences(chunk_elements, monkeyp
     monkeypatch.setattr(reference, "LOGIT_CHUNK_ELEMENTS", chunk_elements)  # 11 // V=5: 2 rows a chunk
     rng = np.random.default_rng(7)
     n_rows, hidden, vocab = 5, 4, 5
-    p = {"h": rng.uniform(-1, 1, (n_rows, hidden)), "weight": rng.uniform(-1, 1, (vocab, hidden)),
-         "bias": rng.uniform(-1, 1, vocab)}
+    p = {
+        "h": rng.uniform(-1, 1, (n_rows, hidden)),
+        "weight": rng.uniform(-1, 1, (vocab, hidden)),
+        "bias": rng.uniform(-1, 1, vocab),
+    }
     targets = np.array([0, 3, 3, 4, 1])
 
     def objective():

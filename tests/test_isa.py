@@ -4,6 +4,7 @@ The op tests compare each set's kernels against the NumPy reference (CI runs
 tests/test_ops.py once per set this machine has, and under qemu without AVX); these
 tests check the choice itself, each in a fresh interpreter.
 """
+
 import os
 import subprocess
 import sys

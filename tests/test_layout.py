@@ -1,6 +1,7 @@
 """The Python package's module layout (docs/architecture.md): no import cycle, counting
 imports anywhere in a module (a function-local import hides a cycle from Python, not from
 this test), and model.py free of training and files."""
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,7 @@ def test_no_import_cycle():
 
     def visit(module):
         if module in on_path:
-            cycle = on_path[on_path.index(module):] + [module]
+            cycle = on_path[on_path.index(module) :] + [module]
             raise AssertionError("import cycle: " + " -> ".join(cycle))
         if module in done:
             return
@@ -64,6 +65,7 @@ def test_model_imports_neither_training_nor_files():
 
 def test_fit_and_save_are_defined_once():
     from fastlm import lstmlm, model_dir, training
+
     assert lstmlm.LSTMLM.fit is training.fit
     assert lstmlm.LSTMLM.save is model_dir.save
     assert "seq_len" in training.fit.__doc__

@@ -12,6 +12,7 @@ with two threads, must give bit-identical results.
 Below the table: the model-level checks (C++ vs NumPy backend gradients, state_dict
 round trips, determinism of whole-model gradients).
 """
+
 from __future__ import annotations
 
 import copy
@@ -140,7 +141,7 @@ def output_inputs(rng, N, H, V, scale=1.0, ties=False):
     weight, bias = uniform(rng, (V, H), scale), uniform(rng, (V,), scale)
     if ties:
         half = V // 2
-        weight[half:2 * half], bias[half:2 * half] = weight[:half], bias[:half]
+        weight[half : 2 * half], bias[half : 2 * half] = weight[:half], bias[:half]
     targets = rng.integers(0, V, N, dtype=np.int32)
     return h, weight, bias, targets
 
@@ -171,7 +172,7 @@ def adaptive_inputs(rng, N, H, cutoffs, V, widths, head_bias=True, scale=1.0, em
     high = cutoffs[-1] if empty_cluster else V
     targets = np.minimum(rng.zipf(1.2, N) - 1, high - 1).astype(np.int32)
     hit = edges[:-2] if empty_cluster else edges[:-1]  # each cluster's first word, where N allows
-    targets[:min(N, len(hit))] = hit[:N]
+    targets[: min(N, len(hit))] = hit[:N]
     return h, head, bias, projs, outs, targets
 
 
@@ -229,8 +230,7 @@ def build_adam_update(rng, shape, steps, lr=1e-3, weight_decay=0.0, betas=(0.9, 
     param = uniform(rng, shape)
     grads = [normal(rng, shape, 0.1) for _ in range(steps)]
     m, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    return Inputs([param, grads, m, v], dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
-                                             weight_decay=weight_decay))
+    return Inputs([param, grads, m, v], dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay))
 
 
 def run_adam_update(fn, inputs):
@@ -390,14 +390,15 @@ CASES = [
     ("output_loss_forward_backward", dict(N=300, H=37, V=20011)),
     ("adaptive_loss_forward", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_loss_forward", dict(N=40, H=37, cutoffs=[50, 200], V=1009, widths=[9, 2], head_bias=False)),
-    ("adaptive_loss_forward", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1],
-                                   scale=4.0)),  # peaked heads: many rows predict beyond the shortlist
+    (
+        "adaptive_loss_forward",
+        dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1], scale=4.0),
+    ),  # peaked heads: many rows predict beyond the shortlist
     ("adaptive_loss_forward", dict(N=600, H=37, cutoffs=[30], V=1009, widths=[9], empty_cluster=True)),
     ("adaptive_loss_forward_backward", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_loss_forward_backward", dict(N=40, H=37, cutoffs=[50, 200], V=1009, widths=[9, 2], head_bias=False)),
     ("adaptive_loss_forward_backward", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
-    ("adaptive_loss_forward_backward", dict(N=600, H=37, cutoffs=[30, 500], V=1009, widths=[9, 2],
-                                            empty_cluster=True)),
+    ("adaptive_loss_forward_backward", dict(N=600, H=37, cutoffs=[30, 500], V=1009, widths=[9, 2], empty_cluster=True)),
     ("adaptive_log_prob", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_log_prob", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
     ("embedding_backward_sparse", dict(V=1009, E=19, B=3, T=5)),
@@ -435,8 +436,10 @@ CASES = [
     ("score_sequences", dict(V=2, E=1, H=3, layers=1, lengths=[1, 0, 2])),
     ("score_sequences", dict(V=2, E=1, H=3, layers=1, lengths=[1, 0, 2], bos=1)),
     ("score_sequences", dict(V=1009, E=19, H=37, layers=2, lengths=[5, 30, 0, 1, 17, 30, 2, 9])),
-    ("score_sequences", dict(V=1009, E=19, H=37, layers=2, lengths=[5, 30, 0, 1, 17, 30, 2, 9], bos=0,
-                             batch_size=3)),  # groups of 3, longest first
+    (
+        "score_sequences",
+        dict(V=1009, E=19, H=37, layers=2, lengths=[5, 30, 0, 1, 17, 30, 2, 9], bos=0, batch_size=3),
+    ),  # groups of 3, longest first
     ("score_sequences", dict(V=101, E=19, H=37, layers=1, lengths=[3, 80, 21], bos=7, scale=8.0)),  # peaked
     # Many sequences, one group of 400: threaded recurrence and output layer, and 16,200 packed
     # rows of 4H = 520 gate floats, beyond one chunk of steps (2^23 floats): the state is
@@ -482,8 +485,9 @@ NEAR_TIE_SHARE = 1e-3
 
 def check_near_ties(name, cpp, ref):
     cpp, ref = np.asarray(cpp), np.asarray(ref)
-    assert cpp.dtype == ref.dtype and cpp.shape == ref.shape, \
+    assert cpp.dtype == ref.dtype and cpp.shape == ref.shape, (
         f"{name}: {cpp.dtype}{cpp.shape} vs {ref.dtype}{ref.shape}"
+    )
     differ = np.flatnonzero(cpp != ref)
     assert differ.size <= max(1, NEAR_TIE_SHARE * cpp.size), f"{name}: {differ.size} of {cpp.size} entries differ"
     if name == "ranks":
@@ -501,9 +505,12 @@ def check_predictions(cpp, ref, inputs):
     if len(inputs.args) == 6:  # the adaptive softmax: compare the words' full log-probabilities
         h, head, bias, projs, outs, _ = inputs.args
         f64 = [np.asarray(a, np.float64) for a in (h[differ], head)]
-        logits = reference.adaptive_log_prob(*f64, None if bias is None else np.asarray(bias, np.float64),
-                                             [np.asarray(a, np.float64) for a in projs],
-                                             [np.asarray(a, np.float64) for a in outs])
+        logits = reference.adaptive_log_prob(
+            *f64,
+            None if bias is None else np.asarray(bias, np.float64),
+            [np.asarray(a, np.float64) for a in projs],
+            [np.asarray(a, np.float64) for a in outs],
+        )
     else:
         h, weight, bias = (np.asarray(a, np.float64) for a in inputs.args[:3])
         logits = h[differ] @ weight.T + bias
@@ -564,8 +571,10 @@ def assert_bit_identical(first, second, what):
         assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {name}"
         if not np.array_equal(a, b):
             first_diff = np.argmax(a != b)
-            differ.append(f"{name} ({a.flat[first_diff]!r} vs {b.flat[first_diff]!r}, "
-                          f"max |diff| {np.max(np.abs(a.astype(np.float64) - b)):.3g})")
+            differ.append(
+                f"{name} ({a.flat[first_diff]!r} vs {b.flat[first_diff]!r}, "
+                f"max |diff| {np.max(np.abs(a.astype(np.float64) - b)):.3g})"
+            )
     assert not differ, f"{what}: " + "; ".join(differ)
 
 
@@ -584,8 +593,15 @@ def test_op_deterministic(op, shapes, restore_threads):
 # Bindings that are not ops of the math: thread control, build facts and the FMA peak
 # the benchmarks divide by. Generation is random sampling; its twin (and the session's)
 # is compared in test_generate.py.
-NOT_OPS = {"set_num_threads", "get_num_threads", "build_info", "fma_peak_gflops", "generate", "tune_malloc",
-           "GenerationSession"}
+NOT_OPS = {
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+    "fma_peak_gflops",
+    "generate",
+    "tune_malloc",
+    "GenerationSession",
+}
 
 
 def test_fma_peak_is_a_measured_rate(restore_threads):

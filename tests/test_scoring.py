@@ -1,6 +1,7 @@
 """Scoring (log_probs, score, perplexity, full_scores), evaluate's metrics, streaming
 generation with stop conditions, suppress_unk, next_token_probs, and calls from many
 threads at once (issue 15). Tiny models on a slice of fastlm.datasets.tinyshakespeare()."""
+
 from __future__ import annotations
 
 import math
@@ -89,17 +90,20 @@ def test_log_probs_are_normalised(tok):
     assert np.exp(last).sum() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("sequences_arg, kw, error, message", [
-    ([np.array([1, 2]), np.array([3, 99999])], {}, ValueError, "sequence 1 holds id 99999 at position 1"),
-    ([np.array([1, 2]), np.array([-1])], {}, ValueError, "sequence 1 holds id -1"),
-    ([np.array([[1, 2]])], {}, ValueError, "sequence 0 must be 1-D"),
-    ([np.array([1.5, 2.0])], {}, TypeError, "sequence 0 must hold integer token ids"),
-    (np.array([1, 2, 3]), {}, TypeError, "a single 1-D array: wrap it in a list"),
-    (5, {}, TypeError, "list of 1-D id arrays"),
-    ([np.array([1, 2])], dict(bos=10**9), ValueError, r"bos must be an integer in \[0, "),
-    ([np.array([1, 2])], dict(bos="x"), TypeError, "bos must be an integer or None"),
-    ([np.array([1, 2])], dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "sequences_arg, kw, error, message",
+    [
+        ([np.array([1, 2]), np.array([3, 99999])], {}, ValueError, "sequence 1 holds id 99999 at position 1"),
+        ([np.array([1, 2]), np.array([-1])], {}, ValueError, "sequence 1 holds id -1"),
+        ([np.array([[1, 2]])], {}, ValueError, "sequence 0 must be 1-D"),
+        ([np.array([1.5, 2.0])], {}, TypeError, "sequence 0 must hold integer token ids"),
+        (np.array([1, 2, 3]), {}, TypeError, "a single 1-D array: wrap it in a list"),
+        (5, {}, TypeError, "list of 1-D id arrays"),
+        ([np.array([1, 2])], dict(bos=10**9), ValueError, r"bos must be an integer in \[0, "),
+        ([np.array([1, 2])], dict(bos="x"), TypeError, "bos must be an integer or None"),
+        ([np.array([1, 2])], dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+    ],
+)
 def test_log_probs_bad_input(model, sequences_arg, kw, error, message):
     with pytest.raises(error, match=message):
         model.log_probs(sequences_arg, **kw)
@@ -160,7 +164,8 @@ def test_without_a_boundary_token(tok):
     with pytest.raises(ValueError, match="bos=True needs a sentence-boundary token"):
         model.score("First Citizen:")
     assert model.score("First Citizen:", bos=False, eos=False) == pytest.approx(
-        float(model.log_probs([words.encode("First Citizen:")])[0].astype(np.float64).sum()) / math.log(10), rel=1e-6)
+        float(model.log_probs([words.encode("First Citizen:")])[0].astype(np.float64).sum()) / math.log(10), rel=1e-6
+    )
     chars = fastlm.Tokenizer.fit(TEXT, level="char")  # the newline is the boundary
     char_model = make(chars)
     newline = chars["\n"]
@@ -169,12 +174,15 @@ def test_without_a_boundary_token(tok):
     assert char_model.score("Citizen") == pytest.approx(expected / math.log(10), rel=1e-6)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda m: m.score(b"bytes"), TypeError, "sentences must be a str or a list of str"),
-    (lambda m: m.score(["ok", 3]), TypeError, "sentence 1 must be a str"),
-    (lambda m: m.score("ok", bos=1), TypeError, "bos must be True or False"),
-    (lambda m: m.score("ok", bos=False, eos=False), ValueError, "first token is context only"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda m: m.score(b"bytes"), TypeError, "sentences must be a str or a list of str"),
+        (lambda m: m.score(["ok", 3]), TypeError, "sentence 1 must be a str"),
+        (lambda m: m.score("ok", bos=1), TypeError, "bos must be True or False"),
+        (lambda m: m.score("ok", bos=False, eos=False), ValueError, "first token is context only"),
+    ],
+)
 def test_score_bad_input(model, call, error, message):
     with pytest.raises(error, match=message):
         call(model)
@@ -224,8 +232,9 @@ def test_evaluate_metrics_against_their_definitions(model, twin, tok):
     target_logit = logits[np.arange(len(targets)), targets]
     assert result["accuracy"] == pytest.approx(np.mean(predictions == targets), abs=2 / len(targets))
     assert result["top_k"] == 3
-    assert result["top_k_accuracy"] == pytest.approx(np.mean((logits > target_logit[:, None]).sum(1) < 3),
-                                                     abs=2 / len(targets))
+    assert result["top_k_accuracy"] == pytest.approx(
+        np.mean((logits > target_logit[:, None]).sum(1) < 3), abs=2 / len(targets)
+    )
     for name, value in zip(("precision", "recall", "f1"), macro_reference(targets, predictions)):
         assert result[name] == pytest.approx(value, abs=0.02), name
         assert result[name] == pytest.approx(ref[name], abs=0.02), name
@@ -272,11 +281,12 @@ def test_stop_strings_and_ids(model, tok):
     full = model.generate_text("First Citizen:", 60, seed=2, suppress_unk=False)
     words = full.split()
     stop_word = words[len(words) // 2]
-    cut = full[:full.find(stop_word)]
+    cut = full[: full.find(stop_word)]
     assert model.generate_text("First Citizen:", 60, seed=2, stop=stop_word, suppress_unk=False) == cut
     assert "".join(model.stream("First Citizen:", 60, seed=2, stop=[stop_word, "zzzz"], suppress_unk=False)) == cut
-    assert model.generate_text("First Citizen:", 60, seed=2, stop="not in the text at all") == \
-        model.generate_text("First Citizen:", 60, seed=2)
+    assert model.generate_text("First Citizen:", 60, seed=2, stop="not in the text at all") == model.generate_text(
+        "First Citizen:", 60, seed=2
+    )
     ids = model.generate(np.array([3, 1]), 50, seed=4)
     stop_id = int(ids[20])
     first = int(np.flatnonzero(ids == stop_id)[0])
@@ -286,12 +296,15 @@ def test_stop_strings_and_ids(model, tok):
     np.testing.assert_array_equal(rows[0], ids[:first])
 
 
-@pytest.mark.parametrize("stop, error, message", [
-    ([], ValueError, "stop is an empty list"),
-    ("", ValueError, "stop holds an empty string"),
-    (["a", ""], ValueError, "stop holds an empty string"),
-    ([1.5], TypeError, "stop must hold str or int"),
-])
+@pytest.mark.parametrize(
+    "stop, error, message",
+    [
+        ([], ValueError, "stop is an empty list"),
+        ("", ValueError, "stop holds an empty string"),
+        (["a", ""], ValueError, "stop holds an empty string"),
+        ([1.5], TypeError, "stop must hold str or int"),
+    ],
+)
 def test_stop_bad_input(model, stop, error, message):
     with pytest.raises(error, match=message):
         model.generate_text("First", 5, seed=0, stop=stop)
@@ -321,8 +334,12 @@ def test_suppress_unk(tok):
     model.load_state_dict(state)
     ids = np.array([5, 6])
     assert np.all(model.generate(ids, 30, temperature=0) == tok.unk_id)
-    for settings in (dict(temperature=0), dict(temperature=1.0), dict(temperature=1.0, top_k=3),
-                     dict(temperature=2.0, top_p=0.5)):
+    for settings in (
+        dict(temperature=0),
+        dict(temperature=1.0),
+        dict(temperature=1.0, top_k=3),
+        dict(temperature=2.0, top_p=0.5),
+    ):
         out = model.generate(ids, 60, seed=1, suppress_unk=True, **settings)
         assert not np.any(out == tok.unk_id), settings
     assert "<unk>" not in model.generate_text("First", 60, seed=1)  # the default for text
@@ -354,8 +371,8 @@ def test_eight_threads_get_what_they_would_get_alone(model, tok):
         "generate": lambda k: model.generate(ids[:5], 60, temperature=1.0, seed=k).tolist(),
         "stream": lambda k: "".join(model.stream("First Citizen:", 40, seed=k)),
         "evaluate": lambda k: model.evaluate(ids[: 500 + 50 * k], seq_len=33)["loss"],
-        "log_probs": lambda k: [lp.tolist() for lp in model.log_probs(seqs[k % 5:], bos=k)],
-        "score": lambda k: model.score(["First Citizen:", "We are accounted poor citizens"][k % 2:]),
+        "log_probs": lambda k: [lp.tolist() for lp in model.log_probs(seqs[k % 5 :], bos=k)],
+        "score": lambda k: model.score(["First Citizen:", "We are accounted poor citizens"][k % 2 :]),
     }
     jobs = [(name, k) for name in calls for k in range(8)]
     serial = {job: calls[job[0]](job[1]) for job in jobs}
@@ -415,8 +432,9 @@ def test_fit_while_others_read_gives_them_the_weights_before_fit(tok):
         training.wait()
         try:
             for _ in range(20):
-                results.append((model.score(["First Citizen:", "Speak , speak ."]),
-                                model.generate(ids[:3], 30, seed=1).tolist()))
+                results.append(
+                    (model.score(["First Citizen:", "Speak , speak ."]), model.generate(ids[:3], 30, seed=1).tolist())
+                )
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 

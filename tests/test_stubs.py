@@ -1,5 +1,6 @@
 """fastlm/_core.pyi stays true to the extension: every exported function, with its parameters
 and defaults as bound in src/cpp/bindings.cpp. A new op added without its stub fails here."""
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,11 @@ def stub_functions(kind=ast.FunctionDef):
 
 
 def exported_functions():
-    return sorted(name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name))
-                  and not isinstance(getattr(_core, name), type))
+    return sorted(
+        name
+        for name in dir(_core)
+        if not name.startswith("_") and callable(getattr(_core, name)) and not isinstance(getattr(_core, name), type)
+    )
 
 
 def exported_classes():

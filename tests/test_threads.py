@@ -1,6 +1,7 @@
 """Threads and processes around the C++ core: set_num_threads is process-wide, and a
 child forked after the parent ran multi-threaded kernels runs (on one thread) instead of
 hanging in GNU OpenMP, which cannot restart its worker threads after a fork."""
+
 from __future__ import annotations
 
 import subprocess

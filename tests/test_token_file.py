@@ -1,4 +1,5 @@
 """Token files (fastlm.save_ids / open_ids / `fastlm encode`): format, streaming, memory maps, bad input."""
+
 import struct
 import sys
 import tracemalloc
@@ -69,6 +70,7 @@ def test_encode_file_chunks_concatenate_to_encode_file(tmp_path, eos, tail):
 
 # ---------------------------------------------------------------- no copies, bounded memory
 
+
 def test_gather_reads_a_memmap_without_copying_it(tmp_path):
     n = 4_000_000  # 8 MB of uint16 ids
     fastlm.save_ids(tmp_path / "ids.bin", np.arange(n, dtype=np.int64) % 50000, 50000)
@@ -110,6 +112,7 @@ def test_release_pages_returns_a_memmaps_resident_pages(tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def test_bad_id_is_named_with_its_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(token_file, "_CHECK_CHUNK", 1000)  # the bad id lies in a later chunk
@@ -177,6 +180,7 @@ def test_wrong_header(good_file, tmp_path):
 
 # ---------------------------------------------------------------- the command line
 
+
 def cli_run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -191,22 +195,53 @@ def corpus_file(tmp_path):
 
 
 def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
-    code, out, err = cli_run(capsys, "encode", corpus_file, corpus_file, "--fit", "--tokenizer", tmp_path / "tok.json",
-                             "--out", tmp_path / "ids.bin")
+    code, out, err = cli_run(
+        capsys,
+        "encode",
+        corpus_file,
+        corpus_file,
+        "--fit",
+        "--tokenizer",
+        tmp_path / "tok.json",
+        "--out",
+        tmp_path / "ids.bin",
+    )
     assert code == 0, err
     tok = fastlm.Tokenizer.load(tmp_path / "tok.json")
     text = corpus_file.read_text(encoding="utf-8")
     np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), tok.encode(text + "\n" + text))
     assert f"{2 * len(tok.encode(text)):,} word tokens" in out and "uint16 ids" in out
-    code, out, err = cli_run(capsys, "train", "--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "tok.json",
-                             "--epochs", "1", "--max-steps", "3", "--hidden", "8", "--embed", "8", "--seq-len", "10",
-                             "--batch-size", "4", "--sample-tokens", "5", "--out", tmp_path / "model")
+    code, out, err = cli_run(
+        capsys,
+        "train",
+        "--ids",
+        tmp_path / "ids.bin",
+        "--tokenizer",
+        tmp_path / "tok.json",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--hidden",
+        "8",
+        "--embed",
+        "8",
+        "--seq-len",
+        "10",
+        "--batch-size",
+        "4",
+        "--sample-tokens",
+        "5",
+        "--out",
+        tmp_path / "model",
+    )
     assert code == 0, err
     assert f"corpus: {tmp_path / 'ids.bin'}" in out and "stopped after 3 steps" in out
     assert fastlm.load(tmp_path / "model").tokenizer == tok
     # a model directory serves as --tokenizer too
-    code, _, err = cli_run(capsys, "encode", corpus_file, "--tokenizer", tmp_path / "model", "--out",
-                           tmp_path / "again.bin")
+    code, _, err = cli_run(
+        capsys, "encode", corpus_file, "--tokenizer", tmp_path / "model", "--out", tmp_path / "again.bin"
+    )
     assert code == 0, err
     np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "again.bin"), tok.encode(text))
 
@@ -219,8 +254,9 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     fastlm.save_ids(tmp_path / "ids.bin", ids, len(big))
     first_bad = int(np.flatnonzero(ids >= len(small))[0])
     common = ["--epochs", "1", "--max-steps", "1", "--out", tmp_path / "model"]
-    code, _, err = cli_run(capsys, "train", "--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "small.json",
-                           *common)
+    code, _, err = cli_run(
+        capsys, "train", "--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "small.json", *common
+    )
     assert code == 1 and f"at offset {first_bad:,}, outside the vocabulary [0, {len(small)})" in err
     code, _, err = cli_run(capsys, "train", "--ids", tmp_path / "ids.bin", *common)
     assert code == 1 and "--ids needs --tokenizer" in err
@@ -229,13 +265,15 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     code, _, err = cli_run(capsys, "train", "--ids", corpus_file, "--tokenizer", tmp_path / "small.json", *common)
     assert code == 1 and "not a fastlm token file" in err
     assert not (tmp_path / "model").exists()
-    code, _, err = cli_run(capsys, "encode", corpus_file, "--tokenizer", tmp_path / "missing.json", "--out",
-                           tmp_path / "x.bin")
+    code, _, err = cli_run(
+        capsys, "encode", corpus_file, "--tokenizer", tmp_path / "missing.json", "--out", tmp_path / "x.bin"
+    )
     assert code == 1 and "missing.json" in err and not (tmp_path / "x.bin").exists()
 
 
 def test_window_order_is_narrow_and_the_permutation_of_the_starts():
     from fastlm.batches import WindowBatches, epoch_rng
+
     ids = np.zeros(10_000, np.uint16)
     batches = WindowBatches(_core, ids, 35, 20, 7, True, 5)
     order = batches.window_order(3)

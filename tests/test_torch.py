@@ -14,6 +14,7 @@ Tolerances (float32 on both sides, different summation orders):
   by sqrt(v), so a gradient element's float32 rounding difference (~1e-6 relative to the
   tensor's largest element) is amplified for small elements; observed worst ~4e-5.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -346,9 +347,21 @@ def test_fit_with_sgd_follows_torch_sgd_batch_for_batch():
     net = RecipeLM(V, E, H, L)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     settings = dict(lr=2.0, momentum=0.9, nesterov=True, clip=0.5, decay=0.5, decay_epoch=2)
-    history = model.fit(ids, seq_len=T, batch_size=B, epochs=2, lr=settings["lr"], optimizer="sgd",
-                        momentum=settings["momentum"], nesterov=True, clip_norm=settings["clip"], stateful=True,
-                        lr_decay=settings["decay"], lr_decay_epoch=settings["decay_epoch"], progress=False)
+    history = model.fit(
+        ids,
+        seq_len=T,
+        batch_size=B,
+        epochs=2,
+        lr=settings["lr"],
+        optimizer="sgd",
+        momentum=settings["momentum"],
+        nesterov=True,
+        clip_norm=settings["clip"],
+        stateful=True,
+        lr_decay=settings["decay"],
+        lr_decay_epoch=settings["decay_epoch"],
+        progress=False,
+    )
     assert history["lr"] == [2.0, 1.0]
 
     opt = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True)
@@ -358,7 +371,7 @@ def test_fit_with_sgd_follows_torch_sgd_batch_for_batch():
             group["lr"] = lr
         state = None
         for start in range(0, 15, T):
-            x, y = (s[:, start:start + T] for s in streams)
+            x, y = (s[:, start : start + T] for s in streams)
             logits, state = net(x, state)
             state = tuple(s.detach() for s in state)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
@@ -455,7 +468,10 @@ def test_dropout_placement_equals_torch_with_the_same_masks(backend, monkeypatch
     layers = [torch.nn.LSTM(E if k == 0 else H, H, batch_first=True) for k in range(L)]
     decoder = torch.nn.Linear(H, V)
     embedding.weight.data, decoder.weight.data, decoder.bias.data = (
-        state["embedding.weight"], state["decoder.weight"], state["decoder.bias"])
+        state["embedding.weight"],
+        state["decoder.weight"],
+        state["decoder.bias"],
+    )
     for k, layer in enumerate(layers):
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(layer, f"{kind}_l0").data = state[f"lstm.{kind}_l{k}"].clone()

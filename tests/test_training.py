@@ -5,6 +5,7 @@ the whole file to a few seconds. Exact resume is checked bit for bit (np.array_e
 every weight) with the thread count pinned, as the contract promises it only for the same
 seed and thread count.
 """
+
 from __future__ import annotations
 
 import json
@@ -171,10 +172,10 @@ def test_how_often_each_token_is_a_target_per_epoch(tok, ids):
         times = np.zeros(len(ids), dtype=np.int64)  # how often each corpus position was a target
         for k, row in enumerate(y):
             start = k * step  # in order: shuffle=False
-            assert np.array_equal(row, ids[start + 1:start + SEQ + 1])  # all SEQ positions predicted
-            times[start + 1:start + SEQ + 1] += 1
+            assert np.array_equal(row, ids[start + 1 : start + SEQ + 1])  # all SEQ positions predicted
+            times[start + 1 : start + SEQ + 1] += 1
         assert times.sum() == y.size == len(y) * SEQ
-        covered = times[SEQ:len(y) * step]  # away from both ends of the corpus
+        covered = times[SEQ : len(y) * step]  # away from both ends of the corpus
         assert covered.min() == covered.max() == interior
 
 
@@ -203,7 +204,7 @@ def test_stateful_carries_state(tok, ids):
     per_epoch = len(calls) // 2
     assert per_epoch == -(-((len(ids) - 1) // 4) // 10)
     for epoch in range(2):
-        epoch_calls = calls[epoch * per_epoch:(epoch + 1) * per_epoch]
+        epoch_calls = calls[epoch * per_epoch : (epoch + 1) * per_epoch]
         assert epoch_calls[0][2] is None  # every epoch starts from the zero state
         for (_, y0, _, final), (x1, _, initial, _) in zip(epoch_calls, epoch_calls[1:]):
             assert np.array_equal(x1[:, 0], y0[:, -1])  # each row continues its stream
@@ -233,7 +234,7 @@ def test_dropout_changes_training_and_is_deterministic(tok, ids):
         model = make(tok, num_layers=2, dropout=dropout)
         history = quiet_fit(model, ids, epochs=1)
         runs.setdefault(dropout, []).append((model, history))
-    (no_drop, h0), = runs[0.0]
+    ((no_drop, h0),) = runs[0.0]
     (first, h1), (second, h2) = runs[0.3]
     assert weights_differ(no_drop, first)
     assert h0["loss"] != h1["loss"]
@@ -277,8 +278,9 @@ def test_lr_decay_and_early_stopping_on_plateau(tok, ids):
         return {"loss": next(val_losses)}
 
     model.evaluate = evaluate  # a validation loss that never improves after epoch 1
-    history = quiet_fit(model, ids, epochs=10, lr=1e-3, val_ids=ids[:100], lr_decay=0.5, lr_patience=1,
-                        early_stopping=3)
+    history = quiet_fit(
+        model, ids, epochs=10, lr=1e-3, val_ids=ids[:100], lr_decay=0.5, lr_patience=1, early_stopping=3
+    )
     assert history["epoch"] == [1, 2, 3, 4]  # stopped 3 epochs after the best
     assert history["val_loss"] == [2.0, 2.5, 2.5, 2.5]
     assert history["lr"] == [1e-3, 1e-3, 1e-3, 5e-4]  # decayed once patience (1 epoch) ran out, then again
@@ -288,8 +290,7 @@ def test_lr_decay_and_early_stopping_on_plateau(tok, ids):
 def test_lr_decay_on_real_plateau(tok, ids):
     """A learning rate too small to move float32 weights: the val loss cannot improve, lr decays."""
     model = make(tok)
-    history = quiet_fit(model, ids[:1000], epochs=3, lr=1e-15, val_ids=ids[1000:1400], lr_decay=0.1,
-                        early_stopping=2)
+    history = quiet_fit(model, ids[:1000], epochs=3, lr=1e-15, val_ids=ids[1000:1400], lr_decay=0.1, early_stopping=2)
     assert len(history["epoch"]) == 3
     assert history["lr"][0] == 1e-15
     assert history["lr"][2] == pytest.approx(1e-16)
@@ -303,14 +304,28 @@ def _resume_options(kind):
     if kind == "windows":
         return dict(model=dict(), fit=dict(lr=1e-2))
     if kind == "stateful":
-        return dict(model=dict(num_layers=2, dropout=0.2),
-                    fit=dict(lr=1e-2, stateful=True, seq_len=10, batch_size=4, clip_norm=0.5))
+        return dict(
+            model=dict(num_layers=2, dropout=0.2),
+            fit=dict(lr=1e-2, stateful=True, seq_len=10, batch_size=4, clip_norm=0.5),
+        )
     if kind == "overlapping":  # overlapping windows, dropout, validation with plateau rules
         return dict(model=dict(dropout=0.2), fit=dict(lr=1e-2, stride=3, lr_decay=0.5, early_stopping=5))
     if kind == "sgd":  # the recipes: SGD with Nesterov momentum, tied weights, uniform init, the epoch schedule
-        return dict(model=dict(num_layers=2, embed_dim=16, tie_weights=True, init_range=0.1, dropout=0.2),
-                    fit=dict(lr=1.0, optimizer="sgd", momentum=0.9, nesterov=True, stateful=True, seq_len=10,
-                             batch_size=4, clip_norm=0.5, lr_decay=0.5, lr_decay_epoch=2))
+        return dict(
+            model=dict(num_layers=2, embed_dim=16, tie_weights=True, init_range=0.1, dropout=0.2),
+            fit=dict(
+                lr=1.0,
+                optimizer="sgd",
+                momentum=0.9,
+                nesterov=True,
+                stateful=True,
+                seq_len=10,
+                batch_size=4,
+                clip_norm=0.5,
+                lr_decay=0.5,
+                lr_decay_epoch=2,
+            ),
+        )
     raise AssertionError(kind)
 
 
@@ -332,12 +347,13 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
             history = quiet_fit(partial, data, epochs=1, checkpoint_dir=tmp_path / "b", **fit_kw)
             assert "interrupted" not in history and len(history["epoch"]) == 1
         else:
-            history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", max_batches=stop,
-                                resume=n > 0, **fit_kw)
+            history = quiet_fit(
+                partial, data, epochs=3, checkpoint_dir=tmp_path / "b", max_batches=stop, resume=n > 0, **fit_kw
+            )
             assert history["interrupted"] is False
         trainer = json.loads((model_dir.save_path(tmp_path / "b") / model_dir.TRAINER_FILE).read_text())
         per_epoch = per_epoch or _batches_per_epoch(full, data, fit_kw)
-        done = sum(stops[:n + 1]) if stops != [1] else per_epoch
+        done = sum(stops[: n + 1]) if stops != [1] else per_epoch
         assert (trainer["epoch"], trainer["batch"]) == divmod(done, per_epoch)
         partial = make(tok, **options["model"])  # a fresh process would start from a fresh model
     history = quiet_fit(partial, data, epochs=3, checkpoint_dir=tmp_path / "b", resume=True, **fit_kw)
@@ -356,6 +372,7 @@ def test_exact_resume(tok, ids, tmp_path, kind, stops):
 
 def _batches_per_epoch(model, data, fit_kw):
     from fastlm.training import _make_batches
+
     seq_len = fit_kw.get("seq_len", SEQ)
     batch_size = fit_kw.get("batch_size", BATCH)
     stride = fit_kw.get("stride") or seq_len
@@ -477,35 +494,38 @@ def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):
 # ================================================================= bad input
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(epochs=0), "epochs must be a positive integer, got 0"),
-    (dict(epochs=-1), "epochs must be a positive integer"),
-    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
-    (dict(batch_size=-4), "batch_size must be a positive integer"),
-    (dict(seq_len=0), "seq_len must be a positive integer, got 0"),
-    (dict(seq_len=-1), "seq_len must be a positive integer"),
-    (dict(stride=0), "stride must be a positive integer"),
-    (dict(lr=0), "lr must be positive"),
-    (dict(lr=-1e-3), "lr must be positive"),
-    (dict(lr=float("inf")), "lr must be positive and finite, got inf"),
-    (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0, got inf"),
-    (dict(clip_norm=0), "clip_norm must be positive"),
-    (dict(lr_decay=1.5, val_ids=[1, 2, 3]), "lr_decay must lie in"),
-    (dict(lr_decay=0.5), "pass val_ids"),
-    (dict(early_stopping=2), "pass val_ids"),
-    (dict(max_batches=0), "max_batches must be a positive integer"),
-    (dict(resume=True, checkpoint_dir=None), "resume=True needs the checkpoint_dir"),
-    (dict(val_ids=[1]), "val_ids needs at least 2 tokens"),
-    (dict(val_ids=[1, 10_000]), "val_ids holds id 10000"),
-    (dict(stateful=True, batch_size=200), "stateful training cuts the corpus"),
-    (dict(optimizer="adagrad"), "optimizer must be one of 'adam', 'sgd', got 'adagrad'"),
-    (dict(optimizer="sgd", momentum=-0.5), "momentum must be a finite number >= 0, got -0.5"),
-    (dict(optimizer="sgd", momentum=float("nan")), "momentum must be a finite number >= 0"),
-    (dict(optimizer="sgd", nesterov=True), "nesterov=True needs momentum > 0"),
-    (dict(momentum=0.9), "momentum applies to optimizer='sgd'"),
-    (dict(lr_decay_epoch=3), "lr_decay_epoch=3 starts the epoch schedule.*pass lr_decay too"),
-    (dict(lr_decay_epoch=0, lr_decay=0.5), "lr_decay_epoch must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(epochs=0), "epochs must be a positive integer, got 0"),
+        (dict(epochs=-1), "epochs must be a positive integer"),
+        (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+        (dict(batch_size=-4), "batch_size must be a positive integer"),
+        (dict(seq_len=0), "seq_len must be a positive integer, got 0"),
+        (dict(seq_len=-1), "seq_len must be a positive integer"),
+        (dict(stride=0), "stride must be a positive integer"),
+        (dict(lr=0), "lr must be positive"),
+        (dict(lr=-1e-3), "lr must be positive"),
+        (dict(lr=float("inf")), "lr must be positive and finite, got inf"),
+        (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0, got inf"),
+        (dict(clip_norm=0), "clip_norm must be positive"),
+        (dict(lr_decay=1.5, val_ids=[1, 2, 3]), "lr_decay must lie in"),
+        (dict(lr_decay=0.5), "pass val_ids"),
+        (dict(early_stopping=2), "pass val_ids"),
+        (dict(max_batches=0), "max_batches must be a positive integer"),
+        (dict(resume=True, checkpoint_dir=None), "resume=True needs the checkpoint_dir"),
+        (dict(val_ids=[1]), "val_ids needs at least 2 tokens"),
+        (dict(val_ids=[1, 10_000]), "val_ids holds id 10000"),
+        (dict(stateful=True, batch_size=200), "stateful training cuts the corpus"),
+        (dict(optimizer="adagrad"), "optimizer must be one of 'adam', 'sgd', got 'adagrad'"),
+        (dict(optimizer="sgd", momentum=-0.5), "momentum must be a finite number >= 0, got -0.5"),
+        (dict(optimizer="sgd", momentum=float("nan")), "momentum must be a finite number >= 0"),
+        (dict(optimizer="sgd", nesterov=True), "nesterov=True needs momentum > 0"),
+        (dict(momentum=0.9), "momentum applies to optimizer='sgd'"),
+        (dict(lr_decay_epoch=3), "lr_decay_epoch=3 starts the epoch schedule.*pass lr_decay too"),
+        (dict(lr_decay_epoch=0, lr_decay=0.5), "lr_decay_epoch must be a positive integer, got 0"),
+    ],
+)
 def test_bad_settings(tok, ids, tmp_path, kw, message):
     model = make(tok)
     with pytest.raises(ValueError, match=message):
@@ -514,14 +534,17 @@ def test_bad_settings(tok, ids, tmp_path, kw, message):
     assert not weights_differ(model, make(tok))  # nothing trained
 
 
-@pytest.mark.parametrize("data, error, message", [
-    (np.array([], dtype=np.int32), ValueError, "ids is empty"),
-    (np.arange(SEQ) % 5, ValueError, rf"the corpus has {SEQ} tokens; .*seq_len={SEQ}.*at least {SEQ + 1}"),
-    (np.array([1, 2, 9999] * 20), ValueError, "ids holds id 9999"),
-    (np.array([-1, 2, 3] * 20), ValueError, "ids holds id -1"),
-    (np.ones(40, dtype=np.float32), TypeError, "integer token ids"),
-    (np.ones((4, SEQ), dtype=np.int32), ValueError, "must be 1-D"),
-])
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (np.array([], dtype=np.int32), ValueError, "ids is empty"),
+        (np.arange(SEQ) % 5, ValueError, rf"the corpus has {SEQ} tokens; .*seq_len={SEQ}.*at least {SEQ + 1}"),
+        (np.array([1, 2, 9999] * 20), ValueError, "ids holds id 9999"),
+        (np.array([-1, 2, 3] * 20), ValueError, "ids holds id -1"),
+        (np.ones(40, dtype=np.float32), TypeError, "integer token ids"),
+        (np.ones((4, SEQ), dtype=np.int32), ValueError, "must be 1-D"),
+    ],
+)
 def test_bad_corpus(tok, tmp_path, data, error, message):
     model = make(tok)
     with pytest.raises(error, match=message):
@@ -530,7 +553,7 @@ def test_bad_corpus(tok, tmp_path, data, error, message):
 
 
 def test_corpus_of_exactly_seq_len_plus_one_trains(tok, ids):
-    history = quiet_fit(make(tok), ids[:SEQ + 1], epochs=2)
+    history = quiet_fit(make(tok), ids[: SEQ + 1], epochs=2)
     assert len(history["loss"]) == 2
 
 
@@ -555,15 +578,18 @@ def test_resume_without_checkpoint(tok, ids, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "plain"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(batch_size=4), "batch_size was 8, now 4"),
-    (dict(seq_len=12), "seq_len was 16, now 12"),
-    (dict(stateful=True), "stateful was False, now True"),
-    (dict(clip_norm=1.0), "clip_norm was None, now 1.0"),
-    (dict(data="shorter"), "data_tokens was"),
-    (dict(optimizer="sgd"), "optimizer was 'adam', now 'sgd'"),
-    (dict(lr=0.5), "lr was 0.001, now 0.5"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(batch_size=4), "batch_size was 8, now 4"),
+        (dict(seq_len=12), "seq_len was 16, now 12"),
+        (dict(stateful=True), "stateful was False, now True"),
+        (dict(clip_norm=1.0), "clip_norm was None, now 1.0"),
+        (dict(data="shorter"), "data_tokens was"),
+        (dict(optimizer="sgd"), "optimizer was 'adam', now 'sgd'"),
+        (dict(lr=0.5), "lr was 0.001, now 0.5"),
+    ],
+)
 def test_resume_with_changed_settings(tok, ids, tmp_path, change, message):
     quiet_fit(make(tok), ids, epochs=2, checkpoint_dir=tmp_path, max_batches=3)
     saved = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -584,8 +610,9 @@ def test_resume_with_a_different_model(tok, ids, tmp_path):
 
 def test_divergence_raises_clearly(tok, ids, tmp_path):
     model = make(tok)
-    with pytest.raises(FloatingPointError,
-                       match=r"training diverged: the loss is (nan|inf).*lower lr or set clip_norm"):
+    with pytest.raises(
+        FloatingPointError, match=r"training diverged: the loss is (nan|inf).*lower lr or set clip_norm"
+    ):
         quiet_fit(model, ids, epochs=1, lr=1e38, checkpoint_dir=tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # no checkpoint of a diverged model
 
@@ -652,7 +679,7 @@ def test_evaluate_windows_equals_gradients_loss(trained, ids):
     assert result["tokens"] == x.size
     # in smaller batches: exactly the token-weighted mean of the batch losses
     chunked = trained.evaluate(x, y, batch_size=7)
-    losses = [trained.evaluate(x[r:r + 7], y[r:r + 7])["loss"] * x[r:r + 7].size for r in range(0, len(x), 7)]
+    losses = [trained.evaluate(x[r : r + 7], y[r : r + 7])["loss"] * x[r : r + 7].size for r in range(0, len(x), 7)]
     assert chunked["loss"] == pytest.approx(sum(losses) / x.size, rel=1e-12)
     assert chunked["loss"] == pytest.approx(result["loss"], rel=1e-5)
 
@@ -672,13 +699,16 @@ def test_evaluate_ids_carries_state(trained, ids):
     assert trained.evaluate(*fastlm.windows(data, 2, 2))["loss"] > whole + 0.1
 
 
-@pytest.mark.parametrize("args, kw, error, message", [
-    ((np.array([], dtype=np.int32),), {}, ValueError, "empty"),
-    ((np.array([3], dtype=np.int32),), {}, ValueError, "at least 2 tokens"),
-    ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be a positive integer, got 0"),
-    ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
-    ((np.array([1, 2, 500]),), {}, ValueError, "ids holds id 500"),
-])
+@pytest.mark.parametrize(
+    "args, kw, error, message",
+    [
+        ((np.array([], dtype=np.int32),), {}, ValueError, "empty"),
+        ((np.array([3], dtype=np.int32),), {}, ValueError, "at least 2 tokens"),
+        ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be a positive integer, got 0"),
+        ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
+        ((np.array([1, 2, 500]),), {}, ValueError, "ids holds id 500"),
+    ],
+)
 def test_evaluate_bad_input(trained, args, kw, error, message):
     with pytest.raises(error, match=message):
         trained.evaluate(*args, **kw)
@@ -696,15 +726,25 @@ def test_tokenizer_of_another_vocabulary_is_refused_before_training(tok, ids, tm
     assert_same_weights(model, untouched)
 
 
-@pytest.mark.parametrize("option, value", [("early_stopping", 0), ("early_stopping", -1), ("lr_patience", -1),
-                                           ("weight_decay", -0.1)])
+@pytest.mark.parametrize(
+    "option, value", [("early_stopping", 0), ("early_stopping", -1), ("lr_patience", -1), ("weight_decay", -0.1)]
+)
 def test_plateau_and_decay_options_are_checked(tok, ids, option, value):
     with pytest.raises(ValueError, match=option):
         quiet_fit(make(tok), ids, epochs=1, val_ids=ids[:50], **{option: value})
 
 
-@pytest.mark.parametrize("option, value", [("epochs", 1.5), ("lr_patience", 1.5), ("early_stopping", 2.0),
-                                           ("lr", "0.1"), ("shuffle", "yes"), ("callback", 3)])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("epochs", 1.5),
+        ("lr_patience", 1.5),
+        ("early_stopping", 2.0),
+        ("lr", "0.1"),
+        ("shuffle", "yes"),
+        ("callback", 3),
+    ],
+)
 def test_options_of_the_wrong_type_are_type_errors(tok, ids, tmp_path, option, value):
     model = make(tok)
     with pytest.raises(TypeError, match=rf"^{option} must be"):
@@ -758,8 +798,17 @@ def test_epoch_schedule_decays_from_the_given_epoch_without_validation(tok, ids)
 
 def test_epoch_schedule_replaces_the_plateau_rule(tok, ids):
     """With lr_decay_epoch the decay follows the calendar, whatever the validation loss does."""
-    history = quiet_fit(make(tok), ids[:400], val_ids=ids[400:600], epochs=3, lr=1e3, optimizer="sgd",
-                        clip_norm=1.0, lr_decay=0.5, lr_decay_epoch=2)
+    history = quiet_fit(
+        make(tok),
+        ids[:400],
+        val_ids=ids[400:600],
+        epochs=3,
+        lr=1e3,
+        optimizer="sgd",
+        clip_norm=1.0,
+        lr_decay=0.5,
+        lr_decay_epoch=2,
+    )
     assert history["lr"] == [1e3, 500.0, 250.0]
 
 
@@ -767,8 +816,9 @@ def test_sgd_learns_and_momentum_changes_the_path(tok, ids):
     runs = {}
     for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
         model = make(tok)
-        history = quiet_fit(model, ids, epochs=3, lr=1.0, optimizer="sgd", momentum=momentum, nesterov=nesterov,
-                            clip_norm=1.0)
+        history = quiet_fit(
+            model, ids, epochs=3, lr=1.0, optimizer="sgd", momentum=momentum, nesterov=nesterov, clip_norm=1.0
+        )
         assert history["loss"][-1] < history["loss"][0]
         runs[momentum, nesterov] = model
     models = list(runs.values())

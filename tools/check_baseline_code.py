@@ -11,6 +11,7 @@ compiled with AVX flags in one copy and chosen for all would be one). Fails, lis
 them, if any such function holds a VEX/EVEX instruction or an AVX-512 mask operation.
 Needs binutils (nm, objdump).
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,9 @@ def symbols(path):
 
 def functions(path):
     """(address, demangled name, mnemonics) of every function in the disassembly."""
-    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", path], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", path], check=True, capture_output=True, text=True
+    ).stdout
     header = re.compile(r"^([0-9a-f]+) <(.*)>:$")
     current = None
     for line in out.splitlines():

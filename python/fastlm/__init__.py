@@ -1,4 +1,5 @@
 """fastlm: fast CPU training, scoring and generation for LSTM language models."""
+
 from fastlm import _environment
 
 # Before the core loads the OpenMP runtime, which reads its settings once, when it starts.
@@ -15,5 +16,19 @@ _environment.tune_malloc(_core)
 
 __version__ = build_info()["version"]
 
-__all__ = ["LSTMLM", "Tokenizer", "build_info", "datasets", "load", "get_num_threads", "open_ids", "presets",
-           "read_ids_header", "save_ids", "reference", "set_num_threads", "windows", "__version__"]
+__all__ = [
+    "LSTMLM",
+    "Tokenizer",
+    "build_info",
+    "datasets",
+    "load",
+    "get_num_threads",
+    "open_ids",
+    "presets",
+    "read_ids_header",
+    "save_ids",
+    "reference",
+    "set_num_threads",
+    "windows",
+    "__version__",
+]

@@ -5,6 +5,7 @@ Type stubs for editors and type checkers. Array inputs accept anything NumPy con
 float32 C-contiguous arrays. tests/test_stubs.py checks that every function the extension
 exports is here, with the same parameters.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -208,5 +209,6 @@ def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def build_info() -> dict[str, Any]:
     """version, simd ("avx512", "avx2" or "scalar"), openmp, threads, malloc_tuned, compiler."""
+
 def tune_malloc() -> bool:
     """Keep freed blocks of up to 32 MiB in glibc's heap, process wide; whether that is in force."""

@@ -17,6 +17,7 @@ Two settings, both for training's batch-after-batch pattern on cores that may be
 
 The README ("Benchmarks") gives the measured effect of both.
 """
+
 from __future__ import annotations
 
 import os

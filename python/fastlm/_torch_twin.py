@@ -3,6 +3,7 @@
 It imports torch, so only code that has torch imports it (the PyTorch tests, bench/ and the
 child process of `fastlm bench --torch`); nothing in the package imports it at load time.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,16 +19,26 @@ class TorchLM(torch.nn.Module):
     sparse gradients (for torch.optim.SparseAdam).
     """
 
-    def __init__(self, vocab_size, embed_dim, hidden_size, num_layers, cutoffs=None, div_value=4.0,
-                 head_bias=False, sparse_embedding=False):
+    def __init__(
+        self,
+        vocab_size,
+        embed_dim,
+        hidden_size,
+        num_layers,
+        cutoffs=None,
+        div_value=4.0,
+        head_bias=False,
+        sparse_embedding=False,
+    ):
         super().__init__()
         self.embedding = torch.nn.Embedding(vocab_size, embed_dim, sparse=sparse_embedding)
         self.lstm = torch.nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
         if cutoffs is None:
             self.decoder = torch.nn.Linear(hidden_size, vocab_size)
         else:
-            self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, list(cutoffs),
-                                                               div_value=div_value, head_bias=head_bias)
+            self.decoder = torch.nn.AdaptiveLogSoftmaxWithLoss(
+                hidden_size, vocab_size, list(cutoffs), div_value=div_value, head_bias=head_bias
+            )
         self.adaptive = cutoffs is not None
 
     def forward(self, x, state=None):
@@ -51,4 +62,4 @@ class TorchLM(torch.nn.Module):
     def next_token_probs(self, out):
         """The distribution over the vocabulary (V,) after the last position of forward's output (1, T, ...)."""
         last = out[0, -1:]
-        return (self.decoder.log_prob(last)[0].exp() if self.adaptive else torch.softmax(last[0], dim=-1))
+        return self.decoder.log_prob(last)[0].exp() if self.adaptive else torch.softmax(last[0], dim=-1)

@@ -5,6 +5,7 @@ model's ``decoder`` (imports only fastlm.checks).
 Head ``Linear(H, c1 + n_clusters, bias=head_bias)``; tail i ``Linear(H, H // div_value**(i+1),
 bias=False)`` then ``Linear(that, c_{i+1} - c_i, bias=False)``, with c_{n} = vocab_size.
 """
+
 from __future__ import annotations
 
 from fastlm.checks import check_bool, check_int, check_number
@@ -34,12 +35,16 @@ def check_adaptive(cutoffs, div_value, head_bias, vocab_size, hidden_size):
         return None, div_value, head_bias
     cutoffs = check_cutoffs("cutoffs", cutoffs)
     if cutoffs[-1] >= vocab_size:
-        raise ValueError(f"cutoffs must be < vocab_size={vocab_size} (the last cluster needs a word), "
-                         f"got {cutoffs[-1]} in cutoffs={cutoffs}")
+        raise ValueError(
+            f"cutoffs must be < vocab_size={vocab_size} (the last cluster needs a word), "
+            f"got {cutoffs[-1]} in cutoffs={cutoffs}"
+        )
     for i, width in enumerate(tail_widths(hidden_size, div_value, len(cutoffs))):
         if width == 0:
-            raise ValueError(f"div_value={div_value} is too large for hidden_size={hidden_size}: tail {i}'s "
-                             f"projection would have width {hidden_size} // {div_value}**{i + 1} = 0")
+            raise ValueError(
+                f"div_value={div_value} is too large for hidden_size={hidden_size}: tail {i}'s "
+                f"projection would have width {hidden_size} // {div_value}**{i + 1} = 0"
+            )
     return cutoffs, div_value, head_bias
 
 
@@ -63,9 +68,12 @@ def decoder_shapes(vocab_size, hidden_size, cutoffs, div_value, head_bias):
 
 def decoder_arguments(params, n_clusters):
     """The adaptive ops' weight arguments (head_weight, head_bias, proj_weights, out_weights)."""
-    return (params["decoder.head.weight"], params.get("decoder.head.bias"),
-            [params[f"decoder.tail.{i}.0.weight"] for i in range(n_clusters)],
-            [params[f"decoder.tail.{i}.1.weight"] for i in range(n_clusters)])
+    return (
+        params["decoder.head.weight"],
+        params.get("decoder.head.bias"),
+        [params[f"decoder.tail.{i}.0.weight"] for i in range(n_clusters)],
+        [params[f"decoder.tail.{i}.1.weight"] for i in range(n_clusters)],
+    )
 
 
 def decoder_gradients(dhead, dbias, dprojs, douts):

@@ -3,6 +3,7 @@
 A leaf module (it imports nothing from fastlm), so that every module that writes files
 (tokenizer.py, model_dir.py) can use it without importing the others.
 """
+
 from __future__ import annotations
 
 import errno

@@ -9,6 +9,7 @@ the map's pages are handed back as batches go (token_file.ResidentPages).
 from the global batch's row count to this rank's [lo, hi); each batch yields only
 those rows, and ``batch_rows`` gives the global count.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,7 +80,7 @@ class WindowBatches:
         """Yields (x, y) batches of the given epoch, starting at batch index first_batch."""
         order = self.window_order(epoch)
         for b in range(first_batch, len(self)):
-            windows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            windows = order[b * self.batch_size : (b + 1) * self.batch_size]
             lo, hi = self.rows(len(windows))
             if lo == hi:
                 yield np.empty((0, self.seq_len), np.int32), np.empty((0, self.seq_len), np.int32)
@@ -105,7 +106,7 @@ class ArrayBatches:
     def epoch(self, epoch, first_batch=0):
         rows = epoch_rng(self.seed, epoch).permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for b in range(first_batch, len(self)):
-            pick = rows[b * self.batch_size:(b + 1) * self.batch_size]
+            pick = rows[b * self.batch_size : (b + 1) * self.batch_size]
             lo, hi = self.rows(len(pick))
             yield self.x[pick[lo:hi]], self.y[pick[lo:hi]]
 
@@ -118,8 +119,8 @@ class ContiguousBatches:
     def __init__(self, ids, seq_len, batch_size, rows=all_rows):
         length = (len(ids) - 1) // batch_size
         lo, hi = rows(batch_size)
-        self.streams_x = ids[:length * batch_size].reshape(batch_size, length)[lo:hi]
-        self.streams_y = ids[1:length * batch_size + 1].reshape(batch_size, length)[lo:hi]
+        self.streams_x = ids[: length * batch_size].reshape(batch_size, length)[lo:hi]
+        self.streams_y = ids[1 : length * batch_size + 1].reshape(batch_size, length)[lo:hi]
         self.seq_len, self.batch_size = seq_len, batch_size
         self.pages = ResidentPages(ids)
 

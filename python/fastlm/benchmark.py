@@ -1,5 +1,6 @@
 """Benchmark configurations, workloads and timers, for `fastlm bench` and bench/ (whose peaks.py
 holds the machine's peak references)."""
+
 from __future__ import annotations
 
 import time
@@ -57,6 +58,7 @@ def random_batch(c, seed=0):
 
 def fastlm_model(c, backend):
     from fastlm.lstmlm import LSTMLM
+
     cutoffs = None if c.cutoffs is None else list(c.cutoffs)
     return LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend, cutoffs=cutoffs)
 
@@ -76,6 +78,7 @@ def fastlm_train_step(c, backend, sparse_embedding=False):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch
     (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True))."""
     from fastlm.training import Adam
+
     model = fastlm_model(c, backend)
     adam = Adam(model.params, 1e-3, sparse_embedding=sparse_embedding)
     x, y = model.check_batch(*random_batch(c))
@@ -83,12 +86,14 @@ def fastlm_train_step(c, backend, sparse_embedding=False):
     def step():
         _, grads, _ = model.forward_backward(x, y, sparse_embedding=sparse_embedding)
         adam.step(model.ops, model.params, grads)
+
     return step
 
 
 def torch_twin(c, sparse_embedding=False):
     """PyTorch's twin of the model of configuration c (fastlm/_torch_twin.py)."""
     from fastlm._torch_twin import TorchLM
+
     return TorchLM(c.vocab, c.embed, c.hidden, c.layers, cutoffs=c.cutoffs, sparse_embedding=sparse_embedding)
 
 
@@ -122,6 +127,7 @@ def torch_train_step(c, threads, sparse_embedding=False):
         net.loss(x, y).backward()
         for optimizer in optimizers:
             optimizer.step()
+
     return step
 
 
@@ -141,6 +147,7 @@ def run_child(code, args, env):
     import json
     import subprocess
     import sys
+
     result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark child process failed ({result.returncode}):\n{result.stderr[-2000:]}")
@@ -155,6 +162,7 @@ def torch_train_seconds(c, threads, repeats):
     """
     import importlib.util
     import json
+
     if importlib.util.find_spec("torch") is None:
         return None
     result = run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), child_environment(threads))

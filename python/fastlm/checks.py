@@ -5,6 +5,7 @@ the argument and the value. Each check returns the value converted to its plain 
 type (NumPy scalars are accepted wherever Python numbers are; bools are not numbers).
 A leaf module: NumPy only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -111,5 +112,7 @@ def check_ids(name, ids, vocab_size, ndim):
 def check_tokenizer(tokenizer, vocab_size):
     """A tokenizer (or None) can only go with a model of the same vocabulary size."""
     if tokenizer is not None and len(tokenizer) != vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
-                         f"{vocab_size}: they do not belong together")
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{vocab_size}: they do not belong together"
+        )

@@ -5,6 +5,7 @@ Exit codes: 0 success; 2 usage errors, including out-of-range option values (arg
 traceback; 130 when interrupted. A failing `fastlm train` writes nothing: inputs are checked
 before the first checkpoint, and checkpoints are written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,15 @@ def read_text(path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {error.start}); "
-                         "convert it to UTF-8 first") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text (invalid byte at offset {error.start}); convert it to UTF-8 first"
+        ) from None
 
 
 def _option(convert, check, *bounds):
     """An argparse type: convert the text, then check it with fastlm.checks (the rule of the Python API),
     so that bad values are usage errors (exit 2) saying what was expected."""
+
     def parse(text):
         try:
             value = convert(text)
@@ -52,6 +55,7 @@ def _option(convert, check, *bounds):
             return check("the value", value, *bounds)
         except (TypeError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+
     return parse
 
 
@@ -72,6 +76,7 @@ def _epoch_line(epochs):
             line += f", val loss {history['val_loss'][k]:.4f} (perplexity {history['val_perplexity'][k]:.2f})"
         line += f", {history['tokens_per_s'][k]:,.0f} tokens/s, lr {history['lr'][k]:.2g}"
         print(line, flush=True)
+
     return report
 
 
@@ -88,15 +93,16 @@ def _check_out(out, resume):
     """Refuse, before any work, an --out that training could not or should not write into."""
     if resume:
         if not out.is_dir():
-            raise FileNotFoundError(f"nothing to resume: {out} does not exist (pass the --out of the run to "
-                                    "continue, or train without --resume)")
+            raise FileNotFoundError(
+                f"nothing to resume: {out} does not exist (pass the --out of the run to "
+                "continue, or train without --resume)"
+            )
     elif out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a model directory")
     elif out.is_dir() and not (out / model_dir.CONFIG_FILE).exists():
         model_dir.remove_leftovers(out, abandoned_saves=True)  # a save killed before its first config.json
         if any(not model_dir.is_fastlm_file(p.name) for p in out.iterdir()):
-            raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; "
-                                  "choose another --out")
+            raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; choose another --out")
 
 
 def _training_text(corpus, dataset):
@@ -126,8 +132,11 @@ def _mpi_world(args):
     except ImportError as error:
         raise ValueError(str(error)) from None
     if comm.Get_size() == 1:
-        print(f"fastlm {args.command}: note: --distributed but not started by mpiexec (or with -n 1): "
-              "training as one rank", file=sys.stderr)
+        print(
+            f"fastlm {args.command}: note: --distributed but not started by mpiexec (or with -n 1): "
+            "training as one rank",
+            file=sys.stderr,
+        )
     elif comm.Get_rank() > 0:  # the ranks train together: rank 0 reports for all
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
     distributed.install_excepthook(comm)
@@ -141,8 +150,9 @@ def cmd_train(args):
     if args.ids and (args.corpus or args.dataset):
         raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
     if args.ids and not args.tokenizer and not args.resume:
-        raise ValueError("--ids needs --tokenizer (the tokenizer.json, or a model directory, "
-                         "the ids were encoded with)")
+        raise ValueError(
+            "--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)"
+        )
     text, source = (None, args.ids) if args.ids else _training_text(args.corpus, args.dataset)
     if text is not None and not text.strip():
         raise ValueError(f"the corpus is empty: {source}")
@@ -151,15 +161,34 @@ def cmd_train(args):
         model = _load(out)
         _, trainer = model_dir.load_training_state(out)  # FileNotFoundError when there is no checkpoint
         if trainer["epoch"] >= args.epochs:
-            raise ValueError(f"{out} has already been trained for {trainer['epoch']} epochs; "
-                             f"pass --epochs greater than {trainer['epoch']} to train on")
+            raise ValueError(
+                f"{out} has already been trained for {trainer['epoch']} epochs; "
+                f"pass --epochs greater than {trainer['epoch']} to train on"
+            )
         tokenizer, saved = model.tokenizer, trainer.get("settings", {})
     else:
-        tokenizer = _read_tokenizer(args.tokenizer) if args.ids else fastlm.Tokenizer.fit(
-            text, level=args.level, min_count=args.min_count, max_vocab=args.max_vocab, lowercase=args.lowercase,
-            split_punctuation=args.split_punctuation)
-        model = fastlm.LSTMLM(len(tokenizer), args.embed, args.hidden, args.layers, dropout=args.dropout,
-                              seed=args.seed, cutoffs=args.cutoffs, div_value=args.div_value)
+        tokenizer = (
+            _read_tokenizer(args.tokenizer)
+            if args.ids
+            else fastlm.Tokenizer.fit(
+                text,
+                level=args.level,
+                min_count=args.min_count,
+                max_vocab=args.max_vocab,
+                lowercase=args.lowercase,
+                split_punctuation=args.split_punctuation,
+            )
+        )
+        model = fastlm.LSTMLM(
+            len(tokenizer),
+            args.embed,
+            args.hidden,
+            args.layers,
+            dropout=args.dropout,
+            seed=args.seed,
+            cutoffs=args.cutoffs,
+            div_value=args.div_value,
+        )
     per_rank_batch = args.batch_size is None and "batch_size" in saved and comm is not None
     for name, default in RESUMED_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -171,24 +200,46 @@ def cmd_train(args):
     train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
     if len(train_ids) < args.seq_len + 1:
         held_out = f" ({len(train_ids):,} after holding out {n_val:,} for validation)" if val_ids is not None else ""
-        raise ValueError(f"the corpus is too short: {len(ids):,} {tokenizer.level} tokens{held_out}; "
-                         f"--seq-len {args.seq_len} needs at least {args.seq_len + 1}")
+        raise ValueError(
+            f"the corpus is too short: {len(ids):,} {tokenizer.level} tokens{held_out}; "
+            f"--seq-len {args.seq_len} needs at least {args.seq_len + 1}"
+        )
     if saved.get("data_tokens", len(train_ids)) != len(train_ids):
-        raise ValueError(f"{out} was trained on {saved['data_tokens']:,} tokens, this corpus gives {len(train_ids):,}: "
-                         "resume with the same CORPUS files and --val-fraction")
-    print(f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
-          f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}")
+        raise ValueError(
+            f"{out} was trained on {saved['data_tokens']:,} tokens, this corpus gives {len(train_ids):,}: "
+            "resume with the same CORPUS files and --val-fraction"
+        )
+    print(
+        f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
+        f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}"
+    )
     decoder = f"; adaptive softmax, cutoffs {','.join(map(str, model.cutoffs))}" if model.cutoffs else ""
-    print(f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}{decoder}; "
-          f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}", flush=True)
+    print(
+        f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}{decoder}; "
+        f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}",
+        flush=True,
+    )
     if not args.resume and (out / model_dir.CONFIG_FILE).exists():
         print(f"fastlm train: note: replacing the model in {out} (--resume continues it instead)", file=sys.stderr)
     started = time.perf_counter()
-    history = model.fit(train_ids, seq_len=args.seq_len, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-                        stride=args.stride, val_ids=val_ids, clip_norm=args.clip_norm, checkpoint_dir=out,
-                        resume=args.resume, tokenizer=tokenizer, progress=args.progress,
-                        max_batches=args.max_steps, callback=_epoch_line(args.epochs), comm=comm,
-                        sparse_embedding=args.sparse_embedding)
+    history = model.fit(
+        train_ids,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        stride=args.stride,
+        val_ids=val_ids,
+        clip_norm=args.clip_norm,
+        checkpoint_dir=out,
+        resume=args.resume,
+        tokenizer=tokenizer,
+        progress=args.progress,
+        max_batches=args.max_steps,
+        callback=_epoch_line(args.epochs),
+        comm=comm,
+        sparse_embedding=args.sparse_embedding,
+    )
     elapsed = time.perf_counter() - started
     if comm is not None and comm.Get_rank() > 0:
         return 0
@@ -196,14 +247,18 @@ def cmd_train(args):
         print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train ... --out {out} --resume")
         return 130
     if "interrupted" in history:  # --max-steps stopped it before the last epoch's end
-        print(f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {args.epochs} epochs "
-              f"complete, in {elapsed:.1f} s; checkpoint saved in {out} (--resume continues)")
+        print(
+            f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {args.epochs} epochs "
+            f"complete, in {elapsed:.1f} s; checkpoint saved in {out} (--resume continues)"
+        )
     else:
         print(f"trained in {elapsed:.1f} s; model saved in {out}")
     if val_ids is not None:
         result = model.evaluate(val_ids, seq_len=args.seq_len, batch_size=args.batch_size)
-        print(f"validation: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
-              f"accuracy {result['accuracy']:.3f}")
+        print(
+            f"validation: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+            f"accuracy {result['accuracy']:.3f}"
+        )
     if args.sample_tokens:
         model.tokenizer = tokenizer
         _print_sample(model, args.seed, args.sample_tokens)
@@ -226,16 +281,23 @@ def cmd_encode(args):
         if Path(path).is_dir():
             raise IsADirectoryError(f"{path} is a directory, not a text file")
     if args.fit:
-        tokenizer = fastlm.Tokenizer.fit(_text_chunks(args.corpus), level=args.level, min_count=args.min_count,
-                                         max_vocab=args.max_vocab, lowercase=args.lowercase,
-                                         split_punctuation=args.split_punctuation)
+        tokenizer = fastlm.Tokenizer.fit(
+            _text_chunks(args.corpus),
+            level=args.level,
+            min_count=args.min_count,
+            max_vocab=args.max_vocab,
+            lowercase=args.lowercase,
+            split_punctuation=args.split_punctuation,
+        )
         tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
     else:
         tokenizer = _read_tokenizer(tokenizer_path)
     started = time.perf_counter()
     header = token_file.encode_files(args.corpus, tokenizer, out)
-    print(f"{out}: {header['tokens']:,} {tokenizer.level} tokens of {', '.join(args.corpus)}, vocabulary "
-          f"{header['vocab_size']:,}, {header['dtype'].name} ids, in {time.perf_counter() - started:.1f} s")
+    print(
+        f"{out}: {header['tokens']:,} {tokenizer.level} tokens of {', '.join(args.corpus)}, vocabulary "
+        f"{header['vocab_size']:,}, {header['dtype'].name} ids, in {time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 
@@ -243,8 +305,9 @@ def _load(directory):
     """The model saved in directory, which must include its tokenizer (the commands read and write text)."""
     model = fastlm.load(directory)
     if model.tokenizer is None:
-        raise FileNotFoundError(f"{Path(directory) / 'tokenizer.json'} is missing: without it the model "
-                                "cannot read or write text")
+        raise FileNotFoundError(
+            f"{Path(directory) / 'tokenizer.json'} is missing: without it the model cannot read or write text"
+        )
     return model
 
 
@@ -264,8 +327,15 @@ def unescape(text):
 
 def _stream(model, args, stop, separator):
     """Print the continuation as it is sampled; Ctrl-C ends the line and the command (exit 130)."""
-    pieces = model.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop)
+    pieces = model.stream(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=stop,
+    )
     print(args.prompt, end="", flush=True)
     try:
         for k, piece in enumerate(pieces):
@@ -285,9 +355,16 @@ def cmd_generate(args):
         return _stream(model, args, stop, separator)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        texts = model.generate_text(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    num_samples=args.num_samples, stop=stop)
+        texts = model.generate_text(
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            num_samples=args.num_samples,
+            stop=stop,
+        )
     for warning in caught:
         print(f"fastlm generate: note: {warning.message}", file=sys.stderr)
     for k, text in enumerate([texts] if isinstance(texts, str) else texts):
@@ -302,9 +379,11 @@ def _check_eval_arguments(directory, file):
     directory does not exist or is not a text file."""
     directory, file = Path(directory), Path(file)
     if directory.is_file() and file.is_dir():
-        raise ValueError(f"the arguments look swapped: {directory} is a file and {file} a directory; "
-                         f"fastlm eval takes the model directory first, then the text file: "
-                         f"fastlm eval {file} {directory}")
+        raise ValueError(
+            f"the arguments look swapped: {directory} is a file and {file} a directory; "
+            f"fastlm eval takes the model directory first, then the text file: "
+            f"fastlm eval {file} {directory}"
+        )
 
 
 def cmd_eval(args):
@@ -350,12 +429,18 @@ def cmd_score(args):
             if not args.json:
                 print("\n".join(f"{value:.6f}" for value in model.score(lines, bos=bos, eos=eos)), flush=True)
                 continue
-            for line, scores, ids in zip(lines, model.full_scores(lines, bos=bos, eos=eos),
-                                         scored_ids(model, lines, bos, eos)):
-                tokens = [{"token": model.tokenizer.id_to_token(int(i)), "log10_prob": p, "unknown": unknown}
-                          for i, (p, unknown) in zip(ids, scores)]
-                print(json.dumps({"text": line, "log10_prob": sum(p for p, _ in scores), "tokens": tokens},
-                                 ensure_ascii=False))
+            for line, scores, ids in zip(
+                lines, model.full_scores(lines, bos=bos, eos=eos), scored_ids(model, lines, bos, eos)
+            ):
+                tokens = [
+                    {"token": model.tokenizer.id_to_token(int(i)), "log10_prob": p, "unknown": unknown}
+                    for i, (p, unknown) in zip(ids, scores)
+                ]
+                print(
+                    json.dumps(
+                        {"text": line, "log10_prob": sum(p for p, _ in scores), "tokens": tokens}, ensure_ascii=False
+                    )
+                )
     finally:
         if args.file:
             source.close()
@@ -365,6 +450,7 @@ def cmd_score(args):
 def scored_ids(model, lines, bos, eos):
     """The ids each line's scores belong to (full_scores gives the scores only)."""
     from fastlm.scoring import boundary_id, sentence_ids
+
     boundary = boundary_id(model.tokenizer)
     for line in lines:
         ids = list(sentence_ids(model.tokenizer, line, boundary)) + ([boundary] if eos else [])
@@ -380,15 +466,20 @@ def cmd_bench(args):
         torch_train_seconds,
         training_flops_per_token,
     )
+
     threads = fastlm.get_num_threads()
-    print(f"training step (forward, loss, backward, Adam), median of {args.repeats}; {threads} threads, "
-          f"{fastlm.build_info()['simd']}")
+    print(
+        f"training step (forward, loss, backward, Adam), median of {args.repeats}; {threads} threads, "
+        f"{fastlm.build_info()['simd']}"
+    )
     print(f"{'config':8} {'(V, E, H, L, T, B)':32} {'backend':8} {'tokens/s':>10} {'GFLOP/s':>8} {'vs numpy':>9}")
     for name in args.configs:
         c = CONFIGS[name]
         tokens = c.batch * c.steps
-        rates = {backend: tokens / median_seconds(fastlm_train_step(c, backend), args.repeats)
-                 for backend in ("cpp", "numpy")}
+        rates = {
+            backend: tokens / median_seconds(fastlm_train_step(c, backend), args.repeats)
+            for backend in ("cpp", "numpy")
+        }
         if args.torch:
             # In a process of its own, where PyTorch keeps its own OpenMP settings.
             seconds = torch_train_seconds(c, threads, args.repeats)
@@ -398,173 +489,345 @@ def cmd_bench(args):
                 rates["torch"] = tokens / seconds
         for backend, rate in rates.items():
             gflops = rate * training_flops_per_token(c) / 1e9
-            print(f"{name:8} {str(shape(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} "
-                  f"{rate / rates['numpy']:8.2f}x")
+            print(f"{name:8} {str(shape(c)):32} {backend:8} {rate:10,.0f} {gflops:8.1f} {rate / rates['numpy']:8.2f}x")
     return 0
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fastlm", description="Train, sample and evaluate LSTM language models "
-                                     "on the CPU.", epilog="Run 'fastlm COMMAND --help' for a command's options.")
+    parser = argparse.ArgumentParser(
+        prog="fastlm",
+        description="Train, sample and evaluate LSTM language models on the CPU.",
+        epilog="Run 'fastlm COMMAND --help' for a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"fastlm {fastlm.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on text files (or on a dataset shipped with fastlm)",
-                                description="Train a language model and save it, with a checkpoint after every "
-                                "epoch, then print a sample. With no CORPUS and no --dataset, trains on the Python "
-                                "reference-manual topics that ship with every Python (--dataset python_docs, "
-                                "~460 KB).")
-    train.add_argument("corpus", nargs="*", metavar="CORPUS",
-                       help=f"UTF-8 text files (default: --dataset {DEFAULT_DATASET})")
-    train.add_argument("--dataset", choices=fastlm.datasets.NAMES, default=None,
-                       help="a corpus shipped with fastlm, instead of CORPUS files: tinyshakespeare (1.1 MB) or "
-                       f"python_docs (default: {DEFAULT_DATASET} when no CORPUS is given)")
+    train = commands.add_parser(
+        "train",
+        help="train a model on text files (or on a dataset shipped with fastlm)",
+        description="Train a language model and save it, with a checkpoint after every "
+        "epoch, then print a sample. With no CORPUS and no --dataset, trains on the Python "
+        "reference-manual topics that ship with every Python (--dataset python_docs, "
+        "~460 KB).",
+    )
+    train.add_argument(
+        "corpus", nargs="*", metavar="CORPUS", help=f"UTF-8 text files (default: --dataset {DEFAULT_DATASET})"
+    )
+    train.add_argument(
+        "--dataset",
+        choices=fastlm.datasets.NAMES,
+        default=None,
+        help="a corpus shipped with fastlm, instead of CORPUS files: tinyshakespeare (1.1 MB) or "
+        f"python_docs (default: {DEFAULT_DATASET} when no CORPUS is given)",
+    )
     train.add_argument("--level", choices=["char", "word"], default="char", help="token level (default: char)")
-    train.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
-                       help="rarer tokens become <unk> (default: 1)")
-    train.add_argument("--max-vocab", type=POSITIVE_INT, default=None, metavar="N",
-                       help="keep at most this many tokens (default: no limit)")
+    train.add_argument(
+        "--min-count", type=POSITIVE_INT, default=1, metavar="N", help="rarer tokens become <unk> (default: 1)"
+    )
+    train.add_argument(
+        "--max-vocab",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="keep at most this many tokens (default: no limit)",
+    )
     train.add_argument("--lowercase", action="store_true", help="lower-case the text (default: off)")
-    train.add_argument("--split-punctuation", action="store_true",
-                       help="word level: split punctuation off words (default: off)")
-    train.add_argument("--seq-len", type=POSITIVE_INT, default=None, metavar="T",
-                       help="time steps per window (default: 100, or the checkpoint's with --resume)")
-    train.add_argument("--stride", type=POSITIVE_INT, default=None, metavar="N",
-                       help="tokens between window starts; 1 = every position (default: seq-len)")
-    train.add_argument("--batch-size", type=POSITIVE_INT, default=None, metavar="B",
-                       help="windows per batch (default: 32, or the checkpoint's with --resume)")
-    train.add_argument("--epochs", type=POSITIVE_INT, default=8, metavar="N",
-                       help="passes over the corpus; with --resume, the total (default: 8)")
+    train.add_argument(
+        "--split-punctuation", action="store_true", help="word level: split punctuation off words (default: off)"
+    )
+    train.add_argument(
+        "--seq-len",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="T",
+        help="time steps per window (default: 100, or the checkpoint's with --resume)",
+    )
+    train.add_argument(
+        "--stride",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="tokens between window starts; 1 = every position (default: seq-len)",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="B",
+        help="windows per batch (default: 32, or the checkpoint's with --resume)",
+    )
+    train.add_argument(
+        "--epochs",
+        type=POSITIVE_INT,
+        default=8,
+        metavar="N",
+        help="passes over the corpus; with --resume, the total (default: 8)",
+    )
     train.add_argument("--embed", type=POSITIVE_INT, default=64, metavar="E", help="embedding width (default: 64)")
     train.add_argument("--hidden", type=POSITIVE_INT, default=256, metavar="H", help="LSTM hidden size (default: 256)")
     train.add_argument("--layers", type=POSITIVE_INT, default=2, metavar="L", help="LSTM layers (default: 2)")
-    train.add_argument("--dropout", type=FRACTION, default=0.0, metavar="P",
-                       help="dropout between layers and before the decoder (default: 0)")
-    train.add_argument("--cutoffs", type=CUTOFFS, default=None, metavar="C1,C2,...",
-                       help="adaptive softmax: ids below C1 in the head, [C1, C2), ... and [last, vocabulary) in "
-                       "clusters of their own (default: off, the full softmax)")
-    train.add_argument("--div-value", type=POSITIVE_FLOAT, default=4.0, metavar="D",
-                       help="adaptive softmax: cluster i's projection is hidden // D**(i+1) wide (default: 4)")
-    train.add_argument("--sparse-embedding", action="store_const", const=True, default=None,
-                       help="update only the embedding rows each batch uses (torch.optim.SparseAdam's rule): for "
-                       "large vocabularies (default: off; --resume keeps the run's choice)")
+    train.add_argument(
+        "--dropout",
+        type=FRACTION,
+        default=0.0,
+        metavar="P",
+        help="dropout between layers and before the decoder (default: 0)",
+    )
+    train.add_argument(
+        "--cutoffs",
+        type=CUTOFFS,
+        default=None,
+        metavar="C1,C2,...",
+        help="adaptive softmax: ids below C1 in the head, [C1, C2), ... and [last, vocabulary) in "
+        "clusters of their own (default: off, the full softmax)",
+    )
+    train.add_argument(
+        "--div-value",
+        type=POSITIVE_FLOAT,
+        default=4.0,
+        metavar="D",
+        help="adaptive softmax: cluster i's projection is hidden // D**(i+1) wide (default: 4)",
+    )
+    train.add_argument(
+        "--sparse-embedding",
+        action="store_const",
+        const=True,
+        default=None,
+        help="update only the embedding rows each batch uses (torch.optim.SparseAdam's rule): for "
+        "large vocabularies (default: off; --resume keeps the run's choice)",
+    )
     train.add_argument("--lr", type=POSITIVE_FLOAT, default=2e-3, help="Adam learning rate (default: 0.002)")
-    train.add_argument("--clip-norm", type=POSITIVE_FLOAT, default=None, metavar="NORM",
-                       help="clip the gradients' global norm (default: 5, or the checkpoint's with --resume)")
-    train.add_argument("--val-fraction", type=FRACTION, default=0.05, metavar="F",
-                       help="share of the corpus (its end) held out for validation (default: 0.05)")
-    train.add_argument("--max-steps", type=POSITIVE_INT, default=None, metavar="N",
-                       help="stop (with a checkpoint) after this many batches (default: no limit)")
-    train.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
-                       help="initialisation, order and sampling seed (default: 0)")
-    train.add_argument("--sample-tokens", type=NONNEGATIVE_INT, default=300, metavar="N",
-                       help="length of the sample printed at the end; 0 = none (default: 300)")
-    train.add_argument("--out", required=True, metavar="DIR",
-                       help="model directory to write (required: fastlm writes nowhere you did not name)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the training checkpointed in --out (same corpus; model and tokenizer "
-                       "from the checkpoint)")
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                       help="progress bar on stderr (default: on in a terminal)")
-    train.add_argument("--ids", default=None, metavar="FILE",
-                       help="train on a token file written by `fastlm encode` (read through a memory map) "
-                       "instead of CORPUS; needs --tokenizer (default: none)")
-    train.add_argument("--tokenizer", default=None, metavar="DIR_OR_FILE",
-                       help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with "
-                       "(default: none)")
-    train.add_argument("--distributed", action="store_true",
-                       help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
-                       "pip install 'fastlm[mpi]'); --batch-size is per rank")
+    train.add_argument(
+        "--clip-norm",
+        type=POSITIVE_FLOAT,
+        default=None,
+        metavar="NORM",
+        help="clip the gradients' global norm (default: 5, or the checkpoint's with --resume)",
+    )
+    train.add_argument(
+        "--val-fraction",
+        type=FRACTION,
+        default=0.05,
+        metavar="F",
+        help="share of the corpus (its end) held out for validation (default: 0.05)",
+    )
+    train.add_argument(
+        "--max-steps",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="stop (with a checkpoint) after this many batches (default: no limit)",
+    )
+    train.add_argument(
+        "--seed", type=NONNEGATIVE_INT, default=0, help="initialisation, order and sampling seed (default: 0)"
+    )
+    train.add_argument(
+        "--sample-tokens",
+        type=NONNEGATIVE_INT,
+        default=300,
+        metavar="N",
+        help="length of the sample printed at the end; 0 = none (default: 300)",
+    )
+    train.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="model directory to write (required: fastlm writes nowhere you did not name)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the training checkpointed in --out (same corpus; model and tokenizer from the checkpoint)",
+    )
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="progress bar on stderr (default: on in a terminal)",
+    )
+    train.add_argument(
+        "--ids",
+        default=None,
+        metavar="FILE",
+        help="train on a token file written by `fastlm encode` (read through a memory map) "
+        "instead of CORPUS; needs --tokenizer (default: none)",
+    )
+    train.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR_OR_FILE",
+        help="with --ids: the tokenizer.json (or a model directory) the ids were encoded with (default: none)",
+    )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
+        "pip install 'fastlm[mpi]'); --batch-size is per rank",
+    )
     train.set_defaults(run=cmd_train)
 
-    encode = commands.add_parser("encode", help="encode text files into a token file for `train --ids`",
-                                 description="Stream UTF-8 text files through a tokenizer into a token file "
-                                 "(little-endian uint16 or int32 ids after a 64-byte header), chunk by chunk, "
-                                 "so corpora larger than memory can be trained on.")
+    encode = commands.add_parser(
+        "encode",
+        help="encode text files into a token file for `train --ids`",
+        description="Stream UTF-8 text files through a tokenizer into a token file "
+        "(little-endian uint16 or int32 ids after a 64-byte header), chunk by chunk, "
+        "so corpora larger than memory can be trained on.",
+    )
     encode.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files (joined by newlines)")
-    encode.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
-                        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer "
-                        "(required)")
+    encode.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="tokenizer.json or a model directory; with --fit, where to save the new tokenizer (required)",
+    )
     encode.add_argument("--out", required=True, metavar="FILE", help="the token file to write (required)")
-    encode.add_argument("--fit", action="store_true",
-                        help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer")
-    encode.add_argument("--level", choices=["char", "word"], default="word",
-                        help="with --fit: token level (default: word)")
-    encode.add_argument("--min-count", type=POSITIVE_INT, default=1, metavar="N",
-                        help="with --fit: drop tokens seen fewer than N times (default: 1)")
-    encode.add_argument("--max-vocab", type=POSITIVE_INT, default=None, metavar="N",
-                        help="with --fit: keep the N most frequent tokens (default: all)")
+    encode.add_argument(
+        "--fit", action="store_true", help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer"
+    )
+    encode.add_argument(
+        "--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)"
+    )
+    encode.add_argument(
+        "--min-count",
+        type=POSITIVE_INT,
+        default=1,
+        metavar="N",
+        help="with --fit: drop tokens seen fewer than N times (default: 1)",
+    )
+    encode.add_argument(
+        "--max-vocab",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="with --fit: keep the N most frequent tokens (default: all)",
+    )
     encode.add_argument("--lowercase", action="store_true", help="with --fit: lower-case the text")
     encode.add_argument("--split-punctuation", action="store_true", help="with --fit: punctuation as tokens")
     encode.set_defaults(run=cmd_encode)
 
-    generate = commands.add_parser("generate", help="write text with a trained model",
-                                   description="Continue a prompt with text sampled from a saved model.")
+    generate = commands.add_parser(
+        "generate",
+        help="write text with a trained model",
+        description="Continue a prompt with text sampled from a saved model.",
+    )
     generate.add_argument("directory", metavar="DIR", help="model directory written by fastlm train or save()")
     generate.add_argument("--prompt", default="", help="text to continue (default: none)")
-    generate.add_argument("--max-new-tokens", type=NONNEGATIVE_INT, default=200, metavar="N",
-                          help="tokens to add (default: 200)")
-    generate.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=1.0, metavar="T",
-                          help="sampling temperature; 1 = the model's own distribution, lower is more "
-                          "conservative, 0 = greedy (default: 1, as generate_text)")
-    generate.add_argument("--top-k", type=POSITIVE_INT, default=None, metavar="K",
-                          help="sample among the K most likely tokens (default: all)")
-    generate.add_argument("--top-p", type=PROBABILITY, default=None, metavar="P",
-                          help="sample from the smallest set of tokens with probability >= P (default: 1, all)")
-    generate.add_argument("--num-samples", type=POSITIVE_INT, default=1, metavar="N",
-                          help="independent samples (default: 1)")
+    generate.add_argument(
+        "--max-new-tokens", type=NONNEGATIVE_INT, default=200, metavar="N", help="tokens to add (default: 200)"
+    )
+    generate.add_argument(
+        "--temperature",
+        type=NONNEGATIVE_FLOAT,
+        default=1.0,
+        metavar="T",
+        help="sampling temperature; 1 = the model's own distribution, lower is more "
+        "conservative, 0 = greedy (default: 1, as generate_text)",
+    )
+    generate.add_argument(
+        "--top-k",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="K",
+        help="sample among the K most likely tokens (default: all)",
+    )
+    generate.add_argument(
+        "--top-p",
+        type=PROBABILITY,
+        default=None,
+        metavar="P",
+        help="sample from the smallest set of tokens with probability >= P (default: 1, all)",
+    )
+    generate.add_argument(
+        "--num-samples", type=POSITIVE_INT, default=1, metavar="N", help="independent samples (default: 1)"
+    )
     generate.add_argument("--seed", type=NONNEGATIVE_INT, default=None, help="sampling seed (default: random)")
-    generate.add_argument("--stop", action="append", metavar="TEXT",
-                          help="end the text before TEXT (repeatable; \\n, \\t are escapes; default: none)")
-    generate.add_argument("--stream", action="store_true",
-                          help="print the text as it is sampled (Ctrl-C ends it; default: off)")
+    generate.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end the text before TEXT (repeatable; \\n, \\t are escapes; default: none)",
+    )
+    generate.add_argument(
+        "--stream", action="store_true", help="print the text as it is sampled (Ctrl-C ends it; default: off)"
+    )
     generate.set_defaults(run=cmd_generate)
 
-    evaluate = commands.add_parser("eval", help="perplexity and accuracy of a model on a text file",
-                                   description="Score a UTF-8 text file: loss, perplexity, bits per token, top-1 "
-                                   "accuracy.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="perplexity and accuracy of a model on a text file",
+        description="Score a UTF-8 text file: loss, perplexity, bits per token, top-1 accuracy.",
+    )
     evaluate.add_argument("directory", metavar="DIR", help="model directory")
     evaluate.add_argument("file", metavar="FILE", help="UTF-8 text file")
-    evaluate.add_argument("--seq-len", type=POSITIVE_INT, default=100, metavar="T",
-                          help="chunk length (default: 100)")
-    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32, metavar="B",
-                          help="kept for compatibility: the text is scored as one stream, every token with its "
-                          "full left context (default: 32)")
+    evaluate.add_argument("--seq-len", type=POSITIVE_INT, default=100, metavar="T", help="chunk length (default: 100)")
+    evaluate.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=32,
+        metavar="B",
+        help="kept for compatibility: the text is scored as one stream, every token with its "
+        "full left context (default: 32)",
+    )
     evaluate.set_defaults(run=cmd_eval)
 
-    score = commands.add_parser("score", help="log10 probability of each line of a text",
-                                description="Score every line of FILE (or of standard input) as a sentence, as "
-                                "KenLM's query does: one log10 probability per line, the boundary (eos) after it "
-                                "included.")
+    score = commands.add_parser(
+        "score",
+        help="log10 probability of each line of a text",
+        description="Score every line of FILE (or of standard input) as a sentence, as "
+        "KenLM's query does: one log10 probability per line, the boundary (eos) after it "
+        "included.",
+    )
     score.add_argument("directory", metavar="DIR", help="model directory")
-    score.add_argument("file", metavar="FILE", nargs="?", default=None,
-                       help="UTF-8 text file, one sentence per line (default: standard input)")
-    score.add_argument("--json", action="store_true",
-                       help="one JSON object per line with per-token scores (default: one number per line)")
-    score.add_argument("--no-bos", action="store_true",
-                       help="do not score the first token as following a sentence boundary")
-    score.add_argument("--no-eos", action="store_true",
-                       help="do not score the sentence boundary after the last token")
+    score.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default=None,
+        help="UTF-8 text file, one sentence per line (default: standard input)",
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line with per-token scores (default: one number per line)",
+    )
+    score.add_argument(
+        "--no-bos", action="store_true", help="do not score the first token as following a sentence boundary"
+    )
+    score.add_argument("--no-eos", action="store_true", help="do not score the sentence boundary after the last token")
     score.set_defaults(run=cmd_score)
 
-    bench = commands.add_parser("bench", help="training speed: C++ core vs NumPy reference (vs PyTorch)",
-                                description="Time one training step (forward, loss, backward, Adam) on random "
-                                "batches for the benchmark configurations (V, E, H, L, T, B): A = (10000, 128, 128, "
-                                "1, 100, 32), B = (10000, 200, 200, 2, 35, 20), C = (10000, 650, 650, 2, 35, 20), "
-                                "D = (65, 64, 512, 2, 100, 32); large vocabularies with an adaptive softmax on "
-                                "Zipf(1.1) ids (GFLOP/s count the full softmax's work): W = (50000, 256, 256, 1, 100, "
-                                "32) with cutoffs 2000, 10000, X = (250000, 512, 512, 2, 35, 32) with cutoffs 4000, "
-                                "20000, 100000.")
-    bench.add_argument("--configs", nargs="+", choices=["A", "B", "C", "D", "W", "X"], default=["A", "D"],
-                       help="configurations (default: A D)")
+    bench = commands.add_parser(
+        "bench",
+        help="training speed: C++ core vs NumPy reference (vs PyTorch)",
+        description="Time one training step (forward, loss, backward, Adam) on random "
+        "batches for the benchmark configurations (V, E, H, L, T, B): A = (10000, 128, 128, "
+        "1, 100, 32), B = (10000, 200, 200, 2, 35, 20), C = (10000, 650, 650, 2, 35, 20), "
+        "D = (65, 64, 512, 2, 100, 32); large vocabularies with an adaptive softmax on "
+        "Zipf(1.1) ids (GFLOP/s count the full softmax's work): W = (50000, 256, 256, 1, 100, "
+        "32) with cutoffs 2000, 10000, X = (250000, 512, 512, 2, 35, 32) with cutoffs 4000, "
+        "20000, 100000.",
+    )
+    bench.add_argument(
+        "--configs",
+        nargs="+",
+        choices=["A", "B", "C", "D", "W", "X"],
+        default=["A", "D"],
+        help="configurations (default: A D)",
+    )
     bench.add_argument("--repeats", type=POSITIVE_INT, default=3, metavar="N", help="timed repeats (default: 3)")
-    bench.add_argument("--torch", action="store_true",
-                       help="also time PyTorch, if installed, in a process of its own (default: off)")
+    bench.add_argument(
+        "--torch", action="store_true", help="also time PyTorch, if installed, in a process of its own (default: off)"
+    )
     bench.set_defaults(run=cmd_bench)
     for command in (train, generate, evaluate, score, encode, bench):
-        command.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
-                             help="threads (default: all cores; on a machine where other programs are busy, "
-                             "fewer can be faster: see README, 'Threads')")
+        command.add_argument(
+            "--threads",
+            type=POSITIVE_INT,
+            default=None,
+            metavar="N",
+            help="threads (default: all cores; on a machine where other programs are busy, "
+            "fewer can be faster: see README, 'Threads')",
+        )
     return parser
 
 

@@ -10,6 +10,7 @@ sent again. N ranks with b rows each therefore train what one process trains wit
 Any exception on one rank would leave the others waiting in the next collective call
 for ever: ``aborts_every_rank`` (on fit) prints it and calls MPI_Abort, ending every rank.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,6 +48,7 @@ class MPIGroup(Local):
 
     def __init__(self, comm):
         from mpi4py import MPI
+
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self._flat, self._layout = None, None
@@ -65,8 +67,9 @@ class MPIGroup(Local):
                 if everyone[0].get(key) != theirs.get(key):
                     differences.append(f"rank {rank} has {key}={theirs.get(key)!r}, rank 0 {everyone[0].get(key)!r}")
         if differences:
-            raise on_every_rank(ValueError("the ranks were started with different settings: "
-                                           + "; ".join(differences[:8])))
+            raise on_every_rank(
+                ValueError("the ranks were started with different settings: " + "; ".join(differences[:8]))
+            )
 
     def broadcast_parameters(self, params):
         """Every rank takes rank 0's weights (in place); sizes the flat gradient buffer."""
@@ -75,12 +78,12 @@ class MPIGroup(Local):
         weights = self._flat[:-2]
         offset = 0
         for p in params.values():
-            weights[offset:offset + p.size] = p.ravel()
+            weights[offset : offset + p.size] = p.ravel()
             offset += p.size
         self.comm.Bcast(weights, root=0)
         offset = 0
         for p in params.values():
-            p[...] = weights[offset:offset + p.size].reshape(p.shape)
+            p[...] = weights[offset : offset + p.size].reshape(p.shape)
             offset += p.size
 
     def reduce_step(self, grads, loss, rows, total_rows, stop):
@@ -94,20 +97,22 @@ class MPIGroup(Local):
         flat, weight, offset = self._flat, np.float32(rows / total_rows), 0
         for name, shape, size in self._layout:
             if grads is None:
-                flat[offset:offset + size] = 0
+                flat[offset : offset + size] = 0
             else:
                 grad = grads[name]
                 if not isinstance(grad, np.ndarray) or grad.shape != shape:
-                    raise TypeError(f"distributed training sums dense gradients; {name}'s is "
-                                    f"{type(grad).__name__} {getattr(grad, 'shape', '')}, not shape {shape}")
-                np.multiply(grad.ravel(), weight, out=flat[offset:offset + size])
+                    raise TypeError(
+                        f"distributed training sums dense gradients; {name}'s is "
+                        f"{type(grad).__name__} {getattr(grad, 'shape', '')}, not shape {shape}"
+                    )
+                np.multiply(grad.ravel(), weight, out=flat[offset : offset + size])
             offset += size
         flat[-2] = loss * weight if rows else 0.0
         flat[-1] = 1.0 if stop else 0.0
         self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
         reduced, offset = {}, 0
         for name, shape, size in self._layout:
-            reduced[name] = flat[offset:offset + size].reshape(shape)
+            reduced[name] = flat[offset : offset + size].reshape(shape)
             offset += size
         return float(flat[-2]), reduced, bool(flat[-1] > 0)
 
@@ -131,8 +136,11 @@ def abort(comm, error):
     rank, size = comm.Get_rank(), comm.Get_size()
     if not isinstance(error, USER_ERRORS):
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    print(f"fastlm: rank {rank} of {size} stopped with {type(error).__name__}: {error}; "
-          "aborting all ranks (MPI_Abort)", file=sys.stderr, flush=True)
+    print(
+        f"fastlm: rank {rank} of {size} stopped with {type(error).__name__}: {error}; aborting all ranks (MPI_Abort)",
+        file=sys.stderr,
+        flush=True,
+    )
     comm.Abort(1)
 
 
@@ -140,6 +148,7 @@ def fingerprint(array):
     """A cheap summary of a data array for comparing ranks' inputs: its shape and the
     digest of its first and last 4096 values (not a full hash: a memory map stays unread)."""
     import hashlib
+
     flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
     digest = hashlib.sha1()
     for part in (flat[:4096], flat[-4096:]):
@@ -176,6 +185,7 @@ def aborts_every_rank(function):
     (bad input, different settings, a failed step or save) is printed and ends every rank,
     instead of leaving the others waiting for it in a collective call for ever. Errors every
     rank raises together (on_every_rank) are raised as usual."""
+
     @functools.wraps(function)
     def run(*args, **kwargs):
         comm = kwargs.get("comm")
@@ -187,4 +197,5 @@ def aborts_every_rank(function):
             if getattr(error, "fastlm_on_every_rank", False):
                 raise
             abort(comm, error)
+
     return run

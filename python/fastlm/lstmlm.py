@@ -5,6 +5,7 @@ The one module that sees all three, so that none of them imports another's calle
 model.py imports neither training nor model_dir, and these two work on any model object
 through the interface documented on LSTMNetwork.
 """
+
 from __future__ import annotations
 
 from fastlm import model_dir, training

@@ -12,6 +12,7 @@ With tie_weights=True the embedding and the decoder share one (V, H) matrix (Pre
 of either name sees it, while ``trainable()`` lists it once, for the optimizer to step it
 once with the gradients of both uses summed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,9 +73,11 @@ def check_model_size(vocab_size, embed_dim, hidden_size, num_layers):
     count = parameter_count(vocab_size, embed_dim, hidden_size, num_layers)
     memory = physical_memory()
     if memory is not None and 4 * count > memory:
-        raise ValueError(f"vocab_size={vocab_size}, embed_dim={embed_dim}, hidden_size={hidden_size}, "
-                         f"num_layers={num_layers} make {count:,} parameters ({4 * count / 2**30:,.1f} GiB as "
-                         f"float32), more than this machine's memory ({memory / 2**30:,.1f} GiB)")
+        raise ValueError(
+            f"vocab_size={vocab_size}, embed_dim={embed_dim}, hidden_size={hidden_size}, "
+            f"num_layers={num_layers} make {count:,} parameters ({4 * count / 2**30:,.1f} GiB as "
+            f"float32), more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+        )
     return count
 
 
@@ -82,11 +85,15 @@ def _check_recipe_options(tie_weights, init_range, embed_dim, hidden_size, cutof
     """(tie_weights, init_range) checked: the decoder can share the embedding only when both are (V, H)."""
     tie_weights = check_bool("tie_weights", tie_weights)
     if tie_weights and embed_dim != hidden_size:
-        raise ValueError(f"tie_weights=True shares the embedding matrix with the decoder, which needs "
-                         f"embed_dim == hidden_size; got embed_dim={embed_dim}, hidden_size={hidden_size}")
+        raise ValueError(
+            f"tie_weights=True shares the embedding matrix with the decoder, which needs "
+            f"embed_dim == hidden_size; got embed_dim={embed_dim}, hidden_size={hidden_size}"
+        )
     if tie_weights and cutoffs is not None:
-        raise ValueError("tie_weights=True needs the full softmax decoder: the adaptive softmax (cutoffs) has "
-                         "no (vocab_size, hidden_size) matrix to share with the embedding")
+        raise ValueError(
+            "tie_weights=True needs the full softmax decoder: the adaptive softmax (cutoffs) has "
+            "no (vocab_size, hidden_size) matrix to share with the embedding"
+        )
     return tie_weights, check_number("init_range", init_range, "(0, inf)", allow_none=True)
 
 
@@ -115,8 +122,21 @@ class LSTMNetwork:
     started, never a half-updated mix.
     """
 
-    def __init__(self, vocab_size, embed_dim=128, hidden_size=128, num_layers=1, dropout=0.0, seed=0,
-                 backend="cpp", cutoffs=None, div_value=4.0, head_bias=False, tie_weights=False, init_range=None):
+    def __init__(
+        self,
+        vocab_size,
+        embed_dim=128,
+        hidden_size=128,
+        num_layers=1,
+        dropout=0.0,
+        seed=0,
+        backend="cpp",
+        cutoffs=None,
+        div_value=4.0,
+        head_bias=False,
+        tie_weights=False,
+        init_range=None,
+    ):
         self.vocab_size = check_int("vocab_size", vocab_size, 1)
         self.embed_dim = check_int("embed_dim", embed_dim, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
@@ -125,9 +145,11 @@ class LSTMNetwork:
         self.dropout = check_number("dropout", dropout, "[0, 1)")
         self.seed = check_int("seed", seed, 0)
         self.cutoffs, self.div_value, self.head_bias = adaptive.check_adaptive(
-            cutoffs, div_value, head_bias, self.vocab_size, self.hidden_size)
-        self.tie_weights, self.init_range = _check_recipe_options(tie_weights, init_range, self.embed_dim,
-                                                                  self.hidden_size, self.cutoffs)
+            cutoffs, div_value, head_bias, self.vocab_size, self.hidden_size
+        )
+        self.tie_weights, self.init_range = _check_recipe_options(
+            tie_weights, init_range, self.embed_dim, self.hidden_size, self.cutoffs
+        )
         self.backend = backend
         self.ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
@@ -141,10 +163,14 @@ class LSTMNetwork:
 
     def parameter_shapes(self):
         """Name -> shape of every parameter, in state_dict order."""
-        decoder = None if self.cutoffs is None else adaptive.decoder_shapes(
-            self.vocab_size, self.hidden_size, self.cutoffs, self.div_value, self.head_bias)
-        return dict(iter_parameter_shapes(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers,
-                                          decoder))
+        decoder = (
+            None
+            if self.cutoffs is None
+            else adaptive.decoder_shapes(
+                self.vocab_size, self.hidden_size, self.cutoffs, self.div_value, self.head_bias
+            )
+        )
+        return dict(iter_parameter_shapes(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers, decoder))
 
     @classmethod
     def saved_shapes(cls, config):
@@ -154,16 +180,30 @@ class LSTMNetwork:
         10**9 layers fails before 4 * 10**9 names are listed."""
         if not isinstance(config, dict):
             raise TypeError(f"the model section must be a mapping, got {type(config).__name__}")
-        known = {"vocab_size", "embed_dim", "hidden_size", "num_layers", "dropout", "seed", "cutoffs", "div_value",
-                 "head_bias", "tie_weights", "init_range"}
+        known = {
+            "vocab_size",
+            "embed_dim",
+            "hidden_size",
+            "num_layers",
+            "dropout",
+            "seed",
+            "cutoffs",
+            "div_value",
+            "head_bias",
+            "tie_weights",
+            "init_range",
+        }
         unknown = sorted(set(config) - known)
         if unknown:
             raise TypeError(f"unexpected model settings {', '.join(map(repr, unknown))}")
-        V, E, H, L = (check_int(name, config.get(name, default), 1) for name, default in
-                      (("vocab_size", None), ("embed_dim", 128), ("hidden_size", 128), ("num_layers", 1)))
+        V, E, H, L = (
+            check_int(name, config.get(name, default), 1)
+            for name, default in (("vocab_size", None), ("embed_dim", 128), ("hidden_size", 128), ("num_layers", 1))
+        )
         check_model_size(V, E, H, L)
         cutoffs, div_value, head_bias = adaptive.check_adaptive(
-            config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H)
+            config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H
+        )
         _check_recipe_options(config.get("tie_weights", False), config.get("init_range"), E, H, cutoffs)
         decoder = None if cutoffs is None else adaptive.decoder_shapes(V, H, cutoffs, div_value, head_bias)
         return iter_parameter_shapes(V, E, H, L, decoder)
@@ -231,8 +271,10 @@ class LSTMNetwork:
                 raise ValueError(f"state_dict entry {name!r} holds NaN or infinity (or a value beyond float32's range)")
             loaded[name] = value
         if self.tie_weights and not np.array_equal(loaded["embedding.weight"], loaded["decoder.weight"]):
-            raise ValueError("this model ties its weights, but the state_dict's embedding.weight and "
-                             "decoder.weight differ (it comes from an untied model)")
+            raise ValueError(
+                "this model ties its weights, but the state_dict's embedding.weight and "
+                "decoder.weight differ (it comes from an untied model)"
+            )
         self.params = self._tie(loaded)
 
     def reading_params(self):
@@ -275,8 +317,10 @@ class LSTMNetwork:
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss}: the model's logits overflow float32 (NaN or infinity)")
         if self.tie_weights:  # keyed like state_dict: both names carry the shared matrix's gradient
-            grads = {name: grads["embedding.weight"].copy() if name == "decoder.weight" else grads[name]
-                     for name in self.params}
+            grads = {
+                name: grads["embedding.weight"].copy() if name == "decoder.weight" else grads[name]
+                for name in self.params
+            }
         return loss, grads
 
     def check_batch(self, inputs, targets):
@@ -308,8 +352,15 @@ class LSTMNetwork:
         for k in range(self.num_layers):
             layer_input, mask = self._dropout(layer_input, rng)
             h0, c0 = initial_state[k] if initial_state is not None else (zeros, zeros)
-            hs, cs, gates = ops.lstm_forward(layer_input, p[f"lstm.weight_ih_l{k}"], p[f"lstm.weight_hh_l{k}"],
-                                             p[f"lstm.bias_ih_l{k}"], p[f"lstm.bias_hh_l{k}"], h0, c0)
+            hs, cs, gates = ops.lstm_forward(
+                layer_input,
+                p[f"lstm.weight_ih_l{k}"],
+                p[f"lstm.weight_hh_l{k}"],
+                p[f"lstm.bias_ih_l{k}"],
+                p[f"lstm.bias_hh_l{k}"],
+                h0,
+                c0,
+            )
             tape.append((layer_input, mask, h0, c0, hs, cs, gates))
             layer_input = hs
         top, top_mask = self._dropout(layer_input, rng)
@@ -324,8 +375,19 @@ class LSTMNetwork:
             dhs = dhs * top_mask
         for k in reversed(range(self.num_layers)):
             layer_input, mask, h0, c0, hs, cs, gates = tape[k]
-            dx, dw_ih, dw_hh, db, _, _ = ops.lstm_backward(dhs, None, None, layer_input, p[f"lstm.weight_ih_l{k}"],
-                                                           p[f"lstm.weight_hh_l{k}"], h0, c0, hs, cs, gates)
+            dx, dw_ih, dw_hh, db, _, _ = ops.lstm_backward(
+                dhs,
+                None,
+                None,
+                layer_input,
+                p[f"lstm.weight_ih_l{k}"],
+                p[f"lstm.weight_hh_l{k}"],
+                h0,
+                c0,
+                hs,
+                cs,
+                gates,
+            )
             grads[f"lstm.weight_ih_l{k}"] = dw_ih
             grads[f"lstm.weight_hh_l{k}"] = dw_hh
             grads[f"lstm.bias_ih_l{k}"] = db
@@ -348,10 +410,12 @@ class LSTMNetwork:
         rows, _, tape = self._lstm_forward(x, initial_state, None)
         if self.cutoffs is not None:
             loss, _, predictions = self.ops.adaptive_loss_forward(
-                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1))
+                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1)
+            )
         else:
-            loss, _, predictions = self.ops.output_loss_forward(rows, p["decoder.weight"], p["decoder.bias"],
-                                                                y.reshape(-1))
+            loss, _, predictions = self.ops.output_loss_forward(
+                rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1)
+            )
         return float(loss), predictions.reshape(x.shape), self._final_state(tape)
 
     def forward_backward(self, x, y, initial_state=None, train=False, rng=None, sparse_embedding=False):
@@ -367,11 +431,13 @@ class LSTMNetwork:
         rows, top_mask, tape = self._lstm_forward(x, initial_state, rng if train else None)
         if self.cutoffs is not None:
             loss, dh, *decoder = self.ops.adaptive_loss_forward_backward(
-                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1))
+                rows, *adaptive.decoder_arguments(p, len(self.cutoffs)), y.reshape(-1)
+            )
             grads = adaptive.decoder_gradients(*decoder)
         else:
-            loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(rows, p["decoder.weight"],
-                                                                             p["decoder.bias"], y.reshape(-1))
+            loss, dh, dweight, dbias = self.ops.output_loss_forward_backward(
+                rows, p["decoder.weight"], p["decoder.bias"], y.reshape(-1)
+            )
             grads = {"decoder.weight": dweight, "decoder.bias": dbias}
         self._lstm_backward(x, dh, top_mask, tape, grads, sparse_embedding)
         return float(loss), {name: grads[name] for name in self.trainable()}, self._final_state(tape)
@@ -379,8 +445,14 @@ class LSTMNetwork:
     def config(self):
         """The constructor arguments (without backend), as saved in config.json; the adaptive
         softmax's, tie_weights and init_range only when they are on, so that other configs read as before."""
-        config = dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_size=self.hidden_size,
-                      num_layers=self.num_layers, dropout=self.dropout, seed=self.seed)
+        config = dict(
+            vocab_size=self.vocab_size,
+            embed_dim=self.embed_dim,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            seed=self.seed,
+        )
         if self.cutoffs is not None:
             config.update(cutoffs=list(self.cutoffs), div_value=self.div_value, head_bias=self.head_bias)
         if self.tie_weights:
@@ -407,7 +479,7 @@ class LSTMNetwork:
         top_k = check_int("top_k", top_k, 1)
         if y is not None:
             x, y = self.check_batch(data, y)
-            batches = ((x[r:r + batch_size], y[r:r + batch_size]) for r in range(0, len(x), batch_size))
+            batches = ((x[r : r + batch_size], y[r : r + batch_size]) for r in range(0, len(x), batch_size))
             stateful = False
         else:
             ids = check_corpus("ids", data, self.vocab_size)  # a memory map stays on disk
@@ -424,9 +496,11 @@ class LSTMNetwork:
             log_probs, predictions, ranks = scoring.output_scores(self, rows, targets, p)
             if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
                 loss = -float(np.mean(log_probs, dtype=np.float64))
-                raise FloatingPointError(f"the loss is {loss} on tokens {metrics.tokens} to "
-                                         f"{metrics.tokens + yb.size}: the model's logits overflow float32 "
-                                         "(NaN or infinity)")
+                raise FloatingPointError(
+                    f"the loss is {loss} on tokens {metrics.tokens} to "
+                    f"{metrics.tokens + yb.size}: the model's logits overflow float32 "
+                    "(NaN or infinity)"
+                )
             metrics.add(targets, log_probs, predictions, ranks)
             if stateful:
                 state = self._final_state(tape)
@@ -443,8 +517,10 @@ class LSTMNetwork:
         suppressed = -1
         if check_bool("suppress_unk", suppress_unk):
             if self.tokenizer is None:
-                raise ValueError("suppress_unk=True needs the tokenizer that says which id is <unk>: attach one "
-                                 "(model.tokenizer) or pass suppress_unk=False")
+                raise ValueError(
+                    "suppress_unk=True needs the tokenizer that says which id is <unk>: attach one "
+                    "(model.tokenizer) or pass suppress_unk=False"
+                )
             suppressed = self.tokenizer.unk_id
         return temperature, top_k or 0, 1.0 if top_p is None else top_p, seed % 2**64, suppressed
 
@@ -459,8 +535,18 @@ class LSTMNetwork:
         sampling = self._sampling(temperature, top_k, top_p, seed, suppress_unk)
         return self.ops.GenerationSession(self.reading_params(), self.num_layers, prompt[None], *sampling)
 
-    def generate(self, prompt_ids, max_new_tokens=100, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 num_samples=1, stop=None, suppress_unk=False):
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens=100,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        num_samples=1,
+        stop=None,
+        suppress_unk=False,
+    ):
         """Sample new token ids after a prompt; the sampling loop runs in C++.
 
         prompt_ids: 1-D ids (at least one) warming the state, or (S, P) for S prompts.
@@ -486,16 +572,32 @@ class LSTMNetwork:
             raise ValueError("num_samples > 1 needs a single prompt")
         rows, memory = num_samples * prompt.shape[0], physical_memory()
         if memory is not None and 4 * rows * (prompt.shape[1] + max_new_tokens + 8 * self.hidden_size) > memory:
-            raise ValueError(f"num_samples={num_samples} and max_new_tokens={max_new_tokens} need more than this "
-                             f"machine's memory ({memory / 2**30:,.1f} GiB) for {rows:,} sequences")
+            raise ValueError(
+                f"num_samples={num_samples} and max_new_tokens={max_new_tokens} need more than this "
+                f"machine's memory ({memory / 2**30:,.1f} GiB) for {rows:,} sequences"
+            )
         if num_samples > 1:
             prompt = np.repeat(prompt, num_samples, axis=0)
         if stop is not None and single and num_samples == 1:  # a stream: no tokens drawn past the stop
-            return np.array(list(streaming.stream(self, prompt[0], max_new_tokens, temperature, top_k, top_p,
-                                                  sampling[3], list(stop_ids), suppress_unk)), dtype=np.int32)
+            return np.array(
+                list(
+                    streaming.stream(
+                        self,
+                        prompt[0],
+                        max_new_tokens,
+                        temperature,
+                        top_k,
+                        top_p,
+                        sampling[3],
+                        list(stop_ids),
+                        suppress_unk,
+                    )
+                ),
+                dtype=np.int32,
+            )
         out = self.ops.generate(self.reading_params(), self.num_layers, prompt, max_new_tokens, *sampling)
         if stop is not None:
-            return [row[:streaming.first_stop_id(row, stop_ids)] for row in out]
+            return [row[: streaming.first_stop_id(row, stop_ids)] for row in out]
         return out[0] if single and num_samples == 1 else out
 
     def prompt_ids(self, prompt):
@@ -506,8 +608,11 @@ class LSTMNetwork:
         ids, unknown = tokenizer.encode(prompt, return_unknown=True)
         if unknown:
             shown = ", ".join(map(repr, tokenizer.unknown_tokens(prompt)[:10]))
-            warnings.warn(f"{unknown} prompt token(s) are not in the vocabulary and were mapped to "
-                          f"{tokenizer.vocab[tokenizer.unk_id]!r}: {shown}", stacklevel=3)
+            warnings.warn(
+                f"{unknown} prompt token(s) are not in the vocabulary and were mapped to "
+                f"{tokenizer.vocab[tokenizer.unk_id]!r}: {shown}",
+                stacklevel=3,
+            )
         eos = scoring.boundary_id(tokenizer) if getattr(tokenizer, "eos", None) is not None else None
         if eos is not None and len(ids) and ids[-1] == eos and not prompt.endswith("\n"):
             ids = ids[:-1]  # continue the prompt's line, not a line the tokenizer closed
@@ -515,8 +620,18 @@ class LSTMNetwork:
             ids = np.array([self._start_token(tokenizer)], dtype=np.int32)
         return ids
 
-    def generate_text(self, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None,
-                      num_samples=1, stop=None, suppress_unk=True):
+    def generate_text(
+        self,
+        prompt="",
+        max_new_tokens=200,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        num_samples=1,
+        stop=None,
+        suppress_unk=True,
+    ):
         """Text in, text out, through the attached tokenizer: the continuation of prompt
         (a str, or a list of num_samples str). Prompt words outside the vocabulary are
         mapped to <unk> with a warning that says how many. stop: a str or token id or a list
@@ -524,12 +639,14 @@ class LSTMNetwork:
         suppress_unk: never sample <unk>."""
         tokenizer = self.require_tokenizer()
         if stop is not None and num_samples == 1:
-            return "".join(streaming.stream(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop,
-                                            suppress_unk))
+            return "".join(
+                streaming.stream(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, suppress_unk)
+            )
         stop_strings, stop_ids = streaming.check_stop(stop, text=True)
         ids = self.prompt_ids(prompt)
-        out = self.generate(ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
-                            suppress_unk=suppress_unk)
+        out = self.generate(
+            ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples, suppress_unk=suppress_unk
+        )
         texts = []
         for row in np.atleast_2d(out):
             end = streaming.first_stop_id(row, stop_ids)
@@ -553,7 +670,9 @@ class LSTMNetwork:
 
     def require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("no tokenizer attached: set model.tokenizer, or save the model with "
-                             "save(directory, tokenizer=...) and load it with fastlm.load")
+            raise ValueError(
+                "no tokenizer attached: set model.tokenizer, or save the model with "
+                "save(directory, tokenizer=...) and load it with fastlm.load"
+            )
         check_tokenizer(self.tokenizer, self.vocab_size)
         return self.tokenizer

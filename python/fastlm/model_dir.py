@@ -31,6 +31,7 @@ This module does not import the model or the training loop: it works on any mode
 with config(), state_dict(), load_state_dict(), parameter_shapes(), vocab_size and tokenizer,
 and a model class with saved_shapes() (see docs/architecture.md).
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,8 +68,10 @@ LOCK_FILE = ".fastlm.lock"
 SAVE_PREFIX = "save-"
 SAVE_NAME = re.compile(r"save-[0-9a-f]{32}")
 # Temporaries of fastlm's own: atomic.stage's names for config.json (and, in format 1, the others).
-STAGED_NAME = re.compile(r"\.(config\.json|model\.safetensors|tokenizer\.json|optimizer\.safetensors|"
-                         r"trainer\.json)\..+\.tmp")
+STAGED_NAME = re.compile(
+    r"\.(config\.json|model\.safetensors|tokenizer\.json|optimizer\.safetensors|"
+    r"trainer\.json)\..+\.tmp"
+)
 SAVE_FILES = (MODEL_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_FILE)
 # What a resumable trainer.json must hold (written by fastlm.training).
 TRAINER_KEYS = ("save_id", "settings", "adam_step", "lr", "epoch", "batch", "history")
@@ -97,20 +100,23 @@ def _json_writer(data):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+
     return write
 
 
 def _tensors_writer(tensors, save_id):
     def write(path):
         try:
-            safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-                                        metadata={"save_id": save_id})
+            safetensors.numpy.save_file(
+                {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"save_id": save_id}
+            )
         except OSError:
             raise
         except Exception as error:  # SafetensorError wraps the OS error (a full disk) in its message
             found = re.search(r"os error (\d+)", str(error))
             code = int(found.group(1)) if found else errno.EIO
             raise OSError(code, os.strerror(code), str(path)) from None
+
     return write
 
 
@@ -247,8 +253,11 @@ def remove_leftovers(directory, abandoned_saves=False):
 
 def is_fastlm_file(name):
     """True for the names fastlm itself creates in a model directory."""
-    return (name in (CONFIG_FILE, LOCK_FILE, *SAVE_FILES) or bool(SAVE_NAME.fullmatch(name))
-            or bool(STAGED_NAME.fullmatch(name)))
+    return (
+        name in (CONFIG_FILE, LOCK_FILE, *SAVE_FILES)
+        or bool(SAVE_NAME.fullmatch(name))
+        or bool(STAGED_NAME.fullmatch(name))
+    )
 
 
 def check_writable(directory):
@@ -352,9 +361,11 @@ def _require_a_save(directory):
     if not (directory / CONFIG_FILE).is_file():
         remove_leftovers(directory)
         if any(SAVE_NAME.fullmatch(p.name) for p in directory.iterdir()):
-            raise FileNotFoundError(f"{directory / CONFIG_FILE} is missing: {directory} holds no complete save (a "
-                                    "save interrupted before its end leaves a save-* subdirectory without it; "
-                                    "`fastlm train --out` replaces it)")
+            raise FileNotFoundError(
+                f"{directory / CONFIG_FILE} is missing: {directory} holds no complete save (a "
+                "save interrupted before its end leaves a save-* subdirectory without it; "
+                "`fastlm train --out` replaces it)"
+            )
 
 
 def read_config(directory):
@@ -368,8 +379,10 @@ def read_config(directory):
     if isinstance(version, bool) or not isinstance(version, int):
         raise ValueError(f"{directory / CONFIG_FILE} has no format_version: not a fastlm model config")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{directory} was written in format version {version} by a newer fastlm; "
-                         f"this fastlm reads up to version {FORMAT_VERSION}: upgrade fastlm")
+        raise ValueError(
+            f"{directory} was written in format version {version} by a newer fastlm; "
+            f"this fastlm reads up to version {FORMAT_VERSION}: upgrade fastlm"
+        )
     for key in ("save_id", "model") + (("save",) if version >= 2 else ()):
         if key not in config:
             raise ValueError(f"{directory / CONFIG_FILE} lacks the entry {key!r}")
@@ -397,8 +410,10 @@ def _read_header(path, max_header):
             raise ValueError(f"cannot read {path}: {size} bytes, not a safetensors file")
         (length,) = struct.unpack("<Q", head)
         if length > min(size - 8, max_header):
-            raise ValueError(f"cannot read {path}: its header claims {length:,} bytes, the file has {size:,} "
-                             f"and a header of this model at most {max_header:,}")
+            raise ValueError(
+                f"cannot read {path}: its header claims {length:,} bytes, the file has {size:,} "
+                f"and a header of this model at most {max_header:,}"
+            )
         header = _parse_json(f.read(length), path)
     if not isinstance(header, dict):
         raise ValueError(f"cannot read {path}: the header is not a JSON object")
@@ -406,16 +421,22 @@ def _read_header(path, max_header):
     data_bytes = size - 8 - length
     for name, entry in header.items():
         what = f"cannot read {path}: entry {name!r}"
-        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
-                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+        ):
             raise ValueError(f"{what} is malformed")
         shape, (begin, end) = entry["shape"], entry["data_offsets"]
         if entry.get("dtype") not in DTYPES:
             raise ValueError(f"{what} must hold floats ({', '.join(DTYPES)}), got dtype {entry.get('dtype')!r}")
         if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ValueError(f"{what} has an invalid shape {shape}")
-        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)) \
-                or not 0 <= begin <= end <= data_bytes:
+        if (
+            not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))
+            or not 0 <= begin <= end <= data_bytes
+        ):
             raise ValueError(f"{what} lies outside the file's {data_bytes:,} data bytes ({begin}, {end})")
         if end - begin != math.prod(shape) * np.dtype(DTYPES[entry["dtype"]]).itemsize:
             raise ValueError(f"{what}: shape {shape} does not match its {end - begin:,} bytes")
@@ -442,8 +463,10 @@ def _check_entries(path, entries, expected, optional=()):
         raise ValueError(f"{path}: unexpected entries {shown}")
     for name, shape in shapes.items():
         if tuple(entries[name]["shape"]) != tuple(shape):
-            raise ValueError(f"{path}: entry {name!r} has shape {tuple(entries[name]['shape'])}, expected "
-                             f"{tuple(shape)} from {CONFIG_FILE}")
+            raise ValueError(
+                f"{path}: entry {name!r} has shape {tuple(entries[name]['shape'])}, expected "
+                f"{tuple(shape)} from {CONFIG_FILE}"
+            )
 
 
 def _read_tensors(path, names, save_id):
@@ -452,8 +475,10 @@ def _read_tensors(path, names, save_id):
         with safe_open(str(path), framework="np") as f:
             found_id = (f.metadata() or {}).get("save_id")
             if found_id != save_id:
-                raise ValueError(f"{path} does not belong to the same save as {CONFIG_FILE} "
-                                 "(an interrupted format-1 save?); save the model again")
+                raise ValueError(
+                    f"{path} does not belong to the same save as {CONFIG_FILE} "
+                    "(an interrupted format-1 save?); save the model again"
+                )
             return {name: f.get_tensor(name) for name in names}
     except ValueError:
         raise
@@ -500,8 +525,9 @@ def load_into(directory, model):
         config = read_config(directory)
         saved = config["model"]
         if saved != model.config():
-            changed = [f"{k} was {v!r}, now {model.config().get(k)!r}" for k, v in saved.items()
-                       if model.config().get(k) != v]
+            changed = [
+                f"{k} was {v!r}, now {model.config().get(k)!r}" for k, v in saved.items() if model.config().get(k) != v
+            ]
             raise ValueError(f"the checkpoint in {directory} is of a different model: " + "; ".join(changed))
         return _restore(save_path(directory, config), config, model)
 
@@ -524,8 +550,10 @@ def _restore(files, config, model, entries=None):
     tokenizer_path = files / TOKENIZER_FILE
     bound = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * model.vocab_size
     if tokenizer_path.stat().st_size > bound:
-        raise ValueError(f"{tokenizer_path}: {tokenizer_path.stat().st_size:,} bytes, more than a tokenizer of "
-                         f"{model.vocab_size:,} tokens can be ({bound:,}): corrupted")
+        raise ValueError(
+            f"{tokenizer_path}: {tokenizer_path.stat().st_size:,} bytes, more than a tokenizer of "
+            f"{model.vocab_size:,} tokens can be ({bound:,}): corrupted"
+        )
     tokenizer = Tokenizer.load(tokenizer_path)
     try:
         check_tokenizer(tokenizer, model.vocab_size)
@@ -551,14 +579,17 @@ def load_training_state(directory):
     if directory.is_dir():
         remove_leftovers(directory)
     if not (directory / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
-                                f"({'no ' + CONFIG_FILE if directory.is_dir() else 'no such directory'})")
+        raise FileNotFoundError(
+            f"{directory} holds no training checkpoint to resume from "
+            f"({'no ' + CONFIG_FILE if directory.is_dir() else 'no such directory'})"
+        )
     with _DirectoryLock(directory, create=False):
         config = read_config(directory)
         files = save_path(directory, config)
         if not config.get("has_training_state") or not (files / TRAINER_FILE).is_file():
-            raise FileNotFoundError(f"{directory} holds no training checkpoint to resume from "
-                                    "(train with a checkpoint directory first)")
+            raise FileNotFoundError(
+                f"{directory} holds no training checkpoint to resume from (train with a checkpoint directory first)"
+            )
         trainer = _read_json(files / TRAINER_FILE, "training position", MAX_TRAINER_BYTES)
         missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
         if missing:
@@ -572,8 +603,12 @@ def load_training_state(directory):
         no_dense_state = {"embedding.weight"} if settings.get("sparse_embedding") is True else set()
         if model.get("tie_weights") is True:
             no_dense_state.add("decoder.weight")  # one matrix with the embedding: its state is the embedding's
-        expected = [(f"{slot}.{name}", entry["shape"]) for slot in _optimizer_slots(settings)
-                    for name, entry in model_entries.items() if name not in no_dense_state]
+        expected = [
+            (f"{slot}.{name}", entry["shape"])
+            for slot in _optimizer_slots(settings)
+            for name, entry in model_entries.items()
+            if name not in no_dense_state
+        ]
         _, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
         _check_entries(path, entries, expected, OPTIONAL_TRAINING_ENTRIES)
         return _read_tensors(path, list(entries), config["save_id"]), trainer

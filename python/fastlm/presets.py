@@ -23,6 +23,7 @@ A preset is a set of keyword arguments for the three calls of a training run::
 
 Any of them can be overridden by editing the dicts (they are copies).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,17 @@ def _zaremba(name, hidden, steps, init, dropout, epochs, decay, decay_from, clip
         name=name,
         tokenizer=dict(level="word", eos="<eos>"),
         model=dict(embed_dim=hidden, hidden_size=hidden, num_layers=2, dropout=dropout, init_range=init),
-        fit=dict(optimizer="sgd", lr=float(steps), clip_norm=clip / steps, seq_len=steps, batch_size=20,
-                 epochs=epochs, stateful=True, lr_decay=decay, lr_decay_epoch=decay_from),
+        fit=dict(
+            optimizer="sgd",
+            lr=float(steps),
+            clip_norm=clip / steps,
+            seq_len=steps,
+            batch_size=20,
+            epochs=epochs,
+            stateful=True,
+            lr_decay=decay,
+            lr_decay_epoch=decay_from,
+        ),
         published_test_perplexity=perplexity,
     )
 

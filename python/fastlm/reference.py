@@ -10,6 +10,7 @@ Python: only over time steps (the recurrence) and over row chunks of the output 
 Shapes: B batch, T time steps, I layer input width, H hidden size, E embedding
 width, V vocabulary size, N = B*T rows of the output layer.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ def sigmoid(a):
 
 # ---------------------------------------------------------------- embedding
 
+
 def embedding_forward(weight, ids):
     """weight (V, E), ids (B, T) integers -> (B, T, E) rows of weight."""
     return weight[ids]
@@ -40,6 +42,7 @@ def embedding_backward(dout, ids, vocab_size):
 
 
 # ---------------------------------------------------------------- one LSTM layer
+
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     """One LSTM layer over a whole sequence, PyTorch's equations and gate order (i, f, g, o).
@@ -59,10 +62,10 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     h, c = h0, c0
     for t in range(T):
         a = pre[:, t] + h @ w_hh.T
-        i = sigmoid(a[:, 0 * H:1 * H])
-        f = sigmoid(a[:, 1 * H:2 * H])
-        g = np.tanh(a[:, 2 * H:3 * H])
-        o = sigmoid(a[:, 3 * H:4 * H])
+        i = sigmoid(a[:, 0 * H : 1 * H])
+        f = sigmoid(a[:, 1 * H : 2 * H])
+        g = np.tanh(a[:, 2 * H : 3 * H])
+        o = sigmoid(a[:, 3 * H : 4 * H])
         c = f * c + i * g
         h = o * np.tanh(c)
         gates[:, t] = np.concatenate([i, f, g, o], axis=1)
@@ -85,17 +88,20 @@ def lstm_backward(dhs, dh_n, dc_n, x, w_ih, w_hh, h0, c0, hs, cs, gates):
     dc_next = np.zeros((B, H), dtype=x.dtype) if dc_n is None else dc_n
     dpre = np.empty_like(gates)  # gradient w.r.t. the gate pre-activations
     for t in reversed(range(T)):
-        i, f, g, o = (gates[:, t, k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (gates[:, t, k * H : (k + 1) * H] for k in range(4))
         c_prev = cs[:, t - 1] if t > 0 else c0
         tanh_c = np.tanh(cs[:, t])
         dh = dhs[:, t] + dh_next
         dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-        dpre[:, t] = np.concatenate([
-            dc * g * i * (1.0 - i),
-            dc * c_prev * f * (1.0 - f),
-            dc * i * (1.0 - g * g),
-            dh * tanh_c * o * (1.0 - o),
-        ], axis=1)
+        dpre[:, t] = np.concatenate(
+            [
+                dc * g * i * (1.0 - i),
+                dc * c_prev * f * (1.0 - f),
+                dc * i * (1.0 - g * g),
+                dh * tanh_c * o * (1.0 - o),
+            ],
+            axis=1,
+        )
         dh_next = dpre[:, t] @ w_hh
         dc_next = dc * f
     h_prev = np.concatenate([h0[:, None], hs[:, :-1]], axis=1)
@@ -108,6 +114,7 @@ def lstm_backward(dhs, dh_n, dc_n, x, w_ih, w_hh, h0, c0, hs, cs, gates):
 
 
 # ---------------------------------------------------------------- output layer + softmax cross-entropy
+
 
 def _row_chunks(n_rows, vocab_size):
     step = max(1, LOGIT_CHUNK_ELEMENTS // max(1, vocab_size))
@@ -166,6 +173,7 @@ def output_loss_forward_backward(h, weight, bias, targets):
 # torch.nn.AdaptiveLogSoftmaxWithLoss: a head over the shortlist [0, c1) and one column per
 # cluster; cluster i's words [c_i, c_{i+1}) get the head's log-probability of column c1 + i
 # plus the log-softmax of the tail out_i (proj_i h). c1 is the head's rows less the clusters.
+
 
 def _log_softmax(logits):
     peak = logits.max(axis=1, keepdims=True)
@@ -240,7 +248,7 @@ def adaptive_log_prob(h, head_weight, head_bias, proj_weights, out_weights):
     """The full distribution: (N, V) log-probabilities of every word."""
     starts = _cluster_starts(head_weight, out_weights)
     head = _head_log_prob(h, head_weight, head_bias)
-    parts = [head[:, :starts[0]]]
+    parts = [head[:, : starts[0]]]
     for i, (proj, out) in enumerate(zip(proj_weights, out_weights)):
         parts.append(_log_softmax((h @ proj.T) @ out.T) + head[:, starts[0] + i, None])
     return np.concatenate(parts, axis=1)
@@ -283,6 +291,7 @@ def adaptive_output_scores(h, head_weight, head_bias, proj_weights, out_weights,
 
 # ---------------------------------------------------------------- optimizer
 
+
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     """One Adam step in place on param, m, v, as torch.optim.Adam computes it.
 
@@ -294,8 +303,8 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     m += (1.0 - beta1) * grad
     v *= beta2
     v += (1.0 - beta2) * grad * grad
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
     denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps
     param -= (lr / bias_correction1) * m / denom
 
@@ -336,7 +345,7 @@ def sparse_adam_update(param, rows, grad, m, v, slots, step, lr, beta1=0.9, beta
     moments of the rows seen). Unlike Adam, eps is added to sqrt(v) before the bias correction."""
     m[slots] += (grad - m[slots]) * (1.0 - beta1)
     v[slots] += (grad * grad - v[slots]) * (1.0 - beta2)
-    step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
     param[rows] -= np.asarray(step_size, dtype=param.dtype) * (m[slots] / (np.sqrt(v[slots]) + eps))
 
 
@@ -359,6 +368,7 @@ def clip_grad_norm(grads, max_norm):
 
 
 # ---------------------------------------------------------------- data
+
 
 def windows(ids, seq_len, stride=1):
     """Cut a 1-D id array into inputs x and targets y, each (N, seq_len) int32.
@@ -401,7 +411,7 @@ class SplitMix64:
         return z ^ (z >> 31)
 
     def uniform(self):
-        return (self.next() >> 11) * 2.0 ** -53
+        return (self.next() >> 11) * 2.0**-53
 
 
 def sample_token(logits, temperature, top_k, top_p, rng, suppressed=-1):
@@ -423,7 +433,7 @@ def sample_token(logits, temperature, top_k, top_p, rng, suppressed=-1):
             order = order[:top_k]
         if top_p < 1.0:
             cumulative = np.cumsum(weights[order], dtype=np.float64)
-            order = order[:int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
+            order = order[: int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
     kept = weights[order]
     cumulative = np.cumsum(kept, dtype=np.float64)
     target = rng.uniform() * cumulative[-1]
@@ -448,9 +458,12 @@ def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
     sampler's algorithm, drawing the same numbers).
     """
     n = sum(1 for name in params if name.endswith(".0.weight") and name.startswith("decoder.tail."))
-    head_weight, head_bias, projs, outs = (params["decoder.head.weight"], params.get("decoder.head.bias"),
-                                           [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
-                                           [params[f"decoder.tail.{i}.1.weight"] for i in range(n)])
+    head_weight, head_bias, projs, outs = (
+        params["decoder.head.weight"],
+        params.get("decoder.head.bias"),
+        [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
+        [params[f"decoder.tail.{i}.1.weight"] for i in range(n)],
+    )
     starts = _cluster_starts(head_weight, outs)
     c1 = int(starts[0])
     head = _head_log_prob(h[None], head_weight, head_bias)[0]
@@ -460,8 +473,9 @@ def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
         if i not in tails:
             logits = (h @ projs[i].T) @ outs[i].T
             if not np.all(np.isfinite(logits)):
-                raise FloatingPointError("the adaptive decoder's logits hold NaN or infinity: the weights overflow "
-                                         "float32")
+                raise FloatingPointError(
+                    "the adaptive decoder's logits hold NaN or infinity: the weights overflow float32"
+                )
             tails[i] = _log_softmax(logits[None])[0]
         return tails[i]
 
@@ -502,17 +516,27 @@ def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
 def _adaptive_decoder(params):
     """An adaptive decoder's weights from the state_dict: (head_weight, head_bias, proj_weights, out_weights)."""
     n = sum(1 for name in params if name.startswith("decoder.tail.") and name.endswith(".0.weight"))
-    return (params["decoder.head.weight"], params.get("decoder.head.bias"),
-            [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
-            [params[f"decoder.tail.{i}.1.weight"] for i in range(n)])
+    return (
+        params["decoder.head.weight"],
+        params.get("decoder.head.bias"),
+        [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
+        [params[f"decoder.tail.{i}.1.weight"] for i in range(n)],
+    )
 
 
 def _lstm_step(params, num_layers, h, c, tokens):
     """Feed one token per row through every layer, updating the states h, c (lists per layer)."""
     x = params["embedding.weight"][tokens][:, None]
     for k in range(num_layers):
-        hs, cs, _ = lstm_forward(x, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
-                                 params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], h[k], c[k])
+        hs, cs, _ = lstm_forward(
+            x,
+            params[f"lstm.weight_ih_l{k}"],
+            params[f"lstm.weight_hh_l{k}"],
+            params[f"lstm.bias_ih_l{k}"],
+            params[f"lstm.bias_hh_l{k}"],
+            h[k],
+            c[k],
+        )
         h[k], c[k] = hs[:, 0], cs[:, 0]
         x = hs
 
@@ -550,16 +574,20 @@ class GenerationSession:
                 return token
             if self.sampling[0] == 0:
                 break
-        raise ValueError("the suppressed token (<unk>) is this adaptive model's choice at every draw: "
-                         "generate with suppress_unk=False")
+        raise ValueError(
+            "the suppressed token (<unk>) is this adaptive model's choice at every draw: "
+            "generate with suppress_unk=False"
+        )
 
     def _logits(self):
         self._advance()
         logits = self.h[-1] @ self.params["decoder.weight"].T + self.params["decoder.bias"]
         if not np.all(np.isfinite(logits)):
             bad = int(np.nonzero(~np.all(np.isfinite(logits), axis=1))[0][0])
-            raise FloatingPointError(f"the logits at new token {self.drawn + 1} of sample {bad} hold NaN or "
-                                     "infinity: the weights overflow float32")
+            raise FloatingPointError(
+                f"the logits at new token {self.drawn + 1} of sample {bad} hold NaN or "
+                "infinity: the weights overflow float32"
+            )
         return logits
 
     def next(self, count):
@@ -570,8 +598,9 @@ class GenerationSession:
                 out[:, n] = [self._adaptive_sample(self.h[-1][s], rng) for s, rng in enumerate(self.rngs)]
             else:
                 logits = self._logits()
-                out[:, n] = [sample_token(logits[s], *self.sampling, rng, self.suppressed)
-                             for s, rng in enumerate(self.rngs)]
+                out[:, n] = [
+                    sample_token(logits[s], *self.sampling, rng, self.suppressed) for s, rng in enumerate(self.rngs)
+                ]
             self.pending = out[:, n]
             self.drawn += 1
         return out
@@ -614,11 +643,11 @@ def score_sequences(params, num_layers, ids, offsets, bos=-1, batch_size=256):
     ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     if bos >= 0:
-        inputs = [np.concatenate([[bos], ids[a:b - 1]]) if b > a else ids[a:a] for a, b in zip(offsets, offsets[1:])]
+        inputs = [np.concatenate([[bos], ids[a : b - 1]]) if b > a else ids[a:a] for a, b in zip(offsets, offsets[1:])]
         targets = [ids[a:b] for a, b in zip(offsets, offsets[1:])]
     else:
-        inputs = [ids[a:b - 1] for a, b in zip(offsets, offsets[1:])]
-        targets = [ids[a + 1:b] for a, b in zip(offsets, offsets[1:])]
+        inputs = [ids[a : b - 1] for a, b in zip(offsets, offsets[1:])]
+        targets = [ids[a + 1 : b] for a, b in zip(offsets, offsets[1:])]
     steps = np.array([len(t) for t in targets], dtype=np.int64)
     log_probs, predictions, ranks = [], [], []
     for g in range(0, len(lengths), batch_size):
@@ -630,13 +659,20 @@ def score_sequences(params, num_layers, ids, offsets, bos=-1, batch_size=256):
         valid = np.zeros((len(group), T), dtype=bool)
         y = np.zeros((len(group), T), dtype=np.int64)
         for r, i in enumerate(group):
-            x[r, :steps[i]], y[r, :steps[i]], valid[r, :steps[i]] = inputs[i], targets[i], True
+            x[r, : steps[i]], y[r, : steps[i]], valid[r, : steps[i]] = inputs[i], targets[i], True
         layer = params["embedding.weight"][x]
         H = params["lstm.weight_hh_l0"].shape[1]
         zeros = np.zeros((len(group), H), np.float32)
         for k in range(num_layers):
-            layer, _, _ = lstm_forward(layer, params[f"lstm.weight_ih_l{k}"], params[f"lstm.weight_hh_l{k}"],
-                                       params[f"lstm.bias_ih_l{k}"], params[f"lstm.bias_hh_l{k}"], zeros, zeros)
+            layer, _, _ = lstm_forward(
+                layer,
+                params[f"lstm.weight_ih_l{k}"],
+                params[f"lstm.weight_hh_l{k}"],
+                params[f"lstm.bias_ih_l{k}"],
+                params[f"lstm.bias_hh_l{k}"],
+                zeros,
+                zeros,
+            )
         rows, row_targets = layer[valid], y[valid]  # row-major: sequence by sequence, in order
         if "decoder.head.weight" in params:
             scores = adaptive_output_scores(rows, *_adaptive_decoder(params), row_targets)
@@ -653,6 +689,10 @@ def prediction_counts(targets, predictions, vocab_size):
     """(3, vocab_size) int64: per token id, the true positives (predicted and right), the
     predictions and the targets, from which per-token precision and recall follow."""
     targets, predictions = np.asarray(targets), np.asarray(predictions)
-    return np.stack([np.bincount(targets[predictions == targets], minlength=vocab_size),
-                     np.bincount(predictions, minlength=vocab_size),
-                     np.bincount(targets, minlength=vocab_size)]).astype(np.int64)
+    return np.stack(
+        [
+            np.bincount(targets[predictions == targets], minlength=vocab_size),
+            np.bincount(predictions, minlength=vocab_size),
+            np.bincount(targets, minlength=vocab_size),
+        ]
+    ).astype(np.int64)

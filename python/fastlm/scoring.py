@@ -12,6 +12,7 @@ PTB style: a sentence starts after the previous one's ``<eos>``) or, for a chara
 without one, the newline. A model with neither has no boundary to condition on or to
 predict: ``bos=True`` / ``eos=True`` then raise ValueError saying so (pass False).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ LOG10_E = 1.0 / math.log(10.0)
 def _sequence_list(sequences, vocab_size):
     """The sequences as one int32 array and offsets; errors name the sequence at fault."""
     if isinstance(sequences, np.ndarray) and sequences.ndim == 1 and sequences.dtype.kind in "iu":
-        raise TypeError("sequences must be a list of 1-D id arrays (one per sequence), got a single 1-D "
-                        "array: wrap it in a list")
+        raise TypeError(
+            "sequences must be a list of 1-D id arrays (one per sequence), got a single 1-D array: wrap it in a list"
+        )
     try:
         arrays = [np.asarray(s) for s in sequences]
     except TypeError:
@@ -45,8 +47,10 @@ def _sequence_list(sequences, vocab_size):
     bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
     if bad.size:
         sequence = int(np.searchsorted(offsets, bad[0], side="right")) - 1
-        raise ValueError(f"sequence {sequence} holds id {ids[bad[0]]} at position {bad[0] - offsets[sequence]}, "
-                         f"outside the vocabulary [0, {vocab_size})")
+        raise ValueError(
+            f"sequence {sequence} holds id {ids[bad[0]]} at position {bad[0] - offsets[sequence]}, "
+            f"outside the vocabulary [0, {vocab_size})"
+        )
     return ids.astype(np.int32), offsets
 
 
@@ -62,8 +66,9 @@ def log_probs(model, sequences, bos=None, batch_size=256):
     bos = check_int("bos", bos, 0, model.vocab_size - 1, allow_none=True)
     batch_size = check_int("batch_size", batch_size, 1)
     ids, offsets = _sequence_list(sequences, model.vocab_size)
-    scores, _, _ = model.ops.score_sequences(model.reading_params(), model.num_layers, ids, offsets,
-                                             -1 if bos is None else int(bos), int(batch_size))
+    scores, _, _ = model.ops.score_sequences(
+        model.reading_params(), model.num_layers, ids, offsets, -1 if bos is None else int(bos), int(batch_size)
+    )
     counts = np.diff(offsets) if bos is not None else np.maximum(np.diff(offsets) - 1, 0)
     return np.split(scores, np.cumsum(counts)[:-1]) if len(counts) else []
 
@@ -106,17 +111,22 @@ def _sentences(model, sentences, bos, eos):
     boundary = boundary_id(tokenizer)
     if (bos or eos) and boundary is None:
         which = "bos" if bos else "eos"
-        raise ValueError(f"{which}=True needs a sentence-boundary token, and this word-level tokenizer has none: "
-                         "train with Tokenizer.fit(..., eos='<eos>'), or pass bos=False, eos=False")
+        raise ValueError(
+            f"{which}=True needs a sentence-boundary token, and this word-level tokenizer has none: "
+            "train with Tokenizer.fit(..., eos='<eos>'), or pass bos=False, eos=False"
+        )
     seqs = []
     for i, s in enumerate(sentences):
         ids = sentence_ids(tokenizer, s, boundary)
         if eos:
             ids = np.append(ids, boundary).astype(np.int32)
         if len(ids) == 0 or (not bos and len(ids) < 2):
-            raise ValueError(f"sentence {i} ({s!r}) has no token to score: it is empty" if not s.split() else
-                             f"sentence {i} ({s!r}) has no token to score with bos=False, eos=False: its first "
-                             "token is context only")
+            raise ValueError(
+                f"sentence {i} ({s!r}) has no token to score: it is empty"
+                if not s.split()
+                else f"sentence {i} ({s!r}) has no token to score with bos=False, eos=False: its first "
+                "token is context only"
+            )
         seqs.append(ids)
     return seqs, (boundary if bos else None), single
 
@@ -135,8 +145,9 @@ def perplexity(model, sentences, bos=True, eos=True):
     """10 ** (-score / scored tokens): the per-token perplexity of a sentence (or a list of
     them), the boundary included when eos=True, as KenLM's Model.perplexity."""
     seqs, bos_id, single = _sentences(model, sentences, bos, eos)
-    values = [10.0 ** (-float(np.sum(lp, dtype=np.float64)) * LOG10_E / len(lp))
-              for lp in log_probs(model, seqs, bos_id)]
+    values = [
+        10.0 ** (-float(np.sum(lp, dtype=np.float64)) * LOG10_E / len(lp)) for lp in log_probs(model, seqs, bos_id)
+    ]
     return values[0] if single else values
 
 
@@ -161,8 +172,9 @@ def output_scores(model, rows, targets, params):
     output_scores kernel, or for an adaptive decoder its full distribution in row chunks."""
     if getattr(model, "cutoffs", None) is None:
         return model.ops.output_scores(rows, params["decoder.weight"], params["decoder.bias"], targets)
-    return reference.adaptive_output_scores(rows, *adaptive.decoder_arguments(params, len(model.cutoffs)), targets,
-                                            log_prob=model.ops.adaptive_log_prob)
+    return reference.adaptive_output_scores(
+        rows, *adaptive.decoder_arguments(params, len(model.cutoffs)), targets, log_prob=model.ops.adaptive_log_prob
+    )
 
 
 class NextTokenMetrics:
@@ -188,13 +200,21 @@ class NextTokenMetrics:
         present = (predicted > 0) | (actual > 0)  # the tokens macro averages run over
         precision = np.divide(true_positives, predicted, out=np.zeros(self.vocab_size), where=predicted > 0)
         recall = np.divide(true_positives, actual, out=np.zeros(self.vocab_size), where=actual > 0)
-        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(self.vocab_size),
-                       where=precision + recall > 0)
-        return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf,
-                "accuracy": int(true_positives.sum()) / tokens, "top_k": self.top_k,
-                "top_k_accuracy": self.top_k_correct / tokens,
-                "precision": float(precision[present].mean()), "recall": float(recall[present].mean()),
-                "f1": float(f1[present].mean()), "bits_per_token": mean / math.log(2), "tokens": tokens}
+        f1 = np.divide(
+            2 * precision * recall, precision + recall, out=np.zeros(self.vocab_size), where=precision + recall > 0
+        )
+        return {
+            "loss": mean,
+            "perplexity": math.exp(mean) if mean < 700 else math.inf,
+            "accuracy": int(true_positives.sum()) / tokens,
+            "top_k": self.top_k,
+            "top_k_accuracy": self.top_k_correct / tokens,
+            "precision": float(precision[present].mean()),
+            "recall": float(recall[present].mean()),
+            "f1": float(f1[present].mean()),
+            "bits_per_token": mean / math.log(2),
+            "tokens": tokens,
+        }
 
 
 # ------------------------------------------------------------------ the next token

@@ -6,6 +6,7 @@ weights) advanced a few tokens per call, so the prompt runs once and the tokens 
 those generate draws with the same seed. Functions take the model first and are attached
 to LSTMNetwork (fastlm.model) as methods.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,7 @@ def first_stop_id(ids, stop_ids):
 def cut_at_stop(text, stop_strings):
     """text up to the earliest stop string, and whether one was found."""
     at = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    return (text[:min(at)], True) if at else (text, False)
+    return (text[: min(at)], True) if at else (text, False)
 
 
 def _held_back(text, stop_strings):
@@ -83,8 +84,17 @@ def _chunks(max_new_tokens):
         left -= CHUNK
 
 
-def stream(model, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None, stop=None,
-           suppress_unk=True):
+def stream(
+    model,
+    prompt="",
+    max_new_tokens=200,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    seed=None,
+    stop=None,
+    suppress_unk=True,
+):
     """Generate after prompt, yielding as tokens are sampled.
 
     prompt: a str (through the tokenizer; yields text pieces whose concatenation is the
@@ -98,8 +108,7 @@ def stream(model, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, to
     tokenizer = model.require_tokenizer() if text else None
     stop_strings, stop_ids = check_stop(stop, text)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
-    session = model.session(model.prompt_ids(prompt) if text else prompt, temperature, top_k, top_p, seed,
-                            suppress_unk)
+    session = model.session(model.prompt_ids(prompt) if text else prompt, temperature, top_k, top_p, seed, suppress_unk)
     previous = None  # the last token decoded: text pieces are decoded with one token of context
     pending = ""  # decoded text not yet yielded (it may begin a stop string)
     for count in _chunks(max_new_tokens):
@@ -112,7 +121,8 @@ def stream(model, prompt="", max_new_tokens=200, temperature=1.0, top_k=None, to
         elif ids.size:
             context = [] if previous is None else [previous]
             pending += tokenizer.decode(np.concatenate([context, ids]).astype(np.int32))[
-                len(tokenizer.decode(np.array(context, dtype=np.int32))):]
+                len(tokenizer.decode(np.array(context, dtype=np.int32))) :
+            ]
             previous = int(ids[-1])
             shown, stopped = cut_at_stop(pending, stop_strings)
             if stopped:

@@ -15,6 +15,7 @@ Files are written to a temporary name, the header last, and renamed, so a crash 
 leaves a half-written file under the final name; a file that was cut short afterwards
 (a copy interrupted) is detected from its size.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -86,12 +87,14 @@ def read_header(path):
         raise IsADirectoryError(f"{path} is a directory, not a token file")
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
-    if head[:len(MAGIC)] != MAGIC:
-        raise ValueError(f"{path} is not a fastlm token file (it starts with {head[:8]!r}, not {MAGIC!r}); "
-                         "write one with `fastlm encode` or fastlm.save_ids")
+    if head[: len(MAGIC)] != MAGIC:
+        raise ValueError(
+            f"{path} is not a fastlm token file (it starts with {head[:8]!r}, not {MAGIC!r}); "
+            "write one with `fastlm encode` or fastlm.save_ids"
+        )
     if len(head) < HEADER_BYTES:
         raise ValueError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
-    _, version, itemsize, vocab_size, count = _HEADER.unpack(head[:_HEADER.size])
+    _, version, itemsize, vocab_size, count = _HEADER.unpack(head[: _HEADER.size])
     if version != VERSION:
         raise ValueError(f"{path} is a token file of format version {version}; this fastlm reads version {VERSION}")
     if itemsize not in _DTYPES or not 0 < vocab_size <= 2**31 or (itemsize == 2 and vocab_size > 2**16):
@@ -99,8 +102,10 @@ def read_header(path):
     expected = HEADER_BYTES + count * itemsize
     if size != expected:
         problem = "is truncated" if size < expected else "has trailing bytes"
-        raise ValueError(f"{path} {problem}: its header announces {count:,} ids of {itemsize} bytes "
-                         f"({expected:,} bytes with the header), the file holds {size:,} bytes")
+        raise ValueError(
+            f"{path} {problem}: its header announces {count:,} ids of {itemsize} bytes "
+            f"({expected:,} bytes with the header), the file holds {size:,} bytes"
+        )
     return {"path": str(path), "vocab_size": int(vocab_size), "dtype": _DTYPES[itemsize], "tokens": int(count)}
 
 
@@ -116,8 +121,9 @@ def open_ids(path, vocab_size=None):
         raise ValueError(f"{path} holds no ids")
     ids = np.memmap(path, dtype=header["dtype"], mode="r", offset=HEADER_BYTES, shape=(header["tokens"],))
     if vocab_size is not None:
-        check_corpus(f"{path}", ids, vocab_size,
-                     note=f" (it was encoded with a vocabulary of {header['vocab_size']:,})")
+        check_corpus(
+            f"{path}", ids, vocab_size, note=f" (it was encoded with a vocabulary of {header['vocab_size']:,})"
+        )
     return ids
 
 
@@ -136,7 +142,7 @@ def check_corpus(name, ids, vocab_size, note=""):
     if ids.size == 0:
         raise ValueError(f"{name} is empty (shape {ids.shape})")
     for start in range(0, ids.size, _CHECK_CHUNK):
-        _check_range(name, ids[start:start + _CHECK_CHUNK], vocab_size, start, note)
+        _check_range(name, ids[start : start + _CHECK_CHUNK], vocab_size, start, note)
         release_pages(ids)
     if ids.dtype in (np.dtype("=u2"), np.dtype("=i4")) and ids.flags.c_contiguous:
         return ids
@@ -147,8 +153,10 @@ def _check_range(name, chunk, vocab_size, offset, note=""):
     low, high = chunk.min(), chunk.max()
     if low < 0 or high >= vocab_size:
         first = int(np.flatnonzero((chunk < 0) | (chunk >= vocab_size))[0])
-        raise ValueError(f"{name} holds id {chunk[first]} at offset {offset + first:,}, outside the vocabulary "
-                         f"[0, {vocab_size:,}){note}")
+        raise ValueError(
+            f"{name} holds id {chunk[first]} at offset {offset + first:,}, outside the vocabulary "
+            f"[0, {vocab_size:,}){note}"
+        )
 
 
 def _mapping(array):

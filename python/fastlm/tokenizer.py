@@ -55,6 +55,7 @@ Files
     encoding without line ends. ``load`` raises FileNotFoundError for a missing
     file and ValueError, naming the file and the problem, for anything else it cannot use.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -84,6 +85,7 @@ _LAST_SPACE = re.compile(r"\s\S*\Z")
 
 
 # ---------------------------------------------------------------- argument checks
+
 
 def _check_eos(eos, level):
     if eos is None:
@@ -228,7 +230,7 @@ def _whole_pieces(chunks, min_chars, max_run):
         head.append(buf[k][:end])
         rest = buf[k][end:]
         yield "".join(head)
-        buf = ([rest] if rest else []) + buf[k + 1:]
+        buf = ([rest] if rest else []) + buf[k + 1 :]
         size = sum(map(len, buf))
         cut_at = None  # nothing after the last whitespace holds whitespace
     if buf:
@@ -238,15 +240,20 @@ def _whole_pieces(chunks, min_chars, max_run):
 def _str_chunks(text):
     """Bounded slices of an in-memory str."""
     for start in range(0, len(text), _PIECE_CHARS):
-        yield text[start:start + _PIECE_CHARS]
+        yield text[start : start + _PIECE_CHARS]
 
 
 def _checked_chunks(iterable):
     for i, chunk in enumerate(iterable):
         if not isinstance(chunk, str):
-            raise TypeError(f"text chunk {i} must be a str, got {type(chunk).__name__}"
-                            + (" (open files in text mode, or use Tokenizer.fit_file)"
-                               if isinstance(chunk, (bytes, bytearray)) else ""))
+            raise TypeError(
+                f"text chunk {i} must be a str, got {type(chunk).__name__}"
+                + (
+                    " (open files in text mode, or use Tokenizer.fit_file)"
+                    if isinstance(chunk, (bytes, bytearray))
+                    else ""
+                )
+            )
         yield chunk
 
 
@@ -255,11 +262,14 @@ def _text_pieces(text, level):
     if isinstance(text, str):
         return _whole_pieces(_str_chunks(text), 1, _max_run(level))
     if isinstance(text, (bytes, bytearray, memoryview)):
-        raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}; "
-                        "decode it first, or use Tokenizer.fit_file")
+        raise TypeError(
+            f"text must be a str or an iterable of str, got {type(text).__name__}; "
+            "decode it first, or use Tokenizer.fit_file"
+        )
     if isinstance(text, os.PathLike):
-        raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}; "
-                        "use Tokenizer.fit_file for files")
+        raise TypeError(
+            f"text must be a str or an iterable of str, got {type(text).__name__}; use Tokenizer.fit_file for files"
+        )
     try:
         chunks = iter(text)
     except TypeError:
@@ -282,10 +292,12 @@ def _file_chunks(path, encoding, errors, chunk_size):
                 text = decoder.decode(data, final=not data)
             except UnicodeDecodeError as e:
                 at = offset - pending + e.start
-                bad = e.object[e.start:e.end]
-                raise ValueError(f"{path}: not valid {encoding} at byte offset {at} "
-                                 f"(byte {bad[:4]!r}: {e.reason}); pass errors='replace' to read it "
-                                 "with U+FFFD in place of undecodable bytes") from e
+                bad = e.object[e.start : e.end]
+                raise ValueError(
+                    f"{path}: not valid {encoding} at byte offset {at} "
+                    f"(byte {bad[:4]!r}: {e.reason}); pass errors='replace' to read it "
+                    "with U+FFFD in place of undecodable bytes"
+                ) from e
             offset += len(data)
             if text:
                 yield text
@@ -303,6 +315,7 @@ def _max_run(level):
 
 # ---------------------------------------------------------------- the tokenizer
 
+
 class Tokenizer:
     """A fitted vocabulary: encode text to int32 ids and decode ids back to text.
 
@@ -313,8 +326,18 @@ class Tokenizer:
     UNK = UNK
     UNK_ID = 0
 
-    def __init__(self, vocab, level="word", *, lowercase=False, split_punctuation=False, min_count=1,
-                 max_vocab=None, counts=None, eos=None):
+    def __init__(
+        self,
+        vocab,
+        level="word",
+        *,
+        lowercase=False,
+        split_punctuation=False,
+        min_count=1,
+        max_vocab=None,
+        counts=None,
+        eos=None,
+    ):
         options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
         vocab = tuple(vocab)
         if len(vocab) < 2 or vocab[0] != UNK:
@@ -325,8 +348,9 @@ class Tokenizer:
             if i > 0 and level == "char" and len(token) != 1:
                 raise ValueError(f"vocab entry {i} ({token!r}) is not a single character, as level='char' needs")
             if i > 0 and level == "word" and (not token or any(c.isspace() for c in token)):
-                raise ValueError(f"vocab entry {i} ({token!r}) is empty or holds whitespace, "
-                                 "so no word-level text can produce it")
+                raise ValueError(
+                    f"vocab entry {i} ({token!r}) is empty or holds whitespace, so no word-level text can produce it"
+                )
         index = {token: i for i, token in enumerate(vocab)}
         if options["eos"] is not None and options["eos"] not in index:
             raise ValueError(f"eos token {options['eos']!r} is not in the vocabulary")
@@ -355,8 +379,9 @@ class Tokenizer:
     # ------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False,
-            eos=None):
+    def fit(
+        cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False, eos=None
+    ):
         """Fit a vocabulary on text: a str, or an iterable of str chunks (read as their concatenation).
 
         min_count: tokens seen fewer times map to <unk>. max_vocab: keep at most this many
@@ -368,8 +393,20 @@ class Tokenizer:
         return cls._fit_pieces(_text_pieces(text, level), options)
 
     @classmethod
-    def fit_file(cls, path, level="word", *, min_count=1, max_vocab=None, lowercase=False,
-                 split_punctuation=False, eos=None, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES):
+    def fit_file(
+        cls,
+        path,
+        level="word",
+        *,
+        min_count=1,
+        max_vocab=None,
+        lowercase=False,
+        split_punctuation=False,
+        eos=None,
+        encoding="utf-8",
+        errors="strict",
+        chunk_size=_CHUNK_BYTES,
+    ):
         """Fit on a text file read in chunks of chunk_size bytes (memory bounded by the chunk and the vocabulary).
 
         The same vocabulary as ``fit(open(path, encoding=encoding, newline="").read(), ...)``.
@@ -392,11 +429,13 @@ class Tokenizer:
                 counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"], eos))
             counter.update(_final_eos(eos, last[0]))
             total = sum(counter.values())
-            items = sorted(((t, c) for t, c in counter.items() if (c >= min_count or t == eos) and t != UNK),
-                           key=lambda tc: (-tc[1], tc[0]))
+            items = sorted(
+                ((t, c) for t, c in counter.items() if (c >= min_count or t == eos) and t != UNK),
+                key=lambda tc: (-tc[1], tc[0]),
+            )
             if eos is not None and keep is not None and eos not in dict(items[:keep]):
                 # The line end is kept whatever its count: encoding must be able to produce it.
-                items = sorted(items[:keep - 1] + [(eos, counter[eos])], key=lambda tc: (-tc[1], tc[0]))
+                items = sorted(items[: keep - 1] + [(eos, counter[eos])], key=lambda tc: (-tc[1], tc[0]))
             items = items[:keep]
             tokens = [t for t, _ in items]
             kept = [c for _, c in items]
@@ -408,7 +447,7 @@ class Tokenizer:
                 piece_counts = np.bincount(_codepoints(piece))
                 if len(piece_counts) > len(counts):
                     counts = np.concatenate([counts, np.zeros(len(piece_counts) - len(counts), np.int64)])
-                counts[:len(piece_counts)] += piece_counts
+                counts[: len(piece_counts)] += piece_counts
             total = int(counts.sum())
             cps = np.flatnonzero(counts >= min_count)
             cps = cps[np.lexsort((cps, -counts[cps]))][:keep]
@@ -417,8 +456,9 @@ class Tokenizer:
         if total == 0:
             raise ValueError("empty corpus: the text holds no tokens to fit a vocabulary on")
         if not tokens:
-            raise ValueError(f"no token occurs at least min_count={min_count} times in the corpus "
-                             f"({total} tokens); lower min_count")
+            raise ValueError(
+                f"no token occurs at least min_count={min_count} times in the corpus ({total} tokens); lower min_count"
+            )
         return cls([UNK] + tokens, counts=[total - sum(kept)] + kept, **options)
 
     # ------------------------------------------------------------ vocabulary access
@@ -484,8 +524,9 @@ class Tokenizer:
         """The token strings of text, before lookup (word level: lowercased / punctuation split as configured)."""
         text = check_str("text", text)
         if self.level == "word":
-            return (_word_tokens(text, self.lowercase, self.split_punctuation, self.eos)
-                    + _final_eos(self.eos, text[-1] if text else None))
+            return _word_tokens(text, self.lowercase, self.split_punctuation, self.eos) + _final_eos(
+                self.eos, text[-1] if text else None
+            )
         return list(text.lower() if self.lowercase else text)
 
     def encode(self, text, return_unknown=False):
@@ -498,8 +539,7 @@ class Tokenizer:
         ids = self._encode_pieces(_text_pieces(text, self.level), capacity)
         return (ids, int(np.count_nonzero(ids == self.UNK_ID))) if return_unknown else ids
 
-    def encode_file(self, path, *, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES,
-                    return_unknown=False):
+    def encode_file(self, path, *, encoding="utf-8", errors="strict", chunk_size=_CHUNK_BYTES, return_unknown=False):
         """Token ids of a text file, read in chunks of chunk_size bytes; 1-D int32 array.
 
         Equal to ``encode(open(path, encoding=encoding, newline="").read())`` but memory
@@ -549,10 +589,9 @@ class Tokenizer:
             if n + k > len(out):
                 out.resize(max(n + k, len(out) + len(out) // 2 + 1024), refcheck=False)
             if self.level == "char":
-                self._char_ids(values, out=out[n:n + k])
+                self._char_ids(values, out=out[n : n + k])
             else:
-                out[n:n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)),
-                                           dtype=np.int32, count=k)
+                out[n : n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)), dtype=np.int32, count=k)
             n += k
         if final_eos and _final_eos(self.eos, last[0]):
             out.resize(n + 1, refcheck=False)
@@ -641,10 +680,14 @@ class Tokenizer:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"invalid format version {version!r}")
         if version > FORMAT:
-            raise ValueError(f"tokenizer format {version} is newer than this fastlm reads (format {FORMAT}); "
-                             "upgrade fastlm")
-        missing = [key for key in ("level", "lowercase", "split_punctuation", "min_count", "max_vocab", "vocab")
-                   if key not in data]
+            raise ValueError(
+                f"tokenizer format {version} is newer than this fastlm reads (format {FORMAT}); upgrade fastlm"
+            )
+        missing = [
+            key
+            for key in ("level", "lowercase", "split_punctuation", "min_count", "max_vocab", "vocab")
+            if key not in data
+        ]
         if missing:
             raise ValueError(f"missing {', '.join(map(repr, missing))}")
         if version < 2 and data.get("eos") is not None:
@@ -655,9 +698,16 @@ class Tokenizer:
             if key in data and data[key] is not None and not isinstance(data[key], list):
                 raise ValueError(f"{key!r} must be a list, got {type(data[key]).__name__}")
         try:
-            return cls(data["vocab"], data["level"], lowercase=data["lowercase"],
-                       split_punctuation=data["split_punctuation"], min_count=data["min_count"],
-                       max_vocab=data["max_vocab"], counts=data.get("counts"), eos=data.get("eos"))
+            return cls(
+                data["vocab"],
+                data["level"],
+                lowercase=data["lowercase"],
+                split_punctuation=data["split_punctuation"],
+                min_count=data["min_count"],
+                max_vocab=data["max_vocab"],
+                counts=data.get("counts"),
+                eos=data.get("eos"),
+            )
         except TypeError as e:
             raise ValueError(str(e)) from None
 

@@ -7,6 +7,7 @@ Every random choice (window order, dropout masks) is a pure function of (seed, e
 batch), and the full optimizer state is saved, so training stopped after any batch and
 resumed is bit-identical to an uninterrupted run with the same seed and thread count.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,12 +24,33 @@ from fastlm.checks import check_bool, check_choice, check_int, check_number, che
 from fastlm.token_file import check_corpus
 
 # Settings that must not change between a run and its resumption.
-RESUME_KEYS = ("seq_len", "batch_size", "stride", "shuffle", "stateful", "clip_norm", "weight_decay", "lr_decay",
-               "lr_patience", "early_stopping", "data_tokens", "optimizer", "momentum", "nesterov", "lr_decay_epoch",
-               "lr", "sparse_embedding")
+RESUME_KEYS = (
+    "seq_len",
+    "batch_size",
+    "stride",
+    "shuffle",
+    "stateful",
+    "clip_norm",
+    "weight_decay",
+    "lr_decay",
+    "lr_patience",
+    "early_stopping",
+    "data_tokens",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "lr_decay_epoch",
+    "lr",
+    "sparse_embedding",
+)
 # What checkpoints written before a setting was recorded trained with (lr: unknown, not compared).
-SETTINGS_BEFORE_RECORDED = {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "lr_decay_epoch": None,
-                           "sparse_embedding": False}
+SETTINGS_BEFORE_RECORDED = {
+    "optimizer": "adam",
+    "momentum": 0.0,
+    "nesterov": False,
+    "lr_decay_epoch": None,
+    "sparse_embedding": False,
+}
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -50,8 +72,18 @@ class Adam:
     def step(self, ops, params, grads):
         self.step_count += 1
         for name in self.m:
-            ops.adam_update(params[name], grads[name], self.m[name], self.v[name], self.step_count, self.lr,
-                            self.beta1, self.beta2, self.eps, self.weight_decay)
+            ops.adam_update(
+                params[name],
+                grads[name],
+                self.m[name],
+                self.v[name],
+                self.step_count,
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+                self.weight_decay,
+            )
         if self.sparse is not None:
             self.sparse.step(ops, params["embedding.weight"], *grads["embedding.weight"], self.lr)
 
@@ -90,21 +122,26 @@ class SparseAdam:
                 capacity = max(len(self.seen), 2 * len(self.m))
                 for name in ("m", "v"):
                     grown = np.zeros((capacity, self.m.shape[1]), dtype=np.float32)
-                    grown[:len(getattr(self, name))] = getattr(self, name)
+                    grown[: len(getattr(self, name))] = getattr(self, name)
                     setattr(self, name, grown)
         return self.slot[rows]
 
     def step(self, ops, param, rows, values, lr):
         self.step_count += 1
         slots = self._slots(rows)  # first: it may grow m and v
-        ops.sparse_adam_update(param, rows, values, self.m, self.v, slots, self.step_count, lr, self.beta1,
-                               self.beta2, self.eps)
+        ops.sparse_adam_update(
+            param, rows, values, self.m, self.v, slots, self.step_count, lr, self.beta1, self.beta2, self.eps
+        )
 
     def arrays(self):
         n = len(self.seen)
         # Optimizer files hold floats only: ids and the step count as float64 (exact below 2**53).
-        return {"sparse.seen": self.seen.astype(np.float64), "sparse.m": self.m[:n], "sparse.v": self.v[:n],
-                "sparse.step": np.array([self.step_count], dtype=np.float64)}
+        return {
+            "sparse.seen": self.seen.astype(np.float64),
+            "sparse.m": self.m[:n],
+            "sparse.v": self.v[:n],
+            "sparse.step": np.array([self.step_count], dtype=np.float64),
+        }
 
     def load_arrays(self, arrays):
         self.seen = np.array(arrays["sparse.seen"], dtype=np.int32)
@@ -131,8 +168,16 @@ class SGD:
     def step(self, ops, params, grads):
         self.step_count += 1
         for name, param in params.items():
-            ops.sgd_update(param, grads[name], self.buf.get(name), self.step_count, self.lr, self.momentum,
-                           self.weight_decay, self.nesterov)
+            ops.sgd_update(
+                param,
+                grads[name],
+                self.buf.get(name),
+                self.step_count,
+                self.lr,
+                self.momentum,
+                self.weight_decay,
+                self.nesterov,
+            )
 
     def arrays(self):
         return {f"momentum.{k}": v for k, v in self.buf.items()}
@@ -187,12 +232,15 @@ def _make_batches(model, data, y, seq_len, batch_size, stride, shuffle, stateful
         return ArrayBatches(x, y, batch_size, shuffle, model.seed, rows), x.size
     ids = check_corpus("ids", data, model.vocab_size)
     if len(ids) < seq_len + 1:
-        raise ValueError(f"the corpus has {len(ids)} tokens; training windows of seq_len={seq_len} "
-                         f"need at least {seq_len + 1}")
+        raise ValueError(
+            f"the corpus has {len(ids)} tokens; training windows of seq_len={seq_len} need at least {seq_len + 1}"
+        )
     if stateful:
         if len(ids) - 1 < batch_size * seq_len:
-            raise ValueError(f"stateful training cuts the corpus into batch_size={batch_size} streams of at least "
-                             f"seq_len={seq_len} tokens: it needs {batch_size * seq_len + 1} tokens, has {len(ids)}")
+            raise ValueError(
+                f"stateful training cuts the corpus into batch_size={batch_size} streams of at least "
+                f"seq_len={seq_len} tokens: it needs {batch_size * seq_len + 1} tokens, has {len(ids)}"
+            )
         return ContiguousBatches(ids, seq_len, batch_size, rows), len(ids)
     return WindowBatches(model.ops, ids, seq_len, batch_size, stride, shuffle, model.seed, rows), len(ids)
 
@@ -201,27 +249,57 @@ def _progress_bar(progress, total, initial, epoch, epochs):
     if not progress:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
-                dynamic_ncols=True)
+
+    return tqdm(
+        total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True, dynamic_ncols=True
+    )
 
 
 def _trains_a_copy(function):
     """Decorate fit: the model trains on a copy of its weights, so that other threads reading
     it meanwhile see the weights as they were (LSTMNetwork.training_snapshot)."""
+
     @functools.wraps(function)
     def run(model, *args, **kwargs):
         with model.training_snapshot():
             return function(model, *args, **kwargs)
+
     return run
 
 
 @_trains_a_copy
 @distributed.aborts_every_rank
-def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, stride=None, shuffle=True,
-        stateful=False, val_ids=None, clip_norm=None, weight_decay=0.0, lr_decay=None, lr_patience=0,
-        early_stopping=None, checkpoint_dir=None, resume=False, tokenizer=None, progress=True, max_batches=None,
-        callback=None, comm=None, optimizer="adam", momentum=0.0, nesterov=False, lr_decay_epoch=None,
-        sparse_embedding=False):
+def fit(
+    model,
+    data,
+    y=None,
+    *,
+    seq_len=100,
+    batch_size=32,
+    epochs=10,
+    lr=1e-3,
+    stride=None,
+    shuffle=True,
+    stateful=False,
+    val_ids=None,
+    clip_norm=None,
+    weight_decay=0.0,
+    lr_decay=None,
+    lr_patience=0,
+    early_stopping=None,
+    checkpoint_dir=None,
+    resume=False,
+    tokenizer=None,
+    progress=True,
+    max_batches=None,
+    callback=None,
+    comm=None,
+    optimizer="adam",
+    momentum=0.0,
+    nesterov=False,
+    lr_decay_epoch=None,
+    sparse_embedding=False,
+):
     """Train with Adam or SGD on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
     data: 1-D token ids, or (N, T) input windows with y (N, T) their targets. 1-D ids may be
@@ -265,18 +343,26 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     dist = distributed.group(comm)
     sparse_embedding = check_bool("sparse_embedding", sparse_embedding)
     if sparse_embedding and weight_decay:
-        raise ValueError(f"sparse_embedding=True follows torch.optim.SparseAdam, which has no weight decay; "
-                         f"got weight_decay={weight_decay}")
+        raise ValueError(
+            f"sparse_embedding=True follows torch.optim.SparseAdam, which has no weight decay; "
+            f"got weight_decay={weight_decay}"
+        )
     if sparse_embedding and optimizer != "adam":
-        reason = ("SGD's momentum with sparse gradients is not defined (PyTorch refuses it too)" if momentum
-                  else "it is implemented for Adam (torch.optim.SparseAdam) only")
+        reason = (
+            "SGD's momentum with sparse gradients is not defined (PyTorch refuses it too)"
+            if momentum
+            else "it is implemented for Adam (torch.optim.SparseAdam) only"
+        )
         raise ValueError(f"sparse_embedding=True with optimizer={optimizer!r}, momentum={momentum!r}: {reason}")
     if sparse_embedding and model.tie_weights:
-        raise ValueError("sparse_embedding=True cannot go with tie_weights=True: the shared matrix's gradient is "
-                         "dense (the decoder's)")
+        raise ValueError(
+            "sparse_embedding=True cannot go with tie_weights=True: the shared matrix's gradient is "
+            "dense (the decoder's)"
+        )
     if sparse_embedding and dist.size > 1:
-        raise ValueError("sparse_embedding=True is not supported with comm (data-parallel training sums dense "
-                         "gradients)")
+        raise ValueError(
+            "sparse_embedding=True is not supported with comm (data-parallel training sums dense gradients)"
+        )
     if tokenizer is None:
         tokenizer = model.tokenizer
     epochs = check_int("epochs", epochs, 1)
@@ -300,17 +386,20 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
     momentum = check_number("momentum", momentum, "[0, inf)")
     nesterov = check_bool("nesterov", nesterov)
     if momentum and optimizer != "sgd":
-        raise ValueError(f"momentum applies to optimizer='sgd' (Adam has its own betas), got momentum={momentum!r} "
-                         f"with optimizer={optimizer!r}")
+        raise ValueError(
+            f"momentum applies to optimizer='sgd' (Adam has its own betas), got momentum={momentum!r} "
+            f"with optimizer={optimizer!r}"
+        )
     if nesterov and not momentum > 0:
         raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
     lr_decay_epoch = check_int("lr_decay_epoch", lr_decay_epoch, 1, allow_none=True)
     if lr_decay_epoch is not None and lr_decay is None:
-        raise ValueError(f"lr_decay_epoch={lr_decay_epoch} starts the epoch schedule, which multiplies lr by "
-                         "lr_decay every epoch: pass lr_decay too")
+        raise ValueError(
+            f"lr_decay_epoch={lr_decay_epoch} starts the epoch schedule, which multiplies lr by "
+            "lr_decay every epoch: pass lr_decay too"
+        )
     if ((lr_decay is not None and lr_decay_epoch is None) or early_stopping is not None) and val_ids is None:
-        raise ValueError("lr_decay (without lr_decay_epoch) and early_stopping watch the validation loss: "
-                         "pass val_ids")
+        raise ValueError("lr_decay (without lr_decay_epoch) and early_stopping watch the validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     check_tokenizer(tokenizer, model.vocab_size)
@@ -318,27 +407,51 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
         val_ids = check_corpus("val_ids", val_ids, model.vocab_size)
         if len(val_ids) < 2:
             raise ValueError(f"val_ids needs at least 2 tokens to score a prediction, got {len(val_ids)}")
-    batches, data_tokens = _make_batches(model, data, y, seq_len, batch_size * dist.size, stride, shuffle, stateful,
-                                         dist.rows)
+    batches, data_tokens = _make_batches(
+        model, data, y, seq_len, batch_size * dist.size, stride, shuffle, stateful, dist.rows
+    )
 
-    settings = dict(seq_len=seq_len, batch_size=batch_size * dist.size, stride=stride, shuffle=bool(shuffle),
-                    stateful=bool(stateful), clip_norm=clip_norm, weight_decay=weight_decay, lr_decay=lr_decay,
-                    lr_patience=lr_patience, early_stopping=early_stopping, data_tokens=int(data_tokens),
-                    optimizer=optimizer, momentum=momentum, nesterov=nesterov, lr_decay_epoch=lr_decay_epoch,
-                    lr=float(lr), sparse_embedding=bool(sparse_embedding))
+    settings = dict(
+        seq_len=seq_len,
+        batch_size=batch_size * dist.size,
+        stride=stride,
+        shuffle=bool(shuffle),
+        stateful=bool(stateful),
+        clip_norm=clip_norm,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        lr_patience=lr_patience,
+        early_stopping=early_stopping,
+        data_tokens=int(data_tokens),
+        optimizer=optimizer,
+        momentum=momentum,
+        nesterov=nesterov,
+        lr_decay_epoch=lr_decay_epoch,
+        lr=float(lr),
+        sparse_embedding=bool(sparse_embedding),
+    )
     opt = _make_optimizer(settings, model.trainable(), lr)
-    trainer = dict(epoch=0, batch=0, lr=float(lr), best_val_loss=None, epochs_without_improvement=0,
-                   stopped_early=False, epoch_loss_sum=0.0, epoch_tokens=0, epoch_seconds=0.0,
-                   history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [],
-                            "lr": []})
+    trainer = dict(
+        epoch=0,
+        batch=0,
+        lr=float(lr),
+        best_val_loss=None,
+        epochs_without_improvement=0,
+        stopped_early=False,
+        epoch_loss_sum=0.0,
+        epoch_tokens=0,
+        epoch_seconds=0.0,
+        history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [], "lr": []},
+    )
     carry = None  # the hidden state carried between contiguous batches
     if checkpoint_dir is not None:
         model_dir.check_writable(checkpoint_dir)  # a read-only directory: now, not after the first epoch
     if resume:
         arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
         recorded = {**SETTINGS_BEFORE_RECORDED, "lr": settings["lr"], **saved["settings"]}
-        changed = [f"{k} was {recorded.get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS
-                   if recorded.get(k) != settings[k]]
+        changed = [
+            f"{k} was {recorded.get(k)!r}, now {settings[k]!r}" for k in RESUME_KEYS if recorded.get(k) != settings[k]
+        ]
         if changed:
             raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
         try:
@@ -355,10 +468,19 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             tokenizer = saved_tokenizer
         check_tokenizer(tokenizer, model.vocab_size)
     if dist.size > 1:
-        dist.check_same(dict(settings, **model.config(), epochs=epochs, lr=lr, resume=bool(resume),
-                             max_batches=max_batches, backend=model.backend,
-                             data=distributed.fingerprint(np.asarray(data)),
-                             val=None if val_ids is None else distributed.fingerprint(val_ids)))
+        dist.check_same(
+            dict(
+                settings,
+                **model.config(),
+                epochs=epochs,
+                lr=lr,
+                resume=bool(resume),
+                max_batches=max_batches,
+                backend=model.backend,
+                data=distributed.fingerprint(np.asarray(data)),
+                val=None if val_ids is None else distributed.fingerprint(val_ids),
+            )
+        )
     dist.broadcast_parameters(model.trainable())
 
     def checkpoint():
@@ -392,14 +514,20 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
             for x, y_batch in batches.epoch(epoch, trainer["batch"]):
                 rows = batches.batch_rows(trainer["batch"])  # of the global batch, of which this rank has x
                 rng = RowStreams(model.seed, epoch, trainer["batch"], dist.rows(rows)[0], len(x))
-                loss, grads, final_state = model.forward_backward(x, y_batch, initial_state=carry, train=True,
-                                                                   rng=rng, sparse_embedding=bool(sparse_embedding)
-                                                                   ) if len(x) else (0.0, None, carry)
+                loss, grads, final_state = (
+                    model.forward_backward(
+                        x, y_batch, initial_state=carry, train=True, rng=rng, sparse_embedding=bool(sparse_embedding)
+                    )
+                    if len(x)
+                    else (0.0, None, carry)
+                )
                 loss, grads, stop = dist.reduce_step(grads, loss, len(x), rows, interrupt.raised)
                 interrupt.raised = stop
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
-                                             f"{trainer['batch'] + 1}; lower lr or set clip_norm")
+                    raise FloatingPointError(
+                        f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
+                        f"{trainer['batch'] + 1}; lower lr or set clip_norm"
+                    )
                 if clip_norm is not None:
                     model.ops.clip_grad_norm(_gradient_arrays(grads), clip_norm)
                 opt.step(model.ops, model.trainable(), grads)
@@ -412,9 +540,12 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 batches_run += 1
                 if bar is not None:
                     mean = trainer["epoch_loss_sum"] / trainer["epoch_tokens"]
-                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
-                                    tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        loss=f"{mean:.3f}",
+                        ppl=f"{math.exp(min(mean, 50)):.1f}",
+                        tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
+                        refresh=False,
+                    )
                     bar.update(1)
                 if interrupt.raised or (max_batches is not None and batches_run >= max_batches):
                     break
@@ -424,8 +555,17 @@ def fit(model, data, y=None, *, seq_len=100, batch_size=32, epochs=10, lr=1e-3, 
                 checkpoint()
                 history["interrupted"] = bool(interrupt.raised)
                 return history
-            _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size,
-                          lr_decay if lr_decay_epoch is None else None, lr_patience, early_stopping)
+            _finish_epoch(
+                model,
+                trainer,
+                opt,
+                val_ids,
+                seq_len,
+                batch_size,
+                lr_decay if lr_decay_epoch is None else None,
+                lr_patience,
+                early_stopping,
+            )
             checkpoint()
             if callback is not None:
                 callback(history)
@@ -443,9 +583,11 @@ def _require_finite_weights(model, trainer):
     they are saved or returned, since no later load would accept them."""
     for name, value in model.params.items():
         if not np.isfinite(value).all():
-            raise FloatingPointError(f"training diverged: {name} holds NaN or infinity after "
-                                     f"{trainer['epoch']} epoch(s) and {trainer['batch']} batch(es) of the next; "
-                                     "lower lr or set clip_norm")
+            raise FloatingPointError(
+                f"training diverged: {name} holds NaN or infinity after "
+                f"{trainer['epoch']} epoch(s) and {trainer['batch']} batch(es) of the next; "
+                "lower lr or set clip_norm"
+            )
 
 
 def _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):

@@ -4,6 +4,7 @@
 
 Each function returns the whole corpus as one str.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -31,6 +32,7 @@ def python_docs():
     lines; the text depends on the Python version.
     """
     from pydoc_data.topics import topics
+
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
