@@ -495,6 +495,25 @@ def check_near_ties(name, cpp, ref):
     return differ.size / max(1, cpp.size)
 
 
+def check_ranks(cpp, ref, inputs):
+    """Ranks (how many logits beat the target's) of an output layer given h, weight and bias
+    must agree, except by as many places as there are logits within TIE_TOL of the target's
+    (in float64): the kernels' dot products round differently on each instruction set."""
+    cpp, ref = np.asarray(cpp), np.asarray(ref)
+    assert cpp.dtype == ref.dtype and cpp.shape == ref.shape
+    differ = np.flatnonzero(cpp != ref)
+    if differ.size == 0:
+        return 0.0
+    h, weight, bias, targets = inputs.args[:4]
+    logits = np.asarray(h, np.float64)[differ] @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64)
+    target_logits = logits[np.arange(differ.size), np.asarray(targets)[differ]]
+    scale = np.maximum(1.0, np.max(np.abs(logits), axis=1))
+    near = np.sum(np.abs(logits - target_logits[:, None]) <= TIE_TOL * scale[:, None], axis=1) - 1
+    gaps = np.abs(cpp[differ].astype(np.int64) - ref[differ])
+    assert np.all(gaps <= near), f"ranks differ in rows {differ[gaps > near][:10].tolist()} beyond near ties"
+    return differ.size / cpp.size
+
+
 def check_predictions(cpp, ref, inputs):
     """Arg-max rows must agree, except where the two picks tie within TIE_TOL."""
     cpp, ref = np.asarray(cpp), np.asarray(ref)
@@ -535,6 +554,8 @@ def test_op(op, shapes):
         a, b = cpp[name], ref[name]
         if name == "predictions":
             err = check_predictions(a, b, inputs)
+        elif name == "ranks" and op == "output_scores":
+            err = check_ranks(a, b, inputs)
         elif name in OPS[op].near_ties:
             err = check_near_ties(name, a, b)
         elif name in OPS[op].exact or np.asarray(b).dtype.kind in "iu":
