@@ -325,17 +325,20 @@ def unescape(text):
     return "".join(out)
 
 
-def _stream(model, args, stop, separator):
-    """Print the continuation as it is sampled; Ctrl-C ends the line and the command (exit 130)."""
-    pieces = model.stream(
-        args.prompt,
+def _sampling_options(args):
+    """The sampling options `fastlm generate` passes on, streamed or not."""
+    return dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        stop=stop,
     )
+
+
+def _stream(model, args, stop, separator):
+    """Print the continuation as it is sampled; Ctrl-C ends the line and the command (exit 130)."""
+    pieces = model.stream(args.prompt, stop=stop, **_sampling_options(args))
     print(args.prompt, end="", flush=True)
     try:
         for k, piece in enumerate(pieces):
@@ -355,16 +358,7 @@ def cmd_generate(args):
         return _stream(model, args, stop, separator)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        texts = model.generate_text(
-            args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            num_samples=args.num_samples,
-            stop=stop,
-        )
+        texts = model.generate_text(args.prompt, num_samples=args.num_samples, stop=stop, **_sampling_options(args))
     for warning in caught:
         print(f"fastlm generate: note: {warning.message}", file=sys.stderr)
     for k, text in enumerate([texts] if isinstance(texts, str) else texts):
