@@ -346,10 +346,10 @@ def test_resume_continues_training(capsys, corpus, tmp_path):
     code, _, err = run(capsys, "train", *common, "--epochs", "2", "--resume")
     assert_error(code, err, "train", "already been trained for 2 epochs")
     code, _, err = run(capsys, "train", *common, "--epochs", "3", "--resume", "--seq-len", "30")
-    assert_error(code, err, "train", "cannot resume", "seq_len was 20, now 30")
+    assert_error(code, err, "train", "cannot resume", "--seq-len 30 (the checkpoint's: --seq-len 20)")
     other = write_corpus(tmp_path / "other.txt", lines=200, seed=5)
     code, stdout, err = run(capsys, "train", other, "--out", out, "--epochs", "3", "--resume")
-    assert_error(code, err, "train", "same CORPUS")
+    assert_error(code, err, "train", "cannot resume", f"CORPUS {other} (the checkpoint's: CORPUS {corpus})")
     assert snapshot(out) == before
 
 

@@ -16,15 +16,71 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import fastlm
-from fastlm import distributed, model_dir, token_file
+from fastlm import distributed, model_dir, presets, token_file
 from fastlm.adaptive import check_cutoffs
-from fastlm.checks import check_int, check_number
+from fastlm.checks import check_choice, check_int, check_number
+from fastlm.tokenizer import _check_eos as check_eos
+from fastlm.training import OPTIMIZERS
 
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
-# Training settings a resumed run must keep: their defaults, which --resume replaces by the checkpoint's.
-RESUMED_DEFAULTS = {"seq_len": 100, "batch_size": 32, "stride": None, "clip_norm": 5.0, "sparse_embedding": False}
+# Every setting of a `fastlm train` run, by its option's dest, with the default used when neither the
+# command line nor a --preset gives it. The options default to None in the parser, so that what the
+# user typed is known: a preset fills the rest, and --resume takes all of them from the checkpoint
+# (where they are recorded, trainer.json's metadata), refusing a typed value that differs.
+TRAIN_DEFAULTS = {
+    # the data
+    "corpus": [],
+    "dataset": None,
+    "ids": None,
+    "tokenizer": None,
+    "val_fraction": 0.05,
+    "val": None,
+    "test": None,
+    # the tokenizer
+    "level": "char",
+    "min_count": 1,
+    "max_vocab": None,
+    "lowercase": False,
+    "split_punctuation": False,
+    "eos": None,
+    # the model
+    "embed": 64,
+    "hidden": 256,
+    "layers": 2,
+    "dropout": 0.0,
+    "cutoffs": None,
+    "div_value": 4.0,
+    "tie_weights": False,
+    "init_range": None,
+    "seed": 0,
+    # the training loop
+    "seq_len": 100,
+    "batch_size": 32,
+    "stride": None,
+    "epochs": 8,
+    "lr": 2e-3,
+    "clip_norm": 5.0,
+    "optimizer": "adam",
+    "momentum": 0.0,
+    "nesterov": False,
+    "lr_decay": None,
+    "lr_decay_epoch": None,
+    "stateful": False,
+    "sparse_embedding": False,
+    "preset": None,
+}
+# Options of one invocation, not of the run: they may change from one --resume to the next.
+PER_INVOCATION = ("out", "resume", "max_steps", "sample_tokens", "progress", "threads", "distributed")
+# Settings that name files: recorded as absolute paths; on --resume the same file at a new place is accepted.
+FILE_SETTINGS = ("corpus", "ids", "tokenizer", "val", "test")
+# The Python API's names of the options whose dest differs (presets are written in them).
+API_NAMES = {"embed": "embed_dim", "hidden": "hidden_size", "layers": "num_layers"}
+EVAL_KEYS = ("loss", "perplexity", "accuracy", "bits_per_token", "tokens")  # eval --json, trainer.json's "test"
+RECORD_KEY = "fastlm_train"  # the key of the settings in trainer.json's "metadata"
 
 
 def read_text(path):
@@ -66,6 +122,10 @@ POSITIVE_FLOAT = _option(float, check_number, "(0, inf)")
 NONNEGATIVE_FLOAT = _option(float, check_number, "[0, inf)")
 FRACTION = _option(float, check_number, "[0, 1)")
 PROBABILITY = _option(float, check_number, "(0, 1]")
+DECAY = _option(float, check_number, "(0, 1)")
+OPTIMIZER = _option(str, check_choice, OPTIMIZERS)
+PRESET = _option(str, lambda name, value: presets.get(value).name)
+EOS = _option(str, lambda name, value: check_eos(value, "word"))  # the level is checked with the others
 
 
 def _epoch_line(epochs):
@@ -143,79 +203,266 @@ def _mpi_world(args):
     return comm
 
 
+def _flag(name):
+    """The option that sets a setting, as typed."""
+    return "CORPUS" if name == "corpus" else "--" + name.replace("_", "-")
+
+
+def _shown(name, value):
+    """A setting as it is typed on the command line (a switch by its --name or --no-name)."""
+    if isinstance(value, bool):
+        return _flag(name) if value else "--no-" + _flag(name)[2:]
+    if value is None or value == []:
+        return f"{_flag(name)} (none)"
+    if name == "corpus":
+        return "CORPUS " + " ".join(value)
+    return f"{_flag(name)} {','.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+def _typed_settings(args):
+    """The settings given on the command line (the parser's defaults are None), files as absolute paths."""
+    typed = {name: getattr(args, name, None) for name in TRAIN_DEFAULTS}
+    typed = {name: value for name, value in typed.items() if value is not None and value != []}
+    for name in FILE_SETTINGS:
+        if name in typed:
+            typed[name] = (
+                [os.path.abspath(p) for p in typed[name]] if name == "corpus" else os.path.abspath(typed[name])
+            )
+    return typed
+
+
+def preset_settings(name):
+    """The settings --preset NAME gives, by option (fastlm.presets holds the numbers)."""
+    preset = presets.get(name)
+    dests = {api: dest for dest, api in API_NAMES.items()}
+    settings = {}
+    for part in (preset.tokenizer, preset.model, preset.fit):
+        for key, value in part.items():
+            if dests.get(key, key) not in TRAIN_DEFAULTS:
+                raise ValueError(f"preset {name} sets {key}, for which fastlm train has no option")
+            settings[dests.get(key, key)] = value
+    return settings
+
+
+def _new_settings(typed):
+    """A new run's settings: the defaults, then the --preset's, then the typed ones."""
+    settings = dict(TRAIN_DEFAULTS)
+    if "preset" in typed:
+        given = preset_settings(typed["preset"])
+        settings.update(given)
+        line = f"preset {typed['preset']}: " + " ".join(_shown(k, v) for k, v in given.items() if k not in typed)
+        overridden = [_shown(k, typed[k]) for k in given if k in typed]
+        print(line + (f" (overridden on the command line: {' '.join(overridden)})" if overridden else ""))
+    settings.update(typed)
+    if settings["val"] is not None:
+        settings["val_fraction"] = None  # not used: the validation text is the --val file
+    if not settings["corpus"] and settings["ids"] is None and settings["dataset"] is None:
+        settings["dataset"] = DEFAULT_DATASET
+    return settings
+
+
+def _same_file(typed, recorded):
+    """Whether a typed path names the recorded file. A recorded file no longer where it was may
+    be given at its new place (the training corpus is then checked by its token count)."""
+    if not os.path.exists(recorded):
+        return True
+    try:
+        return os.path.samefile(typed, recorded)
+    except OSError:
+        return False
+
+
+def _same(name, typed, recorded):
+    if name in FILE_SETTINGS and recorded:
+        typed, recorded = (typed, recorded) if name == "corpus" else ([typed], [recorded])
+        return len(typed) == len(recorded) and all(map(_same_file, typed, recorded))
+    return typed == recorded
+
+
+def _resumed_settings(out, trainer, typed, comm):
+    """A resumed run's settings: the checkpoint's, with --epochs free to grow; any other typed
+    value must equal the checkpoint's."""
+    metadata = trainer.get("metadata") if isinstance(trainer.get("metadata"), dict) else {}
+    record = metadata.get(RECORD_KEY)
+    if isinstance(record, dict):
+        recorded = {k: v for k, v in record.items() if k in TRAIN_DEFAULTS}
+    else:  # written by fit() alone, or before fastlm train recorded its settings: the training loop's
+        saved = trainer.get("settings") if isinstance(trainer.get("settings"), dict) else {}
+        recorded = {k: v for k, v in saved.items() if k in TRAIN_DEFAULTS}
+        if comm is not None and "batch_size" in recorded:  # the training loop keeps the global batch
+            recorded["batch_size"] = max(1, recorded["batch_size"] // comm.Get_size())
+    different = [
+        f"{_shown(k, v)} (the checkpoint's: {_shown(k, recorded[k])})"
+        for k, v in typed.items()
+        if k != "epochs" and k in recorded and not _same(k, v, recorded[k])
+    ]
+    if different:
+        raise ValueError(
+            f"cannot resume the run in {out} with other settings: {'; '.join(different)}. --resume takes "
+            "every setting from the checkpoint (only --epochs may grow): leave these options out"
+        )
+    settings = {**TRAIN_DEFAULTS, **recorded, **typed}
+    if not settings["corpus"] and settings["ids"] is None and settings["dataset"] is None:
+        settings["dataset"] = DEFAULT_DATASET
+    if trainer["epoch"] >= settings["epochs"]:
+        raise ValueError(
+            f"{out} has already been trained for {trainer['epoch']} epochs; "
+            f"pass --epochs greater than {trainer['epoch']} to train on"
+        )
+    return settings
+
+
+def _check_combinations(s, typed):
+    """Settings that cannot go together, refused before any corpus is read."""
+    if "val" in typed and "val_fraction" in typed:
+        raise ValueError(
+            f"give --val FILE or --val-fraction, not both (got --val {s['val']} and --val-fraction {s['val_fraction']})"
+        )
+    if s["eos"] is not None and s["level"] != "word":
+        raise ValueError(
+            f"--eos {s['eos']} marks line ends between words: it needs --level word, got --level {s['level']}"
+        )
+    if s["momentum"] and s["optimizer"] != "sgd":
+        raise ValueError(
+            f"--momentum {s['momentum']} applies to --optimizer sgd (Adam has its own betas), "
+            f"got --optimizer {s['optimizer']}"
+        )
+    if s["nesterov"] and not s["momentum"] > 0:
+        raise ValueError(
+            f"--nesterov needs --momentum > 0 (Nesterov momentum without momentum is plain SGD), "
+            f"got --momentum {s['momentum']}"
+        )
+    if s["tie_weights"] and s["embed"] != s["hidden"]:
+        raise ValueError(
+            "--tie-weights shares the embedding matrix with the decoder, which needs --embed equal to "
+            f"--hidden; got --embed {s['embed']} and --hidden {s['hidden']}"
+        )
+    if s["lr_decay_epoch"] is not None and s["lr_decay"] is None:
+        raise ValueError(
+            f"--lr-decay-epoch {s['lr_decay_epoch']} multiplies the lr by --lr-decay every epoch from "
+            "then on: give --lr-decay too"
+        )
+
+
+def _option_text(option, path):
+    """The text of the file an option names; errors name the option."""
+    try:
+        return read_text(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{option}: {_message(error)}") from None
+
+
+def _held_out_ids(option, path, text, tokenizer):
+    """The ids of a --val or --test text, which must hold tokens the model knows."""
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise ValueError(f"{option} {path} holds {len(ids)} {tokenizer.level} tokens; scoring needs at least 2")
+    unknown = {tokenizer.UNK_ID} | ({tokenizer[tokenizer.eos]} if tokenizer.eos is not None else set())
+    if all(int(i) in unknown for i in np.unique(ids)):
+        raise ValueError(
+            f"{option} {path} holds no token of the training vocabulary (all {len(ids):,} are "
+            f"{' or '.join(tokenizer.id_to_token(i) for i in sorted(unknown))}): not the corpus's kind of text?"
+        )
+    return ids
+
+
+def _training_tokenizer(s, text):
+    if s.ids:
+        return _read_tokenizer(s.tokenizer)
+    return fastlm.Tokenizer.fit(
+        text,
+        level=s.level,
+        min_count=s.min_count,
+        max_vocab=s.max_vocab,
+        lowercase=s.lowercase,
+        split_punctuation=s.split_punctuation,
+        eos=s.eos,
+    )
+
+
+def _record_test(out, path, test_ids):
+    """Score the saved model on the --test text and add the result to its trainer.json (as "test"):
+    the model fastlm.load(out) gives, as `fastlm eval` would score it."""
+    model = _load(out)
+    result = _metrics(model.evaluate(test_ids))
+    arrays, trainer = model_dir.load_training_state(out)
+    model_dir.write(
+        out, model, tokenizer=model.tokenizer, training=(arrays, {**trainer, "test": {"file": path, **result}})
+    )
+    return result
+
+
+def _metrics(result):
+    """The metrics `fastlm eval --json` prints and trainer.json's "test" holds, as plain numbers."""
+    return {k: int(result[k]) if k == "tokens" else float(result[k]) for k in EVAL_KEYS}
+
+
 def cmd_train(args):
     out = Path(args.out)
     comm = _mpi_world(args)
     _check_out(out, args.resume)
-    if args.ids and (args.corpus or args.dataset):
-        raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
-    if args.ids and not args.tokenizer and not args.resume:
-        raise ValueError(
-            "--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)"
-        )
-    text, source = (None, args.ids) if args.ids else _training_text(args.corpus, args.dataset)
-    if text is not None and not text.strip():
-        raise ValueError(f"the corpus is empty: {source}")
-    saved = {}
+    typed = _typed_settings(args)
     if args.resume:
         model = _load(out)
         _, trainer = model_dir.load_training_state(out)  # FileNotFoundError when there is no checkpoint
-        if trainer["epoch"] >= args.epochs:
-            raise ValueError(
-                f"{out} has already been trained for {trainer['epoch']} epochs; "
-                f"pass --epochs greater than {trainer['epoch']} to train on"
-            )
+        settings = _resumed_settings(out, trainer, typed, comm)
         tokenizer, saved = model.tokenizer, trainer.get("settings", {})
     else:
-        tokenizer = (
-            _read_tokenizer(args.tokenizer)
-            if args.ids
-            else fastlm.Tokenizer.fit(
-                text,
-                level=args.level,
-                min_count=args.min_count,
-                max_vocab=args.max_vocab,
-                lowercase=args.lowercase,
-                split_punctuation=args.split_punctuation,
-            )
+        settings, saved = _new_settings(typed), {}
+    _check_combinations(settings, typed)
+    s = argparse.Namespace(**settings)
+    if s.ids and (s.corpus or s.dataset):
+        raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
+    if s.ids and not s.tokenizer and not args.resume:
+        raise ValueError(
+            "--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)"
         )
+    held_out = {option: _option_text(option, path) for option, path in (("--val", s.val), ("--test", s.test)) if path}
+    text, source = (None, s.ids) if s.ids else _training_text(s.corpus, s.dataset)
+    if text is not None and not text.strip():
+        raise ValueError(f"the corpus is empty: {source}")
+    if not args.resume:
+        tokenizer = _training_tokenizer(s, text)
         model = fastlm.LSTMLM(
             len(tokenizer),
-            args.embed,
-            args.hidden,
-            args.layers,
-            dropout=args.dropout,
-            seed=args.seed,
-            cutoffs=args.cutoffs,
-            div_value=args.div_value,
+            s.embed,
+            s.hidden,
+            s.layers,
+            dropout=s.dropout,
+            seed=s.seed,
+            cutoffs=s.cutoffs,
+            div_value=s.div_value,
+            tie_weights=s.tie_weights,
+            init_range=s.init_range,
         )
-    per_rank_batch = args.batch_size is None and "batch_size" in saved and comm is not None
-    for name, default in RESUMED_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, saved.get(name, default))
-    if per_rank_batch:  # the checkpoint holds the global batch
-        args.batch_size = max(1, args.batch_size // comm.Get_size())
-    ids = fastlm.open_ids(args.ids, vocab_size=len(tokenizer)) if args.ids else tokenizer.encode(text)
-    n_val = int(len(ids) * args.val_fraction)
-    train_ids, val_ids = (ids[:-n_val], ids[-n_val:]) if n_val >= 2 else (ids, None)
-    if len(train_ids) < args.seq_len + 1:
-        held_out = f" ({len(train_ids):,} after holding out {n_val:,} for validation)" if val_ids is not None else ""
+    val_ids = _held_out_ids("--val", s.val, held_out["--val"], tokenizer) if s.val else None
+    test_ids = _held_out_ids("--test", s.test, held_out["--test"], tokenizer) if s.test else None
+    ids = fastlm.open_ids(s.ids, vocab_size=len(tokenizer)) if s.ids else tokenizer.encode(text)
+    n_val = 0 if s.val else int(len(ids) * s.val_fraction)
+    train_ids = ids
+    if n_val >= 2:
+        train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    if len(train_ids) < s.seq_len + 1:
+        held = f" ({len(train_ids):,} after holding out {n_val:,} for validation)" if n_val >= 2 else ""
         raise ValueError(
-            f"the corpus is too short: {len(ids):,} {tokenizer.level} tokens{held_out}; "
-            f"--seq-len {args.seq_len} needs at least {args.seq_len + 1}"
+            f"the corpus is too short: {len(ids):,} {tokenizer.level} tokens{held}; "
+            f"--seq-len {s.seq_len} needs at least {s.seq_len + 1}"
         )
     if saved.get("data_tokens", len(train_ids)) != len(train_ids):
         raise ValueError(
             f"{out} was trained on {saved['data_tokens']:,} tokens, this corpus gives {len(train_ids):,}: "
             "resume with the same CORPUS files and --val-fraction"
         )
+    validation = "" if val_ids is None else f", validating on {len(val_ids):,}" + (f" ({s.val})" if s.val else "")
     print(
         f"corpus: {source}: {len(ids):,} {tokenizer.level} tokens, vocabulary {len(tokenizer):,}; "
-        f"training on {len(train_ids):,}, validating on {0 if val_ids is None else len(val_ids):,}"
+        f"training on {len(train_ids):,}{validation or ', validating on 0'}"
+        + (f", testing on {len(test_ids):,} ({s.test})" if test_ids is not None else "")
     )
     decoder = f"; adaptive softmax, cutoffs {','.join(map(str, model.cutoffs))}" if model.cutoffs else ""
+    tied = ", tied embedding and decoder" if model.tie_weights else ""
     print(
-        f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}{decoder}; "
+        f"model: embed {model.embed_dim}, hidden {model.hidden_size}, layers {model.num_layers}{tied}{decoder}; "
         f"{fastlm.get_num_threads()} threads, {fastlm.build_info()['simd']}; saving to {out.absolute()}",
         flush=True,
     )
@@ -224,44 +471,57 @@ def cmd_train(args):
     started = time.perf_counter()
     history = model.fit(
         train_ids,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        stride=args.stride,
+        seq_len=s.seq_len,
+        batch_size=s.batch_size,
+        epochs=s.epochs,
+        lr=s.lr,
+        stride=s.stride,
         val_ids=val_ids,
-        clip_norm=args.clip_norm,
+        clip_norm=s.clip_norm,
         checkpoint_dir=out,
         resume=args.resume,
         tokenizer=tokenizer,
         progress=args.progress,
         max_batches=args.max_steps,
-        callback=_epoch_line(args.epochs),
+        callback=_epoch_line(s.epochs),
         comm=comm,
-        sparse_embedding=args.sparse_embedding,
+        sparse_embedding=s.sparse_embedding,
+        optimizer=s.optimizer,
+        momentum=s.momentum,
+        nesterov=s.nesterov,
+        lr_decay=s.lr_decay,
+        lr_decay_epoch=s.lr_decay_epoch,
+        stateful=s.stateful,
+        metadata={RECORD_KEY: settings},
     )
     elapsed = time.perf_counter() - started
     if comm is not None and comm.Get_rank() > 0:
         return 0
     if history.get("interrupted"):
-        print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train ... --out {out} --resume")
+        print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train --out {out} --resume")
         return 130
     if "interrupted" in history:  # --max-steps stopped it before the last epoch's end
         print(
-            f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {args.epochs} epochs "
+            f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {s.epochs} epochs "
             f"complete, in {elapsed:.1f} s; checkpoint saved in {out} (--resume continues)"
         )
     else:
         print(f"trained in {elapsed:.1f} s; model saved in {out}")
     if val_ids is not None:
-        result = model.evaluate(val_ids, seq_len=args.seq_len, batch_size=args.batch_size)
+        result = model.evaluate(val_ids, seq_len=s.seq_len, batch_size=s.batch_size)
         print(
             f"validation: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
             f"accuracy {result['accuracy']:.3f}"
         )
+    if test_ids is not None and "interrupted" not in history:
+        result = _record_test(out, s.test, test_ids)
+        print(
+            f"test: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+            f"accuracy {result['accuracy']:.3f} ({result['tokens']:,} tokens of {s.test}; saved in trainer.json)"
+        )
     if args.sample_tokens:
         model.tokenizer = tokenizer
-        _print_sample(model, args.seed, args.sample_tokens)
+        _print_sample(model, s.seed, args.sample_tokens)
     return 0
 
 
@@ -388,6 +648,9 @@ def cmd_eval(args):
     if len(ids) < 2:
         raise ValueError(f"{path} holds {len(ids)} {model.tokenizer.level} tokens; scoring needs at least 2")
     result = model.evaluate(ids, seq_len=args.seq_len, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(_metrics(result)))
+        return 0
     print(f"tokens      {result['tokens']:,} ({unknown:,} unknown, scored as <unk>)")
     print(f"loss        {result['loss']:.4f} nats/token")
     print(f"perplexity  {result['perplexity']:.3f}")
@@ -514,9 +777,39 @@ def build_parser():
         help="a corpus shipped with fastlm, instead of CORPUS files: tinyshakespeare (1.1 MB) or "
         f"python_docs (default: {DEFAULT_DATASET} when no CORPUS is given)",
     )
-    train.add_argument("--level", choices=["char", "word"], default="char", help="token level (default: char)")
     train.add_argument(
-        "--min-count", type=POSITIVE_INT, default=1, metavar="N", help="rarer tokens become <unk> (default: 1)"
+        "--preset",
+        type=PRESET,
+        default=None,
+        metavar="NAME",
+        help=f"a published recipe ({', '.join(presets.NAMES)}: Zaremba et al. 2014's Penn Treebank "
+        "configurations, see fastlm.presets): sets the model, optimizer, schedule, batching, word level and "
+        "<eos> line ends; options given as well override it (default: none)",
+    )
+    train.add_argument(
+        "--val",
+        default=None,
+        metavar="FILE",
+        help="validation text file (scored after every epoch), instead of --val-fraction (default: none)",
+    )
+    train.add_argument(
+        "--test",
+        default=None,
+        metavar="FILE",
+        help="test text file, scored once training ends; the result is printed and saved in trainer.json "
+        "(default: none)",
+    )
+    train.add_argument("--level", choices=["char", "word"], default=None, help="token level (default: char)")
+    train.add_argument(
+        "--eos",
+        type=EOS,
+        default=None,
+        metavar="TOKEN",
+        help='word level: every line end becomes this token, as in PTB and WikiText (e.g. "<eos>"; '
+        "default: none, line ends are not tokens)",
+    )
+    train.add_argument(
+        "--min-count", type=POSITIVE_INT, default=None, metavar="N", help="rarer tokens become <unk> (default: 1)"
     )
     train.add_argument(
         "--max-vocab",
@@ -525,16 +818,21 @@ def build_parser():
         metavar="N",
         help="keep at most this many tokens (default: no limit)",
     )
-    train.add_argument("--lowercase", action="store_true", help="lower-case the text (default: off)")
     train.add_argument(
-        "--split-punctuation", action="store_true", help="word level: split punctuation off words (default: off)"
+        "--lowercase", action=argparse.BooleanOptionalAction, default=None, help="lower-case the text (default: off)"
+    )
+    train.add_argument(
+        "--split-punctuation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="word level: split punctuation off words (default: off)",
     )
     train.add_argument(
         "--seq-len",
         type=POSITIVE_INT,
         default=None,
         metavar="T",
-        help="time steps per window (default: 100, or the checkpoint's with --resume)",
+        help="time steps per window (default: 100)",
     )
     train.add_argument(
         "--stride",
@@ -548,24 +846,45 @@ def build_parser():
         type=POSITIVE_INT,
         default=None,
         metavar="B",
-        help="windows per batch (default: 32, or the checkpoint's with --resume)",
+        help="windows per batch (default: 32)",
+    )
+    train.add_argument(
+        "--stateful",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read the corpus as --batch-size contiguous streams and carry the LSTM state from batch to "
+        "batch (truncated BPTT, as the recipes do; default: off, shuffled windows)",
     )
     train.add_argument(
         "--epochs",
         type=POSITIVE_INT,
-        default=8,
+        default=None,
         metavar="N",
-        help="passes over the corpus; with --resume, the total (default: 8)",
+        help="passes over the corpus; with --resume, the total, which may grow (default: 8)",
     )
-    train.add_argument("--embed", type=POSITIVE_INT, default=64, metavar="E", help="embedding width (default: 64)")
-    train.add_argument("--hidden", type=POSITIVE_INT, default=256, metavar="H", help="LSTM hidden size (default: 256)")
-    train.add_argument("--layers", type=POSITIVE_INT, default=2, metavar="L", help="LSTM layers (default: 2)")
+    train.add_argument("--embed", type=POSITIVE_INT, default=None, metavar="E", help="embedding width (default: 64)")
+    train.add_argument("--hidden", type=POSITIVE_INT, default=None, metavar="H", help="LSTM hidden size (default: 256)")
+    train.add_argument("--layers", type=POSITIVE_INT, default=None, metavar="L", help="LSTM layers (default: 2)")
     train.add_argument(
         "--dropout",
         type=FRACTION,
-        default=0.0,
+        default=None,
         metavar="P",
-        help="dropout between layers and before the decoder (default: 0)",
+        help="dropout on the input of every LSTM layer (the embedding output included) and before the "
+        "decoder (default: 0)",
+    )
+    train.add_argument(
+        "--tie-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the decoder shares the embedding matrix (needs --embed equal to --hidden; default: off)",
+    )
+    train.add_argument(
+        "--init-range",
+        type=POSITIVE_FLOAT,
+        default=None,
+        metavar="R",
+        help="every parameter uniform in [-R, R] (default: PyTorch's initialisation)",
     )
     train.add_argument(
         "--cutoffs",
@@ -578,32 +897,66 @@ def build_parser():
     train.add_argument(
         "--div-value",
         type=POSITIVE_FLOAT,
-        default=4.0,
+        default=None,
         metavar="D",
         help="adaptive softmax: cluster i's projection is hidden // D**(i+1) wide (default: 4)",
     )
     train.add_argument(
         "--sparse-embedding",
-        action="store_const",
-        const=True,
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="update only the embedding rows each batch uses (torch.optim.SparseAdam's rule): for "
-        "large vocabularies (default: off; --resume keeps the run's choice)",
+        "large vocabularies (default: off)",
     )
-    train.add_argument("--lr", type=POSITIVE_FLOAT, default=2e-3, help="Adam learning rate (default: 0.002)")
+    train.add_argument(
+        "--optimizer",
+        type=OPTIMIZER,
+        default=None,
+        metavar="{adam,sgd}",
+        help="adam (torch.optim.Adam) or sgd (torch.optim.SGD) (default: adam)",
+    )
+    train.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="learning rate (default: 0.002)")
+    train.add_argument(
+        "--momentum",
+        type=NONNEGATIVE_FLOAT,
+        default=None,
+        metavar="M",
+        help="--optimizer sgd: momentum (default: 0)",
+    )
+    train.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--optimizer sgd: Nesterov momentum (needs --momentum > 0; default: off)",
+    )
+    train.add_argument(
+        "--lr-decay",
+        type=DECAY,
+        default=None,
+        metavar="F",
+        help="multiply the lr by F when the validation loss stops improving, or with --lr-decay-epoch "
+        "every epoch from then on (default: none, constant lr)",
+    )
+    train.add_argument(
+        "--lr-decay-epoch",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="K",
+        help="the epoch schedule of Zaremba et al.: epoch e trains with lr * F**max(e - K + 1, 0) (default: none)",
+    )
     train.add_argument(
         "--clip-norm",
         type=POSITIVE_FLOAT,
         default=None,
         metavar="NORM",
-        help="clip the gradients' global norm (default: 5, or the checkpoint's with --resume)",
+        help="clip the gradients' global norm (default: 5)",
     )
     train.add_argument(
         "--val-fraction",
         type=FRACTION,
-        default=0.05,
+        default=None,
         metavar="F",
-        help="share of the corpus (its end) held out for validation (default: 0.05)",
+        help="share of the corpus (its end) held out for validation, when there is no --val (default: 0.05)",
     )
     train.add_argument(
         "--max-steps",
@@ -613,7 +966,7 @@ def build_parser():
         help="stop (with a checkpoint) after this many batches (default: no limit)",
     )
     train.add_argument(
-        "--seed", type=NONNEGATIVE_INT, default=0, help="initialisation, order and sampling seed (default: 0)"
+        "--seed", type=NONNEGATIVE_INT, default=None, help="initialisation, order and sampling seed (default: 0)"
     )
     train.add_argument(
         "--sample-tokens",
@@ -631,7 +984,8 @@ def build_parser():
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the training checkpointed in --out (same corpus; model and tokenizer from the checkpoint)",
+        help="continue the training checkpointed in --out: every setting (corpus, model, tokenizer, "
+        "training) comes from the checkpoint; a larger --epochs trains on past the original end",
     )
     train.add_argument(
         "--progress",
@@ -761,6 +1115,11 @@ def build_parser():
         metavar="B",
         help="kept for compatibility: the text is scored as one stream, every token with its "
         "full left context (default: 32)",
+    )
+    evaluate.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: " + ", ".join(EVAL_KEYS) + " (default: a table)",
     )
     evaluate.set_defaults(run=cmd_eval)
 

@@ -11,6 +11,7 @@ resumed is bit-identical to an uninterrupted run with the same seed and thread c
 from __future__ import annotations
 
 import functools
+import json
 import math
 import signal
 import threading
@@ -299,6 +300,7 @@ def fit(
     nesterov=False,
     lr_decay_epoch=None,
     sparse_embedding=False,
+    metadata=None,
 ):
     """Train with Adam or SGD on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
@@ -336,6 +338,9 @@ def fit(
         (moments only for rows seen; eps added before the bias correction), never forming the
         dense vocab_size x embed_dim gradient: for large vocabularies. Not with weight_decay
         (SparseAdam has none) or comm.
+    metadata: a JSON-serialisable dict of the caller's, written as it is into every
+        checkpoint's trainer.json ("metadata"), so that a resumed run can find it there
+        (`fastlm train` keeps its command-line settings in it).
 
     Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
     "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
@@ -365,6 +370,8 @@ def fit(
         )
     if tokenizer is None:
         tokenizer = model.tokenizer
+    if metadata is not None:
+        _check_metadata(metadata)
     epochs = check_int("epochs", epochs, 1)
     batch_size = check_int("batch_size", batch_size, 1)
     seq_len = check_int("seq_len", seq_len, 1)
@@ -488,6 +495,8 @@ def fit(
         if checkpoint_dir is None or dist.rank != 0:  # one rank writes: they all hold the same state
             return
         state = dict(trainer, settings=settings, adam_step=opt.step_count)
+        if metadata is not None:
+            state["metadata"] = metadata
         arrays = opt.arrays()
         if carry is not None:
             for k, (h, c) in enumerate(carry):
@@ -576,6 +585,16 @@ def fit(
                 return history
     history.pop("interrupted", None)
     return history
+
+
+def _check_metadata(metadata):
+    """metadata must survive the round trip through trainer.json: a dict that JSON can write."""
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metadata must be JSON-serialisable (it is saved in trainer.json): {error}") from None
 
 
 def _require_finite_weights(model, trainer):
