@@ -1,4 +1,4 @@
-"""The `fastlm` command: train | generate | eval | bench, and its handling of bad input.
+"""The `fastlm` command: train | generate | eval | score | export | bench, and its handling of bad input.
 
 Exit codes: 0 success; 2 usage errors (argparse, including out-of-range option values);
 1 other failures, with exactly one line "fastlm COMMAND: error: ..." on stderr and no
@@ -125,7 +125,7 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "generate", "eval", "score", "encode", "bench"}
+    assert set(commands) == {"train", "generate", "eval", "score", "encode", "export", "bench"}
     for name in commands:
         assert name in out
         code, out_command, _ = run(capsys, name, "--help")
@@ -723,3 +723,121 @@ def test_the_readme_command_lines_parse():
             cli.build_parser().parse_args(shlex.split(command))
         except SystemExit as exit:  # --version and --help exit 0; usage errors exit 2
             assert exit.code == 0, command
+
+
+# ================================================================= score, generate --stream, export
+
+
+@pytest.fixture(scope="module")
+def char_model(tmp_path_factory, corpus):
+    """A character-level model (its newline is the sentence boundary that score needs)."""
+    out = tmp_path_factory.mktemp("char") / "m"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", str(corpus), "--level", "char", "--epochs", "1", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+SENTENCES = ["the cat sat on the mat", "a big red bird", "", "they saw it QUICKLY"]
+
+
+def test_score_prints_one_log10_score_per_line_of_a_file_or_of_stdin(capsys, char_model, tmp_path, monkeypatch):
+    import fastlm
+
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "score", char_model, text)
+    assert code == 0, err
+    scores = [float(v) for v in out.split("\n") if v]
+    model = fastlm.load(char_model)
+    assert scores == pytest.approx(model.score(SENTENCES), abs=1e-6)  # printed with 6 decimals
+    assert all(s < 0 for s in scores) and scores[2] > scores[0]  # the empty line: its boundary alone
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text.read_text(encoding="utf-8")))
+    code, from_stdin, err = run(capsys, "score", char_model)
+    assert code == 0, err
+    assert from_stdin == out
+    code, out, err = run(capsys, "score", char_model, text, "--no-bos", "--no-eos")
+    assert code == 1 and "sentence 2" in err  # the empty line has nothing to score without eos
+    text.write_text("\n".join(s for s in SENTENCES if s) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "score", char_model, text, "--no-bos", "--no-eos")
+    assert code == 0, err
+    expected = model.score([s for s in SENTENCES if s], bos=False, eos=False)
+    assert [float(v) for v in out.split()] == pytest.approx(expected, abs=1e-6)
+
+
+def test_score_json_gives_every_token_its_score(capsys, char_model, tmp_path):
+    import fastlm
+
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "score", char_model, text, "--json")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    model = fastlm.load(char_model)
+    assert [r["text"] for r in records] == SENTENCES
+    for record, score, full in zip(records, model.score(SENTENCES), model.full_scores(SENTENCES)):
+        tokens = record["tokens"]
+        assert len(tokens) == len(record["text"]) + 1  # every character, then the boundary
+        for t, char in zip(tokens, record["text"] + "\n"):
+            assert t["token"] == (model.tokenizer.vocab[model.tokenizer.unk_id] if t["unknown"] else char)
+        assert [t["log10_prob"] for t in tokens] == pytest.approx([p for p, _ in full])
+        assert [t["unknown"] for t in tokens] == [unknown for _, unknown in full]
+        assert record["log10_prob"] == pytest.approx(sum(t["log10_prob"] for t in tokens))
+        assert record["log10_prob"] == pytest.approx(score, abs=1e-5)
+    unknown = [char for t, char in zip(records[3]["tokens"], SENTENCES[3]) if t["unknown"]]
+    assert unknown == list("QUICKLY")  # capitals are not in the corpus
+
+
+@pytest.mark.parametrize("prompt", [[], ["--prompt", "the cat"]], ids=["no-prompt", "prompt"])
+def test_generate_stream_prints_what_generate_prints(capsys, model_dir, prompt):
+    argv = ["generate", model_dir, "--seed", "4", "--max-new-tokens", "30", *prompt]
+    code, plain, err = run(capsys, *argv)
+    assert code == 0, err
+    code, streamed, err = run(capsys, *argv, "--stream")
+    assert code == 0, err
+    assert streamed == plain and len(plain.split()) >= 25
+
+
+def test_generate_stream_stops_where_generate_stops(capsys, char_model):
+    argv = ["generate", char_model, "--seed", "2", "--max-new-tokens", "300", "--prompt", "the "]
+    code, unstopped, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "\n" in unstopped[len("the ") : -1]  # a newline to stop at
+    for mode in ([], ["--stream"]):
+        code, out, err = run(capsys, *argv, "--stop", "\\n", *mode)
+        assert code == 0, err
+        assert out == unstopped.split("\n")[0] + "\n", mode
+    code, out, err = run(capsys, *argv, "--stream", "--num-samples", "2")
+    assert_error(code, err, "generate", "--stream prints one sample")
+
+
+def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_path):
+    pytest.importorskip("onnx", reason="onnx not installed: pip install 'fastlm[onnx]' (the [test] extra brings it)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install 'fastlm[onnx]'")
+    import numpy as np
+
+    import fastlm
+
+    path = tmp_path / "model.onnx"
+    code, out, err = run(capsys, "export", model_dir, "--onnx", path)
+    assert code == 0, err
+    assert str(path) in out and "log_probs" in out
+    model = fastlm.load(model_dir)
+    ids = model.tokenizer.encode("the cat sat on the")
+    L, H = model.num_layers, model.hidden_size
+    state = np.zeros((L, 1, H), np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    log_probs, _, _ = session.run(None, {"ids": ids[None].astype(np.int64), "h0": state, "c0": state})
+    np.testing.assert_allclose(np.exp(log_probs[0, -1]), model.next_token_probs(ids), atol=1e-6)
+
+
+def test_export_bad_input(capsys, model_dir, tmp_path, monkeypatch):
+    code, _, err = run(capsys, "export", model_dir, "--onnx", tmp_path / "missing" / "m.onnx")
+    assert_error(code, err, "export", "missing", "does not exist")
+    code, _, err = run(capsys, "export", tmp_path / "no-model", "--onnx", tmp_path / "m.onnx")
+    assert_error(code, err, "export", "no-model")
+    code, _, err = run(capsys, "export", model_dir)
+    assert_usage_error(code, err, "--onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as without the onnx package
+    code, _, err = run(capsys, "export", model_dir, "--onnx", tmp_path / "m.onnx")
+    assert_error(code, err, "export", "pip install 'fastlm[onnx]'")
+    assert list(tmp_path.iterdir()) == []

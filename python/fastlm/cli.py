@@ -1,4 +1,4 @@
-"""The `fastlm` command: train, generate, eval, score, encode, bench (also `python -m fastlm`).
+"""The `fastlm` command: train, generate, eval, score, encode, export, bench (also `python -m fastlm`).
 
 Exit codes: 0 success; 2 usage errors, including out-of-range option values (argparse);
 1 any other failure, reported as one line "fastlm COMMAND: error: ..." on stderr without a
@@ -714,6 +714,26 @@ def scored_ids(model, lines, bos, eos):
         yield ids if bos else ids[1:]
 
 
+def cmd_export(args):
+    """The model as an ONNX file (fastlm.onnx_export); the path and the onnx package are checked
+    before the model is read."""
+    from fastlm import onnx_export
+
+    onnx_export.check_output_path(args.onnx, "--onnx")
+    try:
+        onnx_export.import_onnx()
+    except ImportError as error:
+        print(f"fastlm export: error: {error}", file=sys.stderr)
+        return 1
+    model = fastlm.load(args.directory)
+    path = model.to_onnx(args.onnx)
+    print(
+        f"{path}: ONNX opset {onnx_export.OPSET}, inputs ids (batch, time) int64, h0 and c0 "
+        f"({model.num_layers}, batch, {model.hidden_size}); outputs log_probs (batch, time, {model.vocab_size}), hn, cn"
+    )
+    return 0
+
+
 def cmd_bench(args):
     from fastlm.benchmark import (
         CONFIGS,
@@ -1148,6 +1168,19 @@ def build_parser():
     )
     score.add_argument("--no-eos", action="store_true", help="do not score the sentence boundary after the last token")
     score.set_defaults(run=cmd_score)
+
+    export = commands.add_parser(
+        "export",
+        help="write a model as an ONNX graph",
+        description="Write the model in DIR as an ONNX graph (Gather -> LSTM per layer -> "
+        "MatMul + Add -> LogSoftmax) with inputs ids (batch, time) int64, h0 and c0 (layers, "
+        "batch, hidden) and outputs log_probs (batch, time, vocabulary), hn and cn, for ONNX "
+        "Runtime and other runtimes: scoring with zero h0 and c0, generation one token at a time "
+        "carrying hn and cn. Needs the onnx package: pip install 'fastlm[onnx]'.",
+    )
+    export.add_argument("directory", metavar="DIR", help="model directory")
+    export.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write (required)")
+    export.set_defaults(run=cmd_export, threads=None)
 
     bench = commands.add_parser(
         "bench",

@@ -23,12 +23,20 @@ import warnings
 
 import numpy as np
 
-from fastlm import _core, adaptive, reference, scoring, streaming
+from fastlm import _core, adaptive, onnx_export, reference, scoring, streaming, torch_convert
 from fastlm.batches import ContiguousBatches
 from fastlm.checks import check_bool, check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
 from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
+
+
+def _fresh_float32(values):
+    """A C-contiguous copy of values whose dtype is NumPy's float32 itself (np.array(values,
+    np.float32) would keep an unpickled array's equal dtype copy)."""
+    out = np.empty(values.shape, dtype=np.float32)
+    np.copyto(out, values)
+    return out
 
 
 def _backend_ops(backend):
@@ -301,6 +309,30 @@ class LSTMNetwork:
             with self._params_lock:
                 self._snapshot = None
                 self._training_thread = None
+
+    # ------------------------------------------------------------ copies
+
+    def __getstate__(self):
+        """What pickle, copy.deepcopy and multiprocessing carry: the weights (while fit runs in
+        another thread, as they were when it started: a consistent snapshot), the settings, the
+        tokenizer and the random generator's state. Not the kernels' module, the lock or fit's
+        bookkeeping: the copy gets its own (see __setstate__), so no lock is shared and no fit
+        seems to run on it."""
+        state = dict(self.__dict__)
+        state["params"] = self.reading_params()
+        for name in ("ops", "_params_lock", "_snapshot", "_training_thread"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # Arrays of their own, with NumPy's own float32 dtype object: an unpickled array's dtype
+        # is an equal copy, which the C++ core's in-place updates (Adam, SGD) refuse.
+        self.params = self._tie({name: _fresh_float32(value) for name, value in self.params.items()})
+        self.ops = _backend_ops(self.backend)
+        self._params_lock = threading.Lock()
+        self._snapshot = None
+        self._training_thread = None
 
     # ------------------------------------------------------------ forward + backward
 
@@ -659,6 +691,10 @@ class LSTMNetwork:
     perplexity = scoring.perplexity
     full_scores = scoring.full_scores
     next_token_probs = scoring.next_token_probs
+    # Export (fastlm.onnx_export, fastlm.torch_convert; onnx and torch imported only when called).
+    to_onnx = onnx_export.to_onnx
+    to_torch = torch_convert.to_torch
+    from_torch = classmethod(torch_convert.from_torch)
 
     @staticmethod
     def _start_token(tokenizer):
