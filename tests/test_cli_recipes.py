@@ -246,3 +246,44 @@ def test_bad_input_is_refused_before_anything_is_trained_or_written(
     for fragment in fragments:
         assert fragment in err, err
     assert not out.exists()
+
+
+def test_resume_finds_moved_files_at_their_new_place(capsys, data, tmp_path):
+    train, valid = (tmp_path / "train.txt", tmp_path / "valid.txt")
+    train.write_bytes(data["train"].read_bytes())
+    valid.write_bytes(data["valid"].read_bytes())
+    out = tmp_path / "m"
+    code, _, err = run(
+        capsys, "train", train, "--val", valid, "--level", "word", *SMALL, "--epochs", "1", *QUICK, "--out", out
+    )
+    assert code == 0, err
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    train, valid = train.rename(moved / "train.txt"), valid.rename(moved / "valid.txt")
+    before = snapshot(out)
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", *QUICK)
+    assert code == 1 and f"the run's CORPUS file {tmp_path / 'train.txt'} is gone" in err, err
+    code, _, err = run(capsys, "train", train, "--out", out, "--resume", "--epochs", "2", *QUICK)
+    assert code == 1 and f"the run's --val file {tmp_path / 'valid.txt'} is gone" in err, err
+    assert snapshot(out) == before
+    code, stdout, err = run(capsys, "train", train, "--val", valid, "--out", out, "--resume", "--epochs", "2", *QUICK)
+    assert code == 0 and "epoch 2/2" in stdout, err
+    record = saved(out)[2]["metadata"][cli.RECORD_KEY]
+    assert (record["corpus"], record["val"]) == ([str(train)], str(valid))  # where the next --resume looks
+
+
+def test_resume_of_a_checkpoint_written_by_fit_takes_its_training_settings(capsys, data, tmp_path):
+    """A checkpoint without fastlm train's record (fit's own, or an older fastlm's) resumes with the
+    training loop's settings it holds, here SGD's, instead of the command line's defaults."""
+    text = data["train"].read_text(encoding="utf-8")
+    tok = fastlm.Tokenizer.fit(text, level="word")
+    model = fastlm.LSTMLM(len(tok), 8, 8, 1)
+    out = tmp_path / "m"
+    model.fit(tok.encode(text), seq_len=10, batch_size=4, epochs=1, optimizer="sgd", lr=0.5, max_batches=1,
+              checkpoint_dir=out, tokenizer=tok, progress=False)  # fmt: skip
+    code, stdout, err = run(
+        capsys, "train", data["train"], "--val-fraction", "0", "--out", out, "--resume", "--epochs", "1", *QUICK
+    )
+    assert code == 0 and "epoch 1/1" in stdout, err
+    settings = saved(out)[2]["settings"]
+    assert (settings["optimizer"], settings["lr"], settings["seq_len"], settings["clip_norm"]) == ("sgd", 0.5, 10, None)

@@ -304,6 +304,14 @@ def _resumed_settings(out, trainer, typed, comm):
     settings = {**TRAIN_DEFAULTS, **recorded, **typed}
     if not settings["corpus"] and settings["ids"] is None and settings["dataset"] is None:
         settings["dataset"] = DEFAULT_DATASET
+    for name in FILE_SETTINGS:
+        paths = settings[name] if name == "corpus" else [settings[name]] if settings[name] else []
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing and name not in typed:
+            raise FileNotFoundError(
+                f"the run's {_flag(name)} file {missing[0]} is gone: "
+                f"if it has moved, give {_flag(name)} at its new place"
+            )
     if trainer["epoch"] >= settings["epochs"]:
         raise ValueError(
             f"{out} has already been trained for {trainer['epoch']} epochs; "
