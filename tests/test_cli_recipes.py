@@ -287,3 +287,59 @@ def test_resume_of_a_checkpoint_written_by_fit_takes_its_training_settings(capsy
     assert code == 0 and "epoch 1/1" in stdout, err
     settings = saved(out)[2]["settings"]
     assert (settings["optimizer"], settings["lr"], settings["seq_len"], settings["clip_norm"]) == ("sgd", 0.5, 10, None)
+
+
+def test_with_ids_the_tokenizer_files_options_are_the_runs(capsys, data, tmp_path):
+    """--ids trains with the --tokenizer file's tokenizer: its options are recorded (so that --resume
+    compares against what was used), and a --preset or option it contradicts is an error."""
+    plain = fastlm.Tokenizer.fit_file(data["train"], level="word")  # no <eos>
+    plain.save(tmp_path / "plain.json")
+    fastlm.save_ids(tmp_path / "ids.bin", plain.encode_file(data["train"]), len(plain))
+    common = ["--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "plain.json", *QUICK]
+    code, _, err = run(capsys, "train", *common, "--preset", "zaremba-small", "--out", tmp_path / "bad")
+    assert code == 1 and "--eos <eos> (--preset zaremba-small sets) does not match" in err, err
+    assert "plain.json" in err and "--eos (none)" in err and not (tmp_path / "bad").exists()
+    code, _, err = run(capsys, "train", *common, "--level", "char", *SMALL, "--out", tmp_path / "bad")
+    assert code == 1 and "--level char (given) does not match" in err and "--level word" in err, err
+    out = tmp_path / "m"
+    code, _, err = run(capsys, "train", *common, *SMALL, "--epochs", "1", "--out", out)
+    assert code == 0, err
+    record = saved(out)[2]["metadata"][cli.RECORD_KEY]
+    assert (record["level"], record["eos"]) == ("word", None)  # the tokenizer's, not the defaults (char)
+    code, stdout, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--level", "word", *QUICK)
+    assert code == 0 and "epoch 2/2" in stdout, err
+
+
+def test_encode_fits_a_tokenizer_with_eos_for_a_preset(capsys, data, tmp_path):
+    tokenizer, ids = tmp_path / "tok.json", tmp_path / "ids.bin"
+    code, _, err = run(
+        capsys, "encode", data["train"], "--fit", "--eos", "<eos>", "--tokenizer", tokenizer, "--out", ids
+    )
+    assert code == 0, err
+    tok = fastlm.Tokenizer.load(tokenizer)
+    assert tok.eos == "<eos>" and tok.encode("cat\ndog\n").tolist() == [
+        tok["cat"],
+        tok["<eos>"],
+        tok["dog"],
+        tok["<eos>"],
+    ]
+    code, _, err = run(capsys, "encode", data["train"], "--fit", "--eos", "", "--tokenizer", tokenizer, "--out", ids)
+    assert code == 2 and "argument --eos: eos must be a non-empty token" in err
+    out = tmp_path / "m"
+    small = ["--embed", "8", "--hidden", "8", "--layers", "1", "--epochs", "1"]
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "--ids",
+        ids,
+        "--tokenizer",
+        tokenizer,
+        "--preset",
+        "zaremba-small",
+        *small,
+        *QUICK,
+        "--out",
+        out,
+    )
+    assert code == 0 and "epoch 1/1" in stdout, err
+    assert saved(out)[2]["settings"]["optimizer"] == "sgd"

@@ -73,6 +73,7 @@ TRAIN_DEFAULTS = {
     "sparse_embedding": False,
     "preset": None,
 }
+TOKENIZER_SETTINGS = ("level", "min_count", "max_vocab", "lowercase", "split_punctuation", "eos")
 # Options of one invocation, not of the run: they may change from one --resume to the next.
 PER_INVOCATION = ("out", "resume", "max_steps", "sample_tokens", "progress", "threads", "distributed")
 # Settings that name files: recorded as absolute paths; on --resume the same file at a new place is accepted.
@@ -388,6 +389,21 @@ def _training_tokenizer(s, text):
     )
 
 
+def _take_tokenizer_settings(settings, typed, tokenizer, path):
+    """With --ids the tokenizer is the --tokenizer file's: its options are recorded as the run's, and an
+    option given (typed, or by the --preset) that the file's tokenizer does not have is an error."""
+    given = set(typed) | (set(preset_settings(settings["preset"])) if settings["preset"] else set())
+    for name in TOKENIZER_SETTINGS:
+        actual = getattr(tokenizer, name)
+        if name in given and settings[name] != actual:
+            source = f"--preset {settings['preset']} sets" if name not in typed else "given"
+            raise ValueError(
+                f"{_shown(name, settings[name])} ({source}) does not match the tokenizer the --ids were "
+                f"encoded with ({path}), which has {_shown(name, actual)}"
+            )
+        settings[name] = actual
+
+
 def _record_test(out, path, test_ids):
     """Score the saved model on the --test text and add the result to its trainer.json (as "test"):
     the model fastlm.load(out) gives, as `fastlm eval` would score it."""
@@ -431,6 +447,8 @@ def cmd_train(args):
         raise ValueError(f"the corpus is empty: {source}")
     if not args.resume:
         tokenizer = _training_tokenizer(s, text)
+        if s.ids:
+            _take_tokenizer_settings(settings, typed, tokenizer, s.tokenizer)
         model = fastlm.LSTMLM(
             len(tokenizer),
             s.embed,
@@ -556,6 +574,7 @@ def cmd_encode(args):
             max_vocab=args.max_vocab,
             lowercase=args.lowercase,
             split_punctuation=args.split_punctuation,
+            eos=args.eos,
         )
         tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
     else:
@@ -1078,6 +1097,13 @@ def build_parser():
         help="with --fit: keep the N most frequent tokens (default: all)",
     )
     encode.add_argument("--lowercase", action="store_true", help="with --fit: lower-case the text")
+    encode.add_argument(
+        "--eos",
+        type=EOS,
+        default=None,
+        metavar="TOKEN",
+        help='with --fit, word level: every line end becomes this token (e.g. "<eos>"; default: none)',
+    )
     encode.add_argument("--split-punctuation", action="store_true", help="with --fit: punctuation as tokens")
     encode.set_defaults(run=cmd_encode)
 
