@@ -122,7 +122,7 @@ ARGUMENTS = [  # (entry point, argument, kind)
     ("fit", "momentum", "number >= 0"),
     ("fit", "nesterov", "bool"),
     ("fit", "lr_decay_epoch", "positive int or None"),
-    *[("fit", name, "bool") for name in ("shuffle", "stateful", "resume", "progress")],
+    *[("fit", name, "bool") for name in ("shuffle", "stateful", "resume", "progress", "restore_best")],
     *[("evaluate", name, "positive int") for name in ("seq_len", "batch_size")],
     *[(entry, "max_new_tokens", "int >= 0") for entry in ("generate", "generate_text")],
     *[(entry, "num_samples", "positive int") for entry in ("generate", "generate_text")],

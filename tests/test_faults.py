@@ -212,8 +212,8 @@ def test_kill_during_the_first_save_does_not_block_the_directory(reference, tmp_
         )
         assert code == 0, capsys.readouterr().err
         fastlm.load(directory)
-        assert sorted(p.name for p in directory.iterdir()) == sorted(
-            ["config.json", model_dir.LOCK_FILE, model_dir.read_config(directory)["save"]]
+        assert sorted(p.name for p in directory.iterdir()) == sorted(  # best/: the best epoch (validation)
+            ["config.json", model_dir.LOCK_FILE, model_dir.BEST_DIR, model_dir.read_config(directory)["save"]]
         )
     capsys.readouterr()
 
@@ -294,8 +294,11 @@ def test_a_failing_write_inside_safetensors_is_one_line(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "File too large" in lines[0] and "model.safetensors" in lines[0], err
     assert "Traceback" not in err and "SafetensorError" not in err
-    assert not (tmp_path / "m" / "config.json").exists()
-    assert [p.name for p in (tmp_path / "m").iterdir()] == [model_dir.LOCK_FILE]
+    # nothing half-written: only lock files (the first save to fail is the best epoch's, m/best,
+    # which goes before the checkpoint that records it)
+    left = list((tmp_path / "m").rglob("*"))
+    assert left and all(p.name == model_dir.LOCK_FILE for p in left if not p.is_dir()), left
+    assert not [p for p in left if p.name == "config.json" or model_dir.SAVE_NAME.fullmatch(p.name)]
 
 
 def refuse_writes_under(monkeypatch, directory):

@@ -453,9 +453,10 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tok, ids, tmp_path, at):
     handler = signal.getsignal(signal.SIGINT)
     model = make(tok, dropout=0.1)
     count = interrupt_at(model, {at})
-    history = quiet_fit(model, ids, epochs=2, lr=1e-2, checkpoint_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt) as raised:  # checkpointed, then raised: a script stops there
+        quiet_fit(model, ids, epochs=2, lr=1e-2, checkpoint_dir=tmp_path)
+    assert raised.value.checkpoint_dir == tmp_path
     assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
-    assert history["interrupted"] is True
     assert count[0] == at  # stopped right after the batch during which Ctrl-C came
     trainer = json.loads((model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == divmod(at, 16)
@@ -467,11 +468,17 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tok, ids, tmp_path, at):
     assert_same_weights(full, resumed)
 
 
-def test_ctrl_c_without_checkpoint_dir_returns(tok, ids):
+def test_ctrl_c_without_checkpoint_dir_raises(tok, ids):
     model = make(tok)
-    interrupt_at(model, {3})
-    history = quiet_fit(model, ids, epochs=2)
-    assert history["interrupted"] is True and history["epoch"] == []
+    before = model.state_dict()
+    count = interrupt_at(model, {3})
+    with pytest.raises(KeyboardInterrupt) as raised:
+        quiet_fit(model, ids, epochs=2)
+    assert count[0] == 3 and raised.value.checkpoint_dir is None
+    assert raised.value.history["epoch"] == []
+    assert any(  # the model holds the weights after the 3 batches trained
+        not np.array_equal(before[k], v) for k, v in model.state_dict().items()
+    )
 
 
 def test_second_ctrl_c_raises_keyboard_interrupt(tok, ids, tmp_path):

@@ -26,7 +26,7 @@ from fastlm.tokenizer import _check_eos as check_eos
 from fastlm.training import OPTIMIZERS
 
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
-USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError)
+USER_ERRORS = (OSError, ValueError, KeyError, TypeError, FloatingPointError, MemoryError, ImportError)
 # Every setting of a `fastlm train` run, by its option's dest, with the default used when neither the
 # command line nor a --preset gives it. The options default to None in the parser, so that what the
 # user typed is known: a preset fills the rest, and --resume takes all of them from the checkpoint
@@ -47,6 +47,7 @@ TRAIN_DEFAULTS = {
     "lowercase": False,
     "split_punctuation": False,
     "eos": None,
+    "vocab_size": None,
     # the model
     "embed": 64,
     "hidden": 256,
@@ -386,6 +387,7 @@ def _training_tokenizer(s, text):
         lowercase=s.lowercase,
         split_punctuation=s.split_punctuation,
         eos=s.eos,
+        vocab_size=s.vocab_size,
     )
 
 
@@ -523,9 +525,6 @@ def cmd_train(args):
     elapsed = time.perf_counter() - started
     if comm is not None and comm.Get_rank() > 0:
         return 0
-    if history.get("interrupted"):
-        print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train --out {out} --resume")
-        return 130
     if "interrupted" in history:  # --max-steps stopped it before the last epoch's end
         print(
             f"stopped after {args.max_steps} steps (--max-steps), {len(history['epoch'])} of {s.epochs} epochs "
@@ -846,7 +845,16 @@ def build_parser():
         help="test text file, scored once training ends; the result is printed and saved in trainer.json "
         "(default: none)",
     )
-    train.add_argument("--level", choices=["char", "word"], default=None, help="token level (default: char)")
+    train.add_argument(
+        "--level", choices=["char", "word", "bpe"], default=None, help="token level (default: char; bpe: subwords)"
+    )
+    train.add_argument(
+        "--vocab-size",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="--level bpe: tokens to learn, at least 257 (required with bpe; default: none)",
+    )
     train.add_argument(
         "--eos",
         type=EOS,
@@ -1270,8 +1278,13 @@ def main(argv=None):
         if args.threads is not None:
             fastlm.set_num_threads(args.threads)
         return args.run(args)
-    except KeyboardInterrupt:
-        print(f"fastlm {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        out = getattr(error, "checkpoint_dir", None)  # fit checkpointed before raising
+        comm = getattr(args, "comm", None)
+        if out is not None and (comm is None or comm.Get_rank() == 0):
+            print(f"interrupted: checkpoint saved in {out}; continue with: fastlm train --out {out} --resume")
+        elif out is None:
+            print(f"fastlm {args.command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
         print(f"fastlm {args.command}: error: {_message(error)}", file=sys.stderr, flush=True)

@@ -493,6 +493,58 @@ class LSTMNetwork:
             config.update(init_range=self.init_range)
         return config
 
+    # ------------------------------------------------------------ description
+
+    def __repr__(self):
+        """The constructor call that builds this model (config(), and a backend other than cpp)."""
+        arguments = {**self.config(), **({"backend": self.backend} if self.backend != "cpp" else {})}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in arguments.items())})"
+
+    def summary(self, print_fn=print):
+        """A table of the layers, as Keras's Model.summary: each layer's output shape (B batch
+        rows, T time steps), its parameters' names and shapes, and the parameter counts (a tied
+        decoder.weight is the embedding's matrix, counted once). Printed with print_fn;
+        print_fn=None returns the table as a str instead."""
+        shapes = self.parameter_shapes()
+        groups = {}  # layer -> [(parameter name within it, shape)]
+        for name, shape in shapes.items():
+            if name.startswith("lstm."):
+                kind, layer = name[len("lstm.") :].rsplit("_l", 1)
+                groups.setdefault(f"lstm (layer {layer})", []).append((kind, shape))
+            else:
+                layer, _, kind = name.partition(".")
+                groups.setdefault(layer, []).append((kind, shape))
+        outputs = {"embedding": f"(B, T, {self.embed_dim})", "decoder": f"(B, T, {self.vocab_size})"}
+        rows = [("Layer", "Output shape", "Param #", "Parameters")]
+        total = 0
+        for layer, params in groups.items():
+            count, described = 0, []
+            for kind, shape in params:
+                tied = self.tie_weights and layer == "decoder" and kind == "weight"
+                count += 0 if tied else math.prod(shape)
+                described.append(f"{kind} {shape}" + (" tied to embedding.weight" if tied else ""))
+            total += count
+            output = outputs.get(layer, f"(B, T, {self.hidden_size})")
+            rows.append((layer, output, f"{count:,}", ", ".join(described)))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}".rstrip() for row in rows
+        ]
+        rule = "-" * max(map(len, lines))
+        decoder = f"adaptive softmax, cutoffs {list(self.cutoffs)}" if self.cutoffs is not None else "softmax"
+        head = [
+            f"{type(self).__name__}: vocabulary {self.vocab_size:,}, {self.num_layers} LSTM layer(s), "
+            f"dropout {self.dropout}, {decoder}"
+        ]
+        if self.tokenizer is not None:
+            head.append(f"tokenizer: {self.tokenizer!r}")
+        foot = f"Total parameters: {total:,} ({4 * total / 2**20:,.2f} MiB as float32)"
+        table = "\n".join([*head, rule, lines[0], rule, *lines[1:], rule, foot])
+        if print_fn is None:
+            return table
+        print_fn(table)
+        return None
+
     # ------------------------------------------------------------ evaluation, generation
 
     def evaluate(self, data, y=None, seq_len=100, batch_size=32, top_k=5):

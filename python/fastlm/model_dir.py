@@ -7,6 +7,7 @@ Format 2 (written since format 1's saves could be lost, see README "Model direct
     DIR/save-<id>/tokenizer.json    (optional)
     DIR/save-<id>/optimizer.safetensors, trainer.json   (checkpoints, for resuming)
     DIR/.fastlm.lock                coordinates savers, loaders and clean-up
+    DIR/best/                       (checkpoints with validation) the best epoch: a model directory
 
 A save writes a new save-<id> subdirectory beside the current one, syncs its files and the
 directory entries, then switches by one atomic step: the rename of a new config.json over
@@ -65,6 +66,7 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 LOCK_FILE = ".fastlm.lock"
+BEST_DIR = "best"  # in a training checkpoint's directory: a model directory of the best epoch (fit)
 SAVE_PREFIX = "save-"
 SAVE_NAME = re.compile(r"save-[0-9a-f]{32}")
 # Temporaries of fastlm's own: atomic.stage's names for config.json (and, in format 1, the others).
@@ -254,10 +256,18 @@ def remove_leftovers(directory, abandoned_saves=False):
 def is_fastlm_file(name):
     """True for the names fastlm itself creates in a model directory."""
     return (
-        name in (CONFIG_FILE, LOCK_FILE, *SAVE_FILES)
+        name in (CONFIG_FILE, LOCK_FILE, BEST_DIR, *SAVE_FILES)
         or bool(SAVE_NAME.fullmatch(name))
         or bool(STAGED_NAME.fullmatch(name))
     )
+
+
+def remove_best(directory):
+    """Remove DIR/best, the best epoch a previous training run kept beside its checkpoint, when it
+    is a model directory (a fresh run starts without one; anything else there is left alone)."""
+    best = Path(directory) / BEST_DIR
+    if best.is_dir() and not best.is_symlink() and (best / CONFIG_FILE).is_file():
+        shutil.rmtree(best)
 
 
 def check_writable(directory):

@@ -8,8 +8,8 @@ groups, no padding computed); nothing here loops over tokens.
 KenLM's conventions: ``score`` is a log10 probability; ``bos=True`` scores the first token
 as following a sentence boundary, ``eos=True`` also scores the boundary after the last
 token. fastlm's boundary token is the tokenizer's ``eos`` (``Tokenizer.fit(..., eos="<eos>")``,
-PTB style: a sentence starts after the previous one's ``<eos>``) or, for a character model
-without one, the newline. A model with neither has no boundary to condition on or to
+PTB style: a sentence starts after the previous one's ``<eos>``) or, for a character or BPE
+model without one, the newline. A model with neither has no boundary to condition on or to
 predict: ``bos=True`` / ``eos=True`` then raise ValueError saying so (pass False).
 """
 
@@ -83,6 +83,8 @@ def boundary_id(tokenizer):
         return tokenizer[eos]
     if tokenizer.level == "char" and "\n" in tokenizer:
         return tokenizer["\n"]
+    if tokenizer.level == "bpe":  # every byte is a token: the newline's
+        return int(tokenizer.encode("\n")[0])
     return None
 
 

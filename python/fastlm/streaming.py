@@ -109,7 +109,7 @@ def stream(
     stop_strings, stop_ids = check_stop(stop, text)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
     session = model.session(model.prompt_ids(prompt) if text else prompt, temperature, top_k, top_p, seed, suppress_unk)
-    previous = None  # the last token decoded: text pieces are decoded with one token of context
+    decoder = tokenizer.stream_decoder() if text else None  # text of a few ids at a time, characters whole
     pending = ""  # decoded text not yet yielded (it may begin a stop string)
     for count in _chunks(max_new_tokens):
         ids = session.next(count)[0]
@@ -119,11 +119,7 @@ def stream(
         if not text:
             yield from ids.tolist()
         elif ids.size:
-            context = [] if previous is None else [previous]
-            pending += tokenizer.decode(np.concatenate([context, ids]).astype(np.int32))[
-                len(tokenizer.decode(np.array(context, dtype=np.int32))) :
-            ]
-            previous = int(ids[-1])
+            pending += decoder.decode(ids)
             shown, stopped = cut_at_stop(pending, stop_strings)
             if stopped:
                 if shown:
@@ -135,5 +131,7 @@ def stream(
                 pending = pending[safe:]
         if end is not None:
             break
+    if text:
+        pending = cut_at_stop(pending + decoder.flush(), stop_strings)[0]
     if pending:
         yield pending

@@ -11,6 +11,9 @@ Levels
                 ``Hello , world !`` and ``"don't"`` gives ``don ' t``.
     ``"char"``  tokens are Unicode code points (not grapheme clusters: ``"é"`` written as
                 ``e`` + U+0301 is two tokens). Whitespace is kept.
+    ``"bpe"``   byte-level BPE subwords (GPT-2's scheme, fastlm/bpe.py), learnt by Hugging
+                Face ``tokenizers`` (``pip install 'fastlm[bpe]'``) up to ``vocab_size``
+                entries, ``<unk>`` included. Any text round-trips exactly.
 
 Line ends
     ``eos="<eos>"`` (word level) reads the text as lines, the Penn Treebank / WikiText
@@ -31,7 +34,8 @@ Vocabulary order
 
 Round trips
     Char level: ``decode(encode(t)) == t`` exactly for text whose characters are all in the
-    vocabulary (and already lower case when ``lowercase=True``). Word level: the tokens
+    vocabulary (and already lower case when ``lowercase=True``). BPE: for every text (lower
+    case when ``lowercase=True``), whitespace included. Word level: the tokens
     come back joined by single spaces -- whitespace (newlines included) is normalised.
     No Unicode normalisation (NFC/NFKC) is applied at either level.
 
@@ -52,7 +56,9 @@ Files
     "lowercase", "split_punctuation", "min_count", "max_vocab", "unk_token", "unk_id",
     "vocab": [...], "counts": [...]}``; a tokenizer with an end-of-line token adds
     ``"eos"`` and writes format 2, so that an older fastlm refuses it rather than
-    encoding without line ends. ``load`` raises FileNotFoundError for a missing
+    encoding without line ends; a BPE tokenizer writes format 3 with ``"bpe"``, the
+    Hugging Face tokenizer's own JSON (its ids are fastlm's minus one: fastlm's id 0 is
+    ``<unk>``), and ``"vocab"`` in fastlm's id order. ``load`` raises FileNotFoundError for a missing
     file and ValueError, naming the file and the problem, for anything else it cannot use.
 """
 
@@ -71,12 +77,13 @@ from itertools import repeat
 
 import numpy as np
 
+from fastlm import bpe
 from fastlm.atomic import atomic_write
 from fastlm.checks import check_bool, check_choice, check_int, check_str
 
 UNK = "<unk>"
-FORMAT = 2  # newest version of the JSON written by Tokenizer.save (2: with "eos")
-LEVELS = ("word", "char")
+FORMAT = 3  # newest version of the JSON written by Tokenizer.save (2: with "eos", 3: level "bpe")
+LEVELS = ("word", "char", "bpe")
 
 _CHUNK_BYTES = 1 << 20  # bytes read per step by fit_file / encode_file
 _PIECE_CHARS = 1 << 20  # characters tokenized per step for in-memory text and iterables
@@ -104,6 +111,8 @@ def _check_eos(eos, level):
 
 
 def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos=None):
+    if level == "bpe" and max_vocab is not None:
+        raise ValueError(f"level='bpe' is sized by vocab_size, not max_vocab (got max_vocab={max_vocab!r})")
     options = {
         "level": check_choice("level", level, LEVELS),
         "min_count": check_int("min_count", min_count, 1),
@@ -112,9 +121,28 @@ def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eo
         "split_punctuation": check_bool("split_punctuation", split_punctuation),
         "eos": _check_eos(eos, level),
     }
-    if level == "char" and options["split_punctuation"]:
+    if level != "word" and options["split_punctuation"]:
         raise ValueError("split_punctuation applies to level='word' only")
     return options
+
+
+def _check_vocab_size(vocab_size, level):
+    if level != "bpe":
+        if vocab_size is not None:
+            raise ValueError(
+                f"vocab_size applies to level='bpe' only (got vocab_size={vocab_size!r} with level={level!r}; "
+                "word and char levels take max_vocab)"
+            )
+        return None
+    if vocab_size is None:
+        raise ValueError("level='bpe' needs vocab_size: how many tokens to learn, <unk> included")
+    vocab_size = check_int("vocab_size", vocab_size, 1, 2**31 - 1)  # ids are int32
+    if vocab_size < bpe.MIN_VOCAB:
+        raise ValueError(
+            f"vocab_size must be at least {bpe.MIN_VOCAB} for level='bpe' (<unk> and the 256 bytes every "
+            f"text is made of), got {vocab_size}"
+        )
+    return vocab_size
 
 
 # ---------------------------------------------------------------- splitting text
@@ -260,7 +288,7 @@ def _checked_chunks(iterable):
 def _text_pieces(text, level):
     """Pieces of a str or of an iterable of str chunks (checked here, so TypeError comes early)."""
     if isinstance(text, str):
-        return _whole_pieces(_str_chunks(text), 1, _max_run(level))
+        return _regroup(_str_chunks(text), 1, level)
     if isinstance(text, (bytes, bytearray, memoryview)):
         raise TypeError(
             f"text must be a str or an iterable of str, got {type(text).__name__}; "
@@ -274,7 +302,7 @@ def _text_pieces(text, level):
         chunks = iter(text)
     except TypeError:
         raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}") from None
-    return _whole_pieces(_checked_chunks(chunks), _PIECE_CHARS, _max_run(level))
+    return _regroup(_checked_chunks(chunks), _PIECE_CHARS, level)
 
 
 def _file_chunks(path, encoding, errors, chunk_size):
@@ -306,7 +334,14 @@ def _file_chunks(path, encoding, errors, chunk_size):
 
 
 def _file_pieces(path, level, encoding, errors, chunk_size):
-    return _whole_pieces(_file_chunks(path, encoding, errors, chunk_size), 1, _max_run(level))
+    return _regroup(_file_chunks(path, encoding, errors, chunk_size), 1, level)
+
+
+def _regroup(chunks, min_chars, level):
+    """Pieces that tokenize as the whole does: cut after whitespace, or for BPE before a word's space."""
+    if level == "bpe":
+        return bpe.pieces(chunks, min_chars)
+    return _whole_pieces(chunks, min_chars, _max_run(level))
 
 
 def _max_run(level):
@@ -337,8 +372,10 @@ class Tokenizer:
         max_vocab=None,
         counts=None,
         eos=None,
+        bpe=None,
     ):
         options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
+        byte_pairs = self._check_bpe(bpe, level)
         vocab = tuple(vocab)
         if len(vocab) < 2 or vocab[0] != UNK:
             raise ValueError(f"vocab must start with {UNK!r} and hold at least one more token")
@@ -351,6 +388,8 @@ class Tokenizer:
                 raise ValueError(
                     f"vocab entry {i} ({token!r}) is empty or holds whitespace, so no word-level text can produce it"
                 )
+        if byte_pairs is not None and vocab[1:] != byte_pairs.tokens:
+            raise ValueError("vocab must be '<unk>' followed by the BPE's tokens in id order")
         index = {token: i for i, token in enumerate(vocab)}
         if options["eos"] is not None and options["eos"] not in index:
             raise ValueError(f"eos token {options['eos']!r} is not in the vocabulary")
@@ -375,22 +414,51 @@ class Tokenizer:
         self._index = index
         self._char_table = None  # code point -> id, built on first char-level encode
         self._char_codepoints = None  # id -> code point, built on first char-level decode
+        self._bpe = byte_pairs
+
+    @staticmethod
+    def _check_bpe(data, level):
+        """The BytePairs of level 'bpe' (data: the Hugging Face JSON, a dict or str), else None."""
+        if (level == "bpe") != (data is not None):
+            raise ValueError("level='bpe' and bpe (its Hugging Face JSON) go together")
+        if data is None:
+            return None
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"bpe is not JSON: {error}") from None
+        return bpe.BytePairs(data)
 
     # ------------------------------------------------------------ fitting
 
     @classmethod
     def fit(
-        cls, text, level="word", *, min_count=1, max_vocab=None, lowercase=False, split_punctuation=False, eos=None
+        cls,
+        text,
+        level="word",
+        *,
+        min_count=1,
+        max_vocab=None,
+        lowercase=False,
+        split_punctuation=False,
+        eos=None,
+        vocab_size=None,
     ):
         """Fit a vocabulary on text: a str, or an iterable of str chunks (read as their concatenation).
 
-        min_count: tokens seen fewer times map to <unk>. max_vocab: keep at most this many
-        entries, <unk> included (the most frequent tokens). eos: a token (such as "<eos>")
-        that ends every line, word level only. Raises ValueError for an empty corpus or
-        bad options, TypeError for input that is not text.
+        min_count: tokens seen fewer times map to <unk> (BPE: pairs seen fewer times are not
+        merged). max_vocab: keep at most this many entries, <unk> included (the most frequent
+        tokens). eos: a token (such as "<eos>") that ends every line, word level only.
+        vocab_size: level="bpe" only, the number of entries to learn, <unk> and the 256 bytes
+        included (Hugging Face tokenizers, ``pip install 'fastlm[bpe]'``; ValueError when the
+        text has too few pairs to merge for it). The same text and options always give the
+        same tokenizer. Raises ValueError for an empty corpus or bad options, TypeError for
+        input that is not text.
         """
         options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
-        return cls._fit_pieces(_text_pieces(text, level), options)
+        vocab_size = _check_vocab_size(vocab_size, level)
+        return cls._fit_pieces(_text_pieces(text, level), options, vocab_size)
 
     @classmethod
     def fit_file(
@@ -403,6 +471,7 @@ class Tokenizer:
         lowercase=False,
         split_punctuation=False,
         eos=None,
+        vocab_size=None,
         encoding="utf-8",
         errors="strict",
         chunk_size=_CHUNK_BYTES,
@@ -414,12 +483,32 @@ class Tokenizer:
         offset, unless errors="replace" (or another codecs error handler) is given.
         """
         options = _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eos)
+        vocab_size = _check_vocab_size(vocab_size, level)
         chunk_size = check_int("chunk_size", chunk_size, 1)
         path = os.fspath(path)
-        return cls._fit_pieces(_file_pieces(path, level, encoding, errors, chunk_size), options)
+        return cls._fit_pieces(_file_pieces(path, level, encoding, errors, chunk_size), options, vocab_size)
 
     @classmethod
-    def _fit_pieces(cls, pieces, options):
+    def _fit_bpe(cls, pieces, options, vocab_size):
+        bpe._library()  # the install hint before any text is read
+        seen = [None]
+        data = bpe.train(_with_last_character(pieces, seen), vocab_size, options["min_count"], options["lowercase"])
+        if seen[0] is None:
+            raise ValueError("empty corpus: the text holds no tokens to fit a vocabulary on")
+        learnt = 1 + len(data["model"]["vocab"])
+        if learnt < vocab_size:
+            raise ValueError(
+                f"vocab_size={vocab_size} is larger than this text allows: byte-level BPE on it stops at "
+                f"{learnt} tokens (<unk>, 256 bytes and {learnt - bpe.MIN_VOCAB} merges of pairs seen at least "
+                f"min_count={options['min_count']} times); pass vocab_size <= {learnt} or more text"
+            )
+        byte_pairs = bpe.BytePairs(data)
+        return cls([UNK, *byte_pairs.tokens], counts=None, bpe=data, **options)
+
+    @classmethod
+    def _fit_pieces(cls, pieces, options, vocab_size=None):
+        if options["level"] == "bpe":
+            return cls._fit_bpe(pieces, options, vocab_size)
         level, min_count, max_vocab = options["level"], options["min_count"], options["max_vocab"]
         keep = (max_vocab - 1) if max_vocab is not None else None
         if level == "word":
@@ -527,6 +616,8 @@ class Tokenizer:
             return _word_tokens(text, self.lowercase, self.split_punctuation, self.eos) + _final_eos(
                 self.eos, text[-1] if text else None
             )
+        if self.level == "bpe":
+            return self._bpe.tokens_of(text)
         return list(text.lower() if self.lowercase else text)
 
     def encode(self, text, return_unknown=False):
@@ -561,14 +652,14 @@ class Tokenizer:
         chunk_size = check_int("chunk_size", chunk_size, 1)
         paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
 
-        def pieces():
+        def chunks():
             for k, path in enumerate(paths):
                 if k:
                     yield "\n"
-                yield from _file_pieces(os.fspath(path), self.level, encoding, errors, chunk_size)
+                yield from _file_chunks(os.fspath(path), encoding, errors, chunk_size)
 
-        last = [None]
-        for piece in _with_last_character(pieces(), last):
+        last = [None]  # cut across files too: BPE may merge a file's last newline with the one joining it
+        for piece in _with_last_character(_regroup(chunks(), 1, self.level), last):
             yield self._encode_pieces([piece], len(piece) + 16, final_eos=False)  # a token has a character
         if _final_eos(self.eos, last[0]):
             yield np.array([self._index[self.eos]], dtype=np.int32)
@@ -583,6 +674,8 @@ class Tokenizer:
         for piece in _with_last_character(pieces, last):
             if self.level == "char":
                 values = _codepoints(piece.lower() if self.lowercase else piece)
+            elif self.level == "bpe":
+                values = self._bpe.encode(piece)
             else:
                 values = _word_tokens(piece, self.lowercase, self.split_punctuation, self.eos)
             k = len(values)
@@ -590,6 +683,8 @@ class Tokenizer:
                 out.resize(max(n + k, len(out) + len(out) // 2 + 1024), refcheck=False)
             if self.level == "char":
                 self._char_ids(values, out=out[n : n + k])
+            elif self.level == "bpe":
+                out[n : n + k] = values
             else:
                 out[n : n + k] = np.fromiter(map(self._index.get, values, repeat(self.UNK_ID)), dtype=np.int32, count=k)
             n += k
@@ -635,6 +730,8 @@ class Tokenizer:
         if low < 0 or high >= len(self._vocab):
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} outside the vocabulary [0, {len(self._vocab)})")
+        if self.level == "bpe":  # a character cut off by the ids' ends shows as U+FFFD
+            return self._bpe.to_bytes(ids.tolist()).decode("utf-8", "replace")
         if self.level == "word":
             tokens = list(map(self._vocab.__getitem__, ids.tolist()))
             if self.eos is None:
@@ -648,13 +745,20 @@ class Tokenizer:
             self._char_codepoints = np.array([0] + [ord(t) for t in self._vocab[1:]], dtype="<u4")
         return self._char_codepoints[ids].tobytes().decode("utf-32-le", "surrogatepass")
 
+    def stream_decoder(self):
+        """For text handed out a few tokens at a time (fastlm.streaming): an object whose
+        decode(ids) gives the text those ids add and flush() what is still held at the end.
+        The pieces join to decode(all ids); BPE holds back a character's first bytes until
+        its last arrive, so that no piece ends in half a character."""
+        return bpe.StreamDecoder(self._bpe) if self._bpe is not None else _ContextDecoder(self)
+
     # ------------------------------------------------------------ files
 
     def to_dict(self):
         """Everything save() writes, as JSON-ready Python values."""
         data = {
             "type": "fastlm.Tokenizer",
-            "format": 1 if self.eos is None else 2,
+            "format": 3 if self._bpe is not None else 1 if self.eos is None else 2,
             "level": self.level,
             "lowercase": self.lowercase,
             "split_punctuation": self.split_punctuation,
@@ -667,6 +771,8 @@ class Tokenizer:
         }
         if self.eos is not None:
             data["eos"] = self.eos
+        if self._bpe is not None:
+            data["bpe"] = self._bpe.data
         return data
 
     @classmethod
@@ -692,6 +798,8 @@ class Tokenizer:
             raise ValueError(f"missing {', '.join(map(repr, missing))}")
         if version < 2 and data.get("eos") is not None:
             raise ValueError("format 1 has no eos token; the file says format 1 but holds one")
+        if version < 3 and (data.get("level") == "bpe" or data.get("bpe") is not None):
+            raise ValueError(f"format {version} has no level 'bpe'; the file says format {version} but holds one")
         if data.get("unk_token", UNK) != UNK or data.get("unk_id", 0) != 0:
             raise ValueError(f"unk token must be {UNK!r} with id 0")
         for key in ("vocab", "counts"):
@@ -707,6 +815,7 @@ class Tokenizer:
                 max_vocab=data["max_vocab"],
                 counts=data.get("counts"),
                 eos=data.get("eos"),
+                bpe=data.get("bpe"),
             )
         except TypeError as e:
             raise ValueError(str(e)) from None
@@ -756,3 +865,23 @@ class Tokenizer:
             return cls.from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+class _ContextDecoder:
+    """Word and char levels: each few ids decoded with the id before them as context, so that
+    word level's joining space lands between pieces, not at the start of the text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.previous = None
+
+    def decode(self, ids):
+        ids = np.asarray(ids, dtype=np.int32)
+        if ids.size == 0:
+            return ""
+        context = np.array([] if self.previous is None else [self.previous], dtype=np.int32)
+        self.previous = int(ids[-1])
+        return self.tokenizer.decode(np.concatenate([context, ids]))[len(self.tokenizer.decode(context)) :]
+
+    def flush(self):
+        return ""

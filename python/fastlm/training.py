@@ -2,7 +2,9 @@
 
 Adam with per-parameter moments or SGD (momentum, Nesterov), optional clipping by global
 norm, dropout, learning-rate decay on a validation plateau or by epoch (the schedule of
-Zaremba et al.), early stopping, per-epoch checkpoints and exact resume.
+Zaremba et al.), early stopping (restoring the best epoch's weights if asked), per-epoch
+checkpoints with the best epoch kept beside the last, callbacks per batch and per epoch, and
+exact resume.
 Every random choice (window order, dropout masks) is a pure function of (seed, epoch,
 batch), and the full optimizer state is saved, so training stopped after any batch and
 resumed is bit-identical to an uninterrupted run with the same seed and thread count.
@@ -16,6 +18,7 @@ import math
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -301,6 +304,8 @@ def fit(
     lr_decay_epoch=None,
     sparse_embedding=False,
     metadata=None,
+    batch_callback=None,
+    restore_best=False,
 ):
     """Train with Adam or SGD on a 1-D id array (cut into windows) or on pre-made windows (x, y).
 
@@ -322,12 +327,28 @@ def fit(
         with lr_decay_epoch=k instead once more every epoch from epoch k on (the schedule of
         Zaremba et al.: epoch e, counted from 1, trains with lr * lr_decay ** max(e - k + 1, 0)).
     early_stopping: stop after this many epochs without val-loss improvement.
+    restore_best: when training ends (all epochs, or early stopping), leave the model with
+        the weights of the epoch of lowest val loss (needs val_ids), as Keras's
+        EarlyStopping(restore_best_weights=True). The checkpoint stays the last epoch's.
     checkpoint_dir: save model + optimizer + position after every epoch (and on Ctrl-C);
-        resume=True continues from it exactly. tokenizer: saved with the checkpoints
+        resume=True continues from it exactly. With val_ids, checkpoint_dir/best is also a
+        model directory (fastlm.load reads it) holding the epoch of lowest val loss so far.
+        A fresh run (resume=False) replaces both. tokenizer: saved with the checkpoints
         (None: model.tokenizer).
-    progress: a progress bar with loss, perplexity, tokens/s and ETA.
+    progress: a progress bar with loss, perplexity, tokens/s and ETA; as it closes each
+        epoch it shows the validation loss and perplexity too.
     max_batches: stop (and checkpoint) after this many batches in this call.
-    callback: called with the history after every epoch (on every rank).
+    callback: called with the history after every epoch (on every rank); returning False
+        stops training there (checkpointed, as max_batches does).
+    batch_callback: called after every batch (every optimizer step) with a dict: "epoch"
+        (from 1), "batch" (from 1 within the epoch), "batches" (per epoch), "loss" (this
+        batch's mean loss), "lr". Returning False stops training after that batch
+        (checkpointed: resume=True continues exactly from there).
+    Ctrl-C (SIGINT): the current batch finishes, a checkpoint is written (with
+        checkpoint_dir) and KeyboardInterrupt is raised, so that a script does not go on
+        with a half-trained model; a KeyboardInterrupt raised by a callback is handled the
+        same way. A second Ctrl-C raises at once (never inside a checkpoint being written).
+        The exception's checkpoint_dir attribute is the directory written, else None.
     comm: an mpi4py communicator (MPI.COMM_WORLD) for data-parallel training: started on N
         ranks, each takes rank 0's weights and its share of every global batch of
         N * batch_size rows; one Allreduce per step sums the gradients, so the model trained
@@ -343,7 +364,8 @@ def fit(
         (`fastlm train` keeps its command-line settings in it).
 
     Returns the history: lists per epoch of "loss", "val_loss", "val_perplexity",
-    "tokens_per_s", "lr"; "interrupted" is set when Ctrl-C or max_batches stopped it mid-epoch.
+    "tokens_per_s", "lr"; "interrupted" (False) is set when max_batches or a callback
+    stopped it before the last epoch's end.
     """
     dist = distributed.group(comm)
     sparse_embedding = check_bool("sparse_embedding", sparse_embedding)
@@ -387,8 +409,10 @@ def fit(
     resume = check_bool("resume", resume)
     progress = check_bool("progress", progress)
     max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, got {callback!r}")
+    for name, value in (("callback", callback), ("batch_callback", batch_callback)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, got {value!r}")
+    restore_best = check_bool("restore_best", restore_best)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     momentum = check_number("momentum", momentum, "[0, inf)")
     nesterov = check_bool("nesterov", nesterov)
@@ -407,6 +431,8 @@ def fit(
         )
     if ((lr_decay is not None and lr_decay_epoch is None) or early_stopping is not None) and val_ids is None:
         raise ValueError("lr_decay (without lr_decay_epoch) and early_stopping watch the validation loss: pass val_ids")
+    if restore_best and val_ids is None:
+        raise ValueError("restore_best=True keeps the weights of the epoch of lowest validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     check_tokenizer(tokenizer, model.vocab_size)
@@ -443,6 +469,7 @@ def fit(
         batch=0,
         lr=float(lr),
         best_val_loss=None,
+        best_epoch=None,
         epochs_without_improvement=0,
         stopped_early=False,
         epoch_loss_sum=0.0,
@@ -453,6 +480,8 @@ def fit(
     carry = None  # the hidden state carried between contiguous batches
     if checkpoint_dir is not None:
         model_dir.check_writable(checkpoint_dir)  # a read-only directory: now, not after the first epoch
+        if not resume and dist.rank == 0:
+            model_dir.remove_best(checkpoint_dir)  # a previous run's: this run starts afresh
     if resume:
         arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
         recorded = {**SETTINGS_BEFORE_RECORDED, "lr": settings["lr"], **saved["settings"]}
@@ -468,7 +497,12 @@ def fit(
         opt = _make_optimizer(settings, model.trainable(), saved["lr"])
         opt.load_arrays(arrays)
         opt.step_count = saved["adam_step"]  # the optimizer's step count, whichever the optimizer
-        trainer = {k: saved[k] for k in trainer}
+        trainer = {k: saved.get(k, default) for k, default in trainer.items()}  # best_epoch: newer than some
+        if restore_best and trainer["best_val_loss"] is not None and not _best_dir(checkpoint_dir).is_dir():
+            raise ValueError(
+                f"cannot restore_best: the checkpoint in {checkpoint_dir} keeps no {model_dir.BEST_DIR}/ model "
+                "(written by an older fastlm); resume without restore_best"
+            )
         if stateful and "carry.h.0" in arrays:
             carry = [(arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"]) for k in range(model.num_layers)]
         if tokenizer is None:
@@ -490,6 +524,16 @@ def fit(
         )
     dist.broadcast_parameters(model.trainable())
 
+    def saving(directory, training):
+        """model_dir.write with no Ctrl-C landing inside it (a second one waits until it is whole)."""
+        interrupt.saving = True
+        try:
+            model_dir.write(directory, model, tokenizer=tokenizer, training=training)
+        finally:
+            interrupt.saving = False
+        if interrupt.abort_after_save:
+            raise KeyboardInterrupt
+
     def checkpoint():
         _require_finite_weights(model, trainer)
         if checkpoint_dir is None or dist.rank != 0:  # one rank writes: they all hold the same state
@@ -501,15 +545,28 @@ def fit(
         if carry is not None:
             for k, (h, c) in enumerate(carry):
                 arrays[f"carry.h.{k}"], arrays[f"carry.c.{k}"] = h, c
-        interrupt.saving = True
-        try:
-            model_dir.write(checkpoint_dir, model, tokenizer=tokenizer, training=(arrays, state))
-        finally:
-            interrupt.saving = False
-        if interrupt.abort_after_save:
-            raise KeyboardInterrupt
+        saving(checkpoint_dir, (arrays, state))
+
+    def keep_best():
+        """After an epoch of lower val loss: its weights in memory (restore_best) and in
+        checkpoint_dir/best, written before the checkpoint that records it, so that a kill
+        between the two leaves a checkpoint whose replayed epoch writes the same best again."""
+        nonlocal best_state
+        if restore_best:
+            best_state = model.state_dict()
+        if checkpoint_dir is not None and dist.rank == 0:
+            _require_finite_weights(model, trainer)
+            saving(_best_dir(checkpoint_dir), None)
+
+    def interrupted():
+        """The KeyboardInterrupt fit raises after Ctrl-C, the checkpoint written."""
+        error = KeyboardInterrupt()
+        error.checkpoint_dir = checkpoint_dir
+        error.history = history
+        return distributed.on_every_rank(error)  # the ranks agreed on stopping: no MPI_Abort
 
     history = trainer["history"]
+    best_state = None  # restore_best: the best epoch's weights, when it was reached in this call
     batches_run = 0
     with _InterruptFlag() as interrupt:
         while trainer["epoch"] < epochs and not trainer["stopped_early"]:
@@ -520,6 +577,7 @@ def fit(
                 opt.lr = trainer["lr"] = epoch_lr(lr, lr_decay, lr_decay_epoch, epoch + 1)
             bar = _progress_bar(progress and dist.rank == 0, len(batches), trainer["batch"], epoch, epochs)
             started = time.perf_counter() - trainer["epoch_seconds"]
+            stop_asked = False
             for x, y_batch in batches.epoch(epoch, trainer["batch"]):
                 rows = batches.batch_rows(trainer["batch"])  # of the global batch, of which this rank has x
                 rng = RowStreams(model.seed, epoch, trainer["batch"], dist.rows(rows)[0], len(x))
@@ -548,23 +606,24 @@ def fit(
                 trainer["epoch_seconds"] = time.perf_counter() - started
                 batches_run += 1
                 if bar is not None:
-                    mean = trainer["epoch_loss_sum"] / trainer["epoch_tokens"]
-                    bar.set_postfix(
-                        loss=f"{mean:.3f}",
-                        ppl=f"{math.exp(min(mean, 50)):.1f}",
-                        tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
-                        refresh=False,
-                    )
+                    bar.set_postfix(_bar_figures(trainer), refresh=False)
                     bar.update(1)
-                if interrupt.raised or (max_batches is not None and batches_run >= max_batches):
+                if batch_callback is not None:
+                    info = dict(epoch=epoch + 1, batch=trainer["batch"], batches=len(batches), loss=loss, lr=opt.lr)
+                    stop_asked = _call_back(batch_callback, info, interrupt)
+                    if dist.size > 1:  # a callback's stop must be every rank's
+                        stop_asked, interrupt.raised = dist.any(stop_asked), dist.any(interrupt.raised)
+                if interrupt.raised or stop_asked or (max_batches is not None and batches_run >= max_batches):
                     break
-            if bar is not None:
-                bar.close()
             if trainer["batch"] < len(batches):  # stopped inside the epoch: checkpoint the position
+                if bar is not None:
+                    bar.close()
                 checkpoint()
-                history["interrupted"] = bool(interrupt.raised)
+                if interrupt.raised:
+                    raise interrupted()
+                history["interrupted"] = False
                 return history
-            _finish_epoch(
+            improved = _finish_epoch(
                 model,
                 trainer,
                 opt,
@@ -575,15 +634,26 @@ def fit(
                 lr_patience,
                 early_stopping,
             )
+            if bar is not None:  # the epoch's validation figures as its bar closes
+                bar.set_postfix(_bar_figures(trainer, history["val_loss"][-1]), refresh=False)
+                bar.close()
+            if improved:
+                keep_best()
             checkpoint()
             if callback is not None:
-                callback(history)
+                stop_asked = _call_back(callback, history, interrupt) or stop_asked
             interrupt.raised = dist.any(interrupt.raised)  # a Ctrl-C since the last step's agreement
-            stopping = interrupt.raised or (max_batches is not None and batches_run >= max_batches)
+            if interrupt.raised:
+                raise interrupted()
+            stopping = stop_asked or (max_batches is not None and batches_run >= max_batches)
             if stopping and trainer["epoch"] < epochs and not trainer["stopped_early"]:
-                history["interrupted"] = bool(interrupt.raised)  # stopped at an epoch boundary
+                history["interrupted"] = False  # stopped at an epoch boundary
                 return history
     history.pop("interrupted", None)
+    if restore_best and trainer["best_epoch"] is not None and trainer["best_epoch"] != trainer["epoch"]:
+        if best_state is None:  # reached before a resume: read back from checkpoint_dir/best
+            best_state = model_dir.load(_best_dir(checkpoint_dir), type(model), model.backend).state_dict()
+        model.load_state_dict(best_state)
     return history
 
 
@@ -595,6 +665,33 @@ def _check_metadata(metadata):
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValueError(f"metadata must be JSON-serialisable (it is saved in trainer.json): {error}") from None
+
+
+def _best_dir(checkpoint_dir):
+    return Path(checkpoint_dir) / model_dir.BEST_DIR
+
+
+def _call_back(function, argument, interrupt):
+    """Call a user's callback: True when it returned False (stop training); a KeyboardInterrupt
+    it raises counts as Ctrl-C (the step it followed is complete, so a checkpoint holds it)."""
+    try:
+        return function(argument) is False
+    except KeyboardInterrupt:
+        interrupt.raised = True
+        return False
+
+
+def _bar_figures(trainer, val_loss=None):
+    """The progress bar's postfix: the epoch's mean loss so far, and at its end the validation loss."""
+    mean = trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"])
+    figures = dict(
+        loss=f"{mean:.3f}",
+        ppl=f"{math.exp(min(mean, 50)):.1f}",
+        tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
+    )
+    if val_loss is not None:
+        figures.update(val_loss=f"{val_loss:.3f}", val_ppl=f"{math.exp(min(val_loss, 50)):.1f}")
+    return figures
 
 
 def _require_finite_weights(model, trainer):
@@ -610,7 +707,8 @@ def _require_finite_weights(model, trainer):
 
 
 def _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size, lr_decay, lr_patience, early_stopping):
-    """Record the epoch, then apply the plateau rules to the validation loss (lr_decay None: no plateau decay)."""
+    """Record the epoch, then apply the plateau rules to the validation loss (lr_decay None: no
+    plateau decay). True when the validation loss is the lowest so far."""
     history = trainer["history"]
     history["epoch"].append(trainer["epoch"] + 1)
     history["loss"].append(trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"]))
@@ -623,6 +721,7 @@ def _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size, lr_decay, l
     if val_loss is not None:
         if trainer["best_val_loss"] is None or val_loss < trainer["best_val_loss"]:
             trainer["best_val_loss"] = val_loss
+            trainer["best_epoch"] = trainer["epoch"] + 1
             trainer["epochs_without_improvement"] = 0
         else:
             trainer["epochs_without_improvement"] += 1
@@ -634,3 +733,4 @@ def _finish_epoch(model, trainer, opt, val_ids, seq_len, batch_size, lr_decay, l
     trainer["epoch"] += 1
     trainer["batch"] = 0
     trainer["epoch_loss_sum"], trainer["epoch_tokens"], trainer["epoch_seconds"] = 0.0, 0, 0.0
+    return trainer["best_epoch"] == trainer["epoch"]
