@@ -102,6 +102,39 @@ def test_load_on_numpy_backend(model, saved):
     assert_same_weights(model, loaded)
 
 
+def test_load_holds_one_model_at_its_peak(tmp_path):
+    """load reads the weights straight into the model's arrays: no random initialisation
+    beside them, no second copy (it used to peak at three models)."""
+    import tracemalloc
+
+    model = fastlm.LSTMLM(4000, 128, 128, seed=2)  # 4 MB of parameters
+    model.save(tmp_path)
+    size = sum(p.nbytes for p in model.trainable().values())
+    tracemalloc.start()
+    try:
+        loaded = fastlm.load(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_same_weights(model, loaded)
+    assert size < peak < 1.3 * size, f"load peaked at {peak / size:.2f} x the parameters"
+    assert all(p.flags.writeable and p.flags.c_contiguous for p in loaded.params.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_load_converts_other_float_widths(model, tmp_path, dtype):
+    model.save(tmp_path)
+    path = files_of(tmp_path) / "model.safetensors"
+    state = model.state_dict()
+    save_file(
+        {k: v.astype(dtype) for k, v in state.items()}, path, metadata={"save_id": config_of(tmp_path)["save_id"]}
+    )
+    loaded = fastlm.load(tmp_path)
+    for name, value in loaded.state_dict().items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, state[name].astype(dtype).astype(np.float32), err_msg=name)
+
+
 def test_round_trip_after_training(tok, tmp_path):
     model = fastlm.LSTMLM(len(tok), 6, 8, seed=1)
     model.fit(tok.encode(V_TEXT * 4), seq_len=8, batch_size=4, epochs=1, lr=1e-2, progress=False)

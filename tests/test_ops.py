@@ -284,6 +284,15 @@ def build_score_sequences(rng, V, E, H, layers, lengths, repeat=1, bos=-1, batch
     return Inputs([params, layers, ids, offsets, bos, batch_size])
 
 
+def build_score_streams(rng, V, E, H, layers, B, T, state="random", cutoffs=None):
+    """A random model's state_dict, B streams of T inputs and targets, and a state to continue
+    from (state="zero": h0 and c0 left out, the op's default)."""
+    model = fastlm.LSTMLM(V, E, H, layers, seed=int(rng.integers(1 << 30)), cutoffs=cutoffs)
+    x, y = (rng.integers(0, V, (B, T), dtype=np.int32) for _ in range(2))
+    kwargs = {} if state == "zero" else dict(h0=uniform(rng, (layers, B, H)), c0=uniform(rng, (layers, B, H)))
+    return Inputs([model.state_dict(), layers, x, y], kwargs)
+
+
 def build_prediction_counts(rng, V, n):
     targets = rng.integers(0, V, n, dtype=np.int32)
     predictions = np.where(rng.random(n) < 0.3, targets, rng.integers(0, V, n)).astype(np.int32)
@@ -325,6 +334,9 @@ OPS = {
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
     "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
     "score_sequences": Op(build_score_sequences, ("log_probs", "argmax", "ranks"), near_ties=("argmax", "ranks")),
+    "score_streams": Op(
+        build_score_streams, ("log_probs", "argmax", "ranks", "h_n", "c_n"), near_ties=("argmax", "ranks")
+    ),
     "output_scores": Op(build_output_loss_forward, ("log_probs", "argmax", "ranks"), near_ties=("argmax", "ranks")),
     "prediction_counts": Op(build_prediction_counts, ("counts",), exact=("counts",)),
 }
@@ -442,9 +454,15 @@ CASES = [
     ),  # groups of 3, longest first
     ("score_sequences", dict(V=101, E=19, H=37, layers=1, lengths=[3, 80, 21], bos=7, scale=8.0)),  # peaked
     # Many sequences, one group of 400: threaded recurrence and output layer, and 16,200 packed
-    # rows of 4H = 520 gate floats, beyond one chunk of steps (2^23 floats): the state is
-    # carried across chunks in both layers.
+    # rows, many chunks of steps: the state is carried across chunks in both layers.
     ("score_sequences", dict(V=521, E=64, H=130, layers=2, lengths=range(1, 81), repeat=5, bos=3, batch_size=1000)),
+    # Streams continued from a state: one stream of one step; a few streams; one stream over
+    # many chunks of steps (1024 rows each), with H = 130 its recurrence threaded; an adaptive decoder.
+    ("score_streams", dict(V=2, E=1, H=3, layers=1, B=1, T=1, state="zero")),
+    ("score_streams", dict(V=1009, E=19, H=37, layers=2, B=3, T=17)),
+    ("score_streams", dict(V=101, E=8, H=16, layers=2, B=1, T=2100)),
+    ("score_streams", dict(V=521, E=64, H=130, layers=1, B=1, T=1100)),
+    ("score_streams", dict(V=300, E=8, H=16, layers=1, B=2, T=40, cutoffs=[50, 150])),
     ("output_scores", dict(N=1, H=19, V=2)),
     ("output_scores", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190
     ("output_scores", dict(N=40, H=19, V=1009, ties=True)),  # arg-max ties: the first wins

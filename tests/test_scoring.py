@@ -257,6 +257,99 @@ def test_evaluate_bad_top_k(model, tok):
         model.evaluate(tok.encode(TEXT[:200]), top_k=0)
 
 
+def test_evaluate_is_one_stream_in_long_pieces(model, tok, monkeypatch):
+    """The text goes to C++ in pieces with the state carried: the pieces' size changes no
+    score, and the result is log_probs' of the whole text as one sequence."""
+    ids = tok.encode(TEXT)
+    whole = model.evaluate(ids, top_k=3)
+    lp = model.log_probs([ids])[0].astype(np.float64)
+    assert whole["tokens"] == len(ids) - 1 == lp.size
+    assert whole["loss"] == pytest.approx(-lp.mean(), rel=1e-12)  # the same float32 scores, summed in float64
+    monkeypatch.setattr(fastlm.scoring, "TEXT_CALL_ROWS", 7)  # many short pieces
+    assert model.evaluate(ids, top_k=3, batch_size=3, seq_len=5) == pytest.approx(whole, rel=1e-12)
+
+
+def test_score_streams_continues_from_the_state_it_returns(model, twin):
+    """Two calls, the second from the first's final state, give what one call gives; the C++
+    op and its NumPy twin agree; one stream from zero is score_sequences' sequence."""
+    p = model.state_dict()
+    rng = np.random.default_rng(3)
+    text = rng.integers(0, model.vocab_size, (3, 51)).astype(np.int32)
+    x, y = text[:, :-1], text[:, 1:]
+    for ops in (fastlm._core, fastlm.reference):
+        lp, pred, rank, h, c = ops.score_streams(p, 2, x, y)
+        lp1, pred1, rank1, h1, c1 = ops.score_streams(p, 2, x[:, :20], y[:, :20])
+        lp2, pred2, rank2, h2, c2 = ops.score_streams(p, 2, x[:, 20:], y[:, 20:], h1, c1)
+        np.testing.assert_allclose(np.concatenate([lp1, lp2], axis=1), lp, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(h2, h, atol=1e-6)
+        np.testing.assert_allclose(c2, c, atol=1e-6)
+        assert np.mean(np.concatenate([pred1, pred2], axis=1) == pred) > 0.99
+    one = fastlm._core.score_streams(p, 2, x[:1], y[:1])[0][0]
+    np.testing.assert_array_equal(one, model.log_probs([text[0]])[0])  # bit-identical: the same kernel, row for row
+    twin_lp = fastlm.reference.score_streams(p, 2, x, y)[0]
+    np.testing.assert_allclose(fastlm._core.score_streams(p, 2, x, y)[0], twin_lp, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_with_streams_is_pytorch_style(model, tok):
+    """streams=N: N contiguous streams, each from a zero state, every token scored (the
+    remainder continues the last stream); streams=1 is the exact reading."""
+    ids = tok.encode(TEXT[:3000])
+    n = len(ids) - 1
+    exact = model.evaluate(ids)
+    assert model.evaluate(ids, streams=1) == exact
+    for streams in (2, 7):
+        result = model.evaluate(ids, streams=streams)
+        length = n // streams
+        parts = [ids[r * length : (r + 1) * length + 1] for r in range(streams - 1)]
+        parts.append(ids[(streams - 1) * length :])  # the last stream, with the remainder
+        lp = np.concatenate(model.log_probs(parts)).astype(np.float64)
+        assert result["tokens"] == n == lp.size
+        assert result["loss"] == pytest.approx(-lp.mean(), rel=1e-6)
+        assert result["loss"] != pytest.approx(exact["loss"], rel=1e-9)  # the streams' starts lose context
+    short = model.evaluate(ids[:4], streams=10)  # more streams than tokens: one token each
+    assert short["tokens"] == 3
+    with pytest.raises(ValueError, match="streams must be a positive integer, got 0"):
+        model.evaluate(ids, streams=0)
+    with pytest.raises(TypeError, match="streams must be an integer or None, got 2.0"):
+        model.evaluate(ids, streams=2.0)
+    x, y = fastlm.windows(ids, 10, 10)
+    with pytest.raises(ValueError, match="streams applies to a 1-D text"):
+        model.evaluate(x, y, streams=2)
+
+
+CTRL_C_CHILD = r"""
+import os, signal, sys, threading, time
+import numpy as np
+import fastlm
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (nohup &)
+model = fastlm.LSTMLM(2000, 32, 256, num_layers=2, seed=0)
+ids = np.random.default_rng(0).integers(0, 2000, 3_000_000).astype(np.int32)  # minutes of scoring
+call = {"evaluate": lambda: model.evaluate(ids), "log_probs": lambda: model.log_probs([ids])}[sys.argv[1]]
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+started = time.perf_counter()
+try:
+    call()
+    print("finished")
+except KeyboardInterrupt:
+    print(f"KeyboardInterrupt {time.perf_counter() - started - 0.5:.3f}")
+print("usable", model.evaluate(ids[:100])["tokens"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("call", ["evaluate", "log_probs"])
+def test_ctrl_c_stops_a_long_scoring_call(call):
+    """Scoring polls Python's signal handlers every few milliseconds: a SIGINT from a timer
+    thread half a second into minutes of work raises KeyboardInterrupt, and the model works on."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CTRL_C_CHILD, call], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith("KeyboardInterrupt"), out.stdout + out.stderr
+    assert float(lines[0].split()[1]) < 10  # generous for a loaded machine; without the poll: minutes
+    assert lines[1] == "usable 99", out.stdout + out.stderr
+
+
 # ------------------------------------------------------------------ streaming
 
 

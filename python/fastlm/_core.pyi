@@ -194,6 +194,17 @@ def score_sequences(
     """Sequences ids[offsets[i]:offsets[i + 1]], each from a zero state -> per scored token
     (log_probs, predictions, ranks); bos >= 0 scores the first token after bos."""
 
+def score_streams(
+    params: dict[str, Any],
+    num_layers: int,
+    x: ArrayLike,
+    y: ArrayLike,
+    h0: ArrayLike | None = None,
+    c0: ArrayLike | None = None,
+) -> tuple[Floats, Ids, Ids, Floats, Floats]:
+    """Streams x, y (B, T) continued from the state h0, c0 (layers, B, H; None: zeros) ->
+    (log_probs, predictions, ranks) each (B, T), and the final state h_n, c_n (layers, B, H)."""
+
 def output_scores(h: ArrayLike, weight: ArrayLike, bias: ArrayLike, targets: ArrayLike) -> tuple[Floats, Ids, Ids]:
     """h (N, H) -> (log_probs (N,) of the targets, predictions (N,) arg-max, ranks (N,) logits above the target's)."""
 

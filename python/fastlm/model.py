@@ -24,7 +24,6 @@ import warnings
 import numpy as np
 
 from fastlm import _core, adaptive, onnx_export, reference, scoring, streaming, torch_convert
-from fastlm.batches import ContiguousBatches
 from fastlm.checks import check_bool, check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
 from fastlm.token_file import check_corpus
 
@@ -65,6 +64,13 @@ def iter_parameter_shapes(vocab_size, embed_dim, hidden_size, num_layers, decode
     else:
         yield "decoder.weight", (V, H)
         yield "decoder.bias", (V,)
+
+
+def _all_finite(values, chunk=1 << 20):
+    """No NaN or infinity in values, checked a slice at a time: np.isfinite of a whole
+    embedding matrix would allocate a quarter of its size again."""
+    flat = values.reshape(-1)
+    return all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, flat.size, chunk))
 
 
 def physical_memory():
@@ -144,6 +150,8 @@ class LSTMNetwork:
         head_bias=False,
         tie_weights=False,
         init_range=None,
+        *,
+        _weights=None,
     ):
         self.vocab_size = check_int("vocab_size", vocab_size, 1)
         self.embed_dim = check_int("embed_dim", embed_dim, 1)
@@ -161,11 +169,22 @@ class LSTMNetwork:
         self.backend = backend
         self.ops = _backend_ops(backend)
         self._rng = np.random.default_rng(self.seed)
-        self.params = self._initial_parameters()
+        # _weights: see with_weights; otherwise the random initialisation.
+        self.params = self._initial_parameters() if _weights is None else self._checked_weights(_weights, copy=False)
         self.tokenizer = None  # attached by fastlm.load or by the user, for text in / text out
         self._params_lock = threading.Lock()
         self._snapshot = None  # while fit runs: the weights as they were when it started
         self._training_thread = None
+
+    @classmethod
+    def with_weights(cls, config, weights, backend="cpp"):
+        """A model of config (the constructor's keyword arguments, as config() gives them)
+        with the parameters weights (name -> array, as load_state_dict takes them), never
+        drawing the random initialisation: fastlm.load reads a file's tensors into fresh
+        float32 arrays and the model takes those very arrays over (no copy where they are
+        already C-contiguous, writeable float32), so that loading holds one model's memory
+        at its peak, not two. The checks are load_state_dict's."""
+        return cls(**config, backend=backend, _weights=weights)
 
     # ------------------------------------------------------------ parameters
 
@@ -209,6 +228,8 @@ class LSTMNetwork:
             for name, default in (("vocab_size", None), ("embed_dim", 128), ("hidden_size", 128), ("num_layers", 1))
         )
         check_model_size(V, E, H, L)
+        check_number("dropout", config.get("dropout", 0.0), "[0, 1)")
+        check_int("seed", config.get("seed", 0), 0)
         cutoffs, div_value, head_bias = adaptive.check_adaptive(
             config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H
         )
@@ -256,6 +277,12 @@ class LSTMNetwork:
         Values may be NumPy arrays or CPU torch tensors. A tied model needs equal
         embedding.weight and decoder.weight, as a tied PyTorch module's state_dict has them.
         """
+        self.params = self._checked_weights(state, copy=True)
+
+    def _checked_weights(self, state, copy):
+        """state's parameters as float32 C-contiguous arrays, checked (names, shapes, dtype,
+        finiteness after the cast, tied equality) and tied. copy=False takes over the arrays
+        that are already float32, C-contiguous and writeable instead of copying them."""
         expected = self.parameter_shapes()
         missing = [name for name in expected if name not in state]
         extra = [name for name in state if name not in expected]
@@ -274,8 +301,11 @@ class LSTMNetwork:
             if value.shape != shape:
                 raise ValueError(f"state_dict entry {name!r} has shape {value.shape}, expected {shape}")
             with np.errstate(over="ignore"):  # float64 beyond float32's range: reported just below
-                value = np.array(value, dtype=np.float32, order="C")
-            if not np.all(np.isfinite(value)):
+                if copy:
+                    value = np.array(value, dtype=np.float32, order="C")
+                else:
+                    value = np.require(value, np.float32, ["C_CONTIGUOUS", "WRITEABLE", "ALIGNED"])
+            if not _all_finite(value):
                 raise ValueError(f"state_dict entry {name!r} holds NaN or infinity (or a value beyond float32's range)")
             loaded[name] = value
         if self.tie_weights and not np.array_equal(loaded["embedding.weight"], loaded["decoder.weight"]):
@@ -283,7 +313,7 @@ class LSTMNetwork:
                 "this model ties its weights, but the state_dict's embedding.weight and "
                 "decoder.weight differ (it comes from an untied model)"
             )
-        self.params = self._tie(loaded)
+        return self._tie(loaded)
 
     def reading_params(self):
         """The parameters a reader uses: while fit runs in another thread, the weights as they
@@ -547,47 +577,51 @@ class LSTMNetwork:
 
     # ------------------------------------------------------------ evaluation, generation
 
-    def evaluate(self, data, y=None, seq_len=100, batch_size=32, top_k=5):
+    def evaluate(self, data, y=None, seq_len=100, batch_size=32, top_k=5, streams=None):
         """Next-token metrics: loss (mean cross-entropy, nats), perplexity, accuracy (top-1),
         top_k_accuracy (the target among the top_k most likely), the macro precision, recall
         and f1 of the arg-max prediction over the tokens that occur as target or prediction,
         bits_per_token, and tokens (how many were scored).
 
-        data: 1-D token ids: every token after the first is scored with its full left
-        context, whatever the batch size: the text is read as one stream in chunks of
-        seq_len with the state carried across (the last, shorter chunk too). Or (N, T)
-        windows with targets y, batch_size rows at a time, each from a zero state.
+        data: 1-D token ids. Every token after the first is scored, exactly: each with its
+        full left context (the text is read as one stream in C++, the state carried from
+        the first token to the last), so the result depends on neither batch_size nor
+        seq_len. streams=N instead reads the text as N contiguous streams side by side, as
+        PyTorch's word_language_model example evaluates (N is its eval_batch_size): faster,
+        since each step of the recurrence then advances N tokens, but every stream starts
+        from a zero state, so a token sees only the left context of its own stream (the
+        first tokens of each stream score worse than they would in the text). Every token is
+        still scored (the tokens left over continue the last stream).
+
+        Or (N, T) windows data with targets y, batch_size rows at a time, each from a zero
+        state. seq_len is accepted for compatibility; no result depends on it.
         """
-        seq_len = check_int("seq_len", seq_len, 1)
+        check_int("seq_len", seq_len, 1)
         batch_size = check_int("batch_size", batch_size, 1)
         top_k = check_int("top_k", top_k, 1)
+        streams = check_int("streams", streams, 1, allow_none=True)
+        p = self.reading_params()
+        metrics = scoring.NextTokenMetrics(self.ops, self.vocab_size, top_k)
         if y is not None:
+            if streams is not None:
+                raise ValueError("streams applies to a 1-D text: windows (data, y) are each scored from a zero state")
             x, y = self.check_batch(data, y)
-            batches = ((x[r : r + batch_size], y[r : r + batch_size]) for r in range(0, len(x), batch_size))
-            stateful = False
+            for r in range(0, len(x), batch_size):
+                log_probs, predictions, ranks, _, _ = self.ops.score_streams(
+                    p, self.num_layers, x[r : r + batch_size], y[r : r + batch_size]
+                )
+                if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
+                    loss = -float(np.mean(log_probs, dtype=np.float64))
+                    raise FloatingPointError(
+                        f"the loss is {loss} on windows {r} to {r + len(log_probs)}: the model's logits "
+                        "overflow float32 (NaN or infinity)"
+                    )
+                metrics.add(y[r : r + batch_size].reshape(-1), log_probs.ravel(), predictions.ravel(), ranks.ravel())
         else:
             ids = check_corpus("ids", data, self.vocab_size)  # a memory map stays on disk
             if len(ids) < 2:
                 raise ValueError(f"evaluation needs at least 2 tokens, got {len(ids)}")
-            batches = ContiguousBatches(ids, seq_len, 1).epoch(0)
-            stateful = True
-        p = self.reading_params()
-        metrics = scoring.NextTokenMetrics(self.ops, self.vocab_size, top_k)
-        state = None
-        for xb, yb in batches:
-            rows, _, tape = self._lstm_forward(xb, state, None, params=p)
-            targets = yb.reshape(-1)
-            log_probs, predictions, ranks = scoring.output_scores(self, rows, targets, p)
-            if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
-                loss = -float(np.mean(log_probs, dtype=np.float64))
-                raise FloatingPointError(
-                    f"the loss is {loss} on tokens {metrics.tokens} to "
-                    f"{metrics.tokens + yb.size}: the model's logits overflow float32 "
-                    "(NaN or infinity)"
-                )
-            metrics.add(targets, log_probs, predictions, ranks)
-            if stateful:
-                state = self._final_state(tape)
+            scoring.score_text(self, p, ids, streams or 1, metrics)
         return metrics.result()
 
     def _sampling(self, temperature, top_k, top_p, seed, suppress_unk):

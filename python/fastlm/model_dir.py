@@ -30,7 +30,7 @@ byte of tensor data is read or a parameter allocated, and only the expected tens
 
 This module does not import the model or the training loop: it works on any model object
 with config(), state_dict(), load_state_dict(), parameter_shapes(), vocab_size and tokenizer,
-and a model class with saved_shapes() (see docs/architecture.md).
+and a model class with saved_shapes() and with_weights() (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -496,6 +496,44 @@ def _read_tensors(path, names, save_id):
         raise ValueError(f"cannot read {path}: {error}") from None
 
 
+def _read_into(f, view):
+    """Fill view (a writable byte memoryview) from f's position; a short file is an error."""
+    done = 0
+    while done < len(view):
+        count = f.readinto(view[done:])
+        if not count:
+            return False
+        done += count
+    return True
+
+
+def _read_weights(path, metadata, entries, names, save_id):
+    """The named tensors of a checked file, each read from the file straight into a new
+    array (float32 as stored; float16 and float64 converted one tensor at a time): no
+    second copy of the weights exists at any moment, unlike safetensors' reader, whose
+    arrays are views of read-only buffers that the model would copy."""
+    if metadata.get("save_id") != save_id:
+        raise ValueError(
+            f"{path} does not belong to the same save as {CONFIG_FILE} "
+            "(an interrupted format-1 save?); save the model again"
+        )
+    weights = {}
+    with open(path, "rb", buffering=0) as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        for name in names:
+            entry = entries[name]
+            stored = np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")
+            array = np.empty(entry["shape"], stored)
+            f.seek(8 + length + entry["data_offsets"][0])
+            if not _read_into(f, memoryview(array).cast("B")):
+                raise ValueError(f"cannot read {path}: entry {name!r} is cut short")
+            if array.dtype != np.float32:  # another width, or a big-endian machine
+                with np.errstate(over="ignore"):  # beyond float32's range: the model's check reports it
+                    array = array.astype(np.float32)
+            weights[name] = array
+    return weights
+
+
 def _header_bound(config, extra_tensors=0):
     """The largest safetensors header a model of config's num_layers can have (4 L + 3 tensors)."""
     layers = config["model"].get("num_layers", 1) if isinstance(config["model"], dict) else 1
@@ -510,17 +548,22 @@ def load(directory, model_class, backend="cpp"):
     with _DirectoryLock(directory, create=False) as lock:
         config = read_config(directory)
         files = save_path(directory, config)
-        _, entries = _read_header(files / MODEL_FILE, _header_bound(config))
+        path = files / MODEL_FILE
+        metadata, entries = _read_header(path, _header_bound(config))
         try:
             shapes = model_class.saved_shapes(config["model"])
         except (TypeError, ValueError) as error:
             raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
-        _check_entries(files / MODEL_FILE, entries, shapes)
+        _check_entries(path, entries, shapes)
+        # The model is built around the weights read, never with a random initialisation
+        # beside them: one model's memory at the peak.
+        weights = _read_weights(path, metadata, entries, list(entries), config["save_id"])  # checked: all expected
         try:
-            model = model_class(**config["model"], backend=backend)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{directory / CONFIG_FILE} has an invalid model section: {error}") from None
-        model.tokenizer = _restore(files, config, model, entries)
+            model = model_class.with_weights(config["model"], weights, backend)
+        except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
+            raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
+        del weights
+        model.tokenizer = _restore_tokenizer(files, model)
         if lock.try_exclusive():
             _remove(_leftovers(directory))
     return model
@@ -555,6 +598,11 @@ def _restore(files, config, model, entries=None):
     except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
         raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
     del tensors
+    return _restore_tokenizer(files, model)
+
+
+def _restore_tokenizer(files, model):
+    """The save's tokenizer, checked against the model, or None."""
     if not (files / TOKENIZER_FILE).is_file():
         return None
     tokenizer_path = files / TOKENIZER_FILE

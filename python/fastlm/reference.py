@@ -685,6 +685,39 @@ def score_sequences(params, num_layers, ids, offsets, bos=-1, batch_size=256):
     return np.concatenate(log_probs), np.concatenate(predictions), np.concatenate(ranks)
 
 
+def score_streams(params, num_layers, x, y, h0=None, c0=None):
+    """Streams continued from a given state, for reading a long text in pieces: x and y
+    (B, T) stream b's inputs and targets, h0 and c0 (num_layers, B, H) the state before
+    the first step (None: zeros). Returns log_probs, predictions and ranks (B, T), as
+    score_sequences defines them, and the state after the last step, h_n and c_n
+    (num_layers, B, H): passed as the next call's h0, c0 it continues every stream."""
+    x, y = np.asarray(x), np.asarray(y)
+    B, T = x.shape
+    H = params["lstm.weight_hh_l0"].shape[1]
+    h0 = np.zeros((num_layers, B, H), np.float32) if h0 is None else np.asarray(h0, np.float32)
+    c0 = np.zeros((num_layers, B, H), np.float32) if c0 is None else np.asarray(c0, np.float32)
+    layer = params["embedding.weight"][x]
+    h_n, c_n = np.empty_like(h0), np.empty_like(c0)
+    for k in range(num_layers):
+        layer, cs, _ = lstm_forward(
+            layer,
+            params[f"lstm.weight_ih_l{k}"],
+            params[f"lstm.weight_hh_l{k}"],
+            params[f"lstm.bias_ih_l{k}"],
+            params[f"lstm.bias_hh_l{k}"],
+            h0[k],
+            c0[k],
+        )
+        h_n[k], c_n[k] = layer[:, -1], cs[:, -1]
+    rows, targets = layer.reshape(B * T, H), y.reshape(-1)
+    if "decoder.head.weight" in params:
+        scores = adaptive_output_scores(rows, *_adaptive_decoder(params), targets)
+    else:
+        scores = output_scores(rows, params["decoder.weight"], params["decoder.bias"], targets)
+    log_probs, predictions, ranks = (a.reshape(B, T) for a in scores)
+    return log_probs, predictions, ranks, h_n, c_n
+
+
 def prediction_counts(targets, predictions, vocab_size):
     """(3, vocab_size) int64: per token id, the true positives (predicted and right), the
     predictions and the targets, from which per-token precision and recall follow."""

@@ -3,7 +3,8 @@ KenLM-style sentence scores, and the next-token metrics of evaluate.
 
 Functions take the model first and are attached to LSTMNetwork (fastlm.model) as methods.
 Every sequence list goes to the C++ core in one call (``score_sequences``: length-sorted
-groups, no padding computed); nothing here loops over tokens.
+groups, no padding computed), and evaluate's text goes in long pieces with the state
+carried (``score_streams``); nothing here loops over tokens.
 
 KenLM's conventions: ``score`` is a log10 probability; ``bos=True`` scores the first token
 as following a sentence boundary, ``eos=True`` also scores the boundary after the last
@@ -19,10 +20,16 @@ import math
 
 import numpy as np
 
-from fastlm import adaptive, reference
 from fastlm.checks import check_bool, check_int, check_tokenizer
+from fastlm.token_file import ResidentPages
 
 LOG10_E = 1.0 / math.log(10.0)
+
+# Rows (stream steps) per C++ call when evaluate reads a 1-D text: enough that the Python
+# between calls is nothing beside the scoring, few enough that a call's outputs and index
+# arrays stay small (a few MB) whatever the text's length. Inside a call the C++ core
+# works in chunks of its own; the results do not depend on this size.
+TEXT_CALL_ROWS = 1 << 16
 
 
 def _sequence_list(sequences, vocab_size):
@@ -169,14 +176,44 @@ def full_scores(model, sentences, bos=True, eos=True):
 # ------------------------------------------------------------------ evaluate's metrics
 
 
-def output_scores(model, rows, targets, params):
-    """(log_probs, predictions, ranks) of the decoder on rows (N, H) for targets (N,): the
-    output_scores kernel, or for an adaptive decoder its full distribution in row chunks."""
-    if getattr(model, "cutoffs", None) is None:
-        return model.ops.output_scores(rows, params["decoder.weight"], params["decoder.bias"], targets)
-    return reference.adaptive_output_scores(
-        rows, *adaptive.decoder_arguments(params, len(model.cutoffs)), targets, log_prob=model.ops.adaptive_log_prob
-    )
+def score_text(model, params, ids, streams, metrics):
+    """Every token of the 1-D ids after the first, scored into metrics (NextTokenMetrics).
+
+    The text is read as `streams` contiguous streams side by side, each from a zero state
+    with the state carried from its first token to its last (score_streams, a long piece
+    per C++ call): streams=1 scores every token with its full left context; N streams cut
+    the text into N equal parts, as PyTorch's word_language_model example evaluates, and
+    a token sees the left context of its own part only. Every token is scored either way:
+    the tokens N equal parts leave over continue the last stream.
+    """
+    scored = len(ids) - 1
+    streams = min(streams, scored)
+    length = scored // streams  # steps of every stream; the remainder continues the last one
+    pages = ResidentPages(ids)
+    state = (None, None)
+
+    def piece(starts, t0, t1, state):
+        index = starts[:, None] + np.arange(t0, t1, dtype=np.int64)
+        x, y = ids[index], ids[index + 1]
+        pages.batch_read()
+        log_probs, predictions, ranks, *state = model.ops.score_streams(params, model.num_layers, x, y, *state)
+        if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
+            loss = -float(np.mean(log_probs, dtype=np.float64))
+            raise FloatingPointError(
+                f"the loss is {loss} on {y.size} tokens after the first {metrics.tokens}: the model's "
+                "logits overflow float32 (NaN or infinity)"
+            )
+        metrics.add(y.reshape(-1), log_probs.reshape(-1), predictions.reshape(-1), ranks.reshape(-1))
+        return state
+
+    starts = np.arange(streams, dtype=np.int64) * length
+    step = max(1, TEXT_CALL_ROWS // streams)
+    for t0 in range(0, length, step):
+        state = piece(starts, t0, min(t0 + step, length), state)
+    last = starts[-1:]  # the last stream goes on through the remainder
+    state = tuple(s[:, -1:] for s in state)
+    for t0 in range(length, scored - int(last[0]), TEXT_CALL_ROWS):
+        state = piece(last, t0, min(t0 + TEXT_CALL_ROWS, scored - int(last[0])), state)
 
 
 class NextTokenMetrics:

@@ -848,12 +848,52 @@ py::tuple py_score_sequences(const py::dict& params, int64_t num_layers, const p
     }
     py::array_t<float> log_probs(total);
     py::array_t<int32_t> predictions(total), ranks(total);
-    {
+    try {
         KernelScope scope;
         kernels().score_sequences(model.view, ids.data(), off, count, int32_t(bos), batch_size,
-                        {log_probs.mutable_data(), predictions.mutable_data(), ranks.mutable_data()});
+                                  {log_probs.mutable_data(), predictions.mutable_data(), ranks.mutable_data()},
+                                  python_signal_raised);
+    } catch (const Interrupted&) {
+        throw py::error_already_set();  // what the signal handler raised, KeyboardInterrupt for Ctrl-C
     }
     return py::make_tuple(log_probs, predictions, ranks);
+}
+
+// The state of every layer for score_streams: (layers, batch, H) float32, zeros for None.
+py::array_t<float> stream_state(const py::handle& obj, const char* name, const Shape& shape) {
+    py::array_t<float> state(shape);
+    if (obj.is_none()) {
+        std::fill(state.mutable_data(), state.mutable_data() + state.size(), 0.0f);
+        return state;
+    }
+    const FloatArray given = float_input(obj, name, 3);
+    require_shape(given, name, shape);
+    std::copy(given.data(), given.data() + given.size(), state.mutable_data());
+    return state;
+}
+
+py::tuple py_score_streams(const py::dict& params, int64_t num_layers, const py::handle& x_obj,
+                           const py::handle& y_obj, const py::handle& h0_obj, const py::handle& c0_obj) {
+    const ModelArgs model = model_args(params, num_layers);
+    const int64_t V = model.view.vocab, H = model.view.hidden;
+    const IdArray x = id_input(x_obj, "x", V), y = id_input(y_obj, "y", V);
+    require(x.ndim() == 2, "x must be 2-D (streams, steps), got shape " + shape_str(shape_of(x)));
+    require_shape(y, "y", shape_of(x));
+    const int64_t B = x.shape(0), T = x.shape(1);
+    require_nonempty(B, T);
+    py::array_t<float> h = stream_state(h0_obj, "h0", {num_layers, B, H});
+    py::array_t<float> c = stream_state(c0_obj, "c0", {num_layers, B, H});
+    py::array_t<float> log_probs({B, T});
+    py::array_t<int32_t> predictions({B, T}), ranks({B, T});
+    try {
+        KernelScope scope;
+        kernels().score_streams(model.view, x.data(), y.data(), B, T, h.mutable_data(), c.mutable_data(),
+                                {log_probs.mutable_data(), predictions.mutable_data(), ranks.mutable_data()},
+                                python_signal_raised);
+    } catch (const Interrupted&) {
+        throw py::error_already_set();
+    }
+    return py::make_tuple(log_probs, predictions, ranks, h, c);
 }
 
 py::tuple py_output_scores(const py::handle& h, const py::handle& weight, const py::handle& bias,
@@ -968,6 +1008,8 @@ PYBIND11_MODULE(_core, m) {
         .def("probabilities", &PySession::probabilities);
     m.def("score_sequences", &py_score_sequences, py::arg("params"), py::arg("num_layers"), py::arg("ids"),
           py::arg("offsets"), py::arg("bos") = -1, py::arg("batch_size") = 256);
+    m.def("score_streams", &py_score_streams, py::arg("params"), py::arg("num_layers"), py::arg("x"), py::arg("y"),
+          py::arg("h0") = py::none(), py::arg("c0") = py::none());
     m.def("output_scores", &py_output_scores, py::arg("h"), py::arg("weight"), py::arg("bias"), py::arg("targets"));
     m.def("prediction_counts", &py_prediction_counts, py::arg("targets"), py::arg("predictions"),
           py::arg("vocab_size"));

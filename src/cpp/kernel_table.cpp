@@ -43,6 +43,7 @@ const Kernels kTable = {
     &fma_peak_gflops,
     &make_generation_session,
     &score_sequences,
+    &score_streams,
     &output_scores,
     &prediction_counts,
 };

@@ -93,7 +93,7 @@ struct LanguageModelView {
     AdaptiveWeights adaptive{};
 };
 
-// Per scored token of score_sequences / output_scores (scoring.h).
+// Per scored token of score_sequences / score_streams / output_scores (scoring.h).
 struct ScoreOutputs {
     float* log_probs;
     int32_t* predictions;
@@ -168,7 +168,11 @@ struct Kernels {
                                                              const SamplerConfig& config, uint64_t seed,
                                                              const std::function<bool()>& stop_requested);
     void (*score_sequences)(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets,
-                            int64_t count, int32_t bos, int64_t batch_size, const ScoreOutputs& out);
+                            int64_t count, int32_t bos, int64_t batch_size, const ScoreOutputs& out,
+                            const std::function<bool()>& stop_requested);
+    void (*score_streams)(const LanguageModelView& model, const int32_t* x, const int32_t* y, int64_t batch,
+                          int64_t steps, float* h, float* c, const ScoreOutputs& out,
+                          const std::function<bool()>& stop_requested);
     void (*output_scores)(const OutputShape& s, const float* h, const float* weight, const float* bias,
                           const int32_t* targets, const ScoreOutputs& out);
     void (*prediction_counts)(const int32_t* targets, const int32_t* predictions, int64_t n, int64_t vocab,

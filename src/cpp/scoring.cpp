@@ -7,9 +7,11 @@
 #include "adaptive_softmax.h"
 #include "allocator.h"
 #include "embedding.h"
+#include "errors.h"
 #include "gemm.h"
 #include "lstm.h"
 #include "output_loss.h"
+#include "interrupt.h"
 #include "parallel.h"
 #include "sampling.h"
 
@@ -18,8 +20,13 @@ namespace FASTLM_ISA {
 namespace {
 
 // Packed rows per chunk of steps: the gate pre-activations of a chunk (rows x 4H floats)
-// stay around 32 MB whatever the sequences' lengths.
+// stay around 32 MB whatever the sequences' lengths, and a chunk of kChunkRows rows (or
+// one step, when more sequences than that run at once) is short enough that the stop
+// request polled between its stages is seen within milliseconds. A batch of one stream
+// runs kChunkRows steps per chunk: the input projection and the decoder of those steps
+// are still one large product each, only the recurrence goes step by step.
 constexpr int64_t kChunkGateFloats = int64_t(1) << 23;
+constexpr int64_t kChunkRows = 1024;
 
 struct PackedLstmLayer {
     PackedB w_ih_t, w_hh_t;
@@ -59,12 +66,28 @@ struct Group {
     }
     int32_t target(int64_t r, int64_t t) const { return ids[offsets[members[r]] + t + (bos >= 0 ? 0 : 1)]; }
     int64_t output(int64_t r, int64_t t) const { return out_at[members[r]] + t; }
+    int64_t size() const { return int64_t(members.size()); }
+};
+
+// Streams of equal length continued from a given state: row r's step t reads x and y at
+// r * steps + t and writes its scores there.
+struct Streams {
+    const int32_t* x;
+    const int32_t* y;
+    int64_t batch;
+    std::vector<int64_t> active;  // every stream runs at every step
+
+    int32_t input(int64_t r, int64_t t) const { return x[r * steps() + t]; }
+    int32_t target(int64_t r, int64_t t) const { return y[r * steps() + t]; }
+    int64_t output(int64_t r, int64_t t) const { return r * steps() + t; }
+    int64_t size() const { return batch; }
+    int64_t steps() const { return int64_t(active.size()); }
 };
 
 // The output layer on rows (n x H) of hidden states, the decoder packed: per row the
 // target's log-probability, the arg-max and the target's rank.
 void score_rows(const OutputShape& s, const float* hidden, const PackedB& decoder_t, const float* bias,
-                const int32_t* targets, const ScoreOutputs& out) {
+                const int32_t* targets, const ScoreOutputs& out, InterruptPoll& poll) {
     const int64_t n = s.rows, H = s.hidden, V = s.vocab;
     const int64_t chunk = std::max<int64_t>(1, std::min(n, std::max(kLogitChunkElements, V * H) / V));
     const ScratchFloats logits = scratch_floats(chunk * V);
@@ -82,12 +105,13 @@ void score_rows(const OutputShape& s, const float* hidden, const PackedB& decode
             for (int64_t v = 0; v < V; ++v) above += z[v] > target_logit;
             out.ranks[row] = above;
         }
+        poll();
     }
 }
 
 // The same for an adaptive softmax decoder: each row's full distribution, in row chunks.
 void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_t n, const int32_t* targets,
-                         const ScoreOutputs& out) {
+                         const ScoreOutputs& out, InterruptPoll& poll) {
     const int64_t H = m.hidden, V = m.vocab;
     const int64_t chunk = std::max<int64_t>(1, std::min(n, kLogitChunkElements / V));
     const ScratchFloats log_p = scratch_floats(chunk * V);
@@ -106,6 +130,7 @@ void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_
             for (int64_t v = 0; v < V; ++v) above += z[v] > target;
             out.ranks[row] = above;
         }
+        poll();
     }
 }
 
@@ -116,13 +141,14 @@ struct GroupBuffers {
     std::vector<int32_t> tokens, targets, prediction, rank;
 };
 
-void score_group(const LanguageModelView& m, const PackedModel& packed, const Group& g, GroupBuffers& b,
-                 const ScoreOutputs& out) {
-    const int64_t H = m.hidden, G = 4 * H, E = m.embed, members = int64_t(g.members.size());
+// Scores a group (Group or Streams) from the state in b.h / b.c, which it leaves holding
+// the state after each member's last step. poll runs between the stages of every chunk.
+template <class Rows>
+void score_group(const LanguageModelView& m, const PackedModel& packed, const Rows& g, GroupBuffers& b,
+                 const ScoreOutputs& out, InterruptPoll& poll) {
+    const int64_t H = m.hidden, G = 4 * H, E = m.embed;
     const int64_t steps = int64_t(g.active.size());
-    const int64_t budget = std::max<int64_t>(1, kChunkGateFloats / G);
-    b.h.assign(m.layers.size(), std::vector<float>(members * H, 0.0f));
-    b.c.assign(m.layers.size(), std::vector<float>(members * H, 0.0f));
+    const int64_t budget = std::max<int64_t>(1, std::min(kChunkRows, kChunkGateFloats / G));
     std::vector<int64_t> step_at;
     for (int64_t t0 = 0; t0 < steps;) {
         // Steps [t0, t1): packed rows, step t's rows at step_at[t - t0].
@@ -171,15 +197,17 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Gr
             std::copy(hs + last * H, hs + (last + g.active[t1 - 1]) * H, h_state);
             std::swap(b.x, b.layer_out);
             b.layer_out.resize(rows * H);
+            poll();
         }
         b.log_prob.resize(rows);
         b.prediction.resize(rows);
         b.rank.resize(rows);
         const ScoreOutputs scores{b.log_prob.data(), b.prediction.data(), b.rank.data()};
         if (m.adaptive_shape.clusters() > 0)
-            score_rows_adaptive(m, b.x.data(), rows, b.targets.data(), scores);
+            score_rows_adaptive(m, b.x.data(), rows, b.targets.data(), scores, poll);
         else
-            score_rows({rows, H, m.vocab}, b.x.data(), packed.decoder_t, m.decoder_b, b.targets.data(), scores);
+            score_rows({rows, H, m.vocab}, b.x.data(), packed.decoder_t, m.decoder_b, b.targets.data(), scores,
+                       poll);
         for (int64_t t = t0; t < t1; ++t)
             for (int64_t r = 0; r < g.active[t]; ++r) {
                 const int64_t from = step_at[t - t0] + r, to = g.output(r, t);
@@ -196,11 +224,13 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Gr
 void output_scores(const OutputShape& s, const float* h, const float* weight, const float* bias,
                    const int32_t* targets, const ScoreOutputs& out) {
     const PackedB decoder_t(weight, s.hidden, /*trans_b=*/true, s.hidden, s.vocab);
-    score_rows(s, h, decoder_t, bias, targets, out);
+    InterruptPoll never({});
+    score_rows(s, h, decoder_t, bias, targets, out, never);
 }
 
 void score_sequences(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets, int64_t count,
-                     int32_t bos, int64_t batch_size, const ScoreOutputs& out) {
+                     int32_t bos, int64_t batch_size, const ScoreOutputs& out,
+                     const std::function<bool()>& stop_requested) {
     std::vector<int64_t> steps(count), out_at(count + 1, 0);
     for (int64_t i = 0; i < count; ++i) {
         steps[i] = scored_count(offsets[i + 1] - offsets[i], bos);
@@ -212,6 +242,7 @@ void score_sequences(const LanguageModelView& model, const int32_t* ids, const i
     // Longest first; equal lengths in input order, so results do not depend on the sort.
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return steps[a] > steps[b]; });
     if (order.empty()) return;
+    InterruptPoll poll(stop_requested);
     const PackedModel packed(model);
     GroupBuffers buffers;
     for (size_t g0 = 0; g0 < order.size(); g0 += size_t(batch_size)) {
@@ -225,7 +256,29 @@ void score_sequences(const LanguageModelView& model, const int32_t* ids, const i
             while (steps[group.members[running - 1]] <= t) --running;
             group.active[t] = running;
         }
-        score_group(model, packed, group, buffers, out);
+        buffers.h.assign(model.layers.size(), std::vector<float>(group.size() * model.hidden, 0.0f));
+        buffers.c.assign(model.layers.size(), std::vector<float>(group.size() * model.hidden, 0.0f));
+        score_group(model, packed, group, buffers, out, poll);
+    }
+}
+
+void score_streams(const LanguageModelView& model, const int32_t* x, const int32_t* y, int64_t batch,
+                   int64_t steps, float* h, float* c, const ScoreOutputs& out,
+                   const std::function<bool()>& stop_requested) {
+    if (batch <= 0 || steps <= 0) return;
+    InterruptPoll poll(stop_requested);
+    const int64_t H = model.hidden, L = int64_t(model.layers.size());
+    const PackedModel packed(model);
+    GroupBuffers buffers;
+    for (int64_t k = 0; k < L; ++k) {
+        buffers.h.emplace_back(h + k * batch * H, h + (k + 1) * batch * H);
+        buffers.c.emplace_back(c + k * batch * H, c + (k + 1) * batch * H);
+    }
+    const Streams streams{x, y, batch, std::vector<int64_t>(steps, batch)};
+    score_group(model, packed, streams, buffers, out, poll);
+    for (int64_t k = 0; k < L; ++k) {
+        std::copy(buffers.h[k].begin(), buffers.h[k].end(), h + k * batch * H);
+        std::copy(buffers.c[k].begin(), buffers.c[k].end(), c + k * batch * H);
     }
 }
 

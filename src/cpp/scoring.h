@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "generate.h"
 #include "isa.h"
@@ -22,6 +23,8 @@ namespace FASTLM_ISA {
 // PackedSequence: at step t only the group's sequences still running are computed (a
 // prefix of the group, since it is sorted), so nothing is spent on padding, and the state
 // is carried across chunks of steps so that memory stays bounded for any length.
+// stop_requested is polled every few milliseconds (between the stages of each chunk of
+// steps); when it returns true the call throws Interrupted, the outputs part-written.
 // Writes, per scored token: log_probs (natural log), predictions (the arg-max token) and
 // ranks (how many tokens have a larger logit than the target's: the target is in the
 // top k when rank < k). scored_count (kernels.h) gives each sequence's count.
@@ -32,7 +35,20 @@ void output_scores(const OutputShape& s, const float* h, const float* weight, co
                    const int32_t* targets, const ScoreOutputs& out);
 
 void score_sequences(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets, int64_t count,
-                     int32_t bos, int64_t batch_size, const ScoreOutputs& out);
+                     int32_t bos, int64_t batch_size, const ScoreOutputs& out,
+                     const std::function<bool()>& stop_requested);
+
+// batch streams continued from a given state, for reading a long text in pieces with the
+// state carried (evaluate): x and y (batch, steps), stream r's inputs and targets; h and c
+// (layers, batch, H) the state before its first step, overwritten with the state after its
+// last. Writes the three outputs per (stream, step) at r * steps + t. The same arithmetic
+// as score_sequences, row for row: one stream of steps tokens gives the scores
+// score_sequences gives that sequence when h and c are zero. A batch of one (the exact
+// reading of a text) runs chunks of many steps: the input projections and the decoder of
+// a chunk are one product each, only the recurrence goes step by step.
+void score_streams(const LanguageModelView& model, const int32_t* x, const int32_t* y, int64_t batch,
+                   int64_t steps, float* h, float* c, const ScoreOutputs& out,
+                   const std::function<bool()>& stop_requested);
 
 // counts (3, vocab), added to: true positives, predictions and targets of each token id,
 // so that per-token precision and recall need no vocab x vocab confusion matrix.
