@@ -207,9 +207,12 @@ def test_a_fresh_run_replaces_the_previous_best(tok, ids, tmp_path):
 
 def test_progress_bar_closes_with_the_validation_figures(tok, ids, capsys):
     history = quiet_fit(make(tok), ids, epochs=2, progress=True, val_ids=ids[:200])
-    err = capsys.readouterr().err
-    for loss in history["val_loss"]:
-        assert f"val_loss={loss:.3f}" in err and f"val_ppl={math.exp(loss):.1f}" in err
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    for loss, val_loss in zip(history["loss"], history["val_loss"]):
+        # the closing line: the epoch's training figures, then the validation loss and perplexity
+        train = f"loss={loss:.3f}, ppl={math.exp(loss):.1f}, tok_s="
+        val = f"val_loss={val_loss:.3f}, val_ppl={math.exp(val_loss):.1f}"
+        assert any(train in line and line.rstrip().endswith(val + "]") for line in lines), (train, val, lines)
 
 
 def test_cli_reports_the_checkpoint_of_an_interrupted_run(tmp_path, monkeypatch, capsys):

@@ -606,7 +606,9 @@ def fit(
                 trainer["epoch_seconds"] = time.perf_counter() - started
                 batches_run += 1
                 if bar is not None:
-                    bar.set_postfix(_bar_figures(trainer), refresh=False)
+                    mean = trainer["epoch_loss_sum"] / trainer["epoch_tokens"]
+                    speed = trainer["epoch_tokens"] / max(trainer["epoch_seconds"], 1e-9)
+                    bar.set_postfix(_bar_figures(mean, speed), refresh=False)
                     bar.update(1)
                 if batch_callback is not None:
                     info = dict(epoch=epoch + 1, batch=trainer["batch"], batches=len(batches), loss=loss, lr=opt.lr)
@@ -635,7 +637,8 @@ def fit(
                 early_stopping,
             )
             if bar is not None:  # the epoch's validation figures as its bar closes
-                bar.set_postfix(_bar_figures(trainer, history["val_loss"][-1]), refresh=False)
+                figures = _bar_figures(history["loss"][-1], history["tokens_per_s"][-1], history["val_loss"][-1])
+                bar.set_postfix(figures, refresh=False)
                 bar.close()
             if improved:
                 keep_best()
@@ -681,14 +684,9 @@ def _call_back(function, argument, interrupt):
         return False
 
 
-def _bar_figures(trainer, val_loss=None):
+def _bar_figures(loss, tokens_per_s, val_loss=None):
     """The progress bar's postfix: the epoch's mean loss so far, and at its end the validation loss."""
-    mean = trainer["epoch_loss_sum"] / max(1, trainer["epoch_tokens"])
-    figures = dict(
-        loss=f"{mean:.3f}",
-        ppl=f"{math.exp(min(mean, 50)):.1f}",
-        tok_s=f"{trainer['epoch_tokens'] / max(trainer['epoch_seconds'], 1e-9):.0f}",
-    )
+    figures = dict(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 50)):.1f}", tok_s=f"{tokens_per_s:.0f}")
     if val_loss is not None:
         figures.update(val_loss=f"{val_loss:.3f}", val_ppl=f"{math.exp(min(val_loss, 50)):.1f}")
     return figures
