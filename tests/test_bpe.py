@@ -220,3 +220,30 @@ def test_cli_trains_with_bpe(tmp_path, capsys):
     argv = ["train", corpus, "--level", "word", "--vocab-size", "300", "--out", tmp_path / "w"]
     code = cli.main([str(a) for a in argv])
     assert code == 1 and "vocab_size applies to level='bpe' only" in capsys.readouterr().err
+
+
+def test_cli_encodes_with_a_bpe_tokenizer_for_ids_training(tmp_path, capsys):
+    """A corpus larger than memory: `fastlm encode --fit --level bpe --vocab-size N` streams it into a
+    BPE tokenizer and a token file; `train --ids` records the tokenizer's size as the run's, so that a
+    --resume (or a typed --vocab-size) is compared with it."""
+    corpus = _write(tmp_path / "corpus.txt", TRAIN[:6000])
+    tokenizer, ids = tmp_path / "tok.json", tmp_path / "ids.bin"
+    argv = ["encode", corpus, "--fit", "--level", "bpe", "--vocab-size", "300", "--tokenizer", tokenizer]
+    code = cli.main([str(a) for a in [*argv, "--out", ids]])
+    assert code == 0, capsys.readouterr().err
+    expected = Tokenizer.fit(TRAIN[:6000], level="bpe", vocab_size=300)
+    assert Tokenizer.load(tokenizer) == expected
+    assert np.array_equal(fastlm.open_ids(ids, vocab_size=300), expected.encode(TRAIN[:6000]))
+    tiny = ["--hidden", "8", "--embed", "8", "--layers", "1", "--seq-len", "16", "--batch-size", "8", "--epochs", "1"]
+    common = ["train", "--ids", ids, "--tokenizer", tokenizer, *tiny, "--sample-tokens", "0", "--no-progress"]
+    code = cli.main([str(a) for a in [*common, "--vocab-size", "400", "--out", tmp_path / "bad"]])
+    err = capsys.readouterr().err
+    assert code == 1 and "--vocab-size 400 (given) does not match" in err and "--vocab-size 300" in err, err
+    code = cli.main([str(a) for a in [*common, "--out", tmp_path / "m"]])
+    assert code == 0, capsys.readouterr().err
+    trainer = json.loads((fastlm.model_dir.save_path(tmp_path / "m") / "trainer.json").read_text())
+    assert trainer["metadata"][cli.RECORD_KEY]["vocab_size"] == 300
+    code = cli.main(
+        [str(a) for a in ["encode", corpus, "--fit", "--level", "bpe", "--tokenizer", tokenizer, "--out", ids]]
+    )
+    assert code == 1 and "level='bpe' needs vocab_size" in capsys.readouterr().err

@@ -227,7 +227,7 @@ BAD = [  # (argv after `train TRAIN`, exit code, what the message must say)
     (["--test", "{missing}"], 1, ["--test", "missing.txt", "No such file"]),
     (["--level", "word", "--val", "{foreign}"], 1, ["--val", "foreign.txt", "no token of the training vocabulary"]),
     (["--level", "word", "--test", "{foreign}"], 1, ["--test", "foreign.txt", "no token of the training vocabulary"]),
-    (["--val", "{valid}", "--val-fraction", "0.1"], 1, ["give --val FILE or --val-fraction, not both"]),
+    (["--val", "{valid}", "--val-fraction", "0.1"], 1, ["--val FILE or --val-fraction, not", "--val-fraction 0.1)"]),
 ]
 
 

@@ -74,7 +74,7 @@ TRAIN_DEFAULTS = {
     "sparse_embedding": False,
     "preset": None,
 }
-TOKENIZER_SETTINGS = ("level", "min_count", "max_vocab", "lowercase", "split_punctuation", "eos")
+TOKENIZER_SETTINGS = ("level", "vocab_size", "min_count", "max_vocab", "lowercase", "split_punctuation", "eos")
 # Options of one invocation, not of the run: they may change from one --resume to the next.
 PER_INVOCATION = ("out", "resume", "max_steps", "sample_tokens", "progress", "threads", "distributed")
 # Settings that name files: recorded as absolute paths; on --resume the same file at a new place is accepted.
@@ -326,7 +326,8 @@ def _check_combinations(s, typed):
     """Settings that cannot go together, refused before any corpus is read."""
     if "val" in typed and "val_fraction" in typed:
         raise ValueError(
-            f"give --val FILE or --val-fraction, not both (got --val {s['val']} and --val-fraction {s['val_fraction']})"
+            f"give --val FILE or --val-fraction, not both "
+            f"(got --val {typed['val']} and --val-fraction {typed['val_fraction']})"
         )
     if s["eos"] is not None and s["level"] != "word":
         raise ValueError(
@@ -396,7 +397,12 @@ def _take_tokenizer_settings(settings, typed, tokenizer, path):
     option given (typed, or by the --preset) that the file's tokenizer does not have is an error."""
     given = set(typed) | (set(preset_settings(settings["preset"])) if settings["preset"] else set())
     for name in TOKENIZER_SETTINGS:
-        actual = getattr(tokenizer, name)
+        # vocab_size is an option of BPE's fit only; the other levels' sizes follow from the text
+        actual = (
+            (tokenizer.vocab_size if tokenizer.level == "bpe" else None)
+            if name == "vocab_size"
+            else getattr(tokenizer, name)
+        )
         if name in given and settings[name] != actual:
             source = f"--preset {settings['preset']} sets" if name not in typed else "given"
             raise ValueError(
@@ -574,6 +580,7 @@ def cmd_encode(args):
             lowercase=args.lowercase,
             split_punctuation=args.split_punctuation,
             eos=args.eos,
+            vocab_size=args.vocab_size,
         )
         tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
     else:
@@ -1088,7 +1095,17 @@ def build_parser():
         "--fit", action="store_true", help="fit a new tokenizer on CORPUS first (streamed) and save it to --tokenizer"
     )
     encode.add_argument(
-        "--level", choices=["char", "word"], default="word", help="with --fit: token level (default: word)"
+        "--level",
+        choices=["char", "word", "bpe"],
+        default="word",
+        help="with --fit: token level (default: word; bpe: subwords, with --vocab-size)",
+    )
+    encode.add_argument(
+        "--vocab-size",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="with --fit --level bpe: tokens to learn, at least 257 (required with bpe; default: none)",
     )
     encode.add_argument(
         "--min-count",
