@@ -169,3 +169,15 @@ def test_a_model_goes_to_another_process(tok, method):
     assert any(not np.array_equal(trained[name], before[name]) for name in before)
     after = model.state_dict()
     assert all(np.array_equal(after[name], before[name]) for name in before)
+
+
+def test_a_subword_tokenizer_travels_with_the_model():
+    pytest.importorskip("tokenizers", reason="Hugging Face tokenizers not installed (pip install 'fastlm[bpe]')")
+    tok = fastlm.Tokenizer.fit(TEXT, level="bpe", vocab_size=300)
+    model = fastlm.LSTMLM(len(tok), 8, 12, seed=5)
+    model.tokenizer = tok
+    for clone in (COPIERS["pickle"](model), COPIERS["deepcopy"](model)):
+        assert clone.tokenizer.encode(TEXT[:300]).tolist() == tok.encode(TEXT[:300]).tolist()
+        assert clone.generate_text("First", max_new_tokens=12, seed=2) == model.generate_text(
+            "First", max_new_tokens=12, seed=2
+        )
