@@ -1,6 +1,6 @@
 """Peak resident memory of fastlm.load on a large model, against the model's own size.
 
-    python bench/load_memory.py [--vocab 250000] [--dim 512] [--layers 1] [--dir DIR]
+    python bench/load_memory.py [--vocab 250000] [--dim 512] [--layers 1] [--dir DIR] [--before]
 
 Saves LSTMLM(V, E=H=dim, L) once (in a process of its own), then loads it in a fresh
 process and reports that process's peak resident set (VmHWM) just before and after
@@ -34,9 +34,20 @@ def status_mib(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 
+def load_as_before(directory):
+    # fastlm.load as it was before it read the weights into the model's arrays: a randomly
+    # initialised model, safetensors' arrays, and load_state_dict's copies of them.
+    from fastlm import model_dir
+    config = model_dir.read_config(directory)
+    model = fastlm.LSTMLM(**config["model"])
+    files = model_dir.save_path(directory, config)
+    tensors = model_dir._read_tensors(files / model_dir.MODEL_FILE, model.parameter_shapes(), config["save_id"])
+    model.load_state_dict(tensors)
+    return model
+
 before = status_mib("VmHWM")
 started = time.perf_counter()
-model = fastlm.load(sys.argv[1])
+model = load_as_before(sys.argv[1]) if sys.argv[2] == "before" else fastlm.load(sys.argv[1])
 seconds = time.perf_counter() - started
 params = sum(p.nbytes for p in model.trainable().values()) / 2**20
 print(json.dumps({"before": before, "peak": status_mib("VmHWM"), "rss": status_mib("VmRSS"),
@@ -50,6 +61,7 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--dir", help="where to save the model (default: a temporary directory)")
+    parser.add_argument("--before", action="store_true", help="also load it the way fastlm.load did before")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.dir or tmp) / "model"
@@ -57,15 +69,21 @@ def main():
             subprocess.run(
                 [sys.executable, "-c", SAVE, str(args.vocab), str(args.dim), str(args.layers), str(path)], check=True
             )
-        out = subprocess.run([sys.executable, "-c", LOAD, str(path)], check=True, capture_output=True, text=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"V={args.vocab} E=H={args.dim} L={args.layers}: parameters {r['params']:,.0f} MiB")
-    print(
-        f"peak RSS {r['before']:,.0f} MiB before load (interpreter and fastlm), {r['peak']:,.0f} MiB after: "
-        f"load added {r['peak'] - r['before']:,.0f} MiB at its peak "
-        f"({(r['peak'] - r['before']) / r['params']:.2f} x the parameters); RSS after {r['rss']:,.0f} MiB; "
-        f"{r['seconds']:.2f} s"
-    )
+        results = {}
+        for way in ("before", "load") if args.before else ("load",):
+            out = subprocess.run(
+                [sys.executable, "-c", LOAD, str(path), way], check=True, capture_output=True, text=True
+            )
+            results[way] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"V={args.vocab} E=H={args.dim} L={args.layers}")
+    for way, r in results.items():
+        label = "fastlm.load" if way == "load" else "load as before"
+        print(
+            f"  {label}: parameters {r['params']:,.0f} MiB; peak RSS {r['before']:,.0f} MiB before (interpreter "
+            f"and fastlm), {r['peak']:,.0f} MiB after: +{r['peak'] - r['before']:,.0f} MiB at the peak "
+            f"({(r['peak'] - r['before']) / r['params']:.2f} x the parameters); RSS after {r['rss']:,.0f} MiB; "
+            f"{r['seconds']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -307,6 +307,14 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
     run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, &target, 1, beta);
 }
 
+void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                             float beta, float* c, int64_t ldc) {
+    if (degenerate_product(m, b.n(), b.k(), beta, c, ldc)) return;
+    const GemmItems items(m, b.n(), 1, /*shared_as_they_come=*/false);
+    const ProductTarget target{b, c, ldc};
+    run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta);
+}
+
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume) {
     if (column_block <= 0 || column_block % NR != 0 || j_begin % NR != 0)

@@ -62,6 +62,12 @@ void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                              float beta, float* c, int64_t ldc);
 
+// The same product on the calling thread alone, inside a parallel region or not, with
+// sgemm_packed_team_share's arithmetic (bit-equal C): a recurrence too small to share
+// runs on one thread while the others do other work.
+void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                             float beta, float* c, int64_t ldc);
+
 // Receives one block of C: c[i * ldc + j] is the product at row i, column j0 + j, for
 // rows [0, m) and j in [0, n). Valid only during the call.
 using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, int64_t ldc)>;

@@ -1,6 +1,7 @@
 #include "scoring.h"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <vector>
 
@@ -27,6 +28,16 @@ namespace {
 // are still one large product each, only the recurrence goes step by step.
 constexpr int64_t kChunkGateFloats = int64_t(1) << 23;
 constexpr int64_t kChunkRows = 1024;
+
+// A step of the recurrence with fewer multiply-adds than this runs on one thread: sharing
+// it would cost two barriers per step, which exceed its work at a batch of a few rows (and
+// on a shared machine, where a barrier waits for a descheduled thread, by far). The other
+// threads meanwhile score the previous chunk's rows (the decoder), so no core idles.
+constexpr int64_t kRecurrenceMinWork = int64_t(1) << 22;
+
+// The decoder of a chunk goes in blocks of this many rows, taken by threads as they come.
+// Fixed blocks: which thread scores a block changes no bit of the results.
+constexpr int64_t kDecoderBlockRows = 64;
 
 struct PackedLstmLayer {
     PackedB w_ih_t, w_hh_t;
@@ -137,18 +148,82 @@ void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_
 // Scratch of one group, reused across its chunks of steps.
 struct GroupBuffers {
     std::vector<std::vector<float>> h, c;  // per layer, the state of every member (members x H)
-    std::vector<float> x, layer_out, pre, log_prob;
-    std::vector<int32_t> tokens, targets, prediction, rank;
+    std::vector<float> x, layer_out, pre;
+    std::vector<int32_t> tokens, targets;
 };
+
+// The decoder's work on one chunk's top-layer rows: fixed blocks of rows that threads
+// take as they come (next), each block scored by one thread.
+struct DecoderJob {
+    std::vector<float> hidden;  // rows x H
+    std::vector<int32_t> targets, prediction, rank;
+    std::vector<float> log_prob;
+    std::vector<int64_t> step_at;  // the chunk's packing: step t's rows start at step_at[t - t0]
+    int64_t rows = 0, t0 = 0, t1 = 0;
+    std::atomic<int64_t> next{0};
+    bool pending = false;
+
+    int64_t blocks() const { return ceil_div(rows, kDecoderBlockRows); }
+};
+
+// Blocks of the job until none is left; called by every thread that has time for it.
+void run_decoder_blocks(const LanguageModelView& m, const PackedModel& packed, DecoderJob& job) {
+    const int64_t H = m.hidden;
+    InterruptPoll never({});  // inside a parallel region: the caller polls between regions
+    for (int64_t i = job.next.fetch_add(1); i < job.blocks(); i = job.next.fetch_add(1)) {
+        const int64_t r0 = i * kDecoderBlockRows, n = std::min(kDecoderBlockRows, job.rows - r0);
+        const ScoreOutputs block{job.log_prob.data() + r0, job.prediction.data() + r0, job.rank.data() + r0};
+        if (m.adaptive_shape.clusters() > 0)
+            score_rows_adaptive(m, job.hidden.data() + r0 * H, n, job.targets.data() + r0, block, never);
+        else
+            score_rows({n, H, m.vocab}, job.hidden.data() + r0 * H, packed.decoder_t, m.decoder_b,
+                       job.targets.data() + r0, block, never);
+    }
+}
+
+// Steps [t0, t1) of one layer's recurrence, on the calling thread alone.
+template <class Rows>
+void recurrence_one_thread(int64_t H, const Rows& g, int64_t t0, int64_t t1, const std::vector<int64_t>& step_at,
+                           const PackedLstmLayer& layer, float* pre, float* h_state, float* c_state, float* hs) {
+    const int64_t G = 4 * H;
+    for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = g.active[t], at = step_at[t - t0];
+        const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
+        sgemm_packed_one_thread(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
+        for (int64_t r = 0; r < n; ++r)
+            lstm_cell_forward(H, layer.bias.data(), pre + (at + r) * G, c_state + r * H, c_state + r * H,
+                              hs + (at + r) * H);
+    }
+}
 
 // Scores a group (Group or Streams) from the state in b.h / b.c, which it leaves holding
 // the state after each member's last step. poll runs between the stages of every chunk.
+//
+// A chunk's decoder runs while the next chunk's recurrence does, when that recurrence
+// is on one thread (few rows per step): the exact reading of a text (one stream) then
+// keeps every core busy without a barrier per step. The results are the same whichever
+// thread computes what, and whether the recurrence is shared or not.
 template <class Rows>
 void score_group(const LanguageModelView& m, const PackedModel& packed, const Rows& g, GroupBuffers& b,
                  const ScoreOutputs& out, InterruptPoll& poll) {
     const int64_t H = m.hidden, G = 4 * H, E = m.embed;
     const int64_t steps = int64_t(g.active.size());
     const int64_t budget = std::max<int64_t>(1, std::min(kChunkRows, kChunkGateFloats / G));
+    DecoderJob job;
+    // The job's remaining blocks on every thread, then its results to their places.
+    auto finish = [&]() {
+#pragma omp parallel if (job.rows * m.vocab * H >= kParallelMinWork)
+        run_decoder_blocks(m, packed, job);
+        for (int64_t t = job.t0; t < job.t1; ++t)
+            for (int64_t r = 0; r < g.active[t]; ++r) {
+                const int64_t from = job.step_at[t - job.t0] + r, to = g.output(r, t);
+                out.log_probs[to] = job.log_prob[from];
+                out.predictions[to] = job.prediction[from];
+                out.ranks[to] = job.rank[from];
+            }
+        job.pending = false;
+        poll();
+    };
     std::vector<int64_t> step_at;
     for (int64_t t0 = 0; t0 < steps;) {
         // Steps [t0, t1): packed rows, step t's rows at step_at[t - t0].
@@ -169,6 +244,7 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
         b.layer_out.resize(rows * H);
         b.pre.resize(rows * G);
         embedding_forward(m.embedding, E, b.tokens.data(), rows, b.x.data());
+        const bool one_thread = g.active[t0] * G * H < kRecurrenceMinWork;
         for (size_t k = 0; k < m.layers.size(); ++k) {
             const int64_t width = m.layers[k].input;
             const PackedLstmLayer& layer = packed.layers[k];
@@ -177,20 +253,33 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
             float* c_state = b.c[k].data();
             float* hs = b.layer_out.data();
             float* pre = b.pre.data();
-            // One parallel region for the chunk's recurrence, as in lstm_forward: per step
-            // each thread's share of the recurrent product, then its rows' cells.
-#pragma omp parallel if (g.active[t0] * G * H >= kParallelMinWork)
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t n = g.active[t], at = step_at[t - t0];
-                // h_{t-1}: the carried state at a chunk's first step, else the previous
-                // step's rows, of which the rows still running are a prefix.
-                const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
-                sgemm_packed_team_share(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
+            if (one_thread && job.pending) {
+                // Thread 0 runs the recurrence, the others the previous chunk's decoder,
+                // which thread 0 joins when it is done.
+#pragma omp parallel
+                {
+                    if (thread_id() == 0)
+                        recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
+                    run_decoder_blocks(m, packed, job);
+                }
+            } else if (one_thread) {
+                recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
+            } else {
+                // One parallel region for the chunk's recurrence, as in lstm_forward: per
+                // step each thread's share of the recurrent product, then its rows' cells.
+#pragma omp parallel
+                for (int64_t t = t0; t < t1; ++t) {
+                    const int64_t n = g.active[t], at = step_at[t - t0];
+                    // h_{t-1}: the carried state at a chunk's first step, else the previous
+                    // step's rows, of which the rows still running are a prefix.
+                    const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
+                    sgemm_packed_team_share(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
 #pragma omp barrier
 #pragma omp for schedule(static)
-                for (int64_t r = 0; r < n; ++r)
-                    lstm_cell_forward(H, layer.bias.data(), pre + (at + r) * G, c_state + r * H, c_state + r * H,
-                                      hs + (at + r) * H);
+                    for (int64_t r = 0; r < n; ++r)
+                        lstm_cell_forward(H, layer.bias.data(), pre + (at + r) * G, c_state + r * H,
+                                          c_state + r * H, hs + (at + r) * H);
+                }
             }
             // Carry h of the members still running into the next chunk.
             const int64_t last = step_at[t1 - 1 - t0];
@@ -199,24 +288,23 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
             b.layer_out.resize(rows * H);
             poll();
         }
-        b.log_prob.resize(rows);
-        b.prediction.resize(rows);
-        b.rank.resize(rows);
-        const ScoreOutputs scores{b.log_prob.data(), b.prediction.data(), b.rank.data()};
-        if (m.adaptive_shape.clusters() > 0)
-            score_rows_adaptive(m, b.x.data(), rows, b.targets.data(), scores, poll);
-        else
-            score_rows({rows, H, m.vocab}, b.x.data(), packed.decoder_t, m.decoder_b, b.targets.data(), scores,
-                       poll);
-        for (int64_t t = t0; t < t1; ++t)
-            for (int64_t r = 0; r < g.active[t]; ++r) {
-                const int64_t from = step_at[t - t0] + r, to = g.output(r, t);
-                out.log_probs[to] = b.log_prob[from];
-                out.predictions[to] = b.prediction[from];
-                out.ranks[to] = b.rank[from];
-            }
+        if (job.pending) finish();  // what the recurrence left of the previous chunk's decoder
+        // This chunk's decoder: overlapped with the next chunk's recurrence, or now.
+        job.hidden.swap(b.x);
+        job.targets.swap(b.targets);
+        job.rows = rows;
+        job.t0 = t0;
+        job.t1 = t1;
+        job.step_at = step_at;
+        job.log_prob.resize(rows);
+        job.prediction.resize(rows);
+        job.rank.resize(rows);
+        job.next = 0;
+        job.pending = true;
         t0 = t1;
+        if (t0 < steps && g.active[t0] * G * H >= kRecurrenceMinWork) finish();
     }
+    if (job.pending) finish();
 }
 
 }  // namespace
