@@ -244,7 +244,9 @@ def test_greedy_is_the_full_arg_max_and_twins_agree():
 
 def clip_with_sparse_grads(params, max_norm):
     """torch.nn.utils.clip_grad_norm_'s rule, which torch itself cannot apply to sparse grads:
-    the norm of a sparse gradient is that of its coalesced values."""
+    the norm of a sparse gradient is that of its coalesced values. A parameter without a
+    gradient (a tail no target reached) counts as zero."""
+    params = [p for p in params if p.grad is not None]
     grads = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in params]
     norm = torch.sqrt(sum((g.values() if g.is_sparse else g).double().pow(2).sum() for g in grads))
     scale = max_norm / (norm + 1e-6)
@@ -290,6 +292,58 @@ def test_sparse_embedding_training_follows_torch_sparse_adam():
     np.testing.assert_array_equal(after["embedding.weight"][unused], before[unused])  # rows never seen
 
 
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_sparse_embedding_training_follows_torch_sgd(backend):
+    """fit(..., optimizer='sgd', sparse_embedding=True) against torch.optim.SGD over the whole
+    model with Embedding(sparse=True): the embedding's rows seen take SGD's step from their
+    sparse gradient, the rest of the model its dense step; same batches, same clipping."""
+    import fastlm
+
+    V = MODEL["vocab_size"]
+    model = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=3, backend=backend)
+    torch.manual_seed(1)
+    twin = TorchLM(*MODEL.values(), **ADAPTIVE, sparse_embedding=True)
+    model.load_state_dict(twin.state_dict())
+    x, y = zipf_batch(V, 6, 8, seed=7)
+    lr, epochs = 0.5, 2
+    sgd = torch.optim.SGD(twin.parameters(), lr=lr)
+    clipped = 0
+    for _ in range(epochs):
+        for r in range(0, 6, 2):
+            sgd.zero_grad()
+            twin.loss(x[r : r + 2], y[r : r + 2]).backward()
+            assert twin.embedding.weight.grad.is_sparse
+            clipped += clip_with_sparse_grads(list(twin.parameters()), 0.05)
+            sgd.step()
+    assert clipped  # the clipping rule was exercised
+    before = model.state_dict()["embedding.weight"]
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=epochs,
+        lr=lr,
+        shuffle=False,
+        clip_norm=0.05,
+        progress=False,
+        optimizer="sgd",
+        sparse_embedding=True,
+    )
+    after = model.state_dict()
+    for name, value in twin.state_dict().items():
+        np.testing.assert_allclose(after[name], value.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    unused = np.setdiff1d(np.arange(V), x)
+    np.testing.assert_array_equal(after["embedding.weight"][unused], before[unused])  # rows never seen
+
+
+def test_torch_refuses_what_sparse_sgd_refuses():
+    """fit refuses weight_decay with sparse_embedding because PyTorch's SGD fails on it too."""
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    embedding(torch.tensor([1, 2, 2])).sum().backward()
+    with pytest.raises(RuntimeError):
+        torch.optim.SGD(embedding.parameters(), lr=0.1, weight_decay=0.1).step()
+
+
 def test_sparse_embedding_never_forms_the_dense_gradient():
     import fastlm
 
@@ -303,21 +357,21 @@ def test_sparse_embedding_never_forms_the_dense_gradient():
     np.testing.assert_allclose(values, dense["embedding.weight"][rows], rtol=1e-6, atol=1e-7)
 
 
-def test_sparse_embedding_checkpoint_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_sparse_embedding_checkpoint_resumes_exactly(tmp_path, optimizer):
     import fastlm
 
     x, y = zipf_batch(MODEL["vocab_size"], 8, 6, seed=5)
+    settings = dict(batch_size=2, epochs=2, progress=False, sparse_embedding=True, optimizer=optimizer)
     whole = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
-    whole.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True)
+    whole.fit(x, y, **settings)
     parts = fastlm.LSTMLM(**MODEL, **ADAPTIVE, seed=1)
-    parts.fit(
-        x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path, max_batches=5
-    )
-    parts.fit(x, y, batch_size=2, epochs=2, progress=False, sparse_embedding=True, checkpoint_dir=tmp_path, resume=True)
+    parts.fit(x, y, **settings, checkpoint_dir=tmp_path, max_batches=5)
+    parts.fit(x, y, **settings, checkpoint_dir=tmp_path, resume=True)
     for name, value in whole.state_dict().items():
         np.testing.assert_array_equal(parts.state_dict()[name], value, err_msg=name)
     with pytest.raises(ValueError, match="sparse_embedding"):
-        parts.fit(x, y, batch_size=2, epochs=3, progress=False, checkpoint_dir=tmp_path, resume=True)
+        parts.fit(x, y, **dict(settings, sparse_embedding=False, epochs=3), checkpoint_dir=tmp_path, resume=True)
 
 
 # ------------------------------------------------------------------ bad input
@@ -376,6 +430,10 @@ def test_sparse_embedding_bad_combinations():
     before = model.state_dict()
     with pytest.raises(ValueError, match="weight_decay"):
         model.fit(x, y, epochs=1, progress=False, sparse_embedding=True, weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        model.fit(x, y, epochs=1, progress=False, sparse_embedding=True, optimizer="sgd", weight_decay=0.1)
+    with pytest.raises(ValueError, match="momentum=0.9"):
+        model.fit(x, y, epochs=1, progress=False, sparse_embedding=True, optimizer="sgd", momentum=0.9)
     with pytest.raises(TypeError, match="sparse_embedding"):
         model.fit(x, y, epochs=1, progress=False, sparse_embedding="yes")
     for name, value in model.state_dict().items():

@@ -966,6 +966,56 @@ class TestSgdUpdate:
         np.testing.assert_array_equal(args["param"], expected)
 
 
+# ================================================================= sparse_sgd_update
+
+
+def sparse_sgd_args(V=20, E=4, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = np.array([1, 5, 9], dtype=np.int32)
+    return dict(param=rng.standard_normal((V, E)).astype(f32), rows=rows, grad=rng.standard_normal((3, E)).astype(f32))
+
+
+class TestSparseSgdUpdate:
+    @pytest.mark.parametrize(
+        "change,error,message",
+        [
+            (dict(lr=-1.0), ValueError, "lr must be a finite number >= 0"),
+            (dict(lr=float("inf")), ValueError, "lr must be a finite number >= 0"),
+            (dict(rows=np.array([5, 1, 9], np.int32)), ValueError, "rows must be strictly increasing"),
+            (dict(rows=np.array([1, 1, 9], np.int32)), ValueError, "rows must be strictly increasing"),
+            (dict(rows=np.array([1, 5, 20], np.int32)), ValueError, "rows"),
+            (dict(grad=np.zeros((2, 4), f32)), ValueError, r"grad must have shape \(3, 4\)"),
+            (dict(param=np.zeros(20, f32)), ValueError, "param must be 2-D"),
+            (dict(param=np.zeros((20, 4))), TypeError, "param is updated in place"),
+        ],
+    )
+    def test_bad_arguments_change_nothing(self, change, error, message):
+        args = dict(sparse_sgd_args(), lr=0.1)
+        args.update(change)
+        before = args["param"].copy()
+        with pytest.raises(error, match=message):
+            _core.sparse_sgd_update(**args)
+        np.testing.assert_array_equal(args["param"], before)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_grad_leaves_param_unchanged(self, bad):
+        args = sparse_sgd_args()
+        args["grad"][1, 2] = bad
+        before = args["param"].copy()
+        with pytest.raises(ValueError, match=r"grad holds NaN or infinity"):
+            _core.sparse_sgd_update(**args, lr=0.1)
+        np.testing.assert_array_equal(args["param"], before)
+
+    def test_only_the_rows_given_move(self):
+        args = sparse_sgd_args()
+        expected = args["param"].copy()
+        expected[args["rows"]] -= np.float32(0.1) * args["grad"]
+        _core.sparse_sgd_update(**args, lr=0.1)
+        others = np.setdiff1d(np.arange(len(expected)), args["rows"])
+        np.testing.assert_array_equal(args["param"][others], expected[others])
+        np.testing.assert_allclose(args["param"][args["rows"]], expected[args["rows"]], rtol=1e-6, atol=1e-7)
+
+
 # ================================================================= clip_grad_norm
 
 

@@ -219,6 +219,23 @@ def run_sparse_adam_update(fn, inputs):
     return {"param": param, "m": m, "v": v}
 
 
+def build_sparse_sgd_update(rng, V, E, steps, lr=0.1):
+    # Each step updates a different subset of rows, in place.
+    param = uniform(rng, (V, E))
+    batches = []
+    for _ in range(steps):
+        rows = np.sort(rng.choice(V, size=max(1, V // 3), replace=False)).astype(np.int32)
+        batches.append((rows, normal(rng, (len(rows), E), 0.1)))
+    return Inputs([param, batches], dict(lr=lr))
+
+
+def run_sparse_sgd_update(fn, inputs):
+    param, batches = inputs.args
+    for rows, grad in batches:
+        assert fn(param, rows, grad, **inputs.kwargs) is None
+    return {"param": param}
+
+
 def build_gather_windows(rng, length, seq_len, count, dtype=np.int32, high=1000):
     ids = rng.integers(0, high, length).astype(dtype)
     starts = rng.integers(0, length - seq_len, count)
@@ -328,6 +345,7 @@ OPS = {
     "adaptive_log_prob": Op(build_adaptive_log_prob, ("log_prob",)),
     "embedding_backward_sparse": Op(build_embedding_backward_sparse, ("rows", "grad"), exact=("rows",)),
     "sparse_adam_update": Op(build_sparse_adam_update, ("param", "m", "v"), run=run_sparse_adam_update),
+    "sparse_sgd_update": Op(build_sparse_sgd_update, ("param",), run=run_sparse_sgd_update),
     "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
@@ -419,6 +437,9 @@ CASES = [
     ("sparse_adam_update", dict(V=37, E=19, steps=5)),
     ("sparse_adam_update", dict(V=1009, E=7, steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6)),
     ("sparse_adam_update", dict(V=900, E=130, steps=3)),  # threaded
+    ("sparse_sgd_update", dict(V=37, E=19, steps=5)),
+    ("sparse_sgd_update", dict(V=3, E=1, steps=1, lr=1.0)),
+    ("sparse_sgd_update", dict(V=900, E=130, steps=3, lr=0.5)),  # threaded
     ("gather_windows", dict(length=2, seq_len=1, count=1)),
     ("gather_windows", dict(length=1000, seq_len=7, count=64)),
     ("gather_windows", dict(length=100000, seq_len=100, count=1000)),  # threaded

@@ -127,6 +127,9 @@ def sparse_adam_update(
 ) -> None:
     """One torch.optim.SparseAdam step on param's rows, in place on them and on m, v rows slots."""
 
+def sparse_sgd_update(param: Floats, rows: ArrayLike, grad: ArrayLike, lr: float) -> None:
+    """One torch.optim.SGD step (no momentum, no weight decay) on param's rows, in place."""
+
 def sgd_update(
     param: Floats,
     grad: ArrayLike,

@@ -349,6 +349,12 @@ def sparse_adam_update(param, rows, grad, m, v, slots, step, lr, beta1=0.9, beta
     param[rows] -= np.asarray(step_size, dtype=param.dtype) * (m[slots] / (np.sqrt(v[slots]) + eps))
 
 
+def sparse_sgd_update(param, rows, grad, lr):
+    """torch.optim.SGD's step on a sparse gradient, in place on param's rows (distinct, increasing):
+    param[rows] -= lr * grad (no momentum, no weight decay)."""
+    param[rows] -= np.asarray(lr, dtype=param.dtype) * grad
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
 

@@ -162,7 +162,12 @@ def _gradient_arrays(grads):
 
 
 class SGD:
-    """torch.optim.SGD: plain, with a momentum buffer per parameter (set to the first gradient), or Nesterov."""
+    """torch.optim.SGD: plain, with a momentum buffer per parameter (set to the first gradient), or Nesterov.
+
+    A sparse gradient (rows, values), the embedding's with sparse_embedding, takes torch's
+    plain step on those rows alone (sparse_sgd_update); fit refuses momentum and weight
+    decay with it.
+    """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
@@ -172,6 +177,9 @@ class SGD:
     def step(self, ops, params, grads):
         self.step_count += 1
         for name, param in params.items():
+            if isinstance(grads[name], tuple):
+                ops.sparse_sgd_update(param, *grads[name], self.lr)
+                continue
             ops.sgd_update(
                 param,
                 grads[name],
@@ -355,10 +363,12 @@ def fit(
         is the one a single process trains with batch N * batch_size. Rank 0 alone writes
         checkpoints and shows progress. Ranks given different settings fail at the start on
         every rank; an exception on one rank ends all of them (MPI_Abort).
-    sparse_embedding: update only the embedding rows each batch uses, as torch.optim.SparseAdam
-        (moments only for rows seen; eps added before the bias correction), never forming the
-        dense vocab_size x embed_dim gradient: for large vocabularies. Not with weight_decay
-        (SparseAdam has none) or comm.
+    sparse_embedding: update only the embedding rows each batch uses, never forming the dense
+        vocab_size x embed_dim gradient: for large vocabularies. With Adam as
+        torch.optim.SparseAdam (moments only for rows seen; eps added before the bias
+        correction), with plain SGD as torch.optim.SGD on a sparse gradient. Not with
+        weight_decay (SparseAdam has none; SGD fails on a sparse gradient with it), SGD's
+        momentum (its buffer would grow dense) or comm.
     metadata: a JSON-serialisable dict of the caller's, written as it is into every
         checkpoint's trainer.json ("metadata"), so that a resumed run can find it there
         (`fastlm train` keeps its command-line settings in it).
@@ -369,27 +379,6 @@ def fit(
     """
     dist = distributed.group(comm)
     sparse_embedding = check_bool("sparse_embedding", sparse_embedding)
-    if sparse_embedding and weight_decay:
-        raise ValueError(
-            f"sparse_embedding=True follows torch.optim.SparseAdam, which has no weight decay; "
-            f"got weight_decay={weight_decay}"
-        )
-    if sparse_embedding and optimizer != "adam":
-        reason = (
-            "SGD's momentum with sparse gradients is not defined (PyTorch refuses it too)"
-            if momentum
-            else "it is implemented for Adam (torch.optim.SparseAdam) only"
-        )
-        raise ValueError(f"sparse_embedding=True with optimizer={optimizer!r}, momentum={momentum!r}: {reason}")
-    if sparse_embedding and model.tie_weights:
-        raise ValueError(
-            "sparse_embedding=True cannot go with tie_weights=True: the shared matrix's gradient is "
-            "dense (the decoder's)"
-        )
-    if sparse_embedding and dist.size > 1:
-        raise ValueError(
-            "sparse_embedding=True is not supported with comm (data-parallel training sums dense gradients)"
-        )
     if tokenizer is None:
         tokenizer = model.tokenizer
     if metadata is not None:
@@ -423,6 +412,26 @@ def fit(
         )
     if nesterov and not momentum > 0:
         raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+    if sparse_embedding and weight_decay:
+        raise ValueError(
+            "sparse_embedding=True gives the embedding a sparse gradient, for which PyTorch defines no "
+            f"weight decay (SparseAdam has none, SGD fails on it); got weight_decay={weight_decay}"
+        )
+    if sparse_embedding and optimizer == "sgd" and momentum:
+        raise ValueError(
+            f"sparse_embedding=True with optimizer='sgd', momentum={momentum!r}: momentum is not supported "
+            "with a sparse embedding gradient (its buffer would grow to the dense vocab_size x embed_dim "
+            "matrix sparse updates avoid); use momentum=0 or optimizer='adam'"
+        )
+    if sparse_embedding and model.tie_weights:
+        raise ValueError(
+            "sparse_embedding=True cannot go with tie_weights=True: the shared matrix's gradient is "
+            "dense (the decoder's)"
+        )
+    if sparse_embedding and dist.size > 1:
+        raise ValueError(
+            "sparse_embedding=True is not supported with comm (data-parallel training sums dense gradients)"
+        )
     lr_decay_epoch = check_int("lr_decay_epoch", lr_decay_epoch, 1, allow_none=True)
     if lr_decay_epoch is not None and lr_decay is None:
         raise ValueError(

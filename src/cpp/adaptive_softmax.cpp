@@ -8,6 +8,7 @@
 #include "gemm.h"
 #include "output_loss.h"
 #include "parallel.h"
+#include "sampling.h"
 
 namespace fastlm {
 namespace FASTLM_ISA {
@@ -143,57 +144,53 @@ void tail_log_prob(const AdaptiveShape& s, int64_t i, const float* h, const std:
         log_prob[rows[r]] += dot(in.p.get() + r * d, w.out[i] + int64_t(local[r]) * d, d) - lse[r];
 }
 
-// For rows whose head arg-max is a cluster column: the arg-max of the full distribution.
+// For the rows of a chunk whose head arg-max is a cluster column: the arg-max of the full
+// distribution, from the chunk's head log-probabilities z (k x Vh, row r is row r0 + r).
 // A word of cluster i has log p <= the head's log p of column i, so a cluster is searched
 // only for the rows where that column beats the best word found so far.
-void predict_beyond_shortlist(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w,
-                              const std::vector<float>& bias, const std::vector<int64_t>& rows, int32_t* predictions) {
-    const int64_t H = s.hidden, Vh = s.head_size(), c1 = s.shortlist;
-    for (size_t r0 = 0; r0 < rows.size(); r0 += kRowChunk) {
-        const std::vector<int64_t> chunk(rows.begin() + r0, rows.begin() + std::min(rows.size(), r0 + kRowChunk));
-        const int64_t k = int64_t(chunk.size());
-        const ScratchFloats h_rows = scratch_floats(k * H), z = scratch_floats(k * Vh);
-        gather_rows(h, H, chunk, h_rows.get());
-        sgemm(false, true, k, Vh, H, h_rows.get(), H, w.head, H, 0.0f, z.get(), Vh);
-        std::vector<float> best_lp(k);
-        std::vector<int32_t> best(k);
-#pragma omp parallel for if (k * Vh >= kParallelMinWork) schedule(static)
-        for (int64_t r = 0; r < k; ++r) {
-            float* zr = z.get() + r * Vh;
-            for (int64_t j = 0; j < Vh; ++j) zr[j] += bias[j];
-            log_softmax_row(zr, Vh, 0.0f);
-            int64_t arg = 0;
-            for (int64_t j = 1; j < c1; ++j) arg = zr[j] > zr[arg] ? j : arg;
-            best[r] = int32_t(arg);
-            best_lp[r] = zr[arg];
-        }
-        for (int64_t i = 0; i < s.clusters(); ++i) {
-            std::vector<int64_t> candidates, at;  // rows of h, and their place in the chunk
-            for (int64_t r = 0; r < k; ++r)
-                if (z[r * Vh + c1 + i] > best_lp[r]) {
-                    candidates.push_back(chunk[r]);
-                    at.push_back(r);
-                }
-            if (candidates.empty()) continue;
-            const int64_t n = int64_t(candidates.size()), d = s.widths[i], m = s.sizes[i];
-            const TailInput in(s, i, h, candidates, w);
-            const std::vector<float> zero_bias(m, 0.0f);
-            std::vector<int32_t> any_targets(n, 0), arg(n);
-            std::vector<float> lse(n);
-            output_loss_forward({n, d, m}, in.p.get(), w.out[i], zero_bias.data(), any_targets.data(), lse.data(),
-                                arg.data());
-            for (int64_t c = 0; c < n; ++c) {
-                const int64_t r = at[c];
-                const float tail_max = dot(in.p.get() + c * d, w.out[i] + int64_t(arg[c]) * d, d) - lse[c];
-                const float lp = z[r * Vh + c1 + i] + tail_max;
-                if (lp > best_lp[r]) {
-                    best_lp[r] = lp;
-                    best[r] = int32_t(s.cluster_start(i) + arg[c]);
-                }
+void predict_beyond_shortlist(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, const float* z,
+                              int64_t r0, int64_t k, int32_t* predictions) {
+    const int64_t Vh = s.head_size(), c1 = s.shortlist;
+    std::vector<int64_t> chunk;  // places in the chunk of the rows to search
+    for (int64_t r = 0; r < k; ++r)
+        if (predictions[r0 + r] >= c1) chunk.push_back(r);
+    const int64_t n_rows = int64_t(chunk.size());
+    if (n_rows == 0) return;
+    std::vector<float> best_lp(n_rows);
+    std::vector<int32_t> best(n_rows);
+    for (int64_t c = 0; c < n_rows; ++c) {
+        const float* zr = z + chunk[c] * Vh;
+        int64_t arg = 0;
+        for (int64_t j = 1; j < c1; ++j) arg = zr[j] > zr[arg] ? j : arg;
+        best[c] = int32_t(arg);
+        best_lp[c] = zr[arg];
+    }
+    for (int64_t i = 0; i < s.clusters(); ++i) {
+        std::vector<int64_t> candidates, at;  // rows of h, and their place in chunk
+        for (int64_t c = 0; c < n_rows; ++c)
+            if (z[chunk[c] * Vh + c1 + i] > best_lp[c]) {
+                candidates.push_back(r0 + chunk[c]);
+                at.push_back(c);
+            }
+        if (candidates.empty()) continue;
+        const int64_t n = int64_t(candidates.size()), d = s.widths[i], m = s.sizes[i];
+        const TailInput in(s, i, h, candidates, w);
+        const std::vector<float> zero_bias(m, 0.0f);
+        std::vector<int32_t> any_targets(n, 0), arg(n);
+        std::vector<float> lse(n);
+        output_loss_forward({n, d, m}, in.p.get(), w.out[i], zero_bias.data(), any_targets.data(), lse.data(),
+                            arg.data());
+        for (int64_t q = 0; q < n; ++q) {
+            const int64_t c = at[q];
+            const float tail_max = dot(in.p.get() + q * d, w.out[i] + int64_t(arg[q]) * d, d) - lse[q];
+            const float lp = z[chunk[c] * Vh + c1 + i] + tail_max;
+            if (lp > best_lp[c]) {
+                best_lp[c] = lp;
+                best[c] = int32_t(s.cluster_start(i) + arg[q]);
             }
         }
-        for (int64_t r = 0; r < k; ++r) predictions[chunk[r]] = best[r];
     }
+    for (int64_t c = 0; c < n_rows; ++c) predictions[r0 + chunk[c]] = best[c];
 }
 
 }  // namespace
@@ -203,19 +200,25 @@ double adaptive_loss_forward(const AdaptiveShape& s, const float* h, const Adapt
     const int64_t N = s.rows, H = s.hidden, Vh = s.head_size();
     const Routing routing = route(s, targets);
     const std::vector<float> bias = head_bias_or_zeros(s, w);
-    std::vector<float> lse(N);
-    output_loss_forward({N, H, Vh}, h, w.head, bias.data(), routing.head_targets.data(), lse.data(), predictions);
-#pragma omp parallel for if (N * H >= kParallelMinWork) schedule(static)
-    for (int64_t r = 0; r < N; ++r) {
-        const int32_t t = routing.head_targets[r];
-        log_prob[r] = dot(h + r * H, w.head + int64_t(t) * H, H) + bias[t] - lse[r];
+    // The head once per row, in chunks: its log-probabilities serve the targets, the head's
+    // arg-max and the search beyond the shortlist alike. The head is packed once.
+    const PackedB head_t(w.head, H, /*trans_b=*/true, H, Vh);
+    const ScratchFloats z = scratch_floats(std::min(N, kRowChunk) * Vh);
+    for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
+        const int64_t k = std::min(kRowChunk, N - r0);
+        sgemm_packed(false, k, h + r0 * H, H, head_t, 0.0f, z.get(), Vh);
+#pragma omp parallel for if (k * Vh >= kParallelMinWork) schedule(static)
+        for (int64_t r = 0; r < k; ++r) {
+            float* zr = z.get() + r * Vh;
+            for (int64_t j = 0; j < Vh; ++j) zr[j] += bias[j];
+            predictions[r0 + r] = int32_t(argmax(zr, Vh));  // torch's predict: the head's arg-max first
+            log_softmax_row(zr, Vh, 0.0f);
+            log_prob[r0 + r] = zr[routing.head_targets[r0 + r]];
+        }
+        predict_beyond_shortlist(s, h, w, z.get(), r0, k, predictions);
     }
     for (int64_t i = 0; i < s.clusters(); ++i)
         tail_log_prob(s, i, h, routing.cluster_rows[i], targets, w, log_prob);
-    std::vector<int64_t> beyond;
-    for (int64_t r = 0; r < N; ++r)
-        if (predictions[r] >= s.shortlist) beyond.push_back(r);
-    predict_beyond_shortlist(s, h, w, bias, beyond, predictions);
     double total = 0.0;
     for (int64_t r = 0; r < N; ++r) total -= double(log_prob[r]);
     return total / double(N);
@@ -237,12 +240,20 @@ double adaptive_loss_forward_backward(const AdaptiveShape& s, const float* h, co
 void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out) {
     const int64_t N = s.rows, H = s.hidden, Vh = s.head_size(), V = s.vocab(), c1 = s.shortlist;
     const std::vector<float> bias = head_bias_or_zeros(s, w);
+    // Every weight packed once for all the row chunks.
+    const PackedB head_t(w.head, H, /*trans_b=*/true, H, Vh);
+    std::vector<PackedB> projection_t, out_t;
+    for (int64_t i = 0; i < s.clusters(); ++i) {
+        projection_t.emplace_back(w.projection[i], H, /*trans_b=*/true, H, s.widths[i]);
+        out_t.emplace_back(w.out[i], s.widths[i], /*trans_b=*/true, s.widths[i], s.sizes[i]);
+    }
+    const int64_t chunk = std::min(N, kRowChunk);
+    const ScratchFloats z = scratch_floats(chunk * Vh);
     for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
         const int64_t k = std::min(kRowChunk, N - r0);
         const float* hk = h + r0 * H;
         float* ok = out + r0 * V;
-        const ScratchFloats z = scratch_floats(k * Vh);
-        sgemm(false, true, k, Vh, H, hk, H, w.head, H, 0.0f, z.get(), Vh);
+        sgemm_packed(false, k, hk, H, head_t, 0.0f, z.get(), Vh);
 #pragma omp parallel for if (k * Vh >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < k; ++r) {
             float* zr = z.get() + r * Vh;
@@ -253,8 +264,8 @@ void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWei
         for (int64_t i = 0; i < s.clusters(); ++i) {
             const int64_t d = s.widths[i], m = s.sizes[i], start = s.cluster_start(i);
             const ScratchFloats p = scratch_floats(k * d);
-            sgemm(false, true, k, d, H, hk, H, w.projection[i], H, 0.0f, p.get(), d);
-            sgemm(false, true, k, m, d, p.get(), d, w.out[i], d, 0.0f, ok + start, V);
+            sgemm_packed(false, k, hk, H, projection_t[i], 0.0f, p.get(), d);
+            sgemm_packed(false, k, p.get(), d, out_t[i], 0.0f, ok + start, V);
 #pragma omp parallel for if (k * m >= kParallelMinWork) schedule(static)
             for (int64_t r = 0; r < k; ++r) log_softmax_row(ok + r * V + start, m, z[r * Vh + c1 + i]);
         }

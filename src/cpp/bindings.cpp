@@ -544,6 +544,25 @@ void py_sparse_adam_update(const py::handle& param_obj, const py::handle& rows_o
                        slots.data(), step, {lr, beta1, beta2, eps, 0.0});
 }
 
+void py_sparse_sgd_update(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+                          double lr) {
+    auto param = inplace_float(param_obj, "param");
+    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
+    const int64_t V = param.shape(0), E = param.shape(1);
+    const IdArray rows = id_input(rows_obj, "rows", V);
+    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    const int64_t count = rows.size();
+    const FloatArray grad = float_input(grad_obj, "grad", 2);
+    require_shape(grad, "grad", {count, E});
+    for (int64_t k = 1; k < count; ++k)  // distinct rows: one writer each, as after coalescing
+        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted)");
+    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
+    KernelScope scope;
+    if (!kernels().all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    kernels().sparse_sgd_update(param.mutable_data(), E, rows.data(), grad.data(), count, lr);
+}
+
 void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, int64_t step,
                    double lr, double momentum, double weight_decay, bool nesterov) {
     auto param = inplace_float(param_obj, "param");
@@ -990,6 +1009,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("sparse_adam_update", &py_sparse_adam_update, py::arg("param"), py::arg("rows"), py::arg("grad"),
           py::arg("m"), py::arg("v"), py::arg("slots"), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
           py::arg("beta2") = 0.999, py::arg("eps") = 1e-8);
+    m.def("sparse_sgd_update", &py_sparse_sgd_update, py::arg("param"), py::arg("rows"), py::arg("grad"),
+          py::arg("lr"));
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));

@@ -37,6 +37,7 @@ const Kernels kTable = {
     &all_finite,
     &adam_update,
     &sparse_adam_update,
+    &sparse_sgd_update,
     &sgd_update,
     &clip_grad_norm,
     &generate,

@@ -154,6 +154,8 @@ struct Kernels {
                         const AdamConfig& config);
     void (*sparse_adam_update)(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
                                float* m, float* v, const int32_t* slots, int64_t step, const AdamConfig& config);
+    void (*sparse_sgd_update)(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
+                              double lr);
     void (*sgd_update)(float* param, const float* grad, float* buf, int64_t n, int64_t step,
                        const SgdConfig& config);
     double (*clip_grad_norm)(const FloatSpans& arrays, double max_norm);

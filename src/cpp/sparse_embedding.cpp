@@ -54,5 +54,16 @@ void sparse_adam_update(float* param, int64_t dim, const int32_t* rows, const fl
     }
 }
 
+void sparse_sgd_update(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
+                       double lr) {
+    const float rate = float(lr);  // rounded once, as sgd_update (and NumPy) round it
+#pragma omp parallel for if (count * dim >= kParallelMinWork) schedule(static)
+    for (int64_t k = 0; k < count; ++k) {  // distinct rows: one writer each
+        float* p = param + int64_t(rows[k]) * dim;
+        const float* g = grad + k * dim;
+        for (int64_t j = 0; j < dim; ++j) p[j] -= rate * g[j];
+    }
+}
+
 }  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -23,5 +23,9 @@ int64_t embedding_backward_sparse(const float* dout, int64_t dim, const int32_t*
 void sparse_adam_update(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count, float* m,
                         float* v, const int32_t* slots, int64_t step, const AdamConfig& config);
 
+// torch.optim.SGD's plain step (no momentum, no weight decay) on a sparse gradient: rows[k]
+// of param (E wide), k < count: param[rows[k]] -= lr * grad[k].
+void sparse_sgd_update(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count, double lr);
+
 }  // namespace FASTLM_ISA
 }  // namespace fastlm
