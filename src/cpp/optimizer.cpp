@@ -52,6 +52,28 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
     }
 }
 
+namespace {
+
+// Sum of x[i]^2 in double over one block, in kSquareLanes running sums (element i goes to
+// lane i % kSquareLanes), then the lanes in a fixed order: the lanes are independent
+// dependence chains, so the compiler vectorises them (one running sum is a chain of double
+// additions, four cycles apart), and the result is the same for every thread count and
+// instruction set, since it is written in the source, not chosen by the compiler.
+constexpr int64_t kSquareLanes = 16;
+
+double block_sum_of_squares(const float* x, int64_t n) {
+    double lanes[kSquareLanes] = {};
+    int64_t i = 0;
+    for (; i + kSquareLanes <= n; i += kSquareLanes)
+        for (int64_t l = 0; l < kSquareLanes; ++l) lanes[l] += double(x[i + l]) * double(x[i + l]);
+    for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += double(x[i]) * double(x[i]);
+    for (int64_t width = kSquareLanes / 2; width > 0; width /= 2)
+        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    return lanes[0];
+}
+
+}  // namespace
+
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
     // Fixed blocks summed in a fixed order: the norm does not depend on the thread count.
     constexpr int64_t kBlock = 4096;
@@ -61,11 +83,7 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
         const int64_t blocks = (n + kBlock - 1) / kBlock;
         partial.assign(blocks, 0.0);
 #pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kBlock)
-        for (int64_t b = 0; b < blocks; ++b) {
-            double sum = 0.0;
-            for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) sum += double(x[i]) * double(x[i]);
-            partial[b] = sum;
-        }
+        for (int64_t b = 0; b < blocks; ++b) partial[b] = block_sum_of_squares(x + b * kBlock, std::min(kBlock, n - b * kBlock));
         for (double sum : partial) total += sum;
     }
     return std::sqrt(total);
