@@ -478,11 +478,14 @@ CASES = [
     # rows, many chunks of steps: the state is carried across chunks in both layers.
     ("score_sequences", dict(V=521, E=64, H=130, layers=2, lengths=range(1, 81), repeat=5, bos=3, batch_size=1000)),
     # Streams continued from a state: one stream of one step; a few streams; one stream over
-    # many chunks of steps (1024 rows each), with H = 130 its recurrence threaded; an adaptive decoder.
+    # many chunks of steps (1024 rows each), its recurrence on one thread while the other
+    # threads score the previous chunk; 64 streams of H = 130, a recurrence shared between
+    # threads (2^22 multiply-adds a step and more); an adaptive decoder.
     ("score_streams", dict(V=2, E=1, H=3, layers=1, B=1, T=1, state="zero")),
     ("score_streams", dict(V=1009, E=19, H=37, layers=2, B=3, T=17)),
     ("score_streams", dict(V=101, E=8, H=16, layers=2, B=1, T=2100)),
     ("score_streams", dict(V=521, E=64, H=130, layers=1, B=1, T=1100)),
+    ("score_streams", dict(V=101, E=8, H=130, layers=1, B=64, T=20)),
     ("score_streams", dict(V=300, E=8, H=16, layers=1, B=2, T=40, cutoffs=[50, 150])),
     ("output_scores", dict(N=1, H=19, V=2)),
     ("output_scores", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190
