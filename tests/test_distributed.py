@@ -2,6 +2,7 @@
 trains with batch 2b on the same windows (dropout included), resume, and fail cleanly."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import distributed_worker as worker  # noqa: E402
 
-MPIEXEC = shutil.which("mpiexec")
+# The mpiexec beside this Python (the mpich wheel's, in the venv of fastlm[mpi]) matches the
+# MPI library mpi4py loads there; else the one on PATH (a cluster's).
+MPIEXEC = next(
+    (str(p) for p in [Path(sys.executable).with_name("mpiexec")] if p.is_file() and os.access(p, os.X_OK)),
+    shutil.which("mpiexec"),
+)
 try:
     import mpi4py  # noqa: F401
 
@@ -28,7 +34,9 @@ except ImportError:
 needs_mpi = pytest.mark.skipif(
     not (HAVE_MPI4PY and MPIEXEC), reason="needs mpi4py and mpiexec (pip install 'fastlm[mpi]')"
 )
-TIMEOUT = 120  # a hang fails the test instead of stalling the suite
+# A hang fails the test instead of stalling the suite. Generous: on a machine loaded many
+# times over, starting two ranks and training took minutes; a hang is still caught.
+TIMEOUT = 600
 
 
 def mpiexec(*args, ranks=2):
@@ -102,6 +110,30 @@ def test_a_rank_that_dies_ends_every_rank(tmp_path):
 
 
 @needs_mpi
+def test_a_rank_that_hangs_ends_every_rank_after_the_timeout(tmp_path):
+    result, out = run_worker(tmp_path, "hang")  # rank 1 sleeps at its 5th step, rank 0 waits in the Allreduce
+    assert result.returncode != 0
+    assert re.search(
+        r"rank 0 of 2 stopped with TimeoutError: rank 0 of 2 waited \d+\.\d s for the other ranks in the gradient "
+        rf"Allreduce of epoch 1, batch 5 \(comm_timeout={worker.HANG_TIMEOUT} s\).*aborting all ranks",
+        result.stderr,
+    ), result.stderr
+    assert not out.exists()
+
+
+@needs_mpi
+def test_a_rank_that_hangs_before_the_start_ends_every_rank(tmp_path):
+    result, out = run_worker(tmp_path, "hang-at-start")  # rank 0 waits in the settings check
+    assert result.returncode != 0
+    assert re.search(
+        r"rank 0 of 2 stopped with TimeoutError: rank 0 of 2 waited \d+\.\d s for the other ranks in the start-up "
+        rf"check that every rank has the same settings \(comm_timeout={worker.HANG_TIMEOUT} s\)",
+        result.stderr,
+    ), result.stderr
+    assert not out.exists()
+
+
+@needs_mpi
 def test_ranks_with_different_settings_fail_at_start_on_every_rank(tmp_path):
     result, _ = run_worker(tmp_path, "differ")
     assert result.returncode != 0
@@ -130,6 +162,34 @@ def test_local_group_and_bad_comm():
     assert (group.rank, group.size, group.rows(10)) == (0, 1, (0, 10))
     with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
         fastlm.LSTMLM(10).fit(np.arange(10) % 10, seq_len=3, comm="COMM_WORLD", progress=False)
+
+
+class Request:
+    """A stand-in for an MPI request that completes at its n-th test (never: None)."""
+
+    def __init__(self, n):
+        self.n, self.tests = n, 0
+
+    def Test(self):
+        self.tests += 1
+        return self.n is not None and self.tests >= self.n
+
+
+def test_waits_are_bounded_and_name_the_step():
+    group = distributed.MPIGroup.__new__(distributed.MPIGroup)  # the waiting logic alone, no MPI
+    group.rank, group.size, group.timeout = 1, 3, 60
+    finishing = Request(1000)
+    group._wait(finishing, "the gradient Allreduce of epoch 2, batch 7")
+    assert finishing.tests == 1000
+    group.timeout = 0.2
+    with pytest.raises(TimeoutError) as error:
+        group._wait(Request(None), "the gradient Allreduce of epoch 2, batch 7")
+    assert re.fullmatch(
+        r"rank 1 of 3 waited \d+\.\d s for the other ranks in the gradient Allreduce of epoch 2, batch 7 "
+        r"\(comm_timeout=0\.2 s\): a rank is hanging or far slower than this one",
+        str(error.value),
+    ), error.value
+    assert isinstance(error.value, distributed.USER_ERRORS)  # reported in one line, no traceback
 
 
 def test_fingerprint_tells_data_apart():

@@ -76,7 +76,7 @@ TRAIN_DEFAULTS = {
 }
 TOKENIZER_SETTINGS = ("level", "vocab_size", "min_count", "max_vocab", "lowercase", "split_punctuation", "eos")
 # Options of one invocation, not of the run: they may change from one --resume to the next.
-PER_INVOCATION = ("out", "resume", "max_steps", "sample_tokens", "progress", "threads", "distributed")
+PER_INVOCATION = ("out", "resume", "max_steps", "sample_tokens", "progress", "threads", "distributed", "comm_timeout")
 # Settings that name files: recorded as absolute paths; on --resume the same file at a new place is accepted.
 FILE_SETTINGS = ("corpus", "ids", "tokenizer", "val", "test")
 # The Python API's names of the options whose dest differs (presets are written in them).
@@ -519,6 +519,7 @@ def cmd_train(args):
         max_batches=args.max_steps,
         callback=_epoch_line(s.epochs),
         comm=comm,
+        comm_timeout=args.comm_timeout,
         sparse_embedding=s.sparse_embedding,
         optimizer=s.optimizer,
         momentum=s.momentum,
@@ -1073,6 +1074,14 @@ def build_parser():
         action="store_true",
         help="data-parallel training on the ranks of `mpiexec -n N` (needs mpi4py: "
         "pip install 'fastlm[mpi]'); --batch-size is per rank",
+    )
+    train.add_argument(
+        "--comm-timeout",
+        type=POSITIVE_FLOAT,
+        default=distributed.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="with --distributed: a rank that waits this long for the others at one step (a rank hangs) "
+        "ends every rank with an error naming the step (default: %(default)g)",
     )
     train.set_defaults(run=cmd_train)
 

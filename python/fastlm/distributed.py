@@ -9,17 +9,30 @@ sent again. N ranks with b rows each therefore train what one process trains wit
 
 Any exception on one rank would leave the others waiting in the next collective call
 for ever: ``aborts_every_rank`` (on fit) prints it and calls MPI_Abort, ending every rank.
+A rank that hangs without raising (a stuck file system, a deadlock, a stopped process)
+would do the same, so every collective call is a non-blocking one polled against a
+deadline: a rank that waits longer than ``timeout`` seconds raises TimeoutError naming
+the call, and the abort then ends the job.
 """
 
 from __future__ import annotations
 
 import functools
+import pickle
 import sys
+import time
 import traceback
 
 import numpy as np
 
 INSTALL_HINT = "pip install 'fastlm[mpi]' (mpi4py with the mpich wheel) or install mpi4py against your cluster's MPI"
+
+# fit's comm_timeout by default: longer than any step, and than rank 0's checkpoint save
+# that the others wait out at the end of an epoch, on any machine fastlm runs on.
+DEFAULT_TIMEOUT = 300.0
+# Waiting ranks spin on MPI_Test this long (as a blocking MPI call would), then sleep
+# between tests, up to MAX_PAUSE, so that a long wait does not hold a core.
+SPIN_SECONDS, MAX_PAUSE = 0.05, 0.01
 
 
 class Local:
@@ -36,22 +49,55 @@ class Local:
     def broadcast_parameters(self, params):
         pass
 
-    def reduce_step(self, grads, loss, rows, total_rows, stop):
+    def reduce_step(self, grads, loss, rows, total_rows, stop, where=""):
         return loss, grads, stop
 
-    def any(self, flag):
+    def any(self, flag, where=""):
         return bool(flag)
 
 
 class MPIGroup(Local):
-    """The ranks of an MPI communicator training one model together."""
+    """The ranks of an MPI communicator training one model together.
 
-    def __init__(self, comm):
+    timeout: the longest, in seconds, that a rank waits for the others in one collective
+    call before it raises TimeoutError (None: for ever)."""
+
+    def __init__(self, comm, timeout=DEFAULT_TIMEOUT):
         from mpi4py import MPI
 
-        self.MPI, self.comm = MPI, comm
+        self.MPI, self.comm, self.timeout = MPI, comm, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self._flat, self._layout = None, None
+
+    def _wait(self, request, what):
+        """Complete a non-blocking collective call, or raise TimeoutError naming it (what)
+        once the deadline has passed: a rank that never arrives must not stop the others for ever."""
+        if self.timeout is None:
+            request.Wait()
+            return
+        start = time.monotonic()
+        pause = 0.0
+        while not request.Test():
+            waited = time.monotonic() - start
+            if waited > self.timeout:
+                raise TimeoutError(
+                    f"rank {self.rank} of {self.size} waited {waited:.1f} s for the other ranks in {what} "
+                    f"(comm_timeout={self.timeout:g} s): a rank is hanging or far slower than this one"
+                )
+            if waited > SPIN_SECONDS:
+                time.sleep(pause)
+                pause = min(MAX_PAUSE, 2 * pause or 1e-4)
+
+    def _allgather(self, value, what):
+        """comm.allgather(value) (every rank's picklable value, in rank order), bounded by the timeout."""
+        data = np.frombuffer(pickle.dumps(value), dtype=np.uint8)
+        mine, sizes = np.array([data.size], dtype=np.int64), np.zeros(self.size, dtype=np.int64)
+        self._wait(self.comm.Iallgather(mine, sizes), what)
+        sizes = [int(size) for size in sizes]
+        gathered = np.empty(sum(sizes), dtype=np.uint8)
+        self._wait(self.comm.Iallgatherv(data, [gathered, sizes]), what)
+        ends = np.cumsum(sizes)
+        return [pickle.loads(gathered[end - size : end].tobytes()) for size, end in zip(sizes, ends)]
 
     def rows(self, total):
         """This rank's rows [lo, hi) of a global batch of total rows: even shares in rank order,
@@ -60,7 +106,7 @@ class MPIGroup(Local):
 
     def check_same(self, settings):
         """Raise on every rank when any rank was started with other settings than rank 0."""
-        everyone = self.comm.allgather(settings)
+        everyone = self._allgather(settings, "the start-up check that every rank has the same settings")
         differences = []
         for rank, theirs in enumerate(everyone[1:], start=1):
             for key in sorted(set(everyone[0]) | set(theirs)):
@@ -80,19 +126,20 @@ class MPIGroup(Local):
         for p in params.values():
             weights[offset : offset + p.size] = p.ravel()
             offset += p.size
-        self.comm.Bcast(weights, root=0)
+        self._wait(self.comm.Ibcast(weights, root=0), "the start-up broadcast of rank 0's weights")
         offset = 0
         for p in params.values():
             p[...] = weights[offset : offset + p.size].reshape(p.shape)
             offset += p.size
 
-    def reduce_step(self, grads, loss, rows, total_rows, stop):
+    def reduce_step(self, grads, loss, rows, total_rows, stop, where=""):
         """The global batch's mean loss and gradients from every rank's share, in one Allreduce.
 
         grads: this rank's gradients (mean over its rows; None when it has no rows), loss its
         mean loss. Each is weighted by rows / total_rows and summed over the ranks, which is
         the mean over the global batch. stop: this rank wants to stop (Ctrl-C); true on every
-        rank when on any. Returns (loss, grads, stop); grads are views of one flat buffer.
+        rank when on any. where names the step in a TimeoutError ("epoch 1, batch 5").
+        Returns (loss, grads, stop); grads are views of one flat buffer.
         """
         flat, weight, offset = self._flat, np.float32(rows / total_rows), 0
         for name, shape, size in self._layout:
@@ -109,16 +156,20 @@ class MPIGroup(Local):
             offset += size
         flat[-2] = loss * weight if rows else 0.0
         flat[-1] = 1.0 if stop else 0.0
-        self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM), f"the gradient Allreduce of {where}")
         reduced, offset = {}, 0
         for name, shape, size in self._layout:
             reduced[name] = flat[offset : offset + size].reshape(shape)
             offset += size
         return float(flat[-2]), reduced, bool(flat[-1] > 0)
 
-    def any(self, flag):
-        """True on every rank when flag is true on any."""
-        return bool(self.comm.allreduce(bool(flag), op=self.MPI.LOR))
+    def any(self, flag, where=""):
+        """True on every rank when flag is true on any (where: the point, for a TimeoutError)."""
+        flags = np.array([1 if flag else 0], dtype=np.int32)
+        self._wait(
+            self.comm.Iallreduce(self.MPI.IN_PLACE, flags, op=self.MPI.MAX), f"the agreement on stopping {where}"
+        )
+        return bool(flags[0])
 
 
 # Errors that describe the input: one line says it all (the others get a traceback).
@@ -156,13 +207,13 @@ def fingerprint(array):
     return f"{tuple(array.shape)}:{digest.hexdigest()[:16]}"
 
 
-def group(comm):
-    """The training group of comm: Local for None or a single rank, else MPIGroup."""
+def group(comm, timeout=DEFAULT_TIMEOUT):
+    """The training group of comm: Local for None or a single rank, else MPIGroup (timeout: its)."""
     if comm is None:
         return Local()
-    if not all(hasattr(comm, name) for name in ("Get_rank", "Get_size", "Allreduce", "Bcast", "allgather")):
+    if not all(hasattr(comm, name) for name in ("Get_rank", "Get_size", "Iallreduce", "Ibcast", "Iallgatherv")):
         raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD), got {type(comm).__name__}")
-    return Local() if comm.Get_size() == 1 else MPIGroup(comm)
+    return Local() if comm.Get_size() == 1 else MPIGroup(comm, timeout)
 
 
 def world():

@@ -306,6 +306,7 @@ def fit(
     max_batches=None,
     callback=None,
     comm=None,
+    comm_timeout=distributed.DEFAULT_TIMEOUT,
     optimizer="adam",
     momentum=0.0,
     nesterov=False,
@@ -363,6 +364,10 @@ def fit(
         is the one a single process trains with batch N * batch_size. Rank 0 alone writes
         checkpoints and shows progress. Ranks given different settings fail at the start on
         every rank; an exception on one rank ends all of them (MPI_Abort).
+    comm_timeout: with comm, the longest in seconds a rank waits for the others at one step
+        (or at the start-up checks, or while rank 0 saves a checkpoint) before it raises
+        TimeoutError naming the step, which ends every rank: a rank that hangs without dying
+        would otherwise stop the job for ever. None waits for ever.
     sparse_embedding: update only the embedding rows each batch uses, never forming the dense
         vocab_size x embed_dim gradient: for large vocabularies. With Adam as
         torch.optim.SparseAdam (moments only for rows seen; eps added before the bias
@@ -377,7 +382,8 @@ def fit(
     "tokens_per_s", "lr"; "interrupted" (False) is set when max_batches or a callback
     stopped it before the last epoch's end.
     """
-    dist = distributed.group(comm)
+    comm_timeout = check_number("comm_timeout", comm_timeout, "(0, inf)", allow_none=True)
+    dist = distributed.group(comm, comm_timeout)
     sparse_embedding = check_bool("sparse_embedding", sparse_embedding)
     if tokenizer is None:
         tokenizer = model.tokenizer
@@ -597,7 +603,8 @@ def fit(
                     if len(x)
                     else (0.0, None, carry)
                 )
-                loss, grads, stop = dist.reduce_step(grads, loss, len(x), rows, interrupt.raised)
+                where = f"epoch {epoch + 1}, batch {trainer['batch'] + 1}"  # named if the others never come
+                loss, grads, stop = dist.reduce_step(grads, loss, len(x), rows, interrupt.raised, where=where)
                 interrupt.raised = stop
                 if not math.isfinite(loss):
                     raise FloatingPointError(
@@ -654,7 +661,9 @@ def fit(
             checkpoint()
             if callback is not None:
                 stop_asked = _call_back(callback, history, interrupt) or stop_asked
-            interrupt.raised = dist.any(interrupt.raised)  # a Ctrl-C since the last step's agreement
+            interrupt.raised = dist.any(  # a Ctrl-C since the last step's agreement
+                interrupt.raised, where=f"at the end of epoch {epoch + 1}"
+            )
             if interrupt.raised:
                 raise interrupted()
             stopping = stop_asked or (max_batches is not None and batches_run >= max_batches)
