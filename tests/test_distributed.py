@@ -18,6 +18,7 @@ from fastlm.batches import RowStreams
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import distributed_worker as worker  # noqa: E402
+from helpers import ids_training_options  # noqa: E402
 
 # The mpiexec beside this Python (the mpich wheel's, in the venv of fastlm[mpi]) matches the
 # MPI library mpi4py loads there; else the one on PATH (a cluster's).
@@ -209,24 +210,7 @@ def encoded(tmp_path):
     tok = fastlm.Tokenizer.fit(" ".join(f"w{k}" for k in range(30)))
     tok.save(tmp_path / "tok.json")
     fastlm.save_ids(tmp_path / "ids.bin", worker.corpus() % len(tok), len(tok))
-    return [
-        "--ids",
-        tmp_path / "ids.bin",
-        "--tokenizer",
-        tmp_path / "tok.json",
-        "--hidden",
-        "8",
-        "--embed",
-        "8",
-        "--seq-len",
-        "10",
-        "--batch-size",
-        "4",
-        "--sample-tokens",
-        "5",
-        "--out",
-        tmp_path / "model",
-    ]
+    return ids_training_options(tmp_path)
 
 
 def fastlm_command(*argv, mpi_ranks=None, env=None):

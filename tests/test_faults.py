@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import cli_options
 
 import fastlm
 from fastlm import cli, model_dir
@@ -34,6 +35,18 @@ def train(directory, epochs, resume=False, model=None):
     model = model or new_model()
     model.fit(IDS, epochs=epochs, checkpoint_dir=directory, resume=resume, **SETTINGS)
     return model
+
+
+def write_corpus(directory):
+    corpus = directory / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
+    return corpus
+
+
+def train_command(corpus, out):
+    """`fastlm train` of a tiny model on corpus, one epoch, no sample, in this process: its exit code."""
+    options = cli_options(epochs=1, hidden=8, embed=4, seq_len=8, batch_size=4, sample_tokens=0, out=out)
+    return cli.main(["train", str(corpus), *options])
 
 
 def weights(model):
@@ -188,28 +201,7 @@ def test_kill_during_the_first_save_does_not_block_the_directory(reference, tmp_
             fastlm.load(directory)
         assert not [p for p in directory.iterdir() if model_dir.STAGED_NAME.fullmatch(p.name)]
         # and a fresh `fastlm train --out` takes the directory, removing the abandoned save
-        corpus = tmp_path / "corpus.txt"
-        corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
-        code = cli.main(
-            [
-                "train",
-                str(corpus),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--embed",
-                "4",
-                "--seq-len",
-                "8",
-                "--batch-size",
-                "4",
-                "--sample-tokens",
-                "0",
-                "--out",
-                str(directory),
-            ]
-        )
+        code = train_command(write_corpus(tmp_path), directory)
         assert code == 0, capsys.readouterr().err
         fastlm.load(directory)
         assert sorted(p.name for p in directory.iterdir()) == sorted(  # best/: the best epoch (validation)
@@ -260,32 +252,12 @@ def test_a_failing_write_inside_safetensors_is_one_line(tmp_path, capsys):
     import resource
     import signal
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
+    corpus = write_corpus(tmp_path)
     previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (2048, previous_limit[1]))
     try:
-        code = cli.main(
-            [
-                "train",
-                str(corpus),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--embed",
-                "4",
-                "--seq-len",
-                "8",
-                "--batch-size",
-                "4",
-                "--sample-tokens",
-                "0",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
+        code = train_command(corpus, tmp_path / "m")
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
         signal.signal(signal.SIGXFSZ, previous_handler)
@@ -332,28 +304,7 @@ def test_read_only_out_is_refused_before_training(tmp_path, monkeypatch, capsys)
     with pytest.raises(PermissionError):
         new_model().fit(IDS, epochs=2, checkpoint_dir=read_only / "m", callback=epochs_run.append, **SETTINGS)
     assert epochs_run == []  # refused before the first epoch, not after it
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat and the dog ran\n" * 40)
-    code = cli.main(
-        [
-            "train",
-            str(corpus),
-            "--epochs",
-            "1",
-            "--hidden",
-            "8",
-            "--embed",
-            "4",
-            "--seq-len",
-            "8",
-            "--batch-size",
-            "4",
-            "--sample-tokens",
-            "0",
-            "--out",
-            str(read_only / "m"),
-        ]
-    )
+    code = train_command(write_corpus(tmp_path), read_only / "m")
     out, err = capsys.readouterr()
     assert code == 1 and "Permission denied" in err and len(err.strip().splitlines()) == 1, err
     assert "epoch 1" not in out

@@ -206,16 +206,21 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
     assert_same_weights(model, reloaded)
 
 
-def test_resave_removes_stale_files(model, tok, tmp_path):
+def train_with_checkpoint(model, tok, directory):
+    """One epoch on V_TEXT, checkpointed (optimizer state, trainer.json, tokenizer) in directory."""
     model.fit(
         tok.encode(V_TEXT * 3),
         seq_len=8,
         batch_size=4,
         epochs=1,
-        checkpoint_dir=tmp_path,
+        checkpoint_dir=directory,
         tokenizer=tok,
         progress=False,
     )
+
+
+def test_resave_removes_stale_files(model, tok, tmp_path):
+    train_with_checkpoint(model, tok, tmp_path)
     assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in files_of(tmp_path).iterdir()}
     assert config_of(tmp_path)["has_training_state"] is True
     model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
@@ -237,15 +242,7 @@ def test_save_overwrites_previous_model(model, tok, saved):
 def test_file_permissions(model, tok, tmp_path):
     old = os.umask(0o022)
     try:
-        model.fit(
-            tok.encode(V_TEXT * 3),
-            seq_len=8,
-            batch_size=4,
-            epochs=1,
-            checkpoint_dir=tmp_path,
-            tokenizer=tok,
-            progress=False,
-        )
+        train_with_checkpoint(model, tok, tmp_path)
     finally:
         os.umask(old)
     for path in tmp_path.rglob("*"):

@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from helpers import cli_options, ids_training_options
 
 import fastlm
 from fastlm import _core, cli, token_file
@@ -214,26 +215,8 @@ def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
     code, out, err = cli_run(
         capsys,
         "train",
-        "--ids",
-        tmp_path / "ids.bin",
-        "--tokenizer",
-        tmp_path / "tok.json",
-        "--epochs",
-        "1",
-        "--max-steps",
-        "3",
-        "--hidden",
-        "8",
-        "--embed",
-        "8",
-        "--seq-len",
-        "10",
-        "--batch-size",
-        "4",
-        "--sample-tokens",
-        "5",
-        "--out",
-        tmp_path / "model",
+        *ids_training_options(tmp_path),
+        *cli_options(epochs=1, max_steps=3),
     )
     assert code == 0, err
     assert f"corpus: {tmp_path / 'ids.bin'}" in out and "stopped after 3 steps" in out
