@@ -1313,8 +1313,9 @@ def main(argv=None):
             print(f"fastlm {args.command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        print(f"fastlm {args.command}: error: {_message(error)}", file=sys.stderr, flush=True)
+        message = f"fastlm {args.command}: error: {_message(error)}"
         comm = getattr(args, "comm", None)
         if comm is not None and comm.Get_size() > 1 and not getattr(error, "fastlm_on_every_rank", False):
-            comm.Abort(1)  # an error of this rank alone: the others would wait for it for ever
+            distributed.print_and_abort(comm, message)  # this rank's error alone: the others would wait for ever
+        print(message, file=sys.stderr, flush=True)
         return 1

@@ -33,6 +33,8 @@ DEFAULT_TIMEOUT = 300.0
 # Waiting ranks spin on MPI_Test this long (as a blocking MPI call would), then sleep
 # between tests, up to MAX_PAUSE, so that a long wait does not hold a core.
 SPIN_SECONDS, MAX_PAUSE = 0.05, 0.01
+# How long a rank that ends the job waits after printing why: see print_and_abort.
+ABORT_GRACE = 1.0
 
 
 class Local:
@@ -185,13 +187,24 @@ def on_every_rank(error):
 def abort(comm, error):
     """Print error as this rank's, then end every rank of comm (mpiexec returns non-zero)."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    if not isinstance(error, USER_ERRORS):
-        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    print(
-        f"fastlm: rank {rank} of {size} stopped with {type(error).__name__}: {error}; aborting all ranks (MPI_Abort)",
-        file=sys.stderr,
-        flush=True,
+    text = (
+        ""
+        if isinstance(error, USER_ERRORS)
+        else "".join(traceback.format_exception(type(error), error, error.__traceback__))
     )
+    text += f"fastlm: rank {rank} of {size} stopped with {type(error).__name__}: {error}; "
+    text += "aborting all ranks (MPI_Abort)"
+    print_and_abort(comm, text)
+
+
+def print_and_abort(comm, text):
+    """Print text on stderr, then end every rank of comm. mpiexec drops what a rank printed
+    but it has not yet forwarded when MPI_Abort ends the job (the first line of a traceback
+    and nothing more, now and then): the text goes in one write, and the rank waits
+    ABORT_GRACE seconds for it to be forwarded before it aborts."""
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE)
     comm.Abort(1)
 
 
