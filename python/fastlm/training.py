@@ -630,7 +630,9 @@ def fit(
                     info = dict(epoch=epoch + 1, batch=trainer["batch"], batches=len(batches), loss=loss, lr=opt.lr)
                     stop_asked = _call_back(batch_callback, info, interrupt)
                     if dist.size > 1:  # a callback's stop must be every rank's
-                        stop_asked, interrupt.raised = dist.any(stop_asked), dist.any(interrupt.raised)
+                        where = f"after the batch callback of epoch {epoch + 1}, batch {trainer['batch']}"
+                        stop_asked = dist.any(stop_asked, where=where)
+                        interrupt.raised = dist.any(interrupt.raised, where=where)
                 if interrupt.raised or stop_asked or (max_batches is not None and batches_run >= max_batches):
                     break
             if trainer["batch"] < len(batches):  # stopped inside the epoch: checkpoint the position
