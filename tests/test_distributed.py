@@ -111,24 +111,20 @@ def test_a_rank_that_dies_ends_every_rank(tmp_path):
 
 
 @needs_mpi
-def test_a_rank_that_hangs_ends_every_rank_after_the_timeout(tmp_path):
-    result, out = run_worker(tmp_path, "hang")  # rank 1 sleeps at its 5th step, rank 0 waits in the Allreduce
+@pytest.mark.parametrize(
+    "mode, where",
+    [
+        ("hang", "the gradient Allreduce of epoch 1, batch 5"),  # rank 1 sleeps at its 5th step
+        ("hang-at-start", "the start-up check that every rank has the same settings"),  # ... before fit
+    ],
+)
+def test_a_rank_that_hangs_ends_every_rank_after_the_timeout(tmp_path, mode, where):
+    result, out = run_worker(tmp_path, mode)
     assert result.returncode != 0
     assert re.search(
-        r"rank 0 of 2 stopped with TimeoutError: rank 0 of 2 waited \d+\.\d s for the other ranks in the gradient "
-        rf"Allreduce of epoch 1, batch 5 \(comm_timeout={worker.HANG_TIMEOUT} s\).*aborting all ranks",
-        result.stderr,
-    ), result.stderr
-    assert not out.exists()
-
-
-@needs_mpi
-def test_a_rank_that_hangs_before_the_start_ends_every_rank(tmp_path):
-    result, out = run_worker(tmp_path, "hang-at-start")  # rank 0 waits in the settings check
-    assert result.returncode != 0
-    assert re.search(
-        r"rank 0 of 2 stopped with TimeoutError: rank 0 of 2 waited \d+\.\d s for the other ranks in the start-up "
-        rf"check that every rank has the same settings \(comm_timeout={worker.HANG_TIMEOUT} s\)",
+        r"rank 0 of 2 stopped with TimeoutError: rank 0 of 2 waited \d+\.\d s for the other ranks in "
+        + re.escape(f"{where} (comm_timeout={worker.HANG_TIMEOUT} s)")
+        + ".*aborting all ranks",
         result.stderr,
     ), result.stderr
     assert not out.exists()

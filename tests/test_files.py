@@ -469,15 +469,7 @@ def _failing_after_partial_write(real):
 @pytest.mark.parametrize("where", ["weights", "tokenizer", "config", "optimizer", "trainer"])
 def test_failed_save_leaves_previous_files_intact(model, tok, tmp_path, monkeypatch, where):
     directory = tmp_path / "m"
-    model.fit(
-        tok.encode(V_TEXT * 3),
-        seq_len=8,
-        batch_size=4,
-        epochs=1,
-        checkpoint_dir=directory,
-        tokenizer=tok,
-        progress=False,
-    )
+    train_with_checkpoint(model, tok, directory)
     before = snapshot(directory)
     other = fastlm.LSTMLM(len(tok), 6, 8, num_layers=2, dropout=0.25, seed=6)
     training_state = model_dir.load_training_state(directory)
