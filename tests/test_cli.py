@@ -689,6 +689,12 @@ def test_every_command_takes_threads(argv):
     assert cli.build_parser().parse_args([*argv, "--threads", "3"]).threads == 3
 
 
+def test_no_command_lacks_threads():
+    """README: every command takes --threads N; a new subcommand must not be left out."""
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert {name for name, command in commands.items() if "--threads" not in command._option_string_actions} == set()
+
+
 def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
     import fastlm
 

@@ -1248,7 +1248,7 @@ def build_parser():
     )
     export.add_argument("directory", metavar="DIR", help="model directory")
     export.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write (required)")
-    export.set_defaults(run=cmd_export, threads=None)
+    export.set_defaults(run=cmd_export)
 
     bench = commands.add_parser(
         "bench",
@@ -1273,7 +1273,7 @@ def build_parser():
         "--torch", action="store_true", help="also time PyTorch, if installed, in a process of its own (default: off)"
     )
     bench.set_defaults(run=cmd_bench)
-    for command in (train, generate, evaluate, score, encode, bench):
+    for command in (train, generate, evaluate, score, encode, export, bench):
         command.add_argument(
             "--threads",
             type=POSITIVE_INT,

@@ -60,9 +60,9 @@ def check_output_path(path, name="path"):
     path for a missing or unwritable directory or a directory in the file's place, before any work."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a file path (str or os.PathLike), got {type(path).__name__}")
-    path = Path(path)
+    given, path = os.fspath(path), Path(path)
     if str(path) in ("", "."):
-        raise ValueError(f"{name} must name a file, got {str(path)!r}")
+        raise ValueError(f"{name} must name a file, got {given!r}")
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory, not a file", str(path))
     parent = path.resolve().parent
