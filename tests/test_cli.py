@@ -594,6 +594,23 @@ def test_python_dash_m(model_dir, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("the ")
 
 
+def test_a_closed_pipe_ends_the_command_quietly(model_dir, tmp_path):
+    """`fastlm score DIR FILE | head`: once the reader has gone, the command stops with the code of
+    SIGPIPE (141) and says nothing, instead of an error line about a broken pipe."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat\n" * 30000, encoding="utf-8")  # far more output than a pipe holds
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastlm", "score", str(model_dir), str(lines), "--no-bos", "--no-eos"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    if not process.stdout.read(20):
+        pytest.fail(f"fastlm score printed nothing: {process.stderr.read().decode()}")
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == "", err
+
+
 def test_console_script(corpus, tmp_path):
     fastlm = shutil.which("fastlm")
     if fastlm is None:

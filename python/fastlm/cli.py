@@ -9,6 +9,7 @@ before the first checkpoint, and checkpoints are written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -1312,6 +1313,10 @@ def main(argv=None):
         elif out is None:
             print(f"fastlm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (head, less) closed the pipe: stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # Python's flush at exit would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the code a tool killed by the signal gives
     except USER_ERRORS as error:
         message = f"fastlm {args.command}: error: {_message(error)}"
         comm = getattr(args, "comm", None)
