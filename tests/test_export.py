@@ -416,5 +416,7 @@ def test_from_torch_refuses_what_it_cannot_convert(torch):
         fastlm.LSTMLM.from_torch(NoDecoder())
     with pytest.raises(KeyError, match="no embedding"):
         fastlm.LSTMLM.from_torch({"weight": torch.zeros(3)})
+    with pytest.raises(KeyError, match="no embedding .*; it holds nothing"):
+        fastlm.LSTMLM.from_torch({})
     with pytest.raises(TypeError, match="torch.nn.Module or a state_dict"):
         fastlm.LSTMLM.from_torch([1, 2])

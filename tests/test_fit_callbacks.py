@@ -279,3 +279,9 @@ def test_summary_names_the_tokenizer(tok):
     model = make(tok)
     model.tokenizer = tok
     assert f"tokenizer: {tok!r}" in model.summary(print_fn=None)
+
+
+@pytest.mark.parametrize("print_fn", [3, "print"])
+def test_summary_refuses_a_print_fn_that_is_not_callable(tok, print_fn):
+    with pytest.raises(TypeError, match=r"print_fn must be callable or None, got"):
+        make(tok).summary(print_fn=print_fn)

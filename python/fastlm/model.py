@@ -535,6 +535,8 @@ class LSTMNetwork:
         rows, T time steps), its parameters' names and shapes, and the parameter counts (a tied
         decoder.weight is the embedding's matrix, counted once). Printed with print_fn;
         print_fn=None returns the table as a str instead."""
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be callable or None, got {print_fn!r}")
         shapes = self.parameter_shapes()
         groups = {}  # layer -> [(parameter name within it, shape)]
         for name, shape in shapes.items():

@@ -165,7 +165,7 @@ def _shares_memory(a, b):
 def _pick(state, names, what):
     found = [name for name in names if name in state]
     if not found:
-        shown = ", ".join(sorted(map(str, state))[:12])
+        shown = ", ".join(sorted(map(str, state))[:12]) or "nothing"
         raise KeyError(f"state_dict has no {what} (looked for {' or '.join(names)}); it holds {shown}")
     return found[0]
 
