@@ -21,12 +21,7 @@ from fastlm import cli, model_dir
 SEQ, BATCH = 16, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    original = fastlm.get_num_threads()
-    fastlm.set_num_threads(1)
-    yield
-    fastlm.set_num_threads(original)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -381,16 +381,12 @@ def _held_out_ids(option, path, text, tokenizer):
 def _training_tokenizer(s, text):
     if s.ids:
         return _read_tokenizer(s.tokenizer)
-    return fastlm.Tokenizer.fit(
-        text,
-        level=s.level,
-        min_count=s.min_count,
-        max_vocab=s.max_vocab,
-        lowercase=s.lowercase,
-        split_punctuation=s.split_punctuation,
-        eos=s.eos,
-        vocab_size=s.vocab_size,
-    )
+    return _fit_tokenizer(text, s)
+
+
+def _fit_tokenizer(text, options):
+    """Tokenizer.fit with the tokenizer options of `train` or `encode --fit` (TOKENIZER_SETTINGS)."""
+    return fastlm.Tokenizer.fit(text, **{name: getattr(options, name) for name in TOKENIZER_SETTINGS})
 
 
 def _take_tokenizer_settings(settings, typed, tokenizer, path):
@@ -574,16 +570,7 @@ def cmd_encode(args):
         if Path(path).is_dir():
             raise IsADirectoryError(f"{path} is a directory, not a text file")
     if args.fit:
-        tokenizer = fastlm.Tokenizer.fit(
-            _text_chunks(args.corpus),
-            level=args.level,
-            min_count=args.min_count,
-            max_vocab=args.max_vocab,
-            lowercase=args.lowercase,
-            split_punctuation=args.split_punctuation,
-            eos=args.eos,
-            vocab_size=args.vocab_size,
-        )
+        tokenizer = _fit_tokenizer(_text_chunks(args.corpus), args)
         tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
     else:
         tokenizer = _read_tokenizer(tokenizer_path)
