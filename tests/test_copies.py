@@ -181,3 +181,14 @@ def test_a_subword_tokenizer_travels_with_the_model():
         assert clone.generate_text("First", max_new_tokens=12, seed=2) == model.generate_text(
             "First", max_new_tokens=12, seed=2
         )
+
+
+def test_in_place_updates_take_an_unpickled_float32_array():
+    """An unpickled array's dtype is an equal float32 that is not NumPy's own object: the C++ core
+    compares dtypes by value, so it updates such an array in place, while another byte order stays refused."""
+    param = pickle.loads(pickle.dumps(np.zeros(4, np.float32)))
+    assert param.dtype is not np.dtype(np.float32)
+    fastlm._core.sgd_update(param, np.ones(4, np.float32), None, 1, 0.5)
+    np.testing.assert_array_equal(param, np.full(4, -0.5, np.float32))
+    with pytest.raises(TypeError, match="param is updated in place .* of dtype >f4"):
+        fastlm._core.sgd_update(np.zeros(4, ">f4"), np.ones(4, np.float32), None, 1, 0.5)

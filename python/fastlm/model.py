@@ -30,14 +30,6 @@ from fastlm.token_file import check_corpus
 BACKENDS = ("cpp", "numpy")
 
 
-def _fresh_float32(values):
-    """A C-contiguous copy of values whose dtype is NumPy's float32 itself (np.array(values,
-    np.float32) would keep an unpickled array's equal dtype copy)."""
-    out = np.empty(values.shape, dtype=np.float32)
-    np.copyto(out, values)
-    return out
-
-
 def _backend_ops(backend):
     return _core if check_choice("backend", backend, BACKENDS) == "cpp" else reference
 
@@ -356,9 +348,7 @@ class LSTMNetwork:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        # Arrays of their own, with NumPy's own float32 dtype object: an unpickled array's dtype
-        # is an equal copy, which the C++ core's in-place updates (Adam, SGD) refuse.
-        self.params = self._tie({name: _fresh_float32(value) for name, value in self.params.items()})
+        self.params = self._tie(dict(self.params))
         self.ops = _backend_ops(self.backend)
         self._params_lock = threading.Lock()
         self._snapshot = None

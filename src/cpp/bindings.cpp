@@ -104,7 +104,7 @@ py::array_t<float> inplace_float(const py::handle& obj, const char* name) {
     py::array a = as_array(obj, name);
     const std::string what = std::string(name) + " is updated in place and must be a writeable C-contiguous "
                                                  "float32 array, but it is ";
-    if (!a.dtype().is(py::dtype::of<float>()))
+    if (!a.dtype().equal(py::dtype::of<float>()))
         throw py::type_error(what + "of dtype " + py::str(a.dtype()).cast<std::string>());
     if (!(a.flags() & py::array::c_style)) throw py::value_error(what + "not C-contiguous");
     if (!a.writeable()) throw py::value_error(what + "read-only");
@@ -684,8 +684,8 @@ py::tuple py_gather_windows(const py::handle& ids_obj, const py::handle& starts_
     require(starts32.ndim() == 1 && starts32.size() > 0, "starts must be a non-empty 1-D array");
     std::vector<int64_t> starts(starts32.data(), starts32.data() + starts32.size());
     const bool contiguous = ids.flags() & py::array::c_style;
-    if (contiguous && ids.dtype().is(py::dtype::of<uint16_t>())) return gather_from<uint16_t>(ids, starts, seq_len);
-    if (!(contiguous && ids.dtype().is(py::dtype::of<int32_t>())))
+    if (contiguous && ids.dtype().equal(py::dtype::of<uint16_t>())) return gather_from<uint16_t>(ids, starts, seq_len);
+    if (!(contiguous && ids.dtype().equal(py::dtype::of<int32_t>())))
         ids = id_input(ids, "ids", int64_t(INT32_MAX) + 1);
     return gather_from<int32_t>(ids, starts, seq_len);
 }
