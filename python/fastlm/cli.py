@@ -152,14 +152,18 @@ def _print_sample(model, seed, tokens):
     print("--------------")
 
 
-def _check_out(out, resume):
-    """Refuse, before any work, an --out that training could not or should not write into."""
+def _check_out(out, resume, writer=True):
+    """Refuse, before any work, an --out that training could not or should not write into.
+    writer=False (an MPI rank other than 0, which never writes there): only what resuming reads
+    is checked, so that no rank races rank 0's clean-up and writability probe."""
     if resume:
         if not out.is_dir():
             raise FileNotFoundError(
                 f"nothing to resume: {out} does not exist (pass the --out of the run to "
                 "continue, or train without --resume)"
             )
+    elif not writer:
+        return
     elif out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a model directory")
     elif out.is_dir() and not (out / model_dir.CONFIG_FILE).exists():
@@ -429,7 +433,7 @@ def _metrics(result):
 def cmd_train(args):
     out = Path(args.out)
     comm = _mpi_world(args)
-    _check_out(out, args.resume)
+    _check_out(out, args.resume, writer=comm is None or comm.Get_rank() == 0)
     typed = _typed_settings(args)
     if args.resume:
         model = _load(out)

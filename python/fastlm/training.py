@@ -493,9 +493,9 @@ def fit(
         history={"epoch": [], "loss": [], "val_loss": [], "val_perplexity": [], "tokens_per_s": [], "lr": []},
     )
     carry = None  # the hidden state carried between contiguous batches
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and dist.rank == 0:  # the one rank that writes: the others never touch it
         model_dir.check_writable(checkpoint_dir)  # a read-only directory: now, not after the first epoch
-        if not resume and dist.rank == 0:
+        if not resume:
             model_dir.remove_best(checkpoint_dir)  # a previous run's: this run starts afresh
     if resume:
         arrays, saved = model_dir.load_training_state(checkpoint_dir)  # FileNotFoundError when there is none
