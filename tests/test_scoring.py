@@ -536,8 +536,12 @@ def test_fit_while_others_read_gives_them_the_weights_before_fit(tok):
         t.start()
 
     def callback(history):
+        """Epoch 1's end starts the readers; the last epoch's waits for them, so that all their
+        reads happen while this fit is in progress (after it returns, they would see its result)."""
         training.set()
-        time.sleep(0.2)  # the readers run while this fit is in progress
+        if len(history["epoch"]) == 2:
+            for t in threads:
+                t.join()
 
     model.fit(ids, seq_len=20, batch_size=8, epochs=2, lr=1e-2, progress=False, callback=callback)
     for t in threads:
