@@ -5,8 +5,9 @@ The corpus is generated here (small files; the "huge" tensors are sparse holes).
 is a flat directory in the format-1 layout (config.json, model.safetensors, tokenizer.json
 side by side), which fastlm still loads, so the same corpus measures an older fastlm too
 (bench/crafted_files.py). All cases run in one child process that records, after each
-load, the time it took and how far the process's peak RSS rose above its level after
-importing fastlm; the peak only grows, so a bomb in any case shows in every later one.
+load, the time it took (wall-clock and processor time) and how far the process's peak RSS
+rose above its level after importing fastlm; the peak only grows, so a bomb in any case
+shows in every later one.
 """
 
 from __future__ import annotations
@@ -196,13 +197,14 @@ CHILD = textwrap.dedent("""
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     baseline = peak_mb()
     for directory in sys.argv[1:]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             fastlm.load(directory)
             outcome = "loaded"
         except Exception as error:
             outcome = type(error).__name__ + ": " + " ".join(str(error).split())[:300]
         print(json.dumps({"dir": directory, "seconds": time.perf_counter() - started,
+                          "cpu_seconds": time.process_time() - cpu_started,
                           "peak_mb_above_import": peak_mb() - baseline, "outcome": outcome}), flush=True)
 """)
 
@@ -235,7 +237,9 @@ def results(tmp_path_factory):
 def test_crafted_directory_fails_fast_and_small(results, case):
     result = results[case]
     assert result["outcome"].startswith("ValueError: "), result
-    assert result["seconds"] < 1.0, result
+    # The processor time the load used, which other processes cannot stretch as they can the
+    # wall-clock time (CI's 2 cores may be busy); parsing what the file only declares would take minutes.
+    assert result["cpu_seconds"] < 1.0, result
     assert result["peak_mb_above_import"] < 100, result
 
 
