@@ -301,7 +301,7 @@ def test_char_level_cuts_long_runs_without_whitespace(tmp_path, monkeypatch):
     assert "".join(pieces) == text and max(map(len, pieces)) <= 10
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # the same cases on every run
 @given(
     text=st.text(alphabet=st.sampled_from(list("ab Σσ\n\t😀é\u0301日,.İ")), max_size=60),
     chunk_size=st.integers(1, 9),
