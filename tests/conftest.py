@@ -10,3 +10,13 @@ def one_thread():
     fastlm.set_num_threads(1)
     yield
     fastlm.set_num_threads(original)
+
+
+@pytest.fixture
+def restore_threads():
+    """For a test that sets the thread count itself: the count it found is back afterwards."""
+    original = fastlm.get_num_threads()
+    try:
+        yield
+    finally:
+        fastlm.set_num_threads(original)

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import cli_options
+from helpers import cli_options, same_weights
 
 import fastlm
 from fastlm import cli, model_dir
@@ -49,14 +49,6 @@ def train_command(corpus, out):
     return cli.main(["train", str(corpus), *options])
 
 
-def weights(model):
-    return model.state_dict()
-
-
-def same(a, b):
-    return list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Weights after 1, 2 and 3 uninterrupted epochs, and the save steps in order."""
@@ -67,7 +59,7 @@ def reference(tmp_path_factory):
         directory = tmp_path_factory.mktemp("reference")
         after = {}
         for epochs in (1, 2, 3):
-            after[epochs] = weights(train(directory, epochs, resume=epochs > 1))
+            after[epochs] = train(directory, epochs, resume=epochs > 1).state_dict()
     finally:
         model_dir._fault_point = real
     one_save = steps[: steps.index("removed the previous save") + 1] if "removed the previous save" in steps else []
@@ -132,11 +124,11 @@ def kill_in_child_at(step, work, on_save=1):
 def check_recovers(directory, reference_weights, switched):
     """load gives the last complete save; resuming to epoch 3 is bit-identical."""
     expected = reference_weights[2] if switched else reference_weights[1]
-    assert same(weights(fastlm.load(directory)), expected)
+    assert same_weights(fastlm.load(directory), expected)
     _, trainer = model_dir.load_training_state(directory)
     assert trainer["epoch"] == (2 if switched else 1)
     resumed = train(directory, 3, resume=True)
-    assert same(weights(resumed), reference_weights[3])
+    assert same_weights(resumed, reference_weights[3])
     leftovers = [
         p.name
         for p in directory.iterdir()
@@ -195,7 +187,7 @@ def test_kill_during_the_first_save_does_not_block_the_directory(reference, tmp_
         died = kill_in_child_at(step, lambda directory=directory: train(directory, 1))
         assert died, step
         if _switched(first_save, step):
-            assert same(weights(fastlm.load(directory)), reference[0][1])
+            assert same_weights(fastlm.load(directory), reference[0][1])
             continue
         with pytest.raises(FileNotFoundError, match="config.json is missing"):
             fastlm.load(directory)
@@ -237,7 +229,7 @@ def test_load_holds_off_the_clean_up_of_a_concurrent_save(tmp_path):
     try:
         model.save(directory)
         assert (directory / previous).is_dir()
-        assert same(weights(fastlm.load(directory)), weights(model))
+        assert same_weights(fastlm.load(directory), model)
     finally:
         reader.close()
     model.save(directory)
@@ -317,7 +309,7 @@ def test_read_only_checkpoint_still_loads(tmp_path, monkeypatch):
     directory = tmp_path / "m"
     model = train(directory, 1)
     refuse_writes_under(monkeypatch, directory)
-    assert same(weights(fastlm.load(directory)), weights(model))
+    assert same_weights(fastlm.load(directory), model)
     monkeypatch.undo()
     os.chmod(directory, 0o755)
 
@@ -347,9 +339,9 @@ def test_format_1_directories_still_load(tmp_path):
         )
     )
     loaded = fastlm.load(directory)
-    assert same(weights(loaded), weights(model)) and loaded.tokenizer == tokenizer
+    assert same_weights(loaded, model) and loaded.tokenizer == tokenizer
     loaded.save(directory)  # upgraded in place: the flat files go once the new save is named
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [".fastlm.lock", "config.json", model_dir.read_config(directory)["save"]]
     )
-    assert same(weights(fastlm.load(directory)), weights(model))
+    assert same_weights(fastlm.load(directory), model)

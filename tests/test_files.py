@@ -14,6 +14,7 @@ import stat
 
 import numpy as np
 import pytest
+from helpers import assert_same_weights
 from safetensors.numpy import load_file, save_file
 
 import fastlm
@@ -54,13 +55,6 @@ def snapshot(directory):
 def files_of(directory):
     """Where the current save's files are: the save-<id> subdirectory config.json names."""
     return model_dir.save_path(directory)
-
-
-def assert_same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for name in sa:
-        assert np.array_equal(sa[name], sb[name]), name
 
 
 def config_of(directory):

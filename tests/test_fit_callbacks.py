@@ -14,12 +14,10 @@ import math
 
 import numpy as np
 import pytest
+from helpers import quiet_fit, same_weights, tiny_model
 
 import fastlm
 from fastlm import cli, model_dir
-
-SEQ, BATCH = 16, 8
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -32,23 +30,6 @@ def tok():
 @pytest.fixture(scope="module")
 def ids(tok):
     return tok.encode(fastlm.datasets.tinyshakespeare()[:2000])  # 16 batches of 8 windows of 16
-
-
-def make(tok, **kw):
-    return fastlm.LSTMLM(len(tok), **{**dict(embed_dim=8, hidden_size=16, num_layers=1, seed=1), **kw})
-
-
-def quiet_fit(model, *args, **kw):
-    kw.setdefault("seq_len", SEQ)
-    kw.setdefault("batch_size", BATCH)
-    kw.setdefault("progress", False)
-    return model.fit(*args, **kw)
-
-
-def same_weights(a, b):
-    a = a if isinstance(a, dict) else a.state_dict()
-    b = b if isinstance(b, dict) else b.state_dict()
-    return list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def scripted_validation(model, losses):
@@ -67,7 +48,7 @@ def scripted_validation(model, losses):
 
 def test_batch_callback_sees_every_step(tok, ids):
     seen = []
-    history = quiet_fit(make(tok), ids, epochs=2, lr=1e-2, batch_callback=seen.append)
+    history = quiet_fit(tiny_model(tok), ids, epochs=2, lr=1e-2, batch_callback=seen.append)
     assert [(s["epoch"], s["batch"]) for s in seen] == [(e, b) for e in (1, 2) for b in range(1, 17)]
     assert all(s["batches"] == 16 and s["lr"] == 1e-2 and math.isfinite(s["loss"]) and s["loss"] > 0 for s in seen)
     # the epoch's mean loss is the batches' losses weighted by their tokens (the last batch has 4 windows)
@@ -79,10 +60,10 @@ def test_batch_callback_sees_every_step(tok, ids):
 
 @pytest.mark.parametrize("stop_at", [5, 16], ids=["mid-epoch", "epoch-end"])
 def test_batch_callback_returning_false_stops_and_resumes_exactly(tok, ids, tmp_path, stop_at):
-    full = make(tok, dropout=0.1)
+    full = tiny_model(tok, dropout=0.1)
     quiet_fit(full, ids, epochs=2, lr=1e-2)
 
-    part = make(tok, dropout=0.1)
+    part = tiny_model(tok, dropout=0.1)
     calls = []
 
     def stop(info):
@@ -93,10 +74,16 @@ def test_batch_callback_returning_false_stops_and_resumes_exactly(tok, ids, tmp_
     assert len(calls) == stop_at and history["interrupted"] is False
     trainer = json.loads((model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).read_text())
     assert (trainer["epoch"], trainer["batch"]) == divmod(stop_at, 16)
-    resumed = make(tok, dropout=0.1)
+    resumed = tiny_model(tok, dropout=0.1)
     history = quiet_fit(resumed, ids, epochs=2, lr=1e-2, checkpoint_dir=tmp_path, resume=True)
     assert "interrupted" not in history and history["epoch"] == [1, 2]
     assert same_weights(full, resumed)
+
+
+def test_epoch_callback_gets_the_history_so_far(tok, ids):
+    seen = []
+    quiet_fit(tiny_model(tok), ids, epochs=3, callback=lambda h: seen.append(list(h["epoch"])))
+    assert seen == [[1], [1, 2], [1, 2, 3]]
 
 
 def test_epoch_callback_returning_false_stops_after_that_epoch(tok, ids, tmp_path):
@@ -106,7 +93,7 @@ def test_epoch_callback_returning_false_stops_after_that_epoch(tok, ids, tmp_pat
         epochs_seen.append(history["epoch"][-1])
         return len(history["epoch"]) < 2  # True goes on; False stops
 
-    history = quiet_fit(make(tok), ids, epochs=4, checkpoint_dir=tmp_path, callback=stop_after_two)
+    history = quiet_fit(tiny_model(tok), ids, epochs=4, checkpoint_dir=tmp_path, callback=stop_after_two)
     assert epochs_seen == [1, 2] and history["epoch"] == [1, 2] and history["interrupted"] is False
     assert model_dir.load_training_state(tmp_path)[1]["epoch"] == 2
 
@@ -114,10 +101,10 @@ def test_epoch_callback_returning_false_stops_after_that_epoch(tok, ids, tmp_pat
 @pytest.mark.parametrize("at", [7, 16], ids=["mid-epoch", "epoch-end"])
 def test_keyboard_interrupt_from_a_callback_checkpoints_then_raises(tok, ids, tmp_path, at):
     options = dict(epochs=2, lr=1e-2, val_ids=ids[1500:], restore_best=True)
-    full = make(tok, dropout=0.1)
+    full = tiny_model(tok, dropout=0.1)
     quiet_fit(full, ids[:1500], checkpoint_dir=tmp_path / "full", **options)
 
-    part = make(tok, dropout=0.1)
+    part = tiny_model(tok, dropout=0.1)
     count = [0]
 
     def ctrl_c(info):
@@ -130,7 +117,7 @@ def test_keyboard_interrupt_from_a_callback_checkpoints_then_raises(tok, ids, tm
     assert raised.value.checkpoint_dir == tmp_path / "part" and count[0] == at
     assert same_weights(part, fastlm.load(tmp_path / "part"))  # the checkpoint holds the batch the callback ended
 
-    resumed = make(tok, dropout=0.1)
+    resumed = tiny_model(tok, dropout=0.1)
     history = quiet_fit(resumed, ids[:1500], checkpoint_dir=tmp_path / "part", resume=True, **options)
     assert history["epoch"] == [1, 2]
     assert same_weights(full, resumed)
@@ -140,11 +127,11 @@ def test_keyboard_interrupt_from_a_callback_checkpoints_then_raises(tok, ids, tm
 
 def test_callbacks_are_checked(tok, ids):
     with pytest.raises(TypeError, match="batch_callback must be callable or None, got 3"):
-        quiet_fit(make(tok), ids, epochs=1, batch_callback=3)
+        quiet_fit(tiny_model(tok), ids, epochs=1, batch_callback=3)
     with pytest.raises(TypeError, match="restore_best must be True or False"):
-        quiet_fit(make(tok), ids, epochs=1, restore_best="yes", val_ids=ids[:100])
+        quiet_fit(tiny_model(tok), ids, epochs=1, restore_best="yes", val_ids=ids[:100])
     with pytest.raises(ValueError, match="restore_best=True .* pass val_ids"):
-        quiet_fit(make(tok), ids, epochs=1, restore_best=True)
+        quiet_fit(tiny_model(tok), ids, epochs=1, restore_best=True)
 
 
 # ================================================================= the best epoch
@@ -153,7 +140,7 @@ def test_callbacks_are_checked(tok, ids):
 def test_restore_best_and_the_best_checkpoint(tok, ids, tmp_path):
     """Validation losses 3, 2, 2.5, 2.6 with early_stopping=2: training stops after epoch 4 and the
     model comes back with epoch 2's weights; checkpoint_dir/best holds them, the checkpoint epoch 4's."""
-    model = make(tok)
+    model = tiny_model(tok)
     scripted_validation(model, [3.0, 2.0, 2.5, 2.6])
     after_epoch = []
     history = quiet_fit(
@@ -173,7 +160,7 @@ def test_restore_best_and_the_best_checkpoint(tok, ids, tmp_path):
     assert same_weights(fastlm.load(tmp_path), after_epoch[3])  # the last epoch, for resuming
     assert model_dir.load_training_state(tmp_path)[1]["best_epoch"] == 2
 
-    without = make(tok)
+    without = tiny_model(tok)
     scripted_validation(without, [3.0, 2.0, 2.5, 2.6])
     quiet_fit(without, ids, epochs=10, lr=1e-2, val_ids=ids[:100], early_stopping=2)
     assert same_weights(without, after_epoch[3])  # restore_best=False: the last epoch's weights
@@ -182,26 +169,26 @@ def test_restore_best_and_the_best_checkpoint(tok, ids, tmp_path):
 def test_restore_best_reads_the_best_checkpoint_after_a_resume(tok, ids, tmp_path):
     """Best epoch 1, stopped during epoch 2, resumed: the best weights come from checkpoint_dir/best."""
     options = dict(epochs=3, lr=1e-2, val_ids=ids[:100], restore_best=True, checkpoint_dir=tmp_path)
-    first = make(tok)
+    first = tiny_model(tok)
     scripted_validation(first, [2.0])
     quiet_fit(first, ids, max_batches=20, **options)
     best = fastlm.load(tmp_path / model_dir.BEST_DIR).state_dict()
-    resumed = make(tok)
+    resumed = tiny_model(tok)
     scripted_validation(resumed, [2.5, 2.4])
     quiet_fit(resumed, ids, resume=True, **options)
     assert same_weights(resumed, best) and not same_weights(resumed, fastlm.load(tmp_path))
 
 
 def test_a_fresh_run_replaces_the_previous_best(tok, ids, tmp_path):
-    quiet_fit(make(tok), ids, epochs=1, val_ids=ids[:100], checkpoint_dir=tmp_path)
+    quiet_fit(tiny_model(tok), ids, epochs=1, val_ids=ids[:100], checkpoint_dir=tmp_path)
     assert (tmp_path / model_dir.BEST_DIR / model_dir.CONFIG_FILE).is_file()
-    quiet_fit(make(tok), ids, epochs=1, checkpoint_dir=tmp_path)  # no validation: no best epoch
+    quiet_fit(tiny_model(tok), ids, epochs=1, checkpoint_dir=tmp_path)  # no validation: no best epoch
     assert not (tmp_path / model_dir.BEST_DIR).exists()
     assert model_dir.is_fastlm_file(model_dir.BEST_DIR)  # `fastlm train --out` accepts it as its own
 
 
 def test_progress_bar_closes_with_the_validation_figures(tok, ids, capsys):
-    history = quiet_fit(make(tok), ids, epochs=2, progress=True, val_ids=ids[:200])
+    history = quiet_fit(tiny_model(tok), ids, epochs=2, progress=True, val_ids=ids[:200])
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     for loss, val_loss in zip(history["loss"], history["val_loss"]):
         # the closing line: the epoch's training figures, then the validation loss and perplexity
@@ -236,19 +223,19 @@ def test_cli_reports_the_checkpoint_of_an_interrupted_run(tmp_path, monkeypatch,
     ids=["plain", "two-layers", "tied", "adaptive"],
 )
 def test_repr_builds_the_same_model(tok, options):
-    model = make(tok, **options)
+    model = tiny_model(tok, **options)
     text = repr(model)
     assert text.startswith(f"LSTMLM(vocab_size={len(tok)}, embed_dim=")
     again = eval(text, {"LSTMLM": fastlm.LSTMLM})  # noqa: S307 - the repr is a constructor call
     assert again.config() == model.config() and same_weights(again, model)
-    assert repr(make(tok, backend="numpy")).endswith(", backend='numpy')")
+    assert repr(tiny_model(tok, backend="numpy")).endswith(", backend='numpy')")
 
 
 @pytest.mark.parametrize(
     "options", [dict(num_layers=2), dict(embed_dim=16, tie_weights=True), dict(cutoffs=[20, 40])], ids=str
 )
 def test_summary_lists_layers_shapes_and_counts(tok, options):
-    model = make(tok, **options)
+    model = tiny_model(tok, **options)
     lines = []
     assert model.summary(print_fn=lines.append) is None
     table = model.summary(print_fn=None)
@@ -271,7 +258,7 @@ def test_summary_lists_layers_shapes_and_counts(tok, options):
 
 
 def test_summary_names_the_tokenizer(tok):
-    model = make(tok)
+    model = tiny_model(tok)
     model.tokenizer = tok
     assert f"tokenizer: {tok!r}" in model.summary(print_fn=None)
 
@@ -279,4 +266,4 @@ def test_summary_names_the_tokenizer(tok):
 @pytest.mark.parametrize("print_fn", [3, "print"])
 def test_summary_refuses_a_print_fn_that_is_not_callable(tok, print_fn):
     with pytest.raises(TypeError, match=r"print_fn must be callable or None, got"):
-        make(tok).summary(print_fn=print_fn)
+        tiny_model(tok).summary(print_fn=print_fn)

@@ -617,15 +617,6 @@ def test_op(op, shapes):
     assert not failures, f"{case_id(op, shapes)}: " + "; ".join(failures)
 
 
-@pytest.fixture
-def restore_threads():
-    original = fastlm.get_num_threads()
-    try:
-        yield original
-    finally:
-        fastlm.set_num_threads(original)
-
-
 def assert_bit_identical(first, second, what):
     assert first.keys() == second.keys()
     differ = []

@@ -457,7 +457,7 @@ def test_next_token_probs(model, twin, tok):
 # ------------------------------------------------------------------ threads
 
 
-def test_eight_threads_get_what_they_would_get_alone(model, tok):
+def test_eight_threads_get_what_they_would_get_alone(model, tok, restore_threads):
     ids = tok.encode(TEXT[:1500])
     seqs = sequences(model.vocab_size, [5, 40, 12, 1, 30], seed=8)
     calls = {

@@ -15,13 +15,6 @@ import fastlm
 from fastlm import _core
 
 
-@pytest.fixture
-def restore_threads():
-    original = fastlm.get_num_threads()
-    yield
-    fastlm.set_num_threads(original)
-
-
 def in_new_thread(function):
     result = []
     thread = threading.Thread(target=lambda: result.append(function()))
