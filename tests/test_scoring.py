@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -452,6 +453,21 @@ def test_next_token_probs(model, twin, tok):
     assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
     assert top[0][0] == tok.id_to_token(int(np.argmax(probs)))
     assert model.next_token_probs(ids, top_k=2)[0][0] == int(np.argmax(probs))
+
+
+@pytest.mark.parametrize("prompt", ["First Citizen:", "First Citizen:\n", "", "First zyzzyva"])
+def test_next_token_probs_reads_a_prompt_as_generation_does(model, prompt):
+    """The distribution generate_text and stream sample their first token from: after a prompt
+    that ends its line, the next line's first token (the tokenizer's eos stays in the context)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probs = model.next_token_probs(prompt)
+        ids = model.prompt_ids(prompt)
+    assert len(caught) == (2 if "zyzzyva" in prompt else 0)  # both warn of the unknown word
+    np.testing.assert_array_equal(probs, model.session(ids).probabilities()[0])
+    if prompt.endswith("\n"):
+        assert ids[-1] == model.tokenizer["<eos>"]
+        assert not np.array_equal(probs, model.next_token_probs(prompt.rstrip("\n")))
 
 
 # ------------------------------------------------------------------ threads

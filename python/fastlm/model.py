@@ -663,9 +663,8 @@ class LSTMNetwork:
         temperature 1 samples the model's own distribution (the default everywhere, the CLI
         included), lower is more conservative, 0 is greedy; top_k keeps the k most likely
         tokens; top_p the smallest set whose probability reaches p. seed=None draws a fresh
-        seed. suppress_unk: never
-        sample <unk> (needs the tokenizer). stop: a token id or a list of them; each sample
-        ends before the first one.
+        seed. suppress_unk: never sample <unk> (needs the tokenizer). stop: a token id or a
+        list of them; each sample ends before the first one.
         Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens)
         (with stop: a list of 1-D arrays, each as long as its sample went).
         """

@@ -262,22 +262,15 @@ class NextTokenMetrics:
 def next_token_probs(model, prompt, top_k=None):
     """The distribution of the token after prompt (a str through the tokenizer, or 1-D ids).
 
+    A str prompt is read as generate_text and stream read it (model.prompt_ids): a prompt
+    that ends in a newline is followed by the next line's first token, words outside the
+    vocabulary warn, and an empty prompt starts where generation does.
     Returns the probabilities of every token id (float32, V) with top_k=None, else the
     top_k most likely as a list of (token, probability), most likely first: tokens as
     strings for a str prompt, ids for an id prompt.
     """
     text = isinstance(prompt, str)
-    if text:
-        tokenizer = model.require_tokenizer()
-        ids = tokenizer.encode(prompt)
-        boundary = boundary_id(tokenizer)
-        if boundary is not None and getattr(tokenizer, "eos", None) is not None and len(ids) and ids[-1] == boundary:
-            ids = ids[:-1]  # the continuation of the prompt's line, not of a finished one
-        if len(ids) == 0:
-            ids = np.array([model._start_token(tokenizer)], dtype=np.int32)
-    else:
-        ids = prompt
-    session = model.session(ids)
+    session = model.session(model.prompt_ids(prompt) if text else prompt)
     probs = session.probabilities()[0]
     if top_k is None:
         return probs
