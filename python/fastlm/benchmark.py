@@ -3,12 +3,18 @@ holds the machine's peak references)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
 import time
 from collections import namedtuple
 
 import numpy as np
 
 from fastlm._environment import child_environment
+from fastlm.lstmlm import LSTMLM
+from fastlm.training import Adam
 
 # cutoffs: an adaptive softmax decoder (div_value 4, no head bias), on ids drawn from a
 # Zipf law of exponent 1.1 so that the clusters are hit as in real text; None: full softmax.
@@ -57,8 +63,6 @@ def random_batch(c, seed=0):
 
 
 def fastlm_model(c, backend):
-    from fastlm.lstmlm import LSTMLM
-
     cutoffs = None if c.cutoffs is None else list(c.cutoffs)
     return LSTMLM(c.vocab, c.embed, c.hidden, c.layers, backend=backend, cutoffs=cutoffs)
 
@@ -77,8 +81,6 @@ def median_seconds(fn, repeats, warmup=1):
 def fastlm_train_step(c, backend, sparse_embedding=False):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch
     (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True))."""
-    from fastlm.training import Adam
-
     model = fastlm_model(c, backend)
     adam = Adam(model.params, 1e-3, sparse_embedding=sparse_embedding)
     x, y = model.check_batch(*random_batch(c))
@@ -144,10 +146,6 @@ print(json.dumps({"seconds": bm.median_seconds(bm.torch_train_step(c, threads), 
 
 def run_child(code, args, env):
     """Run `python -c code args` and return the JSON object on the last line of its output."""
-    import json
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark child process failed ({result.returncode}):\n{result.stderr[-2000:]}")
@@ -158,11 +156,8 @@ def torch_train_seconds(c, threads, repeats):
     """Median seconds of PyTorch's training step (torch_train_step), or None without torch.
 
     Timed in a child process that imports torch before fastlm and gets the user's
-    environment (user_environment), so PyTorch runs with its own OpenMP settings.
+    environment (child_environment), so PyTorch runs with its own OpenMP settings.
     """
-    import importlib.util
-    import json
-
     if importlib.util.find_spec("torch") is None:
         return None
     result = run_child(_TORCH_TRAIN_CODE, (json.dumps(list(c)), threads, repeats), child_environment(threads))
