@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from time_to_perplexity import cpu_name  # bench/: the CPU line every figure carries
+from harness import machine_description  # bench/harness.py
 
 HERE = Path(__file__).resolve()
 DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
@@ -153,7 +153,8 @@ def summarise(args, sizes, results):
         f"tokens. LSTMLM(E={args.embed}, H={args.hidden}, L={args.layers}, dropout {args.dropout}), Adam lr "
         f"{args.lr}, clip {args.clip_norm}, seq_len {args.seq_len}, batch {args.batch_size} (stateful), lr/4 on "
         f"plateau, stop after {args.patience} epoch(s) without improvement (at most {args.epochs}). "
-        f"{args.threads} thread(s){', sides run at the same time' if args.parallel else ''}; CPU: {cpu_name()}.",
+        f"{args.threads} thread(s){', sides run at the same time' if args.parallel else ''}; "
+        f"CPU: {machine_description()}.",
         "",
         "| side | epoch | train s | val s | tokens/s | val ppl |",
         "|---|---:|---:|---:|---:|---:|",

@@ -20,9 +20,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from harness import run_json  # bench/harness.py
 
 CELLS = [  # (impl, kind, configs)
     ("fastlm", "train", "WX"),
@@ -86,27 +87,14 @@ def main():
         cells = [(impl, kind, name) for impl, kind, names in CELLS for name in args.configs if name in names]
         cells = cells[r % len(cells) :] + cells[: r % len(cells)]
         for impl, kind, name in cells:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--worker",
-                    impl,
-                    kind,
-                    name,
-                    "--threads",
-                    str(args.threads),
-                    "--repeats",
-                    str(args.repeats),
-                ],
-                env=child_environment(args.threads),
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode:
-                print(f"{impl} {kind} {name} failed: {out.stderr[-500:]}", file=sys.stderr)
+            command = [sys.executable, os.path.abspath(__file__), "--worker", impl, kind, name]
+            command += ["--threads", args.threads, "--repeats", args.repeats]
+            try:
+                result = run_json(command, env=child_environment(args.threads), what=f"{impl} {kind} {name}")
+            except RuntimeError as error:
+                print(error, file=sys.stderr)  # the other cells go on
                 continue
-            results.setdefault((impl, kind, name), []).append(json.loads(out.stdout.splitlines()[-1]))
+            results.setdefault((impl, kind, name), []).append(result)
             print(time.strftime("%H:%M:%S"), impl, kind, name, results[(impl, kind, name)][-1], flush=True)
     print(f"\n{'config':6} {'kind':8} {'impl':14} {'tokens/s':>10} {'peak RSS MiB':>12}")
     for (impl, kind, name), runs in sorted(results.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):

@@ -53,6 +53,8 @@ import subprocess
 import sys
 import time
 
+from harness import machine_description, run_json  # bench/harness.py
+
 IMPLS = ("fastlm-cpp", "numpy-reference", "torch")
 KINDS = ("train", "infer", "generate")
 KIND_TITLES = {
@@ -157,35 +159,7 @@ def run_worker(impl, kind, name, threads, repeats, tokens, timeout, torch_onednn
         "--torch-generation-onednn",
         torch_onednn,
     ]
-    result = subprocess.run(command, env=worker_env(threads), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"worker {impl} {kind} {name} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def machine_description():
-    fields = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    model = fields.get("Model name", platform.processor() or platform.machine())
-    family = f" (family {fields['CPU family']}, model {fields['Model']})" if "CPU family" in fields else ""
-    cores = fields.get("Core(s) per socket"), fields.get("Socket(s)"), fields.get("Thread(s) per core")
-    cpus = fields.get("CPU(s)", str(os.cpu_count()))
-    text = f"{model}{family}, {cpus} CPUs"
-    if all(cores):
-        text += f" ({cores[1]} socket x {cores[0]} cores x {cores[2]} threads)"
-    flags = fields.get("Flags", "").split()
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16") if f in flags]
-    if simd:
-        text += ", " + " ".join(simd)
-    if fields.get("Hypervisor vendor"):
-        text += f", virtualised ({fields['Hypervisor vendor']})"
-    return text
+    return run_json(command, env=worker_env(threads), timeout=timeout, what=f"worker {impl} {kind} {name}")
 
 
 def rates(results, name, impl, kind):

@@ -23,13 +23,11 @@ Prints tokens/s per cell (median of rounds) and the same-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from harness import call_in_child, machine_description  # bench/harness.py
 
 V, E, H, L = 10000, 200, 200, 2
 BPTT = 35
@@ -148,25 +146,7 @@ def child(name, *args):
     """One measurement in a fresh process (PyTorch's started before fastlm is imported)."""
     from fastlm._environment import child_environment
 
-    code = (
-        "import json, sys; sys.path.insert(0, 'bench'); import evaluate_speed as b; "
-        f"print(json.dumps(b.{name}(*{args!r})))"
-    )
-    env = child_environment(args[1])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return call_in_child(__file__, name, *args, env=child_environment(args[1]))
 
 
 def main():
@@ -188,7 +168,7 @@ def main():
         cells["streams"].append(child("run_streams", args.tokens, args.threads, args.streams))
         if not args.no_torch:
             cells["torch"].append(child("run_torch", args.tokens, args.threads, args.streams))
-    print(f"CPU: {cpu_model()}; fastlm ISA {fastlm.build_info()['isa']}; {args.threads} threads")
+    print(f"CPU: {machine_description()}; fastlm ISA {fastlm.build_info()['isa']}; {args.threads} threads")
     print(f"config B (V={V}, E={E}, H={H}, L={L}), {args.tokens:,} tokens, medians of {args.rounds} rounds")
     labels = {
         "exact": "fastlm evaluate, exact (1 stream)",

@@ -24,11 +24,11 @@ Building the two usual builds from a checkout:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
+
+from harness import run_json  # bench/harness.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,14 +53,7 @@ def environment(directory, isa, threads):
 
 def describe(name, directory, isa, threads):
     code = "import fastlm, json; print(json.dumps([fastlm.__file__, fastlm.build_info()]))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environment(directory, isa, threads),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path, info = json.loads(out)
+    path, info = run_json([sys.executable, "-c", code], env=environment(directory, isa, threads))
     if not os.path.abspath(path).startswith(directory + os.sep):
         sys.exit(f"build {name}: fastlm was imported from {path}, not from {directory} (is fastlm installed?)")
     return info
@@ -81,12 +74,8 @@ def measure(directory, isa, kind, config, args):
         "--tokens",
         str(args.tokens),
     ]
-    result = subprocess.run(
-        command, env=environment(directory, isa, args.threads), capture_output=True, text=True, timeout=1800
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"worker {kind} {config} failed:\n{result.stderr[-2000:]}")
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    env = environment(directory, isa, args.threads)
+    answer = run_json(command, env=env, timeout=1800, what=f"worker {kind} {config}")
     return answer["tokens"] / answer["seconds"]
 
 

@@ -12,11 +12,12 @@ weights straight into the model's arrays at about one.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from harness import run_json  # bench/harness.py
 
 SAVE = """
 import sys, fastlm
@@ -71,10 +72,7 @@ def main():
             )
         results = {}
         for way in ("before", "load") if args.before else ("load",):
-            out = subprocess.run(
-                [sys.executable, "-c", LOAD, str(path), way], check=True, capture_output=True, text=True
-            )
-            results[way] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[way] = run_json([sys.executable, "-c", LOAD, path, way])
     print(f"V={args.vocab} E=H={args.dim} L={args.layers}")
     for way, r in results.items():
         label = "fastlm.load" if way == "load" else "load as before"

@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from harness import machine_description, run_json  # bench/harness.py
 
 CONFIG_B = dict(vocab_size=10000, embed_dim=200, hidden_size=200, num_layers=2)
 SEQ_LEN, BATCH = 35, 20
@@ -107,17 +107,6 @@ def gather_only(path, batches=2000, rounds=5):
     )
 
 
-def cpu_name():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line for line in out.splitlines() if line.startswith("Flags"))
-        isa = [f for f in ("avx2", "avx512f") if f" {f} " in f" {flags} "]
-        return f"{name} ({', '.join(isa)})"
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", default="/tmp/fastlm-bench-ids.bin")
@@ -137,29 +126,13 @@ def main():
     results = {"memmap": [], "ram": []}
     for round_ in range(args.rounds):
         for mode in ("memmap", "ram") if round_ % 2 == 0 else ("ram", "memmap"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    mode,
-                    "--file",
-                    args.file,
-                    "--steps",
-                    str(args.steps),
-                    "--threads",
-                    str(args.threads),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode:
-                sys.exit(out.stderr)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            command = [sys.executable, __file__, "--child", mode, "--file", args.file, "--steps", args.steps]
+            result = run_json(command + ["--threads", args.threads])
             results[mode].append(result)
             print(json.dumps(result), file=sys.stderr)
     print(
-        f"CPU: {cpu_name()}; {args.threads} threads; file {args.file}, {results['memmap'][0]['tokens']:,} uint16 ids "
+        f"CPU: {machine_description()}; {args.threads} threads; file {args.file}, "
+        f"{results['memmap'][0]['tokens']:,} uint16 ids "
         f"({os.path.getsize(args.file) / 2**30:.2f} GiB); config B, {args.steps - 1} timed steps per run, "
         f"{args.rounds} alternating rounds, each run in its own process"
     )

@@ -19,11 +19,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from harness import run_json  # bench/harness.py
 
 CONFIGS = {
     "B": dict(vocab_size=10000, embed_dim=200, hidden_size=200, num_layers=2),
@@ -112,26 +113,8 @@ def main():
         for config in args.configs:
             for label, ranks, threads, batch in RUNS if round_ % 2 == 0 else RUNS[::-1]:
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                out = subprocess.run(
-                    [
-                        mpiexec,
-                        "-n",
-                        str(ranks),
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        config,
-                        str(threads),
-                        str(batch),
-                        str(args.steps),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                )
-                if out.returncode:
-                    sys.exit(out.stderr)
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                command = [mpiexec, "-n", ranks, sys.executable, __file__, "--worker", config, threads, batch]
+                result = run_json(command + [args.steps], env=env)
                 results.setdefault((config, label), []).append(result)
                 print(config, label, json.dumps(result), file=sys.stderr, flush=True)
     print(f"{args.rounds} alternating rounds, {args.steps - 1} timed steps per run, each run its own mpiexec; medians")

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import machine_description, run_json  # bench/harness.py
+
 IMPLS = ("fastlm", "onnxruntime")
 
 
@@ -125,10 +127,7 @@ def run_worker(impl, name, files, args):
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     # The user's environment without fastlm's GOMP_SPINCOUNT (fastlm's workers set it again on import).
     env = child_environment(args.threads)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"worker {impl} {name} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json(command, env=env, timeout=args.timeout, what=f"worker {impl} {name}")
 
 
 def prepare(names, files):
@@ -203,7 +202,6 @@ def main():
         return 0
 
     import fastlm
-    from compare import machine_description
     from fastlm.benchmark import CONFIGS
 
     ort_version = subprocess.run(

@@ -13,12 +13,12 @@ Threads: total tokens/s of 1, 2 and 4 threads calling generate on config A.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from harness import call_in_child  # bench/harness.py
 
 V = 10000
 
@@ -127,11 +127,7 @@ def run_threads(threads, tokens=300):
 
 def child(name, *args):
     """Run one measurement in a fresh process; returns its JSON result."""
-    code = (
-        f"import json, sys; sys.path.insert(0, 'bench'); import scoring; print(json.dumps(scoring.{name}(*{args!r})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return call_in_child(__file__, name, *args)
 
 
 def main():
@@ -145,8 +141,8 @@ def main():
         rows["fastlm log_probs"].append(child("run_fastlm_batched", args.sentences))
         try:
             rows["PyTorch packed"].append(child("run_torch_packed", args.sentences))
-        except subprocess.CalledProcessError as error:
-            print("PyTorch failed:", error.stderr.strip().splitlines()[-1:], file=sys.stderr)
+        except RuntimeError as error:
+            print("PyTorch failed:", str(error).strip().splitlines()[-1:], file=sys.stderr)
         rows["fastlm one at a time"].append(child("run_fastlm_one_at_a_time", max(1, args.sentences // 10)))
         streams.append(child("run_stream"))
         for n in threads:

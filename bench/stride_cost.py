@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
+
+from harness import run_json  # bench/harness.py
 
 CHILD = r"""
 import json, sys, time
@@ -33,13 +34,7 @@ print(json.dumps({"seconds": seconds, "windows": windows, "targets": windows * s
 
 
 def run(chars, seq_len, stride, threads):
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([chars, seq_len, stride, threads])],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
+    return run_json([sys.executable, "-c", CHILD, json.dumps([chars, seq_len, stride, threads])])
 
 
 def main():

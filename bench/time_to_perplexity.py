@@ -36,12 +36,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import machine_description  # bench/harness.py
 
 HERE = Path(__file__).resolve()
 DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
@@ -209,7 +210,7 @@ def worker(args):
         run(args.data, args.preset, args.epochs, args.threads, report)
 
 
-def child_environment(threads):
+def both_sides_environment(threads):
     """The same environment for both sides. Both get the bounded OpenMP barrier spin fastlm sets
     for itself on import: on a machine shared with other jobs, GOMP's default spin slows a
     2-thread PyTorch down several times, which would flatter fastlm."""
@@ -242,7 +243,7 @@ def start_worker(side, args, data):
         "--seed",
         str(args.seed),
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=child_environment(args.threads))
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=both_sides_environment(args.threads))
 
 
 def collect(side, proc, log):
@@ -288,7 +289,7 @@ def summarise(args, prepared, results):
         "",
         f"Corpus {Path(args.corpus).name}: {prepared['train_tokens']:,} training, {prepared['val_tokens']:,} "
         f"validation, {prepared['test_tokens']:,} test tokens; vocabulary {prepared['vocab_size']:,}. "
-        f"CPU: {cpu_name()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
+        f"CPU: {machine_description()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
         "",
         "| epoch | " + " | ".join(f"{s} s | {s} val ppl" for s in sides) + " |",
         "|---:|" + "---:|---:|" * len(sides),
@@ -317,18 +318,6 @@ def summarise(args, prepared, results):
         + f"; ratio {per_epoch['torch'] / per_epoch['fastlm']:.2f}x."
     )
     return "\n".join(lines) + "\n", dict(final=final, test=test, target=target, reach=reach, epochs=epochs)
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-                return f"{line.split(':', 1)[1].strip()} ({simd}, {os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None):

@@ -14,11 +14,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import run_json  # bench/harness.py
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 MIB = 2**20
@@ -106,8 +107,7 @@ def main():
         for level in args.levels:
             command = [sys.executable, __file__, "--child", level, path, "--chunk-size", str(args.chunk_size)]
             command += ["--lowercase"] * args.lowercase + ["--split-punctuation"] * args.split_punctuation
-            result = subprocess.run(command, check=True, capture_output=True, text=True)
-            r = json.loads(result.stdout.strip().splitlines()[-1])
+            r = run_json(command)
             rate = size / 1e6 / (r["fit_seconds"] + r["encode_seconds"])
             overhead = r["peak_mib"] - r["baseline_mib"] - r["output_mib"]
             print(
