@@ -3,6 +3,7 @@
 import numpy as np
 
 import fastlm
+from fastlm import cli, model_dir
 
 # The window length and batch size of tiny training runs (quiet_fit's defaults).
 SEQ, BATCH = 16, 8
@@ -15,6 +16,26 @@ def cli_options(**options):
     for name, value in options.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     return argv
+
+
+def run_cli(capsys, *argv):
+    """(exit code, stdout, stderr) of `fastlm argv...`, in-process (argparse's exits included)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse: --help, usage errors
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(directory):
+    """Paths and contents of the files under a directory, the save's subdirectory included, but
+    fastlm's lock file: to check that a failed command or save changed nothing."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != model_dir.LOCK_FILE
+    }
 
 
 def ids_training_options(directory):

@@ -20,8 +20,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_cli, snapshot
 
 from fastlm import cli
+from fastlm.model_dir import save_path
 
 # A tiny model that trains in well under a second.
 TINY = [
@@ -52,16 +54,6 @@ def write_corpus(path, lines=300, seed=0):
     return path
 
 
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of `fastlm argv...`, in-process."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse: --help, usage errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_error(code, err, command, *fragments):
     """Exit 1 with one line on stderr, starting "fastlm COMMAND: error:" and naming the problem."""
     assert code == 1, err
@@ -80,35 +72,22 @@ def assert_usage_error(code, err, *fragments):
         assert fragment in err, err
 
 
-def snapshot(directory):
-    """Paths and contents of the files under a directory (but fastlm's lock file): to check
-    that a failed command changed nothing."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != ".fastlm.lock"
-    }
-
-
-def files_of(directory):
-    """Where a model directory's current save keeps its files (the subdirectory config.json names)."""
-    from fastlm import model_dir
-
-    return model_dir.save_path(directory)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 
 
+def train_tiny(corpus, level, out):
+    """`fastlm train` of a TINY model of level on corpus for one full epoch, its output hidden: out."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", str(corpus), "--level", level, "--epochs", "1", *TINY, "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, corpus):
     """A word-level model trained (one full epoch) by `fastlm train`."""
-    out = tmp_path_factory.mktemp("model") / "m"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert cli.main(["train", str(corpus), "--level", "word", "--epochs", "1", *TINY, "--out", str(out)]) == 0
-    return out
+    return train_tiny(corpus, "word", tmp_path_factory.mktemp("model") / "m")
 
 
 @pytest.fixture
@@ -122,13 +101,13 @@ def model_copy(model_dir, tmp_path):
 
 def test_help_of_each_command_lists_every_option_with_its_default(capsys):
     parser = cli.build_parser()
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {"train", "generate", "eval", "score", "encode", "export", "bench"}
     for name in commands:
         assert name in out
-        code, out_command, _ = run(capsys, name, "--help")
+        code, out_command, _ = run_cli(capsys, name, "--help")
         assert code == 0 and out_command.startswith(f"usage: fastlm {name}")
         help_text = " ".join(out_command.split())
         for action in commands[name]._actions:
@@ -143,7 +122,7 @@ def test_help_of_each_command_lists_every_option_with_its_default(capsys):
 def test_bench_help_describes_the_configurations(capsys):
     from fastlm.benchmark import CONFIGS, shape
 
-    code, out, _ = run(capsys, "bench", "--help")
+    code, out, _ = run_cli(capsys, "bench", "--help")
     assert code == 0
     help_text = " ".join(out.split())
     for name, config in CONFIGS.items():
@@ -153,7 +132,7 @@ def test_bench_help_describes_the_configurations(capsys):
 
 
 def test_no_command_is_a_usage_error(capsys):
-    code, _, err = run(capsys)
+    code, _, err = run_cli(capsys)
     assert_usage_error(code, err, "COMMAND")
 
 
@@ -188,7 +167,7 @@ def test_no_command_is_a_usage_error(capsys):
 )
 def test_bad_options_are_usage_errors(capsys, monkeypatch, tmp_path, argv, fragment):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert_usage_error(code, err, fragment)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -198,7 +177,7 @@ def test_bad_options_are_usage_errors(capsys, monkeypatch, tmp_path, argv, fragm
 
 def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "5", "--out", out)
+    code, stdout, err = run_cli(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "5", "--out", out)
     assert code == 0, err
     assert f"corpus: {corpus}" in stdout and "vocabulary" in stdout
     assert "stopped after 5 steps (--max-steps), 0 of 1 epochs complete" in stdout
@@ -207,13 +186,13 @@ def test_train_saves_a_model_and_prints_a_sample(capsys, corpus, tmp_path):
     assert sample.strip()
     assert (out / "config.json").is_file()
     assert {"model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer.json"} <= {
-        p.name for p in files_of(out).iterdir()
+        p.name for p in save_path(out).iterdir()
     }
 
 
 def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
     out = tmp_path / "m"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys,
         "train",
         "--max-steps",
@@ -232,14 +211,14 @@ def test_train_with_no_corpus_uses_the_python_docs_dataset(capsys, tmp_path):
     assert code == 0, err
     assert "corpus: the python_docs dataset (fastlm.datasets.python_docs)" in stdout
     assert "--- sample ---" in stdout
-    assert (files_of(out) / "model.safetensors").is_file()
+    assert (save_path(out) / "model.safetensors").is_file()
 
 
 def test_train_on_a_shipped_dataset(capsys, tmp_path):
     import fastlm
 
     out = tmp_path / "m"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys,
         "train",
         "--dataset",
@@ -263,29 +242,29 @@ def test_train_on_a_shipped_dataset(capsys, tmp_path):
 
 
 def test_train_takes_files_or_a_dataset_not_both(capsys, corpus, tmp_path):
-    code, _, err = run(capsys, "train", corpus, "--dataset", "tinyshakespeare", "--out", tmp_path / "m")
+    code, _, err = run_cli(capsys, "train", corpus, "--dataset", "tinyshakespeare", "--out", tmp_path / "m")
     assert code == 1 and "give CORPUS files or --dataset, not both" in err
     assert not (tmp_path / "m").exists()
-    code, _, err = run(capsys, "train", "--dataset", "shakespeare", "--out", tmp_path / "m")
+    code, _, err = run_cli(capsys, "train", "--dataset", "shakespeare", "--out", tmp_path / "m")
     assert code == 2 and "invalid choice: 'shakespeare'" in err
 
 
 def test_train_replacing_a_model_says_so(capsys, corpus, model_copy):
-    code, _, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", model_copy)
+    code, _, err = run_cli(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", model_copy)
     assert code == 0 and "note: replacing the model" in err
 
 
 def test_generate_is_reproducible_with_a_seed(capsys, model_dir):
     args = ("generate", model_dir, "--prompt", "the cat", "--max-new-tokens", "15", "--seed", "1")
-    first, second = run(capsys, *args), run(capsys, *args)
+    first, second = run_cli(capsys, *args), run_cli(capsys, *args)
     assert first[0] == 0 and first == second
     assert first[1].startswith("the cat ") and len(first[1].split()) > 2
-    other = run(capsys, *args[:-1], "2")
+    other = run_cli(capsys, *args[:-1], "2")
     assert other[0] == 0 and other[1] != first[1]
 
 
 def test_generate_options(capsys, model_dir):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "generate",
         model_dir,
@@ -304,18 +283,20 @@ def test_generate_options(capsys, model_dir):
     )
     assert code == 0, err
     assert len(out.split("\n---\n")) == 2
-    greedy = run(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8")
-    assert greedy[0] == 0 and greedy == run(
+    greedy = run_cli(capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8")
+    assert greedy[0] == 0 and greedy == run_cli(
         capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8"
     )
-    code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog", "--max-new-tokens", "0")
+    code, out, _ = run_cli(capsys, "generate", model_dir, "--prompt", "the dog", "--max-new-tokens", "0")
     assert code == 0 and out == "the dog \n"
-    code, out, _ = run(capsys, "generate", model_dir, "--prompt", "the dog ", "--max-new-tokens", "1")
+    code, out, _ = run_cli(capsys, "generate", model_dir, "--prompt", "the dog ", "--max-new-tokens", "1")
     assert code == 0 and out.startswith("the dog ") and not out.startswith("the dog  ")
 
 
 def test_generate_notes_unknown_prompt_words(capsys, model_dir):
-    code, out, err = run(capsys, "generate", model_dir, "--prompt", "the zebra", "--max-new-tokens", "5", "--seed", "1")
+    code, out, err = run_cli(
+        capsys, "generate", model_dir, "--prompt", "the zebra", "--max-new-tokens", "5", "--seed", "1"
+    )
     assert code == 0
     assert out.startswith("the zebra ")
     assert err.startswith("fastlm generate: note: ") and "'zebra'" in err and "Traceback" not in err
@@ -323,7 +304,7 @@ def test_generate_notes_unknown_prompt_words(capsys, model_dir):
 
 def test_eval_prints_perplexity_and_accuracy(capsys, model_dir, tmp_path):
     text = write_corpus(tmp_path / "held_out.txt", lines=40, seed=1)
-    code, out, err = run(capsys, "eval", model_dir, text)
+    code, out, err = run_cli(capsys, "eval", model_dir, text)
     assert code == 0, err
     values = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert 1 < float(values["perplexity"]) < len(WORDS) * 2
@@ -334,21 +315,21 @@ def test_eval_prints_perplexity_and_accuracy(capsys, model_dir, tmp_path):
 def test_resume_continues_training(capsys, corpus, tmp_path):
     out = tmp_path / "m"
     common = [corpus, "--level", "word", *TINY, "--out", out]
-    code, stdout, _ = run(capsys, "train", *common, "--epochs", "1")
+    code, stdout, _ = run_cli(capsys, "train", *common, "--epochs", "1")
     assert code == 0 and "epoch 1/1" in stdout
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "train", corpus, "--out", out, "--epochs", "2", "--resume", "--sample-tokens", "5"
     )  # settings come from the checkpoint
     assert code == 0, err
     assert "epoch 2/2" in stdout and "epoch 1/" not in stdout
-    assert json.loads((files_of(out) / "trainer.json").read_text())["epoch"] == 2
+    assert json.loads((save_path(out) / "trainer.json").read_text())["epoch"] == 2
     before = snapshot(out)
-    code, _, err = run(capsys, "train", *common, "--epochs", "2", "--resume")
+    code, _, err = run_cli(capsys, "train", *common, "--epochs", "2", "--resume")
     assert_error(code, err, "train", "already been trained for 2 epochs")
-    code, _, err = run(capsys, "train", *common, "--epochs", "3", "--resume", "--seq-len", "30")
+    code, _, err = run_cli(capsys, "train", *common, "--epochs", "3", "--resume", "--seq-len", "30")
     assert_error(code, err, "train", "cannot resume", "--seq-len 30 (the checkpoint's: --seq-len 20)")
     other = write_corpus(tmp_path / "other.txt", lines=200, seed=5)
-    code, stdout, err = run(capsys, "train", other, "--out", out, "--epochs", "3", "--resume")
+    code, stdout, err = run_cli(capsys, "train", other, "--out", out, "--epochs", "3", "--resume")
     assert_error(code, err, "train", "cannot resume", f"CORPUS {other} (the checkpoint's: CORPUS {corpus})")
     assert snapshot(out) == before
 
@@ -356,9 +337,9 @@ def test_resume_continues_training(capsys, corpus, tmp_path):
 def test_resume_finishes_an_epoch_stopped_by_max_steps(capsys, corpus, tmp_path):
     out = tmp_path / "m"
     common = [corpus, "--level", "word", *TINY, "--out", out, "--epochs", "1"]
-    code, stdout, _ = run(capsys, "train", *common, "--max-steps", "2")
+    code, stdout, _ = run_cli(capsys, "train", *common, "--max-steps", "2")
     assert code == 0 and "0 of 1 epochs complete" in stdout and "epoch 1/1" not in stdout
-    code, stdout, _ = run(capsys, "train", *common, "--resume")
+    code, stdout, _ = run_cli(capsys, "train", *common, "--resume")
     assert code == 0 and "epoch 1/1" in stdout
 
 
@@ -366,7 +347,7 @@ def test_bench(capsys, monkeypatch):
     from fastlm import benchmark
 
     monkeypatch.setitem(benchmark.CONFIGS, "D", benchmark.Config(13, 4, 8, 1, 5, 2))  # the real D is slow
-    code, out, err = run(capsys, "bench", "--configs", "D", "--repeats", "1")
+    code, out, err = run_cli(capsys, "bench", "--configs", "D", "--repeats", "1")
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if line.startswith("D ")]
     assert [row[-4] for row in rows] == ["cpp", "numpy"]
@@ -378,7 +359,7 @@ def test_bench_times_torch_in_a_process_of_its_own(capsys, monkeypatch):
     from fastlm import benchmark
 
     monkeypatch.setitem(benchmark.CONFIGS, "D", benchmark.Config(13, 4, 8, 1, 5, 2))  # passed on to the child
-    code, out, err = run(capsys, "bench", "--configs", "D", "--repeats", "1", "--torch")
+    code, out, err = run_cli(capsys, "bench", "--configs", "D", "--repeats", "1", "--torch")
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if line.startswith("D ")]
     assert [row[-4] for row in rows] == ["cpp", "numpy", "torch"]
@@ -436,20 +417,20 @@ def bad_corpus(tmp_path):
 def test_train_refuses_bad_corpus_and_writes_nothing(capsys, bad_corpus, tmp_path, case):
     path, fragments = bad_corpus[case]
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", path, "--epochs", "1", *TINY, "--out", out)
+    code, stdout, err = run_cli(capsys, "train", path, "--epochs", "1", *TINY, "--out", out)
     assert_error(code, err, "train", *fragments)
     assert not out.exists()
 
 
 def test_train_refuses_a_bad_corpus_without_touching_an_existing_model(capsys, bad_corpus, model_copy):
     before = snapshot(model_copy)
-    code, _, err = run(capsys, "train", bad_corpus["shorter than seq_len + 1"][0], *TINY, "--out", model_copy)
+    code, _, err = run_cli(capsys, "train", bad_corpus["shorter than seq_len + 1"][0], *TINY, "--out", model_copy)
     assert_error(code, err, "train", "too short")
     assert snapshot(model_copy) == before
 
 
 def test_train_refuses_one_bad_file_among_good_ones(capsys, corpus, bad_corpus, tmp_path):
-    code, _, err = run(capsys, "train", corpus, bad_corpus["missing"][0], *TINY, "--out", tmp_path / "m")
+    code, _, err = run_cli(capsys, "train", corpus, bad_corpus["missing"][0], *TINY, "--out", tmp_path / "m")
     assert_error(code, err, "train", "missing.txt")
     assert not (tmp_path / "m").exists()
 
@@ -466,24 +447,24 @@ def test_train_refuses_an_unreadable_corpus(capsys, corpus, tmp_path, monkeypatc
             return read_bytes(self)
 
         monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
-    code, _, err = run(capsys, "train", path, *TINY, "--out", tmp_path / "m")
+    code, _, err = run_cli(capsys, "train", path, *TINY, "--out", tmp_path / "m")
     assert_error(code, err, "train", "secret.txt: Permission denied")
     assert not (tmp_path / "m").exists()
 
 
 def test_train_refuses_an_out_that_is_not_a_model_directory(capsys, corpus, tmp_path):
-    code, _, err = run(capsys, "train", corpus, *TINY, "--out", corpus)
+    code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", corpus)
     assert_error(code, err, "train", "is a file")
     other = tmp_path / "documents"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    code, _, err = run(capsys, "train", corpus, *TINY, "--out", other)
+    code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", other)
     assert_error(code, err, "train", "holding no fastlm model")
     assert snapshot(other) == {"notes.txt": b"mine"}
 
 
 def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
-    code, _, err = run(capsys, "train", corpus, *TINY, "--out", tmp_path / "nothing", "--resume")
+    code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", tmp_path / "nothing", "--resume")
     assert_error(code, err, "train", "nothing to resume")
     assert not (tmp_path / "nothing").exists()
     import fastlm
@@ -491,7 +472,7 @@ def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
     plain = tmp_path / "plain"
     fastlm.load(model_dir).save(plain)  # a saved model without training state
     before = snapshot(plain)
-    code, _, err = run(capsys, "train", corpus, "--level", "word", *TINY, "--out", plain, "--resume")
+    code, _, err = run_cli(capsys, "train", corpus, "--level", "word", *TINY, "--out", plain, "--resume")
     assert_error(code, err, "train", "no training checkpoint")
     assert snapshot(plain) == before
 
@@ -506,15 +487,15 @@ def _set_config(directory, **changes):
 
 
 def _drop_last_token(directory):
-    tokenizer = json.loads((files_of(directory) / "tokenizer.json").read_text())
+    tokenizer = json.loads((save_path(directory) / "tokenizer.json").read_text())
     tokenizer["vocab"], tokenizer["counts"] = tokenizer["vocab"][:-1], tokenizer["counts"][:-1]
-    (files_of(directory) / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (save_path(directory) / "tokenizer.json").write_text(json.dumps(tokenizer))
 
 
 DAMAGE = {  # name -> (what to do to a model directory, words the message must contain)
-    "no model.safetensors": (lambda d: (files_of(d) / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
+    "no model.safetensors": (lambda d: (save_path(d) / "model.safetensors").unlink(), ["model.safetensors", "missing"]),
     "no config.json": (lambda d: (d / "config.json").unlink(), ["config.json", "missing"]),
-    "no tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
+    "no tokenizer.json": (lambda d: (save_path(d) / "tokenizer.json").unlink(), ["tokenizer.json", "missing"]),
     "corrupted config.json": (
         lambda d: (d / "config.json").write_text('{"format_version": 1, '),
         ["config.json", "corrupted"],
@@ -523,17 +504,17 @@ DAMAGE = {  # name -> (what to do to a model directory, words the message must c
     "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}), ["config.json", "vocab_size", "-3"]),
     "model section of the wrong kind": (lambda d: _set_config(d, model={"colour": "red"}), ["config.json"]),
     "garbage weights": (
-        lambda d: (files_of(d) / "model.safetensors").write_bytes(os.urandom(300)),
+        lambda d: (save_path(d) / "model.safetensors").write_bytes(os.urandom(300)),
         ["model.safetensors"],
     ),
     "truncated weights": (
-        lambda d: (files_of(d) / "model.safetensors").write_bytes(
-            (files_of(d) / "model.safetensors").read_bytes()[:-50]
+        lambda d: (save_path(d) / "model.safetensors").write_bytes(
+            (save_path(d) / "model.safetensors").read_bytes()[:-50]
         ),
         ["model.safetensors"],
     ),
     "future format_version": (lambda d: _set_config(d, format_version=99), ["format version 99", "upgrade"]),
-    "corrupted tokenizer.json": (lambda d: (files_of(d) / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
+    "corrupted tokenizer.json": (lambda d: (save_path(d) / "tokenizer.json").write_text("{oops"), ["tokenizer.json"]),
     "tokenizer vocabulary mismatch": (_drop_last_token, ["tokenizer.json", "do not belong together"]),
 }
 
@@ -545,7 +526,7 @@ def test_damaged_model_directory(capsys, model_copy, corpus, command, damage):
     apply(model_copy)
     before = snapshot(model_copy)
     argv = [model_copy, "--max-new-tokens", "3"] if command == "generate" else [model_copy, corpus]
-    code, stdout, err = run(capsys, command, *argv)
+    code, stdout, err = run_cli(capsys, command, *argv)
     assert_error(code, err, command, *fragments)
     assert stdout == ""
     assert snapshot(model_copy) == before
@@ -554,7 +535,7 @@ def test_damaged_model_directory(capsys, model_copy, corpus, command, damage):
 @pytest.mark.parametrize("command", ["generate", "eval"])
 def test_missing_model_directory(capsys, tmp_path, corpus, command):
     argv = [tmp_path / "nope"] + ([corpus] if command == "eval" else [])
-    code, _, err = run(capsys, command, *argv)
+    code, _, err = run_cli(capsys, command, *argv)
     assert_error(code, err, command, "nope", "does not exist")
 
 
@@ -567,7 +548,7 @@ def test_eval_refuses_bad_text(capsys, model_dir, bad_corpus):
         ("not UTF-8", "not UTF-8"),
         ("NUL bytes", "NUL bytes"),
     ]:
-        code, _, err = run(capsys, "eval", model_dir, bad_corpus[case][0])
+        code, _, err = run_cli(capsys, "eval", model_dir, bad_corpus[case][0])
         assert_error(code, err, "eval", fragment)
 
 
@@ -640,7 +621,7 @@ def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpu
     model.load_state_dict(state)
     model.save(model_copy)
     argv = [corpus] if command == "eval" else ["--prompt", "the", "--max-new-tokens", "5"]
-    code, out, err = run(capsys, command, model_copy, *argv)
+    code, out, err = run_cli(capsys, command, model_copy, *argv)
     assert_error(code, err, command, "NaN or infinity")
     assert "perplexity" not in out
 
@@ -651,33 +632,33 @@ def test_overflowing_weights_are_an_error_not_a_result(capsys, model_copy, corpu
 def test_version(capsys):
     import fastlm
 
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.strip() == f"fastlm {fastlm.__version__}"
 
 
 def test_train_requires_out_and_writes_nothing_without_it(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "train", "--max-steps", "1")
+    code, _, err = run_cli(capsys, "train", "--max-steps", "1")
     assert_usage_error(code, err, "--out")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_train_says_where_the_model_goes(capsys, monkeypatch, corpus, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", "rel/m")
+    code, out, err = run_cli(capsys, "train", corpus, "--epochs", "1", *TINY, "--max-steps", "1", "--out", "rel/m")
     assert code == 0, err
     assert f"saving to {tmp_path / 'rel' / 'm'}\n" in out  # the absolute path, whatever the working directory
     assert (tmp_path / "rel" / "m" / "config.json").is_file()
 
 
 def test_eval_with_swapped_arguments_says_which_is_which(capsys, model_dir, corpus):
-    code, _, err = run(capsys, "eval", corpus, model_dir)
+    code, _, err = run_cli(capsys, "eval", corpus, model_dir)
     assert_error(code, err, "eval", "look swapped", f"fastlm eval {model_dir} {corpus}")
 
 
 def test_a_file_given_as_the_model_directory(capsys, corpus):
     for argv in (["generate", corpus], ["eval", corpus, corpus]):
-        code, _, err = run(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert_error(code, err, argv[0], f"{corpus} is a file, not a model directory")
 
 
@@ -695,7 +676,7 @@ def test_cli_and_generate_text_sample_at_the_same_temperature(monkeypatch, model
         return real(self, *args, **kw)
 
     monkeypatch.setattr(fastlm.LSTMLM, "generate_text", recording)
-    assert run(capsys, "generate", model_dir, "--max-new-tokens", "3", "--seed", "1")[0] == 0
+    assert run_cli(capsys, "generate", model_dir, "--max-new-tokens", "3", "--seed", "1")[0] == 0
     cli._print_sample(fastlm.load(model_dir), 0, 3)  # the sample `fastlm train` prints
     capsys.readouterr()
     assert seen == [default, default] and default == 1.0
@@ -717,7 +698,7 @@ def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
 
     before = fastlm.get_num_threads()
     try:
-        code, _, err = run(capsys, "eval", model_dir, corpus, "--threads", "1")
+        code, _, err = run_cli(capsys, "eval", model_dir, corpus, "--threads", "1")
         assert code == 0, err
         assert fastlm.get_num_threads() == 1
     finally:
@@ -754,10 +735,7 @@ def test_the_readme_command_lines_parse():
 @pytest.fixture(scope="module")
 def char_model(tmp_path_factory, corpus):
     """A character-level model (its newline is the sentence boundary that score needs)."""
-    out = tmp_path_factory.mktemp("char") / "m"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert cli.main(["train", str(corpus), "--level", "char", "--epochs", "1", *TINY, "--out", str(out)]) == 0
-    return out
+    return train_tiny(corpus, "char", tmp_path_factory.mktemp("char") / "m")
 
 
 SENTENCES = ["the cat sat on the mat", "a big red bird", "", "they saw it QUICKLY"]
@@ -768,20 +746,20 @@ def test_score_prints_one_log10_score_per_line_of_a_file_or_of_stdin(capsys, cha
 
     text = tmp_path / "sentences.txt"
     text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    code, out, err = run(capsys, "score", char_model, text)
+    code, out, err = run_cli(capsys, "score", char_model, text)
     assert code == 0, err
     scores = [float(v) for v in out.split("\n") if v]
     model = fastlm.load(char_model)
     assert scores == pytest.approx(model.score(SENTENCES), abs=1e-6)  # printed with 6 decimals
     assert all(s < 0 for s in scores) and scores[2] > scores[0]  # the empty line: its boundary alone
     monkeypatch.setattr(sys, "stdin", io.StringIO(text.read_text(encoding="utf-8")))
-    code, from_stdin, err = run(capsys, "score", char_model)
+    code, from_stdin, err = run_cli(capsys, "score", char_model)
     assert code == 0, err
     assert from_stdin == out
-    code, out, err = run(capsys, "score", char_model, text, "--no-bos", "--no-eos")
+    code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
     assert code == 1 and "sentence 2" in err  # the empty line has nothing to score without eos
     text.write_text("\n".join(s for s in SENTENCES if s) + "\n", encoding="utf-8")
-    code, out, err = run(capsys, "score", char_model, text, "--no-bos", "--no-eos")
+    code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
     assert code == 0, err
     expected = model.score([s for s in SENTENCES if s], bos=False, eos=False)
     assert [float(v) for v in out.split()] == pytest.approx(expected, abs=1e-6)
@@ -792,7 +770,7 @@ def test_score_json_gives_every_token_its_score(capsys, char_model, tmp_path):
 
     text = tmp_path / "sentences.txt"
     text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    code, out, err = run(capsys, "score", char_model, text, "--json")
+    code, out, err = run_cli(capsys, "score", char_model, text, "--json")
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     model = fastlm.load(char_model)
@@ -813,23 +791,23 @@ def test_score_json_gives_every_token_its_score(capsys, char_model, tmp_path):
 @pytest.mark.parametrize("prompt", [[], ["--prompt", "the cat"]], ids=["no-prompt", "prompt"])
 def test_generate_stream_prints_what_generate_prints(capsys, model_dir, prompt):
     argv = ["generate", model_dir, "--seed", "4", "--max-new-tokens", "30", *prompt]
-    code, plain, err = run(capsys, *argv)
+    code, plain, err = run_cli(capsys, *argv)
     assert code == 0, err
-    code, streamed, err = run(capsys, *argv, "--stream")
+    code, streamed, err = run_cli(capsys, *argv, "--stream")
     assert code == 0, err
     assert streamed == plain and len(plain.split()) >= 25
 
 
 def test_generate_stream_stops_where_generate_stops(capsys, char_model):
     argv = ["generate", char_model, "--seed", "2", "--max-new-tokens", "300", "--prompt", "the "]
-    code, unstopped, err = run(capsys, *argv)
+    code, unstopped, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "\n" in unstopped[len("the ") : -1]  # a newline to stop at
     for mode in ([], ["--stream"]):
-        code, out, err = run(capsys, *argv, "--stop", "\\n", *mode)
+        code, out, err = run_cli(capsys, *argv, "--stop", "\\n", *mode)
         assert code == 0, err
         assert out == unstopped.split("\n")[0] + "\n", mode
-    code, out, err = run(capsys, *argv, "--stream", "--num-samples", "2")
+    code, out, err = run_cli(capsys, *argv, "--stream", "--num-samples", "2")
     assert_error(code, err, "generate", "--stream prints one sample")
 
 
@@ -841,7 +819,7 @@ def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_pat
     import fastlm
 
     path = tmp_path / "model.onnx"
-    code, out, err = run(capsys, "export", model_dir, "--onnx", path)
+    code, out, err = run_cli(capsys, "export", model_dir, "--onnx", path)
     assert code == 0, err
     assert str(path) in out and "log_probs" in out
     model = fastlm.load(model_dir)
@@ -854,13 +832,13 @@ def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_pat
 
 
 def test_export_bad_input(capsys, model_dir, tmp_path, monkeypatch):
-    code, _, err = run(capsys, "export", model_dir, "--onnx", tmp_path / "missing" / "m.onnx")
+    code, _, err = run_cli(capsys, "export", model_dir, "--onnx", tmp_path / "missing" / "m.onnx")
     assert_error(code, err, "export", "missing", "does not exist")
-    code, _, err = run(capsys, "export", tmp_path / "no-model", "--onnx", tmp_path / "m.onnx")
+    code, _, err = run_cli(capsys, "export", tmp_path / "no-model", "--onnx", tmp_path / "m.onnx")
     assert_error(code, err, "export", "no-model")
-    code, _, err = run(capsys, "export", model_dir)
+    code, _, err = run_cli(capsys, "export", model_dir)
     assert_usage_error(code, err, "--onnx")
     monkeypatch.setitem(sys.modules, "onnx", None)  # as without the onnx package
-    code, _, err = run(capsys, "export", model_dir, "--onnx", tmp_path / "m.onnx")
+    code, _, err = run_cli(capsys, "export", model_dir, "--onnx", tmp_path / "m.onnx")
     assert_error(code, err, "export", "pip install 'fastlm[onnx]'")
     assert list(tmp_path.iterdir()) == []

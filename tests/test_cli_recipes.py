@@ -10,6 +10,7 @@ import json
 import random
 
 import pytest
+from helpers import run_cli, snapshot
 
 import fastlm
 from fastlm import cli, model_dir, presets
@@ -39,29 +40,11 @@ SMALL = ["--embed", "8", "--hidden", "8", "--layers", "1", "--seq-len", "10", "-
 QUICK = ["--sample-tokens", "0", "--no-progress"]
 
 
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of `fastlm argv...`, in-process."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse: usage errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def saved(directory):
     """(config.json's model, tokenizer.json, trainer.json) of a model directory's current save."""
     files = model_dir.save_path(directory)
     config = json.loads((directory / "config.json").read_text())["model"]
     return config, json.loads((files / "tokenizer.json").read_text()), json.loads((files / "trainer.json").read_text())
-
-
-def snapshot(directory):
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != ".fastlm.lock"
-    }
 
 
 def test_every_recipe_option_reaches_the_model_and_fit(capsys, data, tmp_path):
@@ -72,7 +55,7 @@ def test_every_recipe_option_reaches_the_model_and_fit(capsys, data, tmp_path):
         *["--dropout", "0.1", "--clip-norm", "0.5", "--lr", "1.5", "--lr-decay", "0.5", "--lr-decay-epoch", "2"],
         *["--stateful", "--seq-len", "10", "--batch-size", "4", "--epochs", "3"],
     ]
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "train", data["train"], "--val", data["valid"], "--test", data["test"], *options, *QUICK, "--out", out
     )
     assert code == 0, err
@@ -110,7 +93,9 @@ def test_every_recipe_option_reaches_the_model_and_fit(capsys, data, tmp_path):
 def test_a_preset_sets_the_recipe_and_typed_options_override_it(capsys, data, tmp_path):
     out = tmp_path / "m"
     typed = ["--embed", "16", "--hidden", "16", "--epochs", "1", "--lr", "10"]
-    code, stdout, err = run(capsys, "train", data["train"], "--preset", "zaremba-small", *typed, *QUICK, "--out", out)
+    code, stdout, err = run_cli(
+        capsys, "train", data["train"], "--preset", "zaremba-small", *typed, *QUICK, "--out", out
+    )
     assert code == 0, err
     preset = presets.get("zaremba-small")
     config, tokenizer, trainer = saved(out)
@@ -150,22 +135,22 @@ def test_every_train_option_is_a_recorded_setting_or_of_one_invocation():
 def test_resume_takes_the_epochs_and_every_setting_from_the_checkpoint(capsys, data, tmp_path):
     out = tmp_path / "m"
     first = ["--level", "word", "--eos", "<eos>", "--optimizer", "sgd", "--lr", "1", *SMALL, "--val", data["valid"]]
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "train", data["train"], *first, "--epochs", "2", "--max-steps", "1", *QUICK, "--out", out
     )
     assert code == 0 and "0 of 2 epochs complete" in stdout, err
     # Interrupted in its first epoch, an --epochs 2 run resumes as such, with nothing given again.
-    code, stdout, err = run(capsys, "train", "--out", out, "--resume", *QUICK)
+    code, stdout, err = run_cli(capsys, "train", "--out", out, "--resume", *QUICK)
     assert code == 0, err
     assert "epoch 1/2" in stdout and "epoch 2/2" in stdout and "epoch 1/8" not in stdout
     config, tokenizer, trainer = saved(out)
     assert trainer["epoch"] == 2 and trainer["settings"]["optimizer"] == "sgd" and trainer["settings"]["lr"] == 1.0
     assert tokenizer["eos"] == "<eos>" and config["hidden_size"] == 8
     assert all(loss is not None for loss in trainer["history"]["val_loss"])  # the --val file, again
-    code, _, err = run(capsys, "train", "--out", out, "--resume", *QUICK)
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", *QUICK)
     assert code == 1 and "already been trained for 2 epochs" in err
     # A larger --epochs trains on; the same values given again are accepted.
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "train", data["train"], "--out", out, "--resume", "--epochs", "3", "--lr", "1", *QUICK
     )
     assert code == 0, err
@@ -184,7 +169,7 @@ def test_resume_takes_the_epochs_and_every_setting_from_the_checkpoint(capsys, d
         (["--val-fraction", "0.1"], ["--val-fraction 0.1", "--val-fraction (none)"]),
         ([data["test"]], [f"CORPUS {data['test']}", f"CORPUS {data['train']}"]),
     ]:
-        code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "4", *typed, *QUICK)
+        code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--epochs", "4", *typed, *QUICK)
         assert code == 1 and err.count("\n") == 1, (typed, err)
         assert "cannot resume" in err and "leave these options out" in err, err
         for fragment in fragments:
@@ -194,9 +179,11 @@ def test_resume_takes_the_epochs_and_every_setting_from_the_checkpoint(capsys, d
 
 def test_eval_json_prints_one_object_of_the_metrics(capsys, data, tmp_path):
     out = tmp_path / "m"
-    code, _, err = run(capsys, "train", data["train"], "--level", "word", *SMALL, "--epochs", "1", *QUICK, "--out", out)
+    code, _, err = run_cli(
+        capsys, "train", data["train"], "--level", "word", *SMALL, "--epochs", "1", *QUICK, "--out", out
+    )
     assert code == 0, err
-    code, stdout, err = run(capsys, "eval", out, data["test"], "--json")
+    code, stdout, err = run_cli(capsys, "eval", out, data["test"], "--json")
     assert code == 0, err
     assert stdout.count("\n") == 1
     result = json.loads(stdout)
@@ -238,7 +225,7 @@ def test_bad_input_is_refused_before_anything_is_trained_or_written(
     files = {"missing": tmp_path / "missing.txt", "foreign": foreign, "valid": data["valid"]}
     argv = [a.format(**files) for a in argv]
     out = tmp_path / "m"
-    code, stdout, err = run(capsys, "train", data["train"], *SMALL, *argv, *QUICK, "--out", out)
+    code, stdout, err = run_cli(capsys, "train", data["train"], *SMALL, *argv, *QUICK, "--out", out)
     assert code == exit_code, err
     assert "Traceback" not in err and "epoch" not in stdout
     if exit_code == 1:
@@ -253,7 +240,7 @@ def test_resume_finds_moved_files_at_their_new_place(capsys, data, tmp_path):
     train.write_bytes(data["train"].read_bytes())
     valid.write_bytes(data["valid"].read_bytes())
     out = tmp_path / "m"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "train", train, "--val", valid, "--level", "word", *SMALL, "--epochs", "1", *QUICK, "--out", out
     )
     assert code == 0, err
@@ -261,12 +248,14 @@ def test_resume_finds_moved_files_at_their_new_place(capsys, data, tmp_path):
     moved.mkdir()
     train, valid = train.rename(moved / "train.txt"), valid.rename(moved / "valid.txt")
     before = snapshot(out)
-    code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", *QUICK)
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", *QUICK)
     assert code == 1 and f"the run's CORPUS file {tmp_path / 'train.txt'} is gone" in err, err
-    code, _, err = run(capsys, "train", train, "--out", out, "--resume", "--epochs", "2", *QUICK)
+    code, _, err = run_cli(capsys, "train", train, "--out", out, "--resume", "--epochs", "2", *QUICK)
     assert code == 1 and f"the run's --val file {tmp_path / 'valid.txt'} is gone" in err, err
     assert snapshot(out) == before
-    code, stdout, err = run(capsys, "train", train, "--val", valid, "--out", out, "--resume", "--epochs", "2", *QUICK)
+    code, stdout, err = run_cli(
+        capsys, "train", train, "--val", valid, "--out", out, "--resume", "--epochs", "2", *QUICK
+    )
     assert code == 0 and "epoch 2/2" in stdout, err
     record = saved(out)[2]["metadata"][cli.RECORD_KEY]
     assert (record["corpus"], record["val"]) == ([str(train)], str(valid))  # where the next --resume looks
@@ -281,7 +270,7 @@ def test_resume_of_a_checkpoint_written_by_fit_takes_its_training_settings(capsy
     out = tmp_path / "m"
     model.fit(tok.encode(text), seq_len=10, batch_size=4, epochs=1, optimizer="sgd", lr=0.5, max_batches=1,
               checkpoint_dir=out, tokenizer=tok, progress=False)  # fmt: skip
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "train", data["train"], "--val-fraction", "0", "--out", out, "--resume", "--epochs", "1", *QUICK
     )
     assert code == 0 and "epoch 1/1" in stdout, err
@@ -296,23 +285,23 @@ def test_with_ids_the_tokenizer_files_options_are_the_runs(capsys, data, tmp_pat
     plain.save(tmp_path / "plain.json")
     fastlm.save_ids(tmp_path / "ids.bin", plain.encode_file(data["train"]), len(plain))
     common = ["--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "plain.json", *QUICK]
-    code, _, err = run(capsys, "train", *common, "--preset", "zaremba-small", "--out", tmp_path / "bad")
+    code, _, err = run_cli(capsys, "train", *common, "--preset", "zaremba-small", "--out", tmp_path / "bad")
     assert code == 1 and "--eos <eos> (--preset zaremba-small sets) does not match" in err, err
     assert "plain.json" in err and "--eos (none)" in err and not (tmp_path / "bad").exists()
-    code, _, err = run(capsys, "train", *common, "--level", "char", *SMALL, "--out", tmp_path / "bad")
+    code, _, err = run_cli(capsys, "train", *common, "--level", "char", *SMALL, "--out", tmp_path / "bad")
     assert code == 1 and "--level char (given) does not match" in err and "--level word" in err, err
     out = tmp_path / "m"
-    code, _, err = run(capsys, "train", *common, *SMALL, "--epochs", "1", "--out", out)
+    code, _, err = run_cli(capsys, "train", *common, *SMALL, "--epochs", "1", "--out", out)
     assert code == 0, err
     record = saved(out)[2]["metadata"][cli.RECORD_KEY]
     assert (record["level"], record["eos"]) == ("word", None)  # the tokenizer's, not the defaults (char)
-    code, stdout, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--level", "word", *QUICK)
+    code, stdout, err = run_cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--level", "word", *QUICK)
     assert code == 0 and "epoch 2/2" in stdout, err
 
 
 def test_encode_fits_a_tokenizer_with_eos_for_a_preset(capsys, data, tmp_path):
     tokenizer, ids = tmp_path / "tok.json", tmp_path / "ids.bin"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "encode", data["train"], "--fit", "--eos", "<eos>", "--tokenizer", tokenizer, "--out", ids
     )
     assert code == 0, err
@@ -323,11 +312,13 @@ def test_encode_fits_a_tokenizer_with_eos_for_a_preset(capsys, data, tmp_path):
         tok["dog"],
         tok["<eos>"],
     ]
-    code, _, err = run(capsys, "encode", data["train"], "--fit", "--eos", "", "--tokenizer", tokenizer, "--out", ids)
+    code, _, err = run_cli(
+        capsys, "encode", data["train"], "--fit", "--eos", "", "--tokenizer", tokenizer, "--out", ids
+    )
     assert code == 2 and "argument --eos: eos must be a non-empty token" in err
     out = tmp_path / "m"
     small = ["--embed", "8", "--hidden", "8", "--layers", "1", "--epochs", "1"]
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys,
         "train",
         "--ids",

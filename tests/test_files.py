@@ -14,7 +14,7 @@ import stat
 
 import numpy as np
 import pytest
-from helpers import assert_same_weights
+from helpers import assert_same_weights, snapshot
 from safetensors.numpy import load_file, save_file
 
 import fastlm
@@ -43,20 +43,6 @@ def saved(model, tok, tmp_path):
     return directory
 
 
-def snapshot(directory):
-    """Every file under directory (the save's subdirectory too) by relative path, but the lock."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != model_dir.LOCK_FILE
-    }
-
-
-def files_of(directory):
-    """Where the current save's files are: the save-<id> subdirectory config.json names."""
-    return model_dir.save_path(directory)
-
-
 def config_of(directory):
     return json.loads((directory / "config.json").read_text())
 
@@ -71,7 +57,7 @@ def write_config(directory, config):
 def test_round_trip(model, tok, saved):
     save = config_of(saved)["save"]
     assert sorted(p.name for p in saved.iterdir()) == [".fastlm.lock", "config.json", save]
-    assert sorted(p.name for p in files_of(saved).iterdir()) == ["model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in model_dir.save_path(saved).iterdir()) == ["model.safetensors", "tokenizer.json"]
     loaded = fastlm.load(saved)
     assert isinstance(loaded, fastlm.LSTMLM)
     assert_same_weights(model, loaded)
@@ -118,7 +104,7 @@ def test_load_holds_one_model_at_its_peak(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 def test_load_converts_other_float_widths(model, tmp_path, dtype):
     model.save(tmp_path)
-    path = files_of(tmp_path) / "model.safetensors"
+    path = model_dir.save_path(tmp_path) / "model.safetensors"
     state = model.state_dict()
     save_file(
         {k: v.astype(dtype) for k, v in state.items()}, path, metadata={"save_id": config_of(tmp_path)["save_id"]}
@@ -142,7 +128,7 @@ def test_round_trip_after_training(tok, tmp_path):
 
 def test_without_tokenizer(model, tmp_path):
     model.save(tmp_path)
-    assert not (files_of(tmp_path) / "tokenizer.json").exists()
+    assert not (model_dir.save_path(tmp_path) / "tokenizer.json").exists()
     assert fastlm.load(tmp_path).tokenizer is None
     assert config_of(tmp_path)["tokenizer"] is None
 
@@ -159,7 +145,7 @@ def test_config_contents(model, tok, saved):
 
 
 def test_safetensors_file_has_pytorch_names(model, saved):
-    tensors = load_file(files_of(saved) / "model.safetensors")
+    tensors = load_file(model_dir.save_path(saved) / "model.safetensors")
     state = model.state_dict()
     assert sorted(tensors) == sorted(state)
     assert {
@@ -177,7 +163,7 @@ def test_safetensors_file_has_pytorch_names(model, saved):
         np.testing.assert_array_equal(value, state[name], err_msg=name)
     from safetensors import safe_open
 
-    with safe_open(str(files_of(saved) / "model.safetensors"), framework="np") as f:
+    with safe_open(str(model_dir.save_path(saved) / "model.safetensors"), framework="np") as f:
         assert f.metadata()["save_id"] == config_of(saved)["save_id"]
 
 
@@ -188,7 +174,7 @@ def test_weights_load_into_torch_strictly(model, tok, saved):
     from fastlm._torch_twin import TorchLM
 
     module = TorchLM(len(tok), 6, 8, 2).eval()
-    module.load_state_dict(torch_load_file(files_of(saved) / "model.safetensors"), strict=True)
+    module.load_state_dict(torch_load_file(model_dir.save_path(saved) / "model.safetensors"), strict=True)
     x = tok.encode(V_TEXT)[None, :-1]
     y = tok.encode(V_TEXT)[None, 1:]
     with torch.no_grad():
@@ -215,10 +201,12 @@ def train_with_checkpoint(model, tok, directory):
 
 def test_resave_removes_stale_files(model, tok, tmp_path):
     train_with_checkpoint(model, tok, tmp_path)
-    assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {p.name for p in files_of(tmp_path).iterdir()}
+    assert {"optimizer.safetensors", "trainer.json", "tokenizer.json"} <= {
+        p.name for p in model_dir.save_path(tmp_path).iterdir()
+    }
     assert config_of(tmp_path)["has_training_state"] is True
     model.save(tmp_path)  # a plain save: no tokenizer attached, no training state
-    assert sorted(p.name for p in files_of(tmp_path).iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in model_dir.save_path(tmp_path).iterdir()) == ["model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".fastlm.lock", "config.json", config_of(tmp_path)["save"]]
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         model_dir.load_training_state(tmp_path)
@@ -260,7 +248,7 @@ def test_empty_directory(tmp_path):
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_missing_file(saved, name):
-    (saved / name if name == "config.json" else files_of(saved) / name).unlink()
+    (saved / name if name == "config.json" else model_dir.save_path(saved) / name).unlink()
     with pytest.raises(FileNotFoundError, match=name):
         fastlm.load(saved)
 
@@ -334,7 +322,7 @@ def test_future_format_version(saved, version):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "header-only"])
 def test_corrupted_weights(saved, damage):
-    path = files_of(saved) / "model.safetensors"
+    path = model_dir.save_path(saved) / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(
         {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b"", "header-only": data[:8]}[
@@ -348,15 +336,21 @@ def test_corrupted_weights(saved, damage):
 def test_weights_from_another_save(model, tok, tmp_path):
     model.save(tmp_path / "a", tokenizer=tok)
     model.save(tmp_path / "b", tokenizer=tok)  # identical weights, a different save
-    (files_of(tmp_path / "a") / "model.safetensors").replace(files_of(tmp_path / "b") / "model.safetensors")
+    (model_dir.save_path(tmp_path / "a") / "model.safetensors").replace(
+        model_dir.save_path(tmp_path / "b") / "model.safetensors"
+    )
     with pytest.raises(ValueError, match="does not belong to the same save"):
         fastlm.load(tmp_path / "b")
 
 
 def _rewrite_weights(directory, edit):
-    tensors = load_file(files_of(directory) / "model.safetensors")
+    tensors = load_file(model_dir.save_path(directory) / "model.safetensors")
     edit(tensors)
-    save_file(tensors, files_of(directory) / "model.safetensors", metadata={"save_id": config_of(directory)["save_id"]})
+    save_file(
+        tensors,
+        model_dir.save_path(directory) / "model.safetensors",
+        metadata={"save_id": config_of(directory)["save_id"]},
+    )
 
 
 def test_misshaped_tensor_is_named(saved):
@@ -393,7 +387,7 @@ def test_integer_tensor_is_named(saved):
 
 
 def test_tokenizer_vocabulary_mismatch(model, saved):
-    fastlm.Tokenizer.fit("abc", level="char").save(files_of(saved) / "tokenizer.json")
+    fastlm.Tokenizer.fit("abc", level="char").save(model_dir.save_path(saved) / "tokenizer.json")
     with pytest.raises(
         ValueError,
         match=r"tokenizer\.json: the tokenizer has 4 tokens but the model's vocabulary "
@@ -403,7 +397,7 @@ def test_tokenizer_vocabulary_mismatch(model, saved):
 
 
 def test_corrupted_tokenizer(saved):
-    (files_of(saved) / "tokenizer.json").write_text('{"type": "fastlm.Tokenizer"')
+    (model_dir.save_path(saved) / "tokenizer.json").write_text('{"type": "fastlm.Tokenizer"')
     with pytest.raises(ValueError, match=r"tokenizer\.json"):
         fastlm.load(saved)
 
@@ -427,7 +421,7 @@ def test_training_state_checks(model, tok, tmp_path):
     model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path, progress=False)
     arrays, trainer = model_dir.load_training_state(tmp_path)
     assert trainer["epoch"] == 1 and set(arrays) == {f"{m}.{k}" for m in "mv" for k in model.state_dict()}
-    files = files_of(tmp_path)
+    files = model_dir.save_path(tmp_path)
     data = json.loads((files / "trainer.json").read_text())
     (files / "trainer.json").write_text(json.dumps({**data, "save_id": "other"}))
     with pytest.raises(ValueError, match=r"trainer\.json does not belong to the same save"):

@@ -6,10 +6,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import cli_options, ids_training_options
+from helpers import cli_options, ids_training_options, run_cli
 
 import fastlm
-from fastlm import _core, cli, token_file
+from fastlm import _core, token_file
 from fastlm.token_file import HEADER_BYTES
 
 TEXT = "the cat sat on the mat . the dog sat on the log .\nthe end ?\n"
@@ -182,12 +182,6 @@ def test_wrong_header(good_file, tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
-def cli_run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"
@@ -196,7 +190,7 @@ def corpus_file(tmp_path):
 
 
 def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
-    code, out, err = cli_run(
+    code, out, err = run_cli(
         capsys,
         "encode",
         corpus_file,
@@ -212,7 +206,7 @@ def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
     text = corpus_file.read_text(encoding="utf-8")
     np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), tok.encode(text + "\n" + text))
     assert f"{2 * len(tok.encode(text)):,} word tokens" in out and "uint16 ids" in out
-    code, out, err = cli_run(
+    code, out, err = run_cli(
         capsys,
         "train",
         *ids_training_options(tmp_path),
@@ -222,7 +216,7 @@ def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
     assert f"corpus: {tmp_path / 'ids.bin'}" in out and "stopped after 3 steps" in out
     assert fastlm.load(tmp_path / "model").tokenizer == tok
     # a model directory serves as --tokenizer too
-    code, _, err = cli_run(
+    code, _, err = run_cli(
         capsys, "encode", corpus_file, "--tokenizer", tmp_path / "model", "--out", tmp_path / "again.bin"
     )
     assert code == 0, err
@@ -237,18 +231,18 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     fastlm.save_ids(tmp_path / "ids.bin", ids, len(big))
     first_bad = int(np.flatnonzero(ids >= len(small))[0])
     common = ["--epochs", "1", "--max-steps", "1", "--out", tmp_path / "model"]
-    code, _, err = cli_run(
+    code, _, err = run_cli(
         capsys, "train", "--ids", tmp_path / "ids.bin", "--tokenizer", tmp_path / "small.json", *common
     )
     assert code == 1 and f"at offset {first_bad:,}, outside the vocabulary [0, {len(small)})" in err
-    code, _, err = cli_run(capsys, "train", "--ids", tmp_path / "ids.bin", *common)
+    code, _, err = run_cli(capsys, "train", "--ids", tmp_path / "ids.bin", *common)
     assert code == 1 and "--ids needs --tokenizer" in err
-    code, _, err = cli_run(capsys, "train", corpus_file, "--ids", tmp_path / "ids.bin", *common)
+    code, _, err = run_cli(capsys, "train", corpus_file, "--ids", tmp_path / "ids.bin", *common)
     assert code == 1 and "either CORPUS text files (or --dataset) or --ids" in err
-    code, _, err = cli_run(capsys, "train", "--ids", corpus_file, "--tokenizer", tmp_path / "small.json", *common)
+    code, _, err = run_cli(capsys, "train", "--ids", corpus_file, "--tokenizer", tmp_path / "small.json", *common)
     assert code == 1 and "not a fastlm token file" in err
     assert not (tmp_path / "model").exists()
-    code, _, err = cli_run(
+    code, _, err = run_cli(
         capsys, "encode", corpus_file, "--tokenizer", tmp_path / "missing.json", "--out", tmp_path / "x.bin"
     )
     assert code == 1 and "missing.json" in err and not (tmp_path / "x.bin").exists()
