@@ -25,7 +25,8 @@ UNK_BYTES = b"<unk>"  # what id 0 decodes to, as at the other levels
 MIN_VOCAB = 1 + 256  # <unk> and the 256 bytes: fewer could not encode every text
 
 
-def _library():
+def library():
+    """Hugging Face tokenizers, imported when first needed: ImportError saying what to install without it."""
     try:
         import tokenizers
     except ImportError:
@@ -54,7 +55,7 @@ def train(pieces, vocab_size, min_count, lowercase):
     """The Hugging Face JSON (a dict) of a byte-level BPE learnt on pieces (str), with
     vocab_size - 1 tokens (fastlm's <unk> makes vocab_size), or fewer when the text has too
     few pairs to merge (the caller says so)."""
-    hf = _library()
+    hf = library()
     tokenizer = hf.Tokenizer(hf.models.BPE())
     if lowercase:
         tokenizer.normalizer = hf.normalizers.Lowercase()
@@ -137,7 +138,7 @@ class BytePairs:
         self.tokens = tuple(tokens)
         self.data = data
         try:
-            self.hf = _library().Tokenizer.from_str(json.dumps(data))
+            self.hf = library().Tokenizer.from_str(json.dumps(data))
         except ImportError:
             raise
         except Exception as error:  # the library's own exception type

@@ -490,7 +490,7 @@ class Tokenizer:
 
     @classmethod
     def _fit_bpe(cls, pieces, options, vocab_size):
-        bpe._library()  # the install hint before any text is read
+        bpe.library()  # the install hint before any text is read
         seen = [None]
         data = bpe.train(_with_last_character(pieces, seen), vocab_size, options["min_count"], options["lowercase"])
         if seen[0] is None:
