@@ -23,7 +23,7 @@ import fastlm
 from fastlm import distributed, model_dir, presets, token_file
 from fastlm.adaptive import check_cutoffs
 from fastlm.checks import check_choice, check_int, check_number
-from fastlm.tokenizer import _check_eos as check_eos
+from fastlm.tokenizer import check_eos
 from fastlm.training import OPTIMIZERS
 
 DEFAULT_DATASET = "python_docs"  # every Python has it: fastlm.datasets.python_docs
@@ -437,7 +437,9 @@ def cmd_train(args):
     typed = _typed_settings(args)
     if args.resume:
         model = _load(out)
-        _, trainer = model_dir.load_training_state(out)  # FileNotFoundError when there is no checkpoint
+        # FileNotFoundError when there is no checkpoint. The trainer alone: fit reads the optimizer's
+        # arrays when it resumes, and a copy read here would stay alive for the whole run.
+        _, trainer = model_dir.load_training_state(out, optimizer=False)
         settings = _resumed_settings(out, trainer, typed, comm)
         tokenizer, saved = model.tokenizer, trainer.get("settings", {})
     else:

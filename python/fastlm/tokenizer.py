@@ -94,7 +94,10 @@ _LAST_SPACE = re.compile(r"\s\S*\Z")
 # ---------------------------------------------------------------- argument checks
 
 
-def _check_eos(eos, level):
+def check_eos(eos, level):
+    """eos (the end-of-line token) checked for a tokenizer of level: None, or one word without
+    whitespace other than <unk>, and only at word level. Tokenizer.fit's rule, which the CLI's
+    --eos applies too."""
     if eos is None:
         return None
     if not isinstance(eos, str):
@@ -119,7 +122,7 @@ def _check_options(level, min_count, max_vocab, lowercase, split_punctuation, eo
         "max_vocab": check_int("max_vocab", max_vocab, 2, allow_none=True),
         "lowercase": check_bool("lowercase", lowercase),
         "split_punctuation": check_bool("split_punctuation", split_punctuation),
-        "eos": _check_eos(eos, level),
+        "eos": check_eos(eos, level),
     }
     if level != "word" and options["split_punctuation"]:
         raise ValueError("split_punctuation applies to level='word' only")
