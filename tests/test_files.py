@@ -432,6 +432,48 @@ def test_training_state_checks(model, tok, tmp_path):
         model_dir.load_training_state(tmp_path)
 
 
+def test_training_state_without_the_optimizer(model, tok, tmp_path):
+    """optimizer=False (fastlm train --resume's first look) gives the trainer alone; the
+    optimizer's arrays come fresh and writeable, for the optimizer to take over."""
+    model.fit(tok.encode(V_TEXT * 3), seq_len=8, batch_size=4, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    arrays, trainer = model_dir.load_training_state(tmp_path)
+    assert model_dir.load_training_state(tmp_path, optimizer=False) == (None, trainer)
+    assert all(a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous for a in arrays.values())
+
+
+def test_training_state_with_empty_tensors(tok, tmp_path):
+    """A sparse-embedding checkpoint with no row seen yet has (0, dim) moments: an empty tensor
+    has no bytes to read (and a memoryview with a 0 in its shape cannot be cast to bytes)."""
+    model = fastlm.LSTMLM(len(tok), embed_dim=6, hidden_size=8, num_layers=2, seed=5)
+    fit = dict(seq_len=8, batch_size=4, sparse_embedding=True, checkpoint_dir=tmp_path, progress=False)
+    model.fit(tok.encode(V_TEXT * 3), epochs=1, **fit)
+    arrays, trainer = model_dir.load_training_state(tmp_path)
+    empty = {**arrays, **{name: arrays[name][:0] for name in ("sparse.seen", "sparse.m", "sparse.v")}}
+    model_dir.write(tmp_path, model, tokenizer=tok, training=(empty, trainer))
+    loaded, _ = model_dir.load_training_state(tmp_path)
+    assert {name: loaded[name].shape for name in empty} == {name: array.shape for name, array in empty.items()}
+    model.fit(tok.encode(V_TEXT * 3), epochs=2, resume=True, **fit)  # the moments start again from the empty ones
+
+
+def test_take_weights_takes_the_arrays_over_after_the_checks(model):
+    weights = model.state_dict()
+    other = fastlm.LSTMLM(model.vocab_size, embed_dim=6, hidden_size=8, num_layers=2, seed=6)
+    other.take_weights(weights)
+    assert all(other.params[name] is weights[name] for name in weights)
+    bad = {**model.state_dict(), "embedding.weight": np.full_like(weights["embedding.weight"], np.nan)}
+    with pytest.raises(ValueError, match="'embedding.weight' holds NaN"):
+        other.take_weights(bad)
+    assert other.params["embedding.weight"] is weights["embedding.weight"]  # unchanged by the refusal
+
+
+def test_load_into_replaces_the_weights_with_the_saved_ones(model, saved):
+    other = fastlm.LSTMLM(model.vocab_size, embed_dim=6, hidden_size=8, num_layers=2, dropout=0.25, seed=5)
+    other.params = {name: np.zeros_like(value) for name, value in other.params.items()}
+    assert model_dir.load_into(saved, other) is not None  # the tokenizer
+    assert_same_weights(other, model)
+    assert all(p.flags.writeable and p.flags.c_contiguous and p.dtype == np.float32 for p in other.params.values())
+
+
 # ================================================================= atomic saves
 
 

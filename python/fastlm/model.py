@@ -271,6 +271,12 @@ class LSTMNetwork:
         """
         self.params = self._checked_weights(state, copy=True)
 
+    def take_weights(self, weights):
+        """load_state_dict for arrays no one else holds (model_dir reads them fresh from a
+        file): the same checks, and the float32 C-contiguous writeable arrays are taken over
+        instead of copied, so that replacing the weights never holds three copies."""
+        self.params = self._checked_weights(weights, copy=False)
+
     def _checked_weights(self, state, copy):
         """state's parameters as float32 C-contiguous arrays, checked (names, shapes, dtype,
         finiteness after the cast, tied equality) and tied. copy=False takes over the arrays

@@ -29,7 +29,7 @@ is parsed and every name, dtype, shape and offset is checked against config.json
 byte of tensor data is read or a parameter allocated, and only the expected tensors are read.
 
 This module does not import the model or the training loop: it works on any model object
-with config(), state_dict(), load_state_dict(), parameter_shapes(), vocab_size and tokenizer,
+with config(), state_dict(), take_weights(), parameter_shapes(), vocab_size and tokenizer,
 and a model class with saved_shapes() and with_weights() (see docs/architecture.md).
 """
 
@@ -507,11 +507,13 @@ def _read_into(f, view):
     return True
 
 
-def _read_weights(path, metadata, entries, names, save_id):
+def _read_weights(path, metadata, entries, names, save_id, as_float32=True):
     """The named tensors of a checked file, each read from the file straight into a new
     array (float32 as stored; float16 and float64 converted one tensor at a time): no
     second copy of the weights exists at any moment, unlike safetensors' reader, whose
-    arrays are views of read-only buffers that the model would copy."""
+    arrays are views of read-only buffers that the model would copy. as_float32=False
+    keeps each stored type (in the machine's byte order): the optimizer file's float64
+    step count and ids."""
     if metadata.get("save_id") != save_id:
         raise ValueError(
             f"{path} does not belong to the same save as {CONFIG_FILE} "
@@ -525,9 +527,12 @@ def _read_weights(path, metadata, entries, names, save_id):
             stored = np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")
             array = np.empty(entry["shape"], stored)
             f.seek(8 + length + entry["data_offsets"][0])
-            if not _read_into(f, memoryview(array).cast("B")):
+            # an empty tensor (a sparse moment with no row yet) has nothing to read, and its view cannot be cast
+            if array.size and not _read_into(f, memoryview(array).cast("B")):
                 raise ValueError(f"cannot read {path}: entry {name!r} is cut short")
-            if array.dtype != np.float32:  # another width, or a big-endian machine
+            if not as_float32:
+                array = array.astype(array.dtype.newbyteorder("="), copy=False)  # a copy on big-endian only
+            elif array.dtype != np.float32:  # another width, or a big-endian machine
                 with np.errstate(over="ignore"):  # beyond float32's range: the model's check reports it
                     array = array.astype(np.float32)
             weights[name] = array
@@ -585,19 +590,20 @@ def load_into(directory, model):
         return _restore(save_path(directory, config), config, model)
 
 
-def _restore(files, config, model, entries=None):
-    """Weights into model from the checked model.safetensors, and the tokenizer (or None)."""
+def _restore(files, config, model):
+    """Weights into model from the checked model.safetensors, and the tokenizer (or None).
+    Each tensor is read straight into the array the model then takes over (take_weights),
+    as load does: the model's previous weights and the new ones, never a third copy."""
     path = files / MODEL_FILE
     shapes = model.parameter_shapes()
-    if entries is None:
-        _, entries = _read_header(path, _header_bound(config))
-        _check_entries(path, entries, shapes.items())
-    tensors = _read_tensors(path, shapes, config["save_id"])
+    metadata, entries = _read_header(path, _header_bound(config))
+    _check_entries(path, entries, shapes.items())
+    weights = _read_weights(path, metadata, entries, list(shapes), config["save_id"])
     try:
-        model.load_state_dict(tensors)
+        model.take_weights(weights)
     except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
         raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
-    del tensors
+    del weights
     return _restore_tokenizer(files, model)
 
 
@@ -631,8 +637,10 @@ def _optimizer_slots(settings):
     return ("m", "v")
 
 
-def load_training_state(directory):
-    """(optimizer arrays, trainer dict) of a checkpoint, for resuming."""
+def load_training_state(directory, optimizer=True):
+    """(optimizer arrays, trainer dict) of a checkpoint, for resuming. optimizer=False reads
+    and checks the trainer alone and gives (None, trainer): the optimizer's arrays are twice
+    the model's size under Adam, not worth reading to look at the position or the settings."""
     directory = Path(directory)
     if directory.is_dir():
         remove_leftovers(directory)
@@ -654,6 +662,8 @@ def load_training_state(directory):
             raise ValueError(f"{files / TRAINER_FILE} is corrupted: it lacks {', '.join(missing)}")
         if trainer.get("save_id") != config["save_id"]:
             raise ValueError(f"{files / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
+        if not optimizer:
+            return None, trainer
         path = files / OPTIMIZER_FILE
         _, model_entries = _read_header(files / MODEL_FILE, _header_bound(config))
         settings = trainer.get("settings") if isinstance(trainer.get("settings"), dict) else {}
@@ -667,6 +677,7 @@ def load_training_state(directory):
             for name, entry in model_entries.items()
             if name not in no_dense_state
         ]
-        _, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
+        metadata, entries = _read_header(path, 2 * _header_bound(config, extra_tensors=64))
         _check_entries(path, entries, expected, OPTIONAL_TRAINING_ENTRIES)
-        return _read_tensors(path, list(entries), config["save_id"]), trainer
+        # Fresh writeable arrays, which the optimizer takes over (Adam's are twice the model).
+        return _read_weights(path, metadata, entries, list(entries), config["save_id"], as_float32=False), trainer

@@ -58,6 +58,11 @@ SETTINGS_BEFORE_RECORDED = {
 OPTIMIZERS = ("adam", "sgd")
 
 
+def _owned_float32(array):
+    """array as a writeable float32 C-contiguous array: itself when it is one, else a copy."""
+    return np.require(array, np.float32, ["C_CONTIGUOUS", "WRITEABLE", "ALIGNED"])
+
+
 class Adam:
     """torch.optim.Adam: one first and second moment per parameter, step counted from 1.
 
@@ -68,8 +73,10 @@ class Adam:
     def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, sparse_embedding=False):
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
         dense = {name: p for name, p in params.items() if not (sparse_embedding and name == "embedding.weight")}
-        self.m = {name: np.zeros_like(p) for name, p in dense.items()}
-        self.v = {name: np.zeros_like(p) for name, p in dense.items()}
+        # np.zeros, not zeros_like (which writes every zero): a large array's pages stay untouched
+        # until the first step, so moments replaced by a checkpoint's (resuming) cost no memory.
+        self.m = {name: np.zeros(p.shape, np.float32) for name, p in dense.items()}
+        self.v = {name: np.zeros(p.shape, np.float32) for name, p in dense.items()}
         self.sparse = SparseAdam(*params["embedding.weight"].shape, beta1, beta2, eps) if sparse_embedding else None
         self.step_count = 0
 
@@ -96,9 +103,11 @@ class Adam:
         return {**arrays, **self.sparse.arrays()} if self.sparse is not None else arrays
 
     def load_arrays(self, arrays):
+        """Take over a checkpoint's arrays (model_dir.load_training_state reads them fresh):
+        copied only when they are not writeable float32 C-contiguous arrays already."""
         for name in self.m:
-            self.m[name] = np.array(arrays[f"m.{name}"], dtype=np.float32, order="C")
-            self.v[name] = np.array(arrays[f"v.{name}"], dtype=np.float32, order="C")
+            self.m[name] = _owned_float32(arrays[f"m.{name}"])
+            self.v[name] = _owned_float32(arrays[f"v.{name}"])
         if self.sparse is not None:
             self.sparse.load_arrays(arrays)
 
@@ -149,8 +158,8 @@ class SparseAdam:
 
     def load_arrays(self, arrays):
         self.seen = np.array(arrays["sparse.seen"], dtype=np.int32)
-        self.m = np.array(arrays["sparse.m"], dtype=np.float32, order="C")
-        self.v = np.array(arrays["sparse.v"], dtype=np.float32, order="C")
+        self.m = _owned_float32(arrays["sparse.m"])
+        self.v = _owned_float32(arrays["sparse.v"])
         self.slot[:] = -1
         self.slot[self.seen] = np.arange(len(self.seen), dtype=np.int32)
         self.step_count = int(np.asarray(arrays["sparse.step"])[0])
@@ -171,7 +180,7 @@ class SGD:
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
-        self.buf = {name: np.zeros_like(p) for name, p in params.items()} if momentum else {}
+        self.buf = {name: np.zeros(p.shape, np.float32) for name, p in params.items()} if momentum else {}
         self.step_count = 0
 
     def step(self, ops, params, grads):
@@ -196,7 +205,7 @@ class SGD:
 
     def load_arrays(self, arrays):
         for name in self.buf:
-            self.buf[name] = np.array(arrays[f"momentum.{name}"], dtype=np.float32, order="C")
+            self.buf[name] = _owned_float32(arrays[f"momentum.{name}"])
 
 
 def _make_optimizer(settings, params, lr):
