@@ -338,6 +338,18 @@ void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda
     }
 }
 
+float sgemm_packed_row_block_element(int64_t m, const float* a_row, const float* b_column, int64_t k) {
+    // Every tile of sgemm_packed_row_block is a full one (whole_tiles), its k range cut by
+    // k_block: each block's chain from zero, added to the sum of the earlier blocks.
+    const int64_t kb = k_block(m, k);
+    float c = 0.0f;
+    for (int64_t pc = 0; pc < k; pc += kb) {
+        const float part = tile_element(std::min(kb, k - pc), a_row + pc, b_column + pc);
+        c = pc == 0 ? part : part + c;
+    }
+    return c;
+}
+
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
     if (m <= 0 || n <= 0) return;

@@ -82,5 +82,11 @@ using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, 
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume);
 
+// Element (i, j) of sgemm_packed_row_block's product of m rows, alone and bit-equal to
+// it: a_row is row i of op(A), b_column column j of B (k floats each, contiguous). The
+// output layer's scoring compares every logit with the target's before the target's
+// block of logits has been computed.
+float sgemm_packed_row_block_element(int64_t m, const float* a_row, const float* b_column, int64_t k);
+
 }  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -139,21 +139,26 @@ constexpr int64_t kVocabBlock = 96;        // a multiple of every build's tile h
 constexpr int64_t kRowBlock = 256;         // a multiple of every build's panel width (8, 16, 32)
 constexpr int64_t kForwardStatistics = int64_t(1) << 19;  // block x row entries per chunk
 
-// Per (vocabulary block, row): entry vb * rows + r.
+// Per (vocabulary block, row): entry vb * rows + r. above (with ranks only): how many of
+// the block's logits exceed the row's threshold, the target's logit.
 struct BlockStatistics {
     std::vector<float> max, sum;
-    std::vector<int32_t> arg;
-    explicit BlockStatistics(int64_t n) : max(n), sum(n), arg(n) {}
+    std::vector<int32_t> arg, above;
+    BlockStatistics(int64_t n, bool ranks) : max(n), sum(n), arg(n), above(ranks ? n : 0) {}
 };
 
-// One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows.
+// One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows. With
+// kRank also each row's count of logits above threshold[r].
+template <bool kRank>
 void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64_t v0, const float* bias,
-                        const int32_t* targets, float* max, float* sum, int32_t* arg, float* target_logit) {
-    const int64_t r0 = row_spans::logit_rows(z, ldz, m, n, v0, bias, max, sum, arg);
+                        const int32_t* targets, const float* threshold, float* max, float* sum, int32_t* arg,
+                        int32_t* above, float* target_logit) {
+    const int64_t r0 = logit_block::rows<kRank>(z, ldz, m, n, v0, bias, threshold, max, sum, arg, above);
     for (int64_t r = r0; r < n; ++r) {
         max[r] = -INFINITY;
         sum[r] = 0.0f;
         arg[r] = static_cast<int32_t>(v0);
+        if (kRank) above[r] = 0;
     }
     // Strictly greater: the first index of the maximum wins, as in NumPy's argmax.
     for (int64_t v = 0; v < m; ++v) {
@@ -165,6 +170,7 @@ void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64
             const bool greater = x > max[r];
             max[r] = greater ? x : max[r];
             arg[r] = greater ? index : arg[r];
+            if (kRank) above[r] += x > threshold[r];
         }
     }
     for (int64_t v = 0; v < m; ++v) {
@@ -178,11 +184,30 @@ void reduce_logit_block(const float* z, int64_t ldz, int64_t m, int64_t n, int64
     }
 }
 
+// Vocabulary block vb's statistics for rows [j_begin, j_end) of the rows packed in h_t.
+template <bool kRank>
+void block_statistics(const OutputShape& s, int64_t vb, int64_t j_begin, int64_t j_end, int64_t rows,
+                      const PackedB& h_t, const float* weight, const float* bias, const int32_t* targets,
+                      const float* threshold, BlockStatistics& stats, float* target_logit) {
+    const int64_t H = s.hidden, V = s.vocab;
+    const int64_t v0 = vb * kVocabBlock, m = std::min(kVocabBlock, V - v0);
+    const int64_t at = vb * rows;
+    sgemm_packed_row_block(false, m, weight + v0 * H, H, h_t, j_begin, j_end, kRowBlock,
+                           [&](int64_t j0, int64_t n, const float* z, int64_t ldz) {
+                               reduce_logit_block<kRank>(
+                                   z, ldz, m, n, v0, bias, targets + j0, kRank ? threshold + j0 : nullptr,
+                                   &stats.max[at + j0], &stats.sum[at + j0], &stats.arg[at + j0],
+                                   kRank ? &stats.above[at + j0] : nullptr, target_logit + j0);
+                           });
+}
+
 // The statistics of every vocabulary block for rows h_rows (rows x H), and each row's
 // target logit. Work items are vocabulary blocks (times row ranges when there are few).
+// With kRank also the blocks' counts above threshold (rows).
+template <bool kRank>
 void vocab_block_statistics(const OutputShape& s, const float* h_rows, int64_t rows, const float* weight,
-                            const float* bias, const int32_t* targets, BlockStatistics& stats,
-                            float* target_logit) {
+                            const float* bias, const int32_t* targets, const float* threshold,
+                            BlockStatistics& stats, float* target_logit) {
     const int64_t H = s.hidden, V = s.vocab, vocab_blocks = ceil_div(V, kVocabBlock);
     const PackedB h_t(h_rows, H, /*trans_b=*/true, H, rows);  // logits^T = W h^T
     const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
@@ -191,15 +216,10 @@ void vocab_block_statistics(const OutputShape& s, const float* h_rows, int64_t r
 #pragma omp parallel for if (threads > 1) schedule(dynamic)  // see GemmItems in gemm.cpp
     for (int64_t item = 0; item < vocab_blocks * splits; ++item) {
         const int64_t vb = item / splits, split = item % splits;
-        const int64_t v0 = vb * kVocabBlock, m = std::min(kVocabBlock, V - v0);
         const int64_t j_begin = split * row_blocks / splits * kRowBlock;
         const int64_t j_end = std::min(rows, (split + 1) * row_blocks / splits * kRowBlock);
-        const int64_t at = vb * rows;
-        sgemm_packed_row_block(false, m, weight + v0 * H, H, h_t, j_begin, j_end, kRowBlock,
-                               [&](int64_t j0, int64_t n, const float* z, int64_t ldz) {
-                                   reduce_logit_block(z, ldz, m, n, v0, bias, targets + j0, &stats.max[at + j0],
-                                                      &stats.sum[at + j0], &stats.arg[at + j0], target_logit + j0);
-                               });
+        block_statistics<kRank>(s, vb, j_begin, j_end, rows, h_t, weight, bias, targets, threshold, stats,
+                                target_logit);
     }
 }
 
@@ -226,9 +246,10 @@ void merge_blocks(const BlockStatistics& stats, int64_t vocab_blocks, int64_t ro
 }
 
 // One row's logits in full, with the chunked path's two-pass rules: for rows that hold a
-// NaN or an infinity, where the blockwise sums lose track.
+// NaN or an infinity, where the blockwise sums lose track. above (or null): how many
+// logits exceed the target's.
 void recompute_row(const OutputShape& s, const float* h_row, const float* weight, const float* bias,
-                   int32_t target, float* lse, int32_t* best, float* target_logit) {
+                   int32_t target, float* lse, int32_t* best, float* target_logit, int32_t* above = nullptr) {
     const int64_t H = s.hidden, V = s.vocab;
     std::vector<float> z(V);
     for (int64_t v = 0; v < V; ++v) {
@@ -236,8 +257,13 @@ void recompute_row(const OutputShape& s, const float* h_row, const float* weight
         for (int64_t k = 0; k < H; ++k) dot += weight[v * H + k] * h_row[k];
         z[v] = dot;
     }
-    *lse = row_log_sum_exp(z.data(), bias, V, best);
+    *lse = row_log_sum_exp(z.data(), bias, V, best);  // z + bias from here on
     *target_logit = z[target];
+    if (above) {
+        int32_t count = 0;
+        for (int64_t v = 0; v < V; ++v) count += z[v] > *target_logit;
+        *above = count;
+    }
 }
 
 }  // namespace
@@ -264,14 +290,15 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
     const int64_t rows_per_chunk =
         std::max<int64_t>(kRowBlock, kForwardStatistics / vocab_blocks / kRowBlock * kRowBlock);
     const int64_t chunk = std::min(N, rows_per_chunk);
-    BlockStatistics stats(vocab_blocks * chunk);
+    BlockStatistics stats(vocab_blocks * chunk, /*ranks=*/false);
     std::vector<float> target_logit(chunk), peak(chunk);
     std::vector<double> sum(chunk);
     std::vector<int32_t> best(chunk, 0);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
         const int64_t rows = std::min(chunk, N - r0);
-        vocab_block_statistics(s, h + r0 * H, rows, weight, bias, targets + r0, stats, target_logit.data());
+        vocab_block_statistics<false>(s, h + r0 * H, rows, weight, bias, targets + r0, nullptr, stats,
+                                      target_logit.data());
         merge_blocks(stats, vocab_blocks, rows, peak.data(), sum.data(), best.data());
         for (int64_t r = 0; r < rows; ++r) {
             float row_lse;
@@ -290,6 +317,75 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
         }
     }
     return total / static_cast<double>(N);
+}
+
+// ------------------------------------------------------------------ scoring
+
+struct RowScorer::State {
+    OutputShape shape;
+    const float *h, *weight, *bias;
+    const int32_t* targets;
+    PackedB h_t;
+    BlockStatistics stats;
+    std::vector<float> threshold, target_logit;
+
+    State(const OutputShape& s, const float* h_, const float* w, const float* b, const int32_t* t)
+        : shape(s), h(h_), weight(w), bias(b), targets(t), h_t(h_, s.hidden, /*trans_b=*/true, s.hidden, s.rows),
+          stats(ceil_div(s.vocab, kVocabBlock) * s.rows, /*ranks=*/true), threshold(s.rows), target_logit(s.rows) {}
+};
+
+RowScorer::RowScorer(const OutputShape& s, const float* h, const float* weight, const float* bias,
+                     const int32_t* targets)
+    : state_(std::make_unique<State>(s, h, weight, bias, targets)) {
+    // Each row's target logit before any block is reduced, so that every block counts the
+    // logits above it as it goes: computed alone with the product's own arithmetic (the
+    // target's block has m rows), so it equals the logit the block will hold. finish
+    // checks that it does.
+    State& st = *state_;
+    const int64_t H = s.hidden, V = s.vocab;
+    for (int64_t r = 0; r < s.rows; ++r) {
+        const int32_t t = targets[r];
+        const int64_t v0 = t / kVocabBlock * kVocabBlock;
+        st.threshold[r] = sgemm_packed_row_block_element(std::min(kVocabBlock, V - v0), weight + t * H, h + r * H, H) +
+                          bias[t];
+    }
+}
+
+RowScorer::~RowScorer() = default;
+
+int64_t RowScorer::items_for(int64_t vocab) { return ceil_div(vocab, kVocabBlock); }
+
+int64_t RowScorer::items() const { return items_for(state_->shape.vocab); }
+
+void RowScorer::run(int64_t item) {
+    State& st = *state_;
+    block_statistics<true>(st.shape, item, 0, st.shape.rows, st.shape.rows, st.h_t, st.weight, st.bias, st.targets,
+                           st.threshold.data(), st.stats, st.target_logit.data());
+}
+
+void RowScorer::finish(const ScoreOutputs& out) {
+    State& st = *state_;
+    const int64_t rows = st.shape.rows, H = st.shape.hidden, blocks = items();
+    std::vector<float> peak(rows);
+    std::vector<double> sum(rows);
+    std::vector<int32_t> best(rows, 0), above(rows, 0);
+    merge_blocks(st.stats, blocks, rows, peak.data(), sum.data(), best.data());
+    for (int64_t vb = 0; vb < blocks; ++vb)
+        for (int64_t r = 0; r < rows; ++r) above[r] += st.stats.above[vb * rows + r];
+    for (int64_t r = 0; r < rows; ++r) {
+        float lse, target_logit = st.target_logit[r];
+        if (std::isfinite(peak[r]) && std::isfinite(sum[r]) && sum[r] > 0.0 && target_logit == st.threshold[r]) {
+            lse = peak[r] + static_cast<float>(std::log(sum[r]));
+        } else {
+            // A NaN or an infinity in the row (see output_loss_forward), or a threshold
+            // that missed the block's logit: the row on its own.
+            recompute_row(st.shape, st.h + r * H, st.weight, st.bias, st.targets[r], &lse, &best[r], &target_logit,
+                          &above[r]);
+        }
+        out.log_probs[r] = target_logit - lse;
+        out.predictions[r] = best[r];
+        out.ranks[r] = above[r];
+    }
 }
 
 void output_loss_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,

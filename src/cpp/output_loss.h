@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "isa.h"
 #include "kernels.h"
@@ -34,6 +35,28 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
 // the output layer's work). Returns the mean loss and writes dh, dweight, dbias.
 double output_loss_forward_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                                     const int32_t* targets, float* dh, float* dweight, float* dbias);
+
+// Scoring's output layer on rows h (s.rows, H) with weight (V, H), bias (V) and targets
+// (rows): per row the target's log-probability (natural log), the arg-max and the target's
+// rank (how many logits exceed the target's), reduced block by block as
+// output_loss_forward does, no logits stored. In pieces for threads to take as they come:
+// run(item) once for every item in [0, items()), in any order, on any threads, then
+// finish writes the results. No result depends on which thread ran an item. h, weight,
+// bias and targets must outlive the scorer; its memory grows with rows (16 bytes per row
+// and 96 vocabulary entries): callers bound the rows.
+class RowScorer {
+public:
+    RowScorer(const OutputShape& s, const float* h, const float* weight, const float* bias, const int32_t* targets);
+    ~RowScorer();
+    static int64_t items_for(int64_t vocab);  // items() of a scorer of this vocabulary
+    int64_t items() const;
+    void run(int64_t item);
+    void finish(const ScoreOutputs& out);
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 }  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -35,23 +36,27 @@ constexpr int64_t kChunkRows = 1024;
 // threads meanwhile score the previous chunk's rows (the decoder), so no core idles.
 constexpr int64_t kRecurrenceMinWork = int64_t(1) << 22;
 
-// The decoder of a chunk goes in blocks of this many rows, taken by threads as they come.
-// Fixed blocks: which thread scores a block changes no bit of the results.
+// An adaptive decoder of a chunk goes in blocks of this many rows, taken by threads as
+// they come (a full softmax in vocabulary blocks: RowScorer). Fixed blocks: which thread
+// scores a block changes no bit of the results.
 constexpr int64_t kDecoderBlockRows = 64;
+
+// output_scores' rows per RowScorer: its statistics (16 bytes per row and item) stay
+// near 8 MiB whatever the number of rows.
+constexpr int64_t kScorerStatistics = int64_t(1) << 19;
 
 struct PackedLstmLayer {
     PackedB w_ih_t, w_hh_t;
     std::vector<float> bias;
 };
 
-// The weights packed once per call, shared by every group of sequences.
+// The LSTM weights packed once per call, shared by every group of sequences (the decoder
+// is read as it is: RowScorer packs a block of it at a time).
 struct PackedModel {
     std::vector<PackedLstmLayer> layers;
-    PackedB decoder_t;
 
     explicit PackedModel(const LanguageModelView& m) {
         const int64_t H = m.hidden, G = 4 * H;
-        if (m.adaptive_shape.clusters() == 0) decoder_t = PackedB(m.decoder_w, H, true, H, m.vocab);
         for (const LstmLayerView& l : m.layers) {
             PackedLstmLayer p{PackedB(l.w_ih, l.input, true, l.input, G), PackedB(l.w_hh, H, true, H, G),
                               std::vector<float>(G)};
@@ -95,31 +100,6 @@ struct Streams {
     int64_t steps() const { return int64_t(active.size()); }
 };
 
-// The output layer on rows (n x H) of hidden states, the decoder packed: per row the
-// target's log-probability, the arg-max and the target's rank.
-void score_rows(const OutputShape& s, const float* hidden, const PackedB& decoder_t, const float* bias,
-                const int32_t* targets, const ScoreOutputs& out, InterruptPoll& poll) {
-    const int64_t n = s.rows, H = s.hidden, V = s.vocab;
-    const int64_t chunk = std::max<int64_t>(1, std::min(n, std::max(kLogitChunkElements, V * H) / V));
-    const ScratchFloats logits = scratch_floats(chunk * V);
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-        const int64_t rows = std::min(chunk, n - r0);
-        sgemm_packed(false, rows, hidden + r0 * H, H, decoder_t, 0.0f, logits.get(), V);
-#pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
-        for (int64_t r = 0; r < rows; ++r) {
-            float* z = logits.get() + r * V;
-            const int64_t row = r0 + r;
-            const float lse = row_log_sum_exp(z, bias, V, &out.predictions[row]);
-            const float target_logit = z[targets[row]];
-            out.log_probs[row] = target_logit - lse;
-            int32_t above = 0;
-            for (int64_t v = 0; v < V; ++v) above += z[v] > target_logit;
-            out.ranks[row] = above;
-        }
-        poll();
-    }
-}
-
 // The same for an adaptive softmax decoder: each row's full distribution, in row chunks.
 void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_t n, const int32_t* targets,
                          const ScoreOutputs& out, InterruptPoll& poll) {
@@ -152,32 +132,34 @@ struct GroupBuffers {
     std::vector<int32_t> tokens, targets;
 };
 
-// The decoder's work on one chunk's top-layer rows: fixed blocks of rows that threads
-// take as they come (next), each block scored by one thread.
+// The decoder's work on one chunk's top-layer rows, in pieces that threads take as they
+// come (next): a full softmax's vocabulary blocks over all the rows (scorer), so the
+// decoder weight is read once per chunk, or an adaptive decoder's fixed blocks of rows.
 struct DecoderJob {
     std::vector<float> hidden;  // rows x H
     std::vector<int32_t> targets, prediction, rank;
     std::vector<float> log_prob;
     std::vector<int64_t> step_at;  // the chunk's packing: step t's rows start at step_at[t - t0]
     int64_t rows = 0, t0 = 0, t1 = 0;
+    std::unique_ptr<RowScorer> scorer;
     std::atomic<int64_t> next{0};
     bool pending = false;
 
-    int64_t blocks() const { return ceil_div(rows, kDecoderBlockRows); }
+    int64_t blocks() const { return scorer ? scorer->items() : ceil_div(rows, kDecoderBlockRows); }
 };
 
-// Blocks of the job until none is left; called by every thread that has time for it.
-void run_decoder_blocks(const LanguageModelView& m, const PackedModel& packed, DecoderJob& job) {
+// Pieces of the job until none is left; called by every thread that has time for it.
+void run_decoder_blocks(const LanguageModelView& m, DecoderJob& job) {
     const int64_t H = m.hidden;
     InterruptPoll never({});  // inside a parallel region: the caller polls between regions
     for (int64_t i = job.next.fetch_add(1); i < job.blocks(); i = job.next.fetch_add(1)) {
+        if (job.scorer) {
+            job.scorer->run(i);
+            continue;
+        }
         const int64_t r0 = i * kDecoderBlockRows, n = std::min(kDecoderBlockRows, job.rows - r0);
         const ScoreOutputs block{job.log_prob.data() + r0, job.prediction.data() + r0, job.rank.data() + r0};
-        if (m.adaptive_shape.clusters() > 0)
-            score_rows_adaptive(m, job.hidden.data() + r0 * H, n, job.targets.data() + r0, block, never);
-        else
-            score_rows({n, H, m.vocab}, job.hidden.data() + r0 * H, packed.decoder_t, m.decoder_b,
-                       job.targets.data() + r0, block, never);
+        score_rows_adaptive(m, job.hidden.data() + r0 * H, n, job.targets.data() + r0, block, never);
     }
 }
 
@@ -213,7 +195,11 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
     // The job's remaining blocks on every thread, then its results to their places.
     auto finish = [&]() {
 #pragma omp parallel if (job.rows * m.vocab * H >= kParallelMinWork)
-        run_decoder_blocks(m, packed, job);
+        run_decoder_blocks(m, job);
+        if (job.scorer) {
+            job.scorer->finish({job.log_prob.data(), job.prediction.data(), job.rank.data()});
+            job.scorer.reset();
+        }
         for (int64_t t = job.t0; t < job.t1; ++t)
             for (int64_t r = 0; r < g.active[t]; ++r) {
                 const int64_t from = job.step_at[t - job.t0] + r, to = g.output(r, t);
@@ -260,7 +246,7 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
                 {
                     if (thread_id() == 0)
                         recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
-                    run_decoder_blocks(m, packed, job);
+                    run_decoder_blocks(m, job);
                 }
             } else if (one_thread) {
                 recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
@@ -299,6 +285,9 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
         job.log_prob.resize(rows);
         job.prediction.resize(rows);
         job.rank.resize(rows);
+        if (m.adaptive_shape.clusters() == 0)
+            job.scorer = std::make_unique<RowScorer>(OutputShape{rows, H, m.vocab}, job.hidden.data(), m.decoder_w,
+                                                     m.decoder_b, job.targets.data());
         job.next = 0;
         job.pending = true;
         t0 = t1;
@@ -311,9 +300,16 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
 
 void output_scores(const OutputShape& s, const float* h, const float* weight, const float* bias,
                    const int32_t* targets, const ScoreOutputs& out) {
-    const PackedB decoder_t(weight, s.hidden, /*trans_b=*/true, s.hidden, s.vocab);
-    InterruptPoll never({});
-    score_rows(s, h, decoder_t, bias, targets, out, never);
+    const int64_t H = s.hidden, V = s.vocab;
+    const int64_t items = RowScorer::items_for(V);
+    const int64_t chunk = std::max<int64_t>(32, kScorerStatistics / std::max<int64_t>(1, items));
+    for (int64_t r0 = 0; r0 < s.rows; r0 += chunk) {
+        const int64_t rows = std::min(chunk, s.rows - r0);
+        RowScorer scorer({rows, H, V}, h + r0 * H, weight, bias, targets + r0);
+#pragma omp parallel for if (rows * V * H >= kParallelMinWork) schedule(dynamic)
+        for (int64_t item = 0; item < items; ++item) scorer.run(item);
+        scorer.finish({out.log_probs + r0, out.predictions + r0, out.ranks + r0});
+    }
 }
 
 void score_sequences(const LanguageModelView& model, const int32_t* ids, const int64_t* offsets, int64_t count,

@@ -3,4 +3,5 @@
 
 #include "kernels/avx2/fma_vector.h"
 #include "kernels/avx2/gemm_micro.h"
+#include "kernels/avx2/logit_block.h"
 #include "kernels/avx2/row_spans.h"

@@ -4,4 +4,5 @@
 
 #include "kernels/reference/fma_vector.h"
 #include "kernels/reference/gemm_micro.h"
+#include "kernels/reference/logit_block.h"
 #include "kernels/reference/row_spans.h"

@@ -5,11 +5,14 @@
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
 //   pack_a_rows(rows, kc, panel)  packs the first k steps of MR rows of op(A) into the
 //                          panel (kc x MR) and returns how many it packed; the frame
-//                          copies the rest element by element.
+//                          copies the rest element by element;
+//   tile_element(kc, a, b) one element of a full tile from its row of A and column of
+//                          B (kc floats each, contiguous), with the tile's arithmetic.
 #pragma once
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "isa.h"
@@ -100,6 +103,15 @@ inline int64_t pack_a_rows(const float* const* rows, int64_t kc, float* panel) {
     int64_t p = 0;
     for (; p + 8 <= kc; p += 8) pack_a_rows8_k8(rows, p, panel + p * MR);
     return p;
+}
+
+// One element of a full tile (R = MR) as micro_kernel computes it: a single chain of
+// multiply-adds in the order of k, from zero. The frame computes a lone product element
+// with it, bit-equal to the tile's (sgemm_packed_row_block_element).
+inline float tile_element(int64_t kc, const float* a, const float* b) {
+    float acc = 0.0f;
+    for (int64_t p = 0; p < kc; ++p) acc = std::fma(a[p], b[p], acc);
+    return acc;
 }
 
 }  // namespace FASTLM_ISA

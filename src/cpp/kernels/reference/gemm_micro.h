@@ -8,7 +8,9 @@
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
 //   pack_a_rows(rows, kc, panel)  packs the first k steps of MR rows of op(A) into the
 //                          panel (kc x MR) and returns how many it packed; the frame
-//                          copies the rest element by element.
+//                          copies the rest element by element;
+//   tile_element(kc, a, b) one element of a full tile from its row of A and column of
+//                          B (kc floats each, contiguous), with the tile's arithmetic.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +37,14 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 }
 
 inline int64_t pack_a_rows(const float* const* /*rows*/, int64_t /*kc*/, float* /*panel*/) { return 0; }
+
+// One element of a full tile as micro_kernel computes it: the same expression, in the
+// order of k from zero (see the SIMD families).
+inline float tile_element(int64_t kc, const float* a, const float* b) {
+    float acc = 0.0f;
+    for (int64_t p = 0; p < kc; ++p) acc += a[p] * b[p];
+    return acc;
+}
 
 }  // namespace FASTLM_ISA
 }  // namespace fastlm

@@ -7,7 +7,6 @@
 //   lstm_state(H, i, f, g, o, c_prev, c, h)         c = f*c_prev + i*g; h = o*tanh(c)
 //   add_bias_max(z, bias, V, lanes)                 z += bias, max folded into lanes[0..8)
 //   exp_sum<kStore>(z, begin, end, peak, lanes)     exp(z - peak) summed into lanes[0..8)
-//   logit_rows(z, ldz, m, n, v0, bias, max, sum, arg)  per-row block statistics (rows)
 // Results must equal the scalar loop's to the last bit where the scalar loop's order is
 // the vector one (elementwise functions), and stay within rounding elsewhere (sums).
 #pragma once
@@ -35,10 +34,6 @@ inline int64_t add_bias_max(float*, const float*, int64_t, float*) { return 0; }
 
 template <bool kStore>
 inline int64_t exp_sum(float*, int64_t begin, int64_t, float, float*) { return begin; }
-
-inline int64_t logit_rows(const float*, int64_t, int64_t, int64_t, int64_t, const float*, float*, float*, int32_t*) {
-    return 0;
-}
 
 }  // namespace row_spans
 }  // namespace FASTLM_ISA
