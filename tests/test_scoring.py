@@ -270,6 +270,28 @@ def test_evaluate_is_one_stream_in_long_pieces(model, tok, monkeypatch):
     assert model.evaluate(ids, top_k=3, batch_size=3, seq_len=5) == pytest.approx(whole, rel=1e-12)
 
 
+def test_one_stream_in_pieces_of_any_size_is_bit_identical(model):
+    """One stream scored in calls of 1, 2, 3, 9 and 17 steps, each from the state the last
+    returned, gives one call's scores and final state to the bit: a row's arithmetic does
+    not depend on how many rows its call has (sgemm_packed runs an edge tile of one or two
+    rows with two k-chains; scoring's input projection must not)."""
+    p = model.state_dict()
+    rng = np.random.default_rng(5)
+    text = rng.integers(0, model.vocab_size, (1, 81)).astype(np.int32)
+    x, y = text[:, :-1], text[:, 1:]
+    whole = fastlm._core.score_streams(p, 2, x, y)
+    for size in (1, 2, 3, 9, 17):
+        state, pieces = (), []
+        for t0 in range(0, x.shape[1], size):
+            *scores, h, c = fastlm._core.score_streams(p, 2, x[:, t0 : t0 + size], y[:, t0 : t0 + size], *state)
+            pieces.append(scores)
+            state = (h, c)
+        for k in range(3):  # log_probs, predictions, ranks
+            np.testing.assert_array_equal(np.concatenate([s[k] for s in pieces], axis=1), whole[k])
+        np.testing.assert_array_equal(state[0], whole[3])
+        np.testing.assert_array_equal(state[1], whole[4])
+
+
 def test_score_streams_continues_from_the_state_it_returns(model, twin):
     """Two calls, the second from the first's final state, give what one call gives; the C++
     op and its NumPy twin agree; one stream from zero is score_sequences' sequence."""

@@ -106,10 +106,12 @@ void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t 
 // One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
 // whose A block is already packed. whole_tiles: the last tile's padding rows are computed
 // too (C has room for them), so every row runs the same full-tile instructions. C's first
-// column is that of panel c_panel0.
+// column is that of panel c_panel0. row_invariant: an edge tile's rows are computed by
+// the full tile's instructions too, into a buffer, so that no row's arithmetic depends on
+// how many rows the product has (the few-row kernels run two k-chains).
 void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB& b, int64_t pc,
                    int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate,
-                   bool whole_tiles = false, int64_t c_panel0 = 0) {
+                   bool whole_tiles = false, int64_t c_panel0 = 0, bool row_invariant = false) {
     alignas(64) float edge[MR * NR];
     const int64_t n = b.n();
     for (int64_t jp = jp0; jp < jp1; ++jp) {
@@ -129,11 +131,12 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
             }
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
-            if (nr == NR) {
+            const int64_t computed = row_invariant ? MR : mr;  // rows the kernel runs
+            if (nr == NR && computed == mr) {
                 micro_kernel_rows(mr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
                 continue;
             }
-            micro_kernel_rows(mr, kc, a_panel, b_panel, edge, NR, false);
+            micro_kernel_rows(computed, kc, a_panel, b_panel, edge, NR, false);
             for (int64_t r = 0; r < mr; ++r)
                 for (int64_t j = 0; j < nr; ++j)
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];
@@ -233,9 +236,10 @@ int64_t k_block(int64_t m, int64_t k) {
 // Items [first, last) of C = op(A) B + beta C for each target, for shapes with work in
 // them. The targets' panels are numbered one after another and the items share them out,
 // so each packed block of op(A) serves every target.
+// row_invariant: see compute_block; the k blocking is then that of a many-row product.
 void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, const float* a,
-               int64_t lda, const ProductTarget* targets, int64_t count, float beta) {
-    const int64_t k = targets[0].b.k(), kb = k_block(m, k);
+               int64_t lda, const ProductTarget* targets, int64_t count, float beta, bool row_invariant = false) {
+    const int64_t k = targets[0].b.k(), kb = k_block(row_invariant ? std::max(m, MR + 1) : m, k);
     for (int64_t item = first; item < last; ++item) {
         const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
         const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
@@ -250,7 +254,7 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
                 const int64_t begin = std::max(jp0, first_panel), end = std::min(jp1, first_panel + panels);
                 if (begin < end)
                     compute_block(mc, kc, a_packed, t->b, pc, begin - first_panel, end - first_panel,
-                                  t->c + i0 * t->ldc, t->ldc, pc > 0 || beta != 0.0f);
+                                  t->c + i0 * t->ldc, t->ldc, pc > 0 || beta != 0.0f, false, 0, row_invariant);
                 first_panel += panels;
             }
         }
@@ -274,8 +278,10 @@ void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pa
     sgemm_packed_shared_a(trans_a, m, a, lda, {{b, c, ldc}}, beta);
 }
 
-void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
-                           std::initializer_list<ProductTarget> targets, float beta) {
+namespace {
+
+void shared_a_product(bool trans_a, int64_t m, const float* a, int64_t lda,
+                      std::initializer_list<ProductTarget> targets, float beta, bool row_invariant) {
     if (targets.size() == 0) return;
     const int64_t k = targets.begin()->b.k();
     int64_t panels = 0;
@@ -290,7 +296,20 @@ void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
     const GemmItems items(m, panels * NR, threads, /*shared_as_they_come=*/true);
 #pragma omp parallel for if (threads > 1 && items.count > 1) schedule(dynamic)
     for (int64_t item = 0; item < items.count; ++item)
-        run_items(items, item, item + 1, trans_a, m, a, lda, targets.begin(), int64_t(targets.size()), beta);
+        run_items(items, item, item + 1, trans_a, m, a, lda, targets.begin(), int64_t(targets.size()), beta,
+                  row_invariant);
+}
+
+}  // namespace
+
+void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
+                           std::initializer_list<ProductTarget> targets, float beta) {
+    shared_a_product(trans_a, m, a, lda, targets, beta, /*row_invariant=*/false);
+}
+
+void sgemm_packed_row_invariant(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                                float beta, float* c, int64_t ldc) {
+    shared_a_product(trans_a, m, a, lda, {{b, c, ldc}}, beta, /*row_invariant=*/true);
 }
 
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,

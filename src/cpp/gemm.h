@@ -44,6 +44,14 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                   float beta, float* c, int64_t ldc);
 
+// The same product, each row of C computed by the same instructions whatever m is
+// (sgemm_packed runs an edge tile of one or two rows with two k-chains, and blocks k
+// differently for few rows): a row's result does not depend on the rows beside it.
+// Scoring's input projections, so that a text scored in pieces of any size gets the
+// same scores. At most MR - 1 rows of extra work per product.
+void sgemm_packed_row_invariant(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                                float beta, float* c, int64_t ldc);
+
 // One output of sgemm_packed_shared_a: C (leading dimension ldc) = op(A) B + beta C.
 struct ProductTarget {
     const PackedB& b;

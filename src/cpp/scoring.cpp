@@ -234,7 +234,9 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
         for (size_t k = 0; k < m.layers.size(); ++k) {
             const int64_t width = m.layers[k].input;
             const PackedLstmLayer& layer = packed.layers[k];
-            sgemm_packed(false, rows, b.x.data(), width, layer.w_ih_t, 0.0f, b.pre.data(), G);
+            // Row-invariant: a row's gates do not depend on the chunk's size, so a text
+            // scored in calls of any size (fastlm.scoring.TEXT_CALL_ROWS) gets the same scores.
+            sgemm_packed_row_invariant(false, rows, b.x.data(), width, layer.w_ih_t, 0.0f, b.pre.data(), G);
             float* h_state = b.h[k].data();
             float* c_state = b.c[k].data();
             float* hs = b.layer_out.data();
