@@ -14,10 +14,11 @@ namespace fastlm {
 namespace FASTLM_ISA {
 
 void log_softmax_row(float* x, int64_t n, float shift) {
-    float peak = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) peak = x[j] > peak ? x[j] : peak;
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; ++j) sum += exp_approx(x[j] - peak);
+    // The output layer's vector row passes, not a scalar running max and one chain of
+    // double additions: the head of every scored row and every tail of every row of the
+    // full distribution go through here.
+    const float peak = row_max(x, n);
+    const double sum = row_sum_exp(x, n, peak);
     const float offset = peak + float(std::log(sum)) - shift;
     for (int64_t j = 0; j < n; ++j) x[j] -= offset;
 }
@@ -145,11 +146,12 @@ void tail_log_prob(const AdaptiveShape& s, int64_t i, const float* h, const std:
 }
 
 // For the rows of a chunk whose head arg-max is a cluster column: the arg-max of the full
-// distribution, from the chunk's head log-probabilities z (k x Vh, row r is row r0 + r).
+// distribution, from the chunk's head logits z (k x Vh, bias added; row r is row r0 + r)
+// and their log-sum-exps head_lse (k): the head's log p of column j is z[j] - head_lse.
 // A word of cluster i has log p <= the head's log p of column i, so a cluster is searched
 // only for the rows where that column beats the best word found so far.
 void predict_beyond_shortlist(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, const float* z,
-                              int64_t r0, int64_t k, int32_t* predictions) {
+                              const float* head_lse, int64_t r0, int64_t k, int32_t* predictions) {
     const int64_t Vh = s.head_size(), c1 = s.shortlist;
     std::vector<int64_t> chunk;  // places in the chunk of the rows to search
     for (int64_t r = 0; r < k; ++r)
@@ -163,12 +165,12 @@ void predict_beyond_shortlist(const AdaptiveShape& s, const float* h, const Adap
         int64_t arg = 0;
         for (int64_t j = 1; j < c1; ++j) arg = zr[j] > zr[arg] ? j : arg;
         best[c] = int32_t(arg);
-        best_lp[c] = zr[arg];
+        best_lp[c] = zr[arg] - head_lse[chunk[c]];
     }
     for (int64_t i = 0; i < s.clusters(); ++i) {
         std::vector<int64_t> candidates, at;  // rows of h, and their place in chunk
         for (int64_t c = 0; c < n_rows; ++c)
-            if (z[chunk[c] * Vh + c1 + i] > best_lp[c]) {
+            if (z[chunk[c] * Vh + c1 + i] - head_lse[chunk[c]] > best_lp[c]) {
                 candidates.push_back(r0 + chunk[c]);
                 at.push_back(c);
             }
@@ -183,7 +185,7 @@ void predict_beyond_shortlist(const AdaptiveShape& s, const float* h, const Adap
         for (int64_t q = 0; q < n; ++q) {
             const int64_t c = at[q];
             const float tail_max = dot(in.p.get() + q * d, w.out[i] + int64_t(arg[q]) * d, d) - lse[q];
-            const float lp = z[chunk[c] * Vh + c1 + i] + tail_max;
+            const float lp = (z[chunk[c] * Vh + c1 + i] - head_lse[chunk[c]]) + tail_max;
             if (lp > best_lp[c]) {
                 best_lp[c] = lp;
                 best[c] = int32_t(s.cluster_start(i) + arg[q]);
@@ -202,20 +204,23 @@ double adaptive_loss_forward(const AdaptiveShape& s, const float* h, const Adapt
     const std::vector<float> bias = head_bias_or_zeros(s, w);
     // The head once per row, in chunks: its log-probabilities serve the targets, the head's
     // arg-max and the search beyond the shortlist alike. The head is packed once.
+    // Each row's pass is the output layer's (row_log_sum_exp: bias, maximum and its first
+    // index, exp sum, in vector code); the head's log-probabilities are z - lse, formed
+    // only where they are read.
     const PackedB head_t(w.head, H, /*trans_b=*/true, H, Vh);
     const ScratchFloats z = scratch_floats(std::min(N, kRowChunk) * Vh);
+    std::vector<float> lse(std::min(N, kRowChunk));
     for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {
         const int64_t k = std::min(kRowChunk, N - r0);
         sgemm_packed(false, k, h + r0 * H, H, head_t, 0.0f, z.get(), Vh);
 #pragma omp parallel for if (k * Vh >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < k; ++r) {
             float* zr = z.get() + r * Vh;
-            for (int64_t j = 0; j < Vh; ++j) zr[j] += bias[j];
-            predictions[r0 + r] = int32_t(argmax(zr, Vh));  // torch's predict: the head's arg-max first
-            log_softmax_row(zr, Vh, 0.0f);
-            log_prob[r0 + r] = zr[routing.head_targets[r0 + r]];
+            // torch's predict: the head's arg-max first (the first maximum, or the first NaN).
+            lse[r] = row_log_sum_exp(zr, bias.data(), Vh, &predictions[r0 + r]);
+            log_prob[r0 + r] = zr[routing.head_targets[r0 + r]] - lse[r];
         }
-        predict_beyond_shortlist(s, h, w, z.get(), r0, k, predictions);
+        predict_beyond_shortlist(s, h, w, z.get(), lse.data(), r0, k, predictions);
     }
     for (int64_t i = 0; i < s.clusters(); ++i)
         tail_log_prob(s, i, h, routing.cluster_rows[i], targets, w, log_prob);

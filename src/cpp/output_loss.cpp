@@ -281,6 +281,22 @@ float row_log_sum_exp(float* z, const float* bias, int64_t V, int32_t* best) {
     return z[index] + static_cast<float>(std::log(sum));
 }
 
+float row_max(const float* z, int64_t V) {
+    float lanes[kLanes];
+    std::fill(lanes, lanes + kLanes, -INFINITY);
+    int64_t v = row_spans::row_max(z, V, lanes);
+    for (; v + kLanes <= V; v += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] = z[v + l] > lanes[l] ? z[v + l] : lanes[l];
+    float peak = -INFINITY;
+    for (; v < V; ++v) peak = z[v] > peak ? z[v] : peak;
+    for (int64_t l = 0; l < kLanes; ++l) peak = lanes[l] > peak ? lanes[l] : peak;
+    return peak;
+}
+
+double row_sum_exp(const float* z, int64_t V, float peak) {
+    return row_exp_sum<false>(const_cast<float*>(z), V, peak);  // <false>: reads z only
+}
+
 double output_loss_forward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                            const int32_t* targets, float* lse, int32_t* predictions) {
     const int64_t N = s.rows, H = s.hidden, V = s.vocab;

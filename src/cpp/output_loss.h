@@ -26,6 +26,11 @@ double output_loss_forward(const OutputShape& s, const float* h, const float* we
 // rule for rows holding a NaN or an infinity, and the scoring kernels' row pass.
 float row_log_sum_exp(float* z, const float* bias, int64_t V, int32_t* best);
 
+// A row's maximum (a NaN never enters, as in row_log_sum_exp) and its sum of
+// exp(z - peak): the vector row passes, for rows that carry no bias (the adaptive softmax's).
+float row_max(const float* z, int64_t V);
+double row_sum_exp(const float* z, int64_t V, float peak);
+
 // Gradients of the mean loss: dh (N, H), dweight (V, H), dbias (V). Logits are recomputed
 // chunk by chunk from lse: d loss / d logits = (softmax - onehot) / N.
 void output_loss_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,

@@ -85,6 +85,19 @@ inline int64_t add_bias_max(float* z, const float* bias, int64_t V, float* lanes
     return v;
 }
 
+// The maximum of a prefix of z (no bias, nothing stored), folded into lanes[0..8): the
+// adaptive softmax's rows, whose head bias (if any) is added before.
+inline int64_t row_max(const float* z, int64_t V, float* lanes) {
+    int64_t v = 0;
+    __m256 peaks[4] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY),
+                       _mm256_set1_ps(-INFINITY)};
+    for (; v + 32 <= V; v += 32)
+        for (int k = 0; k < 4; ++k) peaks[k] = _mm256_max_ps(_mm256_loadu_ps(z + v + 8 * k), peaks[k]);
+    const __m256 peak = _mm256_max_ps(_mm256_max_ps(peaks[0], peaks[1]), _mm256_max_ps(peaks[2], peaks[3]));
+    _mm256_storeu_ps(lanes, _mm256_max_ps(peak, _mm256_loadu_ps(lanes)));
+    return v;
+}
+
 // exp(z - peak) over z[begin, end) from begin on, summed into lanes[0..8) (kStore: the
 // exps replace z), four vectors at a time with their exps' chains interleaved.
 template <bool kStore>

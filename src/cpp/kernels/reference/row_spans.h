@@ -6,6 +6,7 @@
 //   sigmoid<kBias>/tanh<kBias>(n, in, bias, out)   out[j] = f(in[j] (+ bias[j]))
 //   lstm_state(H, i, f, g, o, c_prev, c, h)         c = f*c_prev + i*g; h = o*tanh(c)
 //   add_bias_max(z, bias, V, lanes)                 z += bias, max folded into lanes[0..8)
+//   row_max(z, V, lanes)                            max of z folded into lanes[0..8)
 //   exp_sum<kStore>(z, begin, end, peak, lanes)     exp(z - peak) summed into lanes[0..8)
 // Results must equal the scalar loop's to the last bit where the scalar loop's order is
 // the vector one (elementwise functions), and stay within rounding elsewhere (sums).
@@ -31,6 +32,8 @@ inline int64_t lstm_state(int64_t, const float*, const float*, const float*, con
 }
 
 inline int64_t add_bias_max(float*, const float*, int64_t, float*) { return 0; }
+
+inline int64_t row_max(const float*, int64_t, float*) { return 0; }
 
 template <bool kStore>
 inline int64_t exp_sum(float*, int64_t begin, int64_t, float, float*) { return begin; }
