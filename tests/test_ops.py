@@ -301,11 +301,14 @@ def build_score_sequences(rng, V, E, H, layers, lengths, repeat=1, bos=-1, batch
     return Inputs([params, layers, ids, offsets, bos, batch_size])
 
 
-def build_score_streams(rng, V, E, H, layers, B, T, state="random", cutoffs=None):
+def build_score_streams(rng, V, E, H, layers, B, T, state="random", cutoffs=None, target_words=None):
     """A random model's state_dict, B streams of T inputs and targets, and a state to continue
-    from (state="zero": h0 and c0 left out, the op's default)."""
+    from (state="zero": h0 and c0 left out, the op's default). target_words: targets drawn
+    from the first target_words words only (ranks of a large vocabulary's rare words have
+    float32 near ties by the dozen in an untrained model; its frequent words' have none)."""
     model = fastlm.LSTMLM(V, E, H, layers, seed=int(rng.integers(1 << 30)), cutoffs=cutoffs)
-    x, y = (rng.integers(0, V, (B, T), dtype=np.int32) for _ in range(2))
+    x = rng.integers(0, V, (B, T), dtype=np.int32)
+    y = rng.integers(0, target_words or V, (B, T), dtype=np.int32)
     kwargs = {} if state == "zero" else dict(h0=uniform(rng, (layers, B, H)), c0=uniform(rng, (layers, B, H)))
     return Inputs([model.state_dict(), layers, x, y], kwargs)
 
@@ -487,6 +490,8 @@ CASES = [
     ("score_streams", dict(V=521, E=64, H=130, layers=1, B=1, T=1100)),
     ("score_streams", dict(V=101, E=8, H=130, layers=1, B=64, T=20)),
     ("score_streams", dict(V=300, E=8, H=16, layers=1, B=2, T=40, cutoffs=[50, 150])),
+    # C++: the adaptive decoder packed once, each block of 64 rows in two chunks of 32 (2^20 / V rows at most)
+    ("score_streams", dict(V=30011, E=8, H=16, layers=1, B=2, T=70, cutoffs=[50, 1000], target_words=50)),
     ("output_scores", dict(N=1, H=19, V=2)),
     ("output_scores", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190
     ("output_scores", dict(N=40, H=19, V=1009, ties=True)),  # arg-max ties: the first wins

@@ -242,16 +242,31 @@ double adaptive_loss_forward_backward(const AdaptiveShape& s, const float* h, co
     return loss;
 }
 
-void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out) {
-    const int64_t N = s.rows, H = s.hidden, Vh = s.head_size(), V = s.vocab(), c1 = s.shortlist;
-    const std::vector<float> bias = head_bias_or_zeros(s, w);
-    // Every weight packed once for all the row chunks.
-    const PackedB head_t(w.head, H, /*trans_b=*/true, H, Vh);
-    std::vector<PackedB> projection_t, out_t;
+PackedAdaptive::PackedAdaptive(const AdaptiveShape& s, const AdaptiveWeights& w)
+    : head_t(w.head, s.hidden, /*trans_b=*/true, s.hidden, s.head_size()) {
     for (int64_t i = 0; i < s.clusters(); ++i) {
-        projection_t.emplace_back(w.projection[i], H, /*trans_b=*/true, H, s.widths[i]);
+        projection_t.emplace_back(w.projection[i], s.hidden, /*trans_b=*/true, s.hidden, s.widths[i]);
         out_t.emplace_back(w.out[i], s.widths[i], /*trans_b=*/true, s.widths[i], s.sizes[i]);
     }
+}
+
+int64_t adaptive_weight_count(const AdaptiveShape& s) {
+    int64_t count = s.head_size() * s.hidden;
+    for (int64_t i = 0; i < s.clusters(); ++i) count += s.widths[i] * (s.hidden + s.sizes[i]);
+    return count;
+}
+
+void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out) {
+    adaptive_log_prob_packed(s, h, w, PackedAdaptive(s, w), out);  // every weight packed once for all row chunks
+}
+
+void adaptive_log_prob_packed(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w,
+                              const PackedAdaptive& packed, float* out) {
+    const int64_t N = s.rows, H = s.hidden, Vh = s.head_size(), V = s.vocab(), c1 = s.shortlist;
+    const std::vector<float> bias = head_bias_or_zeros(s, w);
+    const PackedB& head_t = packed.head_t;
+    const std::vector<PackedB>& projection_t = packed.projection_t;
+    const std::vector<PackedB>& out_t = packed.out_t;
     const int64_t chunk = std::min(N, kRowChunk);
     const ScratchFloats z = scratch_floats(chunk * Vh);
     for (int64_t r0 = 0; r0 < N; r0 += kRowChunk) {

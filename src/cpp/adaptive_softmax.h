@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
+#include "gemm.h"
 #include "isa.h"
 #include "kernels.h"
 
@@ -31,6 +33,22 @@ void log_softmax_row(float* x, int64_t n, float shift);
 
 // The full distribution for whoever asks: out (N, V) = log p(w | h_r).
 void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out);
+
+// Every weight of the decoder packed as adaptive_log_prob multiplies it, for callers that
+// compute the full distribution of many row chunks (scoring): packed once, not per chunk.
+struct PackedAdaptive {
+    PackedB head_t;
+    std::vector<PackedB> projection_t, out_t;
+    PackedAdaptive(const AdaptiveShape& s, const AdaptiveWeights& w);
+};
+
+// adaptive_log_prob with the weights already packed.
+void adaptive_log_prob_packed(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w,
+                              const PackedAdaptive& packed, float* out);
+
+// How many weights the decoder has (head, projections and tails): the scale of a row
+// chunk's buffer that costs no more memory than the weights themselves.
+int64_t adaptive_weight_count(const AdaptiveShape& s);
 
 }  // namespace FASTLM_ISA
 }  // namespace fastlm

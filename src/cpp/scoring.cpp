@@ -50,13 +50,16 @@ struct PackedLstmLayer {
     std::vector<float> bias;
 };
 
-// The LSTM weights packed once per call, shared by every group of sequences (the decoder
-// is read as it is: RowScorer packs a block of it at a time).
+// The LSTM weights packed once per call, shared by every group of sequences (a full
+// softmax's decoder is read as it is: RowScorer packs a block of it at a time), and an
+// adaptive softmax's decoder, packed once as well.
 struct PackedModel {
     std::vector<PackedLstmLayer> layers;
+    std::unique_ptr<PackedAdaptive> adaptive;
 
     explicit PackedModel(const LanguageModelView& m) {
         const int64_t H = m.hidden, G = 4 * H;
+        if (m.adaptive_shape.clusters() > 0) adaptive = std::make_unique<PackedAdaptive>(m.adaptive_shape, m.adaptive);
         for (const LstmLayerView& l : m.layers) {
             PackedLstmLayer p{PackedB(l.w_ih, l.input, true, l.input, G), PackedB(l.w_hh, H, true, H, G),
                               std::vector<float>(G)};
@@ -100,16 +103,24 @@ struct Streams {
     int64_t steps() const { return int64_t(active.size()); }
 };
 
-// The same for an adaptive softmax decoder: each row's full distribution, in row chunks.
-void score_rows_adaptive(const LanguageModelView& m, const float* hidden, int64_t n, const int32_t* targets,
-                         const ScoreOutputs& out, InterruptPoll& poll) {
+// An adaptive softmax decoder on rows (n x H) of hidden states: each row's full
+// distribution, in row chunks, the weights packed once for the whole call (packed). Each
+// chunk streams every packed weight from memory (31 MB at V = 250,000, H = 512), so chunks
+// hold as many logits as the decoder has weights (chunks of 2^20 logits were 4 rows there:
+// bound by that stream, not by their arithmetic); equal chunks, so that the last one is
+// not a sliver.
+void score_rows_adaptive(const LanguageModelView& m, const PackedAdaptive& packed, const float* hidden, int64_t n,
+                         const int32_t* targets, const ScoreOutputs& out, InterruptPoll& poll) {
+    if (n <= 0) return;
     const int64_t H = m.hidden, V = m.vocab;
-    const int64_t chunk = std::max<int64_t>(1, std::min(n, kLogitChunkElements / V));
-    const ScratchFloats log_p = scratch_floats(chunk * V);
+    const int64_t elements = std::max(kLogitChunkElements, adaptive_weight_count(m.adaptive_shape));
+    const int64_t most = std::max<int64_t>(1, elements / V);
+    const int64_t chunk = std::max<int64_t>(1, ceil_div(n, ceil_div(n, most)));
+    const ScratchFloats log_p = scratch_floats(std::min(n, chunk) * V);
     AdaptiveShape shape = m.adaptive_shape;
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
         shape.rows = std::min(chunk, n - r0);
-        adaptive_log_prob(shape, hidden + r0 * H, m.adaptive, log_p.get());
+        adaptive_log_prob_packed(shape, hidden + r0 * H, m.adaptive, packed, log_p.get());
 #pragma omp parallel for if (shape.rows * V >= kParallelMinWork) schedule(dynamic)
         for (int64_t r = 0; r < shape.rows; ++r) {
             const float* z = log_p.get() + r * V;
@@ -149,7 +160,7 @@ struct DecoderJob {
 };
 
 // Pieces of the job until none is left; called by every thread that has time for it.
-void run_decoder_blocks(const LanguageModelView& m, DecoderJob& job) {
+void run_decoder_blocks(const LanguageModelView& m, const PackedModel& packed, DecoderJob& job) {
     const int64_t H = m.hidden;
     InterruptPoll never({});  // inside a parallel region: the caller polls between regions
     for (int64_t i = job.next.fetch_add(1); i < job.blocks(); i = job.next.fetch_add(1)) {
@@ -159,7 +170,8 @@ void run_decoder_blocks(const LanguageModelView& m, DecoderJob& job) {
         }
         const int64_t r0 = i * kDecoderBlockRows, n = std::min(kDecoderBlockRows, job.rows - r0);
         const ScoreOutputs block{job.log_prob.data() + r0, job.prediction.data() + r0, job.rank.data() + r0};
-        score_rows_adaptive(m, job.hidden.data() + r0 * H, n, job.targets.data() + r0, block, never);
+        score_rows_adaptive(m, *packed.adaptive, job.hidden.data() + r0 * H, n, job.targets.data() + r0, block,
+                            never);
     }
 }
 
@@ -195,7 +207,7 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
     // The job's remaining blocks on every thread, then its results to their places.
     auto finish = [&]() {
 #pragma omp parallel if (job.rows * m.vocab * H >= kParallelMinWork)
-        run_decoder_blocks(m, job);
+        run_decoder_blocks(m, packed, job);
         if (job.scorer) {
             job.scorer->finish({job.log_prob.data(), job.prediction.data(), job.rank.data()});
             job.scorer.reset();
@@ -248,7 +260,7 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
                 {
                     if (thread_id() == 0)
                         recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
-                    run_decoder_blocks(m, job);
+                    run_decoder_blocks(m, packed, job);
                 }
             } else if (one_thread) {
                 recurrence_one_thread(H, g, t0, t1, step_at, layer, pre, h_state, c_state, hs);
