@@ -34,13 +34,30 @@ inline void prefetch_l2(const float* p) {
 
 // The kernel (kernels/<isa>/gemm_micro.h) for the first mr rows of a tile: edge tiles and few-row products (a batch
 // of one in generation) compute only the rows that exist.
+// nr < NR: an edge panel's first nr columns (micro_kernel_edge).
 template <int R = MR>
-inline void micro_kernel_rows(int64_t mr, int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                              bool accumulate) {
+inline void micro_kernel_rows(int64_t mr, int64_t nr, int64_t kc, const float* a, const float* b, float* c,
+                              int64_t ldc, bool accumulate) {
     if constexpr (R > 1) {
-        if (mr < R) return micro_kernel_rows<R - 1>(mr, kc, a, b, c, ldc, accumulate);
+        if (mr < R) return micro_kernel_rows<R - 1>(mr, nr, kc, a, b, c, ldc, accumulate);
     }
-    micro_kernel<R>(kc, a, b, c, ldc, accumulate);
+    if (nr < NR)
+        micro_kernel_edge<R>(nr, kc, a, b, c, ldc, accumulate);
+    else
+        micro_kernel<R>(kc, a, b, c, ldc, accumulate);
+}
+
+// The same with B read in place (families with kBInPlace; the others never call it).
+template <int R = MR>
+inline void micro_kernel_rows_b_in_place([[maybe_unused]] int64_t mr, [[maybe_unused]] int64_t nr,
+                                         [[maybe_unused]] int64_t kc, [[maybe_unused]] const float* a,
+                                         [[maybe_unused]] const float* b, [[maybe_unused]] int64_t ldb,
+                                         [[maybe_unused]] float* c, [[maybe_unused]] int64_t ldc,
+                                         [[maybe_unused]] bool accumulate) {
+    if constexpr (R > 1) {
+        if (mr < R) return micro_kernel_rows_b_in_place<R - 1>(mr, nr, kc, a, b, ldb, c, ldc, accumulate);
+    }
+    if constexpr (kBInPlace) micro_kernel_b_in_place<R>(nr, kc, a, b, ldb, c, ldc, accumulate);
 }
 
 // ------------------------------------------------------------------ packing
@@ -95,7 +112,8 @@ void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t 
     if (trans_b) {  // op(B)(k, j) = b[j * ldb + k]: NR column streams, the panel written in order
         const float* cols[NR];
         for (int64_t j = 0; j < NR; ++j) cols[j] = j < nr ? b + (j0 + j) * ldb : nullptr;
-        for (int64_t p = 0; p < k; ++p)
+        int64_t p = nr == NR ? pack_b_columns(cols, k, dst) : 0;  // the family's vector pack, if any
+        for (; p < k; ++p)
             for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < nr ? cols[j][p] : 0.0f;
         return;
     }
@@ -131,12 +149,11 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
             }
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
-            const int64_t computed = row_invariant ? MR : mr;  // rows the kernel runs
-            if (nr == NR && computed == mr) {
-                micro_kernel_rows(mr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
+            if (!row_invariant || mr == MR) {  // an edge panel's columns by the masked kernels
+                micro_kernel_rows(mr, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
                 continue;
             }
-            micro_kernel_rows(computed, kc, a_panel, b_panel, edge, NR, false);
+            micro_kernel_rows(MR, NR, kc, a_panel, b_panel, edge, NR, false);
             for (int64_t r = 0; r < mr; ++r)
                 for (int64_t j = 0; j < nr; ++j)
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];
@@ -367,6 +384,35 @@ float sgemm_packed_row_block_element(int64_t m, const float* a_row, const float*
         c = pc == 0 ? part : part + c;
     }
     return c;
+}
+
+void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc) {
+    if constexpr (!kBInPlace) return sgemm(false, false, m, n, k, a, lda, b, ldb, 0.0f, c, ldc);
+    if (degenerate_product(m, n, k, 0.0f, c, ldc)) return;
+    // sgemm_packed's items, k blocks and packing of A, so that C is bit-equal to it.
+    const int64_t panels = ceil_div(n, NR);
+    const int threads = (m * panels * NR * k < kParallelMinWork) ? 1 : max_threads();
+    const GemmItems items(m, panels * NR, threads, /*shared_as_they_come=*/true);
+    const int64_t kb = k_block(m, k);
+#pragma omp parallel for if (threads > 1 && items.count > 1) schedule(dynamic)
+    for (int64_t item = 0; item < items.count; ++item) {
+        const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
+        const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
+        const int64_t jp0 = items.first_panel(group), jp1 = items.first_panel(group + 1);
+        float* a_packed = thread_a_buffer();
+        for (int64_t pc = 0; pc < k; pc += kb) {
+            const int64_t kc = std::min(kb, k - pc);
+            pack_a(a, lda, false, i0, mc, pc, kc, a_packed);
+            for (int64_t jp = jp0; jp < jp1; ++jp) {
+                const int64_t nr = std::min(NR, n - jp * NR);
+                const float* b_block = b + pc * ldb + jp * NR;
+                for (int64_t ip = 0; ip < mc; ip += MR)
+                    micro_kernel_rows_b_in_place(std::min(MR, mc - ip), nr, kc, a_packed + ip * kc, b_block, ldb,
+                                                 c + (i0 + ip) * ldc + jp * NR, ldc, pc > 0);
+            }
+        }
+    }
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

@@ -76,6 +76,14 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
 void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                              float beta, float* c, int64_t ldc);
 
+// C (M x N) = A (M x K) B (K x N), both row-major and untransposed, with B read where it
+// lies where the instruction set's microkernel can (kBInPlace in kernels/<isa>/
+// gemm_micro.h), else packed first: bit-equal to sgemm either way. For a B used once per
+// call that packing would copy whole (the output layer's dh = dlogits W, W 8 MB at
+// V = 10000, H = 200).
+void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc);
+
 // Receives one block of C: c[i * ldc + j] is the product at row i, column j0 + j, for
 // rows [0, m) and j in [0, n). Valid only during the call.
 using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, int64_t ldc)>;

@@ -16,7 +16,8 @@ namespace FASTLM_ISA {
 namespace {
 
 // Rows per chunk: about kLogitChunkElements logits, or as many as the decoder has weights
-// when that is more. Each chunk streams the decoder, packed two ways, and its gradient:
+// when that is more. Each chunk streams the decoder (packed, and as it lies or packed again
+// for dh) and its gradient:
 // 3 V H floats, from DRAM once they outgrow L3 (78 MB at C's V = 10000, H = 650), so
 // larger chunks amortise that stream over more rows. The chunk never outgrows the
 // weights themselves, so memory still does not grow with N.
@@ -26,11 +27,16 @@ int64_t chunk_rows(const OutputShape& s) {
     return std::max<int64_t>(1, std::min(s.rows, elements / vocab));
 }
 
-// The decoder weight packed both ways it is multiplied: logits = h W^T, dh = dlogits W.
+// The decoder weight packed for both ways it is multiplied: logits = h W^T, dh = dlogits W.
+// The second reads W as it lies where the microkernel can (kBInPlace): packing it was a
+// copy of the whole 8 MB decoder every step (zaremba-small), for two uses.
 struct PackedDecoder {
+    const float* w;
     PackedB weight_t, weight;
     PackedDecoder(const float* w, int64_t V, int64_t H)
-        : weight_t(w, H, /*trans_b=*/true, H, V), weight(w, H, /*trans_b=*/false, V, H) {}
+        : w(w),
+          weight_t(w, H, /*trans_b=*/true, H, V),
+          weight(kBInPlace ? PackedB() : PackedB(w, H, /*trans_b=*/false, V, H)) {}
 };
 
 // z (rows x V) <- h_chunk W^T; the bias is added by each row's first pass, which reads
@@ -110,10 +116,14 @@ void row_softmax_gradient(float* z, const float* bias, int64_t V, float lse, int
 }
 
 // From one chunk's dlogits: dh rows, and dW, db accumulated (overwritten on the first chunk).
-void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, bool first, const PackedB& weight,
-                     const float* dlogits, float* dh_chunk, float* dweight, float* dbias) {
+void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, bool first,
+                     const PackedDecoder& decoder, const float* dlogits, float* dh_chunk, float* dweight,
+                     float* dbias) {
     const int64_t H = s.hidden, V = s.vocab;
-    sgemm_packed(false, rows, dlogits, V, weight, 0.0f, dh_chunk, H);
+    if (kBInPlace)
+        sgemm_b_in_place(rows, H, V, dlogits, V, decoder.w, H, dh_chunk, H);
+    else
+        sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
     sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
     // Column sums, threads over disjoint column blocks: order fixed per element.
     const int64_t block = 256, blocks = (V + block - 1) / block;
@@ -417,7 +427,7 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
         for (int64_t r = 0; r < rows; ++r)
             row_softmax_gradient(dlogits.get() + r * V, bias, V, lse[r0 + r], targets[r0 + r], inv_rows);
-        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.get(), dh + r0 * H, dweight, dbias);
+        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed, dlogits.get(), dh + r0 * H, dweight, dbias);
     }
 }
 
@@ -442,7 +452,7 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
             row_loss[r] = static_cast<double>(lse) - static_cast<double>(target_logit);
         }
         for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
-        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed.weight, dlogits.get(), dh + r0 * H, dweight, dbias);
+        chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed, dlogits.get(), dh + r0 * H, dweight, dbias);
     }
     return total / static_cast<double>(s.rows);
 }

@@ -3,11 +3,18 @@
 //   MR x NR                the register tile;
 //   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
+//                          (an edge panel, zero-padded to NR), writing only those of c;
+//   kBInPlace              whether the family has micro_kernel_b_in_place<R>(nr, kc, a,
+//                          b, ldb, c, ldc, accumulate): the tile with B read unpacked
+//                          from a row-major matrix (only this family so far);
 //   pack_a_rows(rows, kc, panel)  packs the first k steps of MR rows of op(A) into the
 //                          panel (kc x MR) and returns how many it packed; the frame
 //                          copies the rest element by element;
 //   tile_element(kc, a, b) one element of a full tile from its row of A and column of
-//                          B (kc floats each, contiguous), with the tile's arithmetic.
+//                          B (kc floats each, contiguous), with the tile's arithmetic;
+//   pack_b_columns(cols, k, panel)  the same for a full panel of a transposed B, from its
+//                          NR column streams (0 where the family has no such pack).
 #pragma once
 
 #include <immintrin.h>
@@ -22,61 +29,113 @@ namespace FASTLM_ISA {
 
 constexpr int64_t MR = 8, NR = 32;
 
-// R <= MR rows of the tile; the a-panel keeps its MR stride. Few rows leave the FMA
-// latency exposed, so R <= 2 (matrix-vector products in generation) runs two
-// independent k-chains.
-template <int R>
-inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
-                         float* __restrict c, int64_t ldc, bool accumulate) {
+// B read where it lies (micro_kernel_b_in_place): the products whose B is a row-major
+// matrix (the output layer's dh = dlogits W) need not pack it.
+constexpr bool kBInPlace = true;
+
+// R <= MR rows of the tile and kVecs of its two 16-column vectors; the a-panel keeps its
+// MR stride, B rows are ldb apart (NR in a packed panel). Few rows leave the FMA latency
+// exposed, so R <= 2 (matrix-vector products in generation) runs two independent k-chains.
+// kMasked: the last vector loads B and stores C only in the lanes of last_mask (an edge
+// panel's columns). Every element of C is the same chain of FMAs whatever kVecs, the mask
+// and ldb are, so an edge tile is bit-equal to the same columns of a full one, and a
+// product with B in place to the same product with B packed.
+template <int R, int kVecs, bool kMasked>
+inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
+                                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 last_mask) {
     constexpr int kChains = R <= 2 ? 2 : 1;
-    __m512 acc[kChains][R][2];
+    __m512 acc[kChains][R][kVecs];
     for (int h = 0; h < kChains; ++h)
-        for (int r = 0; r < R; ++r) acc[h][r][0] = acc[h][r][1] = _mm512_setzero_ps();
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_setzero_ps();
+    // The C tile is read or written after the k loop: fetch its lines now, so that the
+    // misses overlap with the FMAs (the output layer's C, dlogits and dW, are megabytes).
+    for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16 * kVecs - 1), _MM_HINT_T0);
+    }
     int64_t p = 0;
     for (; p + kChains <= kc; p += kChains) {
 #pragma GCC unroll 2
         for (int h = 0; h < kChains; ++h) {
-            const __m512 b0 = _mm512_loadu_ps(b + h * NR), b1 = _mm512_loadu_ps(b + h * NR + 16);
+            __m512 bv[kVecs];
+            for (int v = 0; v < kVecs; ++v)
+                bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, b + h * ldb + 16 * v)
+                                                  : _mm512_loadu_ps(b + h * ldb + 16 * v);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
                 const __m512 ar = _mm512_set1_ps(a[h * MR + r]);
-                acc[h][r][0] = _mm512_fmadd_ps(ar, b0, acc[h][r][0]);
-                acc[h][r][1] = _mm512_fmadd_ps(ar, b1, acc[h][r][1]);
+                for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[h][r][v]);
             }
         }
         a += kChains * MR;
-        b += kChains * NR;
+        b += kChains * ldb;
     }
     for (; p < kc; ++p) {  // odd kc with two chains
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        __m512 bv[kVecs];
+        for (int v = 0; v < kVecs; ++v)
+            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, b + 16 * v)
+                                              : _mm512_loadu_ps(b + 16 * v);
         for (int r = 0; r < R; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
-            acc[0][r][0] = _mm512_fmadd_ps(ar, b0, acc[0][r][0]);
-            acc[0][r][1] = _mm512_fmadd_ps(ar, b1, acc[0][r][1]);
+            for (int v = 0; v < kVecs; ++v) acc[0][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[0][r][v]);
         }
         a += MR;
-        b += NR;
+        b += ldb;
     }
     for (int r = 0; r < R; ++r) {
         float* cr = c + r * ldc;
-        __m512 c0 = acc[0][r][0], c1 = acc[0][r][1];
-        if (kChains == 2) {
-            c0 = _mm512_add_ps(c0, acc[kChains - 1][r][0]);
-            c1 = _mm512_add_ps(c1, acc[kChains - 1][r][1]);
+        for (int v = 0; v < kVecs; ++v) {
+            __m512 cv = acc[0][r][v];
+            if (kChains == 2) cv = _mm512_add_ps(cv, acc[kChains - 1][r][v]);
+            const bool masked = kMasked && v == kVecs - 1;
+            if (masked) {
+                if (accumulate) cv = _mm512_add_ps(cv, _mm512_maskz_loadu_ps(last_mask, cr + 16 * v));
+                _mm512_mask_storeu_ps(cr + 16 * v, last_mask, cv);
+            } else {
+                if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr + 16 * v));
+                _mm512_storeu_ps(cr + 16 * v, cv);
+            }
         }
-        if (accumulate) {
-            c0 = _mm512_add_ps(c0, _mm512_loadu_ps(cr));
-            c1 = _mm512_add_ps(c1, _mm512_loadu_ps(cr + 16));
-        }
-        _mm512_storeu_ps(cr, c0);
-        _mm512_storeu_ps(cr + 16, c1);
     }
 }
 
-// Eight k steps of the eight rows: the 8 x 8 block transposed in registers, so that each
-// k step of the panel is one 8-float store (the element copy it replaces was most of the
-// packing of the output layer's dh product, A = dlogits, K = V).
-inline void pack_a_rows8_k8(const float* const rows[8], int64_t p, float* dst) {
+template <int R>
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                         float* __restrict c, int64_t ldc, bool accumulate) {
+    micro_kernel_vectors<R, 2, false>(kc, a, b, NR, c, ldc, accumulate, 0xFFFF);
+}
+
+// The edge panel's nr < NR columns, stored straight into C with masks; up to 16 columns
+// with one vector per row, so that the padding is not computed (H = 200 = 6 x 32 + 8:
+// the output layer's dh and dW products computed 224 columns for 200, 200 after).
+template <int R>
+inline void micro_kernel_edge(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
+                              float* __restrict c, int64_t ldc, bool accumulate) {
+    if (nr <= 16)
+        micro_kernel_vectors<R, 1, true>(kc, a, b, NR, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+    else
+        micro_kernel_vectors<R, 2, true>(kc, a, b, NR, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+}
+
+// The tile with B read in place: b points at B(k0, j0), rows ldb apart, nr <= NR columns
+// (an edge panel's loads are masked, so nothing past B's columns is read).
+template <int R>
+inline void micro_kernel_b_in_place(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
+                                    int64_t ldb, float* __restrict c, int64_t ldc, bool accumulate) {
+    if (nr == NR)
+        micro_kernel_vectors<R, 2, false>(kc, a, b, ldb, c, ldc, accumulate, 0xFFFF);
+    else if (nr <= 16)
+        micro_kernel_vectors<R, 1, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+    else
+        micro_kernel_vectors<R, 2, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+}
+
+// Eight k steps of eight rows: the 8 x 8 block transposed in registers, so that each k
+// step is one 8-float store, kStride floats apart (the element copy it replaces was most
+// of the packing of the output layer's dh product, A = dlogits, K = V).
+template <int64_t kStride>
+inline void transpose_rows8_k8(const float* const rows[8], int64_t p, float* dst) {
     __m256 r[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i] + p);
     // Pairs of rows interleaved: t0 = (r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5]).
@@ -89,19 +148,30 @@ inline void pack_a_rows8_k8(const float* const rows[8], int64_t p, float* dst) {
     const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
     const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
     const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_storeu_ps(dst + 0 * MR, _mm256_permute2f128_ps(s0, s4, 0x20));
-    _mm256_storeu_ps(dst + 1 * MR, _mm256_permute2f128_ps(s1, s5, 0x20));
-    _mm256_storeu_ps(dst + 2 * MR, _mm256_permute2f128_ps(s2, s6, 0x20));
-    _mm256_storeu_ps(dst + 3 * MR, _mm256_permute2f128_ps(s3, s7, 0x20));
-    _mm256_storeu_ps(dst + 4 * MR, _mm256_permute2f128_ps(s0, s4, 0x31));
-    _mm256_storeu_ps(dst + 5 * MR, _mm256_permute2f128_ps(s1, s5, 0x31));
-    _mm256_storeu_ps(dst + 6 * MR, _mm256_permute2f128_ps(s2, s6, 0x31));
-    _mm256_storeu_ps(dst + 7 * MR, _mm256_permute2f128_ps(s3, s7, 0x31));
+    _mm256_storeu_ps(dst + 0 * kStride, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + 1 * kStride, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * kStride, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * kStride, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * kStride, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * kStride, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * kStride, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * kStride, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
 inline int64_t pack_a_rows(const float* const* rows, int64_t kc, float* panel) {
     int64_t p = 0;
-    for (; p + 8 <= kc; p += 8) pack_a_rows8_k8(rows, p, panel + p * MR);
+    for (; p + 8 <= kc; p += 8) transpose_rows8_k8<MR>(rows, p, panel + p * MR);
+    return p;
+}
+
+// The first k steps of a B panel from NR column streams (cols[j][p] = op(B)(p, j0 + j), a
+// transposed B such as the decoder's W^T for the logits) into panel (k x NR); returns how
+// many it packed. Four 8 x 8 transposes per eight k steps instead of a load and a store
+// per float.
+inline int64_t pack_b_columns(const float* const cols[NR], int64_t k, float* panel) {
+    int64_t p = 0;
+    for (; p + 8 <= k; p += 8)
+        for (int g = 0; g < NR / 8; ++g) transpose_rows8_k8<NR>(cols + 8 * g, p, panel + p * NR + 8 * g);
     return p;
 }
 

@@ -6,11 +6,16 @@
 //   MR x NR                the register tile;
 //   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
+//                          (an edge panel, zero-padded to NR), writing only those of c
+//                          (here kernels/reference/gemm_edge.h's, through a buffer);
 //   pack_a_rows(rows, kc, panel)  packs the first k steps of MR rows of op(A) into the
 //                          panel (kc x MR) and returns how many it packed; the frame
 //                          copies the rest element by element;
 //   tile_element(kc, a, b) one element of a full tile from its row of A and column of
-//                          B (kc floats each, contiguous), with the tile's arithmetic.
+//                          B (kc floats each, contiguous), with the tile's arithmetic;
+//   pack_b_columns(cols, k, panel)  the same for a full panel of a transposed B, from its
+//                          NR column streams (0 where the family has no such pack).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +42,7 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 }
 
 inline int64_t pack_a_rows(const float* const* /*rows*/, int64_t /*kc*/, float* /*panel*/) { return 0; }
+inline int64_t pack_b_columns(const float* const* /*cols*/, int64_t /*k*/, float* /*panel*/) { return 0; }
 
 // One element of a full tile as micro_kernel computes it: the same expression, in the
 // order of k from zero (see the SIMD families).
@@ -48,3 +54,5 @@ inline float tile_element(int64_t kc, const float* a, const float* b) {
 
 }  // namespace FASTLM_ISA
 }  // namespace fastlm
+
+#include "kernels/reference/gemm_edge.h"
