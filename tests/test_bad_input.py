@@ -966,6 +966,65 @@ class TestSgdUpdate:
         np.testing.assert_array_equal(args["param"], expected)
 
 
+# ================================================================= clipped_sgd_update
+
+
+def clipped_sgd_args(shapes=((3, 4), (5,)), seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        params=[rng.standard_normal(s).astype(f32) for s in shapes],
+        grads=[rng.standard_normal(s).astype(f32) for s in shapes],
+        bufs=[(rng.standard_normal(s) * 0.1).astype(f32) for s in shapes],
+    )
+
+
+def clipped_snapshot(args):
+    return [a.copy() for name in ("params", "grads", "bufs") for a in (args[name] or [])]
+
+
+class TestClippedSgdUpdate:
+    @pytest.mark.parametrize(
+        "change,error,message",
+        [
+            (dict(lr=-1.0), ValueError, "lr must be >= 0"),
+            (dict(max_norm=0.0), ValueError, "max_norm must be positive"),
+            (dict(max_norm=float("nan")), ValueError, "max_norm must be positive"),
+            (dict(momentum=-0.5), ValueError, "momentum must be >= 0"),
+            (dict(weight_decay=-1.0), ValueError, "weight_decay must be >= 0"),
+            (dict(momentum=0.0, nesterov=True), ValueError, "nesterov needs momentum > 0"),
+            (dict(step=0), ValueError, "step counts from 1, got 0"),
+            (dict(bufs=None), ValueError, "momentum > 0 needs bufs"),
+            (dict(params=np.zeros((3, 4), f32)), TypeError, "params must be a sequence of arrays"),
+            (dict(grads=None), TypeError, "grads must be a sequence of arrays"),
+            (dict(grads=[np.zeros((3, 4), f32)]), ValueError, "grads has 1 arrays but params 2"),
+            (dict(bufs=[np.zeros((3, 4), f32)]), ValueError, "bufs has 1 arrays but params 2"),
+            (dict(grads=[np.zeros((3, 4), f32), np.zeros(6, f32)]), ValueError, r"grads\[1\] must have shape \(5,\)"),
+            (dict(bufs=[np.zeros((4, 3), f32), np.zeros(5, f32)]), ValueError, r"bufs\[0\] must have shape \(3, 4\)"),
+            (dict(params=[np.zeros((3, 4)), np.zeros(5, f32)]), TypeError, r"params\[0\] is updated in place"),
+        ],
+    )
+    def test_bad_arguments_change_nothing(self, change, error, message):
+        args = dict(clipped_sgd_args(), step=1, lr=0.1, max_norm=0.5, momentum=0.9)
+        args.update(change)
+        with pytest.raises(error, match=message):
+            _core.clipped_sgd_update(**args)
+        fresh = clipped_sgd_args()
+        for name in ("params", "bufs"):  # the arrays given that were not replaced are untouched
+            if name not in change:
+                for a, b in zip(args[name], fresh[name]):
+                    np.testing.assert_array_equal(a, b)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_grads_raise_and_change_nothing(self, bad):
+        args = clipped_sgd_args(shapes=((300, 300), (50,)))  # big enough for the threaded path
+        args["grads"][1][7] = bad
+        before = clipped_snapshot(args)
+        with pytest.raises(ValueError, match=r"NaN or infinity"):
+            _core.clipped_sgd_update(**args, step=2, lr=0.1, max_norm=1e-3, momentum=0.9)
+        for a, b in zip(clipped_snapshot(args), before):
+            np.testing.assert_array_equal(a, b)
+
+
 # ================================================================= sparse_sgd_update
 
 

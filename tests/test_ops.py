@@ -286,6 +286,27 @@ def run_clip_grad_norm(fn, inputs):
     return {"norm": norm, **{f"grads[{i}]": g for i, g in enumerate(grads)}}
 
 
+def build_clipped_sgd_update(rng, shapes, steps, max_norm, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
+    # One list of gradients per step; the buffers start as garbage, which the first step must overwrite.
+    params = [uniform(rng, shape) for shape in shapes]
+    grads = [[normal(rng, shape, 0.1) for shape in shapes] for _ in range(steps)]
+    bufs = [normal(rng, shape, 100.0) for shape in shapes] if momentum else None
+    kwargs = dict(max_norm=max_norm, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return Inputs([params, grads, bufs], kwargs)
+
+
+def run_clipped_sgd_update(fn, inputs):
+    params, grads, bufs = inputs.args
+    outputs = {}
+    for step, step_grads in enumerate(grads, start=1):
+        before = [g.copy() for g in step_grads]
+        outputs[f"norm[{step}]"] = fn(params, step_grads, bufs, step, **inputs.kwargs)
+        assert all(np.array_equal(g, b) for g, b in zip(step_grads, before)), "the gradients were changed"
+    outputs.update({f"params[{i}]": p for i, p in enumerate(params)})
+    outputs.update({f"bufs[{i}]": b for i, b in enumerate(bufs or [])})
+    return outputs
+
+
 def build_windows(rng, length, seq_len, stride=1, dtype="int32"):
     return Inputs([rng.integers(0, 1009, length).astype(dtype), seq_len, stride])
 
@@ -353,6 +374,7 @@ OPS = {
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
+    "clipped_sgd_update": Op(build_clipped_sgd_update, (), run=run_clipped_sgd_update),
     "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
     "score_sequences": Op(build_score_sequences, ("log_probs", "argmax", "ranks"), near_ties=("argmax", "ranks")),
     "score_streams": Op(
@@ -462,6 +484,11 @@ CASES = [
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=0.5)),  # clips
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=1e6)),  # leaves alone
     ("clip_grad_norm", dict(shapes=[(7,)], max_norm=1.0)),
+    ("clipped_sgd_update", dict(shapes=[(148, 37), (148,), (1009, 19)], steps=3, max_norm=0.5)),  # clips
+    ("clipped_sgd_update", dict(shapes=[(148, 37), (148,)], steps=2, max_norm=1e6)),  # leaves alone
+    ("clipped_sgd_update", dict(shapes=[(37, 19), (7,)], steps=3, max_norm=0.05, momentum=0.9, weight_decay=0.01)),
+    ("clipped_sgd_update", dict(shapes=[(1009,)], steps=2, max_norm=0.05, momentum=0.5, nesterov=True)),
+    ("clipped_sgd_update", dict(shapes=[(520, 130), (1009, 130)], steps=2, max_norm=1.0, momentum=0.9)),  # threaded
     ("clip_grad_norm", dict(shapes=[(520, 130), (520,), (1009, 130)], max_norm=1.0)),  # threaded
     ("windows", dict(length=2, seq_len=1)),
     ("windows", dict(length=1000, seq_len=7)),
@@ -647,6 +674,33 @@ def test_op_deterministic(op, shapes, restore_threads):
     assert_bit_identical(first, run(op, fn, inputs), "two runs with 2 threads")
     fastlm.set_num_threads(1)
     assert_bit_identical(first, run(op, fn, inputs), "1 thread vs 2 threads")
+
+
+@pytest.mark.parametrize("momentum, nesterov, weight_decay", [(0.0, False, 0.0), (0.9, False, 0.01), (0.5, True, 0.0)])
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clips, leaves alone
+def test_clipped_sgd_update_is_clip_then_sgd(momentum, nesterov, weight_decay, max_norm, restore_threads):
+    """fit's fused clip and SGD step: the same parameters, buffers and norm to the bit as
+    clip_grad_norm followed by one sgd_update per parameter, with one thread and with two."""
+    rng = np.random.default_rng(14)
+    shapes = [(520, 130), (130,), (1009, 19)]
+    params = [uniform(rng, s) for s in shapes]
+    bufs = [normal(rng, s, 100.0) for s in shapes]
+    settings = dict(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        fused_params, fused_bufs = copy.deepcopy(params), copy.deepcopy(bufs)
+        split_params, split_bufs = copy.deepcopy(params), copy.deepcopy(bufs)
+        for step in (1, 2, 3):
+            grads = [normal(rng, s, 0.1) for s in shapes]
+            norm = _core.clipped_sgd_update(
+                fused_params, grads, fused_bufs if momentum else None, step, 20.0, max_norm, **settings
+            )
+            scaled = copy.deepcopy(grads)
+            assert _core.clip_grad_norm(scaled, max_norm) == norm
+            for p, g, b in zip(split_params, scaled, split_bufs):
+                _core.sgd_update(p, g, b if momentum else None, step, 20.0, **settings)
+        for fused, split in zip(fused_params + fused_bufs, split_params + split_bufs):
+            assert np.array_equal(fused, split), f"{threads} threads"
 
 
 # Bindings that are not ops of the math: thread control, build facts and the FMA peak

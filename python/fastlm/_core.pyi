@@ -145,6 +145,20 @@ def sgd_update(
 def clip_grad_norm(grads: Floats | Sequence[Floats], max_norm: float) -> float:
     """Scale grads in place so their global L2 norm is at most max_norm; returns the norm before."""
 
+def clipped_sgd_update(
+    params: Sequence[Floats],
+    grads: Sequence[ArrayLike],
+    bufs: Sequence[Floats] | None,
+    step: int,
+    lr: float,
+    max_norm: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> float:
+    """clip_grad_norm(grads, max_norm), then sgd_update on every parameter, in one call: the same
+    params and bufs to the bit, grads left unscaled; returns the norm before clipping."""
+
 # ------------------------------------------------------------------ data
 
 def windows(ids: ArrayLike, seq_len: int, stride: int = 1) -> tuple[Ids, Ids]:

@@ -355,6 +355,17 @@ def sparse_sgd_update(param, rows, grad, lr):
     param[rows] -= np.asarray(lr, dtype=param.dtype) * grad
 
 
+def clipped_sgd_update(params, grads, bufs, step, lr, max_norm, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """clip_grad_norm on copies of grads, then sgd_update on every parameter (bufs: one
+    momentum buffer per parameter, or None when momentum is 0). grads are left as they were.
+    Returns the norm before clipping."""
+    grads = [np.array(g, dtype=np.float32) for g in grads]
+    norm = clip_grad_norm(grads, max_norm)
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        sgd_update(param, grad, None if bufs is None else bufs[i], step, lr, momentum, weight_decay, nesterov)
+    return norm
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale the arrays in grads in place so their global L2 norm is at most max_norm.
 

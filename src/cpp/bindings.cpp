@@ -587,6 +587,55 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
     kernels().sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
 }
 
+// A sequence argument of clipped_sgd_update (TypeError naming it otherwise).
+py::sequence sequence_arg(const py::handle& obj, const char* name) {
+    if (py::isinstance<py::array>(obj) || !py::isinstance<py::sequence>(obj))
+        throw py::type_error(std::string(name) + " must be a sequence of arrays, one per parameter, got " +
+                             py::str(py::type::handle_of(obj)).cast<std::string>());
+    return py::reinterpret_borrow<py::sequence>(obj);
+}
+
+double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& grads_obj, const py::handle& bufs_obj,
+                             int64_t step, double lr, double max_norm, double momentum, double weight_decay,
+                             bool nesterov) {
+    const py::sequence params_seq = sequence_arg(params_obj, "params"), grads_seq = sequence_arg(grads_obj, "grads");
+    const size_t count = params_seq.size();
+    require(grads_seq.size() == count, "grads has " + std::to_string(grads_seq.size()) + " arrays but params " +
+                                           std::to_string(count));
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0, "lr must be >= 0");
+    require(max_norm > 0.0, "max_norm must be positive");
+    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+    require(weight_decay >= 0.0, "weight_decay must be >= 0");
+    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
+    py::sequence bufs_seq;
+    if (momentum > 0.0) {
+        require(!bufs_obj.is_none(), "momentum > 0 needs bufs, the momentum buffers");
+        bufs_seq = sequence_arg(bufs_obj, "bufs");
+        require(bufs_seq.size() == count, "bufs has " + std::to_string(bufs_seq.size()) + " arrays but params " +
+                                              std::to_string(count));
+    }
+    std::vector<py::array_t<float>> keep_params, keep_bufs;
+    std::vector<FloatArray> keep_grads;
+    std::vector<SgdSpan> spans;
+    for (size_t i = 0; i < count; ++i) {
+        const std::string index = "[" + std::to_string(i) + "]";
+        keep_params.push_back(inplace_float(params_seq[i], ("params" + index).c_str()));
+        const py::array_t<float>& param = keep_params.back();
+        keep_grads.push_back(float_input(grads_seq[i], ("grads" + index).c_str(), param.ndim()));
+        require_shape(keep_grads.back(), ("grads" + index).c_str(), shape_of(param));
+        float* buf = nullptr;
+        if (momentum > 0.0) {
+            keep_bufs.push_back(inplace_float(bufs_seq[i], ("bufs" + index).c_str()));
+            require_shape(keep_bufs.back(), ("bufs" + index).c_str(), shape_of(param));
+            buf = keep_bufs.back().mutable_data();
+        }
+        spans.push_back({keep_params.back().mutable_data(), keep_grads.back().data(), buf, int64_t(param.size())});
+    }
+    KernelScope scope;
+    return kernels().clipped_sgd_update(spans, step, max_norm, {lr, momentum, weight_decay, nesterov});
+}
+
 double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
     require(max_norm > 0.0, "max_norm must be positive");
     // One array or a sequence of them, as torch.nn.utils.clip_grad_norm_ takes.
@@ -1014,6 +1063,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
+    m.def("clipped_sgd_update", &py_clipped_sgd_update, py::arg("params"), py::arg("grads"), py::arg("bufs"),
+          py::arg("step"), py::arg("lr"), py::arg("max_norm"), py::arg("momentum") = 0.0,
+          py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("windows", &py_windows, py::arg("ids"), py::arg("seq_len"), py::arg("stride") = 1);
     m.def("gather_windows", &py_gather_windows, py::arg("ids"), py::arg("starts"), py::arg("seq_len"));
     m.def("generate", &py_generate, py::arg("params"), py::arg("num_layers"), py::arg("prompt"),

@@ -40,6 +40,7 @@ const Kernels kTable = {
     &sparse_sgd_update,
     &sgd_update,
     &clip_grad_norm,
+    &clipped_sgd_update,
     &generate,
     &fma_peak_gflops,
     &make_generation_session,

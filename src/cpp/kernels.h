@@ -52,6 +52,14 @@ struct LstmLayerView {
 
 using FloatSpans = std::vector<std::pair<float*, int64_t>>;
 
+// One parameter of clipped_sgd_update: n floats of param, its gradient and (with momentum) buffer.
+struct SgdSpan {
+    float* param;
+    const float* grad;
+    float* buf;
+    int64_t n;
+};
+
 // The adaptive softmax's sizes, weights and gradients (adaptive_softmax.h).
 struct AdaptiveShape {
     int64_t rows, hidden, shortlist;  // N, H, c1
@@ -159,6 +167,8 @@ struct Kernels {
     void (*sgd_update)(float* param, const float* grad, float* buf, int64_t n, int64_t step,
                        const SgdConfig& config);
     double (*clip_grad_norm)(const FloatSpans& arrays, double max_norm);
+    double (*clipped_sgd_update)(const std::vector<SgdSpan>& spans, int64_t step, double max_norm,
+                                 const SgdConfig& config);
 
     void (*generate)(const LanguageModelView& model, const int32_t* prompt, int64_t samples, int64_t prompt_len,
                      int64_t max_new, const SamplerConfig& config, uint64_t seed, int32_t* out,

@@ -36,12 +36,14 @@ void adam_update(float* param, const float* grad, float* m, float* v, int64_t n,
     }
 }
 
-void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& c) {
+namespace {
+
+// n elements of sgd_update on the calling thread.
+inline void sgd_span(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& c) {
     // torch's order of float32 operations: g + wd * p; buf * momentum + g; g + momentum * buf.
     const float lr = float(c.lr), momentum = float(c.momentum), weight_decay = float(c.weight_decay);
     const bool decay = c.weight_decay != 0.0, use_momentum = c.momentum != 0.0, first = step == 1;
     const bool nesterov = c.nesterov;
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
     for (int64_t i = 0; i < n; ++i) {
         float g = decay ? grad[i] + weight_decay * param[i] : grad[i];
         if (use_momentum) {
@@ -50,6 +52,14 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
         }
         param[i] -= lr * g;
     }
+}
+
+}  // namespace
+
+void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& c) {
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic)
+    for (int64_t i = 0; i < n; i += kStreamChunk)
+        sgd_span(param + i, grad + i, buf ? buf + i : nullptr, std::min(kStreamChunk, n - i), step, c);
 }
 
 namespace {
@@ -100,6 +110,35 @@ double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, dou
         for (const auto& [x, n] : arrays) {
 #pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
             for (int64_t i = 0; i < n; ++i) x[i] *= s;
+        }
+    }
+    return norm;
+}
+
+double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& c) {
+    std::vector<std::pair<float*, int64_t>> grads;
+    for (const SgdSpan& s : spans) grads.emplace_back(const_cast<float*>(s.grad), s.n);  // only read
+    const double norm = global_norm(grads);
+    if (!std::isfinite(norm))
+        throw std::invalid_argument("gradient norm is " + std::to_string(norm) +
+                                    ": the gradients hold NaN or infinity");
+    const double scale = max_norm / (norm + 1e-6);
+    for (const SgdSpan& s : spans) {
+        if (scale >= 1.0) {
+            sgd_update(s.param, s.grad, s.buf, s.n, step, c);
+            continue;
+        }
+        const float factor = float(scale);
+        // The scaled gradient is rounded to float in a block buffer, as clip_grad_norm leaves
+        // it in the gradient array: computed inside the update's expression, the compiler
+        // could fuse its product into an FMA (buf * momentum + g) and round differently.
+        constexpr int64_t kBlock = 1024;
+#pragma omp parallel for if (s.n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kBlock)
+        for (int64_t i = 0; i < s.n; i += kBlock) {
+            const int64_t n = std::min(kBlock, s.n - i);
+            alignas(64) float g[kBlock];
+            for (int64_t j = 0; j < n; ++j) g[j] = s.grad[i + j] * factor;
+            sgd_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n, step, c);
         }
     }
     return norm;

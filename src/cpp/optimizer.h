@@ -33,5 +33,11 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
 // torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
 double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm);
 
+// clip_grad_norm on the gradients, then sgd_update on every parameter, in two passes over
+// the gradients instead of four (the norm, the scaling, sgd_update's finiteness check, the
+// update): the same parameters and buffers to the bit, but the gradients are left as they
+// were, not scaled. A non-finite norm throws before anything is written. Returns the norm.
+double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& config);
+
 }  // namespace FASTLM_ISA
 }  // namespace fastlm
