@@ -102,21 +102,46 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
     std::vector<float> bias(G);
     for (int64_t j = 0; j < G; ++j) bias[j] = b_ih[j] + b_hh[j];
     const PackedB w_hh_t(w_hh, H, /*trans_b=*/true, H, G);  // packed once, used T times
-    // One parallel region for the whole recurrence: per step each thread does its share
-    // of the recurrent product, then its rows' cells; two barriers, no fork/join.
-#pragma omp parallel if (B * G * H >= kParallelMinWork)
-    for (int64_t t = 0; t < T; ++t) {
-        // Row b of step t lives at gates[(b*T + t) * G]: stride T*G between batch rows.
-        const float* h_prev = t == 0 ? h0 : hs + (t - 1) * H;
-        const int64_t ld_h = t == 0 ? H : T * H;
-        sgemm_packed_team_share(false, B, h_prev, ld_h, w_hh_t, 1.0f, gates + t * G, T * G);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) {
+    // Row b of step t lives at gates[(b*T + t) * G]: stride T*G between batch rows.
+    const auto cells = [&](int64_t t, int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
             const int64_t row = b * T + t;
             const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
             lstm_cell_forward(H, bias.data(), gates + row * G, c_prev, cs + row * H, hs + row * H);
-        }  // implicit barrier: h_t complete before the next step's product
+        }
+    };
+#pragma omp parallel if (B * G * H >= kParallelMinWork)
+    {
+        const int64_t team = num_threads_in_region(), tiles = ceil_div(B, MR);
+        if (team > 1 && tiles / team >= 2) {
+            // Each thread its own rows, whole tiles of the product, through every step: a
+            // row's recurrence needs no other row, so the threads never wait for each
+            // other (ONNX Runtime's LSTM splits the batch so; two barriers per step cost
+            // D's inference more than reading all of W_hh per thread). At least two tiles
+            // per thread: every tile then has the rows it has in the whole product and
+            // each share more than one tile's rows, so the products' arithmetic, and every
+            // bit of the results, are those of the shared product below.
+            const int64_t id = thread_id();
+            const int64_t b0 = id * tiles / team * MR, b1 = std::min(B, (id + 1) * tiles / team * MR);
+            for (int64_t t = 0; t < T; ++t) {
+                const float* h_prev = t == 0 ? h0 + b0 * H : hs + (b0 * T + t - 1) * H;
+                sgemm_packed_one_thread(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f,
+                                        gates + (b0 * T + t) * G, T * G);
+                cells(t, b0, b1);
+            }
+        } else {
+            // Per step each thread's share of the recurrent product, then its rows' cells;
+            // two barriers per step, no fork/join.
+            for (int64_t t = 0; t < T; ++t) {
+                const float* h_prev = t == 0 ? h0 : hs + (t - 1) * H;
+                const int64_t ld_h = t == 0 ? H : T * H;
+                sgemm_packed_team_share(false, B, h_prev, ld_h, w_hh_t, 1.0f, gates + t * G, T * G);
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < B; ++b) cells(t, b, b + 1);
+                // implicit barrier: h_t complete before the next step's product
+            }
+        }
     }
 }
 
