@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "allocator.h"
 #include "gemm.h"
 #include "isa.h"
 #include "peak.h"
@@ -37,7 +38,8 @@ struct Shape {
 
 // (M, N, K) of op(A) (M x K) times B (K x N).
 // The training output layer's chunks have max(2^20, V H) logits (output_loss.cpp's
-// chunk_rows): 128 rows on A, 200 on B, 650 on C.
+// chunk_rows): 128 rows on A, 200 on B, 650 on C. B's shapes are the zaremba-small preset's
+// (B = 20, T = 20: two chunks of 200 rows per step; bench/step_parts.py).
 const Shape kShapes[] = {
     {"A logits chunk: 128 rows x V=10000, H=128", 128, 10000, 128, false},
     {"A dW chunk: V=10000 x H=128 over 128 rows", 10000, 128, 128, true},
@@ -72,15 +74,67 @@ double seconds_per_product(const Shape& s, int repeats) {
     return best;
 }
 
+// The decoder weight W (V x H) packed as the training output layer packs it once per
+// step, both ways: W^T for the logits, W for dh. GB/s of W read.
+struct Pack {
+    const char* what;
+    int64_t v, h;
+    bool trans;
+};
+
+const Pack kPacks[] = {
+    {"B pack W^T (logits): V=10000, H=200", 10000, 200, true},
+    {"B pack W (dh): V=10000, H=200", 10000, 200, false},
+};
+
+double seconds_per_pack(const Pack& s, int repeats) {
+    std::vector<float> w(s.v * s.h);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 11) * 0.01f;
+    double best = 1e30;
+    for (int round = 0; round < 5; ++round) {
+        const auto start = std::chrono::steady_clock::now();
+        for (int r = 0; r < repeats; ++r) {
+            const kernels::PackedB packed = s.trans ? kernels::PackedB(w.data(), s.h, true, s.h, s.v)
+                                                    : kernels::PackedB(w.data(), s.h, false, s.v, s.h);
+            if (packed.panel(0)[0] < 0.0f) std::printf("?");  // keep the pack
+        }
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        best = std::min(best, elapsed / repeats);
+    }
+    return best;
+}
+
 }  // namespace
 
 int main() {
+    fastlm::tune_malloc();  // as the package does on import: the packs' buffers stay in the heap
     const double peak = kernels::fma_peak_gflops(0.5);
     std::printf("%s, %d threads, FMA peak %.1f GFLOP/s\n", FASTLM_ISA_NAME, omp_get_max_threads(), peak);
     for (const Shape& s : kShapes) {
         const double flops = 2.0 * s.m * s.n * s.k;
         const int repeats = std::max(1, int(1e10 / flops));  // about 0.1 s per round at 100 GFLOP/s
         const double gflops = flops / seconds_per_product(s, repeats) / 1e9;
-        std::printf("  %-50s %7.1f GFLOP/s  %5.1f%% of peak\n", s.what, gflops, 100.0 * gflops / peak);
+        std::printf("  %-50s %7.1f GFLOP/s  %5.1f%% of peak  %8.3f ms\n", s.what, gflops, 100.0 * gflops / peak,
+                    1e3 * flops / gflops / 1e9);
+    }
+    {  // the dh product as the output layer runs it since it reads W in place: no pack
+        const Shape s{"B dh chunk, W read in place (no pack)", 200, 200, 10000, false};
+        std::vector<float> a(s.m * s.k), b(s.k * s.n), c(s.m * s.n);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = float(i % 13) * 0.01f;
+        for (size_t i = 0; i < b.size(); ++i) b[i] = float(i % 7) * 0.01f;
+        const double flops = 2.0 * s.m * s.n * s.k;
+        double best = 1e30;
+        for (int round = 0; round < 5; ++round) {
+            const auto start = std::chrono::steady_clock::now();
+            for (int r = 0; r < 10; ++r)
+                kernels::sgemm_b_in_place(s.m, s.n, s.k, a.data(), s.k, b.data(), s.n, c.data(), s.n);
+            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 10);
+        }
+        std::printf("  %-50s %7.1f GFLOP/s  %5.1f%% of peak  %8.3f ms\n", s.what, flops / best / 1e9,
+                    100.0 * flops / best / 1e9 / peak, 1e3 * best);
+    }
+    for (const Pack& s : kPacks) {
+        const double seconds = seconds_per_pack(s, 20);
+        std::printf("  %-50s %7.1f GB/s of W      %8.3f ms\n", s.what, 4.0 * s.v * s.h / seconds / 1e9, 1e3 * seconds);
     }
 }
