@@ -729,6 +729,33 @@ def test_the_readme_command_lines_parse():
             assert exit.code == 0, command
 
 
+def test_the_readme_python_blocks_use_only_names_they_define():
+    """README.md's Python blocks, read in order as one session a newcomer types in, use no name
+    that no block before defines (a fragment that needs `val_ids` or `train_text` from nowhere
+    fails for everyone who copies it). Read, not run: the blocks train for minutes."""
+    import builtins
+    import re
+    import symtable
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M)
+    assert len(blocks) >= 10, len(blocks)
+    defined, undefined = set(dir(builtins)), []
+
+    def symbols(table):
+        yield from table.get_symbols()
+        for child in table.get_children():
+            yield from (s for s in symbols(child) if s.is_global())
+
+    for block in blocks:
+        table = symtable.symtable(block, "README.md", "exec")
+        mine = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+        used = {s.get_name() for s in symbols(table) if s.is_referenced()}
+        undefined += [(name, block.splitlines()[0]) for name in sorted(used - defined - mine)]
+        defined |= mine
+    assert not undefined, undefined
+
+
 # ================================================================= score, generate --stream, export
 
 
