@@ -127,10 +127,24 @@ void score_rows_adaptive(const LanguageModelView& m, const PackedAdaptive& packe
             const int64_t row = r0 + r;
             const float target = z[targets[row]];
             out.log_probs[row] = target;
-            out.predictions[row] = static_cast<int32_t>(argmax(z, V));
-            int32_t above = 0;
-            for (int64_t v = 0; v < V; ++v) above += z[v] > target;
+            int32_t above = 0, nans = 0;
+            for (int64_t v = 0; v < V; ++v) {
+                above += z[v] > target;
+                nans += z[v] != z[v];
+            }
             out.ranks[row] = above;
+            // The arg-max as argmax gives it (the first NaN, else the first maximum), but
+            // without its scalar compare chain over all V (250,000 at config X, more than
+            // the row's share of the products): the vector max, then a scan to its first
+            // place, which is near the front where frequent words score highest.
+            int64_t best = 0;
+            if (nans > 0) {
+                best = argmax(z, V);
+            } else {
+                const float peak = row_max(z, V);
+                while (z[best] != peak) ++best;
+            }
+            out.predictions[row] = static_cast<int32_t>(best);
         }
         poll();
     }
