@@ -63,7 +63,15 @@ def _owned_float32(array):
     return np.require(array, np.float32, ["C_CONTIGUOUS", "WRITEABLE", "ALIGNED"])
 
 
-class Adam:
+class _ClipThenStep:
+    """clipped_step for an optimizer with no fused clip: clip_grad_norm(grads, max_norm), then step."""
+
+    def clipped_step(self, ops, params, grads, max_norm):
+        ops.clip_grad_norm(_gradient_arrays(grads), max_norm)
+        self.step(ops, params, grads)
+
+
+class Adam(_ClipThenStep):
     """torch.optim.Adam: one first and second moment per parameter, step counted from 1.
 
     sparse_embedding=True: embedding.weight instead follows torch.optim.SparseAdam (its
@@ -170,7 +178,7 @@ def _gradient_arrays(grads):
     return [g[1] if isinstance(g, tuple) else g for g in grads.values()]
 
 
-class SGD:
+class SGD(_ClipThenStep):
     """torch.optim.SGD: plain, with a momentum buffer per parameter (set to the first gradient), or Nesterov.
 
     A sparse gradient (rows, values), the embedding's with sparse_embedding, takes torch's
@@ -205,8 +213,7 @@ class SGD:
         gradient is sparse, which reads the gradients twice instead of four times and
         leaves them unscaled; the parameters and buffers are the same to the bit."""
         if any(isinstance(g, tuple) for g in grads.values()):
-            ops.clip_grad_norm(_gradient_arrays(grads), max_norm)
-            self.step(ops, params, grads)
+            super().clipped_step(ops, params, grads, max_norm)
             return
         self.step_count += 1
         names = list(params)
@@ -642,12 +649,10 @@ def fit(
                         f"training diverged: the loss is {loss} at epoch {epoch + 1}, batch "
                         f"{trainer['batch'] + 1}; lower lr or set clip_norm"
                     )
-                if clip_norm is not None and isinstance(opt, SGD):
-                    opt.clipped_step(model.ops, model.trainable(), grads, clip_norm)
-                else:
-                    if clip_norm is not None:
-                        model.ops.clip_grad_norm(_gradient_arrays(grads), clip_norm)
+                if clip_norm is None:
                     opt.step(model.ops, model.trainable(), grads)
+                else:
+                    opt.clipped_step(model.ops, model.trainable(), grads, clip_norm)
                 if stateful:
                     carry = final_state
                 trainer["batch"] += 1
