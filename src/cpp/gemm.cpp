@@ -235,6 +235,14 @@ struct GemmItems {
     // shortest) last too, items come largest first and threads taking them as they come
     // finish together (B's dh product: 3 row blocks x 2 groups of 13 panels, as 7 + 6).
     int64_t first_panel(int64_t group) const { return ceil_div(group * panels, panel_groups); }
+    // What an item covers of an m-row product: rows [i0, i0 + mc), panels [jp0, jp1).
+    struct Block {
+        int64_t i0, mc, jp0, jp1;
+    };
+    Block block(int64_t item, int64_t m) const {
+        const int64_t group = item % panel_groups, i0 = item / panel_groups * rows_per_block;
+        return {i0, std::min(rows_per_block, m - i0), first_panel(group), first_panel(group + 1)};
+    }
 };
 
 // The k range is split evenly too, in multiples of 4 (the AVX2 kernel's unrolling):
@@ -258,9 +266,7 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
                int64_t lda, const ProductTarget* targets, int64_t count, float beta, bool row_invariant = false) {
     const int64_t k = targets[0].b.k(), kb = k_block(row_invariant ? std::max(m, MR + 1) : m, k);
     for (int64_t item = first; item < last; ++item) {
-        const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
-        const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
-        const int64_t jp0 = items.first_panel(group), jp1 = items.first_panel(group + 1);
+        const auto [i0, mc, jp0, jp1] = items.block(item, m);
         float* a_packed = thread_a_buffer();
         for (int64_t pc = 0; pc < k; pc += kb) {
             const int64_t kc = std::min(kb, k - pc);
@@ -397,9 +403,7 @@ void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
     const int64_t kb = k_block(m, k);
 #pragma omp parallel for if (threads > 1 && items.count > 1) schedule(dynamic)
     for (int64_t item = 0; item < items.count; ++item) {
-        const int64_t rb = item / items.panel_groups, group = item % items.panel_groups;
-        const int64_t i0 = rb * items.rows_per_block, mc = std::min(items.rows_per_block, m - i0);
-        const int64_t jp0 = items.first_panel(group), jp1 = items.first_panel(group + 1);
+        const auto [i0, mc, jp0, jp1] = items.block(item, m);
         float* a_packed = thread_a_buffer();
         for (int64_t pc = 0; pc < k; pc += kb) {
             const int64_t kc = std::min(kb, k - pc);
