@@ -99,12 +99,26 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
     return std::sqrt(total);
 }
 
-double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
+namespace {
+
+// torch's clip_grad_norm_: the global norm (refused when not finite) and the factor the
+// gradients are scaled by when it is below 1.
+struct Clip {
+    double norm, scale;
+};
+
+Clip clip_of(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
     const double norm = global_norm(arrays);
     if (!std::isfinite(norm))
         throw std::invalid_argument("gradient norm is " + std::to_string(norm) +
                                     ": the gradients hold NaN or infinity");
-    const double scale = max_norm / (norm + 1e-6);
+    return {norm, max_norm / (norm + 1e-6)};
+}
+
+}  // namespace
+
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
+    const auto [norm, scale] = clip_of(arrays, max_norm);
     if (scale < 1.0) {
         const float s = float(scale);
         for (const auto& [x, n] : arrays) {
@@ -118,11 +132,7 @@ double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, dou
 double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& c) {
     std::vector<std::pair<float*, int64_t>> grads;
     for (const SgdSpan& s : spans) grads.emplace_back(const_cast<float*>(s.grad), s.n);  // only read
-    const double norm = global_norm(grads);
-    if (!std::isfinite(norm))
-        throw std::invalid_argument("gradient norm is " + std::to_string(norm) +
-                                    ": the gradients hold NaN or infinity");
-    const double scale = max_norm / (norm + 1e-6);
+    const auto [norm, scale] = clip_of(grads, max_norm);
     for (const SgdSpan& s : spans) {
         if (scale >= 1.0) {
             sgd_update(s.param, s.grad, s.buf, s.n, step, c);
