@@ -17,26 +17,18 @@ namespace fastlm {
 namespace FASTLM_ISA {
 namespace {
 
-struct PackedLayer {
-    PackedB w_ih_t, w_hh_t;
-    std::vector<float> bias;
-};
-
 // The recurrent state of every sample and the buffers one step needs.
 struct Stepper {
     const LanguageModelView& model;
     int64_t samples;
-    std::vector<PackedLayer> layers;
+    std::vector<PackedLstmLayer> layers;
     std::vector<std::vector<float>> h, c;  // per layer, (samples, H)
     std::vector<float> x, gates;
 
     Stepper(const LanguageModelView& m, int64_t s) : model(m), samples(s) {
         const int64_t H = m.hidden, G = 4 * H;
         for (const LstmLayerView& l : m.layers) {
-            PackedLayer p{PackedB(l.w_ih, l.input, true, l.input, G), PackedB(l.w_hh, H, true, H, G),
-                          std::vector<float>(G)};
-            for (int64_t j = 0; j < G; ++j) p.bias[j] = l.b_ih[j] + l.b_hh[j];
-            layers.push_back(std::move(p));
+            layers.emplace_back(l, H);
             h.emplace_back(s * H, 0.0f);
             c.emplace_back(s * H, 0.0f);
         }

@@ -93,6 +93,13 @@ void lstm_cell_forward(int64_t H, const float* bias, float* a, const float* c_pr
     }
 }
 
+PackedLstmLayer::PackedLstmLayer(const LstmLayerView& layer, int64_t H)
+    : w_ih_t(layer.w_ih, layer.input, /*trans_b=*/true, layer.input, 4 * H),
+      w_hh_t(layer.w_hh, H, /*trans_b=*/true, H, 4 * H),
+      bias(4 * H) {
+    for (int64_t j = 0; j < 4 * H; ++j) bias[j] = layer.b_ih[j] + layer.b_hh[j];
+}
+
 void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
                   const float* b_ih, const float* b_hh, const float* h0, const float* c0,
                   float* hs, float* cs, float* gates) {

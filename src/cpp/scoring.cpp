@@ -45,11 +45,6 @@ constexpr int64_t kDecoderBlockRows = 64;
 // near 8 MiB whatever the number of rows.
 constexpr int64_t kScorerStatistics = int64_t(1) << 19;
 
-struct PackedLstmLayer {
-    PackedB w_ih_t, w_hh_t;
-    std::vector<float> bias;
-};
-
 // The LSTM weights packed once per call, shared by every group of sequences (a full
 // softmax's decoder is read as it is: RowScorer packs a block of it at a time), and an
 // adaptive softmax's decoder, packed once as well.
@@ -58,14 +53,8 @@ struct PackedModel {
     std::unique_ptr<PackedAdaptive> adaptive;
 
     explicit PackedModel(const LanguageModelView& m) {
-        const int64_t H = m.hidden, G = 4 * H;
         if (m.adaptive_shape.clusters() > 0) adaptive = std::make_unique<PackedAdaptive>(m.adaptive_shape, m.adaptive);
-        for (const LstmLayerView& l : m.layers) {
-            PackedLstmLayer p{PackedB(l.w_ih, l.input, true, l.input, G), PackedB(l.w_hh, H, true, H, G),
-                              std::vector<float>(G)};
-            for (int64_t j = 0; j < G; ++j) p.bias[j] = l.b_ih[j] + l.b_hh[j];
-            layers.push_back(std::move(p));
-        }
+        for (const LstmLayerView& l : m.layers) layers.emplace_back(l, m.hidden);
     }
 };
 
