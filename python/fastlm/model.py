@@ -608,12 +608,7 @@ class LSTMNetwork:
                 log_probs, predictions, ranks, _, _ = self.ops.score_streams(
                     p, self.num_layers, x[r : r + batch_size], y[r : r + batch_size]
                 )
-                if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
-                    loss = -float(np.mean(log_probs, dtype=np.float64))
-                    raise FloatingPointError(
-                        f"the loss is {loss} on windows {r} to {r + len(log_probs)}: the model's logits "
-                        "overflow float32 (NaN or infinity)"
-                    )
+                scoring.check_finite_scores(log_probs, f"on windows {r} to {r + len(log_probs)}")
                 metrics.add(y[r : r + batch_size].reshape(-1), log_probs.ravel(), predictions.ravel(), ranks.ravel())
         else:
             ids = check_corpus("ids", data, self.vocab_size)  # a memory map stays on disk

@@ -197,12 +197,7 @@ def score_text(model, params, ids, streams, metrics):
         x, y = ids[index], ids[index + 1]
         pages.batch_read()
         log_probs, predictions, ranks, *state = model.ops.score_streams(params, model.num_layers, x, y, *state)
-        if not np.all(np.isfinite(log_probs)):  # perplexity inf or nan would be a silent non-answer
-            loss = -float(np.mean(log_probs, dtype=np.float64))
-            raise FloatingPointError(
-                f"the loss is {loss} on {y.size} tokens after the first {metrics.tokens}: the model's "
-                "logits overflow float32 (NaN or infinity)"
-            )
+        check_finite_scores(log_probs, f"on {y.size} tokens after the first {metrics.tokens}")
         metrics.add(y.reshape(-1), log_probs.reshape(-1), predictions.reshape(-1), ranks.reshape(-1))
         return state
 
@@ -214,6 +209,15 @@ def score_text(model, params, ids, streams, metrics):
     state = tuple(s[:, -1:] for s in state)
     for t0 in range(length, scored - int(last[0]), TEXT_CALL_ROWS):
         state = piece(last, t0, min(t0 + TEXT_CALL_ROWS, scored - int(last[0])), state)
+
+
+def check_finite_scores(log_probs, where):
+    """FloatingPointError when a log-probability is NaN or infinite (the model's logits
+    overflow float32): perplexity inf or nan would be a silent non-answer. where names the
+    tokens scored, as "on windows 0 to 32"."""
+    if not np.all(np.isfinite(log_probs)):
+        loss = -float(np.mean(log_probs, dtype=np.float64))
+        raise FloatingPointError(f"the loss is {loss} {where}: the model's logits overflow float32 (NaN or infinity)")
 
 
 class NextTokenMetrics:
