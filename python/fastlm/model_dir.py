@@ -185,23 +185,25 @@ class _DirectoryLock:
         self.close()
 
 
-def _current_save_name(directory):
-    """The save-* subdirectory config.json names, or None (no config, format 1, or unreadable)."""
+def _config_or_empty(directory):
+    """The config.json in directory as a dict, or {} (none, unreadable, or not an object):
+    for the clean-up and the save, which go on without one."""
     try:
         config = _read_json(Path(directory) / CONFIG_FILE, "model config", MAX_CONFIG_BYTES)
     except (OSError, ValueError):
-        return None
-    name = config.get("save") if isinstance(config, dict) else None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _current_save_name(directory):
+    """The save-* subdirectory config.json names, or None (no config, format 1, or unreadable)."""
+    name = _config_or_empty(directory).get("save")
     return name if isinstance(name, str) and SAVE_NAME.fullmatch(name) else None
 
 
 def _format_version(directory):
     """format_version of the config.json in directory, or None (none, or unreadable)."""
-    try:
-        config = _read_json(Path(directory) / CONFIG_FILE, "model config", MAX_CONFIG_BYTES)
-    except (OSError, ValueError):
-        return None
-    return config.get("format_version") if isinstance(config, dict) else None
+    return _config_or_empty(directory).get("format_version")
 
 
 def _leftovers(directory, abandoned_saves=False):
