@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import machine_description  # bench/harness.py
+from harness import json_records, machine_description  # bench/harness.py
 
 HERE = Path(__file__).resolve()
 DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
@@ -122,14 +122,7 @@ def start_side(side, argv, data):
 
 def collect(side, proc, log):
     """A worker's JSON records as they come (echoed to log), once it has ended."""
-    records = []
-    with proc:
-        for line in proc.stdout:
-            records.append(json.loads(line))
-            print(json.dumps(records[-1]), file=log, flush=True)
-    if proc.returncode:
-        raise SystemExit(f"the {side} side failed (exit {proc.returncode})")
-    return records
+    return json_records(proc, log, f"{side} side")
 
 
 def run_sides(sides, argv, data, log, parallel):

@@ -28,6 +28,20 @@ def run_json(command, env=None, timeout=None, what=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def json_records(proc, log, what, prefix=""):
+    """The JSON values a running child (a Popen with stdout=PIPE, text=True) prints, one a
+    line, as they come (each echoed to the file log after prefix), once it has ended.
+    SystemExit naming what when it fails."""
+    records = []
+    with proc:
+        for line in proc.stdout:
+            records.append(json.loads(line))
+            print(prefix + json.dumps(records[-1]), file=log, flush=True)
+    if proc.returncode:
+        raise SystemExit(f"the {what} failed (exit {proc.returncode})")
+    return records
+
+
 def call_in_child(script, name, *args, env=None):
     """name(*args) of the bench script at path script (a module of bench/), run in a fresh
     process; args must be Python literals and the result JSON."""

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import machine_description  # bench/harness.py
+from harness import json_records, machine_description  # bench/harness.py
 
 HERE = Path(__file__).resolve()
 DEFAULT_CORPUS = HERE.parents[2] / "shared" / "data" / "warandpeace.txt"
@@ -247,16 +247,8 @@ def start_worker(side, args, data):
 
 
 def collect(side, proc, log):
-    """The worker's records as they come (echoed to log), once it has ended."""
-    records = []
-    with proc:
-        for line in proc.stdout:
-            record = json.loads(line)
-            records.append(record)
-            print(f"{side:7s} {json.dumps(record)}", file=log, flush=True)
-    if proc.returncode:
-        raise SystemExit(f"the {side} worker failed (exit {proc.returncode})")
-    return records
+    """The worker's records as they come (echoed to log after its side), once it has ended."""
+    return json_records(proc, log, f"{side} worker", prefix=f"{side:7s} ")
 
 
 def run_worker(side, args, data, log):
