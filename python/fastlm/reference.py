@@ -541,21 +541,37 @@ def _adaptive_decoder(params):
     )
 
 
-def _lstm_step(params, num_layers, h, c, tokens):
-    """Feed one token per row through every layer, updating the states h, c (lists per layer)."""
-    x = params["embedding.weight"][tokens][:, None]
+def _lstm_stack(params, num_layers, x, h0, c0):
+    """The embedding and every LSTM layer over the ids x (B, T), layer k from the state h0[k],
+    c0[k] (B, H): the top layer's hs (B, T, H) and the lists (h_n, c_n) of each layer's state
+    after the last step."""
+    layer = params["embedding.weight"][x]
+    h_n, c_n = [], []
     for k in range(num_layers):
-        hs, cs, _ = lstm_forward(
-            x,
+        layer, cs, _ = lstm_forward(
+            layer,
             params[f"lstm.weight_ih_l{k}"],
             params[f"lstm.weight_hh_l{k}"],
             params[f"lstm.bias_ih_l{k}"],
             params[f"lstm.bias_hh_l{k}"],
-            h[k],
-            c[k],
+            h0[k],
+            c0[k],
         )
-        h[k], c[k] = hs[:, 0], cs[:, 0]
-        x = hs
+        h_n.append(layer[:, -1])
+        c_n.append(cs[:, -1])
+    return layer, h_n, c_n
+
+
+def _decoder_scores(params, rows, targets):
+    """output_scores of the hidden rows (N, H) through the model's decoder, full or adaptive."""
+    if "decoder.head.weight" in params:
+        return adaptive_output_scores(rows, *_adaptive_decoder(params), targets)
+    return output_scores(rows, params["decoder.weight"], params["decoder.bias"], targets)
+
+
+def _lstm_step(params, num_layers, h, c, tokens):
+    """Feed one token per row through every layer, updating the states h, c (lists per layer)."""
+    _, h[:], c[:] = _lstm_stack(params, num_layers, tokens[:, None], h, c)
 
 
 class GenerationSession:
@@ -677,24 +693,9 @@ def score_sequences(params, num_layers, ids, offsets, bos=-1, batch_size=256):
         y = np.zeros((len(group), T), dtype=np.int64)
         for r, i in enumerate(group):
             x[r, : steps[i]], y[r, : steps[i]], valid[r, : steps[i]] = inputs[i], targets[i], True
-        layer = params["embedding.weight"][x]
-        H = params["lstm.weight_hh_l0"].shape[1]
-        zeros = np.zeros((len(group), H), np.float32)
-        for k in range(num_layers):
-            layer, _, _ = lstm_forward(
-                layer,
-                params[f"lstm.weight_ih_l{k}"],
-                params[f"lstm.weight_hh_l{k}"],
-                params[f"lstm.bias_ih_l{k}"],
-                params[f"lstm.bias_hh_l{k}"],
-                zeros,
-                zeros,
-            )
-        rows, row_targets = layer[valid], y[valid]  # row-major: sequence by sequence, in order
-        if "decoder.head.weight" in params:
-            scores = adaptive_output_scores(rows, *_adaptive_decoder(params), row_targets)
-        else:
-            scores = output_scores(rows, params["decoder.weight"], params["decoder.bias"], row_targets)
+        zeros = [np.zeros((len(group), params["lstm.weight_hh_l0"].shape[1]), np.float32)] * num_layers
+        layer, _, _ = _lstm_stack(params, num_layers, x, zeros, zeros)
+        scores = _decoder_scores(params, layer[valid], y[valid])  # row-major: sequence by sequence, in order
         for out, value in zip((log_probs, predictions, ranks), scores):
             out.append(value)
     if not log_probs:
@@ -713,26 +714,10 @@ def score_streams(params, num_layers, x, y, h0=None, c0=None):
     H = params["lstm.weight_hh_l0"].shape[1]
     h0 = np.zeros((num_layers, B, H), np.float32) if h0 is None else np.asarray(h0, np.float32)
     c0 = np.zeros((num_layers, B, H), np.float32) if c0 is None else np.asarray(c0, np.float32)
-    layer = params["embedding.weight"][x]
-    h_n, c_n = np.empty_like(h0), np.empty_like(c0)
-    for k in range(num_layers):
-        layer, cs, _ = lstm_forward(
-            layer,
-            params[f"lstm.weight_ih_l{k}"],
-            params[f"lstm.weight_hh_l{k}"],
-            params[f"lstm.bias_ih_l{k}"],
-            params[f"lstm.bias_hh_l{k}"],
-            h0[k],
-            c0[k],
-        )
-        h_n[k], c_n[k] = layer[:, -1], cs[:, -1]
-    rows, targets = layer.reshape(B * T, H), y.reshape(-1)
-    if "decoder.head.weight" in params:
-        scores = adaptive_output_scores(rows, *_adaptive_decoder(params), targets)
-    else:
-        scores = output_scores(rows, params["decoder.weight"], params["decoder.bias"], targets)
+    layer, h_n, c_n = _lstm_stack(params, num_layers, x, h0, c0)
+    scores = _decoder_scores(params, layer.reshape(B * T, H), y.reshape(-1))
     log_probs, predictions, ranks = (a.reshape(B, T) for a in scores)
-    return log_probs, predictions, ranks, h_n, c_n
+    return log_probs, predictions, ranks, np.stack(h_n), np.stack(c_n)
 
 
 def prediction_counts(targets, predictions, vocab_size):
