@@ -218,8 +218,9 @@ def test_cli_trains_with_bpe(tmp_path, capsys):
     assert "bpe tokens, vocabulary 300" in capsys.readouterr().out
     assert fastlm.load(tmp_path / "m").tokenizer == Tokenizer.fit(TRAIN[:6000], level="bpe", vocab_size=300)
     argv = ["train", corpus, "--level", "word", "--vocab-size", "300", "--out", tmp_path / "w"]
-    code = cli.main([str(a) for a in argv])
-    assert code == 1 and "vocab_size applies to level='bpe' only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # a usage error
+        cli.main([str(a) for a in argv])
+    assert exit.value.code == 2 and "--vocab-size 300 applies to --level bpe only" in capsys.readouterr().err
 
 
 def test_cli_encodes_with_a_bpe_tokenizer_for_ids_training(tmp_path, capsys):
@@ -243,7 +244,8 @@ def test_cli_encodes_with_a_bpe_tokenizer_for_ids_training(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     trainer = json.loads((fastlm.model_dir.save_path(tmp_path / "m") / "trainer.json").read_text())
     assert trainer["metadata"][cli.RECORD_KEY]["vocab_size"] == 300
-    code = cli.main(
-        [str(a) for a in ["encode", corpus, "--fit", "--level", "bpe", "--tokenizer", tokenizer, "--out", ids]]
-    )
-    assert code == 1 and "level='bpe' needs vocab_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # a usage error
+        cli.main(
+            [str(a) for a in ["encode", corpus, "--fit", "--level", "bpe", "--tokenizer", tokenizer, "--out", ids]]
+        )
+    assert exit.value.code == 2 and "--level bpe needs --vocab-size N" in capsys.readouterr().err

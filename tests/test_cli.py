@@ -1,9 +1,11 @@
 """The `fastlm` command: train | generate | eval | score | export | bench, and its handling of bad input.
 
-Exit codes: 0 success; 2 usage errors (argparse, including out-of-range option values);
-1 other failures, with exactly one line "fastlm COMMAND: error: ..." on stderr and no
-traceback. A failing command writes nothing. Most tests call fastlm.cli.main in-process
-(fast); a few run the real `python -m fastlm` and `fastlm` executables.
+Exit codes: 0 success; 2 usage errors (argparse's, including out-of-range option values, and what the
+command line gets wrong that argparse cannot see: options that do not go together, a path that does
+not exist or is of the wrong kind, arguments swapped), after the command's usage line; 1 other
+failures, with exactly one line "fastlm COMMAND: error: ..." on stderr. Never a traceback. A failing
+command writes nothing. Most tests call fastlm.cli.main in-process (fast); a few run the real
+`python -m fastlm` and `fastlm` executables.
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def assert_error(code, err, command, *fragments):
     assert lines[0].startswith(f"fastlm {command}: error: "), err
     for fragment in fragments:
         assert fragment in lines[0], err
+
+
+def assert_usage(code, err, command, *fragments):
+    """Exit 2, reported as argparse reports its own usage errors: the command's usage, then one line
+    "fastlm COMMAND: error: ..." naming the argument and value."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"usage: fastlm {command} "), err
+    assert lines[-1].startswith(f"fastlm {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[-1], err
 
 
 def assert_usage_error(code, err, *fragments):
@@ -243,7 +257,7 @@ def test_train_on_a_shipped_dataset(capsys, tmp_path):
 
 def test_train_takes_files_or_a_dataset_not_both(capsys, corpus, tmp_path):
     code, _, err = run_cli(capsys, "train", corpus, "--dataset", "tinyshakespeare", "--out", tmp_path / "m")
-    assert code == 1 and "give CORPUS files or --dataset, not both" in err
+    assert_usage(code, err, "train", "give CORPUS files or --dataset, not both")
     assert not (tmp_path / "m").exists()
     code, _, err = run_cli(capsys, "train", "--dataset", "shakespeare", "--out", tmp_path / "m")
     assert code == 2 and "invalid choice: 'shakespeare'" in err
@@ -325,12 +339,12 @@ def test_resume_continues_training(capsys, corpus, tmp_path):
     assert json.loads((save_path(out) / "trainer.json").read_text())["epoch"] == 2
     before = snapshot(out)
     code, _, err = run_cli(capsys, "train", *common, "--epochs", "2", "--resume")
-    assert_error(code, err, "train", "already been trained for 2 epochs")
+    assert_usage(code, err, "train", "already been trained for 2 epochs")
     code, _, err = run_cli(capsys, "train", *common, "--epochs", "3", "--resume", "--seq-len", "30")
-    assert_error(code, err, "train", "cannot resume", "--seq-len 30 (the checkpoint's: --seq-len 20)")
+    assert_usage(code, err, "train", "cannot resume", "--seq-len 30 (the checkpoint's: --seq-len 20)")
     other = write_corpus(tmp_path / "other.txt", lines=200, seed=5)
     code, stdout, err = run_cli(capsys, "train", other, "--out", out, "--epochs", "3", "--resume")
-    assert_error(code, err, "train", "cannot resume", f"CORPUS {other} (the checkpoint's: CORPUS {corpus})")
+    assert_usage(code, err, "train", "cannot resume", f"CORPUS {other} (the checkpoint's: CORPUS {corpus})")
     assert snapshot(out) == before
 
 
@@ -390,8 +404,8 @@ def bad_corpus(tmp_path):
     (tmp_path / "nul.txt").write_bytes(b"text\0with NUL bytes " * 50)
     (tmp_path / "adir").mkdir()
     return {
-        "missing": (tmp_path / "missing.txt", ["missing.txt", "No such file"]),
-        "directory": (tmp_path / "adir", ["is a directory"]),
+        "missing": (tmp_path / "missing.txt", ["argument CORPUS: ", "missing.txt does not exist"]),
+        "directory": (tmp_path / "adir", ["argument CORPUS: ", "adir is a directory, not a file"]),
         "empty": (tmp_path / "empty.txt", ["empty"]),
         "whitespace only": (tmp_path / "blank.txt", ["empty"]),
         "shorter than seq_len + 1": (tmp_path / "short.txt", ["too short", "9 char tokens", "at least 21"]),
@@ -418,7 +432,10 @@ def test_train_refuses_bad_corpus_and_writes_nothing(capsys, bad_corpus, tmp_pat
     path, fragments = bad_corpus[case]
     out = tmp_path / "m"
     code, stdout, err = run_cli(capsys, "train", path, "--epochs", "1", *TINY, "--out", out)
-    assert_error(code, err, "train", *fragments)
+    if case in ("missing", "directory"):  # a path of the wrong kind: a usage error
+        assert_usage(code, err, "train", *fragments)
+    else:  # a file whose text cannot be trained on
+        assert_error(code, err, "train", *fragments)
     assert not out.exists()
 
 
@@ -431,7 +448,7 @@ def test_train_refuses_a_bad_corpus_without_touching_an_existing_model(capsys, b
 
 def test_train_refuses_one_bad_file_among_good_ones(capsys, corpus, bad_corpus, tmp_path):
     code, _, err = run_cli(capsys, "train", corpus, bad_corpus["missing"][0], *TINY, "--out", tmp_path / "m")
-    assert_error(code, err, "train", "missing.txt")
+    assert_usage(code, err, "train", "argument CORPUS: ", "missing.txt does not exist")
     assert not (tmp_path / "m").exists()
 
 
@@ -454,18 +471,18 @@ def test_train_refuses_an_unreadable_corpus(capsys, corpus, tmp_path, monkeypatc
 
 def test_train_refuses_an_out_that_is_not_a_model_directory(capsys, corpus, tmp_path):
     code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", corpus)
-    assert_error(code, err, "train", "is a file")
+    assert_usage(code, err, "train", f"argument --out: {corpus} is a file, not a model directory")
     other = tmp_path / "documents"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", other)
-    assert_error(code, err, "train", "holding no fastlm model")
+    assert_usage(code, err, "train", "argument --out: ", "holding no fastlm model")
     assert snapshot(other) == {"notes.txt": b"mine"}
 
 
 def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
     code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", tmp_path / "nothing", "--resume")
-    assert_error(code, err, "train", "nothing to resume")
+    assert_usage(code, err, "train", "argument --out: nothing to resume")
     assert not (tmp_path / "nothing").exists()
     import fastlm
 
@@ -532,17 +549,26 @@ def test_damaged_model_directory(capsys, model_copy, corpus, command, damage):
     assert snapshot(model_copy) == before
 
 
-@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize("command", ["generate", "eval", "score"])
 def test_missing_model_directory(capsys, tmp_path, corpus, command):
-    argv = [tmp_path / "nope"] + ([corpus] if command == "eval" else [])
+    argv = [tmp_path / "nope"] + ([corpus] if command != "generate" else [])
     code, _, err = run_cli(capsys, command, *argv)
-    assert_error(code, err, command, "nope", "does not exist")
+    assert_usage(code, err, command, f"argument DIR: {tmp_path / 'nope'} does not exist")
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "nope" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, command, *argv)
+    assert_usage(code, err, command, f"argument DIR: {tmp_path / 'nope'} is not a model directory (no config.json)")
+
+
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_a_missing_file_or_a_directory_as_the_text_is_a_usage_error(capsys, model_dir, bad_corpus, command):
+    for case, message in [("missing", "does not exist"), ("directory", "is a directory, not a file")]:
+        code, _, err = run_cli(capsys, command, model_dir, bad_corpus[case][0])
+        assert_usage(code, err, command, f"argument FILE: {bad_corpus[case][0]} {message}")
 
 
 def test_eval_refuses_bad_text(capsys, model_dir, bad_corpus):
     for case, fragment in [
-        ("missing", "No such file"),
-        ("directory", "is a directory"),
         ("empty", "0 word tokens"),
         ("whitespace only", "0 word tokens"),
         ("not UTF-8", "not UTF-8"),
@@ -567,6 +593,9 @@ def test_python_dash_m(model_dir, tmp_path):
     result = _run_process(sys.executable, "-m", "fastlm", "train", "--epochs", "0")
     assert result.returncode == 2 and "argument --epochs" in result.stderr
     result = _run_process(sys.executable, "-m", "fastlm", "eval", model_dir, tmp_path / "missing.txt")
+    assert_usage(result.returncode, result.stderr, "eval", f"argument FILE: {tmp_path / 'missing.txt'} does not exist")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    result = _run_process(sys.executable, "-m", "fastlm", "eval", model_dir, tmp_path / "latin1.txt")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("fastlm eval: error: ") and len(result.stderr.splitlines()) == 1
     result = _run_process(
@@ -604,8 +633,8 @@ def test_console_script(corpus, tmp_path):
     result = _run_process(fastlm, "generate", "m", "--top-p", "2", cwd=tmp_path)
     assert result.returncode == 2 and "argument --top-p" in result.stderr
     result = _run_process(fastlm, "generate", "does-not-exist", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "fastlm generate: error: model directory does-not-exist does not exist"
+    assert_usage(result.returncode, result.stderr, "generate")
+    assert result.stderr.splitlines()[-1] == "fastlm generate: error: argument DIR: does-not-exist does not exist"
 
 
 @pytest.mark.parametrize("command", ["generate", "eval"])
@@ -651,15 +680,28 @@ def test_train_says_where_the_model_goes(capsys, monkeypatch, corpus, tmp_path):
     assert (tmp_path / "rel" / "m" / "config.json").is_file()
 
 
-def test_eval_with_swapped_arguments_says_which_is_which(capsys, model_dir, corpus):
-    code, _, err = run_cli(capsys, "eval", corpus, model_dir)
-    assert_error(code, err, "eval", "look swapped", f"fastlm eval {model_dir} {corpus}")
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_swapped_arguments_are_a_usage_error_that_says_which_is_which(capsys, model_dir, corpus, command):
+    code, _, err = run_cli(capsys, command, corpus, model_dir)
+    assert_usage(
+        code,
+        err,
+        command,
+        f"arguments DIR {corpus} and FILE {model_dir} look swapped",
+        f"fastlm {command} {model_dir} {corpus}",
+    )
 
 
-def test_a_file_given_as_the_model_directory(capsys, corpus):
-    for argv in (["generate", corpus], ["eval", corpus, corpus]):
+def test_a_file_given_as_the_model_directory(capsys, corpus, tmp_path):
+    for argv in (
+        ["generate", corpus],
+        ["eval", corpus, corpus],
+        ["score", corpus],
+        ["export", corpus, "--onnx", tmp_path / "m.onnx"],
+    ):
         code, _, err = run_cli(capsys, *argv)
-        assert_error(code, err, argv[0], f"{corpus} is a file, not a model directory")
+        assert_usage(code, err, argv[0], f"argument DIR: {corpus} is a file, not a model directory")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_and_generate_text_sample_at_the_same_temperature(monkeypatch, model_dir, capsys):
@@ -792,6 +834,12 @@ def test_score_prints_one_log10_score_per_line_of_a_file_or_of_stdin(capsys, cha
     assert [float(v) for v in out.split()] == pytest.approx(expected, abs=1e-6)
 
 
+def test_score_refuses_text_that_is_not_utf8_naming_the_file(capsys, char_model, bad_corpus):
+    path = bad_corpus["not UTF-8"][0]
+    code, _, err = run_cli(capsys, "score", char_model, path)
+    assert_error(code, err, "score", f"{path} is not UTF-8 text (invalid byte 0xe9)")
+
+
 def test_score_json_gives_every_token_its_score(capsys, char_model, tmp_path):
     import fastlm
 
@@ -835,7 +883,7 @@ def test_generate_stream_stops_where_generate_stops(capsys, char_model):
         assert code == 0, err
         assert out == unstopped.split("\n")[0] + "\n", mode
     code, out, err = run_cli(capsys, *argv, "--stream", "--num-samples", "2")
-    assert_error(code, err, "generate", "--stream prints one sample")
+    assert_usage(code, err, "generate", "--stream prints one sample; got --num-samples 2")
 
 
 def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_path):
@@ -860,9 +908,11 @@ def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_pat
 
 def test_export_bad_input(capsys, model_dir, tmp_path, monkeypatch):
     code, _, err = run_cli(capsys, "export", model_dir, "--onnx", tmp_path / "missing" / "m.onnx")
-    assert_error(code, err, "export", "missing", "does not exist")
+    assert_usage(code, err, "export", "argument --onnx: ", f"the directory {tmp_path / 'missing'} does not exist")
+    code, _, err = run_cli(capsys, "export", model_dir, "--onnx", tmp_path)
+    assert_usage(code, err, "export", f"argument --onnx: {tmp_path} is a directory")
     code, _, err = run_cli(capsys, "export", tmp_path / "no-model", "--onnx", tmp_path / "m.onnx")
-    assert_error(code, err, "export", "no-model")
+    assert_usage(code, err, "export", f"argument DIR: {tmp_path / 'no-model'} does not exist")
     code, _, err = run_cli(capsys, "export", model_dir)
     assert_usage_error(code, err, "--onnx")
     monkeypatch.setitem(sys.modules, "onnx", None)  # as without the onnx package

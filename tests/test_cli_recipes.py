@@ -148,7 +148,11 @@ def test_resume_takes_the_epochs_and_every_setting_from_the_checkpoint(capsys, d
     assert tokenizer["eos"] == "<eos>" and config["hidden_size"] == 8
     assert all(loss is not None for loss in trainer["history"]["val_loss"])  # the --val file, again
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", *QUICK)
-    assert code == 1 and "already been trained for 2 epochs" in err
+    assert (
+        code == 2
+        and err.splitlines()[-1].startswith("fastlm train: error: ")
+        and "already been trained for 2 epochs" in err
+    )
     # A larger --epochs trains on; the same values given again are accepted.
     code, stdout, err = run_cli(
         capsys, "train", data["train"], "--out", out, "--resume", "--epochs", "3", "--lr", "1", *QUICK
@@ -170,7 +174,7 @@ def test_resume_takes_the_epochs_and_every_setting_from_the_checkpoint(capsys, d
         ([data["test"]], [f"CORPUS {data['test']}", f"CORPUS {data['train']}"]),
     ]:
         code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--epochs", "4", *typed, *QUICK)
-        assert code == 1 and err.count("\n") == 1, (typed, err)
+        assert code == 2 and err.splitlines()[-1].startswith("fastlm train: error: "), (typed, err)
         assert "cannot resume" in err and "leave these options out" in err, err
         for fragment in fragments:
             assert fragment in err, (typed, fragment, err)
@@ -205,16 +209,22 @@ BAD = [  # (argv after `train TRAIN`, exit code, what the message must say)
     (["--preset", "zaremba-huge"], 2, ["argument --preset", "unknown preset 'zaremba-huge'", "zaremba-small"]),
     (["--momentum", "-0.5"], 2, ["argument --momentum", "got -0.5"]),
     (["--eos", ""], 2, ["argument --eos", "eos must be a non-empty token"]),
-    (["--optimizer", "sgd", "--nesterov"], 1, ["--nesterov needs --momentum > 0"]),
-    (["--momentum", "0.9"], 1, ["--momentum 0.9 applies to --optimizer sgd", "--optimizer adam"]),
-    (["--tie-weights", "--embed", "8", "--hidden", "16"], 1, ["--tie-weights", "--embed 8", "--hidden 16"]),
-    (["--eos", "<eos>"], 1, ["--eos <eos>", "--level word", "--level char"]),
-    (["--lr-decay-epoch", "2"], 1, ["--lr-decay-epoch 2", "--lr-decay"]),
-    (["--val", "{missing}"], 1, ["--val", "missing.txt", "No such file"]),
-    (["--test", "{missing}"], 1, ["--test", "missing.txt", "No such file"]),
+    (["--optimizer", "sgd", "--nesterov"], 2, ["--nesterov needs --momentum > 0"]),
+    (["--momentum", "0.9"], 2, ["--momentum 0.9 applies to --optimizer sgd", "--optimizer adam"]),
+    (["--tie-weights", "--embed", "8", "--hidden", "16"], 2, ["--tie-weights", "--embed 8", "--hidden 16"]),
+    (["--eos", "<eos>"], 2, ["--eos <eos>", "--level word", "--level char"]),
+    (["--lr-decay-epoch", "2"], 2, ["--lr-decay-epoch 2", "--lr-decay"]),
+    (["--val", "{missing}"], 2, ["argument --val: ", "missing.txt does not exist"]),
+    (["--test", "{missing}"], 2, ["argument --test: ", "missing.txt does not exist"]),
+    (["--val", "{directory}"], 2, ["argument --val: ", "is a directory, not a file"]),
+    (["--level", "bpe"], 2, ["--level bpe needs --vocab-size N"]),
+    (["--level", "bpe", "--vocab-size", "100"], 2, ["vocab_size must be at least 257"]),
+    (["--level", "bpe", "--vocab-size", "300", "--max-vocab", "50"], 2, ["sized by --vocab-size, not --max-vocab"]),
+    (["--vocab-size", "300"], 2, ["--vocab-size 300 applies to --level bpe only, got --level char"]),
+    (["--split-punctuation"], 2, ["--split-punctuation applies to --level word only, got --level char"]),
     (["--level", "word", "--val", "{foreign}"], 1, ["--val", "foreign.txt", "no token of the training vocabulary"]),
     (["--level", "word", "--test", "{foreign}"], 1, ["--test", "foreign.txt", "no token of the training vocabulary"]),
-    (["--val", "{valid}", "--val-fraction", "0.1"], 1, ["--val FILE or --val-fraction, not", "--val-fraction 0.1)"]),
+    (["--val", "{valid}", "--val-fraction", "0.1"], 2, ["--val FILE or --val-fraction, not", "--val-fraction 0.1)"]),
 ]
 
 
@@ -222,16 +232,18 @@ BAD = [  # (argv after `train TRAIN`, exit code, what the message must say)
 def test_bad_input_is_refused_before_anything_is_trained_or_written(
     capsys, data, foreign, tmp_path, argv, exit_code, fragments
 ):
-    files = {"missing": tmp_path / "missing.txt", "foreign": foreign, "valid": data["valid"]}
+    files = {"missing": tmp_path / "missing.txt", "directory": tmp_path, "foreign": foreign, "valid": data["valid"]}
     argv = [a.format(**files) for a in argv]
     out = tmp_path / "m"
     code, stdout, err = run_cli(capsys, "train", data["train"], *SMALL, *argv, *QUICK, "--out", out)
     assert code == exit_code, err
     assert "Traceback" not in err and "epoch" not in stdout
-    if exit_code == 1:
+    if exit_code == 1:  # one line
         assert err.startswith("fastlm train: error: ") and err.count("\n") == 1, err
+    else:  # a usage error: the usage, then one line
+        assert err.startswith("usage: fastlm train ") and err.splitlines()[-1].startswith("fastlm train: error: "), err
     for fragment in fragments:
-        assert fragment in err, err
+        assert fragment in err.splitlines()[-1], err
     assert not out.exists()
 
 

@@ -236,16 +236,31 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     )
     assert code == 1 and f"at offset {first_bad:,}, outside the vocabulary [0, {len(small)})" in err
     code, _, err = run_cli(capsys, "train", "--ids", tmp_path / "ids.bin", *common)
-    assert code == 1 and "--ids needs --tokenizer" in err
+    assert code == 2 and "--ids needs --tokenizer" in err  # usage errors: exit 2
     code, _, err = run_cli(capsys, "train", corpus_file, "--ids", tmp_path / "ids.bin", *common)
-    assert code == 1 and "either CORPUS text files (or --dataset) or --ids" in err
+    assert code == 2 and "either CORPUS text files (or --dataset) or --ids" in err
+    code, _, err = run_cli(
+        capsys, "train", "--ids", tmp_path / "no.bin", "--tokenizer", tmp_path / "small.json", *common
+    )
+    assert code == 2 and f"argument --ids: {tmp_path / 'no.bin'} does not exist" in err
     code, _, err = run_cli(capsys, "train", "--ids", corpus_file, "--tokenizer", tmp_path / "small.json", *common)
     assert code == 1 and "not a fastlm token file" in err
     assert not (tmp_path / "model").exists()
     code, _, err = run_cli(
         capsys, "encode", corpus_file, "--tokenizer", tmp_path / "missing.json", "--out", tmp_path / "x.bin"
     )
-    assert code == 1 and "missing.json" in err and not (tmp_path / "x.bin").exists()
+    assert code == 2 and f"argument --tokenizer: {tmp_path / 'missing.json'} does not exist" in err
+    assert not (tmp_path / "x.bin").exists()
+    for out, message in [
+        (tmp_path, "is a directory"),
+        (tmp_path / "no" / "x.bin", f"the directory {tmp_path / 'no'} does"),
+    ]:
+        code, _, err = run_cli(capsys, "encode", corpus_file, "--tokenizer", tmp_path / "small.json", "--out", out)
+        assert code == 2 and f"argument --out: {out}" in err and message in err, err
+    code, _, err = run_cli(
+        capsys, "encode", tmp_path, "--tokenizer", tmp_path / "small.json", "--out", tmp_path / "x.bin"
+    )
+    assert code == 2 and f"argument CORPUS: {tmp_path} is a directory, not a file" in err, err
 
 
 def test_window_order_is_narrow_and_the_permutation_of_the_starts():

@@ -1,9 +1,13 @@
 """The `fastlm` command: train, generate, eval, score, encode, export, bench (also `python -m fastlm`).
 
-Exit codes: 0 success; 2 usage errors, including out-of-range option values (argparse);
-1 any other failure, reported as one line "fastlm COMMAND: error: ..." on stderr without a
-traceback; 130 when interrupted. A failing `fastlm train` writes nothing: inputs are checked
-before the first checkpoint, and checkpoints are written atomically.
+Exit codes: 0 success; 2 usage errors: what argparse refuses (a missing, extra or unknown argument, an
+out-of-range option value) and UsageError, what the command line gets wrong that argparse cannot see
+(options that do not go together, a path that does not exist or is of the wrong kind, arguments
+swapped), reported as argparse reports its own, the usage line then "fastlm COMMAND: error: ...";
+1 any other failure (a file that cannot be read or holds the wrong content, a corpus too short, ...),
+reported as one line "fastlm COMMAND: error: ..." on stderr; never a traceback; 130 when interrupted.
+A failing `fastlm train` writes nothing: inputs are checked before the first checkpoint, and
+checkpoints are written atomically.
 """
 
 from __future__ import annotations
@@ -86,6 +90,54 @@ EVAL_KEYS = ("loss", "perplexity", "accuracy", "bits_per_token", "tokens")  # ev
 RECORD_KEY = "fastlm_train"  # the key of the settings in trainer.json's "metadata"
 
 
+class UsageError(ValueError):
+    """The command line cannot work as typed: exit 2, as argparse's own usage errors. The message names
+    the argument and its value."""
+
+
+def _input_path(argument, path, what="file"):
+    """An argument naming a file to read (what="file"), a model directory (what="model directory") or
+    either: UsageError when nothing is there or something of the other kind (a file given for a directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"argument {argument}: {path} does not exist")
+    if what == "file" and path.is_dir():
+        raise UsageError(f"argument {argument}: {path} is a directory, not a file")
+    if what == "model directory":
+        if not path.is_dir():
+            raise UsageError(f"argument {argument}: {path} is a file, not a model directory")
+        if not (path / model_dir.CONFIG_FILE).exists() and not any(
+            model_dir.is_fastlm_file(p.name) for p in path.iterdir()
+        ):  # (a directory of fastlm's own files without config.json: fastlm.load says what is wrong)
+            raise UsageError(
+                f"argument {argument}: {path} is not a model directory (no {model_dir.CONFIG_FILE}); "
+                "give a directory written by fastlm train or save()"
+            )
+    return path
+
+
+def _output_path(argument, path):
+    """An argument naming a file to write: UsageError for a directory or a missing parent directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"argument {argument}: {path} is a directory; give the name of the file to write")
+    if not path.absolute().parent.is_dir():
+        raise UsageError(f"argument {argument}: {path}: the directory {path.absolute().parent} does not exist")
+    return path
+
+
+def _check_not_swapped(command, directory, file):
+    """`fastlm eval FILE DIR` is an easy slip: say which argument is which rather than that a
+    directory does not exist or is not a text file."""
+    directory, file = Path(directory), Path(file)
+    if directory.is_file() and file.is_dir():
+        raise UsageError(
+            f"arguments DIR {directory} and FILE {file} look swapped ({directory} is a file, {file} a "
+            f"directory): fastlm {command} takes the model directory first, then the text file: "
+            f"fastlm {command} {file} {directory}"
+        )
+
+
 def read_text(path):
     path = Path(path)
     if path.is_dir():
@@ -158,33 +210,35 @@ def _check_out(out, resume, writer=True):
     is checked, so that no rank races rank 0's clean-up and writability probe."""
     if resume:
         if not out.is_dir():
-            raise FileNotFoundError(
-                f"nothing to resume: {out} does not exist (pass the --out of the run to "
+            raise UsageError(
+                f"argument --out: nothing to resume: {out} does not exist (pass the --out of the run to "
                 "continue, or train without --resume)"
             )
     elif not writer:
         return
     elif out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a model directory")
+        raise UsageError(f"argument --out: {out} is a file, not a model directory")
     elif out.is_dir() and not (out / model_dir.CONFIG_FILE).exists():
         model_dir.remove_leftovers(out, abandoned_saves=True)  # a save killed before its first config.json
         if any(not model_dir.is_fastlm_file(p.name) for p in out.iterdir()):
-            raise FileExistsError(f"--out {out} is a non-empty directory holding no fastlm model; choose another --out")
+            raise UsageError(
+                f"argument --out: {out} is a non-empty directory holding no fastlm model; choose another --out"
+            )
 
 
 def _training_text(corpus, dataset):
     """The text to train on and how to name it: the CORPUS files, a --dataset, or the default dataset."""
     if corpus and dataset:
-        raise ValueError(f"give CORPUS files or --dataset, not both (got {len(corpus)} files and --dataset {dataset})")
+        raise UsageError(f"give CORPUS files or --dataset, not both (got {len(corpus)} files and --dataset {dataset})")
     if corpus:
-        return "\n".join(read_text(p) for p in corpus), ", ".join(corpus)
+        return "\n".join(read_text(_input_path("CORPUS", p)) for p in corpus), ", ".join(corpus)
     dataset = dataset or DEFAULT_DATASET
     return fastlm.datasets.load(dataset), f"the {dataset} dataset (fastlm.datasets.{dataset})"
 
 
 def _read_tokenizer(path):
     """--tokenizer: a tokenizer.json, or a model directory holding one."""
-    path = Path(path)
+    path = _input_path("--tokenizer", path, "tokenizer file or model directory")
     if path.is_dir() and (path / model_dir.CONFIG_FILE).is_file():  # a model directory: its current save's
         path = model_dir.save_path(path)
     return fastlm.Tokenizer.load(path / model_dir.TOKENIZER_FILE if path.is_dir() else path)
@@ -304,7 +358,7 @@ def _resumed_settings(out, trainer, typed, comm):
         if k != "epochs" and k in recorded and not _same(k, v, recorded[k])
     ]
     if different:
-        raise ValueError(
+        raise UsageError(
             f"cannot resume the run in {out} with other settings: {'; '.join(different)}. --resume takes "
             "every setting from the checkpoint (only --epochs may grow): leave these options out"
         )
@@ -320,7 +374,7 @@ def _resumed_settings(out, trainer, typed, comm):
                 f"if it has moved, give {_flag(name)} at its new place"
             )
     if trainer["epoch"] >= settings["epochs"]:
-        raise ValueError(
+        raise UsageError(
             f"{out} has already been trained for {trainer['epoch']} epochs; "
             f"pass --epochs greater than {trainer['epoch']} to train on"
         )
@@ -328,40 +382,67 @@ def _resumed_settings(out, trainer, typed, comm):
 
 
 def _check_combinations(s, typed):
-    """Settings that cannot go together, refused before any corpus is read."""
+    """Settings that cannot go together, refused (exit 2) before any corpus is read."""
     if "val" in typed and "val_fraction" in typed:
-        raise ValueError(
+        raise UsageError(
             f"give --val FILE or --val-fraction, not both "
             f"(got --val {typed['val']} and --val-fraction {typed['val_fraction']})"
         )
     if s["eos"] is not None and s["level"] != "word":
-        raise ValueError(
+        raise UsageError(
             f"--eos {s['eos']} marks line ends between words: it needs --level word, got --level {s['level']}"
         )
     if s["momentum"] and s["optimizer"] != "sgd":
-        raise ValueError(
+        raise UsageError(
             f"--momentum {s['momentum']} applies to --optimizer sgd (Adam has its own betas), "
             f"got --optimizer {s['optimizer']}"
         )
     if s["nesterov"] and not s["momentum"] > 0:
-        raise ValueError(
+        raise UsageError(
             f"--nesterov needs --momentum > 0 (Nesterov momentum without momentum is plain SGD), "
             f"got --momentum {s['momentum']}"
         )
     if s["tie_weights"] and s["embed"] != s["hidden"]:
-        raise ValueError(
+        raise UsageError(
             "--tie-weights shares the embedding matrix with the decoder, which needs --embed equal to "
             f"--hidden; got --embed {s['embed']} and --hidden {s['hidden']}"
         )
     if s["lr_decay_epoch"] is not None and s["lr_decay"] is None:
-        raise ValueError(
+        raise UsageError(
             f"--lr-decay-epoch {s['lr_decay_epoch']} multiplies the lr by --lr-decay every epoch from "
             "then on: give --lr-decay too"
         )
 
 
+def _check_tokenizer_options(o):
+    """The tokenizer options of `train` or `encode --fit` (a mapping) that cannot go together, in the
+    command line's words (Tokenizer.fit would refuse them too, in the API's, after reading the corpus)."""
+    level, vocab_size, max_vocab = o["level"], o["vocab_size"], o["max_vocab"]
+    if level == "bpe" and vocab_size is None:
+        raise UsageError("--level bpe needs --vocab-size N: how many tokens to learn (at least 257)")
+    if level != "bpe" and vocab_size is not None:
+        raise UsageError(
+            f"--vocab-size {vocab_size} applies to --level bpe only, got --level {level} "
+            "(the word and char levels take --max-vocab)"
+        )
+    if level == "bpe" and max_vocab is not None:
+        raise UsageError(f"--level bpe is sized by --vocab-size, not --max-vocab (got --max-vocab {max_vocab})")
+    if o["split_punctuation"] and level != "word":
+        raise UsageError(f"--split-punctuation applies to --level word only, got --level {level}")
+    if o["eos"] is not None and level != "word":
+        raise UsageError(f"--eos {o['eos']} marks line ends between words: it needs --level word, got --level {level}")
+    try:  # the API's remaining rules (--vocab-size below 257, --max-vocab 1, ...)
+        fastlm.tokenizer._check_vocab_size(vocab_size, level)
+        fastlm.tokenizer._check_options(
+            level, o["min_count"], max_vocab, o["lowercase"], o["split_punctuation"], o["eos"]
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
 def _option_text(option, path):
     """The text of the file an option names; errors name the option."""
+    _input_path(option, path)
     try:
         return read_text(path)
     except (OSError, ValueError) as error:
@@ -445,13 +526,17 @@ def cmd_train(args):
     else:
         settings, saved = _new_settings(typed), {}
     _check_combinations(settings, typed)
+    if not args.resume and not settings["ids"]:
+        _check_tokenizer_options(settings)
     s = argparse.Namespace(**settings)
     if s.ids and (s.corpus or s.dataset):
-        raise ValueError("pass either CORPUS text files (or --dataset) or --ids, not both")
+        raise UsageError("pass either CORPUS text files (or --dataset) or --ids, not both")
     if s.ids and not s.tokenizer and not args.resume:
-        raise ValueError(
+        raise UsageError(
             "--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)"
         )
+    if s.ids:
+        _input_path("--ids", s.ids)
     held_out = {option: _option_text(option, path) for option, path in (("--val", s.val), ("--test", s.test)) if path}
     text, source = (None, s.ids) if s.ids else _training_text(s.corpus, s.dataset)
     if text is not None and not text.strip():
@@ -571,11 +656,13 @@ def _text_chunks(paths, size=1 << 20):
 
 
 def cmd_encode(args):
-    out, tokenizer_path = Path(args.out), Path(args.tokenizer)
+    out, tokenizer_path = _output_path("--out", args.out), Path(args.tokenizer)
     for path in args.corpus:
-        if Path(path).is_dir():
-            raise IsADirectoryError(f"{path} is a directory, not a text file")
+        _input_path("CORPUS", path)
     if args.fit:
+        _check_tokenizer_options(vars(args))
+        if not tokenizer_path.is_dir():
+            _output_path("--tokenizer", tokenizer_path)
         tokenizer = _fit_tokenizer(_text_chunks(args.corpus), args)
         tokenizer.save(tokenizer_path / model_dir.TOKENIZER_FILE if tokenizer_path.is_dir() else tokenizer_path)
     else:
@@ -637,12 +724,13 @@ def _stream(model, args, stop, separator):
 
 
 def cmd_generate(args):
+    _input_path("DIR", args.directory, "model directory")
     model = _load(args.directory)
     stop = [unescape(s) for s in args.stop] if args.stop else None
     separator = " " if model.tokenizer.level == "word" and args.prompt[-1:].strip() else ""
     if args.stream:
         if args.num_samples != 1:
-            raise ValueError(f"--stream prints one sample; got --num-samples {args.num_samples}")
+            raise UsageError(f"--stream prints one sample; got --num-samples {args.num_samples}")
         return _stream(model, args, stop, separator)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -656,22 +744,11 @@ def cmd_generate(args):
     return 0
 
 
-def _check_eval_arguments(directory, file):
-    """`fastlm eval FILE DIR` is an easy slip: say which argument is which rather than that a
-    directory does not exist or is not a text file."""
-    directory, file = Path(directory), Path(file)
-    if directory.is_file() and file.is_dir():
-        raise ValueError(
-            f"the arguments look swapped: {directory} is a file and {file} a directory; "
-            f"fastlm eval takes the model directory first, then the text file: "
-            f"fastlm eval {file} {directory}"
-        )
-
-
 def cmd_eval(args):
-    _check_eval_arguments(args.directory, args.file)
+    _check_not_swapped("eval", args.directory, args.file)
+    _input_path("DIR", args.directory, "model directory")
+    path = _input_path("FILE", args.file)
     model = _load(args.directory)
-    path = Path(args.file)
     ids, unknown = model.tokenizer.encode(read_text(path), return_unknown=True)
     if len(ids) < 2:
         raise ValueError(f"{path} holds {len(ids)} {model.tokenizer.level} tokens; scoring needs at least 2")
@@ -694,6 +771,16 @@ def cmd_eval(args):
 SCORE_BLOCK_LINES = 4096  # lines scored per call: stdin is read as it comes
 
 
+def _utf8_lines(stream, name):
+    """The stream's lines; text that is not UTF-8 is an error naming the source and the line."""
+    try:
+        yield from stream
+    except UnicodeDecodeError as error:  # (decoded a chunk at a time: error.start is no position in the file)
+        raise ValueError(
+            f"{name} is not UTF-8 text (invalid byte {error.object[error.start]:#04x}); convert it to UTF-8 first"
+        ) from None
+
+
 def _line_blocks(stream):
     block = []
     for line in stream:
@@ -706,11 +793,16 @@ def _line_blocks(stream):
 
 
 def cmd_score(args):
+    if args.file is not None:
+        _check_not_swapped("score", args.directory, args.file)
+    _input_path("DIR", args.directory, "model directory")
+    if args.file is not None:
+        _input_path("FILE", args.file)
     model = _load(args.directory)
     bos, eos = not args.no_bos, not args.no_eos
     source = open(args.file, encoding="utf-8") if args.file else sys.stdin
     try:
-        for lines in _line_blocks(source):
+        for lines in _line_blocks(_utf8_lines(source, args.file or "standard input")):
             if not args.json:
                 print("\n".join(f"{value:.6f}" for value in model.score(lines, bos=bos, eos=eos)), flush=True)
                 continue
@@ -747,6 +839,8 @@ def cmd_export(args):
     before the model is read."""
     from fastlm import onnx_export
 
+    _input_path("DIR", args.directory, "model directory")
+    _output_path("--onnx", args.onnx)
     onnx_export.check_output_path(args.onnx, "--onnx")
     try:
         onnx_export.import_onnx()
@@ -1268,6 +1362,7 @@ def build_parser():
     )
     bench.set_defaults(run=cmd_bench)
     for command in (train, generate, evaluate, score, encode, export, bench):
+        command.set_defaults(parser=command)  # main reports a UsageError as this parser's own errors
         command.add_argument(
             "--threads",
             type=POSITIVE_INT,
@@ -1315,5 +1410,7 @@ def main(argv=None):
         comm = getattr(args, "comm", None)
         if comm is not None and comm.Get_size() > 1 and not getattr(error, "fastlm_on_every_rank", False):
             distributed.print_and_abort(comm, message)  # this rank's error alone: the others would wait for ever
+        if isinstance(error, UsageError):
+            args.parser.error(_message(error))  # the usage line, then the message; exit 2
         print(message, file=sys.stderr, flush=True)
         return 1
