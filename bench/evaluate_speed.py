@@ -44,13 +44,18 @@ def fastlm_model(threads):
     return fastlm.LSTMLM(V, E, H, L, seed=0)
 
 
-def run_exact(tokens, threads):
-    model, ids = fastlm_model(threads), corpus(tokens)
-    model.evaluate(ids[:2000])  # warm-up
+def timed_evaluation(evaluate, ids):
+    """evaluate(ids) (a dict with loss and tokens) timed after a warm-up on its first 2,000 ids."""
+    evaluate(ids[:2000])
     start = time.perf_counter()
-    result = model.evaluate(ids)
+    result = evaluate(ids)
     seconds = time.perf_counter() - start
     return {"tokens_per_s": result["tokens"] / seconds, "loss": result["loss"], "tokens": result["tokens"]}
+
+
+def run_exact(tokens, threads):
+    model, ids = fastlm_model(threads), corpus(tokens)
+    return timed_evaluation(model.evaluate, ids)
 
 
 def _old_exact_evaluate(model, ids, seq_len=100):
@@ -72,11 +77,7 @@ def _old_exact_evaluate(model, ids, seq_len=100):
 
 def run_exact_before(tokens, threads):
     model, ids = fastlm_model(threads), corpus(tokens)
-    _old_exact_evaluate(model, ids[:2000])
-    start = time.perf_counter()
-    result = _old_exact_evaluate(model, ids)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": result["tokens"] / seconds, "loss": result["loss"], "tokens": result["tokens"]}
+    return timed_evaluation(lambda data: _old_exact_evaluate(model, data), ids)
 
 
 def _old_stream_evaluate(model, ids, streams):
@@ -104,11 +105,7 @@ def run_streams(tokens, threads, streams):
         def evaluate(data):
             return _old_stream_evaluate(model, data, streams)
 
-    evaluate(ids[:2000])
-    start = time.perf_counter()
-    result = evaluate(ids)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": result["tokens"] / seconds, "loss": result["loss"], "tokens": result["tokens"]}
+    return timed_evaluation(evaluate, ids)
 
 
 def run_torch(tokens, threads, streams):
@@ -135,11 +132,7 @@ def run_torch(tokens, threads, streams):
                 count += y.numel()
         return {"loss": total / count, "tokens": count}
 
-    evaluate(ids[:2000])
-    start = time.perf_counter()
-    result = evaluate(ids)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": result["tokens"] / seconds, "loss": result["loss"], "tokens": result["tokens"]}
+    return timed_evaluation(evaluate, ids)
 
 
 def child(name, *args):
