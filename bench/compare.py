@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 
-from harness import machine_description, run_json  # bench/harness.py
+from harness import machine_description, run_json, timed  # bench/harness.py
 
 IMPLS = ("fastlm-cpp", "numpy-reference", "torch")
 KINDS = ("train", "infer", "generate")
@@ -105,13 +105,7 @@ def worker(impl, kind, name, threads, repeats, tokens, torch_onednn=True):
         }[kind]
         library = {"fastlm_threads": fastlm.get_num_threads()}
     base = max_rss_mib()
-    fn = make()
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = timed(make(), repeats)
     per_call = tokens if kind == "generate" else c.batch * c.steps
     print(
         json.dumps(

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -26,6 +27,18 @@ def run_json(command, env=None, timeout=None, what=None):
         what = what or " ".join(command[:4])
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def timed(fn, repeats):
+    """The seconds of each of repeats calls of fn, after one warm-up call (pages fault in,
+    ONNX Runtime prepacks its weights)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def json_records(proc, log, what, prefix=""):

@@ -39,22 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import machine_description, run_json  # bench/harness.py
+from harness import machine_description, run_json, timed  # bench/harness.py
 
 IMPLS = ("fastlm", "onnxruntime")
 
 
 # ------------------------------------------------------------ workers: one measurement, one process
-
-
-def timed(fn, repeats):
-    fn()  # warm-up: ONNX Runtime prepacks weights on its first run, fastlm's pages fault in
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def fastlm_worker(name, files, threads, repeats):
