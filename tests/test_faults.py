@@ -83,17 +83,26 @@ def test_every_step_is_named(reference):
     assert steps.index("staged config.json") < steps.index("renamed config.json")
 
 
-def fail_at(monkeypatch, step, error, on_save=1):
-    """Make the on_save-th save from now raise error at step."""
+def fault_point(step, on_save, fault):
+    """A model_dir._fault_point that calls fault() at step of the on_save-th save from now."""
     seen = {"saves": 0}
 
     def point(name):
         if name == "created the save subdirectory":
             seen["saves"] += 1
         if name == step and seen["saves"] == on_save:
-            raise error
+            fault()
 
-    monkeypatch.setattr(model_dir, "_fault_point", point)
+    return point
+
+
+def fail_at(monkeypatch, step, error, on_save=1):
+    """Make the on_save-th save from now raise error at step."""
+
+    def fail():
+        raise error
+
+    monkeypatch.setattr(model_dir, "_fault_point", fault_point(step, on_save, fail))
 
 
 def kill_in_child_at(step, work, on_save=1):
@@ -102,15 +111,7 @@ def kill_in_child_at(step, work, on_save=1):
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            seen = {"saves": 0}
-
-            def point(name):
-                if name == "created the save subdirectory":
-                    seen["saves"] += 1
-                if name == step and seen["saves"] == on_save:
-                    os._exit(137)
-
-            model_dir._fault_point = point
+            model_dir._fault_point = fault_point(step, on_save, lambda: os._exit(137))
             work()
             os._exit(0)
         finally:
