@@ -103,6 +103,14 @@ def _check_recipe_options(tie_weights, init_range, embed_dim, hidden_size, cutof
     return tie_weights, check_number("init_range", init_range, "(0, inf)", allow_none=True)
 
 
+def _non_empty_prompt(prompt_ids):
+    """prompt_ids as an array, ValueError when it holds no id (session and generate)."""
+    prompt = np.asarray(prompt_ids)
+    if prompt.size == 0:
+        raise ValueError("the prompt is empty: generation starts from at least one token id")
+    return prompt
+
+
 class LSTMNetwork:
     """The network of fastlm.LSTMLM, without training and files (see LSTMLM for the user's view).
 
@@ -639,10 +647,7 @@ class LSTMNetwork:
         """A generation in progress after the 1-D prompt: the kernels' GenerationSession, whose
         next(count) draws the next tokens ((1, count) ids) and probabilities() the next-token
         distribution; the tokens generate would draw with the same arguments."""
-        prompt = np.asarray(prompt_ids)
-        if prompt.size == 0:
-            raise ValueError("the prompt is empty: generation starts from at least one token id")
-        prompt = check_ids("prompt_ids", prompt, self.vocab_size, 1)
+        prompt = check_ids("prompt_ids", _non_empty_prompt(prompt_ids), self.vocab_size, 1)
         sampling = self._sampling(temperature, top_k, top_p, seed, suppress_unk)
         return self.ops.GenerationSession(self.reading_params(), self.num_layers, prompt[None], *sampling)
 
@@ -673,9 +678,7 @@ class LSTMNetwork:
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
         _, stop_ids = streaming.check_stop(stop, text=False)
         num_samples = check_int("num_samples", num_samples, 1)
-        prompt = np.asarray(prompt_ids)
-        if prompt.size == 0:
-            raise ValueError("the prompt is empty: generation starts from at least one token id")
+        prompt = _non_empty_prompt(prompt_ids)
         single = prompt.ndim == 1
         prompt = check_ids("prompt_ids", prompt[None] if single else prompt, self.vocab_size, 2)
         if num_samples > 1 and prompt.shape[0] != 1:
