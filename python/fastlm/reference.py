@@ -474,13 +474,8 @@ def adaptive_sample_token(h, params, temperature, top_k, top_p, rng):
     accepted with probability Z_c / bound_c, and on rejection its bound becomes Z_c (the C++
     sampler's algorithm, drawing the same numbers).
     """
-    n = sum(1 for name in params if name.endswith(".0.weight") and name.startswith("decoder.tail."))
-    head_weight, head_bias, projs, outs = (
-        params["decoder.head.weight"],
-        params.get("decoder.head.bias"),
-        [params[f"decoder.tail.{i}.0.weight"] for i in range(n)],
-        [params[f"decoder.tail.{i}.1.weight"] for i in range(n)],
-    )
+    head_weight, head_bias, projs, outs = _adaptive_decoder(params)
+    n = len(outs)
     starts = _cluster_starts(head_weight, outs)
     c1 = int(starts[0])
     head = _head_log_prob(h[None], head_weight, head_bias)[0]
