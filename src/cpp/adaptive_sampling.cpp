@@ -6,6 +6,7 @@
 
 #include "activations.h"
 #include "errors.h"
+#include "gemm.h"
 #include "optimizer.h"
 
 namespace fastlm {
@@ -15,23 +16,18 @@ AdaptiveSampler::AdaptiveSampler(const AdaptiveShape& shape, const AdaptiveWeigh
     : shape_(shape),
       bias_(w.head_bias ? std::vector<float>(w.head_bias, w.head_bias + shape.head_size())
                         : std::vector<float>(shape.head_size(), 0.0f)),
-      head_t_(w.head, shape.hidden, /*trans_b=*/true, shape.hidden, shape.head_size()),
+      packed_(shape, w),
       head_(shape.head_size()),
       tails_(shape.vocab() - shape.shortlist),
       tail_ready_(shape.clusters()) {
     int64_t widest = 0;
-    for (int64_t i = 0; i < shape.clusters(); ++i) {
-        const int64_t d = shape.widths[i];
-        projection_t_.emplace_back(w.projection[i], shape.hidden, true, shape.hidden, d);
-        out_t_.emplace_back(w.out[i], d, true, d, shape.sizes[i]);
-        widest = std::max(widest, d);
-    }
+    for (int64_t d : shape.widths) widest = std::max(widest, d);
     projected_.resize(widest);
 }
 
 void AdaptiveSampler::head_log_prob(const float* h) {
     const int64_t Vh = shape_.head_size();
-    sgemm_packed(false, 1, h, shape_.hidden, head_t_, 0.0f, head_.data(), Vh);
+    sgemm_packed(false, 1, h, shape_.hidden, packed_.head_t, 0.0f, head_.data(), Vh);
     for (int64_t j = 0; j < Vh; ++j) head_[j] += bias_[j];
     if (!all_finite(head_.data(), Vh))
         throw NonFiniteError("the adaptive decoder's logits hold NaN or infinity: the weights overflow float32");
@@ -43,8 +39,8 @@ const float* AdaptiveSampler::tail_log_prob(int64_t i, const float* h) {
     float* tail = tails_.data() + (shape_.cluster_start(i) - shape_.shortlist);
     if (!tail_ready_[i]) {
         const int64_t d = shape_.widths[i], m = shape_.sizes[i];
-        sgemm_packed(false, 1, h, shape_.hidden, projection_t_[i], 0.0f, projected_.data(), d);
-        sgemm_packed(false, 1, projected_.data(), d, out_t_[i], 0.0f, tail, m);
+        sgemm_packed(false, 1, h, shape_.hidden, packed_.projection_t[i], 0.0f, projected_.data(), d);
+        sgemm_packed(false, 1, projected_.data(), d, packed_.out_t[i], 0.0f, tail, m);
         if (!all_finite(tail, m))
             throw NonFiniteError("the adaptive decoder's logits hold NaN or infinity: the weights overflow float32");
         log_softmax_row(tail, m, 0.0f);

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "adaptive_softmax.h"
-#include "gemm.h"
 #include "isa.h"
 #include "sampling.h"
 
@@ -42,8 +41,7 @@ private:
 
     AdaptiveShape shape_;
     std::vector<float> bias_;
-    PackedB head_t_;
-    std::vector<PackedB> projection_t_, out_t_;
+    PackedAdaptive packed_;
     std::vector<float> head_, projected_, tails_, full_;  // tails_: every cluster's, at cluster_start - c1
     std::vector<char> tail_ready_;
     std::vector<double> weights_;

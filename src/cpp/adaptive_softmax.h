@@ -35,7 +35,8 @@ void log_softmax_row(float* x, int64_t n, float shift);
 void adaptive_log_prob(const AdaptiveShape& s, const float* h, const AdaptiveWeights& w, float* out);
 
 // Every weight of the decoder packed as adaptive_log_prob multiplies it, for callers that
-// compute the full distribution of many row chunks (scoring): packed once, not per chunk.
+// compute the full distribution of many row chunks (scoring) or draw token after token
+// (AdaptiveSampler): packed once, not per chunk or token.
 struct PackedAdaptive {
     PackedB head_t;
     std::vector<PackedB> projection_t, out_t;
