@@ -454,6 +454,10 @@ CASES = [
     ("adaptive_loss_forward_backward", dict(N=40, H=37, cutoffs=[50, 200], V=1009, widths=[9, 2], head_bias=False)),
     ("adaptive_loss_forward_backward", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
     ("adaptive_loss_forward_backward", dict(N=600, H=37, cutoffs=[30, 500], V=1009, widths=[9, 2], empty_cluster=True)),
+    # a tail wider than 64 (its logits stored) beside a thin one (recomputed)
+    ("adaptive_loss_forward_backward", dict(N=200, H=300, cutoffs=[50, 400], V=3000, widths=[75, 18])),
+    # a thin tail with more rows than one pass of its gradients takes (1024) and 16 groups
+    ("adaptive_loss_forward_backward", dict(N=4000, H=8, cutoffs=[10], V=3000, widths=[4], head_bias=False)),
     ("adaptive_log_prob", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_log_prob", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
     ("embedding_backward_sparse", dict(V=1009, E=19, B=3, T=5)),

@@ -89,9 +89,14 @@ struct TailInput {
 
 // ------------------------------------------------------------------ training
 
+// Tails at most this wide take the thin output layer (output_loss_thin_forward_backward):
+// at W's widths 16 and 64 it measured faster, paired, than storing the logits.
+constexpr int64_t kThinTailWidth = 64;
+
 // Cluster i's share of the mean loss over all N rows, and its gradients: dprojection,
-// dout, and dh added into the cluster's rows. The fused output layer averages over the
-// cluster's n rows, so its loss and gradients are rescaled by n / N.
+// dout, and dh added into the cluster's rows. A thin tail's output layer scales its
+// gradients by 1 / N itself; the wide one averages over the cluster's n rows, so its loss
+// and gradients are rescaled by n / N.
 double tail_forward_backward(const AdaptiveShape& s, int64_t i, const float* h, const std::vector<int64_t>& rows,
                              const int32_t* targets, const AdaptiveWeights& w, float* dh,
                              const AdaptiveGradients& g) {
@@ -105,15 +110,25 @@ double tail_forward_backward(const AdaptiveShape& s, int64_t i, const float* h, 
     const int64_t start = s.cluster_start(i);
     std::vector<int32_t> local(n);
     for (int64_t r = 0; r < n; ++r) local[r] = int32_t(targets[rows[r]] - start);
-    const std::vector<float> zero_bias(m, 0.0f);
-    std::vector<float> unused_dbias(m);
     const ScratchFloats dp = scratch_floats(n * d);
-    const double loss = output_loss_forward_backward({n, d, m}, in.p.get(), w.out[i], zero_bias.data(), local.data(),
-                                                     dp.get(), g.out[i], unused_dbias.data());
-    const float share = float(double(n) / double(s.rows));
-    for (int64_t k = 0; k < n * d; ++k) dp[k] *= share;
+    double loss;
+    if (d <= kThinTailWidth) {
+        // The thin layer's logits are recomputed rather than stored (output_loss.h), and
+        // the gradients come scaled by 1 / N directly.
+        loss = output_loss_thin_forward_backward({n, d, m}, in.p.get(), w.out[i], local.data(),
+                                                 1.0f / float(s.rows), dp.get(), g.out[i]) /
+               double(s.rows);
+    } else {
+        const std::vector<float> zero_bias(m, 0.0f);
+        std::vector<float> unused_dbias(m);
+        loss = output_loss_forward_backward({n, d, m}, in.p.get(), w.out[i], zero_bias.data(), local.data(),
+                                            dp.get(), g.out[i], unused_dbias.data()) *
+               double(n) / double(s.rows);
+        const float share = float(double(n) / double(s.rows));
+        for (int64_t k = 0; k < n * d; ++k) dp[k] *= share;
 #pragma omp parallel for if (m * d >= kParallelMinWork) schedule(static)
-    for (int64_t k = 0; k < m * d; ++k) g.out[i][k] *= share;
+        for (int64_t k = 0; k < m * d; ++k) g.out[i][k] *= share;
+    }
     sgemm(true, false, d, H, n, dp.get(), d, in.h_rows.get(), H, 0.0f, g.projection[i], H);
     const ScratchFloats dh_rows = scratch_floats(n * H);
     sgemm(false, false, n, H, d, dp.get(), d, w.projection[i], H, 0.0f, dh_rows.get(), H);
@@ -123,7 +138,7 @@ double tail_forward_backward(const AdaptiveShape& s, int64_t i, const float* h, 
         const float* src = dh_rows.get() + r * H;
         for (int64_t k = 0; k < H; ++k) dst[k] += src[k];
     }
-    return loss * double(n) / double(s.rows);
+    return loss;
 }
 
 // ------------------------------------------------------------------ evaluation
@@ -233,10 +248,9 @@ double adaptive_loss_forward_backward(const AdaptiveShape& s, const float* h, co
                                       const int32_t* targets, float* dh, const AdaptiveGradients& g) {
     const int64_t N = s.rows, H = s.hidden, Vh = s.head_size();
     const Routing routing = route(s, targets);
-    const std::vector<float> bias = head_bias_or_zeros(s, w);
-    std::vector<float> unused_dbias(g.head_bias ? 0 : Vh);
-    double loss = output_loss_forward_backward({N, H, Vh}, h, w.head, bias.data(), routing.head_targets.data(), dh,
-                                               g.head, g.head_bias ? g.head_bias : unused_dbias.data());
+    // A head without a bias goes without one (no zeros added, no column sums formed).
+    double loss = output_loss_forward_backward({N, H, Vh}, h, w.head, w.head_bias, routing.head_targets.data(), dh,
+                                               g.head, w.head_bias ? g.head_bias : nullptr);
     for (int64_t i = 0; i < s.clusters(); ++i)
         loss += tail_forward_backward(s, i, h, routing.cluster_rows[i], targets, w, dh, g);
     return loss;

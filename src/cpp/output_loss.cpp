@@ -99,9 +99,10 @@ double row_exp_sum(float* z, int64_t V, float peak) {
 }
 
 // Training's row pass: z <- d loss / d logits = (softmax(z + bias) - onehot(target)) / N
-// with a single exp per logit (kept, then scaled); returns the row's log-sum-exp.
+// with a single exp per logit (kept, then scaled); returns the row's log-sum-exp. A null
+// bias is none (adding zeros would give the same bits).
 float row_softmax_gradient_lse(float* z, const float* bias, int64_t V, int32_t target, float inv_rows) {
-    const float peak = add_bias_row_max(z, bias, V);
+    const float peak = bias ? add_bias_row_max(z, bias, V) : row_max(z, V);
     const double sum = row_exp_sum<true>(z, V, peak);
     const float scale = static_cast<float>(double(inv_rows) / sum);
     for (int64_t v = 0; v < V; ++v) z[v] *= scale;
@@ -125,6 +126,7 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
     else
         sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
     sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
+    if (!dbias) return;
     // Column sums, threads over disjoint column blocks: order fixed per element.
     const int64_t block = 256, blocks = (V + block - 1) / block;
 #pragma omp parallel for if (rows * V >= kParallelMinWork && blocks > 1) schedule(dynamic)
@@ -134,6 +136,12 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
         for (int64_t r = 0; r < rows; ++r)
             for (int64_t v = v0; v < v1; ++v) dbias[v] += dlogits[r * V + v];
     }
+}
+
+// A thread's buffer of at least n floats, grown to the largest request and kept.
+float* thread_buffer_of(std::vector<float>& buffer, int64_t n) {
+    if (int64_t(buffer.size()) < n) buffer.resize(n);
+    return buffer.data();
 }
 
 // ------------------------------------------------------------------ inference
@@ -447,7 +455,7 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
         for (int64_t r = 0; r < rows; ++r) {
             float* z = dlogits.get() + r * V;
             const int32_t target = targets[r0 + r];
-            const float target_logit = z[target] + bias[target];
+            const float target_logit = z[target] + (bias ? bias[target] : 0.0f);
             const float lse = row_softmax_gradient_lse(z, bias, V, target, inv_rows);
             row_loss[r] = static_cast<double>(lse) - static_cast<double>(target_logit);
         }
@@ -455,6 +463,98 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
         chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed, dlogits.get(), dh + r0 * H, dweight, dbias);
     }
     return total / static_cast<double>(s.rows);
+}
+
+// ------------------------------------------------------------------ thin layers
+
+namespace {
+
+// The gradient pass's vocabulary blocks come in at most this many groups, each group
+// one work item with its own dh partial sum: the sums are added in group order, so dh does
+// not depend on the threads, and their memory is bounded (groups x rows x H floats).
+constexpr int64_t kThinGroups = 16;
+// Rows per gradient pass: a block's softmax (kVocabBlock x rows floats) stays in L2
+// between the logit product that writes it and the two products that read it.
+constexpr int64_t kThinRows = 4 * kRowBlock;
+
+}  // namespace
+
+double output_loss_thin_forward_backward(const OutputShape& s, const float* h, const float* weight,
+                                         const int32_t* targets, float gradient_scale, float* dh, float* dweight) {
+    const int64_t N = s.rows, H = s.hidden, V = s.vocab;
+    if (N <= 0 || V <= 0 || H <= 0) return 0.0;
+    // Pass 1: each row's log-sum-exp, no logit stored.
+    std::vector<float> lse(N), target_logit(N);
+    {
+        const std::vector<float> zero_bias(V, 0.0f);
+        std::vector<int32_t> unused_predictions(N);
+        output_loss_forward(s, h, weight, zero_bias.data(), targets, lse.data(), unused_predictions.data());
+    }
+    const int64_t blocks = ceil_div(V, kVocabBlock);
+    const int64_t groups = std::min(blocks, kThinGroups);
+    const int64_t threads = N * V * H >= kParallelMinWork ? max_threads() : 1;
+    const int64_t chunk = std::min(N, kThinRows);
+    // Per group its partial sum of dh^T (H x rows): dh^T += W_b^T G^T has H rows and
+    // spans the rows in whole tiles, where dh = G W_b would be H = 16 columns wide.
+    const ScratchFloats partial = scratch_floats(groups * H * chunk);
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        const int64_t rows = std::min(chunk, N - r0);
+        const float* hc = h + r0 * H;
+        const int32_t* tc = targets + r0;
+        const float* lc = lse.data() + r0;
+        float* target_c = target_logit.data() + r0;
+        // logits^T = W h^T as in pass 1 (the same products, so the same logits).
+        const PackedB h_t(hc, H, /*trans_b=*/true, H, rows);
+#pragma omp parallel for if (threads > 1) schedule(dynamic)
+        for (int64_t g = 0; g < groups; ++g) {
+            static thread_local std::vector<float> softmax_buffer, dweight_buffer;
+            float* gt = thread_buffer_of(softmax_buffer, kVocabBlock * rows);  // G^T, block x rows
+            float* dwt = thread_buffer_of(dweight_buffer, H * kVocabBlock);     // dW_b^T, H x block
+            float* dht_g = partial.get() + g * H * rows;
+            const int64_t vb_begin = g * blocks / groups, vb_end = (g + 1) * blocks / groups;
+            for (int64_t vb = vb_begin; vb < vb_end; ++vb) {
+                const int64_t v0 = vb * kVocabBlock, m = std::min(kVocabBlock, V - v0);
+                sgemm_packed_row_block(false, m, weight + v0 * H, H, h_t, 0, rows, kRowBlock,
+                                       [&](int64_t j0, int64_t n, const float* z, int64_t ldz) {
+                                           for (int64_t v = 0; v < m; ++v) {
+                                               const float* zv = z + v * ldz;
+                                               float* gv = gt + v * rows + j0;
+                                               for (int64_t r = 0; r < n; ++r)
+                                                   gv[r] = exp_approx(zv[r] - lc[j0 + r]) * gradient_scale;
+                                           }
+                                           for (int64_t r = 0; r < n; ++r) {  // one block holds each target
+                                               const int64_t t = tc[j0 + r] - v0;
+                                               if (t < 0 || t >= m) continue;
+                                               target_c[j0 + r] = z[t * ldz + r];
+                                               gt[t * rows + j0 + r] -= gradient_scale;
+                                           }
+                                       });
+                // dW_b^T = h^T G (H x block), then into dW_b's rows.
+                sgemm_packed_one_thread(true, H, hc, H, PackedB(gt, rows, /*trans_b=*/true, rows, m), 0.0f, dwt,
+                                        kVocabBlock);
+                float* dw = dweight + v0 * H;
+                for (int64_t v = 0; v < m; ++v)
+                    for (int64_t k = 0; k < H; ++k)
+                        dw[v * H + k] = r0 > 0 ? dw[v * H + k] + dwt[k * kVocabBlock + v] : dwt[k * kVocabBlock + v];
+                // dh^T += W_b^T G^T (H x rows).
+                sgemm_packed_one_thread(true, H, weight + v0 * H, H, PackedB(gt, rows, /*trans_b=*/false, m, rows),
+                                        vb > vb_begin ? 1.0f : 0.0f, dht_g, rows);
+            }
+        }
+        // dh = the groups' partial sums, in group order.
+#pragma omp parallel for if (rows * H * groups >= kParallelMinWork) schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            float* dst = dh + (r0 + r) * H;
+            for (int64_t k = 0; k < H; ++k) {
+                float sum = partial[k * rows + r];
+                for (int64_t g = 1; g < groups; ++g) sum += partial[(g * H + k) * rows + r];
+                dst[k] = sum;
+            }
+        }
+    }
+    double total = 0.0;
+    for (int64_t r = 0; r < N; ++r) total += double(lse[r]) - double(target_logit[r]);
+    return total;
 }
 
 }  // namespace FASTLM_ISA

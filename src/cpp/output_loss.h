@@ -37,9 +37,21 @@ void output_loss_backward(const OutputShape& s, const float* h, const float* wei
                           const int32_t* targets, const float* lse, float* dh, float* dweight, float* dbias);
 
 // Training: both passes at once, each chunk's logits computed once (saving a quarter of
-// the output layer's work). Returns the mean loss and writes dh, dweight, dbias.
+// the output layer's work). Returns the mean loss and writes dh, dweight, dbias. bias and
+// dbias both null: a layer without a bias (the adaptive softmax's head with
+// head_bias=False), no zeros added and no column sums formed.
 double output_loss_forward_backward(const OutputShape& s, const float* h, const float* weight, const float* bias,
                                     const int32_t* targets, float* dh, float* dweight, float* dbias);
+
+// Training's output layer without a bias for a thin h (the adaptive softmax's tails, H = 16
+// or 64 against 8,000-40,000 words): the sum over rows of the cross-entropy, and dh (N, H),
+// dweight (V, H) the gradients of gradient_scale times that sum. The logits are computed
+// twice and never stored: once for each row's log-sum-exp (output_loss_forward's blocks),
+// once, block by block, for the gradients, each block's softmax feeding both products
+// while it is in cache. At H <= 64 recomputing a logit costs a few multiply-adds, less
+// than writing it out and reading it back three times.
+double output_loss_thin_forward_backward(const OutputShape& s, const float* h, const float* weight,
+                                         const int32_t* targets, float gradient_scale, float* dh, float* dweight);
 
 // Scoring's output layer on rows h (s.rows, H) with weight (V, H), bias (V) and targets
 // (rows): per row the target's log-probability (natural log), the arg-max and the target's
