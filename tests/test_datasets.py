@@ -29,6 +29,35 @@ def test_tinyshakespeare_speakers_are_words_of_the_word_tokenizer():
     assert tok.encode("ROMEO :", return_unknown=True)[1] == 1  # ":" alone is not a word of this text
 
 
+def test_the_quick_tour_figures_that_follow_from_the_data():
+    """README's Quick tour states the corpus's sizes and what word frequencies alone score on the
+    held-out words (the yardstick of its perplexities); they must follow from the tour's code.
+    (The trained model's figures come from `python bench/readme_tour.py`, minutes long.)"""
+    import pathlib
+    import re
+
+    import numpy as np
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("\n## Quick tour\n", 1)[1].split("\n## ", 1)[0]
+    assert 'Tokenizer.fit(text, level="word", min_count=2)' in tour and "split = int(0.95 * len(ids))" in tour
+    text = fastlm.datasets.tinyshakespeare()
+    tok = fastlm.Tokenizer.fit(text, level="word", min_count=2)
+    ids = tok.encode(text)
+    split = int(0.95 * len(ids))
+    train, held_out = ids[:split], ids[split:]
+    counts = np.bincount(train, minlength=len(tok)) + 1.0  # add-one smoothed
+    unigram = float(np.exp(-np.log(counts[held_out] / counts.sum()).mean()))
+    prose = " ".join(tour.split())
+    for figure in (
+        f"{len(train):,} words",
+        f"vocabulary of {len(tok):,}",
+        f"{len(held_out) - 1:,} words it predicts in the held-out 5%",
+    ):
+        assert figure in prose, figure
+    assert re.search(rf"frequencies alone score {round(unigram):,} on the same words \(add-one smoothed\)", prose)
+
+
 def test_python_docs_is_the_reference_manual():
     from pydoc_data.topics import topics
 
