@@ -743,6 +743,12 @@ def test_threads_option_sets_the_thread_count(capsys, model_dir, corpus):
         code, _, err = run_cli(capsys, "eval", model_dir, corpus, "--threads", "1")
         assert code == 0, err
         assert fastlm.get_num_threads() == 1
+        fastlm.set_num_threads(before)
+        code, _, err = run_cli(capsys, "--threads", "1", "eval", model_dir, corpus)  # before the command
+        assert code == 0, err
+        assert fastlm.get_num_threads() == 1
+        code, _, err = run_cli(capsys, "--threads", "0", "eval", model_dir, corpus)
+        assert_usage_error(code, err, "argument --threads: the value must be a positive integer, got 0")
     finally:
         fastlm.set_num_threads(before)
 

@@ -899,6 +899,14 @@ def build_parser():
         epilog="Run 'fastlm COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"fastlm {fastlm.__version__}")
+    parser.add_argument(  # `fastlm --threads 1 eval ...` as well as `fastlm eval ... --threads 1`
+        "--threads",
+        dest="threads_before_command",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="threads, for any command (the same as COMMAND ... --threads N; default: all cores)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -1390,8 +1398,9 @@ def _message(error):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        if args.threads is not None:
-            fastlm.set_num_threads(args.threads)
+        threads = args.threads if args.threads is not None else args.threads_before_command
+        if threads is not None:
+            fastlm.set_num_threads(threads)
         return args.run(args)
     except KeyboardInterrupt as error:
         out = getattr(error, "checkpoint_dir", None)  # fit checkpointed before raising
