@@ -31,7 +31,9 @@ def run_json(command, env=None, timeout=None, what=None):
 
 def timed(fn, repeats):
     """The seconds of each of repeats calls of fn, after one warm-up call (pages fault in,
-    ONNX Runtime prepacks its weights)."""
+    ONNX Runtime prepacks its weights). fastlm.benchmark.median_seconds runs the same loop
+    for `fastlm bench`; this one is for workers that import no fastlm (onnx_speed's ONNX
+    Runtime side) and for those that keep every time."""
     fn()
     times = []
     for _ in range(repeats):
