@@ -119,6 +119,32 @@ def test_samples_independent_of_num_samples(model):
     np.testing.assert_array_equal(both[1], model.generate(PROMPT[::-1], 15, temperature=1.0, seed=10))
 
 
+@pytest.mark.parametrize("layers, hidden, cutoffs", [(1, H, None), (2, H, None), (2, 130, None), (2, 130, [10, 20])])
+def test_a_samples_distribution_does_not_depend_on_the_others(layers, hidden, cutoffs, restore_threads):
+    """Row s of a generation from several prompts has, at every step, the next-token
+    distribution of its prompt alone to the bit (the products are row-invariant: a tile
+    of one or two rows must not run two k-chains), so no draw depends on the samples
+    beside it, not even at a near tie; on 1 or 2 threads."""
+    kw = dict(cutoffs=cutoffs, div_value=2.0) if cutoffs else {}
+    model = fastlm.LSTMLM(V, E, hidden, layers, seed=4, **kw)
+    prompts = np.random.default_rng(2).integers(0, V, (5, 7)).astype(np.int32)
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        session = model.ops.GenerationSession(model.params, layers, prompts, 1.0, 0, 1.0, 3)
+        alone = [
+            model.ops.GenerationSession(model.params, layers, prompts[s : s + 1], 1.0, 0, 1.0, 3 + s) for s in range(5)
+        ]
+        for step in range(4):
+            together = session.probabilities()
+            for s in range(5):
+                assert np.array_equal(together[s], alone[s].probabilities()[0]), (
+                    f"{threads} threads, step {step}, sample {s}"
+                )
+            drawn = session.next(3)
+            for s in range(5):
+                np.testing.assert_array_equal(alone[s].next(3)[0], drawn[s])
+
+
 def test_greedy_is_argmax_continuation(models):
     """Greedy generation by hand: append the arg-max of the last position's logits, re-run the prompt."""
     for layers in (1, 2):

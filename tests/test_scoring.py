@@ -115,6 +115,44 @@ def test_log_probs_of_nothing(model):
     assert [len(lp) for lp in model.log_probs([np.array([], np.int32), np.array([4])])] == [0, 0]
 
 
+@pytest.mark.parametrize(
+    "hidden, layers, adaptive",
+    [(20, 1, False), (20, 2, False), (20, 1, True), (20, 2, True), (520, 1, False), (130, 2, True)],
+)
+def test_a_sequence_scores_the_same_to_the_bit_whatever_its_companions(tok, hidden, layers, adaptive, restore_threads):
+    """A sequence's log-probs are the same to the bit alone, in a list of mixed lengths, in
+    another order, twice in one list, in groups of another size, on 1 or 2 threads: each step
+    of the recurrence runs as many rows as sequences are still running, and a row's
+    arithmetic must not depend on that number (sgemm_packed runs a tile of one or two rows
+    with two k-chains). H 520 has two k blocks in a many-row product and one in a few-row
+    one; H 520 and 130 share the recurrence between threads at the longest steps."""
+    kw = dict(cutoffs=[20, 100], div_value=2.0) if adaptive else {}
+    model = fastlm.LSTMLM(len(tok), 12, hidden, layers, seed=6, **kw)
+    lengths = np.random.default_rng(hidden + layers).integers(0, 45, 70 if hidden < 500 else 16)
+    seqs = sequences(model.vocab_size, lengths, seed=hidden * layers)
+    order = np.random.default_rng(1).permutation(len(seqs))
+    first = None
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        for bos in (None, 3):
+            alone = [model.log_probs([s], bos=bos)[0] for s in seqs]
+            lists = {
+                "listed": model.log_probs(seqs, bos=bos),
+                "groups of 7": model.log_probs(seqs, bos=bos, batch_size=7),
+                "duplicated": model.log_probs(seqs + seqs[::-1], bos=bos)[: len(seqs)],
+                "shuffled": [None] * len(seqs),
+            }
+            for i, lp in zip(order, model.log_probs([seqs[i] for i in order], bos=bos)):
+                lists["shuffled"][i] = lp
+            for name, scores in lists.items():
+                for i, (a, b) in enumerate(zip(alone, scores)):
+                    assert np.array_equal(a, b), f"{threads} threads, bos {bos}, {name}: sequence {i}"
+            if first is None:
+                first = alone
+            elif bos is None:
+                assert all(np.array_equal(a, b) for a, b in zip(first, alone)), "1 thread against 2"
+
+
 # ------------------------------------------------------------------ KenLM's API
 
 

@@ -287,7 +287,9 @@ void adaptive_log_prob_packed(const AdaptiveShape& s, const float* h, const Adap
         const int64_t k = std::min(kRowChunk, N - r0);
         const float* hk = h + r0 * H;
         float* ok = out + r0 * V;
-        sgemm_packed(false, k, hk, H, head_t, 0.0f, z.get(), Vh);
+        // Row-invariant products: a row's distribution does not depend on the rows beside
+        // it (scoring passes blocks of whatever rows its sequences leave).
+        sgemm_packed_row_invariant(false, k, hk, H, head_t, 0.0f, z.get(), Vh);
 #pragma omp parallel for if (k * Vh >= kParallelMinWork) schedule(static)
         for (int64_t r = 0; r < k; ++r) {
             float* zr = z.get() + r * Vh;
@@ -298,8 +300,8 @@ void adaptive_log_prob_packed(const AdaptiveShape& s, const float* h, const Adap
         for (int64_t i = 0; i < s.clusters(); ++i) {
             const int64_t d = s.widths[i], m = s.sizes[i], start = s.cluster_start(i);
             const ScratchFloats p = scratch_floats(k * d);
-            sgemm_packed(false, k, hk, H, projection_t[i], 0.0f, p.get(), d);
-            sgemm_packed(false, k, p.get(), d, out_t[i], 0.0f, ok + start, V);
+            sgemm_packed_row_invariant(false, k, hk, H, projection_t[i], 0.0f, p.get(), d);
+            sgemm_packed_row_invariant(false, k, p.get(), d, out_t[i], 0.0f, ok + start, V);
 #pragma omp parallel for if (k * m >= kParallelMinWork) schedule(static)
             for (int64_t r = 0; r < k; ++r) log_softmax_row(ok + r * V + start, m, z[r * Vh + c1 + i]);
         }

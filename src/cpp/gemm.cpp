@@ -121,17 +121,49 @@ void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t 
     pack_b_panel_rows([b, ldb](int64_t p) { return b + p * ldb; }, k, j0, nr, dst);
 }
 
+// A row-invariant product's edge tile of mr < kOneChainRows rows over panels [jp0, jp1)
+// of C (row c_row's first column is panel jp0's): as many panels as whole groups of
+// kOneChainPanels full panels cover, each group by micro_kernel_one_chain. Returns the
+// first panel left.
+template <int R = kOneChainRows - 1>
+int64_t one_chain_panels(int64_t mr, int64_t kc, const float* a_panel, const PackedB& b, int64_t pc, int64_t jp0,
+                         int64_t jp1, float* c_row, int64_t ldc, bool accumulate) {
+    if constexpr (R < 1) {
+        return jp0;
+    } else {
+        if constexpr (R > 1) {
+            if (mr < R) return one_chain_panels<R - 1>(mr, kc, a_panel, b, pc, jp0, jp1, c_row, ldc, accumulate);
+        }
+        constexpr int64_t P = kOneChainPanels<R>;
+        const int64_t full_end = std::min(jp1, b.n() / NR);
+        int64_t jp = jp0;
+        for (; jp + P <= full_end; jp += P)
+            micro_kernel_one_chain<R>(kc, a_panel, b.panel(jp) + pc * NR, b.k() * NR, c_row + (jp - jp0) * NR, ldc,
+                                      accumulate);
+        return jp;
+    }
+}
+
 // One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
 // whose A block is already packed. whole_tiles: the last tile's padding rows are computed
 // too (C has room for them), so every row runs the same full-tile instructions. C's first
-// column is that of panel c_panel0. row_invariant: an edge tile's rows are computed by
-// the full tile's instructions too, into a buffer, so that no row's arithmetic depends on
-// how many rows the product has (the few-row kernels run two k-chains).
+// column is that of panel c_panel0. row_invariant: an edge tile's rows are computed with
+// the full tile's arithmetic (one chain per element), so that no row's result depends on
+// how many rows the product has (the few-row kernels run several k-chains): kernels of
+// kOneChainRows rows or more as they are, fewer rows by micro_kernel_one_chain over
+// groups of panels, or as kOneChainRows rows into a buffer on the panels left over.
 void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB& b, int64_t pc,
                    int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate,
                    bool whole_tiles = false, int64_t c_panel0 = 0, bool row_invariant = false) {
-    alignas(64) float edge[MR * NR];
+    static_assert(kOneChainRows >= 1 && kOneChainRows <= MR);
+    alignas(64) float edge[kOneChainRows * NR];
     const int64_t n = b.n();
+    const int64_t edge_rows = row_invariant && !whole_tiles ? mc % MR : 0;
+    const int64_t few_at = edge_rows > 0 && edge_rows < kOneChainRows ? mc - edge_rows : mc;  // that tile's row
+    const int64_t few_done = few_at < mc ? one_chain_panels(edge_rows, kc, a_packed + few_at * kc, b, pc, jp0, jp1,
+                                                            c_rows + few_at * ldc + (jp0 - c_panel0) * NR, ldc,
+                                                            accumulate)
+                                         : jp0;  // panels of the few-row tile done
     for (int64_t jp = jp0; jp < jp1; ++jp) {
         const int64_t nr = std::min(NR, n - jp * NR);
         const float* b_panel = b.panel(jp) + pc * NR;
@@ -147,13 +179,15 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
                 const float* first = b_next + (ip / MR) * lines_per_tile * kFloatsPerLine;
                 for (int64_t l = 0; l < lines_per_tile; ++l) prefetch_l2(first + l * kFloatsPerLine);
             }
+            if (ip == few_at && jp < few_done) continue;
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
-            if (!row_invariant || mr == MR) {  // an edge panel's columns by the masked kernels
+            if (!row_invariant || mr >= kOneChainRows) {  // an edge panel's columns by the masked kernels
                 micro_kernel_rows(mr, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
                 continue;
             }
-            micro_kernel_rows(MR, NR, kc, a_panel, b_panel, edge, NR, false);
+            // The padding rows of the packed panel are computed too (and dropped).
+            micro_kernel_rows(kOneChainRows, nr, kc, a_panel, b_panel, edge, NR, false);
             for (int64_t r = 0; r < mr; ++r)
                 for (int64_t j = 0; j < nr; ++j)
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];
@@ -336,7 +370,7 @@ void sgemm_packed_row_invariant(bool trans_a, int64_t m, const float* a, int64_t
 }
 
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
-                             float beta, float* c, int64_t ldc) {
+                             float beta, float* c, int64_t ldc, bool row_invariant) {
     if (m <= 0 || b.n() <= 0 || b.k() <= 0) {
         if (thread_id() == 0) degenerate_product(m, b.n(), b.k(), beta, c, ldc);
         return;
@@ -346,15 +380,16 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
     const int64_t team = num_threads_in_region(), id = thread_id();
     const GemmItems items(m, b.n(), int(team), /*shared_as_they_come=*/false);
     const ProductTarget target{b, c, ldc};
-    run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, &target, 1, beta);
+    run_items(items, id * items.count / team, (id + 1) * items.count / team, trans_a, m, a, lda, &target, 1, beta,
+              row_invariant);
 }
 
 void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
-                             float beta, float* c, int64_t ldc) {
+                             float beta, float* c, int64_t ldc, bool row_invariant) {
     if (degenerate_product(m, b.n(), b.k(), beta, c, ldc)) return;
     const GemmItems items(m, b.n(), 1, /*shared_as_they_come=*/false);
     const ProductTarget target{b, c, ldc};
-    run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta);
+    run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta, row_invariant);
 }
 
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,

@@ -44,11 +44,13 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 void sgemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                   float beta, float* c, int64_t ldc);
 
-// The same product, each row of C computed by the same instructions whatever m is
+// The same product, each row of C computed with the same arithmetic whatever m is
 // (sgemm_packed runs an edge tile of one or two rows with two k-chains, and blocks k
 // differently for few rows): a row's result does not depend on the rows beside it.
-// Scoring's input projections, so that a text scored in pieces of any size gets the
-// same scores. At most MR - 1 rows of extra work per product.
+// Scoring and generation, so that a sequence's scores and a sample's draws do not depend
+// on the others computed with it, nor a text's on the size of the pieces it is scored in.
+// A tile of one or two rows runs one chain per element across several panels at once
+// (micro_kernel_one_chain): no slower than sgemm_packed's two chains on one panel.
 void sgemm_packed_row_invariant(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                                 float beta, float* c, int64_t ldc);
 
@@ -67,14 +69,16 @@ void sgemm_packed_shared_a(bool trans_a, int64_t m, const float* a, int64_t lda,
 
 // Inside a parallel region: this thread's static share of the same product (no barrier;
 // the caller synchronises before C is read). With no region active it does all the work.
+// row_invariant: each row computed as sgemm_packed_row_invariant computes it (scoring's
+// recurrence, whose products have as many rows as sequences are still running).
 void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
-                             float beta, float* c, int64_t ldc);
+                             float beta, float* c, int64_t ldc, bool row_invariant = false);
 
 // The same product on the calling thread alone, inside a parallel region or not, with
 // sgemm_packed_team_share's arithmetic (bit-equal C): a recurrence too small to share
 // runs on one thread while the others do other work.
 void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
-                             float beta, float* c, int64_t ldc);
+                             float beta, float* c, int64_t ldc, bool row_invariant = false);
 
 // C (M x N) = A (M x K) B (K x N), both row-major and untransposed, with B read where it
 // lies where the instruction set's microkernel can (kBInPlace in kernels/<isa>/

@@ -37,14 +37,16 @@ struct Stepper {
     }
 
     // Feed one token per sample through all layers; afterwards h.back() is the top state.
+    // Row-invariant products: a sample's state and logits do not depend on how many
+    // samples run beside it (sample s of num_samples is the generation of seed + s alone).
     void step(const int32_t* tokens) {
         const int64_t H = model.hidden, G = 4 * H;
         embedding_forward(model.embedding, model.embed, tokens, samples, x.data());
         const float* input = x.data();
         for (size_t k = 0; k < layers.size(); ++k) {
             const int64_t width = model.layers[k].input;
-            sgemm_packed(false, samples, input, width, layers[k].w_ih_t, 0.0f, gates.data(), G);
-            sgemm_packed(false, samples, h[k].data(), H, layers[k].w_hh_t, 1.0f, gates.data(), G);
+            sgemm_packed_row_invariant(false, samples, input, width, layers[k].w_ih_t, 0.0f, gates.data(), G);
+            sgemm_packed_row_invariant(false, samples, h[k].data(), H, layers[k].w_hh_t, 1.0f, gates.data(), G);
             for (int64_t s = 0; s < samples; ++s)
                 lstm_cell_forward(H, layers[k].bias.data(), gates.data() + s * G, c[k].data() + s * H,
                                   c[k].data() + s * H, h[k].data() + s * H);
@@ -91,7 +93,8 @@ struct SessionState {
     // Every sample's logits after advance() (full softmax only).
     void compute_logits() {
         const int64_t V = model.vocab;
-        sgemm_packed(false, stepper.samples, stepper.h.back().data(), model.hidden, decoder_t, 0.0f, logits.data(), V);
+        sgemm_packed_row_invariant(false, stepper.samples, stepper.h.back().data(), model.hidden, decoder_t, 0.0f,
+                                   logits.data(), V);
         for (int64_t s = 0; s < stepper.samples; ++s) {
             float* z = logits.data() + s * V;
             for (int64_t v = 0; v < V; ++v) z[v] += model.decoder_b[v];

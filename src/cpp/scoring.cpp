@@ -178,7 +178,10 @@ void run_decoder_blocks(const LanguageModelView& m, const PackedModel& packed, D
     }
 }
 
-// Steps [t0, t1) of one layer's recurrence, on the calling thread alone.
+// Steps [t0, t1) of one layer's recurrence, on the calling thread alone. Its products
+// are row-invariant, as the shared recurrence's: a step has as many rows as sequences are
+// still running, and a sequence's scores must not depend on which others share its group
+// (nor on whether the step was shared).
 template <class Rows>
 void recurrence_one_thread(int64_t H, const Rows& g, int64_t t0, int64_t t1, const std::vector<int64_t>& step_at,
                            const PackedLstmLayer& layer, float* pre, float* h_state, float* c_state, float* hs) {
@@ -186,7 +189,7 @@ void recurrence_one_thread(int64_t H, const Rows& g, int64_t t0, int64_t t1, con
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = g.active[t], at = step_at[t - t0];
         const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
-        sgemm_packed_one_thread(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
+        sgemm_packed_one_thread(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G, /*row_invariant=*/true);
         for (int64_t r = 0; r < n; ++r)
             lstm_cell_forward(H, layer.bias.data(), pre + (at + r) * G, c_state + r * H, c_state + r * H,
                               hs + (at + r) * H);
@@ -276,7 +279,8 @@ void score_group(const LanguageModelView& m, const PackedModel& packed, const Ro
                     // h_{t-1}: the carried state at a chunk's first step, else the previous
                     // step's rows, of which the rows still running are a prefix.
                     const float* h_prev = t == t0 ? h_state : hs + step_at[t - t0 - 1] * H;
-                    sgemm_packed_team_share(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G);
+                    sgemm_packed_team_share(false, n, h_prev, H, layer.w_hh_t, 1.0f, pre + at * G, G,
+                                            /*row_invariant=*/true);
 #pragma omp barrier
 #pragma omp for schedule(static)
                     for (int64_t r = 0; r < n; ++r)

@@ -4,6 +4,12 @@
 //   MR x NR                the register tile;
 //   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
+//                          as the full tile does (one chain of multiply-adds from zero in
+//                          the order of k, then + c): the frame's row-invariant products;
+//   micro_kernel_one_chain<R>(kc, a, b, panel_stride, c, ldc, accumulate)  for R <
+//                          kOneChainRows: R rows of kOneChainPanels<R> full panels (panel q
+//                          at b + q * panel_stride) with the full tile's arithmetic;
 //   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
 //                          (an edge panel, zero-padded to NR), writing only those of c
 //                          (here kernels/reference/gemm_edge.h's, through a buffer);
@@ -27,6 +33,9 @@ namespace fastlm {
 namespace FASTLM_ISA {
 
 constexpr int64_t MR = 6, NR = 16;
+
+// Rows from which a tile runs the full tile's single k-chain (see micro_kernel_one_chain).
+constexpr int64_t kOneChainRows = 4;
 
 // GCC 12 folds a B vector that R FMAs use into each of them as a memory operand: R loads
 // of the same 32 bytes per k step, which with the broadcasts of A make the edge-tile
@@ -140,6 +149,45 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
         _mm256_storeu_ps(cr, acc[r][0]);
         _mm256_storeu_ps(cr + 8, acc[r][1]);
     }
+}
+
+// One to three rows with the full tile's arithmetic (one chain per element; micro_kernel<R>
+// runs two or four, since so few rows' accumulators cannot cover the FMA latency): the
+// rows across several panels at once, so that 8 or more chains are in flight. A
+// row-invariant product's edge tile of one to three rows (scoring's recurrence at the steps
+// where so few sequences still run, evaluate's single stream).
+template <int R>
+constexpr int kOneChainPanels = R == 1 ? 4 : 2;
+
+template <int R>
+inline void micro_kernel_one_chain(int64_t kc, const float* __restrict a, const float* __restrict b,
+                                   int64_t panel_stride, float* __restrict c, int64_t ldc, bool accumulate) {
+    static_assert(R >= 1 && R < kOneChainRows);
+    constexpr int P = kOneChainPanels<R>;
+    __m256 acc[R][P][2];
+    for (int r = 0; r < R; ++r)
+        for (int q = 0; q < P; ++q) acc[r][q][0] = acc[r][q][1] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+#pragma GCC unroll 4
+        for (int q = 0; q < P; ++q) {
+            const float* bq = b + q * panel_stride + p * NR;
+            __m256 b0 = _mm256_loadu_ps(bq), b1 = _mm256_loadu_ps(bq + 8);
+            keep_in_registers(b0, b1);
+            for (int r = 0; r < R; ++r) {
+                const __m256 ar = _mm256_broadcast_ss(a + p * MR + r);
+                acc[r][q][0] = _mm256_fmadd_ps(ar, b0, acc[r][q][0]);
+                acc[r][q][1] = _mm256_fmadd_ps(ar, b1, acc[r][q][1]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int q = 0; q < P; ++q)
+            for (int v = 0; v < 2; ++v) {
+                float* cr = c + r * ldc + q * NR + 8 * v;
+                __m256 cv = acc[r][q][v];
+                if (accumulate) cv = _mm256_add_ps(cv, _mm256_loadu_ps(cr));
+                _mm256_storeu_ps(cr, cv);
+            }
 }
 
 // Eight k steps of six full rows of a row-major op(A) into the panel (k-major, six floats

@@ -3,6 +3,12 @@
 //   MR x NR                the register tile;
 //   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
+//                          as the full tile does (one chain of multiply-adds from zero in
+//                          the order of k, then + c): the frame's row-invariant products;
+//   micro_kernel_one_chain<R>(kc, a, b, panel_stride, c, ldc, accumulate)  for R <
+//                          kOneChainRows: R rows of kOneChainPanels<R> full panels (panel q
+//                          at b + q * panel_stride) with the full tile's arithmetic;
 //   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
 //                          (an edge panel, zero-padded to NR), writing only those of c;
 //   kBInPlace              whether the family has micro_kernel_b_in_place<R>(nr, kc, a,
@@ -28,6 +34,9 @@ namespace fastlm {
 namespace FASTLM_ISA {
 
 constexpr int64_t MR = 8, NR = 32;
+
+// Rows from which a tile runs the full tile's single k-chain (see micro_kernel_one_chain).
+constexpr int64_t kOneChainRows = 3;
 
 // B read where it lies (micro_kernel_b_in_place): the products whose B is a row-major
 // matrix (the output layer's dh = dlogits W) need not pack it.
@@ -129,6 +138,46 @@ inline void micro_kernel_b_in_place(int64_t nr, int64_t kc, const float* __restr
         micro_kernel_vectors<R, 1, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << nr) - 1));
     else
         micro_kernel_vectors<R, 2, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+}
+
+// One or two rows with the full tile's arithmetic (one chain per element; micro_kernel<R>
+// runs two, since one row's two accumulators cannot cover the FMA latency): the rows
+// across several panels at once, so that 8 chains are in flight, as in a full tile of one
+// panel. A row-invariant product's edge tile of a row or two (scoring's recurrence at the
+// steps where one or two sequences still run, evaluate's single stream) runs at least as
+// fast as micro_kernel<R> does on its panels one at a time.
+template <int R>
+constexpr int kOneChainPanels = R == 1 ? 4 : 2;
+
+template <int R>
+inline void micro_kernel_one_chain(int64_t kc, const float* __restrict a, const float* __restrict b,
+                                   int64_t panel_stride, float* __restrict c, int64_t ldc, bool accumulate) {
+    static_assert(R >= 1 && R < kOneChainRows);
+    constexpr int P = kOneChainPanels<R>;
+    __m512 acc[R][P][2];
+    for (int r = 0; r < R; ++r)
+        for (int q = 0; q < P; ++q) acc[r][q][0] = acc[r][q][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        __m512 ar[R];
+        for (int r = 0; r < R; ++r) ar[r] = _mm512_set1_ps(a[p * MR + r]);
+#pragma GCC unroll 4
+        for (int q = 0; q < P; ++q) {
+            const float* bq = b + q * panel_stride + p * NR;
+            const __m512 b0 = _mm512_loadu_ps(bq), b1 = _mm512_loadu_ps(bq + 16);
+            for (int r = 0; r < R; ++r) {
+                acc[r][q][0] = _mm512_fmadd_ps(ar[r], b0, acc[r][q][0]);
+                acc[r][q][1] = _mm512_fmadd_ps(ar[r], b1, acc[r][q][1]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int q = 0; q < P; ++q)
+            for (int v = 0; v < 2; ++v) {
+                float* cr = c + r * ldc + q * NR + 16 * v;
+                __m512 cv = acc[r][q][v];
+                if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr));
+                _mm512_storeu_ps(cr, cv);
+            }
 }
 
 // Eight k steps of eight rows: the 8 x 8 block transposed in registers, so that each k

@@ -6,6 +6,12 @@
 //   MR x NR                the register tile;
 //   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
 //                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
+//                          as the full tile does (one chain of multiply-adds from zero in
+//                          the order of k, then + c): the frame's row-invariant products;
+//   micro_kernel_one_chain<R>(kc, a, b, panel_stride, c, ldc, accumulate)  for R <
+//                          kOneChainRows: R rows of kOneChainPanels<R> full panels (panel q
+//                          at b + q * panel_stride) with the full tile's arithmetic;
 //   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
 //                          (an edge panel, zero-padded to NR), writing only those of c
 //                          (here kernels/reference/gemm_edge.h's, through a buffer);
@@ -27,6 +33,9 @@ namespace FASTLM_ISA {
 
 constexpr int64_t MR = 4, NR = 8;
 
+// Rows from which a tile runs the full tile's single k-chain (see micro_kernel_one_chain).
+constexpr int64_t kOneChainRows = 1;
+
 template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                          float* __restrict c, int64_t ldc, bool accumulate) {
@@ -40,6 +49,13 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     for (int r = 0; r < R; ++r)
         for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
 }
+
+// Every tile runs one chain (kOneChainRows = 1): the frame never calls these.
+template <int R>
+constexpr int kOneChainPanels = 1;
+template <int R>
+void micro_kernel_one_chain(int64_t kc, const float* a, const float* b, int64_t panel_stride, float* c, int64_t ldc,
+                            bool accumulate) = delete;
 
 inline int64_t pack_a_rows(const float* const* /*rows*/, int64_t /*kc*/, float* /*panel*/) { return 0; }
 inline int64_t pack_b_columns(const float* const* /*cols*/, int64_t /*k*/, float* /*panel*/) { return 0; }
