@@ -67,8 +67,7 @@ def test_log_probs_match_one_sequence_at_a_time_and_the_training_path(model):
         batched = model.log_probs(seqs, bos=bos, batch_size=3)
         assert len(batched) == len(seqs)
         for s, lp in zip(seqs, batched):
-            alone = model.log_probs([s], bos=bos)[0]
-            np.testing.assert_allclose(lp, alone, rtol=0, atol=2e-5)
+            np.testing.assert_array_equal(lp, model.log_probs([s], bos=bos)[0])
             inputs = np.concatenate([[bos], s[:-1]]) if bos is not None else s[:-1]
             targets = s if bos is not None else s[1:]
             assert lp.dtype == np.float32 and lp.shape == (len(targets),)
@@ -173,14 +172,14 @@ def test_score_is_the_log10_sum_over_tokens_with_the_boundaries(model, tok):
 
 
 def test_a_string_or_a_list_give_the_same_answers(model):
+    """Exactly the same: a sentence's scores do not depend on the sentences beside it."""
     sentences = ["First Citizen:", "You are all resolved rather to die than to famish ?", "", "Speak , speak ."]
     listed = model.score(sentences)
-    assert listed == pytest.approx([model.score(s) for s in sentences], rel=1e-6)
-    assert model.perplexity(sentences) == pytest.approx([model.perplexity(s) for s in sentences], rel=1e-6)
-    listed_full, alone_full = model.full_scores(sentences)[1], model.full_scores(sentences[1])
-    assert [p for p, _ in listed_full] == pytest.approx([p for p, _ in alone_full], rel=1e-6)
-    assert [u for _, u in listed_full] == [u for _, u in alone_full]
-    assert model.score(tuple(sentences)) == pytest.approx(listed)
+    assert listed == [model.score(s) for s in sentences]
+    assert model.perplexity(sentences) == [model.perplexity(s) for s in sentences]
+    assert model.full_scores(sentences) == [model.full_scores(s) for s in sentences]
+    assert model.score(tuple(sentences)) == listed
+    assert model.score(sentences[::-1]) == listed[::-1]
 
 
 def test_empty_sentence_is_its_boundary_alone(model, tok):
