@@ -483,6 +483,8 @@ def test_train_refuses_an_out_that_is_not_a_model_directory(capsys, corpus, tmp_
 def test_resume_without_a_checkpoint(capsys, corpus, tmp_path, model_dir):
     code, _, err = run_cli(capsys, "train", corpus, *TINY, "--out", tmp_path / "nothing", "--resume")
     assert_usage(code, err, "train", "argument --out: nothing to resume")
+    code, _, err = run_cli(capsys, "train", "--out", corpus, "--resume")
+    assert_usage(code, err, "train", f"argument --out: {corpus} is a file, not a model directory")
     assert not (tmp_path / "nothing").exists()
     import fastlm
 

@@ -214,6 +214,8 @@ BAD = [  # (argv after `train TRAIN`, exit code, what the message must say)
     (["--tie-weights", "--embed", "8", "--hidden", "16"], 2, ["--tie-weights", "--embed 8", "--hidden 16"]),
     (["--eos", "<eos>"], 2, ["--eos <eos>", "--level word", "--level char"]),
     (["--lr-decay-epoch", "2"], 2, ["--lr-decay-epoch 2", "--lr-decay"]),
+    (["--stateful", "--stride", "5"], 2, ["--stride 5 spaces shuffled windows", "--stateful"]),
+    (["--div-value", "2"], 2, ["--div-value 2.0", "give --cutoffs too"]),
     (["--val", "{missing}"], 2, ["argument --val: ", "missing.txt does not exist"]),
     (["--test", "{missing}"], 2, ["argument --test: ", "missing.txt does not exist"]),
     (["--val", "{directory}"], 2, ["argument --val: ", "is a directory, not a file"]),

@@ -239,6 +239,8 @@ def test_train_ids_bad_input(capsys, tmp_path, corpus_file):
     assert code == 2 and "--ids needs --tokenizer" in err  # usage errors: exit 2
     code, _, err = run_cli(capsys, "train", corpus_file, "--ids", tmp_path / "ids.bin", *common)
     assert code == 2 and "either CORPUS text files (or --dataset) or --ids" in err
+    code, _, err = run_cli(capsys, "train", corpus_file, "--tokenizer", tmp_path / "small.json", *common)
+    assert code == 2 and f"--tokenizer {tmp_path / 'small.json'} goes with --ids" in err  # not silently ignored
     code, _, err = run_cli(
         capsys, "train", "--ids", tmp_path / "no.bin", "--tokenizer", tmp_path / "small.json", *common
     )

@@ -209,6 +209,8 @@ def _check_out(out, resume, writer=True):
     writer=False (an MPI rank other than 0, which never writes there): only what resuming reads
     is checked, so that no rank races rank 0's clean-up and writability probe."""
     if resume:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"argument --out: {out} is a file, not a model directory: nothing to resume there")
         if not out.is_dir():
             raise UsageError(
                 f"argument --out: nothing to resume: {out} does not exist (pass the --out of the run to "
@@ -407,6 +409,14 @@ def _check_combinations(s, typed):
             "--tie-weights shares the embedding matrix with the decoder, which needs --embed equal to "
             f"--hidden; got --embed {s['embed']} and --hidden {s['hidden']}"
         )
+    # (typed: a run recorded before these were refused still resumes)
+    if "stride" in typed and s["stateful"]:
+        raise UsageError(
+            f"--stride {s['stride']} spaces shuffled windows; --stateful reads the corpus as contiguous "
+            "streams instead, where it would be ignored"
+        )
+    if "div_value" in typed and s["cutoffs"] is None:
+        raise UsageError(f"--div-value {s['div_value']} sizes the adaptive softmax's clusters: give --cutoffs too")
     if s["lr_decay_epoch"] is not None and s["lr_decay"] is None:
         raise UsageError(
             f"--lr-decay-epoch {s['lr_decay_epoch']} multiplies the lr by --lr-decay every epoch from "
@@ -534,6 +544,11 @@ def cmd_train(args):
     if s.ids and not s.tokenizer and not args.resume:
         raise UsageError(
             "--ids needs --tokenizer (the tokenizer.json, or a model directory, the ids were encoded with)"
+        )
+    if s.tokenizer and not s.ids:  # it would be ignored: CORPUS text gets a tokenizer fitted on it
+        raise UsageError(
+            f"--tokenizer {s.tokenizer} goes with --ids (the tokenizer a token file was encoded with); "
+            "CORPUS text is read by a tokenizer fitted on it (--level, --min-count, --max-vocab, ...)"
         )
     if s.ids:
         _input_path("--ids", s.ids)
