@@ -458,6 +458,9 @@ CASES = [
     ("adaptive_loss_forward_backward", dict(N=200, H=300, cutoffs=[50, 400], V=3000, widths=[75, 18])),
     # a thin tail with more rows than one pass of its gradients takes (1024) and 16 groups
     ("adaptive_loss_forward_backward", dict(N=4000, H=8, cutoffs=[10], V=3000, widths=[4], head_bias=False)),
+    # the thin layer's widest tail (64, W's) beside the narrowest stored one (65); clusters of 97
+    # and 191 words: blocks of 96 and a one-word or 95-word last block, fewer blocks than groups
+    ("adaptive_loss_forward_backward", dict(N=300, H=130, cutoffs=[20, 117], V=308, widths=[65, 64])),
     ("adaptive_log_prob", dict(N=1, H=5, cutoffs=[2], V=4, widths=[3])),
     ("adaptive_log_prob", dict(N=300, H=64, cutoffs=[100, 1000, 5000], V=20011, widths=[16, 4, 1])),
     ("embedding_backward_sparse", dict(V=1009, E=19, B=3, T=5)),
@@ -678,6 +681,49 @@ def test_op_deterministic(op, shapes, restore_threads):
     assert_bit_identical(first, run(op, fn, inputs), "two runs with 2 threads")
     fastlm.set_num_threads(1)
     assert_bit_identical(first, run(op, fn, inputs), "1 thread vs 2 threads")
+
+
+@pytest.mark.parametrize("H, cutoffs", [(37, None), (37, [20, 60]), (520, None)])
+def test_a_rows_results_do_not_depend_on_the_rows_beside_it(H, cutoffs, restore_threads):
+    """Scoring's and generation's products are row-invariant (gemm.h): a sequence scored, or
+    a sample generated, beside others gets the bits it gets alone. test_scoring and
+    test_generate check it on this machine's best kernels; here because CI runs this file
+    once per instruction set (.ci/run), and each family has its own few-row kernels
+    (kOneChainRows, micro_kernel_one_chain). Sequences of lengths 1..10 (longest first)
+    run steps of every row count from 10 down to 1: every edge tile of MR 4, 6 and 8; 4H = 148
+    columns end in an edge panel of every NR; H = 520 is two k blocks in a many-row product
+    and one in a few-row one (generation there only 9 samples against 1, as each session
+    packs the weights); an adaptive decoder's three products."""
+    V, L = 101, 2
+    params = fastlm.LSTMLM(V, 19, H, L, seed=5, cutoffs=cutoffs).state_dict()
+    rng = np.random.default_rng(H)
+    seqs = [rng.integers(0, V, n, dtype=np.int32) for n in range(1, 11)]
+
+    def score(group):
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in group])]).astype(np.int64)
+        scores = _core.score_sequences(params, L, np.concatenate(group), offsets, 3, 256)
+        return [np.split(np.asarray(a), offsets[1:-1]) for a in scores]
+
+    prompts = rng.integers(0, V, (9, 3), dtype=np.int32)
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        together = score(seqs)
+        for i, s in enumerate(seqs):
+            alone = score([s])
+            for k, name in enumerate(("log_probs", "predictions", "ranks")):
+                assert np.array_equal(together[k][i], alone[k][0]), f"{threads} threads: sequence {i}'s {name}"
+        for n in (2, 3, 9) if H < 500 else (9,):  # 9 rows against 1: the k blocking of each
+            session = _core.GenerationSession(params, L, prompts[:n], 1.0, 0, 1.0, 7)
+            alone = [_core.GenerationSession(params, L, prompts[s : s + 1], 1.0, 0, 1.0, 7 + s) for s in range(n)]
+            for step in range(3):
+                probabilities = session.probabilities()
+                for s in range(n):
+                    assert np.array_equal(probabilities[s], alone[s].probabilities()[0]), (
+                        f"{threads} threads, {n} samples, step {step}: sample {s}"
+                    )
+                drawn = session.next(1)
+                for s in range(n):
+                    np.testing.assert_array_equal(alone[s].next(1)[0], drawn[s])
 
 
 @pytest.mark.parametrize("momentum, nesterov, weight_decay", [(0.0, False, 0.0), (0.9, False, 0.01), (0.5, True, 0.0)])
