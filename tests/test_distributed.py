@@ -233,6 +233,17 @@ def test_cli_trains_and_resumes_on_two_ranks(encoded, tmp_path):
     assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
 
 
+@needs_mpi
+def test_cli_usage_error_on_two_ranks_exits_2_each_rank_saying_it_once(encoded, tmp_path):
+    result = fastlm_command("train", *encoded, "--momentum", "0.9", "--distributed", mpi_ranks=2)
+    assert result.returncode == 2, result.stderr  # the usage error's code, through MPI_Abort
+    message = "fastlm train: error: --momentum 0.9 applies to --optimizer sgd"
+    # Each rank finds it and prints it once before the job ends (a rank that starts more than
+    # ABORT_GRACE later than the other may be ended before it does: at least one line).
+    assert 1 <= result.stderr.count(message) <= 2 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip install 'fastlm[mpi]')")
 def test_cli_distributed_without_mpiexec_trains_as_one_rank(encoded):
     result = fastlm_command("train", *encoded, "--epochs", "1", "--max-steps", "2", "--distributed")

@@ -1433,7 +1433,10 @@ def main(argv=None):
         message = f"fastlm {args.command}: error: {_message(error)}"
         comm = getattr(args, "comm", None)
         if comm is not None and comm.Get_size() > 1 and not getattr(error, "fastlm_on_every_rank", False):
-            distributed.print_and_abort(comm, message)  # this rank's error alone: the others would wait for ever
+            # this rank's error alone: the others would wait for ever
+            code = 2 if isinstance(error, UsageError) else 1
+            distributed.print_and_abort(comm, message, code)
+            return code  # MPICH's MPI_Abort can return before the job ends: say nothing more
         if isinstance(error, UsageError):
             args.parser.error(_message(error))  # the usage line, then the message; exit 2
         print(message, file=sys.stderr, flush=True)

@@ -197,15 +197,15 @@ def abort(comm, error):
     print_and_abort(comm, text)
 
 
-def print_and_abort(comm, text):
-    """Print text on stderr, then end every rank of comm. mpiexec drops what a rank printed
-    but it has not yet forwarded when MPI_Abort ends the job (the first line of a traceback
-    and nothing more, now and then): the text goes in one write, and the rank waits
+def print_and_abort(comm, text, code=1):
+    """Print text on stderr, then end every rank of comm with the exit code. mpiexec drops what
+    a rank printed but it has not yet forwarded when MPI_Abort ends the job (the first line of
+    a traceback and nothing more, now and then): the text goes in one write, and the rank waits
     ABORT_GRACE seconds for it to be forwarded before it aborts."""
     sys.stderr.write(text.rstrip("\n") + "\n")
     sys.stderr.flush()
     time.sleep(ABORT_GRACE)
-    comm.Abort(1)
+    comm.Abort(code)
 
 
 def fingerprint(array):
