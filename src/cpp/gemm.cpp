@@ -427,6 +427,32 @@ float sgemm_packed_row_block_element(int64_t m, const float* a_row, const float*
     return c;
 }
 
+namespace {
+
+// Items [first, last) of sgemm_b_in_place's product C = op(A) B + beta C (beta 0 or 1).
+void b_in_place_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, int64_t n,
+                      int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                      int64_t ldc) {
+    const int64_t kb = k_block(m, k);
+    for (int64_t item = first; item < last; ++item) {
+        const auto [i0, mc, jp0, jp1] = items.block(item, m);
+        float* a_packed = thread_a_buffer();
+        for (int64_t pc = 0; pc < k; pc += kb) {
+            const int64_t kc = std::min(kb, k - pc);
+            pack_a(a, lda, trans_a, i0, mc, pc, kc, a_packed);
+            for (int64_t jp = jp0; jp < jp1; ++jp) {
+                const int64_t nr = std::min(NR, n - jp * NR);
+                const float* b_block = b + pc * ldb + jp * NR;
+                for (int64_t ip = 0; ip < mc; ip += MR)
+                    micro_kernel_rows_b_in_place(std::min(MR, mc - ip), nr, kc, a_packed + ip * kc, b_block, ldb,
+                                                 c + (i0 + ip) * ldc + jp * NR, ldc, pc > 0 || beta != 0.0f);
+            }
+        }
+    }
+}
+
+}  // namespace
+
 void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                       float* c, int64_t ldc) {
     if constexpr (!kBInPlace) return sgemm(false, false, m, n, k, a, lda, b, ldb, 0.0f, c, ldc);
@@ -435,23 +461,18 @@ void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
     const int64_t panels = ceil_div(n, NR);
     const int threads = (m * panels * NR * k < kParallelMinWork) ? 1 : max_threads();
     const GemmItems items(m, panels * NR, threads, /*shared_as_they_come=*/true);
-    const int64_t kb = k_block(m, k);
 #pragma omp parallel for if (threads > 1 && items.count > 1) schedule(dynamic)
-    for (int64_t item = 0; item < items.count; ++item) {
-        const auto [i0, mc, jp0, jp1] = items.block(item, m);
-        float* a_packed = thread_a_buffer();
-        for (int64_t pc = 0; pc < k; pc += kb) {
-            const int64_t kc = std::min(kb, k - pc);
-            pack_a(a, lda, false, i0, mc, pc, kc, a_packed);
-            for (int64_t jp = jp0; jp < jp1; ++jp) {
-                const int64_t nr = std::min(NR, n - jp * NR);
-                const float* b_block = b + pc * ldb + jp * NR;
-                for (int64_t ip = 0; ip < mc; ip += MR)
-                    micro_kernel_rows_b_in_place(std::min(MR, mc - ip), nr, kc, a_packed + ip * kc, b_block, ldb,
-                                                 c + (i0 + ip) * ldc + jp * NR, ldc, pc > 0);
-            }
-        }
-    }
+    for (int64_t item = 0; item < items.count; ++item)
+        b_in_place_items(items, item, item + 1, false, m, n, k, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void sgemm_b_in_place_one_thread(bool trans_a, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+    if constexpr (!kBInPlace)
+        return sgemm_packed_one_thread(trans_a, m, a, lda, PackedB(b, ldb, false, k, n), beta, c, ldc);
+    if (degenerate_product(m, n, k, beta, c, ldc)) return;
+    const GemmItems items(m, ceil_div(n, NR) * NR, 1, /*shared_as_they_come=*/false);
+    b_in_place_items(items, 0, items.count, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

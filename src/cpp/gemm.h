@@ -88,6 +88,13 @@ void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t ld
 void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                       float* c, int64_t ldc);
 
+// sgemm_b_in_place's product for callers that share out work themselves: the calling
+// thread alone, op(A) transposed or not, C = op(A) B + beta C (beta 0 or 1), bit-equal to
+// sgemm_packed_one_thread with B packed. The thin output layers' dh^T += W_b^T G^T reads
+// each block's softmax G^T (block x rows, in L2) where it lies instead of copying it.
+void sgemm_b_in_place_one_thread(bool trans_a, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 // Receives one block of C: c[i * ldc + j] is the product at row i, column j0 + j, for
 // rows [0, m) and j in [0, n). Valid only during the call.
 using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, int64_t ldc)>;

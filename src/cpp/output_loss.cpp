@@ -507,9 +507,8 @@ double output_loss_thin_forward_backward(const OutputShape& s, const float* h, c
         const PackedB h_t(hc, H, /*trans_b=*/true, H, rows);
 #pragma omp parallel for if (threads > 1) schedule(dynamic)
         for (int64_t g = 0; g < groups; ++g) {
-            static thread_local std::vector<float> softmax_buffer, dweight_buffer;
+            static thread_local std::vector<float> softmax_buffer;
             float* gt = thread_buffer_of(softmax_buffer, kVocabBlock * rows);  // G^T, block x rows
-            float* dwt = thread_buffer_of(dweight_buffer, H * kVocabBlock);     // dW_b^T, H x block
             float* dht_g = partial.get() + g * H * rows;
             const int64_t vb_begin = g * blocks / groups, vb_end = (g + 1) * blocks / groups;
             for (int64_t vb = vb_begin; vb < vb_end; ++vb) {
@@ -529,16 +528,13 @@ double output_loss_thin_forward_backward(const OutputShape& s, const float* h, c
                                                gt[t * rows + j0 + r] -= gradient_scale;
                                            }
                                        });
-                // dW_b^T = h^T G (H x block), then into dW_b's rows.
-                sgemm_packed_one_thread(true, H, hc, H, PackedB(gt, rows, /*trans_b=*/true, rows, m), 0.0f, dwt,
-                                        kVocabBlock);
-                float* dw = dweight + v0 * H;
-                for (int64_t v = 0; v < m; ++v)
-                    for (int64_t k = 0; k < H; ++k)
-                        dw[v * H + k] = r0 > 0 ? dw[v * H + k] + dwt[k * kVocabBlock + v] : dwt[k * kVocabBlock + v];
+                // dW_b (+)= G^T h (block x H), h read where it lies: no packing of h or G per
+                // block, and no transposed copy.
+                sgemm_b_in_place_one_thread(false, m, H, rows, gt, rows, hc, H, r0 > 0 ? 1.0f : 0.0f,
+                                            dweight + v0 * H, H);
                 // dh^T += W_b^T G^T (H x rows).
-                sgemm_packed_one_thread(true, H, weight + v0 * H, H, PackedB(gt, rows, /*trans_b=*/false, m, rows),
-                                        vb > vb_begin ? 1.0f : 0.0f, dht_g, rows);
+                sgemm_b_in_place_one_thread(true, H, rows, m, weight + v0 * H, H, gt, rows, vb > vb_begin ? 1.0f : 0.0f,
+                                            dht_g, rows);
             }
         }
         // dh = the groups' partial sums, in group order.
