@@ -302,7 +302,7 @@ def test_generate_options(capsys, model_dir):
         capsys, "generate", model_dir, "--prompt", "the", "--temperature", "0", "--max-new-tokens", "8"
     )
     code, out, _ = run_cli(capsys, "generate", model_dir, "--prompt", "the dog", "--max-new-tokens", "0")
-    assert code == 0 and out == "the dog \n"
+    assert code == 0 and out == "the dog\n"  # nothing after it: no trailing space
     code, out, _ = run_cli(capsys, "generate", model_dir, "--prompt", "the dog ", "--max-new-tokens", "1")
     assert code == 0 and out.startswith("the dog ") and not out.startswith("the dog  ")
 
@@ -869,6 +869,15 @@ def test_score_json_gives_every_token_its_score(capsys, char_model, tmp_path):
         assert record["log10_prob"] == pytest.approx(score, abs=1e-5)
     unknown = [char for t, char in zip(records[3]["tokens"], SENTENCES[3]) if t["unknown"]]
     assert unknown == list("QUICKLY")  # capitals are not in the corpus
+
+
+def test_generate_puts_no_space_before_a_new_line():
+    """A word model's continuation that starts with its <eos> (a newline) or is empty follows the
+    prompt directly: the separating space would be trailing white space."""
+    assert cli._joined("the king", " ", "are here") == "the king are here"
+    assert cli._joined("the king", " ", "\nare here") == "the king\nare here"
+    assert cli._joined("the king", " ", "") == "the king"
+    assert cli._joined("", "", "\nare") == "\nare"
 
 
 @pytest.mark.parametrize("prompt", [[], ["--prompt", "the cat"]], ids=["no-prompt", "prompt"])

@@ -726,13 +726,19 @@ def _sampling_options(args):
     )
 
 
+def _joined(prompt, separator, text):
+    """The prompt and its continuation: with the word separator between them, unless the text
+    starts a new line (a word model's <eos>) or is empty, where it would be trailing white space."""
+    return prompt + (separator if text[:1].strip() else "") + text
+
+
 def _stream(model, args, stop, separator):
     """Print the continuation as it is sampled; Ctrl-C ends the line and the command (exit 130)."""
     pieces = model.stream(args.prompt, stop=stop, **_sampling_options(args))
     print(args.prompt, end="", flush=True)
     try:
         for k, piece in enumerate(pieces):
-            print((separator if k == 0 else "") + piece, end="", flush=True)
+            print(_joined("", separator, piece) if k == 0 else piece, end="", flush=True)
     finally:
         print(flush=True)
     return 0
@@ -755,7 +761,7 @@ def cmd_generate(args):
     for k, text in enumerate([texts] if isinstance(texts, str) else texts):
         if k:
             print("---")
-        print(args.prompt + separator + text)
+        print(_joined(args.prompt, separator, text))
     return 0
 
 
