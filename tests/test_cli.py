@@ -145,6 +145,11 @@ def test_bench_help_describes_the_configurations(capsys):
             assert f"{name} = {shape(config)} with cutoffs {', '.join(map(str, config.cutoffs))}" in help_text
 
 
+def test_an_extra_argument_is_a_usage_error_of_the_command(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", tmp_path, tmp_path / "f.txt", "extra")
+    assert_usage(code, err, "eval", "unrecognized arguments: extra")
+
+
 def test_no_command_is_a_usage_error(capsys):
     code, _, err = run_cli(capsys)
     assert_usage_error(code, err, "COMMAND")

@@ -1417,7 +1417,9 @@ def _message(error):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported by the command's parser, with its usage (argparse's own says "fastlm: error")
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         threads = args.threads if args.threads is not None else args.threads_before_command
         if threads is not None:
