@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace fastlm {
 
@@ -11,6 +12,13 @@ namespace fastlm {
 // zero them first: a memset of every logits chunk and packed weight, every batch.
 using ScratchFloats = std::unique_ptr<float[]>;
 inline ScratchFloats scratch_floats(int64_t n) { return ScratchFloats(new float[n]); }
+
+// A thread's buffer (a thread_local vector) of at least n floats, grown to the largest
+// request and kept: per-thread packing, result and softmax blocks, allocated once.
+inline float* thread_buffer(std::vector<float>& buffer, int64_t n) {
+    if (int64_t(buffer.size()) < n) buffer.resize(n);
+    return buffer.data();
+}
 
 // glibc hands blocks above a (dynamic) threshold back to the OS when they are freed and
 // trims the heap top beyond 128 KiB, so every batch's activations and gradients -- tens

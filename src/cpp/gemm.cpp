@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "allocator.h"
 #include "kernels/kernel_set.h"
 #include "parallel.h"
 
@@ -193,12 +194,6 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];
         }
     }
-}
-
-// Per-thread packing and result buffers, grown to the largest request and kept.
-float* thread_buffer(std::vector<float>& buffer, int64_t n) {
-    if (int64_t(buffer.size()) < n) buffer.resize(n);
-    return buffer.data();
 }
 
 float* thread_a_buffer() {

@@ -138,12 +138,6 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
     }
 }
 
-// A thread's buffer of at least n floats, grown to the largest request and kept.
-float* thread_buffer_of(std::vector<float>& buffer, int64_t n) {
-    if (int64_t(buffer.size()) < n) buffer.resize(n);
-    return buffer.data();
-}
-
 // ------------------------------------------------------------------ inference
 // The forward pass alone never stores logits. It computes logits^T = W h^T, a block of
 // kVocabBlock vocabulary entries times kRowBlock rows at a time (in L2), and reduces each
@@ -508,7 +502,7 @@ double output_loss_thin_forward_backward(const OutputShape& s, const float* h, c
 #pragma omp parallel for if (threads > 1) schedule(dynamic)
         for (int64_t g = 0; g < groups; ++g) {
             static thread_local std::vector<float> softmax_buffer;
-            float* gt = thread_buffer_of(softmax_buffer, kVocabBlock * rows);  // G^T, block x rows
+            float* gt = thread_buffer(softmax_buffer, kVocabBlock * rows);  // G^T, block x rows
             float* dht_g = partial.get() + g * H * rows;
             const int64_t vb_begin = g * blocks / groups, vb_end = (g + 1) * blocks / groups;
             for (int64_t vb = vb_begin; vb < vb_end; ++vb) {
