@@ -119,10 +119,9 @@ double tail_forward_backward(const AdaptiveShape& s, int64_t i, const float* h, 
                                                  1.0f / float(s.rows), dp.get(), g.out[i]) /
                double(s.rows);
     } else {
-        const std::vector<float> zero_bias(m, 0.0f);
-        std::vector<float> unused_dbias(m);
-        loss = output_loss_forward_backward({n, d, m}, in.p.get(), w.out[i], zero_bias.data(), local.data(),
-                                            dp.get(), g.out[i], unused_dbias.data()) *
+        // Tails have no bias: none passed, none formed (as the head without one).
+        loss = output_loss_forward_backward({n, d, m}, in.p.get(), w.out[i], nullptr, local.data(), dp.get(),
+                                            g.out[i], nullptr) *
                double(n) / double(s.rows);
         const float share = float(double(n) / double(s.rows));
         for (int64_t k = 0; k < n * d; ++k) dp[k] *= share;
