@@ -126,16 +126,19 @@ def _output_path(argument, path):
     return path
 
 
-def _check_not_swapped(command, directory, file):
-    """`fastlm eval FILE DIR` is an easy slip: say which argument is which rather than that a
-    directory does not exist or is not a text file."""
-    directory, file = Path(directory), Path(file)
-    if directory.is_file() and file.is_dir():
+def _model_and_text_paths(command, directory, file):
+    """DIR and FILE of `fastlm eval` or `fastlm score` (FILE None: standard input) checked, FILE's
+    Path returned. `fastlm eval FILE DIR` is an easy slip: say which argument is which rather
+    than that a directory does not exist or is not a text file."""
+    directory = Path(directory)
+    if file is not None and directory.is_file() and Path(file).is_dir():
         raise UsageError(
             f"arguments DIR {directory} and FILE {file} look swapped ({directory} is a file, {file} a "
             f"directory): fastlm {command} takes the model directory first, then the text file: "
             f"fastlm {command} {file} {directory}"
         )
+    _input_path("DIR", directory, "model directory")
+    return None if file is None else _input_path("FILE", file)
 
 
 def read_text(path):
@@ -383,6 +386,12 @@ def _resumed_settings(out, trainer, typed, comm):
     return settings
 
 
+def _check_eos_level(eos, level):
+    """--eos with a level other than word: refused by train (any run) and encode --fit."""
+    if eos is not None and level != "word":
+        raise UsageError(f"--eos {eos} marks line ends between words: it needs --level word, got --level {level}")
+
+
 def _check_combinations(s, typed):
     """Settings that cannot go together, refused (exit 2) before any corpus is read."""
     if "val" in typed and "val_fraction" in typed:
@@ -390,10 +399,7 @@ def _check_combinations(s, typed):
             f"give --val FILE or --val-fraction, not both "
             f"(got --val {typed['val']} and --val-fraction {typed['val_fraction']})"
         )
-    if s["eos"] is not None and s["level"] != "word":
-        raise UsageError(
-            f"--eos {s['eos']} marks line ends between words: it needs --level word, got --level {s['level']}"
-        )
+    _check_eos_level(s["eos"], s["level"])
     if s["momentum"] and s["optimizer"] != "sgd":
         raise UsageError(
             f"--momentum {s['momentum']} applies to --optimizer sgd (Adam has its own betas), "
@@ -439,8 +445,7 @@ def _check_tokenizer_options(o):
         raise UsageError(f"--level bpe is sized by --vocab-size, not --max-vocab (got --max-vocab {max_vocab})")
     if o["split_punctuation"] and level != "word":
         raise UsageError(f"--split-punctuation applies to --level word only, got --level {level}")
-    if o["eos"] is not None and level != "word":
-        raise UsageError(f"--eos {o['eos']} marks line ends between words: it needs --level word, got --level {level}")
+    _check_eos_level(o["eos"], level)
     try:  # the API's remaining rules (--vocab-size below 257, --max-vocab 1, ...)
         fastlm.tokenizer._check_vocab_size(vocab_size, level)
         fastlm.tokenizer._check_options(
@@ -766,9 +771,7 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
-    _check_not_swapped("eval", args.directory, args.file)
-    _input_path("DIR", args.directory, "model directory")
-    path = _input_path("FILE", args.file)
+    path = _model_and_text_paths("eval", args.directory, args.file)
     model = _load(args.directory)
     ids, unknown = model.tokenizer.encode(read_text(path), return_unknown=True)
     if len(ids) < 2:
@@ -793,7 +796,7 @@ SCORE_BLOCK_LINES = 4096  # lines scored per call: stdin is read as it comes
 
 
 def _utf8_lines(stream, name):
-    """The stream's lines; text that is not UTF-8 is an error naming the source and the line."""
+    """The stream's lines; text that is not UTF-8 is an error naming the source and the byte."""
     try:
         yield from stream
     except UnicodeDecodeError as error:  # (decoded a chunk at a time: error.start is no position in the file)
@@ -814,11 +817,7 @@ def _line_blocks(stream):
 
 
 def cmd_score(args):
-    if args.file is not None:
-        _check_not_swapped("score", args.directory, args.file)
-    _input_path("DIR", args.directory, "model directory")
-    if args.file is not None:
-        _input_path("FILE", args.file)
+    _model_and_text_paths("score", args.directory, args.file)
     model = _load(args.directory)
     bos, eos = not args.no_bos, not args.no_eos
     source = open(args.file, encoding="utf-8") if args.file else sys.stdin
