@@ -1075,6 +1075,147 @@ class TestSparseSgdUpdate:
         np.testing.assert_allclose(args["param"][args["rows"]], expected[args["rows"]], rtol=1e-6, atol=1e-7)
 
 
+# ================================================================= adam_update_rows
+
+
+def adam_rows_args(V=20, E=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        param=rng.standard_normal((V, E)).astype(f32),
+        rows=np.array([1, 5, 9], dtype=np.int32),
+        grad=rng.standard_normal((3, E)).astype(f32),
+        m=(rng.standard_normal((V, E)) * 0.1).astype(f32),
+        v=(rng.random((V, E)) * 0.1).astype(f32),
+    )
+
+
+class TestAdamUpdateRows:
+    @pytest.mark.parametrize(
+        "change,error,message",
+        [
+            (dict(rows=np.array([5, 1, 9], np.int32)), ValueError, r"rows must be strictly increasing .*rows\[1\] = 1"),
+            (dict(rows=np.array([1, 1, 9], np.int32)), ValueError, "rows must be strictly increasing"),
+            (dict(rows=np.array([1, 5, 20], np.int32)), ValueError, r"rows holds id 20 .*outside \[0, 20\)"),
+            (dict(rows=np.array([-1, 5, 9], np.int32)), ValueError, "rows holds id -1"),
+            (dict(rows=np.array([[1, 5, 9]], np.int32)), ValueError, "rows must be 1-D"),
+            (dict(rows=np.array([1.0, 5.0, 9.0])), TypeError, "rows must be an integer array"),
+            (dict(rows=None), TypeError, "rows must be an array, got None"),
+            (dict(grad=np.zeros((2, 4), f32)), ValueError, r"grad must have shape \(3, 4\), got \(2, 4\)"),
+            (dict(grad=np.zeros((3, 5), f32)), ValueError, r"grad must have shape \(3, 4\)"),
+            (dict(grad=np.zeros(12, f32)), ValueError, "grad must be 2-D"),
+            (dict(param=np.zeros(20, f32)), ValueError, "param must be 2-D"),
+            (dict(param=np.zeros((20, 4))), TypeError, "param is updated in place"),
+            (dict(m=np.zeros((20, 5), f32)), ValueError, r"m must have shape \(20, 4\)"),
+            (dict(v=np.zeros((21, 4), f32)), ValueError, r"v must have shape \(20, 4\)"),
+            (dict(step=0), ValueError, "step counts from 1, got 0"),
+            (dict(lr=-1.0), ValueError, "lr must be a finite number >= 0"),
+            (dict(beta1=1.0), ValueError, "betas"),
+            (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
+        ],
+    )
+    def test_bad_arguments_change_nothing(self, change, error, message):
+        args = dict(adam_rows_args(), step=1, lr=1e-2)
+        args.update(change)
+        before = snapshot(args)
+        with pytest.raises(error, match=message):
+            _core.adam_update_rows(**args)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("arg", ["param", "m", "v"])
+    def test_read_only_in_place_argument(self, arg):
+        args = adam_rows_args()
+        args[arg].flags.writeable = False
+        before = snapshot(args)
+        with pytest.raises(ValueError, match=rf"^{arg} .*read-only"):
+            _core.adam_update_rows(**args, step=1, lr=1e-2)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_non_finite_grad_leaves_everything_unchanged(self, bad):
+        args = adam_rows_args(V=3000, E=40)  # big enough for the threaded path
+        args["grad"][2, 17] = bad
+        before = snapshot(args)
+        with pytest.raises(ValueError, match=r"grad holds NaN or infinity"):
+            _core.adam_update_rows(**args, step=3, lr=1e-2)
+        assert_state_equal(snapshot(args), before)
+
+    def test_no_rows_is_a_step_with_a_zero_gradient(self):
+        a, b = adam_rows_args(), adam_rows_args()
+        _core.adam_update_rows(**dict(a, rows=np.zeros(0, np.int32), grad=np.zeros((0, 4), f32)), step=2, lr=1e-2)
+        _core.adam_update(b["param"], np.zeros_like(b["param"]), b["m"], b["v"], step=2, lr=1e-2)
+        for name in ("param", "m", "v"):
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+# ================================================================= clip_grad_norm_rows
+
+# A gradient in row form's rows and values (rows 2 and 7 of a (10, 3) gradient), only read.
+ROWS, VALUES = np.array([2, 7], np.int32), np.ones((2, 3), f32)
+
+
+class TestClipGradNormRows:
+    def grads(self):
+        rng = np.random.default_rng(0)
+        rows = np.array([2, 7], np.int32)
+        return [rng.standard_normal(5).astype(f32), (rows, rng.standard_normal((2, 3)).astype(f32), 10)]
+
+    @pytest.mark.parametrize(
+        "entry,error,message",
+        [
+            ((ROWS, VALUES), ValueError, r"grads\[1\] must be an array or a tuple"),
+            ((np.array([7, 2], np.int32), VALUES, 10), ValueError, "rows must be strictly increasing"),
+            (
+                (np.array([2, 10], np.int32), VALUES, 10),
+                ValueError,
+                r"rows holds id 10 .*outside \[0, 10\)",
+            ),
+            (
+                (ROWS, np.ones((3, 3), f32), 10),
+                ValueError,
+                r"grads\[1\]'s values must have one row",
+            ),
+            ((ROWS, np.ones(6, f32), 10), ValueError, r"grads\[1\]'s values must be 2-D"),
+            ((ROWS, np.ones((2, 3)), 10), TypeError, r"grads\[1\]'s values is updated in place"),
+            ((ROWS, VALUES, 0), ValueError, r"vocab_size must be positive"),
+            (
+                (ROWS, VALUES, 2**40),
+                ValueError,
+                r"vocab_size must be at most 2\*\*31",
+            ),
+            ((ROWS, VALUES, 1.5), TypeError, r"vocab_size must be an int"),
+            ((None, VALUES, 10), TypeError, r"rows must be an array, got None"),
+        ],
+    )
+    def test_bad_entries_change_nothing(self, entry, error, message):
+        grads = self.grads()
+        grads[1] = entry
+        arrays = [grads[0]] + [a for a in entry if isinstance(a, np.ndarray)]
+        before = [a.copy() for a in arrays]
+        with pytest.raises(error, match=message):
+            _core.clip_grad_norm_rows(grads, 1e-3)  # would clip everything if it went ahead
+        for a, b in zip(arrays, before):
+            np.testing.assert_array_equal(a, b)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_values_raise_and_change_nothing(self, bad):
+        grads = self.grads()
+        grads[1][1][1, 2] = bad
+        before = [grads[0].copy(), grads[1][1].copy()]
+        with pytest.raises(ValueError, match=r"NaN or infinity"):
+            _core.clip_grad_norm_rows(grads, 1e-3)
+        np.testing.assert_array_equal(grads[0], before[0])
+        np.testing.assert_array_equal(grads[1][1], before[1])
+
+    @pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])
+    def test_max_norm_not_positive(self, max_norm):
+        with pytest.raises(ValueError, match=r"max_norm must be positive"):
+            _core.clip_grad_norm_rows(self.grads(), max_norm)
+
+    def test_a_bare_array_is_not_a_sequence_of_gradients(self):
+        with pytest.raises(TypeError, match=r"grads must be a sequence of arrays"):
+            _core.clip_grad_norm_rows(np.ones(3, f32), 1.0)
+
+
 # ================================================================= clip_grad_norm
 
 

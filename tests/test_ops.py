@@ -257,6 +257,30 @@ def run_adam_update(fn, inputs):
     return {"param": param, "m": m, "v": v}
 
 
+def row_subsets(rng, V, steps):
+    """Each step's rows of a gradient in row form: distinct and increasing, a different
+    subset each step (none, one, all, and about a third of V among them)."""
+    sizes = [max(1, V // 3), 0, V, 1][:steps] + [max(1, V // 3)] * max(0, steps - 4)
+    return [np.sort(rng.choice(V, size=n, replace=False)).astype(np.int32) for n in sizes]
+
+
+def build_adam_update_rows(rng, V, E, steps, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
+    # m and v start at zero, as in a fresh optimizer; rows without a gradient still move.
+    param = uniform(rng, (V, E))
+    batches = [(rows, normal(rng, (len(rows), E), 0.1)) for rows in row_subsets(rng, V, steps)]
+    m, v = np.zeros((V, E), np.float32), np.zeros((V, E), np.float32)
+    return Inputs(
+        [param, batches, m, v], dict(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
+    )
+
+
+def run_adam_update_rows(fn, inputs):
+    param, batches, m, v = inputs.args
+    for step, (rows, grad) in enumerate(batches, start=1):
+        assert fn(param, rows, grad, m, v, step, **inputs.kwargs) is None
+    return {"param": param, "m": m, "v": v}
+
+
 def build_sgd_update(rng, shape, steps, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
     # One gradient per step; the buffer starts as garbage, which the first step must overwrite.
     param = uniform(rng, shape)
@@ -284,6 +308,21 @@ def run_clip_grad_norm(fn, inputs):
     norm = fn(grads, max_norm)
     assert isinstance(norm, float)
     return {"norm": norm, **{f"grads[{i}]": g for i, g in enumerate(grads)}}
+
+
+def build_clip_grad_norm_rows(rng, shapes, V, E, count, max_norm):
+    # The gradient in row form (count rows of a (V, E) one) between two dense ones.
+    rows = np.sort(rng.choice(V, size=count, replace=False)).astype(np.int32)
+    grads = [normal(rng, shapes[0]), (rows, normal(rng, (count, E)), V), normal(rng, shapes[1])]
+    return Inputs([grads, max_norm])
+
+
+def run_clip_grad_norm_rows(fn, inputs):
+    grads, max_norm = inputs.args
+    norm = fn(grads, max_norm)
+    assert isinstance(norm, float)
+    arrays = [g[1] if isinstance(g, tuple) else g for g in grads]
+    return {"norm": norm, **{f"grads[{i}]": g for i, g in enumerate(arrays)}}
 
 
 def build_clipped_sgd_update(rng, shapes, steps, max_norm, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -372,8 +411,10 @@ OPS = {
     "sparse_sgd_update": Op(build_sparse_sgd_update, ("param",), run=run_sparse_sgd_update),
     "gather_windows": Op(build_gather_windows, ("x", "y"), exact=("x", "y")),
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
+    "adam_update_rows": Op(build_adam_update_rows, ("param", "m", "v"), run=run_adam_update_rows),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
+    "clip_grad_norm_rows": Op(build_clip_grad_norm_rows, ("norm",), run=run_clip_grad_norm_rows),
     "clipped_sgd_update": Op(build_clipped_sgd_update, (), run=run_clipped_sgd_update),
     "windows": Op(build_windows, ("x", "y"), exact=("x", "y")),
     "score_sequences": Op(build_score_sequences, ("log_probs", "argmax", "ranks"), near_ties=("argmax", "ranks")),
@@ -482,6 +523,11 @@ CASES = [
     ("adam_update", dict(shape=(37, 19), steps=5, weight_decay=0.01)),
     ("adam_update", dict(shape=(1009,), steps=3, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
     ("adam_update", dict(shape=(520, 130), steps=3, weight_decay=0.01)),  # threaded
+    ("adam_update_rows", dict(V=37, E=19, steps=5)),
+    ("adam_update_rows", dict(V=37, E=19, steps=5, weight_decay=0.01)),
+    ("adam_update_rows", dict(V=1009, E=1, steps=4, lr=0.1, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
+    ("adam_update_rows", dict(V=520, E=130, steps=4, weight_decay=0.01)),  # threaded
+    ("adam_update_rows", dict(V=7, E=5000, steps=4)),  # rows wider than a block of zeros
     ("sgd_update", dict(shape=(37, 19), steps=3)),
     ("sgd_update", dict(shape=(37, 19), steps=3, weight_decay=0.01)),
     ("sgd_update", dict(shape=(1009,), steps=4, momentum=0.9)),
@@ -497,6 +543,12 @@ CASES = [
     ("clipped_sgd_update", dict(shapes=[(1009,)], steps=2, max_norm=0.05, momentum=0.5, nesterov=True)),
     ("clipped_sgd_update", dict(shapes=[(520, 130), (1009, 130)], steps=2, max_norm=1.0, momentum=0.9)),  # threaded
     ("clip_grad_norm", dict(shapes=[(520, 130), (520,), (1009, 130)], max_norm=1.0)),  # threaded
+    ("clip_grad_norm_rows", dict(shapes=[(148, 37), (148,)], V=1009, E=19, count=300, max_norm=0.5)),  # clips
+    ("clip_grad_norm_rows", dict(shapes=[(148, 37), (148,)], V=1009, E=19, count=300, max_norm=1e6)),
+    ("clip_grad_norm_rows", dict(shapes=[(7,), (1,)], V=3, E=1, count=1, max_norm=1.0)),
+    ("clip_grad_norm_rows", dict(shapes=[(7,), (1,)], V=5, E=3, count=0, max_norm=1.0)),  # no rows
+    ("clip_grad_norm_rows", dict(shapes=[(520, 130), (520,)], V=3001, E=130, count=900, max_norm=1.0)),  # threaded
+    ("clip_grad_norm_rows", dict(shapes=[(7,), (1,)], V=9, E=5000, count=4, max_norm=1.0)),  # rows over blocks
     ("windows", dict(length=2, seq_len=1)),
     ("windows", dict(length=1000, seq_len=7)),
     ("windows", dict(length=1000, seq_len=5, stride=3)),
@@ -751,6 +803,50 @@ def test_clipped_sgd_update_is_clip_then_sgd(momentum, nesterov, weight_decay, m
                 _core.sgd_update(p, g, b if momentum else None, step, 20.0, **settings)
         for fused, split in zip(fused_params + fused_bufs, split_params + split_bufs):
             assert np.array_equal(fused, split), f"{threads} threads"
+
+
+def float_bits(a):
+    """The bit patterns of a float32 array: np.array_equal counts -0.0 equal to 0.0, this does not."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("V, E", [(1009, 19), (50, 1), (700, 256), (9, 5000)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e9])  # no clipping, clips, leaves alone
+def test_row_form_gradient_is_the_dense_gradient_to_the_bit(V, E, weight_decay, max_norm, restore_threads):
+    """fit's embedding step under Adam: clip_grad_norm_rows, then adam_update_rows on a
+    gradient in row form, give the norm, scaled values, parameters and moments of
+    clip_grad_norm, then adam_update on its dense twin, to the bit (signed zeros included),
+    with one thread and with two: parameters and moments holding -0.0 and subnormals, rows
+    holding zeros of both signs, steps with no rows, one row and every row."""
+    rng = np.random.default_rng(V * E)
+    param = normal(rng, (V, E))
+    param[::7, ::3], param[1::11] = -0.0, 1e-40
+    m0, v0 = normal(rng, (V, E), 1e-3), np.abs(normal(rng, (V, E), 1e-6))
+    m0[::5], m0[2::9], v0[3::4] = -0.0, -1e-42, 0.0
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        dense_state = [param.copy(), m0.copy(), v0.copy()]
+        rows_state = [param.copy(), m0.copy(), v0.copy()]
+        for step, rows in enumerate(row_subsets(np.random.default_rng(E), V, 5), start=1):
+            values = normal(rng, (len(rows), E), 0.1)
+            values[::3, ::2] = -0.0
+            values[1::4, 1::2] = 0.0
+            others = [normal(rng, (13, 7), 0.1), normal(rng, (5,), 0.1)]
+            dense = np.zeros((V, E), np.float32)
+            dense[rows] = values
+            dense_grads = [others[0].copy(), dense, others[1].copy()]
+            row_grads = [others[0].copy(), (rows, values, V), others[1].copy()]
+            if max_norm is not None:
+                norm = _core.clip_grad_norm(dense_grads, max_norm)
+                assert _core.clip_grad_norm_rows(row_grads, max_norm) == norm
+                assert np.array_equal(float_bits(dense_grads[1][rows]), float_bits(values))
+                for i in (0, 2):
+                    assert np.array_equal(float_bits(dense_grads[i]), float_bits(row_grads[i]))
+            _core.adam_update(*dense_state[:1], dense_grads[1], *dense_state[1:], step, 1e-2, weight_decay=weight_decay)
+            _core.adam_update_rows(rows_state[0], rows, values, *rows_state[1:], step, 1e-2, weight_decay=weight_decay)
+            for name, a, b in zip(("param", "m", "v"), dense_state, rows_state):
+                assert np.array_equal(float_bits(a), float_bits(b)), f"{threads} threads, step {step}: {name}"
 
 
 # Bindings that are not ops of the math: thread control, build facts and the FMA peak

@@ -217,7 +217,9 @@ def test_clip_norm_bounds_gradients(tok, ids, monkeypatch):
     original = training.Adam.step
 
     def step(self, ops, params, grads):
-        norms.append(math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values())))
+        # the embedding's gradient in row form: its rows' values hold all of its squares
+        arrays = [g[1] if isinstance(g, tuple) else g for g in grads.values()]
+        norms.append(math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in arrays)))
         return original(self, ops, params, grads)
 
     monkeypatch.setattr(training.Adam, "step", step)
@@ -233,6 +235,66 @@ def test_clip_norm_bounds_gradients(tok, ids, monkeypatch):
     loose = tiny_model(tok)
     quiet_fit(loose, ids, epochs=1, clip_norm=1e9)  # a bound never reached changes nothing
     assert_same_weights(loose, unclipped)
+
+
+def _bits(state):
+    """Every array's bit patterns (np.array_equal counts -0.0 equal to 0.0)."""
+    return {name: np.ascontiguousarray(a).view(np.uint8).tobytes() for name, a in state.items()}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(clip_norm=0.05), dict(clip_norm=1e9, weight_decay=0.01), dict(stateful=True, clip_norm=0.2)],
+    ids=["plain", "clipped", "unclipped-weight-decay", "stateful-clipped"],
+)
+def test_adam_on_the_embedding_rows_is_adam_on_the_dense_gradient(
+    options, threads, tmp_path, monkeypatch, restore_threads
+):
+    """fit hands Adam the embedding's gradient in row form (the rows a batch used, summed as
+    embedding_backward sums them) instead of the dense V x E gradient: the weights, Adam's
+    moments and the checkpoint are those of the dense path, to the bit. V = 300 on Zipf ids,
+    so that each batch of 128 tokens leaves most rows without a gradient."""
+    fastlm.set_num_threads(threads)
+    data = (np.random.default_rng(3).zipf(1.2, 1500) % 300).astype(np.int32)
+    chosen = []
+    original = training._embedding_rows
+    monkeypatch.setattr(training, "_embedding_rows", lambda *a: chosen.append(original(*a)) or chosen[-1])
+    results = {}
+    for path in ("rows", "dense"):
+        if path == "dense":
+            monkeypatch.setattr(training, "_embedding_rows", lambda *a: False)
+        model = fastlm.LSTMLM(300, 8, 16, 1, seed=1)
+        quiet_fit(model, data, epochs=2, lr=1e-2, checkpoint_dir=tmp_path / path, **options)
+        arrays, _ = model_dir.load_training_state(tmp_path / path)
+        results[path] = (_bits(model.state_dict()), _bits(arrays))
+    assert chosen == [True]
+    assert results["rows"][0] == results["dense"][0]
+    assert results["rows"][1] == results["dense"][1]
+
+
+@pytest.mark.parametrize(
+    "model_options, fit_options, rows",
+    [
+        (dict(), dict(), True),
+        (dict(), dict(sparse_embedding=True), True),
+        (dict(tie_weights=True, embed_dim=16), dict(), False),  # the shared matrix's gradient is dense
+        (dict(), dict(optimizer="sgd"), False),
+        (dict(), dict(optimizer="sgd", momentum=0.9), False),
+    ],
+)
+def test_where_fit_passes_the_embedding_gradient_in_row_form(tok, ids, monkeypatch, model_options, fit_options, rows):
+    seen = []
+    model = tiny_model(tok, **model_options)
+    original = model.forward_backward
+
+    def spy(*args, sparse_embedding=False, **kwargs):
+        seen.append(sparse_embedding)
+        return original(*args, sparse_embedding=sparse_embedding, **kwargs)
+
+    model.forward_backward = spy
+    quiet_fit(model, ids[:300], epochs=1, **fit_options)
+    assert seen and set(seen) == {rows}
 
 
 def test_lr_decay_and_early_stopping_on_plateau(tok, ids):

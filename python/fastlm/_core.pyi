@@ -109,6 +109,22 @@ def adam_update(
 ) -> None:
     """One torch.optim.Adam step, in place on param, m and v."""
 
+def adam_update_rows(
+    param: Floats,
+    rows: ArrayLike,
+    grad: ArrayLike,
+    m: Floats,
+    v: Floats,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-08,
+    weight_decay: float = 0.0,
+) -> None:
+    """adam_update on param (V, E) with the gradient in row form: grad (len(rows), E) for rows
+    (strictly increasing), 0 for every other row; the same bits as on the dense gradient."""
+
 def embedding_backward_sparse(dout: ArrayLike, ids: ArrayLike) -> tuple[Ids, Floats]:
     """The distinct ids in increasing order and each one's summed gradient (U, E)."""
 
@@ -144,6 +160,10 @@ def sgd_update(
 
 def clip_grad_norm(grads: Floats | Sequence[Floats], max_norm: float) -> float:
     """Scale grads in place so their global L2 norm is at most max_norm; returns the norm before."""
+
+def clip_grad_norm_rows(grads: Sequence[Floats | tuple[ArrayLike, Floats, int]], max_norm: float) -> float:
+    """clip_grad_norm where an entry may be a gradient in row form, (rows, values, vocab_size):
+    the norm and scaled values of the dense gradient, to the bit, without forming it."""
 
 def clipped_sgd_update(
     params: Sequence[Floats],

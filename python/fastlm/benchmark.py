@@ -78,15 +78,18 @@ def median_seconds(fn, repeats, warmup=1):
     return float(np.median(times))
 
 
-def fastlm_train_step(c, backend, sparse_embedding=False):
+def fastlm_train_step(c, backend, sparse_embedding=False, embedding_rows=True):
     """One training step (forward, loss, backward, Adam) of a fresh model on a random batch
-    (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True))."""
+    (sparse_embedding: the embedding under SparseAdam, as fit(..., sparse_embedding=True)).
+    embedding_rows: the embedding's gradient in row form, as fit passes it to Adam (False:
+    the dense V x E gradient, as forward_backward returns it by default)."""
     model = fastlm_model(c, backend)
     adam = Adam(model.params, 1e-3, sparse_embedding=sparse_embedding)
     x, y = model.check_batch(*random_batch(c))
+    rows = sparse_embedding or (embedding_rows and not model.tie_weights)
 
     def step():
-        _, grads, _ = model.forward_backward(x, y, sparse_embedding=sparse_embedding)
+        _, grads, _ = model.forward_backward(x, y, sparse_embedding=rows)
         adam.step(model.ops, model.params, grads)
 
     return step

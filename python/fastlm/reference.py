@@ -309,6 +309,14 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     param -= (lr / bias_correction1) * m / denom
 
 
+def adam_update_rows(param, rows, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """adam_update on param (V, E) with its gradient in row form: grad (len(rows), E) holds the
+    gradients of rows (distinct, increasing), every other row's gradient is 0."""
+    dense = np.zeros_like(param)
+    dense[rows] = grad
+    adam_update(param, dense, m, v, step, lr, beta1, beta2, eps, weight_decay)
+
+
 def sgd_update(param, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """One SGD step in place on param (and buf), as torch.optim.SGD computes it.
 
@@ -382,6 +390,26 @@ def clip_grad_norm(grads, max_norm):
         for g in grads:
             g *= np.asarray(scale, dtype=g.dtype)
     return total
+
+
+def clip_grad_norm_rows(grads, max_norm):
+    """clip_grad_norm where an entry of grads may also be a gradient in row form, a tuple
+    (rows, values, vocab_size): the (vocab_size, E) gradient that holds values (len(rows), E)
+    in rows and 0 elsewhere. Its values are scaled in place."""
+    dense = []
+    for g in grads:
+        if isinstance(g, tuple):
+            rows, values, vocab_size = g
+            full = np.zeros((vocab_size, values.shape[1]), dtype=values.dtype)
+            full[rows] = values
+            dense.append(full)
+        else:
+            dense.append(g)
+    norm = clip_grad_norm(dense, max_norm)
+    for g, full in zip(grads, dense):
+        if isinstance(g, tuple):
+            g[1][...] = full[g[0]]
+    return norm
 
 
 # ---------------------------------------------------------------- data

@@ -76,6 +76,12 @@ class Adam(_ClipThenStep):
 
     sparse_embedding=True: embedding.weight instead follows torch.optim.SparseAdam (its
     gradient is then (rows, values), see SparseAdam), at the same lr.
+
+    Otherwise a gradient given as (rows, values) is the dense gradient in row form: values in
+    rows, 0 in every other row (forward_backward(..., sparse_embedding=True)'s embedding
+    gradient, which fit passes so: see _embedding_rows). Every row is updated, as from the
+    dense gradient, to the bit (adam_update_rows), and clipping takes the dense gradient's
+    norm, to the bit (clip_grad_norm_rows); the dense gradient is never formed.
     """
 
     def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, sparse_embedding=False):
@@ -90,21 +96,23 @@ class Adam(_ClipThenStep):
 
     def step(self, ops, params, grads):
         self.step_count += 1
+        hyper = (self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
         for name in self.m:
-            ops.adam_update(
-                params[name],
-                grads[name],
-                self.m[name],
-                self.v[name],
-                self.step_count,
-                self.lr,
-                self.beta1,
-                self.beta2,
-                self.eps,
-                self.weight_decay,
-            )
+            grad = grads[name]
+            if isinstance(grad, tuple):  # row form
+                ops.adam_update_rows(params[name], *grad, self.m[name], self.v[name], *hyper)
+            else:
+                ops.adam_update(params[name], grad, self.m[name], self.v[name], *hyper)
         if self.sparse is not None:
             self.sparse.step(ops, params["embedding.weight"], *grads["embedding.weight"], self.lr)
+
+    def clipped_step(self, ops, params, grads, max_norm):
+        if self.sparse is None and any(isinstance(g, tuple) for g in grads.values()):
+            rows_form = [(*g, len(params[name])) if isinstance(g, tuple) else g for name, g in grads.items()]
+            ops.clip_grad_norm_rows(rows_form, max_norm)
+            self.step(ops, params, grads)
+            return
+        super().clipped_step(ops, params, grads, max_norm)
 
     def arrays(self):
         arrays = {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}
@@ -235,6 +243,17 @@ class SGD(_ClipThenStep):
     def load_arrays(self, arrays):
         for name in self.buf:
             self.buf[name] = _owned_float32(arrays[f"momentum.{name}"])
+
+
+def _embedding_rows(model, settings, dist):
+    """Whether fit asks forward_backward for the embedding's gradient in row form
+    (sparse_embedding=True): under SparseAdam, and under Adam, which then updates every row
+    as from the dense gradient to the bit without the dense V x E gradient being zeroed,
+    scattered into and read (see Adam). Not with tied weights (the shared matrix's gradient
+    is dense, the decoder's), SGD, or several ranks (which sum dense gradients)."""
+    if settings["sparse_embedding"]:
+        return True
+    return settings["optimizer"] == "adam" and not model.tie_weights and dist.size == 1
 
 
 def _make_optimizer(settings, params, lr):
@@ -517,6 +536,7 @@ def fit(
         sparse_embedding=bool(sparse_embedding),
     )
     opt = _make_optimizer(settings, model.trainable(), lr)
+    embedding_rows = _embedding_rows(model, settings, dist)
     trainer = dict(
         epoch=0,
         batch=0,
@@ -636,7 +656,7 @@ def fit(
                 rng = RowStreams(model.seed, epoch, trainer["batch"], dist.rows(rows)[0], len(x))
                 loss, grads, final_state = (
                     model.forward_backward(
-                        x, y_batch, initial_state=carry, train=True, rng=rng, sparse_embedding=bool(sparse_embedding)
+                        x, y_batch, initial_state=carry, train=True, rng=rng, sparse_embedding=embedding_rows
                     )
                     if len(x)
                     else (0.0, None, carry)

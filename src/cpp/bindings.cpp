@@ -464,6 +464,15 @@ py::array_t<float> py_adaptive_log_prob(const py::handle& h, const py::handle& h
 
 // ------------------------------------------------------------------ optimizer
 
+AdamConfig adam_config(int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay) {
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
+    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
+    require(eps >= 0.0 && std::isfinite(eps) && weight_decay >= 0.0 && std::isfinite(weight_decay),
+            "eps and weight_decay must be finite numbers >= 0");
+    return {lr, beta1, beta2, eps, weight_decay};
+}
+
 void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
                     const py::handle& v_obj, int64_t step, double lr, double beta1, double beta2, double eps,
                     double weight_decay) {
@@ -474,16 +483,46 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
     require_shape(grad, "grad", shape_of(param));
     require_shape(m, "m", shape_of(param));
     require_shape(v, "v", shape_of(param));
-    require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
-    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
-    require(eps >= 0.0 && std::isfinite(eps) && weight_decay >= 0.0 && std::isfinite(weight_decay),
-            "eps and weight_decay must be finite numbers >= 0");
+    const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, weight_decay);
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
     kernels().adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
-                          {lr, beta1, beta2, eps, weight_decay});
+                          config);
+}
+
+// rows (1-D, strictly increasing ids below limit) of a gradient in row form whose values are (count, E).
+IdArray gradient_rows(const py::handle& rows_obj, int64_t limit) {
+    const IdArray rows = id_input(rows_obj, "rows", limit);
+    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    for (int64_t k = 1; k < int64_t(rows.size()); ++k)
+        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted), but rows[" +
+                                                         std::to_string(k) + "] = " + std::to_string(rows.data()[k]) +
+                                                         " follows " + std::to_string(rows.data()[k - 1]));
+    return rows;
+}
+
+void py_adam_update_rows(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+                         const py::handle& m_obj, const py::handle& v_obj, int64_t step, double lr, double beta1,
+                         double beta2, double eps, double weight_decay) {
+    auto param = inplace_float(param_obj, "param");
+    auto m = inplace_float(m_obj, "m");
+    auto v = inplace_float(v_obj, "v");
+    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
+    const int64_t V = param.shape(0), E = param.shape(1);
+    require(V > 0 && E > 0, "param must have rows and columns, got shape " + shape_str(shape_of(param)));
+    require_shape(m, "m", shape_of(param));
+    require_shape(v, "v", shape_of(param));
+    const IdArray rows = gradient_rows(rows_obj, V);
+    const int64_t count = rows.size();
+    const FloatArray grad = float_input(grad_obj, "grad", 2);
+    require_shape(grad, "grad", {count, E});
+    const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, weight_decay);
+    KernelScope scope;
+    if (!kernels().all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    kernels().adam_update_rows(param.mutable_data(), E, V, rows.data(), grad.data(), count, m.mutable_data(),
+                               v.mutable_data(), step, config);
 }
 
 py::tuple py_embedding_backward_sparse(const py::handle& dout_obj, const py::handle& ids_obj) {
@@ -650,6 +689,42 @@ double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
     }
     KernelScope scope;
     return kernels().clip_grad_norm(arrays, max_norm);
+}
+
+int64_t positive_int(const py::handle& obj, const char* name);  // below, with the data functions
+
+double py_clip_grad_norm_rows(const py::handle& grads_obj, double max_norm) {
+    require(max_norm > 0.0, "max_norm must be positive");
+    const py::sequence grads_seq = sequence_arg(grads_obj, "grads");
+    std::vector<py::array_t<float>> keep;
+    std::vector<IdArray> keep_rows;
+    std::vector<GradientSpan> spans;
+    for (size_t i = 0; i < grads_seq.size(); ++i) {
+        const std::string name = "grads[" + std::to_string(i) + "]";
+        const py::handle entry = grads_seq[i];
+        if (!py::isinstance<py::tuple>(entry)) {
+            keep.push_back(inplace_float(entry, name.c_str()));
+            spans.push_back({keep.back().mutable_data(), int64_t(keep.back().size()), nullptr, 0, 0});
+            continue;
+        }
+        const py::tuple row_form = py::reinterpret_borrow<py::tuple>(entry);
+        require(row_form.size() == 3, name + " must be an array or a tuple (rows, values, vocab_size), got a tuple of " +
+                                          std::to_string(row_form.size()));
+        const int64_t vocab = positive_int(row_form[2], (name + "'s vocab_size").c_str());
+        require(vocab <= int64_t(INT32_MAX) + 1, name + "'s vocab_size must be at most 2**31 (ids are int32), got " +
+                                                     std::to_string(vocab));
+        keep.push_back(inplace_float(row_form[1], (name + "'s values").c_str()));
+        const py::array_t<float>& values = keep.back();
+        require(values.ndim() == 2 && values.shape(1) > 0, name + "'s values must be 2-D (rows, E) with E > 0, got shape " +
+                                                                shape_str(shape_of(values)));
+        keep_rows.push_back(gradient_rows(row_form[0], vocab));
+        const int64_t count = keep_rows.back().size(), E = values.shape(1);
+        require(values.shape(0) == count, name + "'s values must have one row per id of rows (" + std::to_string(count) +
+                                              "), got shape " + shape_str(shape_of(values)));
+        spans.push_back({keep.back().mutable_data(), vocab * E, keep_rows.back().data(), count, E});
+    }
+    KernelScope scope;
+    return kernels().clip_grad_norm_rows(spans, max_norm);
 }
 
 // ------------------------------------------------------------------ data
@@ -1054,6 +1129,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("adam_update", &py_adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
           py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
           py::arg("weight_decay") = 0.0);
+    m.def("adam_update_rows", &py_adam_update_rows, py::arg("param"), py::arg("rows"), py::arg("grad"), py::arg("m"),
+          py::arg("v"), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999,
+          py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0);
     m.def("embedding_backward_sparse", &py_embedding_backward_sparse, py::arg("dout"), py::arg("ids"));
     m.def("sparse_adam_update", &py_sparse_adam_update, py::arg("param"), py::arg("rows"), py::arg("grad"),
           py::arg("m"), py::arg("v"), py::arg("slots"), py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9,
@@ -1063,6 +1141,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
+    m.def("clip_grad_norm_rows", &py_clip_grad_norm_rows, py::arg("grads"), py::arg("max_norm"));
     m.def("clipped_sgd_update", &py_clipped_sgd_update, py::arg("params"), py::arg("grads"), py::arg("bufs"),
           py::arg("step"), py::arg("lr"), py::arg("max_norm"), py::arg("momentum") = 0.0,
           py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);

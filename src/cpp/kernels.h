@@ -60,6 +60,16 @@ struct SgdSpan {
     int64_t n;
 };
 
+// One gradient of clip_grad_norm_rows: n floats at data when rows is null; else a (vocab, dim)
+// gradient that is 0 outside rows (count of them, strictly increasing), whose values data
+// holds as (count, dim), and n = vocab * dim, the length of that dense gradient.
+struct GradientSpan {
+    float* data;
+    int64_t n;
+    const int32_t* rows;
+    int64_t count, dim;
+};
+
 // The adaptive softmax's sizes, weights and gradients (adaptive_softmax.h).
 struct AdaptiveShape {
     int64_t rows, hidden, shortlist;  // N, H, c1
@@ -160,6 +170,8 @@ struct Kernels {
     bool (*all_finite)(const float* x, int64_t n);
     void (*adam_update)(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                         const AdamConfig& config);
+    void (*adam_update_rows)(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                             int64_t count, float* m, float* v, int64_t step, const AdamConfig& config);
     void (*sparse_adam_update)(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
                                float* m, float* v, const int32_t* slots, int64_t step, const AdamConfig& config);
     void (*sparse_sgd_update)(float* param, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
@@ -167,6 +179,7 @@ struct Kernels {
     void (*sgd_update)(float* param, const float* grad, float* buf, int64_t n, int64_t step,
                        const SgdConfig& config);
     double (*clip_grad_norm)(const FloatSpans& arrays, double max_norm);
+    double (*clip_grad_norm_rows)(const std::vector<GradientSpan>& grads, double max_norm);
     double (*clipped_sgd_update)(const std::vector<SgdSpan>& spans, int64_t step, double max_norm,
                                  const SgdConfig& config);
 

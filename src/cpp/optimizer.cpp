@@ -17,22 +17,73 @@ bool all_finite(const float* x, int64_t n) {
     return !bad;
 }
 
+namespace {
+
+// torch.optim.Adam's scalars for one step, rounded to float32 once, as NumPy rounds Python
+// floats against float32 arrays.
+struct AdamScalars {
+    float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, sqrt_bias_correction2, eps, weight_decay;
+    bool decay;
+};
+
+AdamScalars adam_scalars(int64_t step, const AdamConfig& c) {
+    return {float(c.beta1),
+            float(c.beta2),
+            float(1.0 - c.beta1),
+            float(1.0 - c.beta2),
+            float(c.lr / (1.0 - std::pow(c.beta1, double(step)))),
+            float(std::sqrt(1.0 - std::pow(c.beta2, double(step)))),
+            float(c.eps),
+            float(c.weight_decay),
+            c.weight_decay != 0.0};
+}
+
+// n elements of adam_update on the calling thread. adam_update and adam_update_rows both run
+// every element through this one loop, so that a row with no gradient (grad pointing at
+// zeros) goes through the same float operations as a dense gradient's zeros.
+inline void adam_span(float* param, const float* grad, float* m, float* v, int64_t n, const AdamScalars& s) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = s.decay ? grad[i] + s.weight_decay * param[i] : grad[i];
+        m[i] = s.beta1 * m[i] + s.one_minus_beta1 * g;
+        v[i] = s.beta2 * v[i] + s.one_minus_beta2 * g * g;
+        const float denom = std::sqrt(v[i]) / s.sqrt_bias_correction2 + s.eps;
+        param[i] -= s.step_size * m[i] / denom;
+    }
+}
+
+}  // namespace
+
 void adam_update(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                  const AdamConfig& c) {
-    // Scalars rounded to float32 once, as NumPy rounds Python floats against float32 arrays.
-    const float beta1 = float(c.beta1), beta2 = float(c.beta2);
-    const float one_minus_beta1 = float(1.0 - c.beta1), one_minus_beta2 = float(1.0 - c.beta2);
-    const float step_size = float(c.lr / (1.0 - std::pow(c.beta1, double(step))));
-    const float sqrt_bias_correction2 = float(std::sqrt(1.0 - std::pow(c.beta2, double(step))));
-    const float eps = float(c.eps), weight_decay = float(c.weight_decay);
-    const bool decay = c.weight_decay != 0.0;
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
-    for (int64_t i = 0; i < n; ++i) {
-        const float g = decay ? grad[i] + weight_decay * param[i] : grad[i];
-        m[i] = beta1 * m[i] + one_minus_beta1 * g;
-        v[i] = beta2 * v[i] + one_minus_beta2 * g * g;
-        const float denom = std::sqrt(v[i]) / sqrt_bias_correction2 + eps;
-        param[i] -= step_size * m[i] / denom;
+    const AdamScalars s = adam_scalars(step, c);
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic)
+    for (int64_t i = 0; i < n; i += kStreamChunk)
+        adam_span(param + i, grad + i, m + i, v + i, std::min(kStreamChunk, n - i), s);
+}
+
+void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                      int64_t count, float* m, float* v, int64_t step, const AdamConfig& c) {
+    const AdamScalars s = adam_scalars(step, c);
+    // The gradient of a run of rows outside rows, read piece by piece from one block of
+    // zeros that stays in cache.
+    constexpr int64_t kZeros = 4096;
+    static const float zeros[kZeros] = {};
+    const int64_t block_rows = std::max<int64_t>(1, kStreamChunk / std::max<int64_t>(dim, 1));
+    const int64_t blocks = (vocab + block_rows - 1) / block_rows;
+#pragma omp parallel for if (vocab * dim >= kParallelMinWork) schedule(dynamic)
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t r0 = b * block_rows, r1 = std::min(vocab, r0 + block_rows);
+        int64_t k = std::lower_bound(rows, rows + count, r0, [](int32_t row, int64_t r) { return row < r; }) - rows;
+        for (int64_t r = r0; r < r1;) {
+            const int64_t next = k < count ? std::min<int64_t>(rows[k], r1) : r1;  // the next row with a gradient
+            for (int64_t i = r * dim, end = next * dim; i < end; i += kZeros)
+                adam_span(param + i, zeros, m + i, v + i, std::min(kZeros, end - i), s);
+            if (next == r1) break;
+            const int64_t i = next * dim;
+            adam_span(param + i, grad + k * dim, m + i, v + i, dim, s);
+            r = next + 1;
+            ++k;
+        }
     }
 }
 
@@ -71,31 +122,78 @@ namespace {
 // instruction set, since it is written in the source, not chosen by the compiler.
 constexpr int64_t kSquareLanes = 16;
 
+// The lanes summed in a fixed order: halves, quarters, ... down to lanes[0].
+double sum_lanes(double* lanes) {
+    for (int64_t width = kSquareLanes / 2; width > 0; width /= 2)
+        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+    return lanes[0];
+}
+
 double block_sum_of_squares(const float* x, int64_t n) {
     double lanes[kSquareLanes] = {};
     int64_t i = 0;
     for (; i + kSquareLanes <= n; i += kSquareLanes)
         for (int64_t l = 0; l < kSquareLanes; ++l) lanes[l] += double(x[i + l]) * double(x[i + l]);
     for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += double(x[i]) * double(x[i]);
-    for (int64_t width = kSquareLanes / 2; width > 0; width /= 2)
-        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-    return lanes[0];
+    return sum_lanes(lanes);
+}
+
+// global_norm's blocks of kNormBlock floats, summed in a fixed order: the norm does not
+// depend on the thread count.
+constexpr int64_t kNormBlock = 4096;
+
+// block_sum_of_squares of dense elements [start, end) of a gradient in row form (GradientSpan):
+// the elements inside its rows go to the same lanes in the same order, and the zeros between
+// them, which would add +0.0 to a lane (a sum of squares, never -0.0), are skipped.
+double row_block_sum_of_squares(const GradientSpan& g, int64_t start, int64_t end) {
+    double lanes[kSquareLanes] = {};
+    const int64_t first_row = start / g.dim;
+    int64_t k = std::lower_bound(g.rows, g.rows + g.count, first_row, [](int32_t row, int64_t r) { return row < r; }) -
+                g.rows;
+    for (; k < g.count && int64_t(g.rows[k]) * g.dim < end; ++k) {
+        const int64_t row_start = int64_t(g.rows[k]) * g.dim;
+        const float* x = g.data + k * g.dim;  // x[j] is dense element row_start + j
+        for (int64_t i = std::max(start, row_start), stop = std::min(end, row_start + g.dim); i < stop; ++i)
+            lanes[(i - start) % kSquareLanes] += double(x[i - row_start]) * double(x[i - row_start]);
+    }
+    return sum_lanes(lanes);
+}
+
+// global_norm's sum of squares over a gradient in row form, added to total: the dense
+// gradient's blocks that hold none of its rows sum to +0.0 and leave total as it is, so only
+// the blocks its rows touch are summed, in increasing order.
+double add_row_sum_of_squares(double total, const GradientSpan& g) {
+    std::vector<int64_t> blocks;  // the blocks its rows touch, increasing
+    for (int64_t k = 0; k < g.count; ++k) {
+        const int64_t row_start = int64_t(g.rows[k]) * g.dim;
+        for (int64_t b = row_start / kNormBlock; b <= (row_start + g.dim - 1) / kNormBlock; ++b)
+            if (blocks.empty() || blocks.back() < b) blocks.push_back(b);
+    }
+    const int64_t count = int64_t(blocks.size());
+    std::vector<double> partial(count);
+#pragma omp parallel for if (g.count * g.dim >= kParallelMinWork) schedule(dynamic, 16)
+    for (int64_t j = 0; j < count; ++j)
+        partial[j] = row_block_sum_of_squares(g, blocks[j] * kNormBlock, std::min(g.n, (blocks[j] + 1) * kNormBlock));
+    for (double sum : partial) total += sum;
+    return total;
+}
+
+// global_norm's sum of squares over n floats, added to total.
+double add_sum_of_squares(double total, const float* x, int64_t n) {
+    const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+    std::vector<double> partial(blocks);
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kNormBlock)
+    for (int64_t b = 0; b < blocks; ++b)
+        partial[b] = block_sum_of_squares(x + b * kNormBlock, std::min(kNormBlock, n - b * kNormBlock));
+    for (double sum : partial) total += sum;
+    return total;
 }
 
 }  // namespace
 
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
-    // Fixed blocks summed in a fixed order: the norm does not depend on the thread count.
-    constexpr int64_t kBlock = 4096;
     double total = 0.0;
-    std::vector<double> partial;
-    for (const auto& [x, n] : arrays) {
-        const int64_t blocks = (n + kBlock - 1) / kBlock;
-        partial.assign(blocks, 0.0);
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kBlock)
-        for (int64_t b = 0; b < blocks; ++b) partial[b] = block_sum_of_squares(x + b * kBlock, std::min(kBlock, n - b * kBlock));
-        for (double sum : partial) total += sum;
-    }
+    for (const auto& [x, n] : arrays) total = add_sum_of_squares(total, x, n);
     return std::sqrt(total);
 }
 
@@ -107,25 +205,39 @@ struct Clip {
     double norm, scale;
 };
 
-Clip clip_of(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
-    const double norm = global_norm(arrays);
+Clip clip_of_norm(double norm, double max_norm) {
     if (!std::isfinite(norm))
         throw std::invalid_argument("gradient norm is " + std::to_string(norm) +
                                     ": the gradients hold NaN or infinity");
     return {norm, max_norm / (norm + 1e-6)};
 }
 
+Clip clip_of(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
+    return clip_of_norm(global_norm(arrays), max_norm);
+}
+
+void scale_in_place(float* x, int64_t n, float s) {
+#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
+    for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
 }  // namespace
 
 double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
     const auto [norm, scale] = clip_of(arrays, max_norm);
-    if (scale < 1.0) {
-        const float s = float(scale);
-        for (const auto& [x, n] : arrays) {
-#pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
-            for (int64_t i = 0; i < n; ++i) x[i] *= s;
-        }
-    }
+    if (scale < 1.0)
+        for (const auto& [x, n] : arrays) scale_in_place(x, n, float(scale));
+    return norm;
+}
+
+double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_norm) {
+    // global_norm, with a gradient in row form adding what its dense twin would.
+    double total = 0.0;
+    for (const GradientSpan& g : grads)
+        total = g.rows ? add_row_sum_of_squares(total, g) : add_sum_of_squares(total, g.data, g.n);
+    const auto [norm, scale] = clip_of_norm(std::sqrt(total), max_norm);
+    if (scale < 1.0)
+        for (const GradientSpan& g : grads) scale_in_place(g.data, g.rows ? g.count * g.dim : g.n, float(scale));
     return norm;
 }
 

@@ -19,6 +19,13 @@ bool all_finite(const float* x, int64_t n);
 void adam_update(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                  const AdamConfig& config);
 
+// adam_update on param (vocab, dim) with the gradient in row form: grad (count, dim) holds
+// the gradients of rows (strictly increasing), every other row's gradient is 0. The same
+// parameters and moments to the bit as adam_update on the dense gradient (the same float
+// operations on every element, a zero gradient included), without reading one.
+void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                      int64_t count, float* m, float* v, int64_t step, const AdamConfig& config);
+
 // One step in place; step counts from 1. With momentum > 0, buf is the momentum buffer: the
 // first step sets it to the gradient (torch starts it there, not at zero), later steps decay
 // it by momentum and add the gradient. weight_decay is an L2 term added to the gradient;
@@ -32,6 +39,11 @@ double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
 // Scales every array by max_norm / (norm + 1e-6) when that is below 1, like
 // torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
 double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm);
+
+// clip_grad_norm where a gradient may be in row form (GradientSpan): the norm and the scaled
+// values are those of clip_grad_norm on the dense gradients, to the bit (the zeros a dense
+// gradient holds outside its rows add nothing to a sum of squares and stay zero when scaled).
+double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_norm);
 
 // clip_grad_norm on the gradients, then sgd_update on every parameter, in two passes over
 // the gradients instead of four (the norm, the scaling, sgd_update's finiteness check, the
