@@ -8,7 +8,8 @@ taking turns round-robin, so that a slow spell of a shared machine does not land
 them; the table shows each cell's median over rounds and ratios of medians from the same run.
 train: one step (forward, loss, backward, optimizer) on a Zipf(1.1) batch; "-sparse" puts the
 embedding under SparseAdam (fastlm: fit(..., sparse_embedding=True)'s step; torch:
-Embedding(sparse=True) + torch.optim.SparseAdam), the rest under Adam. infer: teacher-forced
+Embedding(sparse=True) + torch.optim.SparseAdam), the rest under Adam; "fastlm-dense" hands
+Adam the embedding's dense V x E gradient instead of fit's row form (the same bits, slower). infer: teacher-forced
 forward and loss. generate: 100 tokens, batch 1 (torch: log_prob of every cluster, then
 multinomial). Peak RSS: ru_maxrss of the worker (imports, model and optimizer included).
 """
@@ -27,6 +28,7 @@ from harness import run_json  # bench/harness.py
 
 CELLS = [  # (impl, kind, configs)
     ("fastlm", "train", "WX"),
+    ("fastlm-dense", "train", "W"),  # the embedding's dense V x E gradient (the row form's saving)
     ("fastlm-sparse", "train", "WX"),
     ("torch", "train", "WX"),
     ("torch-sparse", "train", "WX"),
@@ -59,7 +61,7 @@ def worker(impl, kind, name, threads, repeats):
         }[kind]
     else:
         make = {
-            "train": lambda: bm.fastlm_train_step(c, "cpp", sparse_embedding=sparse),
+            "train": lambda: bm.fastlm_train_step(c, "cpp", sparse, embedding_rows=impl != "fastlm-dense"),
             "infer": lambda: workloads.fastlm_inference_step(c, "cpp"),
             "generate": lambda: workloads.fastlm_generation(c, "cpp", 100),
         }[kind]
