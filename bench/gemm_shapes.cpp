@@ -53,7 +53,20 @@ const Shape kShapes[] = {
     {"C recurrent step: batch 20 x 4H=2600, H=650", 20, 2600, 650, false},
     {"D recurrent step: batch 32 x 4H=2048, H=512", 32, 2048, 512, false},
     {"D backward step: batch 32 x H=512 over 4H=2048", 32, 512, 2048, false},
+    // Config W (issue 16: V 50,000, E = H = 256, B 32, T 100, adaptive head of 2,002 columns):
+    // the head's chunks of 2^20 / 2002 = 523 rows, and the LSTM's products over N = 3200 rows.
+    {"W head logits chunk: 523 rows x 2002, H=256", 523, 2002, 256, false},
+    {"W head dW chunk: 2002 x H=256 over 523 rows", 2002, 256, 523, true},
+    {"W LSTM input projection: 3200 rows x 4H=1024, E=256", 3200, 1024, 256, false},
+    {"W LSTM dx: 3200 rows x E=256 over 4H=1024", 3200, 256, 1024, false},
+    {"W LSTM dW_ih: 4H=1024 x E=256 over 3200 rows", 1024, 256, 3200, true},
     {"square 2048", 2048, 2048, 2048, false},
+};
+
+// The dh products as the output layer runs them: B (the decoder weight W) read in place.
+const Shape kInPlaceShapes[] = {
+    {"B dh chunk, W read in place (no pack)", 200, 200, 10000, false},
+    {"W head dh chunk, W in place: 523 x 256 over 2002", 523, 256, 2002, false},
 };
 
 double seconds_per_product(const Shape& s, int repeats) {
@@ -117,8 +130,7 @@ int main() {
         std::printf("  %-50s %7.1f GFLOP/s  %5.1f%% of peak  %8.3f ms\n", s.what, gflops, 100.0 * gflops / peak,
                     1e3 * flops / gflops / 1e9);
     }
-    {  // the dh product as the output layer runs it since it reads W in place: no pack
-        const Shape s{"B dh chunk, W read in place (no pack)", 200, 200, 10000, false};
+    for (const Shape& s : kInPlaceShapes) {
         std::vector<float> a(s.m * s.k), b(s.k * s.n), c(s.m * s.n);
         for (size_t i = 0; i < a.size(); ++i) a[i] = float(i % 13) * 0.01f;
         for (size_t i = 0; i < b.size(); ++i) b[i] = float(i % 7) * 0.01f;

@@ -35,17 +35,20 @@ inline void prefetch_l2(const float* p) {
 
 // The kernel (kernels/<isa>/gemm_micro.h) for the first mr rows of a tile: edge tiles and few-row products (a batch
 // of one in generation) compute only the rows that exist.
-// nr < NR: an edge panel's first nr columns (micro_kernel_edge).
+// nr < NR: an edge panel's first nr columns (micro_kernel_edge). l2_lines cache lines from
+// l2_next are requested into L2 (by the full panel's kernel, or before an edge panel's).
 template <int R = MR>
 inline void micro_kernel_rows(int64_t mr, int64_t nr, int64_t kc, const float* a, const float* b, float* c,
-                              int64_t ldc, bool accumulate) {
+                              int64_t ldc, bool accumulate, const float* l2_next = nullptr, int64_t l2_lines = 0) {
     if constexpr (R > 1) {
-        if (mr < R) return micro_kernel_rows<R - 1>(mr, nr, kc, a, b, c, ldc, accumulate);
+        if (mr < R) return micro_kernel_rows<R - 1>(mr, nr, kc, a, b, c, ldc, accumulate, l2_next, l2_lines);
     }
-    if (nr < NR)
+    if (nr < NR) {
+        for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
         micro_kernel_edge<R>(nr, kc, a, b, c, ldc, accumulate);
-    else
-        micro_kernel<R>(kc, a, b, c, ldc, accumulate);
+    } else {
+        micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines);
+    }
 }
 
 // The same with B read in place (families with kBInPlace; the others never call it).
@@ -176,19 +179,20 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
         const float* b_next = jp + 1 < jp1 && tiles >= 8 ? b.panel(jp + 1) + pc * NR : nullptr;
         for (int64_t ip = 0; ip < mc; ip += MR) {
             const int64_t mr = whole_tiles ? MR : std::min(MR, mc - ip);
-            if (b_next) {
-                const float* first = b_next + (ip / MR) * lines_per_tile * kFloatsPerLine;
-                for (int64_t l = 0; l < lines_per_tile; ++l) prefetch_l2(first + l * kFloatsPerLine);
+            const float* l2_next = b_next ? b_next + (ip / MR) * lines_per_tile * kFloatsPerLine : nullptr;
+            const int64_t l2_lines = b_next ? lines_per_tile : 0;
+            if (ip == few_at && jp < few_done) {
+                for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
+                continue;
             }
-            if (ip == few_at && jp < few_done) continue;
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
             if (!row_invariant || mr >= kOneChainRows) {  // an edge panel's columns by the masked kernels
-                micro_kernel_rows(mr, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
+                micro_kernel_rows(mr, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate, l2_next, l2_lines);
                 continue;
             }
             // The padding rows of the packed panel are computed too (and dropped).
-            micro_kernel_rows(kOneChainRows, nr, kc, a_panel, b_panel, edge, NR, false);
+            micro_kernel_rows(kOneChainRows, nr, kc, a_panel, b_panel, edge, NR, false, l2_next, l2_lines);
             for (int64_t r = 0; r < mr; ++r)
                 for (int64_t j = 0; j < nr; ++j)
                     c_tile[r * ldc + j] = accumulate ? c_tile[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];

@@ -2,8 +2,11 @@
 // A by 6 x 8 register transposes.
 // The interface of every gemm microkernel family (gemm.cpp's frame calls these):
 //   MR x NR                the register tile;
-//   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
-//                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines)  c[R x NR] (row
+//                          stride ldc) = a-panel (kc x MR, k-major) times b-panel (kc x NR)
+//                          [+ c if accumulate], for R <= MR rows; and l2_lines cache lines
+//                          from l2_next requested into L2 (the frame's prefetch of the next
+//                          B panel), when and how the family finds cheapest;
 //   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
 //                          as the full tile does (one chain of multiply-adds from zero in
 //                          the order of k, then + c): the frame's row-invariant products;
@@ -46,7 +49,10 @@ inline void keep_in_registers(__m256& b0, __m256& b1) { __asm__("" : "+x"(b0), "
 
 template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
-                         float* __restrict c, int64_t ldc, bool accumulate) {
+                         float* __restrict c, int64_t ldc, bool accumulate, const float* l2_next,
+                         int64_t l2_lines) {
+    // The next B panel's lines all before the tile (this kernel's k loop is assembly).
+    for (int64_t l = 0; l < l2_lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(l2_next + 16 * l), _MM_HINT_T1);
     __m256 acc[R][2];
     for (int r = 0; r < R; ++r) {
         acc[r][0] = acc[r][1] = _mm256_setzero_ps();

@@ -1,8 +1,11 @@
 // The AVX-512 gemm microkernel: an 8 x 32 tile, two zmm accumulators per row.
 // The interface of every gemm microkernel family (gemm.cpp's frame calls these):
 //   MR x NR                the register tile;
-//   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
-//                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines)  c[R x NR] (row
+//                          stride ldc) = a-panel (kc x MR, k-major) times b-panel (kc x NR)
+//                          [+ c if accumulate], for R <= MR rows; and l2_lines cache lines
+//                          from l2_next requested into L2 (the frame's prefetch of the next
+//                          B panel), when and how the family finds cheapest;
 //   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
 //                          as the full tile does (one chain of multiply-adds from zero in
 //                          the order of k, then + c): the frame's row-invariant products;
@@ -49,9 +52,14 @@ constexpr bool kBInPlace = true;
 // panel's columns). Every element of C is the same chain of FMAs whatever kVecs, the mask
 // and ldb are, so an edge tile is bit-equal to the same columns of a full one, and a
 // product with B in place to the same product with B packed.
+// l2_next, l2_lines: cache lines the frame wants in L2 for a later tile (the next B
+// panel), requested one per eight k steps rather than all at once before the tile: a
+// burst of them filled the core's line fill buffers with misses to L3 and memory, and the
+// tile's own loads of A from L2 waited behind them.
 template <int R, int kVecs, bool kMasked>
 inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
-                                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 last_mask) {
+                                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 last_mask,
+                                 const float* l2_next = nullptr, int64_t l2_lines = 0) {
     constexpr int kChains = R <= 2 ? 2 : 1;
     __m512 acc[kChains][R][kVecs];
     for (int h = 0; h < kChains; ++h)
@@ -63,35 +71,48 @@ inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const fl
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16 * kVecs - 1), _MM_HINT_T0);
     }
+    // One k step of chain h: B's row (kVecs vectors) times R broadcasts of A. (Not inlined,
+    // the accumulators would live in memory.)
+    const auto k_step = [&](int h, const float* ap, const float* bp) __attribute__((always_inline)) {
+        __m512 bv[kVecs];
+        for (int v = 0; v < kVecs; ++v)
+            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, bp + 16 * v)
+                                              : _mm512_loadu_ps(bp + 16 * v);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const __m512 ar = _mm512_set1_ps(ap[r]);
+            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[h][r][v]);
+        }
+    };
     int64_t p = 0;
+    if constexpr (kChains == 1) {
+        // Eight k steps per iteration: GCC's loop of one step per iteration (a counter and
+        // two pointer updates per 16 FMAs) ran the products with B in place and the
+        // transposed-A products 5-20% slower.
+        for (; p + 8 <= kc; p += 8) {
+            if (l2_lines > 0) {
+                _mm_prefetch(reinterpret_cast<const char*>(l2_next), _MM_HINT_T1);
+                l2_next += 16;
+                --l2_lines;
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) k_step(0, a + i * MR, b + i * ldb);
+            a += 8 * MR;
+            b += 8 * ldb;
+        }
+    }
     for (; p + kChains <= kc; p += kChains) {
 #pragma GCC unroll 2
-        for (int h = 0; h < kChains; ++h) {
-            __m512 bv[kVecs];
-            for (int v = 0; v < kVecs; ++v)
-                bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, b + h * ldb + 16 * v)
-                                                  : _mm512_loadu_ps(b + h * ldb + 16 * v);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const __m512 ar = _mm512_set1_ps(a[h * MR + r]);
-                for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[h][r][v]);
-            }
-        }
+        for (int h = 0; h < kChains; ++h) k_step(h, a + h * MR, b + h * ldb);
         a += kChains * MR;
         b += kChains * ldb;
     }
     for (; p < kc; ++p) {  // odd kc with two chains
-        __m512 bv[kVecs];
-        for (int v = 0; v < kVecs; ++v)
-            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, b + 16 * v)
-                                              : _mm512_loadu_ps(b + 16 * v);
-        for (int r = 0; r < R; ++r) {
-            const __m512 ar = _mm512_set1_ps(a[r]);
-            for (int v = 0; v < kVecs; ++v) acc[0][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[0][r][v]);
-        }
+        k_step(0, a, b);
         a += MR;
         b += ldb;
     }
+    for (; l2_lines > 0; --l2_lines, l2_next += 16) _mm_prefetch(reinterpret_cast<const char*>(l2_next), _MM_HINT_T1);
     for (int r = 0; r < R; ++r) {
         float* cr = c + r * ldc;
         for (int v = 0; v < kVecs; ++v) {
@@ -109,10 +130,13 @@ inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const fl
     }
 }
 
+// micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines): the full panel's R
+// rows, requesting l2_lines lines from l2_next into L2 along the way (see above).
 template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
-                         float* __restrict c, int64_t ldc, bool accumulate) {
-    micro_kernel_vectors<R, 2, false>(kc, a, b, NR, c, ldc, accumulate, 0xFFFF);
+                         float* __restrict c, int64_t ldc, bool accumulate, const float* l2_next,
+                         int64_t l2_lines) {
+    micro_kernel_vectors<R, 2, false>(kc, a, b, NR, c, ldc, accumulate, 0xFFFF, l2_next, l2_lines);
 }
 
 // The edge panel's nr < NR columns, stored straight into C with masks; up to 16 columns

@@ -20,7 +20,7 @@ template <int R>
 inline void micro_kernel_edge(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
                               float* __restrict c, int64_t ldc, bool accumulate) {
     alignas(64) float edge[R * NR];
-    micro_kernel<R>(kc, a, b, edge, NR, false);
+    micro_kernel<R>(kc, a, b, edge, NR, false, nullptr, 0);
     for (int r = 0; r < R; ++r)
         for (int64_t j = 0; j < nr; ++j)
             c[r * ldc + j] = accumulate ? c[r * ldc + j] + edge[r * NR + j] : edge[r * NR + j];

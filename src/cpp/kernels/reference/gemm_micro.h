@@ -4,8 +4,11 @@
 // SIMD kernels.
 // The interface of every gemm microkernel family (gemm.cpp's frame calls these):
 //   MR x NR                the register tile;
-//   micro_kernel<R>(...)   c[R x NR] (row stride ldc) = a-panel (kc x MR, k-major) times
-//                          b-panel (kc x NR) [+ c if accumulate], for R <= MR rows;
+//   micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines)  c[R x NR] (row
+//                          stride ldc) = a-panel (kc x MR, k-major) times b-panel (kc x NR)
+//                          [+ c if accumulate], for R <= MR rows; and l2_lines cache lines
+//                          from l2_next requested into L2 (the frame's prefetch of the next
+//                          B panel), when and how the family finds cheapest;
 //   kOneChainRows          the fewest rows R whose micro_kernel<R> computes each element
 //                          as the full tile does (one chain of multiply-adds from zero in
 //                          the order of k, then + c): the frame's row-invariant products;
@@ -38,7 +41,13 @@ constexpr int64_t kOneChainRows = 1;
 
 template <int R>
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
-                         float* __restrict c, int64_t ldc, bool accumulate) {
+                         float* __restrict c, int64_t ldc, bool accumulate, const float* l2_next,
+                         int64_t l2_lines) {
+#if defined(__GNUC__)
+    for (int64_t l = 0; l < l2_lines; ++l) __builtin_prefetch(l2_next + 16 * l, 0, 2);  // all before the tile
+#else
+    (void)l2_next, (void)l2_lines;
+#endif
     float acc[R][NR] = {};
     for (int64_t p = 0; p < kc; ++p) {
         for (int r = 0; r < R; ++r)
