@@ -459,6 +459,12 @@ CASES = [
     # 4H = 64 gate rows, one row block: the two threads split the panels of dW_ih, dW_hh and db,
     # which come from one product; I = 40 puts the split inside dW_ih's panels.
     ("lstm_backward", dict(B=4, T=9, I=40, H=16, final_grads=True)),
+    # 4H = 256: the gate gradients' rows padded (leading dimension 272); B = 33: each of two
+    # threads its own rows through the recurrence.
+    ("lstm_backward", dict(B=33, T=4, I=19, H=64, final_grads=True)),
+    # 4H = 80 = 6 x 13 + 2: AVX2's last tile of gate rows has two k-chains, db comes from the
+    # product against a column of ones; the other kernels sum the columns.
+    ("lstm_backward", dict(B=3, T=5, I=19, H=20)),
     ("output_loss_forward", dict(N=1, H=19, V=2)),
     ("output_loss_forward", dict(N=15, H=37, V=1009)),
     ("output_loss_forward", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190: exp needs the max shift

@@ -391,6 +391,8 @@ void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t ld
     run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta, row_invariant);
 }
 
+int64_t sgemm_k_block(int64_t m, int64_t k) { return k_block(m, k); }
+
 void sgemm_packed_row_block(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                             int64_t j_begin, int64_t j_end, int64_t column_block, const BlockConsumer& consume) {
     if (column_block <= 0 || column_block % NR != 0 || j_begin % NR != 0)

@@ -95,6 +95,13 @@ void sgemm_b_in_place(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 void sgemm_b_in_place_one_thread(bool trans_a, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// The k blocks every product of m rows of op(A) over inner size k is cut into: each
+// element of C is one chain of multiply-adds from zero per block of this many k steps,
+// the blocks' sums added to C in order (tiles of kOneChainRows rows or more). The LSTM's
+// bias gradient sums its gate gradients' columns so, bit-equal to the product against a
+// column of ones it replaced.
+int64_t sgemm_k_block(int64_t m, int64_t k);
+
 // Receives one block of C: c[i * ldc + j] is the product at row i, column j0 + j, for
 // rows [0, m) and j in [0, n). Valid only during the call.
 using BlockConsumer = std::function<void(int64_t j0, int64_t n, const float* c, int64_t ldc)>;

@@ -100,6 +100,54 @@ PackedLstmLayer::PackedLstmLayer(const LstmLayerView& layer, int64_t H)
     for (int64_t j = 0; j < 4 * H; ++j) bias[j] = layer.b_ih[j] + layer.b_hh[j];
 }
 
+namespace {
+
+// The rows [b0, b1) of a B-row recurrence that thread id of team computes alone, whole
+// tiles of MR rows; empty (b0 == b1 == 0) when the rows are too few to split so. At least
+// two tiles per thread: every tile then has the rows it has in the whole product and each
+// share more than one tile's rows (k_block's blocking for many rows), so the products'
+// arithmetic, and every bit of the results, are those of the shared product.
+struct RowShare {
+    int64_t b0 = 0, b1 = 0;
+    RowShare(int64_t B, int64_t team, int64_t id) {
+        const int64_t tiles = ceil_div(B, MR);
+        if (team < 2 || tiles / team < 2) return;
+        b0 = id * tiles / team * MR;
+        b1 = std::min(B, (id + 1) * tiles / team * MR);
+    }
+    bool active() const { return b1 > b0; }
+};
+
+// A leading dimension for rows of n floats that is not a multiple of 1 KB: the transposed
+// packing of A reads MR-float strips down a column, and rows 4 KB apart (4H = 1024 at
+// H = 256) map to one L1 set and evict each other.
+int64_t unaliased_ld(int64_t n) { return n % 256 == 0 ? n + 16 : n; }
+
+// db[j] = the sum of column j of d (rows x n, leading dimension ld), with the arithmetic
+// of the product d^T 1 (sgemm_packed_shared_a against a column of ones, which it replaced):
+// per k block of sgemm_k_block(n, rows) rows a sum from zero in row order, the blocks'
+// sums added in order. Threads over columns.
+void column_sums(int64_t rows, int64_t n, const float* d, int64_t ld, float* db) {
+    const int64_t kb = sgemm_k_block(n, rows);
+    constexpr int64_t kColumns = 256;  // a chunk's running sums stay in L1
+#pragma omp parallel for if (rows * n >= kParallelMinWork) schedule(static)
+    for (int64_t j0 = 0; j0 < n; j0 += kColumns) {
+        const int64_t w = std::min(kColumns, n - j0);
+        float sum[kColumns];
+        for (int64_t p0 = 0; p0 < rows; p0 += kb) {
+            std::fill(sum, sum + w, 0.0f);
+            for (int64_t p = p0; p < std::min(rows, p0 + kb); ++p) {
+                const float* row = d + p * ld + j0;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < w; ++j) sum[j] += row[j];
+            }
+            for (int64_t j = 0; j < w; ++j) db[j0 + j] = p0 == 0 ? sum[j] : sum[j] + db[j0 + j];
+        }
+    }
+}
+
+}  // namespace
+
 void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const float* w_hh,
                   const float* b_ih, const float* b_hh, const float* h0, const float* c0,
                   float* hs, float* cs, float* gates) {
@@ -119,17 +167,13 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
     };
 #pragma omp parallel if (B * G * H >= kParallelMinWork)
     {
-        const int64_t team = num_threads_in_region(), tiles = ceil_div(B, MR);
-        if (team > 1 && tiles / team >= 2) {
+        const RowShare share(B, num_threads_in_region(), thread_id());
+        if (share.active()) {
             // Each thread its own rows, whole tiles of the product, through every step: a
             // row's recurrence needs no other row, so the threads never wait for each
             // other (ONNX Runtime's LSTM splits the batch so; two barriers per step cost
-            // D's inference more than reading all of W_hh per thread). At least two tiles
-            // per thread: every tile then has the rows it has in the whole product and
-            // each share more than one tile's rows, so the products' arithmetic, and every
-            // bit of the results, are those of the shared product below.
-            const int64_t id = thread_id();
-            const int64_t b0 = id * tiles / team * MR, b1 = std::min(B, (id + 1) * tiles / team * MR);
+            // D's inference more than reading all of W_hh per thread).
+            const auto [b0, b1] = share;
             for (int64_t t = 0; t < T; ++t) {
                 const float* h_prev = t == 0 ? h0 + b0 * H : hs + (b0 * T + t - 1) * H;
                 sgemm_packed_one_thread(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f,
@@ -157,7 +201,8 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
                    const float* c0, const float* hs, const float* cs, const float* gates,
                    float* dx, float* dw_ih, float* dw_hh, float* db, float* dh0, float* dc0) {
     const int64_t B = s.batch, T = s.steps, I = s.input, H = s.hidden, G = 4 * H;
-    const ScratchFloats dpre = scratch_floats(B * T * G);  // every row written by the step loop
+    const int64_t ldp = unaliased_ld(G);
+    const ScratchFloats dpre = scratch_floats(B * T * ldp);  // every row written by the step loop
     std::vector<float> dh(B * H);
     // dh0/dc0 double as the running gradients into h_{t-1} and c_{t-1}.
     float* dh_next = dh0;
@@ -165,34 +210,62 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
     if (dh_n) std::memcpy(dh_next, dh_n, sizeof(float) * B * H); else std::fill(dh_next, dh_next + B * H, 0.0f);
     if (dc_n) std::memcpy(dc_next, dc_n, sizeof(float) * B * H); else std::fill(dc_next, dc_next + B * H, 0.0f);
     const PackedB w_hh_packed(w_hh, H, /*trans_b=*/false, G, H);
-    // Per step only the recurrence: dpre_t from dh, then dh_{t-1} = dpre_t W_hh; one
-    // parallel region for all steps, as in the forward pass.
-#pragma omp parallel if (B * G * H >= kParallelMinWork)
-    for (int64_t t = T - 1; t >= 0; --t) {
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) {
+    const auto cells = [&](int64_t t, int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
             const int64_t row = b * T + t;
             float* dh_b = dh.data() + b * H;
             for (int64_t j = 0; j < H; ++j) dh_b[j] = dhs[row * H + j] + dh_next[b * H + j];
             const float* c_prev = t == 0 ? c0 + b * H : cs + (row - 1) * H;
             lstm_cell_backward(H, gates + row * G, cs + row * H, c_prev, dh_b, dc_next + b * H,
-                               dpre.get() + row * G);
-        }  // implicit barrier: dpre_t complete, dh_next read
-        sgemm_packed_team_share(false, B, dpre.get() + t * G, T * G, w_hh_packed, 0.0f, dh_next, H);
+                               dpre.get() + row * ldp);
+        }
+    };
+    // Per step only the recurrence: dpre_t from dh, then dh_{t-1} = dpre_t W_hh; one
+    // parallel region for all steps, as in the forward pass.
+#pragma omp parallel if (B * G * H >= kParallelMinWork)
+    {
+        const RowShare share(B, num_threads_in_region(), thread_id());
+        if (share.active()) {
+            // Each thread its own rows through every step, as in the forward pass: no
+            // barriers, and no thread reads what the other wrote.
+            const auto [b0, b1] = share;
+            for (int64_t t = T - 1; t >= 0; --t) {
+                cells(t, b0, b1);
+                sgemm_packed_one_thread(false, b1 - b0, dpre.get() + (b0 * T + t) * ldp, T * ldp, w_hh_packed, 0.0f,
+                                        dh_next + b0 * H, H);
+            }
+        } else {
+            for (int64_t t = T - 1; t >= 0; --t) {
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < B; ++b) cells(t, b, b + 1);
+                // implicit barrier: dpre_t complete, dh_next read
+                sgemm_packed_team_share(false, B, dpre.get() + t * ldp, T * ldp, w_hh_packed, 0.0f, dh_next, H);
 #pragma omp barrier
+            }
+        }
     }
     // The input gradient and the weight gradients as large products over all B*T rows.
     const int64_t rows = B * T;
-    sgemm(false, false, rows, I, G, dpre.get(), G, w_ih, I, 0.0f, dx, I);
-    // dW_ih = dpre^T x, dW_hh = dpre^T h_prev and db = dpre^T 1 in one pass over dpre
-    // (B*T x 4H, the largest operand), h_prev packed straight from h0 and hs.
+    sgemm(false, false, rows, I, G, dpre.get(), ldp, w_ih, I, 0.0f, dx, I);
+    // dW_ih = dpre^T x and dW_hh = dpre^T h_prev in one pass over dpre (B*T x 4H, the
+    // largest operand), h_prev packed straight from h0 and hs.
     const PackedB x_packed(x, I, /*trans_b=*/false, rows, I);
     const PackedB h_prev_packed(
         [=](int64_t r) { return r % T == 0 ? h0 + (r / T) * H : hs + (r - 1) * H; }, rows, H);
-    static const float kOne = 1.0f;
-    const PackedB ones([](int64_t) { return &kOne; }, rows, 1);
-    sgemm_packed_shared_a(true, G, dpre.get(), G, {{x_packed, dw_ih, I}, {h_prev_packed, dw_hh, H}, {ones, db, 1}},
-                          0.0f);
+    // db = dpre^T 1: as column sums, unless the product's last tile of rows (of 4H) is one
+    // the microkernel computes with several k-chains (AVX2 at 4H = 6n + 2), whose sums
+    // column_sums does not reproduce. As a column of ones beside dW it took a whole edge
+    // tile per tile of rows, for one column.
+    const int64_t edge = G % MR;
+    if (edge == 0 || edge >= kOneChainRows) {
+        sgemm_packed_shared_a(true, G, dpre.get(), ldp, {{x_packed, dw_ih, I}, {h_prev_packed, dw_hh, H}}, 0.0f);
+        column_sums(rows, G, dpre.get(), ldp, db);
+    } else {
+        static const float kOne = 1.0f;
+        const PackedB ones([](int64_t) { return &kOne; }, rows, 1);
+        sgemm_packed_shared_a(true, G, dpre.get(), ldp,
+                              {{x_packed, dw_ih, I}, {h_prev_packed, dw_hh, H}, {ones, db, 1}}, 0.0f);
+    }
 }
 
 }  // namespace FASTLM_ISA
