@@ -71,29 +71,36 @@ inline void micro_kernel_rows_b_in_place([[maybe_unused]] int64_t mr, [[maybe_un
 // padded past mc so that the microkernel never branches on the edge.
 void pack_a(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             float* dst) {
+    if (trans_a) {  // op(A)(i, k) = a[k * lda + i]: row k of a holds k's mc floats, one after another
+        // Row by row, each read once and in order, its MR-float pieces to every panel.
+        // Panel by panel, each of a panel's kc pieces came from another row of a, lda
+        // apart (a page or more in the output layer's dW = dlogits^T h and the LSTM's
+        // weight gradients), and the pack was a large share of those products.
+        const int64_t full = mc / MR * MR;
+        for (int64_t p = 0; p < kc; ++p) {
+            const float* src = a + (k0 + p) * lda + i0;
+            for (int64_t ip = 0; ip < full; ip += MR)
+                std::memcpy(dst + ip * kc + p * MR, src + ip, sizeof(float) * MR);
+            if (full < mc) {
+                float* piece = dst + full * kc + p * MR;
+                std::memcpy(piece, src + full, sizeof(float) * (mc - full));
+                std::fill(piece + (mc - full), piece + MR, 0.0f);
+            }
+        }
+        return;
+    }
+    // op(A)(i, k) = a[i * lda + k]: MR row streams per panel, the panel written in order.
+    // Padding rows repeat the tile's last row, so that the edge tile is packed by the
+    // vectorised path too (M = 20 and 32 in the LSTM steps end in a 2-row tile, packed
+    // every step). Their results are never stored, or land in C's padding.
     for (int64_t ip = 0; ip < mc; ip += MR) {
         const int64_t mr = std::min(MR, mc - ip);
         float* panel = dst + ip * kc;
-        if (trans_a) {  // op(A)(i, k) = a[k * lda + i]: MR consecutive floats per k
-            const float* src = a + k0 * lda + i0 + ip;
-            if (mr == MR) {  // the common case, with a copy of fixed length
-                for (int64_t p = 0; p < kc; ++p) std::memcpy(panel + p * MR, src + p * lda, sizeof(float) * MR);
-                continue;
-            }
-            for (int64_t p = 0; p < kc; ++p) {
-                std::memcpy(panel + p * MR, src + p * lda, sizeof(float) * mr);
-                std::fill(panel + p * MR + mr, panel + (p + 1) * MR, 0.0f);
-            }
-        } else {  // op(A)(i, k) = a[i * lda + k]: MR row streams, the panel written in order
-            // Padding rows repeat the tile's last row, so that the edge tile is packed by
-            // the vectorised path too (M = 20 and 32 in the LSTM steps end in a 2-row tile,
-            // packed every step). Their results are never stored, or land in C's padding.
-            const float* rows[MR];
-            for (int64_t r = 0; r < MR; ++r) rows[r] = a + (i0 + ip + std::min(r, mr - 1)) * lda + k0;
-            int64_t p = pack_a_rows(rows, kc, panel);
-            for (; p < kc; ++p)
-                for (int64_t r = 0; r < MR; ++r) panel[p * MR + r] = rows[r][p];
-        }
+        const float* rows[MR];
+        for (int64_t r = 0; r < MR; ++r) rows[r] = a + (i0 + ip + std::min(r, mr - 1)) * lda + k0;
+        int64_t p = pack_a_rows(rows, kc, panel);
+        for (; p < kc; ++p)
+            for (int64_t r = 0; r < MR; ++r) panel[p * MR + r] = rows[r][p];
     }
 }
 
