@@ -1,9 +1,11 @@
-"""Adam on the embedding's gradient in row form (fit's step) against the dense V x E gradient,
-paired in one process: the two steps of fastlm.benchmark.fastlm_train_step (embedding_rows
-True and False) alternate, each pair in turn order ABAB / BABA, so that a slow spell of a shared
-machine lands on both. Both give the same bits; only the time differs.
+"""The optimizer on the embedding's gradient in row form (fit's step) against the dense V x E
+gradient, paired in one process: the two steps alternate, each pair in turn order ABAB / BABA,
+so that a slow spell of a shared machine lands on both. Both give the same bits; only the time
+differs. A configuration of fastlm.benchmark (W: fastlm_train_step with embedding_rows True
+and False, Adam) or zaremba-small (fit's step of the preset: B 20, T 20, V 10000, 2 x 200
+LSTM, SGD with the preset's clipping, the state carried).
 
-    python bench/embedding_rows.py [--configs W] [--threads 1 2] [--pairs 12]
+    python bench/embedding_rows.py [--configs W zaremba-small] [--threads 1 2] [--pairs 12]
 
 Reports per configuration and thread count the median wall and process CPU time per step of
 each and the ratio dense / rows (of the medians, and the median of the pairs' ratios). On a
@@ -17,8 +19,29 @@ import argparse
 import statistics
 import time
 
+import numpy as np
+
 import fastlm
 from fastlm import benchmark as bm
+from fastlm.training import SGD
+
+
+def zaremba_small_step(rows):
+    """fit's step of the zaremba-small preset on random ids (V 10000), the embedding's gradient
+    in row form or dense."""
+    preset = fastlm.presets.get("zaremba-small")
+    model = fastlm.LSTMLM(10000, **preset.model, seed=1)
+    opt = SGD(model.trainable(), lr=preset.fit["lr"])
+    rng = np.random.default_rng(0)
+    x, y = (rng.integers(0, 10000, (preset.fit["batch_size"], preset.fit["seq_len"]), dtype=np.int32) for _ in "xy")
+    carry = None
+
+    def step():
+        nonlocal carry
+        _, grads, carry = model.forward_backward(x, y, initial_state=carry, sparse_embedding=rows)
+        opt.clipped_step(model.ops, model.trainable(), grads, preset.fit["clip_norm"])
+
+    return step
 
 
 def main():
@@ -28,10 +51,14 @@ def main():
     parser.add_argument("--pairs", type=int, default=12)
     args = parser.parse_args()
     for name in args.configs:
-        c = bm.CONFIGS[name]
         for threads in args.threads:
             fastlm.set_num_threads(threads)
-            steps = {rows: bm.fastlm_train_step(c, "cpp", embedding_rows=rows) for rows in (False, True)}
+            if name == "zaremba-small":
+                steps = {rows: zaremba_small_step(rows) for rows in (False, True)}
+            else:
+                steps = {
+                    rows: bm.fastlm_train_step(bm.CONFIGS[name], "cpp", embedding_rows=rows) for rows in (False, True)
+                }
             for step in steps.values():
                 step()
             times = {rows: ([], []) for rows in steps}

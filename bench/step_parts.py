@@ -113,11 +113,14 @@ def run_fastlm(threads, steps, warmup, unfused=False):
         "lstm_backward": "lstm backward",
         "embedding_forward": "embedding forward",
         "embedding_backward": "embedding backward",
+        "embedding_backward_sparse": "embedding backward",
         "clip_grad_norm": "clip",
         "sgd_update": "sgd",
         "clipped_sgd_update": "clip + sgd (fused)",
     }
     fused = hasattr(opt, "clipped_step") and not unfused  # this build fuses them (fit calls clipped_step)
+    # fit's embedding gradient in row form, when this build's SGD takes it (sgd_update_rows)
+    rows = fused and hasattr(model.ops, "sgd_update_rows")
     samples = {}
     carry = None
     for step in range(warmup + steps):
@@ -125,7 +128,7 @@ def run_fastlm(threads, steps, warmup, unfused=False):
         y = rng.integers(0, V, size=(B, T), dtype=np.int32)
         times.clear()
         start, cpu_start = time.perf_counter(), time.process_time()
-        loss, grads, carry = model.forward_backward(x, y, initial_state=carry, train=True)
+        loss, grads, carry = model.forward_backward(x, y, initial_state=carry, train=True, sparse_embedding=rows)
         update_start = time.perf_counter()
         if fused:
             opt.clipped_step(model.ops, model.trainable(), grads, preset.fit["clip_norm"])

@@ -1024,6 +1024,85 @@ class TestClippedSgdUpdate:
         for a, b in zip(clipped_snapshot(args), before):
             np.testing.assert_array_equal(a, b)
 
+    @pytest.mark.parametrize(
+        "grad,error,message",
+        [
+            ((np.array([0, 2], np.int32),), ValueError, r"grads\[0\] must be an array or a tuple \(rows, values\)"),
+            ((np.array([2, 0], np.int32), np.ones((2, 4), f32)), ValueError, "rows must be strictly increasing"),
+            ((np.array([0, 3], np.int32), np.ones((2, 4), f32)), ValueError, r"rows holds id 3 .*outside \[0, 3\)"),
+            ((np.array([0, 2], np.int32), np.ones((2, 5), f32)), ValueError, r"grads\[0\]'s values must have shape"),
+            ((np.array([0, 2], np.int32), np.ones(8, f32)), ValueError, r"grads\[0\]'s values must be 2-D"),
+            ((None, np.ones((2, 4), f32)), TypeError, r"rows must be an array, got None"),
+        ],
+    )
+    def test_bad_row_form_gradient_changes_nothing(self, grad, error, message):
+        args = dict(clipped_sgd_args(), step=1, lr=0.1, max_norm=1e-3, momentum=0.9)
+        args["grads"][0] = grad
+        with pytest.raises(error, match=message):
+            _core.clipped_sgd_update(**args)
+        fresh = clipped_sgd_args()
+        for name in ("params", "bufs"):
+            for a, b in zip(args[name], fresh[name]):
+                np.testing.assert_array_equal(a, b)
+
+    def test_row_form_gradient_of_a_1d_parameter(self):
+        args = dict(clipped_sgd_args(), step=1, lr=0.1, max_norm=1e-3, momentum=0.9)
+        args["grads"][1] = (np.array([0, 2], np.int32), np.ones((2, 1), f32))
+        with pytest.raises(ValueError, match=r"params\[1\] must be 2-D \(V, E\) for a gradient in row form"):
+            _core.clipped_sgd_update(**args)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_row_form_values_raise_and_change_nothing(self, bad):
+        args = clipped_sgd_args(shapes=((300, 300), (50,)))
+        values = np.ones((3, 300), f32)
+        values[1, 7] = bad
+        args["grads"][0] = (np.array([4, 8, 200], np.int32), values)
+        before = [a.copy() for a in args["params"] + args["bufs"]]
+        with pytest.raises(ValueError, match=r"NaN or infinity"):
+            _core.clipped_sgd_update(**args, step=2, lr=0.1, max_norm=1e9, momentum=0.9)
+        for a, b in zip(args["params"] + args["bufs"], before):
+            np.testing.assert_array_equal(a, b)
+
+
+# ================================================================= sgd_update_rows
+
+
+class TestSgdUpdateRows:
+    @pytest.mark.parametrize(
+        "change,error,message",
+        [
+            (dict(rows=np.array([5, 1, 9], np.int32)), ValueError, "rows must be strictly increasing"),
+            (dict(rows=np.array([1, 5, 20], np.int32)), ValueError, r"rows holds id 20 .*outside \[0, 20\)"),
+            (dict(rows=np.array([[1, 5, 9]], np.int32)), ValueError, "rows must be 1-D"),
+            (dict(grad=np.zeros((2, 4), f32)), ValueError, r"grad must have shape \(3, 4\), got \(2, 4\)"),
+            (dict(param=np.zeros(20, f32)), ValueError, "param must be 2-D"),
+            (dict(param=np.zeros((20, 4))), TypeError, "param is updated in place"),
+            (dict(buf=None), ValueError, "momentum > 0 needs buf"),
+            (dict(buf=np.zeros((20, 5), f32)), ValueError, r"buf must have shape \(20, 4\)"),
+            (dict(step=0), ValueError, "step counts from 1, got 0"),
+            (dict(lr=-1.0), ValueError, "lr must be >= 0"),
+            (dict(momentum=-0.5), ValueError, "momentum must be >= 0"),
+            (dict(weight_decay=-1.0), ValueError, "weight_decay must be >= 0"),
+            (dict(momentum=0.0, nesterov=True), ValueError, "nesterov needs momentum > 0"),
+        ],
+    )
+    def test_bad_arguments_change_nothing(self, change, error, message):
+        args = dict(sparse_sgd_args(), buf=np.zeros((20, 4), f32), step=1, lr=0.1, momentum=0.9)
+        args.update(change)
+        before = snapshot(args)
+        with pytest.raises(error, match=message):
+            _core.sgd_update_rows(**args)
+        assert_state_equal(snapshot(args), before)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite_grad_leaves_everything_unchanged(self, bad):
+        args = dict(sparse_sgd_args(V=3000, E=40), buf=np.ones((3000, 40), f32))
+        args["grad"][1, 2] = bad
+        before = snapshot(args)
+        with pytest.raises(ValueError, match=r"grad holds NaN or infinity"):
+            _core.sgd_update_rows(**args, step=2, lr=0.1, momentum=0.9)
+        assert_state_equal(snapshot(args), before)
+
 
 # ================================================================= sparse_sgd_update
 

@@ -281,6 +281,21 @@ def run_adam_update_rows(fn, inputs):
     return {"param": param, "m": m, "v": v}
 
 
+def build_sgd_update_rows(rng, V, E, steps, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
+    # The buffer starts as garbage, which the first step must overwrite (rows without gradient included).
+    param = uniform(rng, (V, E))
+    batches = [(rows, normal(rng, (len(rows), E), 0.1)) for rows in row_subsets(rng, V, steps)]
+    buf = normal(rng, (V, E), 100.0)
+    return Inputs([param, batches, buf], dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+
+
+def run_sgd_update_rows(fn, inputs):
+    param, batches, buf = inputs.args
+    for step, (rows, grad) in enumerate(batches, start=1):
+        assert fn(param, rows, grad, buf, step, **inputs.kwargs) is None
+    return {"param": param, **({"buf": buf} if inputs.kwargs["momentum"] else {})}
+
+
 def build_sgd_update(rng, shape, steps, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
     # One gradient per step; the buffer starts as garbage, which the first step must overwrite.
     param = uniform(rng, shape)
@@ -325,10 +340,17 @@ def run_clip_grad_norm_rows(fn, inputs):
     return {"norm": norm, **{f"grads[{i}]": g for i, g in enumerate(arrays)}}
 
 
-def build_clipped_sgd_update(rng, shapes, steps, max_norm, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False):
-    # One list of gradients per step; the buffers start as garbage, which the first step must overwrite.
+def build_clipped_sgd_update(
+    rng, shapes, steps, max_norm, lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False, row_form=False
+):
+    # One list of gradients per step; the buffers start as garbage, which the first step must
+    # overwrite. row_form: the first parameter's gradient in row form (rows, values).
     params = [uniform(rng, shape) for shape in shapes]
     grads = [[normal(rng, shape, 0.1) for shape in shapes] for _ in range(steps)]
+    if row_form:
+        V, E = shapes[0]
+        for step_grads, rows in zip(grads, row_subsets(rng, V, steps)):
+            step_grads[0] = (rows, normal(rng, (len(rows), E), 0.1))
     bufs = [normal(rng, shape, 100.0) for shape in shapes] if momentum else None
     kwargs = dict(max_norm=max_norm, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return Inputs([params, grads, bufs], kwargs)
@@ -338,9 +360,10 @@ def run_clipped_sgd_update(fn, inputs):
     params, grads, bufs = inputs.args
     outputs = {}
     for step, step_grads in enumerate(grads, start=1):
-        before = [g.copy() for g in step_grads]
+        before = copy.deepcopy(step_grads)
         outputs[f"norm[{step}]"] = fn(params, step_grads, bufs, step, **inputs.kwargs)
-        assert all(np.array_equal(g, b) for g, b in zip(step_grads, before)), "the gradients were changed"
+        for g, b in zip(step_grads, before):
+            assert all(np.array_equal(x, y) for x, y in zip(g, b)), "the gradients were changed"
     outputs.update({f"params[{i}]": p for i, p in enumerate(params)})
     outputs.update({f"bufs[{i}]": b for i, b in enumerate(bufs or [])})
     return outputs
@@ -413,6 +436,7 @@ OPS = {
     "adam_update": Op(build_adam_update, ("param", "m", "v"), run=run_adam_update),
     "adam_update_rows": Op(build_adam_update_rows, ("param", "m", "v"), run=run_adam_update_rows),
     "sgd_update": Op(build_sgd_update, ("param", "buf"), run=run_sgd_update),
+    "sgd_update_rows": Op(build_sgd_update_rows, ("param", "buf"), run=run_sgd_update_rows),
     "clip_grad_norm": Op(build_clip_grad_norm, ("norm",), run=run_clip_grad_norm),
     "clip_grad_norm_rows": Op(build_clip_grad_norm_rows, ("norm",), run=run_clip_grad_norm_rows),
     "clipped_sgd_update": Op(build_clipped_sgd_update, (), run=run_clipped_sgd_update),
@@ -540,6 +564,13 @@ CASES = [
     ("sgd_update", dict(shape=(1009,), steps=4, momentum=0.9, nesterov=True, weight_decay=0.1)),
     ("sgd_update", dict(shape=(37, 19), steps=1, lr=20.0, momentum=0.5, nesterov=True)),  # the first step only
     ("sgd_update", dict(shape=(520, 130), steps=3, momentum=0.9, weight_decay=0.01)),  # threaded
+    ("sgd_update_rows", dict(V=37, E=19, steps=5)),  # plain: only the rows given move
+    ("sgd_update_rows", dict(V=37, E=19, steps=5, weight_decay=0.01)),
+    ("sgd_update_rows", dict(V=1009, E=1, steps=4, momentum=0.9)),
+    ("sgd_update_rows", dict(V=1009, E=3, steps=4, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("sgd_update_rows", dict(V=520, E=130, steps=4, momentum=0.9, weight_decay=0.01)),  # threaded
+    ("sgd_update_rows", dict(V=520, E=130, steps=4)),  # threaded, plain
+    ("sgd_update_rows", dict(V=7, E=5000, steps=4, momentum=0.5)),  # rows wider than a block of zeros
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=0.5)),  # clips
     ("clip_grad_norm", dict(shapes=[(148, 37), (148,), (1009, 19)], max_norm=1e6)),  # leaves alone
     ("clip_grad_norm", dict(shapes=[(7,)], max_norm=1.0)),
@@ -548,6 +579,15 @@ CASES = [
     ("clipped_sgd_update", dict(shapes=[(37, 19), (7,)], steps=3, max_norm=0.05, momentum=0.9, weight_decay=0.01)),
     ("clipped_sgd_update", dict(shapes=[(1009,)], steps=2, max_norm=0.05, momentum=0.5, nesterov=True)),
     ("clipped_sgd_update", dict(shapes=[(520, 130), (1009, 130)], steps=2, max_norm=1.0, momentum=0.9)),  # threaded
+    # the first gradient in row form: plain, momentum and weight decay, clipping and not
+    ("clipped_sgd_update", dict(shapes=[(1009, 19), (148,)], steps=4, max_norm=0.5, row_form=True)),
+    ("clipped_sgd_update", dict(shapes=[(1009, 19), (148,)], steps=4, max_norm=1e6, row_form=True)),
+    (
+        "clipped_sgd_update",
+        dict(shapes=[(37, 19), (7,)], steps=4, max_norm=0.05, momentum=0.9, weight_decay=0.01, row_form=True),
+    ),
+    ("clipped_sgd_update", dict(shapes=[(1009, 130), (520,)], steps=4, max_norm=1.0, momentum=0.9, row_form=True)),
+    ("clipped_sgd_update", dict(shapes=[(1009, 130), (520,)], steps=4, max_norm=1.0, row_form=True)),  # threaded
     ("clip_grad_norm", dict(shapes=[(520, 130), (520,), (1009, 130)], max_norm=1.0)),  # threaded
     ("clip_grad_norm_rows", dict(shapes=[(148, 37), (148,)], V=1009, E=19, count=300, max_norm=0.5)),  # clips
     ("clip_grad_norm_rows", dict(shapes=[(148, 37), (148,)], V=1009, E=19, count=300, max_norm=1e6)),
@@ -852,6 +892,52 @@ def test_row_form_gradient_is_the_dense_gradient_to_the_bit(V, E, weight_decay, 
             _core.adam_update(*dense_state[:1], dense_grads[1], *dense_state[1:], step, 1e-2, weight_decay=weight_decay)
             _core.adam_update_rows(rows_state[0], rows, values, *rows_state[1:], step, 1e-2, weight_decay=weight_decay)
             for name, a, b in zip(("param", "m", "v"), dense_state, rows_state):
+                assert np.array_equal(float_bits(a), float_bits(b)), f"{threads} threads, step {step}: {name}"
+
+
+@pytest.mark.parametrize("V, E", [(1009, 19), (700, 256), (9, 5000)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(), dict(weight_decay=0.01), dict(momentum=0.9), dict(momentum=0.5, nesterov=True, weight_decay=0.01)],
+    ids=["plain", "weight-decay", "momentum", "nesterov-weight-decay"],
+)
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e9])  # sgd_update_rows, clipped_sgd_update clipping and not
+def test_row_form_gradient_under_sgd_is_the_dense_gradient_to_the_bit(V, E, settings, max_norm, restore_threads):
+    """As for Adam: sgd_update_rows and clipped_sgd_update on a gradient in row form give the
+    parameters, momentum buffers and norm of sgd_update and clipped_sgd_update on its dense
+    twin, to the bit (signed zeros included), with one thread and with two."""
+    rng = np.random.default_rng(V + E)
+    param = normal(rng, (V, E))
+    param[::7, ::3], param[1::11] = -0.0, 1e-40
+    buf0 = normal(rng, (V, E), 1e-3)
+    buf0[::5] = -0.0
+    other0 = normal(rng, (130,))
+    momentum = settings.get("momentum", 0.0)
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        dense_state = [param.copy(), buf0.copy(), other0.copy(), other0.copy()]
+        rows_state = copy.deepcopy(dense_state)
+        for step, rows in enumerate(row_subsets(np.random.default_rng(E), V, 5), start=1):
+            values = normal(rng, (len(rows), E), 0.1)
+            values[::3, ::2], values[1::4, 1::2] = -0.0, 0.0
+            other_grad = normal(rng, (130,), 0.1)
+            dense = np.zeros((V, E), np.float32)
+            dense[rows] = values
+            for state, grad in ((dense_state, dense), (rows_state, (rows, values))):
+                p, buf, other, other_buf = state
+                if max_norm is None:
+                    if isinstance(grad, tuple):
+                        _core.sgd_update_rows(p, *grad, buf if momentum else None, step, 0.5, **settings)
+                    else:
+                        _core.sgd_update(p, grad, buf if momentum else None, step, 0.5, **settings)
+                    continue
+                bufs = [buf, other_buf] if momentum else None
+                state.append(
+                    _core.clipped_sgd_update([p, other], [grad, other_grad], bufs, step, 0.5, max_norm, **settings)
+                )
+            if max_norm is not None:
+                assert dense_state.pop() == rows_state.pop(), "norm"
+            for name, a, b in zip(("param", "buf", "other", "other buf"), dense_state, rows_state):
                 assert np.array_equal(float_bits(a), float_bits(b)), f"{threads} threads, step {step}: {name}"
 
 

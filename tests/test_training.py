@@ -245,16 +245,32 @@ def _bits(state):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(clip_norm=0.05), dict(clip_norm=1e9, weight_decay=0.01), dict(stateful=True, clip_norm=0.2)],
-    ids=["plain", "clipped", "unclipped-weight-decay", "stateful-clipped"],
+    [
+        dict(),
+        dict(clip_norm=0.05),
+        dict(clip_norm=1e9, weight_decay=0.01),
+        dict(stateful=True, clip_norm=0.2),
+        dict(optimizer="sgd", lr=0.5),
+        dict(optimizer="sgd", lr=0.5, clip_norm=0.05),
+        dict(optimizer="sgd", lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01, clip_norm=0.05),
+        dict(optimizer="sgd", lr=0.5, momentum=0.9, clip_norm=1e9),
+    ],
+    ids=[
+        "adam",
+        "adam-clipped",
+        "adam-unclipped-weight-decay",
+        "adam-stateful-clipped",
+        "sgd",
+        "sgd-clipped",
+        "sgd-nesterov-weight-decay-clipped",
+        "sgd-momentum-unclipped",
+    ],
 )
-def test_adam_on_the_embedding_rows_is_adam_on_the_dense_gradient(
-    options, threads, tmp_path, monkeypatch, restore_threads
-):
-    """fit hands Adam the embedding's gradient in row form (the rows a batch used, summed as
-    embedding_backward sums them) instead of the dense V x E gradient: the weights, Adam's
-    moments and the checkpoint are those of the dense path, to the bit. V = 300 on Zipf ids,
-    so that each batch of 128 tokens leaves most rows without a gradient."""
+def test_the_embedding_rows_step_is_the_dense_gradient_step(options, threads, tmp_path, monkeypatch, restore_threads):
+    """fit hands the optimizer the embedding's gradient in row form (the rows a batch used,
+    summed as embedding_backward sums them) instead of the dense V x E gradient: the weights,
+    Adam's moments or SGD's buffers and the checkpoint are those of the dense path, to the bit.
+    V = 300 on Zipf ids, so that each batch of 128 tokens leaves most rows without a gradient."""
     fastlm.set_num_threads(threads)
     data = (np.random.default_rng(3).zipf(1.2, 1500) % 300).astype(np.int32)
     chosen = []
@@ -265,7 +281,7 @@ def test_adam_on_the_embedding_rows_is_adam_on_the_dense_gradient(
         if path == "dense":
             monkeypatch.setattr(training, "_embedding_rows", lambda *a: False)
         model = fastlm.LSTMLM(300, 8, 16, 1, seed=1)
-        quiet_fit(model, data, epochs=2, lr=1e-2, checkpoint_dir=tmp_path / path, **options)
+        quiet_fit(model, data, epochs=2, checkpoint_dir=tmp_path / path, **{"lr": 1e-2, **options})
         arrays, _ = model_dir.load_training_state(tmp_path / path)
         results[path] = (_bits(model.state_dict()), _bits(arrays))
     assert chosen == [True]
@@ -279,8 +295,9 @@ def test_adam_on_the_embedding_rows_is_adam_on_the_dense_gradient(
         (dict(), dict(), True),
         (dict(), dict(sparse_embedding=True), True),
         (dict(tie_weights=True, embed_dim=16), dict(), False),  # the shared matrix's gradient is dense
-        (dict(), dict(optimizer="sgd"), False),
-        (dict(), dict(optimizer="sgd", momentum=0.9), False),
+        (dict(), dict(optimizer="sgd"), True),
+        (dict(), dict(optimizer="sgd", momentum=0.9), True),
+        (dict(), dict(optimizer="sgd", sparse_embedding=True), True),
     ],
 )
 def test_where_fit_passes_the_embedding_gradient_in_row_form(tok, ids, monkeypatch, model_options, fit_options, rows):

@@ -158,6 +158,20 @@ def sgd_update(
 ) -> None:
     """One torch.optim.SGD step, in place on param (and buf, the momentum buffer)."""
 
+def sgd_update_rows(
+    param: Floats,
+    rows: ArrayLike,
+    grad: ArrayLike,
+    buf: Floats | None,
+    step: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> None:
+    """sgd_update on param (V, E) with the gradient in row form, as adam_update_rows: the same bits
+    as on the dense gradient."""
+
 def clip_grad_norm(grads: Floats | Sequence[Floats], max_norm: float) -> float:
     """Scale grads in place so their global L2 norm is at most max_norm; returns the norm before."""
 
@@ -167,7 +181,7 @@ def clip_grad_norm_rows(grads: Sequence[Floats | tuple[ArrayLike, Floats, int]],
 
 def clipped_sgd_update(
     params: Sequence[Floats],
-    grads: Sequence[ArrayLike],
+    grads: Sequence[ArrayLike | tuple[ArrayLike, ArrayLike]],
     bufs: Sequence[Floats] | None,
     step: int,
     lr: float,
@@ -177,7 +191,8 @@ def clipped_sgd_update(
     nesterov: bool = False,
 ) -> float:
     """clip_grad_norm(grads, max_norm), then sgd_update on every parameter, in one call: the same
-    params and bufs to the bit, grads left unscaled; returns the norm before clipping."""
+    params and bufs to the bit, grads left unscaled; returns the norm before clipping. A
+    gradient may be in row form, (rows, values), as sgd_update_rows takes it."""
 
 # ------------------------------------------------------------------ data
 

@@ -312,9 +312,7 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
 def adam_update_rows(param, rows, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     """adam_update on param (V, E) with its gradient in row form: grad (len(rows), E) holds the
     gradients of rows (distinct, increasing), every other row's gradient is 0."""
-    dense = np.zeros_like(param)
-    dense[rows] = grad
-    adam_update(param, dense, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    adam_update(param, _dense(param, rows, grad), m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
 def sgd_update(param, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -363,11 +361,24 @@ def sparse_sgd_update(param, rows, grad, lr):
     param[rows] -= np.asarray(lr, dtype=param.dtype) * grad
 
 
+def _dense(param, rows, grad):
+    """The dense gradient of param whose row form is (rows, grad): grad in rows, 0 elsewhere."""
+    dense = np.zeros(param.shape, dtype=np.float32)
+    dense[rows] = grad
+    return dense
+
+
+def sgd_update_rows(param, rows, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """sgd_update on param (V, E) with its gradient in row form, as adam_update_rows."""
+    sgd_update(param, _dense(param, rows, grad), buf, step, lr, momentum, weight_decay, nesterov)
+
+
 def clipped_sgd_update(params, grads, bufs, step, lr, max_norm, momentum=0.0, weight_decay=0.0, nesterov=False):
     """clip_grad_norm on copies of grads, then sgd_update on every parameter (bufs: one
-    momentum buffer per parameter, or None when momentum is 0). grads are left as they were.
+    momentum buffer per parameter, or None when momentum is 0). grads are left as they were;
+    a gradient may be in row form, a tuple (rows, values) as sgd_update_rows takes them.
     Returns the norm before clipping."""
-    grads = [np.array(g, dtype=np.float32) for g in grads]
+    grads = [_dense(p, *g) if isinstance(g, tuple) else np.array(g, dtype=np.float32) for p, g in zip(params, grads)]
     norm = clip_grad_norm(grads, max_norm)
     for i, (param, grad) in enumerate(zip(params, grads)):
         sgd_update(param, grad, None if bufs is None else bufs[i], step, lr, momentum, weight_decay, nesterov)

@@ -189,21 +189,36 @@ def _gradient_arrays(grads):
 class SGD(_ClipThenStep):
     """torch.optim.SGD: plain, with a momentum buffer per parameter (set to the first gradient), or Nesterov.
 
-    A sparse gradient (rows, values), the embedding's with sparse_embedding, takes torch's
+    A sparse gradient (rows, values), the embedding's with sparse_embedding=True, takes torch's
     plain step on those rows alone (sparse_sgd_update); fit refuses momentum and weight
-    decay with it.
+    decay with it. Otherwise (rows, values) is the dense gradient in row form, as for Adam:
+    the step (sgd_update_rows) and the clipping (clipped_sgd_update) are the dense gradient's,
+    to the bit.
     """
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, sparse_embedding=False):
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        self.sparse_embedding = sparse_embedding
         self.buf = {name: np.zeros(p.shape, np.float32) for name, p in params.items()} if momentum else {}
         self.step_count = 0
 
     def step(self, ops, params, grads):
         self.step_count += 1
         for name, param in params.items():
-            if isinstance(grads[name], tuple):
+            if isinstance(grads[name], tuple) and self.sparse_embedding:
                 ops.sparse_sgd_update(param, *grads[name], self.lr)
+                continue
+            if isinstance(grads[name], tuple):  # row form
+                ops.sgd_update_rows(
+                    param,
+                    *grads[name],
+                    self.buf.get(name),
+                    self.step_count,
+                    self.lr,
+                    self.momentum,
+                    self.weight_decay,
+                    self.nesterov,
+                )
                 continue
             ops.sgd_update(
                 param,
@@ -217,10 +232,11 @@ class SGD(_ClipThenStep):
             )
 
     def clipped_step(self, ops, params, grads, max_norm):
-        """clip_grad_norm(grads, max_norm), then step: one op (clipped_sgd_update) when no
-        gradient is sparse, which reads the gradients twice instead of four times and
-        leaves them unscaled; the parameters and buffers are the same to the bit."""
-        if any(isinstance(g, tuple) for g in grads.values()):
+        """clip_grad_norm(grads, max_norm), then step: one op (clipped_sgd_update) unless the
+        embedding's gradient is sparse (sparse_embedding=True), which reads the gradients twice
+        instead of four times and leaves them unscaled; the parameters and buffers are the same
+        to the bit."""
+        if self.sparse_embedding:
             super().clipped_step(ops, params, grads, max_norm)
             return
         self.step_count += 1
@@ -247,18 +263,18 @@ class SGD(_ClipThenStep):
 
 def _embedding_rows(model, settings, dist):
     """Whether fit asks forward_backward for the embedding's gradient in row form
-    (sparse_embedding=True): under SparseAdam, and under Adam, which then updates every row
-    as from the dense gradient to the bit without the dense V x E gradient being zeroed,
-    scattered into and read (see Adam). Not with tied weights (the shared matrix's gradient
-    is dense, the decoder's), SGD, or several ranks (which sum dense gradients)."""
-    if settings["sparse_embedding"]:
-        return True
-    return settings["optimizer"] == "adam" and not model.tie_weights and dist.size == 1
+    (sparse_embedding=True): always with sparse_embedding, and otherwise too, as Adam and SGD
+    then update the embedding as from the dense gradient, to the bit, without the dense V x E
+    gradient being zeroed, scattered into and read (see Adam, SGD). Not with tied weights (the
+    shared matrix's gradient is dense, the decoder's) or several ranks (which sum dense
+    gradients)."""
+    return settings["sparse_embedding"] or (not model.tie_weights and dist.size == 1)
 
 
 def _make_optimizer(settings, params, lr):
     if settings["optimizer"] == "sgd":
-        return SGD(params, lr, settings["momentum"], settings["nesterov"], settings["weight_decay"])
+        sparse = settings["sparse_embedding"]
+        return SGD(params, lr, settings["momentum"], settings["nesterov"], settings["weight_decay"], sparse)
     return Adam(params, lr, weight_decay=settings["weight_decay"], sparse_embedding=settings["sparse_embedding"])
 
 

@@ -626,6 +626,37 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
     kernels().sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
 }
 
+void py_sgd_update_rows(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+                        const py::handle& buf_obj, int64_t step, double lr, double momentum, double weight_decay,
+                        bool nesterov) {
+    auto param = inplace_float(param_obj, "param");
+    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
+    const int64_t V = param.shape(0), E = param.shape(1);
+    require(V > 0 && E > 0, "param must have rows and columns, got shape " + shape_str(shape_of(param)));
+    const IdArray rows = gradient_rows(rows_obj, V);
+    const int64_t count = rows.size();
+    const FloatArray grad = float_input(grad_obj, "grad", 2);
+    require_shape(grad, "grad", {count, E});
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require(lr >= 0.0, "lr must be >= 0");
+    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+    require(weight_decay >= 0.0, "weight_decay must be >= 0");
+    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
+    float* buf_data = nullptr;
+    py::array_t<float> buf;
+    if (momentum > 0.0) {
+        require(!buf_obj.is_none(), "momentum > 0 needs buf, the momentum buffer");
+        buf = inplace_float(buf_obj, "buf");
+        require_shape(buf, "buf", shape_of(param));
+        buf_data = buf.mutable_data();
+    }
+    KernelScope scope;
+    if (!kernels().all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    kernels().sgd_update_rows(param.mutable_data(), E, V, rows.data(), grad.data(), count, buf_data, step,
+                              {lr, momentum, weight_decay, nesterov});
+}
+
 // A sequence argument of clipped_sgd_update (TypeError naming it otherwise).
 py::sequence sequence_arg(const py::handle& obj, const char* name) {
     if (py::isinstance<py::array>(obj) || !py::isinstance<py::sequence>(obj))
@@ -656,20 +687,40 @@ double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& gra
     }
     std::vector<py::array_t<float>> keep_params, keep_bufs;
     std::vector<FloatArray> keep_grads;
+    std::vector<IdArray> keep_rows;
     std::vector<SgdSpan> spans;
     for (size_t i = 0; i < count; ++i) {
         const std::string index = "[" + std::to_string(i) + "]";
         keep_params.push_back(inplace_float(params_seq[i], ("params" + index).c_str()));
         const py::array_t<float>& param = keep_params.back();
-        keep_grads.push_back(float_input(grads_seq[i], ("grads" + index).c_str(), param.ndim()));
-        require_shape(keep_grads.back(), ("grads" + index).c_str(), shape_of(param));
-        float* buf = nullptr;
+        const py::handle grad = grads_seq[i];
+        SgdSpan span{keep_params.back().mutable_data(), nullptr, nullptr, int64_t(param.size())};
+        if (py::isinstance<py::tuple>(grad)) {  // row form: (rows, values) of a (V, E) gradient
+            const py::tuple row_form = py::reinterpret_borrow<py::tuple>(grad);
+            const std::string name = "grads" + index;
+            require(row_form.size() == 2, name + " must be an array or a tuple (rows, values), got a tuple of " +
+                                              std::to_string(row_form.size()));
+            require(param.ndim() == 2 && param.shape(0) > 0 && param.shape(1) > 0,
+                    "params" + index + " must be 2-D (V, E) for a gradient in row form, got shape " +
+                        shape_str(shape_of(param)));
+            keep_rows.push_back(gradient_rows(row_form[0], param.shape(0)));
+            keep_grads.push_back(float_input(row_form[1], (name + "'s values").c_str(), 2));
+            require_shape(keep_grads.back(), (name + "'s values").c_str(),
+                          {int64_t(keep_rows.back().size()), int64_t(param.shape(1))});
+            span.rows = keep_rows.back().data();
+            span.count = keep_rows.back().size();
+            span.dim = param.shape(1);
+        } else {
+            keep_grads.push_back(float_input(grad, ("grads" + index).c_str(), param.ndim()));
+            require_shape(keep_grads.back(), ("grads" + index).c_str(), shape_of(param));
+        }
+        span.grad = keep_grads.back().data();
         if (momentum > 0.0) {
             keep_bufs.push_back(inplace_float(bufs_seq[i], ("bufs" + index).c_str()));
             require_shape(keep_bufs.back(), ("bufs" + index).c_str(), shape_of(param));
-            buf = keep_bufs.back().mutable_data();
+            span.buf = keep_bufs.back().mutable_data();
         }
-        spans.push_back({keep_params.back().mutable_data(), keep_grads.back().data(), buf, int64_t(param.size())});
+        spans.push_back(span);
     }
     KernelScope scope;
     return kernels().clipped_sgd_update(spans, step, max_norm, {lr, momentum, weight_decay, nesterov});
@@ -1140,6 +1191,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("lr"));
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("buf"), py::arg("step"),
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
+    m.def("sgd_update_rows", &py_sgd_update_rows, py::arg("param"), py::arg("rows"), py::arg("grad"), py::arg("buf"),
+          py::arg("step"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0,
+          py::arg("nesterov") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
     m.def("clip_grad_norm_rows", &py_clip_grad_norm_rows, py::arg("grads"), py::arg("max_norm"));
     m.def("clipped_sgd_update", &py_clipped_sgd_update, py::arg("params"), py::arg("grads"), py::arg("bufs"),

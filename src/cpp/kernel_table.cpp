@@ -40,6 +40,7 @@ const Kernels kTable = {
     &sparse_adam_update,
     &sparse_sgd_update,
     &sgd_update,
+    &sgd_update_rows,
     &clip_grad_norm,
     &clip_grad_norm_rows,
     &clipped_sgd_update,

@@ -61,14 +61,24 @@ void adam_update(float* param, const float* grad, float* m, float* v, int64_t n,
         adam_span(param + i, grad + i, m + i, v + i, std::min(kStreamChunk, n - i), s);
 }
 
-void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
-                      int64_t count, float* m, float* v, int64_t step, const AdamConfig& c) {
-    const AdamScalars s = adam_scalars(step, c);
-    // The gradient of a run of rows outside rows, read piece by piece from one block of
-    // zeros that stays in cache.
-    constexpr int64_t kZeros = 4096;
-    static const float zeros[kZeros] = {};
-    const int64_t block_rows = std::max<int64_t>(1, kStreamChunk / std::max<int64_t>(dim, 1));
+namespace {
+
+// The gradient of a run of rows outside a row-form gradient's rows, read piece by piece from
+// one block of zeros that stays in cache.
+constexpr int64_t kZeros = 4096;
+alignas(64) const float kZeroBlock[kZeros] = {};
+
+// Walks a (vocab, dim) parameter whose gradient is in row form (grad (count, dim) for rows,
+// strictly increasing; 0 elsewhere), calling span(offset, g, n) on pieces of it: n floats
+// from offset whose gradient is g, a row of grad or, for rows outside rows, kZeroBlock (at
+// most kZeros floats at a time). Each float is in one piece; the pieces are shared among
+// threads. Every row is walked, even where the update of a zero gradient looks like no
+// change (plain SGD): a kernel runs with denormals-are-zero, so p - lr * 0 flushes a
+// subnormal p to zero, and skipping the row would keep it.
+template <typename Span>
+void for_each_row_span(int64_t vocab, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
+                       const Span& span) {
+    const int64_t block_rows = std::max<int64_t>(1, kStreamChunk / dim);
     const int64_t blocks = (vocab + block_rows - 1) / block_rows;
 #pragma omp parallel for if (vocab * dim >= kParallelMinWork) schedule(dynamic)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -77,14 +87,23 @@ void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* r
         for (int64_t r = r0; r < r1;) {
             const int64_t next = k < count ? std::min<int64_t>(rows[k], r1) : r1;  // the next row with a gradient
             for (int64_t i = r * dim, end = next * dim; i < end; i += kZeros)
-                adam_span(param + i, zeros, m + i, v + i, std::min(kZeros, end - i), s);
+                span(i, kZeroBlock, std::min(kZeros, end - i));
             if (next == r1) break;
-            const int64_t i = next * dim;
-            adam_span(param + i, grad + k * dim, m + i, v + i, dim, s);
+            span(next * dim, grad + k * dim, dim);
             r = next + 1;
             ++k;
         }
     }
+}
+
+}  // namespace
+
+void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                      int64_t count, float* m, float* v, int64_t step, const AdamConfig& c) {
+    const AdamScalars s = adam_scalars(step, c);
+    for_each_row_span(vocab, dim, rows, grad, count, [&](int64_t i, const float* g, int64_t n) {
+        adam_span(param + i, g, m + i, v + i, n, s);
+    });
 }
 
 namespace {
@@ -111,6 +130,13 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
 #pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic)
     for (int64_t i = 0; i < n; i += kStreamChunk)
         sgd_span(param + i, grad + i, buf ? buf + i : nullptr, std::min(kStreamChunk, n - i), step, c);
+}
+
+void sgd_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                     int64_t count, float* buf, int64_t step, const SgdConfig& c) {
+    for_each_row_span(vocab, dim, rows, grad, count, [&](int64_t i, const float* g, int64_t n) {
+        sgd_span(param + i, g, buf ? buf + i : nullptr, n, step, c);
+    });
 }
 
 namespace {
@@ -230,38 +256,65 @@ double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, dou
     return norm;
 }
 
-double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_norm) {
-    // global_norm, with a gradient in row form adding what its dense twin would.
+namespace {
+
+// global_norm of gradients of which some may be in row form.
+double gradient_norm(const std::vector<GradientSpan>& grads) {
     double total = 0.0;
     for (const GradientSpan& g : grads)
         total = g.rows ? add_row_sum_of_squares(total, g) : add_sum_of_squares(total, g.data, g.n);
-    const auto [norm, scale] = clip_of_norm(std::sqrt(total), max_norm);
+    return std::sqrt(total);
+}
+
+}  // namespace
+
+double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_norm) {
+    const auto [norm, scale] = clip_of_norm(gradient_norm(grads), max_norm);
     if (scale < 1.0)
         for (const GradientSpan& g : grads) scale_in_place(g.data, g.rows ? g.count * g.dim : g.n, float(scale));
     return norm;
 }
 
 double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& c) {
-    std::vector<std::pair<float*, int64_t>> grads;
-    for (const SgdSpan& s : spans) grads.emplace_back(const_cast<float*>(s.grad), s.n);  // only read
-    const auto [norm, scale] = clip_of(grads, max_norm);
+    std::vector<GradientSpan> grads;
+    for (const SgdSpan& s : spans)
+        grads.push_back({const_cast<float*>(s.grad), s.n, s.rows, s.count, s.dim});  // only read
+    const auto [norm, scale] = clip_of_norm(gradient_norm(grads), max_norm);
+    // The scaled gradient is rounded to float in a block buffer, as clip_grad_norm leaves it in
+    // the gradient array: computed inside the update's expression, the compiler could fuse its
+    // product into an FMA (buf * momentum + g) and round differently.
+    constexpr int64_t kBlock = 1024;
+    const float factor = float(scale);
+    const auto scaled_span = [&](float* param, const float* grad, float* buf, int64_t n) {
+        alignas(64) float g[kBlock];
+        for (int64_t i = 0; i < n; i += kBlock) {
+            const int64_t m = std::min(kBlock, n - i);
+            for (int64_t j = 0; j < m; ++j) g[j] = grad[i + j] * factor;
+            sgd_span(param + i, g, buf ? buf + i : nullptr, m, step, c);
+        }
+    };
     for (const SgdSpan& s : spans) {
+        if (s.rows) {
+            const int64_t vocab = s.n / s.dim;
+            if (scale >= 1.0) {
+                sgd_update_rows(s.param, s.dim, vocab, s.rows, s.grad, s.count, s.buf, step, c);
+                continue;
+            }
+            for_each_row_span(vocab, s.dim, s.rows, s.grad, s.count, [&](int64_t i, const float* g, int64_t n) {
+                if (g == kZeroBlock)  // 0 * factor is 0: the zeros are the scaled gradient
+                    sgd_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n, step, c);
+                else
+                    scaled_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n);
+            });
+            continue;
+        }
         if (scale >= 1.0) {
             sgd_update(s.param, s.grad, s.buf, s.n, step, c);
             continue;
         }
-        const float factor = float(scale);
-        // The scaled gradient is rounded to float in a block buffer, as clip_grad_norm leaves
-        // it in the gradient array: computed inside the update's expression, the compiler
-        // could fuse its product into an FMA (buf * momentum + g) and round differently.
-        constexpr int64_t kBlock = 1024;
 #pragma omp parallel for if (s.n >= kParallelMinWork) schedule(dynamic, kStreamChunk / kBlock)
-        for (int64_t i = 0; i < s.n; i += kBlock) {
-            const int64_t n = std::min(kBlock, s.n - i);
-            alignas(64) float g[kBlock];
-            for (int64_t j = 0; j < n; ++j) g[j] = s.grad[i + j] * factor;
-            sgd_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n, step, c);
-        }
+        for (int64_t i = 0; i < s.n; i += kBlock)
+            scaled_span(s.param + i, s.grad + i, s.buf ? s.buf + i : nullptr, std::min(kBlock, s.n - i));
     }
     return norm;
 }

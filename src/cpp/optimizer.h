@@ -33,6 +33,11 @@ void adam_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* r
 // when momentum is 0.
 void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& config);
 
+// sgd_update on param (vocab, dim) with the gradient in row form (as adam_update_rows): the
+// same parameters and buffer to the bit as on the dense gradient.
+void sgd_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
+                     int64_t count, float* buf, int64_t step, const SgdConfig& config);
+
 // Global L2 norm of several arrays, accumulated in double.
 double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
 
@@ -48,7 +53,9 @@ double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_no
 // clip_grad_norm on the gradients, then sgd_update on every parameter, in two passes over
 // the gradients instead of four (the norm, the scaling, sgd_update's finiteness check, the
 // update): the same parameters and buffers to the bit, but the gradients are left as they
-// were, not scaled. A non-finite norm throws before anything is written. Returns the norm.
+// were, not scaled. A non-finite norm throws before anything is written. Returns the norm. A
+// span's gradient may be in row form (SgdSpan.rows): then as sgd_update_rows, and its norm as
+// clip_grad_norm_rows takes it.
 double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& config);
 
 }  // namespace FASTLM_ISA
