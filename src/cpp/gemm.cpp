@@ -207,9 +207,18 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
     }
 }
 
+// A product whose k runs in several blocks revisits each C tile once per block. An item
+// (MC rows times many panels: C logits' 112 x 10000 is 4.5 MB) that ran block by block over
+// all its panels read its C block back from L3 every time. Instead its columns go through
+// the k blocks a chunk at a time (up to kCChunkFloats of C, which stays in L2), with A's
+// blocks packed once for all chunks (up to kAGroupFloats of them at a time). Each element
+// of C still adds its blocks' chains in the order of k.
+constexpr int64_t kAGroupFloats = 4 * MC * KC;
+constexpr int64_t kCChunkFloats = 64 * 1024;
+
 float* thread_a_buffer() {
     static thread_local std::vector<float> buffer;
-    return thread_buffer(buffer, MC * kMaxSingleKBlock);
+    return thread_buffer(buffer, std::max(MC * kMaxSingleKBlock, kAGroupFloats));
 }
 
 }  // namespace
@@ -308,17 +317,32 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
     for (int64_t item = first; item < last; ++item) {
         const auto [i0, mc, jp0, jp1] = items.block(item, m);
         float* a_packed = thread_a_buffer();
-        for (int64_t pc = 0; pc < k; pc += kb) {
-            const int64_t kc = std::min(kb, k - pc);
-            pack_a(a, lda, trans_a, i0, mc, pc, kc, a_packed);
-            int64_t first_panel = 0;  // of this target, in the joint numbering
-            for (const ProductTarget* t = targets; t != targets + count; ++t) {
-                const int64_t panels = ceil_div(t->b.n(), NR);
-                const int64_t begin = std::max(jp0, first_panel), end = std::min(jp1, first_panel + panels);
-                if (begin < end)
-                    compute_block(mc, kc, a_packed, t->b, pc, begin - first_panel, end - first_panel,
-                                  t->c + i0 * t->ldc, t->ldc, pc > 0 || beta != 0.0f, false, 0, row_invariant);
-                first_panel += panels;
+        // A's k blocks [pg, pg + group) packed one after another (block pc at (pc - pg) *
+        // mc_tiles), and the item's panels in chunks of about kCChunkFloats of C: see
+        // kAGroupFloats. One k block: the whole item at once.
+        const int64_t mc_tiles = ceil_div(mc, MR) * MR;
+        const int64_t group = k <= kb ? k : std::max<int64_t>(1, kAGroupFloats / (mc_tiles * kb)) * kb;
+        const int64_t chunks = k <= kb ? 1 : ceil_div((jp1 - jp0) * mc_tiles * NR, kCChunkFloats);
+        const int64_t chunk = ceil_div(jp1 - jp0, chunks);
+        for (int64_t pg = 0; pg < k; pg += group) {
+            const int64_t pg_end = std::min(k, pg + group);
+            for (int64_t pc = pg; pc < pg_end; pc += kb)
+                pack_a(a, lda, trans_a, i0, mc, pc, std::min(kb, k - pc), a_packed + (pc - pg) * mc_tiles);
+            for (int64_t c0 = jp0; c0 < jp1; c0 += chunk) {
+                const int64_t c1 = std::min(jp1, c0 + chunk);
+                for (int64_t pc = pg; pc < pg_end; pc += kb) {
+                    const int64_t kc = std::min(kb, k - pc);
+                    int64_t first_panel = 0;  // of this target, in the joint numbering
+                    for (const ProductTarget* t = targets; t != targets + count; ++t) {
+                        const int64_t panels = ceil_div(t->b.n(), NR);
+                        const int64_t begin = std::max(c0, first_panel), end = std::min(c1, first_panel + panels);
+                        if (begin < end)
+                            compute_block(mc, kc, a_packed + (pc - pg) * mc_tiles, t->b, pc, begin - first_panel,
+                                          end - first_panel, t->c + i0 * t->ldc, t->ldc, pc > 0 || beta != 0.0f,
+                                          false, 0, row_invariant);
+                        first_panel += panels;
+                    }
+                }
             }
         }
     }
