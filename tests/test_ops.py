@@ -472,6 +472,7 @@ CASES = [
     ("lstm_forward", dict(B=33, T=17, I=257, H=130)),  # GEMM blocking, threaded cells
     ("lstm_forward", dict(B=33, T=5, I=512, H=20)),  # K = 512: the largest single k block
     ("lstm_forward", dict(B=2, T=3, I=700, H=20)),  # one tile of rows: K = 700 in one k block
+    ("lstm_forward", dict(B=20, T=5, I=19, H=64)),  # two threads: 10 + 10 rows, row-invariant
     ("lstm_backward", dict(B=1, T=1, I=19, H=37)),
     ("lstm_backward", dict(B=1, T=1, I=19, H=37, final_grads=True)),
     ("lstm_backward", dict(B=3, T=5, I=19, H=37)),
@@ -489,6 +490,10 @@ CASES = [
     # 4H = 80 = 6 x 13 + 2: AVX2's last tile of gate rows has two k-chains, db comes from the
     # product against a column of ones; the other kernels sum the columns.
     ("lstm_backward", dict(B=3, T=5, I=19, H=20)),
+    # Two threads, 6 + 6 rows each computed row-invariant: the k blocks of K = 4H = 544 must
+    # be the whole product's (3 of 184), not those of a single tile of rows (one of 544).
+    ("lstm_backward", dict(B=12, T=4, I=19, H=136, final_grads=True)),
+    ("lstm_backward", dict(B=20, T=5, I=19, H=64)),
     ("output_loss_forward", dict(N=1, H=19, V=2)),
     ("output_loss_forward", dict(N=15, H=37, V=1009)),
     ("output_loss_forward", dict(N=15, H=37, V=1009, scale=20.0)),  # logits to ~190: exp needs the max shift

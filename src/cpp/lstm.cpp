@@ -102,20 +102,36 @@ PackedLstmLayer::PackedLstmLayer(const LstmLayerView& layer, int64_t H)
 
 namespace {
 
-// The rows [b0, b1) of a B-row recurrence that thread id of team computes alone, whole
-// tiles of MR rows; empty (b0 == b1 == 0) when the rows are too few to split so. At least
-// two tiles per thread: every tile then has the rows it has in the whole product and each
-// share more than one tile's rows (k_block's blocking for many rows), so the products'
-// arithmetic, and every bit of the results, are those of the shared product.
+// The rows [b0, b1) of a B-row recurrence that thread id of team computes alone, with
+// all of the packed recurrent weights (weight_floats); empty (b0 == b1 == 0) when the rows
+// are not split. Every bit of the results must be that of the shared product.
+// - At least two tiles of MR rows per thread (W's B = 32): whole tiles, so that every
+//   tile has the rows it has in the whole product and each share more than one tile's
+//   rows (k_block's blocking for many rows).
+// - Fewer (zaremba-small's B = 20 is 3 tiles), when each tile of the whole product runs
+//   one chain of multiply-adds per element (no edge tile of fewer than kOneChainRows
+//   rows): the rows split evenly (10 + 10 rather than 8 + 12), each share computed
+//   row-invariant, i.e. each row with that arithmetic and the k blocks of many rows,
+//   whichever rows are beside it. Only while the weights fit a core's L2 (H <= 256):
+//   each thread reads all of them every step, and at H = 650 (config C) twice 6.8 MB a
+//   step from L3 cost more than the barriers saved.
 struct RowShare {
     int64_t b0 = 0, b1 = 0;
-    RowShare(int64_t B, int64_t team, int64_t id) {
-        const int64_t tiles = ceil_div(B, MR);
-        if (team < 2 || tiles / team < 2) return;
-        b0 = id * tiles / team * MR;
-        b1 = std::min(B, (id + 1) * tiles / team * MR);
+    bool row_invariant = false;
+    RowShare(int64_t B, int64_t team, int64_t id, int64_t weight_floats) {
+        const int64_t tiles = ceil_div(B, MR), edge = B % MR;
+        if (team < 2) return;
+        if (tiles / team >= 2) {
+            b0 = id * tiles / team * MR;
+            b1 = std::min(B, (id + 1) * tiles / team * MR);
+        } else if (B > MR && B >= team && (edge == 0 || edge >= kOneChainRows) && weight_floats <= kL2Floats) {
+            row_invariant = true;
+            b0 = id * B / team;
+            b1 = (id + 1) * B / team;
+        }
     }
     bool active() const { return b1 > b0; }
+    static constexpr int64_t kL2Floats = 1 << 18;  // 1 MB
 };
 
 // A leading dimension for rows of n floats that is not a multiple of 1 KB: the transposed
@@ -167,17 +183,17 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
     };
 #pragma omp parallel if (B * G * H >= kParallelMinWork)
     {
-        const RowShare share(B, num_threads_in_region(), thread_id());
+        const RowShare share(B, num_threads_in_region(), thread_id(), G * H);
         if (share.active()) {
             // Each thread its own rows, whole tiles of the product, through every step: a
             // row's recurrence needs no other row, so the threads never wait for each
             // other (ONNX Runtime's LSTM splits the batch so; two barriers per step cost
             // D's inference more than reading all of W_hh per thread).
-            const auto [b0, b1] = share;
+            const auto [b0, b1, row_invariant] = share;
             for (int64_t t = 0; t < T; ++t) {
                 const float* h_prev = t == 0 ? h0 + b0 * H : hs + (b0 * T + t - 1) * H;
                 sgemm_packed_one_thread(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f,
-                                        gates + (b0 * T + t) * G, T * G);
+                                        gates + (b0 * T + t) * G, T * G, row_invariant);
                 cells(t, b0, b1);
             }
         } else {
@@ -224,15 +240,15 @@ void lstm_backward(const LstmShape& s, const float* dhs, const float* dh_n, cons
     // parallel region for all steps, as in the forward pass.
 #pragma omp parallel if (B * G * H >= kParallelMinWork)
     {
-        const RowShare share(B, num_threads_in_region(), thread_id());
+        const RowShare share(B, num_threads_in_region(), thread_id(), G * H);
         if (share.active()) {
             // Each thread its own rows through every step, as in the forward pass: no
             // barriers, and no thread reads what the other wrote.
-            const auto [b0, b1] = share;
+            const auto [b0, b1, row_invariant] = share;
             for (int64_t t = T - 1; t >= 0; --t) {
                 cells(t, b0, b1);
                 sgemm_packed_one_thread(false, b1 - b0, dpre.get() + (b0 * T + t) * ldp, T * ldp, w_hh_packed, 0.0f,
-                                        dh_next + b0 * H, H);
+                                        dh_next + b0 * H, H, row_invariant);
             }
         } else {
             for (int64_t t = T - 1; t >= 0; --t) {
