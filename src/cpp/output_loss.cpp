@@ -118,16 +118,71 @@ void row_softmax_gradient(float* z, const float* bias, int64_t V, float lse, int
     z[target] -= inv_rows;
 }
 
+// One piece of chunk_gradients' two products: rows [i0, i1) x columns [j0, j1) of dh
+// (dh_item) or of dW.
+struct GradientItem {
+    bool dh_item;
+    int64_t i0, i1, j0, j1;
+    int64_t cost(int64_t k) const { return (i1 - i0) * (j1 - j0) * k; }
+};
+
+// Cuts an m x n product into items: row blocks of at most kGradientBlockRows rows and,
+// when they are fewer than the threads and column_groups allows, column groups (each
+// packs its rows of op(A) again). Boundaries fall on whole tiles (rows at multiples of MR
+// from 0, columns at multiples of NR), so every tile is the one the whole product
+// computes, with the same k blocks (no piece has MR rows or fewer unless the product
+// has): the same bits.
+constexpr int64_t kGradientBlockRows = 16 * MR;
+void add_gradient_items(bool dh_item, int64_t m, int64_t n, int64_t threads, bool column_groups,
+                        std::vector<GradientItem>& items) {
+    const int64_t row_blocks = ceil_div(m, kGradientBlockRows), panels = ceil_div(n, NR);
+    const int64_t groups = column_groups ? std::min(panels, ceil_div(threads, row_blocks)) : 1;
+    auto row = [&](int64_t b) { return b == row_blocks ? m : b * m / row_blocks / MR * MR; };
+    auto column = [&](int64_t g) { return g == groups ? n : g * panels / groups * NR; };
+    for (int64_t b = 0; b < row_blocks; ++b)
+        for (int64_t g = 0; g < groups; ++g)
+            if (row(b) < row(b + 1) && column(g) < column(g + 1))
+                items.push_back({dh_item, row(b), row(b + 1), column(g), column(g + 1)});
+}
+
 // From one chunk's dlogits: dh rows, and dW, db accumulated (overwritten on the first chunk).
+// In builds whose microkernel can read B in place (AVX-512), dh = dlogits W (W packed or
+// in place, see PackedDecoder) and dW (+)= dlogits^T h share one parallel region, their
+// items largest first, taken as they come: one wait for the last item per chunk instead of
+// one per product. h is packed for dW: read in place, its rows H floats apart (1 KB at
+// H = 256) fall in a few L1 sets.
 void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, bool first,
                      const PackedDecoder& decoder, const float* dlogits, float* dh_chunk, float* dweight,
                      float* dbias) {
     const int64_t H = s.hidden, V = s.vocab;
-    if (kBInPlace && decoder.weight.n() == 0)
-        sgemm_b_in_place(rows, H, V, dlogits, V, decoder.w, H, dh_chunk, H);
-    else
+    if (kBInPlace) {
+        const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
+        std::vector<GradientItem> items;
+        const bool w_in_place = decoder.weight.n() == 0;  // else packed (PackedDecoder): whole rows
+        add_gradient_items(true, rows, H, threads, /*column_groups=*/w_in_place, items);
+        add_gradient_items(false, V, H, threads, /*column_groups=*/false, items);
+        const PackedB h_packed(h_chunk, H, /*trans_b=*/false, rows, H);
+        std::stable_sort(items.begin(), items.end(), [&](const GradientItem& a, const GradientItem& b) {
+            return a.cost(a.dh_item ? V : rows) > b.cost(b.dh_item ? V : rows);
+        });
+        const float beta = first ? 0.0f : 1.0f;
+        const int64_t count = int64_t(items.size());
+#pragma omp parallel for if (threads > 1 && count > 1) schedule(dynamic)
+        for (int64_t it = 0; it < count; ++it) {
+            const GradientItem& t = items[it];
+            if (t.dh_item && w_in_place)  // dh = dlogits W
+                sgemm_b_in_place_one_thread(false, t.i1 - t.i0, t.j1 - t.j0, V, dlogits + t.i0 * V, V,
+                                            decoder.w + t.j0, H, 0.0f, dh_chunk + t.i0 * H + t.j0, H);
+            else if (t.dh_item)
+                sgemm_packed_one_thread(false, t.i1 - t.i0, dlogits + t.i0 * V, V, decoder.weight, 0.0f,
+                                        dh_chunk + t.i0 * H, H);
+            else  // dW (+)= dlogits^T h, row blocks of dW
+                sgemm_packed_one_thread(true, t.i1 - t.i0, dlogits + t.i0, V, h_packed, beta, dweight + t.i0 * H, H);
+        }
+    } else {
         sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
-    sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
+        sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
+    }
     if (!dbias) return;
     // Column sums, threads over disjoint column blocks: order fixed per element.
     const int64_t block = 256, blocks = (V + block - 1) / block;
