@@ -250,7 +250,7 @@ py::tuple py_lstm_backward(const py::handle& dhs_obj, const py::handle& dh_n_obj
         dc_n = float_input(dc_n_obj, "dc_n", 2);
         require_shape(dc_n, "dc_n", {B, H});
     }
-    // dh0 doubles as the running dh_{t-1}, written each step by both threads' columns.
+    // dh0 doubles as the running dh_{t-1}, written each step by every thread (its rows or its columns).
     py::array_t<float> dx({B, T, I}), dw_ih({4 * H, I}), dw_hh({4 * H, H}), db({4 * H}),
         dh0 = cache_aligned_floats({B, H}), dc0({B, H});
     {
