@@ -464,13 +464,70 @@ py::array_t<float> py_adaptive_log_prob(const py::handle& h, const py::handle& h
 
 // ------------------------------------------------------------------ optimizer
 
+// x as Python prints a float (repr), for messages: 0.9, -0.5, nan, inf.
+std::string float_str(double x) { return py::repr(py::float_(x)).cast<std::string>(); }
+
+// A hyperparameter that must be a finite number >= 0 (ValueError naming it and its value).
+void require_finite_non_negative(double x, const char* name) {
+    require(x >= 0.0 && std::isfinite(x), std::string(name) + " must be a finite number >= 0, got " + float_str(x));
+}
+
+// torch.optim.Adam's settings for step, checked at the boundary.
 AdamConfig adam_config(int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay) {
     require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
-    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
-    require(eps >= 0.0 && std::isfinite(eps) && weight_decay >= 0.0 && std::isfinite(weight_decay),
-            "eps and weight_decay must be finite numbers >= 0");
+    require_finite_non_negative(lr, "lr");
+    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0,
+            "betas must lie in [0, 1), got beta1 = " + float_str(beta1) + ", beta2 = " + float_str(beta2));
+    require_finite_non_negative(eps, "eps");
+    require_finite_non_negative(weight_decay, "weight_decay");
     return {lr, beta1, beta2, eps, weight_decay};
+}
+
+// torch.optim.SGD's settings for step, checked at the boundary.
+SgdConfig sgd_config(int64_t step, double lr, double momentum, double weight_decay, bool nesterov) {
+    require(step >= 1, "step counts from 1, got " + std::to_string(step));
+    require_finite_non_negative(lr, "lr");
+    require_finite_non_negative(momentum, "momentum");
+    require_finite_non_negative(weight_decay, "weight_decay");
+    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
+    return {lr, momentum, weight_decay, nesterov};
+}
+
+// buf, the momentum buffer of an SGD step on param: with momentum, a writeable float32 array
+// of param's shape; without, not read (an empty array is returned).
+py::array_t<float> momentum_buffer(const py::handle& buf_obj, const py::array_t<float>& param, double momentum) {
+    if (momentum == 0.0) return py::array_t<float>();
+    require(!buf_obj.is_none(), "momentum > 0 needs buf, the momentum buffer");
+    auto buf = inplace_float(buf_obj, "buf");
+    require_shape(buf, "buf", shape_of(param));
+    return buf;
+}
+
+// rows (1-D, strictly increasing ids below limit) of a gradient in row form whose values are (count, E).
+IdArray gradient_rows(const py::handle& rows_obj, int64_t limit) {
+    const IdArray rows = id_input(rows_obj, "rows", limit);
+    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    for (int64_t k = 1; k < int64_t(rows.size()); ++k)
+        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted), but rows[" +
+                                                         std::to_string(k) + "] = " + std::to_string(rows.data()[k]) +
+                                                         " follows " + std::to_string(rows.data()[k - 1]));
+    return rows;
+}
+
+// A gradient in row form of param (V, E): rows (gradient_rows) and grad (len(rows), E), their values.
+struct RowGradient {
+    IdArray rows;
+    FloatArray grad;
+};
+
+RowGradient row_gradient(const py::array_t<float>& param, const py::handle& rows_obj, const py::handle& grad_obj) {
+    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
+    const int64_t V = param.shape(0), E = param.shape(1);
+    require(V > 0 && E > 0, "param must have rows and columns, got shape " + shape_str(shape_of(param)));
+    IdArray rows = gradient_rows(rows_obj, V);
+    FloatArray grad = float_input(grad_obj, "grad", 2);
+    require_shape(grad, "grad", {int64_t(rows.size()), E});
+    return {rows, grad};
 }
 
 void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
@@ -491,38 +548,21 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
                           config);
 }
 
-// rows (1-D, strictly increasing ids below limit) of a gradient in row form whose values are (count, E).
-IdArray gradient_rows(const py::handle& rows_obj, int64_t limit) {
-    const IdArray rows = id_input(rows_obj, "rows", limit);
-    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
-    for (int64_t k = 1; k < int64_t(rows.size()); ++k)
-        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted), but rows[" +
-                                                         std::to_string(k) + "] = " + std::to_string(rows.data()[k]) +
-                                                         " follows " + std::to_string(rows.data()[k - 1]));
-    return rows;
-}
-
 void py_adam_update_rows(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
                          const py::handle& m_obj, const py::handle& v_obj, int64_t step, double lr, double beta1,
                          double beta2, double eps, double weight_decay) {
     auto param = inplace_float(param_obj, "param");
     auto m = inplace_float(m_obj, "m");
     auto v = inplace_float(v_obj, "v");
-    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
-    const int64_t V = param.shape(0), E = param.shape(1);
-    require(V > 0 && E > 0, "param must have rows and columns, got shape " + shape_str(shape_of(param)));
+    const auto [rows, grad] = row_gradient(param, rows_obj, grad_obj);
     require_shape(m, "m", shape_of(param));
     require_shape(v, "v", shape_of(param));
-    const IdArray rows = gradient_rows(rows_obj, V);
-    const int64_t count = rows.size();
-    const FloatArray grad = float_input(grad_obj, "grad", 2);
-    require_shape(grad, "grad", {count, E});
     const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, weight_decay);
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
-    kernels().adam_update_rows(param.mutable_data(), E, V, rows.data(), grad.data(), count, m.mutable_data(),
-                               v.mutable_data(), step, config);
+    kernels().adam_update_rows(param.mutable_data(), param.shape(1), param.shape(0), rows.data(), grad.data(),
+                               rows.size(), m.mutable_data(), v.mutable_data(), step, config);
 }
 
 py::tuple py_embedding_backward_sparse(const py::handle& dout_obj, const py::handle& ids_obj) {
@@ -558,29 +598,23 @@ void py_sparse_adam_update(const py::handle& param_obj, const py::handle& rows_o
     require(m.ndim() == 2 && m.shape(1) == E, "m must be (slots, " + std::to_string(E) + "), got shape " +
                                                   shape_str(shape_of(m)));
     require_shape(v, "v", shape_of(m));
-    const IdArray rows = id_input(rows_obj, "rows", V);
-    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    const IdArray rows = gradient_rows(rows_obj, V);
     const int64_t count = rows.size();
     const IdArray slots = id_input(slots_obj, "slots", m.shape(0));
     require_shape(slots, "slots", {count});
     const FloatArray grad = float_input(grad_obj, "grad", 2);
     require_shape(grad, "grad", {count, E});
-    for (int64_t k = 1; k < count; ++k)  // distinct rows: one writer each, as after coalescing
-        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted)");
     std::vector<char> used(m.shape(0), 0);
     for (int64_t k = 0; k < count; ++k) {
         require(!used[slots.data()[k]], "slots must be distinct: slot " + std::to_string(slots.data()[k]) + " repeats");
         used[slots.data()[k]] = 1;
     }
-    require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
-    require(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, "betas must lie in [0, 1)");
-    require(eps >= 0.0 && std::isfinite(eps), "eps must be a finite number >= 0");
+    const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, 0.0);
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
     kernels().sparse_adam_update(param.mutable_data(), E, rows.data(), grad.data(), count, m.mutable_data(), v.mutable_data(),
-                       slots.data(), step, {lr, beta1, beta2, eps, 0.0});
+                       slots.data(), step, config);
 }
 
 void py_sparse_sgd_update(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
@@ -588,14 +622,11 @@ void py_sparse_sgd_update(const py::handle& param_obj, const py::handle& rows_ob
     auto param = inplace_float(param_obj, "param");
     require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
     const int64_t V = param.shape(0), E = param.shape(1);
-    const IdArray rows = id_input(rows_obj, "rows", V);
-    require(rows.ndim() == 1, "rows must be 1-D, got shape " + shape_str(shape_of(rows)));
+    const IdArray rows = gradient_rows(rows_obj, V);  // distinct rows: one writer each, as after coalescing
     const int64_t count = rows.size();
     const FloatArray grad = float_input(grad_obj, "grad", 2);
     require_shape(grad, "grad", {count, E});
-    for (int64_t k = 1; k < count; ++k)  // distinct rows: one writer each, as after coalescing
-        require(rows.data()[k] > rows.data()[k - 1], "rows must be strictly increasing (distinct ids, sorted)");
-    require(lr >= 0.0 && std::isfinite(lr), "lr must be a finite number >= 0");
+    require_finite_non_negative(lr, "lr");
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
@@ -607,54 +638,27 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
     auto param = inplace_float(param_obj, "param");
     const FloatArray grad = float_input(grad_obj, "grad", param.ndim());
     require_shape(grad, "grad", shape_of(param));
-    require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0, "lr must be >= 0");
-    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
-    require(weight_decay >= 0.0, "weight_decay must be >= 0");
-    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
-    float* buf_data = nullptr;
-    py::array_t<float> buf;
-    if (momentum > 0.0) {
-        require(!buf_obj.is_none(), "momentum > 0 needs buf, the momentum buffer");
-        buf = inplace_float(buf_obj, "buf");
-        require_shape(buf, "buf", shape_of(param));
-        buf_data = buf.mutable_data();
-    }
+    const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
+    auto buf = momentum_buffer(buf_obj, param, momentum);
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
-    kernels().sgd_update(param.mutable_data(), grad.data(), buf_data, param.size(), step, {lr, momentum, weight_decay, nesterov});
+    kernels().sgd_update(param.mutable_data(), grad.data(), momentum > 0.0 ? buf.mutable_data() : nullptr,
+                         param.size(), step, config);
 }
 
 void py_sgd_update_rows(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
                         const py::handle& buf_obj, int64_t step, double lr, double momentum, double weight_decay,
                         bool nesterov) {
     auto param = inplace_float(param_obj, "param");
-    require(param.ndim() == 2, "param must be 2-D (V, E), got shape " + shape_str(shape_of(param)));
-    const int64_t V = param.shape(0), E = param.shape(1);
-    require(V > 0 && E > 0, "param must have rows and columns, got shape " + shape_str(shape_of(param)));
-    const IdArray rows = gradient_rows(rows_obj, V);
-    const int64_t count = rows.size();
-    const FloatArray grad = float_input(grad_obj, "grad", 2);
-    require_shape(grad, "grad", {count, E});
-    require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0, "lr must be >= 0");
-    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
-    require(weight_decay >= 0.0, "weight_decay must be >= 0");
-    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
-    float* buf_data = nullptr;
-    py::array_t<float> buf;
-    if (momentum > 0.0) {
-        require(!buf_obj.is_none(), "momentum > 0 needs buf, the momentum buffer");
-        buf = inplace_float(buf_obj, "buf");
-        require_shape(buf, "buf", shape_of(param));
-        buf_data = buf.mutable_data();
-    }
+    const auto [rows, grad] = row_gradient(param, rows_obj, grad_obj);
+    const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
+    auto buf = momentum_buffer(buf_obj, param, momentum);
     KernelScope scope;
     if (!kernels().all_finite(grad.data(), grad.size()))
         throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
-    kernels().sgd_update_rows(param.mutable_data(), E, V, rows.data(), grad.data(), count, buf_data, step,
-                              {lr, momentum, weight_decay, nesterov});
+    kernels().sgd_update_rows(param.mutable_data(), param.shape(1), param.shape(0), rows.data(), grad.data(),
+                              rows.size(), momentum > 0.0 ? buf.mutable_data() : nullptr, step, config);
 }
 
 // A sequence argument of clipped_sgd_update (TypeError naming it otherwise).
@@ -672,12 +676,8 @@ double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& gra
     const size_t count = params_seq.size();
     require(grads_seq.size() == count, "grads has " + std::to_string(grads_seq.size()) + " arrays but params " +
                                            std::to_string(count));
-    require(step >= 1, "step counts from 1, got " + std::to_string(step));
-    require(lr >= 0.0, "lr must be >= 0");
+    const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
     require(max_norm > 0.0, "max_norm must be positive");
-    require(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
-    require(weight_decay >= 0.0, "weight_decay must be >= 0");
-    require(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
     py::sequence bufs_seq;
     if (momentum > 0.0) {
         require(!bufs_obj.is_none(), "momentum > 0 needs bufs, the momentum buffers");
@@ -723,7 +723,7 @@ double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& gra
         spans.push_back(span);
     }
     KernelScope scope;
-    return kernels().clipped_sgd_update(spans, step, max_norm, {lr, momentum, weight_decay, nesterov});
+    return kernels().clipped_sgd_update(spans, step, max_norm, config);
 }
 
 double py_clip_grad_norm(const py::object& grads_arg, double max_norm) {
