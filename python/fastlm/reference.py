@@ -309,10 +309,18 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     param -= (lr / bias_correction1) * m / denom
 
 
+def _dense(shape, rows, grad):
+    """The dense gradient of a parameter of shape whose row form is (rows, grad): grad in rows,
+    0 elsewhere."""
+    dense = np.zeros(shape, dtype=np.float32)
+    dense[rows] = grad
+    return dense
+
+
 def adam_update_rows(param, rows, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     """adam_update on param (V, E) with its gradient in row form: grad (len(rows), E) holds the
     gradients of rows (distinct, increasing), every other row's gradient is 0."""
-    adam_update(param, _dense(param, rows, grad), m, v, step, lr, beta1, beta2, eps, weight_decay)
+    adam_update(param, _dense(param.shape, rows, grad), m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
 def sgd_update(param, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -361,16 +369,9 @@ def sparse_sgd_update(param, rows, grad, lr):
     param[rows] -= np.asarray(lr, dtype=param.dtype) * grad
 
 
-def _dense(param, rows, grad):
-    """The dense gradient of param whose row form is (rows, grad): grad in rows, 0 elsewhere."""
-    dense = np.zeros(param.shape, dtype=np.float32)
-    dense[rows] = grad
-    return dense
-
-
 def sgd_update_rows(param, rows, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """sgd_update on param (V, E) with its gradient in row form, as adam_update_rows."""
-    sgd_update(param, _dense(param, rows, grad), buf, step, lr, momentum, weight_decay, nesterov)
+    sgd_update(param, _dense(param.shape, rows, grad), buf, step, lr, momentum, weight_decay, nesterov)
 
 
 def clipped_sgd_update(params, grads, bufs, step, lr, max_norm, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -378,7 +379,9 @@ def clipped_sgd_update(params, grads, bufs, step, lr, max_norm, momentum=0.0, we
     momentum buffer per parameter, or None when momentum is 0). grads are left as they were;
     a gradient may be in row form, a tuple (rows, values) as sgd_update_rows takes them.
     Returns the norm before clipping."""
-    grads = [_dense(p, *g) if isinstance(g, tuple) else np.array(g, dtype=np.float32) for p, g in zip(params, grads)]
+    grads = [
+        _dense(p.shape, *g) if isinstance(g, tuple) else np.array(g, dtype=np.float32) for p, g in zip(params, grads)
+    ]
     norm = clip_grad_norm(grads, max_norm)
     for i, (param, grad) in enumerate(zip(params, grads)):
         sgd_update(param, grad, None if bufs is None else bufs[i], step, lr, momentum, weight_decay, nesterov)
@@ -411,11 +414,8 @@ def clip_grad_norm_rows(grads, max_norm):
     for g in grads:
         if isinstance(g, tuple):
             rows, values, vocab_size = g
-            full = np.zeros((vocab_size, values.shape[1]), dtype=values.dtype)
-            full[rows] = values
-            dense.append(full)
-        else:
-            dense.append(g)
+            g = _dense((vocab_size, values.shape[1]), rows, values)
+        dense.append(g)
     norm = clip_grad_norm(dense, max_norm)
     for g, full in zip(grads, dense):
         if isinstance(g, tuple):

@@ -208,28 +208,11 @@ class SGD(_ClipThenStep):
             if isinstance(grads[name], tuple) and self.sparse_embedding:
                 ops.sparse_sgd_update(param, *grads[name], self.lr)
                 continue
+            hyper = (self.buf.get(name), self.step_count, self.lr, self.momentum, self.weight_decay, self.nesterov)
             if isinstance(grads[name], tuple):  # row form
-                ops.sgd_update_rows(
-                    param,
-                    *grads[name],
-                    self.buf.get(name),
-                    self.step_count,
-                    self.lr,
-                    self.momentum,
-                    self.weight_decay,
-                    self.nesterov,
-                )
-                continue
-            ops.sgd_update(
-                param,
-                grads[name],
-                self.buf.get(name),
-                self.step_count,
-                self.lr,
-                self.momentum,
-                self.weight_decay,
-                self.nesterov,
-            )
+                ops.sgd_update_rows(param, *grads[name], *hyper)
+            else:
+                ops.sgd_update(param, grads[name], *hyper)
 
     def clipped_step(self, ops, params, grads, max_norm):
         """clip_grad_norm(grads, max_norm), then step: one op (clipped_sgd_update) unless the

@@ -86,9 +86,9 @@ inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const fl
     };
     int64_t p = 0;
     if constexpr (kChains == 1) {
-        // Eight k steps per iteration: GCC's loop of one step per iteration (a counter and
-        // two pointer updates per 16 FMAs) ran the products with B in place and the
-        // transposed-A products 5-20% slower.
+        // Eight k steps per iteration: GCC's loop of one step per iteration spends a counter
+        // and two pointer updates on every 16 FMAs, which held back the products without a
+        // prefetch (B in place, transposed A); bench/PROFILES.md (gemm) has the figures.
         for (; p + 8 <= kc; p += 8) {
             if (l2_lines > 0) {
                 _mm_prefetch(reinterpret_cast<const char*>(l2_next), _MM_HINT_T1);
