@@ -107,9 +107,11 @@ class Adam(_ClipThenStep):
             self.sparse.step(ops, params["embedding.weight"], *grads["embedding.weight"], self.lr)
 
     def clipped_step(self, ops, params, grads, max_norm):
+        """clip_grad_norm(grads, max_norm), then step; a gradient in row form is clipped by
+        clip_grad_norm_rows (the dense gradient's norm and scaled values, to the bit)."""
         if self.sparse is None and any(isinstance(g, tuple) for g in grads.values()):
-            rows_form = [(*g, len(params[name])) if isinstance(g, tuple) else g for name, g in grads.items()]
-            ops.clip_grad_norm_rows(rows_form, max_norm)
+            row_form = [(*g, len(params[name])) if isinstance(g, tuple) else g for name, g in grads.items()]
+            ops.clip_grad_norm_rows(row_form, max_norm)
             self.step(ops, params, grads)
             return
         super().clipped_step(ops, params, grads, max_norm)

@@ -472,6 +472,13 @@ void require_finite_non_negative(double x, const char* name) {
     require(x >= 0.0 && std::isfinite(x), std::string(name) + " must be a finite number >= 0, got " + float_str(x));
 }
 
+// An optimizer step's gradient must be finite: checked before anything is written, so that a
+// NaN or infinity leaves the parameter and its state as they were. Inside a KernelScope.
+void require_finite_grad(const FloatArray& grad) {
+    if (!kernels().all_finite(grad.data(), grad.size()))
+        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+}
+
 // torch.optim.Adam's settings for step, checked at the boundary.
 AdamConfig adam_config(int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay) {
     require(step >= 1, "step counts from 1, got " + std::to_string(step));
@@ -542,8 +549,7 @@ void py_adam_update(const py::handle& param_obj, const py::handle& grad_obj, con
     require_shape(v, "v", shape_of(param));
     const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, weight_decay);
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().adam_update(param.mutable_data(), grad.data(), m.mutable_data(), v.mutable_data(), param.size(), step,
                           config);
 }
@@ -559,8 +565,7 @@ void py_adam_update_rows(const py::handle& param_obj, const py::handle& rows_obj
     require_shape(v, "v", shape_of(param));
     const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, weight_decay);
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().adam_update_rows(param.mutable_data(), param.shape(1), param.shape(0), rows.data(), grad.data(),
                                rows.size(), m.mutable_data(), v.mutable_data(), step, config);
 }
@@ -611,8 +616,7 @@ void py_sparse_adam_update(const py::handle& param_obj, const py::handle& rows_o
     }
     const AdamConfig config = adam_config(step, lr, beta1, beta2, eps, 0.0);
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().sparse_adam_update(param.mutable_data(), E, rows.data(), grad.data(), count, m.mutable_data(), v.mutable_data(),
                        slots.data(), step, config);
 }
@@ -628,8 +632,7 @@ void py_sparse_sgd_update(const py::handle& param_obj, const py::handle& rows_ob
     require_shape(grad, "grad", {count, E});
     require_finite_non_negative(lr, "lr");
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().sparse_sgd_update(param.mutable_data(), E, rows.data(), grad.data(), count, lr);
 }
 
@@ -641,8 +644,7 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
     const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
     auto buf = momentum_buffer(buf_obj, param, momentum);
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().sgd_update(param.mutable_data(), grad.data(), momentum > 0.0 ? buf.mutable_data() : nullptr,
                          param.size(), step, config);
 }
@@ -655,8 +657,7 @@ void py_sgd_update_rows(const py::handle& param_obj, const py::handle& rows_obj,
     const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
     auto buf = momentum_buffer(buf_obj, param, momentum);
     KernelScope scope;
-    if (!kernels().all_finite(grad.data(), grad.size()))
-        throw std::invalid_argument("grad holds NaN or infinity; the parameter was left unchanged");
+    require_finite_grad(grad);
     kernels().sgd_update_rows(param.mutable_data(), param.shape(1), param.shape(0), rows.data(), grad.data(),
                               rows.size(), momentum > 0.0 ? buf.mutable_data() : nullptr, step, config);
 }
