@@ -1054,8 +1054,13 @@ class TestClippedSgdUpdate:
     def test_row_form_gradient_of_a_1d_parameter(self):
         args = dict(clipped_sgd_args(), step=1, lr=0.1, max_norm=1e-3, momentum=0.9)
         args["grads"][1] = (np.array([0, 2], np.int32), np.ones((2, 1), f32))
-        with pytest.raises(ValueError, match=r"params\[1\] must be 2-D \(V, E\) for a gradient in row form"):
+        with pytest.raises(ValueError, match=r"params\[1\] must be 2-D \(V, E\) with V, E > 0 for a gradient"):
             _core.clipped_sgd_update(**args)
+
+    def test_row_form_gradient_of_an_empty_parameter(self):
+        params, grads = [np.zeros((0, 3), f32)], [(np.zeros(0, np.int32), np.zeros((0, 3), f32))]
+        with pytest.raises(ValueError, match=r"params\[0\] must be 2-D \(V, E\) with V, E > 0 .*got shape \(0, 3\)"):
+            _core.clipped_sgd_update(params, grads, None, step=1, lr=0.1, max_norm=1.0)
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf])
     def test_non_finite_row_form_values_raise_and_change_nothing(self, bad):

@@ -702,7 +702,7 @@ double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& gra
             require(row_form.size() == 2, name + " must be an array or a tuple (rows, values), got a tuple of " +
                                               std::to_string(row_form.size()));
             require(param.ndim() == 2 && param.shape(0) > 0 && param.shape(1) > 0,
-                    "params" + index + " must be 2-D (V, E) for a gradient in row form, got shape " +
+                    "params" + index + " must be 2-D (V, E) with V, E > 0 for a gradient in row form, got shape " +
                         shape_str(shape_of(param)));
             keep_rows.push_back(gradient_rows(row_form[0], param.shape(0)));
             keep_grads.push_back(float_input(row_form[1], (name + "'s values").c_str(), 2));
