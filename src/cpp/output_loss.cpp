@@ -30,8 +30,9 @@ int64_t chunk_rows(const OutputShape& s) {
 // The decoder weight packed for both ways it is multiplied: logits = h W^T, dh = dlogits W.
 // The second reads W as it lies where the microkernel can (kBInPlace) when few chunks use
 // it: packing it was a copy of the whole 8 MB decoder every step (zaremba-small, two
-// chunks), for two uses. From three chunks on, W is packed: dh with W packed ran 1.15-1.2x
-// as fast as in place (adaptive head at W: seven chunks, W 2 MB).
+// chunks), for two uses. From three chunks on, W is packed: the packed product's panel
+// prefetch makes dh faster than reading W in place, which then repays the copy (the adaptive
+// head at W: seven chunks; bench/PROFILES.md).
 struct PackedDecoder {
     const float* w;
     PackedB weight_t, weight;  // weight empty: dh reads W in place
