@@ -164,7 +164,7 @@ double block_sum_of_squares(const float* x, int64_t n) {
     return sum_lanes(lanes);
 }
 
-// global_norm's blocks of kNormBlock floats, summed in a fixed order: the norm does not
+// gradient_norm's blocks of kNormBlock floats, summed in a fixed order: the norm does not
 // depend on the thread count.
 constexpr int64_t kNormBlock = 4096;
 
@@ -185,7 +185,7 @@ double row_block_sum_of_squares(const GradientSpan& g, int64_t start, int64_t en
     return sum_lanes(lanes);
 }
 
-// global_norm's sum of squares over a gradient in row form, added to total: the dense
+// gradient_norm's sum of squares over a gradient in row form, added to total: the dense
 // gradient's blocks that hold none of its rows sum to +0.0 and leave total as it is, so only
 // the blocks its rows touch are summed, in increasing order.
 double add_row_sum_of_squares(double total, const GradientSpan& g) {
@@ -204,7 +204,7 @@ double add_row_sum_of_squares(double total, const GradientSpan& g) {
     return total;
 }
 
-// global_norm's sum of squares over n floats, added to total.
+// gradient_norm's sum of squares over n floats, added to total.
 double add_sum_of_squares(double total, const float* x, int64_t n) {
     const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
     std::vector<double> partial(blocks);
@@ -215,15 +215,13 @@ double add_sum_of_squares(double total, const float* x, int64_t n) {
     return total;
 }
 
-}  // namespace
-
-double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays) {
+// The global norm of gradients of which some may be in row form.
+double gradient_norm(const std::vector<GradientSpan>& grads) {
     double total = 0.0;
-    for (const auto& [x, n] : arrays) total = add_sum_of_squares(total, x, n);
+    for (const GradientSpan& g : grads)
+        total = g.rows ? add_row_sum_of_squares(total, g) : add_sum_of_squares(total, g.data, g.n);
     return std::sqrt(total);
 }
-
-namespace {
 
 // torch's clip_grad_norm_: the global norm (refused when not finite) and the factor the
 // gradients are scaled by when it is below 1.
@@ -238,32 +236,9 @@ Clip clip_of_norm(double norm, double max_norm) {
     return {norm, max_norm / (norm + 1e-6)};
 }
 
-Clip clip_of(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
-    return clip_of_norm(global_norm(arrays), max_norm);
-}
-
 void scale_in_place(float* x, int64_t n, float s) {
 #pragma omp parallel for if (n >= kParallelMinWork) schedule(dynamic, kStreamChunk)
     for (int64_t i = 0; i < n; ++i) x[i] *= s;
-}
-
-}  // namespace
-
-double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
-    const auto [norm, scale] = clip_of(arrays, max_norm);
-    if (scale < 1.0)
-        for (const auto& [x, n] : arrays) scale_in_place(x, n, float(scale));
-    return norm;
-}
-
-namespace {
-
-// global_norm of gradients of which some may be in row form.
-double gradient_norm(const std::vector<GradientSpan>& grads) {
-    double total = 0.0;
-    for (const GradientSpan& g : grads)
-        total = g.rows ? add_row_sum_of_squares(total, g) : add_sum_of_squares(total, g.data, g.n);
-    return std::sqrt(total);
 }
 
 }  // namespace
@@ -273,6 +248,12 @@ double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_no
     if (scale < 1.0)
         for (const GradientSpan& g : grads) scale_in_place(g.data, g.rows ? g.count * g.dim : g.n, float(scale));
     return norm;
+}
+
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm) {
+    std::vector<GradientSpan> dense;
+    for (const auto& [x, n] : arrays) dense.push_back({x, n, nullptr, 0, 0});
+    return clip_grad_norm_rows(dense, max_norm);
 }
 
 double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& c) {

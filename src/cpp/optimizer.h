@@ -38,9 +38,6 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
 void sgd_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
                      int64_t count, float* buf, int64_t step, const SgdConfig& config);
 
-// Global L2 norm of several arrays, accumulated in double.
-double global_norm(const std::vector<std::pair<float*, int64_t>>& arrays);
-
 // Scales every array by max_norm / (norm + 1e-6) when that is below 1, like
 // torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
 double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& arrays, double max_norm);
