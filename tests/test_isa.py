@@ -2,7 +2,8 @@
 
 The op tests compare each set's kernels against the NumPy reference (CI runs
 tests/test_ops.py once per set this machine has, and under qemu without AVX); these
-tests check the choice itself, each in a fresh interpreter.
+tests check the choice itself, each in a fresh interpreter, and that families written to
+give the same bits on every set do.
 """
 
 import os
@@ -70,3 +71,32 @@ def test_a_set_this_cpu_or_build_lacks_fails_the_import():
     assert result.returncode != 0
     assert f"FASTLM_ISA={missing[-1]}:" in result.stderr
     assert "ImportError" in result.stderr
+
+
+ROW_PASS = """
+import sys
+import numpy as np
+import fastlm
+rng = np.random.default_rng(5)
+N, V = 37, 10000 + 45  # the row pass's whole 64-float groups, a 32-float one and the lanes' tail
+h = rng.standard_normal((N, 1)).astype(np.float32)
+w = rng.standard_normal((V, 1)).astype(np.float32) * 4
+b = rng.standard_normal(V).astype(np.float32)
+t = rng.integers(0, V, N).astype(np.int32)
+loss, _, _, dbias = fastlm._core.output_loss_forward_backward(h, w, b, t)
+sys.stdout.write(np.float64(loss).hex() + " " + dbias.tobytes().hex())
+"""
+
+
+def test_training_row_pass_gives_the_same_bits_on_avx2_and_avx512():
+    # With H = 1 every logit is one product, so the loss and the bias gradient are the row
+    # pass's alone: the AVX-512 softmax reductions keep the AVX2 ones' lanes and order.
+    if "avx512" not in INFO["isa_available"]:
+        pytest.skip(f"this build or CPU has no avx512 kernels (available: {INFO['isa_available']})")
+    outputs = []
+    for isa in ("avx2", "avx512"):
+        env = {**os.environ, "FASTLM_ISA": isa}
+        result = subprocess.run([sys.executable, "-c", ROW_PASS], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]

@@ -48,6 +48,19 @@ void chunk_logits(const OutputShape& s, const float* h_chunk, int64_t rows, cons
     sgemm_packed(false, rows, h_chunk, s.hidden, weight_t, 0.0f, z, s.vocab);
 }
 
+constexpr int64_t kFloatsPerLine = 64 / sizeof(float);
+
+// Requests the cache lines of [begin, end) into L1 (kLevel 3) or L2 (kLevel 2).
+template <int kLevel>
+inline void prefetch(const float* begin, const float* end) {
+#if defined(__GNUC__)
+    for (const float* p = begin; p < end; p += kFloatsPerLine) __builtin_prefetch(p, 0, kLevel);
+    if (begin < end) __builtin_prefetch(end - 1, 0, kLevel);  // begin need not start a line
+#else
+    (void)begin, (void)end;
+#endif
+}
+
 // Row reductions in sixteen independent lanes, so that the compiler may vectorise them
 // (a single running max or sum fixes the order and stays scalar without -ffast-math).
 // GCC 12 still leaves the max scalar: the row family's vector span
@@ -74,13 +87,15 @@ float add_bias_row_max(float* z, const float* bias, int64_t V) {
 }
 
 // Sum of exp(z - peak) over a row (kStore: the exps replace z). Float lanes over blocks
-// of 256, each block total added in double: ~1e-8 relative error at any V.
+// of 256, each block total added in double: ~1e-8 relative error at any V. next (or
+// null): a row of V floats to request into L2 meanwhile, a block's worth per block.
 template <bool kStore>
-double row_exp_sum(float* z, int64_t V, float peak) {
+double row_exp_sum(float* z, int64_t V, float peak, const float* next = nullptr) {
     constexpr int64_t kBlock = 256;
     double total = 0.0;
     for (int64_t b = 0; b < V; b += kBlock) {
         const int64_t end = std::min(V, b + kBlock);
+        if (next) prefetch<2>(next + b, next + end);
         float lanes[kLanes] = {};
         int64_t v = row_spans::exp_sum<kStore>(z, b, end, peak, lanes);
         for (; v + kLanes <= end; v += kLanes)
@@ -103,15 +118,22 @@ double row_exp_sum(float* z, int64_t V, float peak) {
 
 // Training's row pass: z <- d loss / d logits = (softmax(z + bias) - onehot(target)) / N
 // with a single exp per logit (kept, then scaled); returns the row's log-sum-exp. A null
-// bias is none (adding zeros would give the same bits).
-float row_softmax_gradient_lse(float* z, const float* bias, int64_t V, int32_t target, float inv_rows) {
+// bias is none (adding zeros would give the same bits). next (or null): the row this
+// thread takes next, requested into L2 during the exps, which leave the memory idle: the
+// first pass over a row otherwise waits for it to come from L3 (the chunk's logits, 8 MB
+// at zaremba-small, outgrow L2).
+float row_softmax_gradient_lse(float* z, const float* bias, int64_t V, int32_t target, float inv_rows,
+                               const float* next) {
     const float peak = bias ? add_bias_row_max(z, bias, V) : row_max(z, V);
-    const double sum = row_exp_sum<true>(z, V, peak);
+    const double sum = row_exp_sum<true>(z, V, peak, next);
     const float scale = static_cast<float>(double(inv_rows) / sum);
     for (int64_t v = 0; v < V; ++v) z[v] *= scale;
     z[target] -= inv_rows;
     return peak + static_cast<float>(std::log(sum));
 }
+
+// Rows a thread takes at a time in training's row pass.
+constexpr int64_t kRowRun = 8;
 
 // z <- d loss / d logits = (softmax(z + bias) - onehot(target)) / N, in place.
 void row_softmax_gradient(float* z, const float* bias, int64_t V, float lse, int32_t target, float inv_rows) {
@@ -146,12 +168,29 @@ void add_gradient_items(bool dh_item, int64_t m, int64_t n, int64_t threads, boo
                 items.push_back({dh_item, row(b), row(b + 1), column(g), column(g + 1)});
 }
 
+// db (+)= the column sums of dlogits over columns [v0, v1), row after row: each element
+// one chain of additions in row order, whoever runs it and however the columns are cut.
+// The rows' pieces come from L3, each a page or more from the last (no hardware prefetch
+// across them): requested kSumAhead rows ahead, they arrive while the sums run.
+constexpr int64_t kSumAhead = 8;
+void bias_column_sums(const float* dlogits, int64_t rows, int64_t V, int64_t v0, int64_t v1, bool first,
+                      float* dbias) {
+    if (first) std::fill(dbias + v0, dbias + v1, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+        if (r + kSumAhead < rows) prefetch<3>(dlogits + (r + kSumAhead) * V + v0, dlogits + (r + kSumAhead) * V + v1);
+        for (int64_t v = v0; v < v1; ++v) dbias[v] += dlogits[r * V + v];
+    }
+}
+
 // From one chunk's dlogits: dh rows, and dW, db accumulated (overwritten on the first chunk).
 // In builds whose microkernel can read B in place (AVX-512), dh = dlogits W (W packed or
 // in place, see PackedDecoder) and dW (+)= dlogits^T h share one parallel region, their
 // items largest first, taken as they come: one wait for the last item per chunk instead of
 // one per product. h is packed for dW: read in place, its rows H floats apart (1 KB at
-// H = 256) fall in a few L1 sets.
+// H = 256) fall in a few L1 sets. Each dW item (all of dW's columns for a block of its
+// rows, i.e. a block of dlogits' columns) first sums those columns of dlogits into db: the
+// block (100 KB at 200 rows) comes from L3 once, and the product's pack of it then reads
+// it from L2, where a pass of its own over the whole chunk read the 8 MB from L3 again.
 void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, bool first,
                      const PackedDecoder& decoder, const float* dlogits, float* dh_chunk, float* dweight,
                      float* dbias) {
@@ -177,23 +216,21 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
             else if (t.dh_item)
                 sgemm_packed_one_thread(false, t.i1 - t.i0, dlogits + t.i0 * V, V, decoder.weight, 0.0f,
                                         dh_chunk + t.i0 * H, H);
-            else  // dW (+)= dlogits^T h, row blocks of dW
+            else {  // dW (+)= dlogits^T h, row blocks of dW (all of its columns: no column groups)
+                if (dbias) bias_column_sums(dlogits, rows, V, t.i0, t.i1, first, dbias);
                 sgemm_packed_one_thread(true, t.i1 - t.i0, dlogits + t.i0, V, h_packed, beta, dweight + t.i0 * H, H);
+            }
         }
-    } else {
-        sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
-        sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
+        return;
     }
+    sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
+    sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
     if (!dbias) return;
     // Column sums, threads over disjoint column blocks: order fixed per element.
     const int64_t block = 256, blocks = (V + block - 1) / block;
 #pragma omp parallel for if (rows * V >= kParallelMinWork && blocks > 1) schedule(dynamic)
-    for (int64_t cb = 0; cb < blocks; ++cb) {
-        const int64_t v0 = cb * block, v1 = std::min(V, v0 + block);
-        if (first) std::fill(dbias + v0, dbias + v1, 0.0f);
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t v = v0; v < v1; ++v) dbias[v] += dlogits[r * V + v];
-    }
+    for (int64_t cb = 0; cb < blocks; ++cb)
+        bias_column_sums(dlogits, rows, V, cb * block, std::min(V, cb * block + block), first, dbias);
 }
 
 // ------------------------------------------------------------------ inference
@@ -503,14 +540,18 @@ double output_loss_forward_backward(const OutputShape& s, const float* h, const 
     for (int64_t r0 = 0; r0 < s.rows; r0 += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, s.rows - r0);
         chunk_logits(s, h + r0 * H, rows, packed.weight_t, dlogits.get());
+        // Runs of kRowRun rows per thread, so that a thread knows its next row (see
+        // row_softmax_gradient_lse).
+        const int64_t runs = ceil_div(rows, kRowRun);
 #pragma omp parallel for if (rows * V >= kParallelMinWork) schedule(dynamic)
-        for (int64_t r = 0; r < rows; ++r) {
-            float* z = dlogits.get() + r * V;
-            const int32_t target = targets[r0 + r];
-            const float target_logit = z[target] + (bias ? bias[target] : 0.0f);
-            const float lse = row_softmax_gradient_lse(z, bias, V, target, inv_rows);
-            row_loss[r] = static_cast<double>(lse) - static_cast<double>(target_logit);
-        }
+        for (int64_t run = 0; run < runs; ++run)
+            for (int64_t r = run * kRowRun, end = std::min(rows, r + kRowRun); r < end; ++r) {
+                float* z = dlogits.get() + r * V;
+                const int32_t target = targets[r0 + r];
+                const float target_logit = z[target] + (bias ? bias[target] : 0.0f);
+                const float lse = row_softmax_gradient_lse(z, bias, V, target, inv_rows, r + 1 < end ? z + V : nullptr);
+                row_loss[r] = static_cast<double>(lse) - static_cast<double>(target_logit);
+            }
         for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
         chunk_gradients(s, h + r0 * H, rows, r0 == 0, packed, dlogits.get(), dh + r0 * H, dweight, dbias);
     }

@@ -67,6 +67,8 @@ inline int64_t lstm_state(int64_t H, const float* i, const float* f, const float
     return j;
 }
 
+#if !defined(FASTLM_ROW_SPANS_SOFTMAX_ELSEWHERE)  // the AVX-512 set has its own (kernels/avx512/row_spans.h)
+
 // z <- z + bias over a prefix of the row, its maximum folded into lanes[0..8).
 // GCC leaves the caller's lane loop scalar for the maximum. max_ps(x, m) is exactly
 // x > m ? x : m, NaN included (a NaN x never enters).
@@ -118,6 +120,8 @@ inline int64_t exp_sum(float* z, int64_t begin, int64_t end, float peak, float* 
     _mm256_storeu_ps(lanes, _mm256_add_ps(sum8, _mm256_loadu_ps(lanes)));
     return v;
 }
+
+#endif  // FASTLM_ROW_SPANS_SOFTMAX_ELSEWHERE
 
 }  // namespace row_spans
 }  // namespace FASTLM_ISA
