@@ -9,7 +9,7 @@ namespace fastlm {
 namespace FASTLM_ISA {
 
 void embedding_forward(const float* weight, int64_t dim, const int32_t* ids, int64_t n, float* out) {
-#pragma omp parallel for if (n * dim >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (n * dim >= kParallelMinCopy) schedule(static)
     for (int64_t p = 0; p < n; ++p) std::memcpy(out + p * dim, weight + int64_t(ids[p]) * dim, sizeof(float) * dim);
 }
 

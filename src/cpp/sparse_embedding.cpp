@@ -20,7 +20,7 @@ int64_t embedding_backward_sparse(const float* dout, int64_t dim, const int32_t*
         if (k == 0 || ids[order[k]] != ids[order[k - 1]]) first.push_back(k);
     const int64_t count = int64_t(first.size());
     first.push_back(n);
-#pragma omp parallel for if (n * dim >= kParallelMinWork) schedule(static)
+#pragma omp parallel for if (n * dim >= kParallelMinCopy) schedule(static)
     for (int64_t r = 0; r < count; ++r) {
         rows[r] = ids[order[first[r]]];
         float* dst = grad + r * dim;
