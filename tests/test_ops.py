@@ -973,6 +973,36 @@ def test_fma_peak_is_a_measured_rate(restore_threads):
         assert np.isfinite(rate) and 0 < rate < 10_000 * threads
 
 
+@pytest.mark.parametrize("H, V", [(40, 500), (200, 1009)])
+def test_a_rows_output_statistics_do_not_depend_on_the_rows_around_it(H, V, restore_threads):
+    """output_loss_forward's log-sum-exp and arg-max and output_scores' results of a row are
+    the same bits whatever the number of rows in the call: the vector kernels reduce a
+    block's rows 16 or 32 at a time and its last 1-31 rows in masked vectors (AVX-512) or a
+    scalar loop, and both must give each row the bits of the full-width lanes. Rows holding
+    a NaN and an infinity, ties of the maximum; 1 and 2 threads."""
+    rng = np.random.default_rng(H + V)
+    N = 700
+    h, w = normal(rng, (N, H)), normal(rng, (V, H), 0.3)
+    w[7] = w[8]  # tied logits: the first index wins
+    b, t = normal(rng, (V,)), rng.integers(0, V, N).astype(np.int32)
+    h[3, 0], h[600, 1] = np.nan, np.inf
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        _, lse, predictions = _core.output_loss_forward(h, w, b, t)
+        scores = _core.output_scores(h, w, b, t)
+        for n in (1, 5, 16, 17, 31, 33, 47, 64, 95, 161, 188, 257, 699):
+            _, lse_n, predictions_n = _core.output_loss_forward(h[:n], w, b, t[:n])
+            assert np.array_equal(float_bits(lse_n), float_bits(lse[:n])), f"{threads} threads, {n} rows: lse"
+            assert np.array_equal(predictions_n, predictions[:n]), f"{threads} threads, {n} rows: predictions"
+            for name, a, full in zip(
+                ("log_probs", "predictions", "ranks"), _core.output_scores(h[:n], w, b, t[:n]), scores
+            ):
+                a, full = np.asarray(a), np.asarray(full)[:n]
+                if a.dtype == np.float32:
+                    a, full = float_bits(a), float_bits(full)
+                assert np.array_equal(a, full), f"{threads} threads, {n} rows: {name}"
+
+
 def test_every_op_has_a_twin_and_a_case():
     ops = {op for op, _ in CASES}
     assert ops == set(OPS)

@@ -4,7 +4,7 @@
 // same arithmetic, does them all.
 //
 //   rows<kRank>(z, ldz, m, n, v0, bias, threshold, max, sum, arg, above)
-//       for the rows r of a prefix of [0, n), a multiple of 32, of the block z[v * ldz + r]
+//       for the rows r of a prefix of [0, n) (a multiple of 32, or all n), of the block z[v * ldz + r]
 //       (m vocabulary entries from v0): with x = z + bias[v0 + v], max[r] the largest x,
 //       arg[r] its first index (v0 + v), sum[r] the sum of exp(x - max[r]) in the order of
 //       v; with kRank, above[r] how many x exceed threshold[r] (the target's logit).
