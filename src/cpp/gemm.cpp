@@ -155,14 +155,27 @@ int64_t one_chain_panels(int64_t mr, int64_t kc, const float* a_panel, const Pac
     }
 }
 
+// A full tile and the e < kOneChainRows rows after it (a_panel: the tile's, the next at
+// a_panel + MR * kc) by the family's tall tile, when it has one (kTallTile).
+template <int E = 1>
+void tall_tile([[maybe_unused]] int64_t e, [[maybe_unused]] int64_t nr, [[maybe_unused]] int64_t kc,
+               [[maybe_unused]] const float* a_panel, [[maybe_unused]] const float* b_panel,
+               [[maybe_unused]] float* c_tile, [[maybe_unused]] int64_t ldc, [[maybe_unused]] bool accumulate) {
+    if constexpr (kTallTile && E < kOneChainRows) {
+        if (e > E) return tall_tile<E + 1>(e, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
+        micro_kernel_tall<E>(nr, kc, a_panel, a_panel + MR * kc, b_panel, c_tile, ldc, accumulate);
+    }
+}
+
 // One thread's share: rows [i0, i0+mc) x panels [jp0, jp1) of C, for the k-range [pc, pc+kc)
 // whose A block is already packed. whole_tiles: the last tile's padding rows are computed
 // too (C has room for them), so every row runs the same full-tile instructions. C's first
 // column is that of panel c_panel0. row_invariant: an edge tile's rows are computed with
 // the full tile's arithmetic (one chain per element), so that no row's result depends on
 // how many rows the product has (the few-row kernels run several k-chains): kernels of
-// kOneChainRows rows or more as they are, fewer rows by micro_kernel_one_chain over
-// groups of panels, or as kOneChainRows rows into a buffer on the panels left over.
+// kOneChainRows rows or more as they are, fewer rows with the full tile before them by the
+// family's tall tile (kTallTile), else by micro_kernel_one_chain over groups of panels, or
+// as kOneChainRows rows into a buffer on the panels left over.
 void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB& b, int64_t pc,
                    int64_t jp0, int64_t jp1, float* c_rows, int64_t ldc, bool accumulate,
                    bool whole_tiles = false, int64_t c_panel0 = 0, bool row_invariant = false) {
@@ -171,7 +184,8 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
     const int64_t n = b.n();
     const int64_t edge_rows = row_invariant && !whole_tiles ? mc % MR : 0;
     const int64_t few_at = edge_rows > 0 && edge_rows < kOneChainRows ? mc - edge_rows : mc;  // that tile's row
-    const int64_t few_done = few_at < mc ? one_chain_panels(edge_rows, kc, a_packed + few_at * kc, b, pc, jp0, jp1,
+    const bool tall = kTallTile && few_at < mc && few_at >= MR;  // the tile before them takes the few rows
+    const int64_t few_done = few_at < mc && !tall ? one_chain_panels(edge_rows, kc, a_packed + few_at * kc, b, pc, jp0, jp1,
                                                             c_rows + few_at * ldc + (jp0 - c_panel0) * NR, ldc,
                                                             accumulate)
                                          : jp0;  // panels of the few-row tile done
@@ -188,12 +202,17 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
             const int64_t mr = whole_tiles ? MR : std::min(MR, mc - ip);
             const float* l2_next = b_next ? b_next + (ip / MR) * lines_per_tile * kFloatsPerLine : nullptr;
             const int64_t l2_lines = b_next ? lines_per_tile : 0;
-            if (ip == few_at && jp < few_done) {
+            if (ip == few_at && (tall || jp < few_done)) {
                 for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
                 continue;
             }
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
+            if (tall && ip + MR == few_at) {
+                for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
+                tall_tile(edge_rows, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
+                continue;
+            }
             if (!row_invariant || mr >= kOneChainRows) {  // an edge panel's columns by the masked kernels
                 micro_kernel_rows(mr, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate, l2_next, l2_lines);
                 continue;

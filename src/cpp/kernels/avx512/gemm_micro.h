@@ -12,6 +12,10 @@
 //   micro_kernel_one_chain<R>(kc, a, b, panel_stride, c, ldc, accumulate)  for R <
 //                          kOneChainRows: R rows of kOneChainPanels<R> full panels (panel q
 //                          at b + q * panel_stride) with the full tile's arithmetic;
+//   kTallTile              whether the family has micro_kernel_tall<E>(nr, kc, a, a_edge,
+//                          b, c, ldc, accumulate): a full tile and E < kOneChainRows rows
+//                          after it in one pass, each row with the full tile's arithmetic
+//                          (only this family so far; the others run two tiles);
 //   micro_kernel_edge<R>(nr, ...)  the same for the first nr < NR columns of the b-panel
 //                          (an edge panel, zero-padded to NR), writing only those of c;
 //   kBInPlace              whether the family has micro_kernel_b_in_place<R>(nr, kc, a,
@@ -202,6 +206,77 @@ inline void micro_kernel_one_chain(int64_t kc, const float* __restrict a, const 
                 if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr));
                 _mm512_storeu_ps(cr, cv);
             }
+}
+
+// A full tile and the E < kOneChainRows rows after it in one pass over the b-panel: a
+// row-invariant product of MR + E rows (zaremba-small's per-step LSTM products, B = 20
+// as 10 + 10 rows per thread) otherwise streams each panel from L2 twice, the second time
+// for E rows by micro_kernel_one_chain at a third of the tile's FMAs per load. Every
+// element is the full tile's one chain (from zero in the order of k, then + c), so the
+// rows are bit-equal to micro_kernel<MR> and micro_kernel_one_chain<E>. a: the tile's
+// a-panel, a_edge: the next (E rows of MR, kc x MR); nr < NR: an edge panel's columns,
+// masked as micro_kernel_edge. (8 + 2) x 2 accumulators, 2 B vectors and a broadcast fit
+// the 32 registers.
+constexpr bool kTallTile = true;
+
+template <int E, int kVecs, bool kMasked>
+inline void micro_kernel_tall_vectors(int64_t kc, const float* __restrict a, const float* __restrict a_edge,
+                                      const float* __restrict b, float* __restrict c, int64_t ldc, bool accumulate,
+                                      __mmask16 last_mask) {
+    constexpr int R = MR + E;
+    __m512 acc[R][kVecs];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
+    const auto k_step = [&](const float* ap, const float* ep, const float* bp) __attribute__((always_inline)) {
+        __m512 bv[kVecs];
+        for (int v = 0; v < kVecs; ++v)
+            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, bp + 16 * v)
+                                              : _mm512_loadu_ps(bp + 16 * v);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            const __m512 ar = _mm512_set1_ps(r < MR ? ap[r] : ep[r - MR]);
+            for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    };
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) k_step(a + i * MR, a_edge + i * MR, b + i * NR);
+        a += 4 * MR;
+        a_edge += 4 * MR;
+        b += 4 * NR;
+    }
+    for (; p < kc; ++p) {
+        k_step(a, a_edge, b);
+        a += MR;
+        a_edge += MR;
+        b += NR;
+    }
+    for (int r = 0; r < R; ++r) {
+        float* cr = c + r * ldc;
+        for (int v = 0; v < kVecs; ++v) {
+            __m512 cv = acc[r][v];
+            if (kMasked && v == kVecs - 1) {
+                if (accumulate) cv = _mm512_add_ps(cv, _mm512_maskz_loadu_ps(last_mask, cr + 16 * v));
+                _mm512_mask_storeu_ps(cr + 16 * v, last_mask, cv);
+            } else {
+                if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr + 16 * v));
+                _mm512_storeu_ps(cr + 16 * v, cv);
+            }
+        }
+    }
+}
+
+template <int E>
+inline void micro_kernel_tall(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict a_edge,
+                              const float* __restrict b, float* __restrict c, int64_t ldc, bool accumulate) {
+    static_assert(E >= 1 && E < kOneChainRows);
+    if (nr == NR)
+        micro_kernel_tall_vectors<E, 2, false>(kc, a, a_edge, b, c, ldc, accumulate, 0xFFFF);
+    else if (nr <= 16)
+        micro_kernel_tall_vectors<E, 1, true>(kc, a, a_edge, b, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+    else
+        micro_kernel_tall_vectors<E, 2, true>(kc, a, a_edge, b, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
 }
 
 // Eight k steps of eight rows: the 8 x 8 block transposed in registers, so that each k

@@ -16,6 +16,13 @@ template <int R>
 void micro_kernel_b_in_place(int64_t nr, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                              int64_t ldc, bool accumulate) = delete;  // never called: kBInPlace is false
 
+// No tall tile (see the AVX-512 family): a row-invariant product's full tile and the edge
+// rows after it run as two tiles.
+constexpr bool kTallTile = false;
+template <int E>
+void micro_kernel_tall(int64_t nr, int64_t kc, const float* a, const float* a_edge, const float* b, float* c,
+                       int64_t ldc, bool accumulate) = delete;  // never called: kTallTile is false
+
 template <int R>
 inline void micro_kernel_edge(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
                               float* __restrict c, int64_t ldc, bool accumulate) {
