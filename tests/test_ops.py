@@ -473,6 +473,9 @@ CASES = [
     ("lstm_forward", dict(B=33, T=5, I=512, H=20)),  # K = 512: the largest single k block
     ("lstm_forward", dict(B=2, T=3, I=700, H=20)),  # one tile of rows: K = 700 in one k block
     ("lstm_forward", dict(B=20, T=5, I=19, H=64)),  # two threads: 10 + 10 rows, row-invariant
+    # W_hh (4H x H = 1056 x 264) past RowShare's L2 bound, B = 32 split by rows on two threads:
+    # each thread's panels first to last and last to first at alternate steps.
+    ("lstm_forward", dict(B=32, T=4, I=19, H=264)),
     ("lstm_backward", dict(B=1, T=1, I=19, H=37)),
     ("lstm_backward", dict(B=1, T=1, I=19, H=37, final_grads=True)),
     ("lstm_backward", dict(B=3, T=5, I=19, H=37)),

@@ -330,8 +330,12 @@ int64_t k_block(int64_t m, int64_t k) {
 // them. The targets' panels are numbered one after another and the items share them out,
 // so each packed block of op(A) serves every target.
 // row_invariant: see compute_block; the k blocking is then that of a many-row product.
+// sweep: each panel through all its k blocks before the next (chunks of one panel), and
+// with kBackward the panels last to first: see sgemm_packed_one_thread_sweep.
+enum class Sweep { kDefault, kForward, kBackward };
 void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a, int64_t m, const float* a,
-               int64_t lda, const ProductTarget* targets, int64_t count, float beta, bool row_invariant = false) {
+               int64_t lda, const ProductTarget* targets, int64_t count, float beta, bool row_invariant = false,
+               Sweep sweep = Sweep::kDefault) {
     const int64_t k = targets[0].b.k(), kb = k_block(row_invariant ? std::max(m, MR + 1) : m, k);
     for (int64_t item = first; item < last; ++item) {
         const auto [i0, mc, jp0, jp1] = items.block(item, m);
@@ -341,13 +345,16 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
         // kAGroupFloats. One k block: the whole item at once.
         const int64_t mc_tiles = ceil_div(mc, MR) * MR;
         const int64_t group = k <= kb ? k : std::max<int64_t>(1, kAGroupFloats / (mc_tiles * kb)) * kb;
-        const int64_t chunks = k <= kb ? 1 : ceil_div((jp1 - jp0) * mc_tiles * NR, kCChunkFloats);
+        const int64_t chunks = sweep != Sweep::kDefault ? jp1 - jp0
+                               : k <= kb                ? 1
+                                                        : ceil_div((jp1 - jp0) * mc_tiles * NR, kCChunkFloats);
         const int64_t chunk = ceil_div(jp1 - jp0, chunks);
         for (int64_t pg = 0; pg < k; pg += group) {
             const int64_t pg_end = std::min(k, pg + group);
             for (int64_t pc = pg; pc < pg_end; pc += kb)
                 pack_a(a, lda, trans_a, i0, mc, pc, std::min(kb, k - pc), a_packed + (pc - pg) * mc_tiles);
-            for (int64_t c0 = jp0; c0 < jp1; c0 += chunk) {
+            for (int64_t q = 0; q < chunks; ++q) {
+                const int64_t c0 = jp0 + (sweep == Sweep::kBackward ? chunks - 1 - q : q) * chunk;
                 const int64_t c1 = std::min(jp1, c0 + chunk);
                 for (int64_t pc = pg; pc < pg_end; pc += kb) {
                     const int64_t kc = std::min(kb, k - pc);
@@ -439,6 +446,15 @@ void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t ld
     const GemmItems items(m, b.n(), 1, /*shared_as_they_come=*/false);
     const ProductTarget target{b, c, ldc};
     run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta, row_invariant);
+}
+
+void sgemm_packed_one_thread_sweep(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b, float beta,
+                                   float* c, int64_t ldc, bool backward) {
+    if (degenerate_product(m, b.n(), b.k(), beta, c, ldc)) return;
+    const GemmItems items(m, b.n(), 1, /*shared_as_they_come=*/false);
+    const ProductTarget target{b, c, ldc};
+    run_items(items, 0, items.count, trans_a, m, a, lda, &target, 1, beta, /*row_invariant=*/false,
+              backward ? Sweep::kBackward : Sweep::kForward);
 }
 
 int64_t sgemm_k_block(int64_t m, int64_t k) { return k_block(m, k); }

@@ -80,6 +80,14 @@ void sgemm_packed_team_share(bool trans_a, int64_t m, const float* a, int64_t ld
 void sgemm_packed_one_thread(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
                              float beta, float* c, int64_t ldc, bool row_invariant = false);
 
+// sgemm_packed_one_thread's product, bit-equal to it, with its panels in a given order:
+// each through all its k blocks before the next, last to first when backward. A
+// recurrence whose weights outgrow L2 alternates the direction step by step, so that each
+// step starts on the panels the step before left in L2 (swept in one direction, each
+// panel would be evicted just before its next use).
+void sgemm_packed_one_thread_sweep(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b, float beta,
+                                   float* c, int64_t ldc, bool backward);
+
 // C (M x N) = A (M x K) B (K x N), both row-major and untransposed, with B read where it
 // lies where the instruction set's microkernel can (kBInPlace in kernels/<isa>/
 // gemm_micro.h), else packed first: bit-equal to sgemm either way. For a B used once per

@@ -173,6 +173,11 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
     std::vector<float> bias(G);
     for (int64_t j = 0; j < G; ++j) bias[j] = b_ih[j] + b_hh[j];
     const PackedB w_hh_t(w_hh, H, /*trans_b=*/true, H, G);  // packed once, used T times
+    // A thread with rows of its own reads all of W_hh every step: beyond RowShare's L2 bound
+    // (D's H = 512: 4 MB, with 2 MB of L2 a core) its panels go first to last at even steps
+    // and last to first at odd ones, so that each step starts on those the step before left
+    // in L2 (sgemm_packed_one_thread_sweep). Row-invariant shares stay within the bound.
+    const bool sweep = G * H > RowShare::kL2Floats;
     // Row b of step t lives at gates[(b*T + t) * G]: stride T*G between batch rows.
     const auto cells = [&](int64_t t, int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -192,8 +197,14 @@ void lstm_forward(const LstmShape& s, const float* x, const float* w_ih, const f
             const auto [b0, b1, row_invariant] = share;
             for (int64_t t = 0; t < T; ++t) {
                 const float* h_prev = t == 0 ? h0 + b0 * H : hs + (b0 * T + t - 1) * H;
-                sgemm_packed_one_thread(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f,
-                                        gates + (b0 * T + t) * G, T * G, row_invariant);
+                float* c = gates + (b0 * T + t) * G;
+                if (sweep) {
+                    sgemm_packed_one_thread_sweep(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f, c, T * G,
+                                                  t % 2 == 1);
+                } else {
+                    sgemm_packed_one_thread(false, b1 - b0, h_prev, t == 0 ? H : T * H, w_hh_t, 1.0f, c, T * G,
+                                            row_invariant);
+                }
                 cells(t, b0, b1);
             }
         } else {
