@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <vector>
 
 #include "activations.h"
@@ -248,14 +247,11 @@ constexpr int64_t kRowBlock = 256;         // a multiple of every build's panel 
 constexpr int64_t kForwardStatistics = int64_t(1) << 19;  // block x row entries per chunk
 
 // Per (vocabulary block, row): entry vb * rows + r. above (with ranks only): how many of
-// the block's logits exceed the row's threshold, the target's logit. Left uninitialised:
-// every entry is written by its block before the merge reads it (zeroing them, 0.9 MB in
-// ONNX config B's forward, was a serial pass per call).
+// the block's logits exceed the row's threshold, the target's logit.
 struct BlockStatistics {
-    std::unique_ptr<float[]> max, sum;
-    std::unique_ptr<int32_t[]> arg, above;
-    BlockStatistics(int64_t n, bool ranks)
-        : max(new float[n]), sum(new float[n]), arg(new int32_t[n]), above(ranks ? new int32_t[n] : nullptr) {}
+    std::vector<float> max, sum;
+    std::vector<int32_t> arg, above;
+    BlockStatistics(int64_t n, bool ranks) : max(n), sum(n), arg(n), above(ranks ? n : 0) {}
 };
 
 // One block of logits^T: z[v * ldz + r] for v < m entries (from v0) and r < n rows. With
