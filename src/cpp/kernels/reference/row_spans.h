@@ -8,8 +8,11 @@
 //   add_bias_max(z, bias, V, lanes)                 z += bias, max folded into lanes[0..8)
 //   row_max(z, V, lanes)                            max of z folded into lanes[0..8)
 //   exp_sum<kStore>(z, begin, end, peak, lanes)     exp(z - peak) summed into lanes[0..8)
-// Results must equal the scalar loop's to the last bit where the scalar loop's order is
-// the vector one (elementwise functions), and stay within rounding elsewhere (sums).
+// Results stay within rounding of the scalar loop's, not to the bit: the AVX2 family's
+// sigmoid and tanh divide by a reciprocal estimate and a Newton step (~1 ulp), and the
+// sums fold in lanes. Determinism comes from each element's path (span or scalar tail)
+// being fixed by the row length alone, so code that regroups elements (other row lengths
+// per call) changes bits.
 #pragma once
 
 #include <cstdint>
