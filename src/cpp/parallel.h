@@ -52,10 +52,10 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int64_t kParallelMinWork = 1 << 15;
 
 // Below this many floats copied or added, a pass over rows runs on the calling thread.
-// Such a pass is bound by memory at tens of GB/s (zaremba-small's embedding lookup, 400
-// rows of 200 floats: 11 us on one thread), where a parallel region's start costs waking
-// the other threads, asleep again after the Python code between two ops: the lookup and
-// the sparse embedding gradient took 0.14 and 0.22 ms a step on two threads (quiet).
+// Such a pass is bound by memory and over in microseconds (zaremba-small's embedding
+// lookup: 400 rows of 200 floats), where a parallel region's start costs waking the other
+// threads, asleep again after the Python code between two ops (figures: 25d20e7's commit
+// message).
 constexpr int64_t kParallelMinCopy = 1 << 20;
 
 // The optimizer's passes over every parameter (Adam, its finiteness check, the gradient
