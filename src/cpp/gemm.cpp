@@ -9,6 +9,7 @@
 #include "allocator.h"
 #include "kernels/kernel_set.h"
 #include "parallel.h"
+#include "prefetch.h"
 
 namespace fastlm {
 namespace FASTLM_ISA {
@@ -20,16 +21,6 @@ namespace {
 constexpr int64_t KC = 256;
 constexpr int64_t kMaxSingleKBlock = 2 * KC;  // see k_block
 constexpr int64_t MC = MR * 16;
-
-constexpr int64_t kFloatsPerLine = 64 / sizeof(float);  // one cache line
-
-inline void prefetch_l2(const float* p) {
-#if defined(__GNUC__)
-    __builtin_prefetch(p, 0, 2);
-#else
-    (void)p;
-#endif
-}
 
 // ------------------------------------------------------------------ microkernels
 
@@ -44,7 +35,7 @@ inline void micro_kernel_rows(int64_t mr, int64_t nr, int64_t kc, const float* a
         if (mr < R) return micro_kernel_rows<R - 1>(mr, nr, kc, a, b, c, ldc, accumulate, l2_next, l2_lines);
     }
     if (nr < NR) {
-        for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
+        for (int64_t l = 0; l < l2_lines; ++l) prefetch_line<2>(l2_next + l * kFloatsPerLine);
         micro_kernel_edge<R>(nr, kc, a, b, c, ldc, accumulate);
     } else {
         micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines);
@@ -203,13 +194,13 @@ void compute_block(int64_t mc, int64_t kc, const float* a_packed, const PackedB&
             const float* l2_next = b_next ? b_next + (ip / MR) * lines_per_tile * kFloatsPerLine : nullptr;
             const int64_t l2_lines = b_next ? lines_per_tile : 0;
             if (ip == few_at && (tall || jp < few_done)) {
-                for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
+                for (int64_t l = 0; l < l2_lines; ++l) prefetch_line<2>(l2_next + l * kFloatsPerLine);
                 continue;
             }
             float* c_tile = c_rows + ip * ldc + (jp - c_panel0) * NR;
             const float* a_panel = a_packed + ip * kc;
             if (tall && ip + MR == few_at) {
-                for (int64_t l = 0; l < l2_lines; ++l) prefetch_l2(l2_next + l * kFloatsPerLine);
+                for (int64_t l = 0; l < l2_lines; ++l) prefetch_line<2>(l2_next + l * kFloatsPerLine);
                 tall_tile(edge_rows, nr, kc, a_panel, b_panel, c_tile, ldc, accumulate);
                 continue;
             }

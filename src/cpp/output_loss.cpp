@@ -9,6 +9,7 @@
 #include "gemm.h"
 #include "kernels/kernel_set.h"
 #include "parallel.h"
+#include "prefetch.h"
 #include "sampling.h"
 
 namespace fastlm {
@@ -48,19 +49,6 @@ void chunk_logits(const OutputShape& s, const float* h_chunk, int64_t rows, cons
     sgemm_packed(false, rows, h_chunk, s.hidden, weight_t, 0.0f, z, s.vocab);
 }
 
-constexpr int64_t kFloatsPerLine = 64 / sizeof(float);
-
-// Requests the cache lines of [begin, end) into L1 (kLevel 3) or L2 (kLevel 2).
-template <int kLevel>
-inline void prefetch(const float* begin, const float* end) {
-#if defined(__GNUC__)
-    for (const float* p = begin; p < end; p += kFloatsPerLine) __builtin_prefetch(p, 0, kLevel);
-    if (begin < end) __builtin_prefetch(end - 1, 0, kLevel);  // begin need not start a line
-#else
-    (void)begin, (void)end;
-#endif
-}
-
 // Row reductions in sixteen independent lanes, so that the compiler may vectorise them
 // (a single running max or sum fixes the order and stays scalar without -ffast-math).
 // GCC 12 still leaves the max scalar: the row family's vector span
@@ -95,7 +83,7 @@ double row_exp_sum(float* z, int64_t V, float peak, const float* next = nullptr)
     double total = 0.0;
     for (int64_t b = 0; b < V; b += kBlock) {
         const int64_t end = std::min(V, b + kBlock);
-        if (next) prefetch<2>(next + b, next + end);
+        if (next) prefetch_range<2>(next + b, next + end);
         float lanes[kLanes] = {};
         int64_t v = row_spans::exp_sum<kStore>(z, b, end, peak, lanes);
         for (; v + kLanes <= end; v += kLanes)
@@ -177,7 +165,7 @@ void bias_column_sums(const float* dlogits, int64_t rows, int64_t V, int64_t v0,
                       float* dbias) {
     if (first) std::fill(dbias + v0, dbias + v1, 0.0f);
     for (int64_t r = 0; r < rows; ++r) {
-        if (r + kSumAhead < rows) prefetch<3>(dlogits + (r + kSumAhead) * V + v0, dlogits + (r + kSumAhead) * V + v1);
+        if (r + kSumAhead < rows) prefetch_range<3>(dlogits + (r + kSumAhead) * V + v0, dlogits + (r + kSumAhead) * V + v1);
         for (int64_t v = v0; v < v1; ++v) dbias[v] += dlogits[r * V + v];
     }
 }

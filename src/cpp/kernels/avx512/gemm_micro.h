@@ -49,6 +49,18 @@ constexpr int64_t kOneChainRows = 3;
 // matrix (the output layer's dh = dlogits W) need not pack it.
 constexpr bool kBInPlace = true;
 
+// One 16-column vector of a C row from its accumulator: + c when accumulating, then
+// stored; masked, only the lanes of mask are read and written (an edge panel's columns).
+inline void store_c_vector(float* c, __m512 sum, bool masked, __mmask16 mask, bool accumulate) {
+    if (masked) {
+        if (accumulate) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, c));
+        _mm512_mask_storeu_ps(c, mask, sum);
+    } else {
+        if (accumulate) sum = _mm512_add_ps(sum, _mm512_loadu_ps(c));
+        _mm512_storeu_ps(c, sum);
+    }
+}
+
 // R <= MR rows of the tile and kVecs of its two 16-column vectors; the a-panel keeps its
 // MR stride, B rows are ldb apart (NR in a packed panel). Few rows leave the FMA latency
 // exposed, so R <= 2 (matrix-vector products in generation) runs two independent k-chains.
@@ -117,21 +129,12 @@ inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const fl
         b += ldb;
     }
     for (; l2_lines > 0; --l2_lines, l2_next += 16) _mm_prefetch(reinterpret_cast<const char*>(l2_next), _MM_HINT_T1);
-    for (int r = 0; r < R; ++r) {
-        float* cr = c + r * ldc;
+    for (int r = 0; r < R; ++r)
         for (int v = 0; v < kVecs; ++v) {
             __m512 cv = acc[0][r][v];
             if (kChains == 2) cv = _mm512_add_ps(cv, acc[kChains - 1][r][v]);
-            const bool masked = kMasked && v == kVecs - 1;
-            if (masked) {
-                if (accumulate) cv = _mm512_add_ps(cv, _mm512_maskz_loadu_ps(last_mask, cr + 16 * v));
-                _mm512_mask_storeu_ps(cr + 16 * v, last_mask, cv);
-            } else {
-                if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr + 16 * v));
-                _mm512_storeu_ps(cr + 16 * v, cv);
-            }
+            store_c_vector(c + r * ldc + 16 * v, cv, kMasked && v == kVecs - 1, last_mask, accumulate);
         }
-    }
 }
 
 // micro_kernel<R>(kc, a, b, c, ldc, accumulate, l2_next, l2_lines): the full panel's R
@@ -252,19 +255,9 @@ inline void micro_kernel_tall_vectors(int64_t kc, const float* __restrict a, con
         a_edge += MR;
         b += NR;
     }
-    for (int r = 0; r < R; ++r) {
-        float* cr = c + r * ldc;
-        for (int v = 0; v < kVecs; ++v) {
-            __m512 cv = acc[r][v];
-            if (kMasked && v == kVecs - 1) {
-                if (accumulate) cv = _mm512_add_ps(cv, _mm512_maskz_loadu_ps(last_mask, cr + 16 * v));
-                _mm512_mask_storeu_ps(cr + 16 * v, last_mask, cv);
-            } else {
-                if (accumulate) cv = _mm512_add_ps(cv, _mm512_loadu_ps(cr + 16 * v));
-                _mm512_storeu_ps(cr + 16 * v, cv);
-            }
-        }
-    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < kVecs; ++v)
+            store_c_vector(c + r * ldc + 16 * v, acc[r][v], kMasked && v == kVecs - 1, last_mask, accumulate);
 }
 
 template <int E>

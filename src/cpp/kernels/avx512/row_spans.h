@@ -80,6 +80,25 @@ inline int64_t row_max(const float* z, int64_t V, float* lanes) {
     return v;
 }
 
+namespace detail {
+
+// exp(z - shift) over K vectors from z (kStore: the exps replace them), added to s01 and
+// s23 in turn: the elements' order into the AVX2 family's lanes (see above).
+template <int K, bool kStore>
+inline void exp_group(float* z, __m512 shift, __m512& s01, __m512& s23) {
+    __m512 e[K];
+    for (int k = 0; k < K; ++k) e[k] = _mm512_sub_ps(_mm512_loadu_ps(z + 16 * k), shift);
+    lanes::exp_approx(e);
+    if (kStore)
+        for (int k = 0; k < K; ++k) _mm512_storeu_ps(z + 16 * k, e[k]);
+    for (int k = 0; k < K; k += 2) {
+        s01 = _mm512_add_ps(s01, e[k]);
+        s23 = _mm512_add_ps(s23, e[k + 1]);
+    }
+}
+
+}  // namespace detail
+
 // exp(z - peak) over z[begin, end) from begin on (whole 32-float groups), summed into
 // lanes[0..8) (kStore: the exps replace z), four vectors' exps interleaved.
 template <bool kStore>
@@ -87,26 +106,8 @@ inline int64_t exp_sum(float* z, int64_t begin, int64_t end, float peak, float* 
     int64_t v = begin;
     __m512 s01 = _mm512_setzero_ps(), s23 = _mm512_setzero_ps();
     const __m512 shift = _mm512_set1_ps(peak);
-    for (; v + 64 <= end; v += 64) {
-        __m512 e[4];
-        for (int k = 0; k < 4; ++k) e[k] = _mm512_sub_ps(_mm512_loadu_ps(z + v + 16 * k), shift);
-        lanes::exp_approx(e);
-        if (kStore)
-            for (int k = 0; k < 4; ++k) _mm512_storeu_ps(z + v + 16 * k, e[k]);
-        s01 = _mm512_add_ps(s01, e[0]);
-        s23 = _mm512_add_ps(s23, e[1]);
-        s01 = _mm512_add_ps(s01, e[2]);
-        s23 = _mm512_add_ps(s23, e[3]);
-    }
-    for (; v + 32 <= end; v += 32) {
-        __m512 e[2];
-        for (int k = 0; k < 2; ++k) e[k] = _mm512_sub_ps(_mm512_loadu_ps(z + v + 16 * k), shift);
-        lanes::exp_approx(e);
-        if (kStore)
-            for (int k = 0; k < 2; ++k) _mm512_storeu_ps(z + v + 16 * k, e[k]);
-        s01 = _mm512_add_ps(s01, e[0]);
-        s23 = _mm512_add_ps(s23, e[1]);
-    }
+    for (; v + 64 <= end; v += 64) detail::exp_group<4, kStore>(z + v, shift, s01, s23);
+    for (; v + 32 <= end; v += 32) detail::exp_group<2, kStore>(z + v, shift, s01, s23);
     detail::fold_into_lanes(s01, s23, lanes, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
     return v;
 }
