@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <utility>
 
 #include "allocator.h"
 #include "isa.h"
@@ -27,6 +28,11 @@ public:
     // op(B) whose rows are not one strided block: row p (n floats) starts at row(p). The
     // LSTM's h_{t-1} of every step is h0 for t = 0 and the row before otherwise.
     PackedB(const std::function<const float*(int64_t)>& row, int64_t k, int64_t n);
+    // b (rows x cols) packed both ways in one pass over it: first as PackedB(b, ldb, true,
+    // cols, rows) packs b^T, second as PackedB(b, ldb, false, rows, cols) packs b. Each
+    // block of rows that makes a panel of b^T is read from memory once and copied to b's
+    // panels while in cache (the decoder's logits = h W^T and dh = dlogits W).
+    static std::pair<PackedB, PackedB> both_ways(const float* b, int64_t ldb, int64_t rows, int64_t cols);
     int64_t k() const { return k_; }
     int64_t n() const { return n_; }
     const float* panel(int64_t j) const;  // panel j covers columns [j*NR, j*NR+NR)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "activations.h"
@@ -29,18 +30,21 @@ int64_t chunk_rows(const OutputShape& s) {
 }
 
 // The decoder weight packed for both ways it is multiplied: logits = h W^T, dh = dlogits W.
-// The second reads W as it lies where the microkernel can (kBInPlace) when few chunks use
-// it: packing it was a copy of the whole 8 MB decoder every step (zaremba-small, two
-// chunks), for two uses. From three chunks on, W is packed: the packed product's panel
-// prefetch makes dh faster than reading W in place, which then repays the copy (the adaptive
-// head at W: seven chunks; bench/PROFILES.md).
+// The second reads W as it lies where the microkernel can (kBInPlace) when a single chunk
+// uses it: packing would copy the whole decoder for one use. From two chunks on, W is
+// packed: the packed product's panel prefetch makes dh faster than reading W in place, by
+// more than the copy costs on Zen 4 (zaremba-small's two chunks and the seven of the
+// adaptive head at W; bench/PROFILES.md has the one machine where two chunks measured the
+// other way).
 struct PackedDecoder {
     const float* w;
     PackedB weight_t, weight;  // weight empty: dh reads W in place
-    PackedDecoder(const float* w, int64_t V, int64_t H, int64_t chunks)
-        : w(w),
-          weight_t(w, H, /*trans_b=*/true, H, V),
-          weight(kBInPlace && chunks < 3 ? PackedB() : PackedB(w, H, /*trans_b=*/false, V, H)) {}
+    PackedDecoder(const float* w, int64_t V, int64_t H, int64_t chunks) : w(w) {
+        if (kBInPlace && chunks < 2)
+            weight_t = PackedB(w, H, /*trans_b=*/true, H, V);
+        else
+            std::tie(weight_t, weight) = PackedB::both_ways(w, H, V, H);
+    }
 };
 
 // z (rows x V) <- h_chunk W^T; the bias is added by each row's first pass, which reads
