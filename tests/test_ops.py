@@ -949,6 +949,60 @@ def test_row_form_gradient_under_sgd_is_the_dense_gradient_to_the_bit(V, E, sett
                 assert np.array_equal(float_bits(a), float_bits(b)), f"{threads} threads, step {step}: {name}"
 
 
+@pytest.mark.parametrize("V, E", [(1009, 19), (700, 256)])
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e9])  # sgd_update_rows, clipped_sgd_update clipping and not
+def test_sgd_skipping_absent_rows_leaves_the_bits_of_the_walk(V, E, max_norm, restore_threads):
+    """skip_absent_rows=True (plain SGD leaves the rows without gradient unread) gives the
+    parameters of the walk over every row, to the bit, when those rows hold no subnormal float,
+    with one thread and with two; a subnormal there is the one thing it keeps (the walk reads it
+    as zero and writes 0.0), which is why the caller must know there is none. With momentum
+    the flag changes nothing."""
+    rng = np.random.default_rng(V * 3 + E)
+    param = normal(rng, (V, E))
+    param[::7, ::3] = -0.0
+    other0 = normal(rng, (130,))
+
+    def step(state, rows, values, other_grad, step_number, skip, **settings):
+        p, other, buf, other_buf = state
+        bufs = [buf, other_buf] if settings.get("momentum") else None
+        if max_norm is None:
+            _core.sgd_update_rows(
+                p, rows, values, buf if bufs else None, step_number, 0.5, skip_absent_rows=skip, **settings
+            )
+        else:
+            _core.clipped_sgd_update(
+                [p, other],
+                [(rows, values), other_grad],
+                bufs,
+                step_number,
+                0.5,
+                max_norm,
+                skip_absent_rows=skip,
+                **settings,
+            )
+
+    for threads in (1, 2):
+        fastlm.set_num_threads(threads)
+        for settings in (dict(), dict(momentum=0.9)):
+            walk = [param.copy(), other0.copy(), np.zeros_like(param), np.zeros_like(other0)]
+            skip = copy.deepcopy(walk)
+            for number, rows in enumerate(row_subsets(np.random.default_rng(E), V, 5), start=1):
+                values = normal(rng, (len(rows), E), 0.1)
+                other_grad = normal(rng, (130,), 0.1)
+                step(walk, rows, values, other_grad, number, False, **settings)
+                step(skip, rows, values, other_grad, number, True, **settings)
+                for name, a, b in zip(("param", "other", "buf"), walk, skip):
+                    where = f"{threads} threads, {settings}, step {number}: {name}"
+                    assert np.array_equal(float_bits(a), float_bits(b)), where
+        # A subnormal in a row without gradient: the walk writes 0.0, the skip keeps it.
+        rows = np.array([0, 2], np.int32)
+        walk, skip = param.copy(), param.copy()
+        walk[1, 0] = skip[1, 0] = 1e-40
+        for p, flag in ((walk, False), (skip, True)):
+            _core.sgd_update_rows(p, rows, normal(rng, (2, E), 0.0), None, 1, 0.5, skip_absent_rows=flag)
+        assert walk[1, 0] == 0.0 and skip[1, 0] == np.float32(1e-40)
+
+
 # Bindings that are not ops of the math: thread control, build facts and the FMA peak
 # the benchmarks divide by. Generation is random sampling; its twin (and the session's)
 # is compared in test_generate.py.

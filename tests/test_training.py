@@ -289,6 +289,41 @@ def test_the_embedding_rows_step_is_the_dense_gradient_step(options, threads, tm
     assert results["rows"][1] == results["dense"][1]
 
 
+@pytest.mark.parametrize("clip_norm", [None, 0.05])
+def test_sgd_skips_rows_without_gradient_until_a_callback_may_have_written_them(clip_norm, monkeypatch):
+    """Plain SGD leaves the embedding rows without gradient unread once its own steps have
+    written every row (skip_absent_rows), and walks them all again after a callback, which may
+    have written the weights: a subnormal that an epoch's callback writes into rows no batch
+    uses is flushed by the next step exactly as the dense gradient's step flushes it, and the
+    weights equal the dense path's to the bit."""
+    data = (np.random.default_rng(5).zipf(1.2, 1500) % 250).astype(np.int32)  # rows 250-299: no gradient
+    op = "sgd_update_rows" if clip_norm is None else "clipped_sgd_update"
+    weights, flags = {}, []
+    for path in ("rows", "dense"):
+        if path == "dense":
+            monkeypatch.setattr(training, "_embedding_rows", lambda *a: False)
+        model = fastlm.LSTMLM(300, 8, 16, 1, seed=1)
+        original = getattr(model.ops, op)
+
+        def spy(*args, skip_absent_rows=False, original=original, path=path, **kwargs):
+            flags.append((path, skip_absent_rows))
+            return original(*args, skip_absent_rows=skip_absent_rows, **kwargs)
+
+        def plant(history, model=model):
+            if history["epoch"][-1] < 3:  # a step follows
+                model.params["embedding.weight"][250:, 0] = 1e-40
+
+        monkeypatch.setattr(model.ops, op, spy)
+        quiet_fit(model, data, epochs=3, optimizer="sgd", lr=0.5, clip_norm=clip_norm, callback=plant)
+        monkeypatch.undo()
+        weights[path] = model.state_dict()
+        assert not weights[path]["embedding.weight"][250:, 0].any()  # flushed by the step after the callback
+    steps_per_epoch = len([f for f in flags if f[0] == "rows"]) // 3
+    assert [skip for path, skip in flags if path == "rows"] == 3 * ([False] + [True] * (steps_per_epoch - 1))
+    assert not any(skip for path, skip in flags if path == "dense")  # dense: sgd_update, or no row form
+    assert_same_weights(weights["rows"], weights["dense"])
+
+
 @pytest.mark.parametrize(
     "model_options, fit_options, rows",
     [

@@ -168,9 +168,11 @@ def sgd_update_rows(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    skip_absent_rows: bool = False,
 ) -> None:
     """sgd_update on param (V, E) with the gradient in row form, as adam_update_rows: the same bits
-    as on the dense gradient."""
+    as on the dense gradient. skip_absent_rows: the caller knows the rows outside rows hold no
+    subnormal float; plain SGD then leaves them unread (p - lr * 0 is p for every other value)."""
 
 def clip_grad_norm(grads: Floats | Sequence[Floats], max_norm: float) -> float:
     """Scale grads in place so their global L2 norm is at most max_norm; returns the norm before."""
@@ -189,10 +191,12 @@ def clipped_sgd_update(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    skip_absent_rows: bool = False,
 ) -> float:
     """clip_grad_norm(grads, max_norm), then sgd_update on every parameter, in one call: the same
     params and bufs to the bit, grads left unscaled; returns the norm before clipping. A
-    gradient may be in row form, (rows, values), as sgd_update_rows takes it."""
+    gradient may be in row form, (rows, values), as sgd_update_rows takes it, skip_absent_rows
+    included."""
 
 # ------------------------------------------------------------------ data
 

@@ -369,16 +369,26 @@ def sparse_sgd_update(param, rows, grad, lr):
     param[rows] -= np.asarray(lr, dtype=param.dtype) * grad
 
 
-def sgd_update_rows(param, rows, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-    """sgd_update on param (V, E) with its gradient in row form, as adam_update_rows."""
+def sgd_update_rows(
+    param, rows, grad, buf, step, lr, momentum=0.0, weight_decay=0.0, nesterov=False, skip_absent_rows=False
+):
+    """sgd_update on param (V, E) with its gradient in row form, as adam_update_rows.
+
+    skip_absent_rows: the caller knows the rows without gradient hold no subnormal floats, so
+    plain SGD may leave them unread (the C++ op's saving). Here it changes nothing: NumPy does
+    not read subnormals as zero, so p - lr * 0 is p for every p."""
+    del skip_absent_rows
     sgd_update(param, _dense(param.shape, rows, grad), buf, step, lr, momentum, weight_decay, nesterov)
 
 
-def clipped_sgd_update(params, grads, bufs, step, lr, max_norm, momentum=0.0, weight_decay=0.0, nesterov=False):
+def clipped_sgd_update(
+    params, grads, bufs, step, lr, max_norm, momentum=0.0, weight_decay=0.0, nesterov=False, skip_absent_rows=False
+):
     """clip_grad_norm on copies of grads, then sgd_update on every parameter (bufs: one
     momentum buffer per parameter, or None when momentum is 0). grads are left as they were;
-    a gradient may be in row form, a tuple (rows, values) as sgd_update_rows takes them.
-    Returns the norm before clipping."""
+    a gradient may be in row form, a tuple (rows, values) as sgd_update_rows takes them, and
+    skip_absent_rows applies to those as there. Returns the norm before clipping."""
+    del skip_absent_rows
     grads = [
         _dense(p.shape, *g) if isinstance(g, tuple) else np.array(g, dtype=np.float32) for p, g in zip(params, grads)
     ]

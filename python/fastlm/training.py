@@ -94,6 +94,9 @@ class Adam(_ClipThenStep):
         self.sparse = SparseAdam(*params["embedding.weight"].shape, beta1, beta2, eps) if sparse_embedding else None
         self.step_count = 0
 
+    def touched(self):
+        """Other code may have written the parameters: nothing to forget, Adam's steps read every row."""
+
     def step(self, ops, params, grads):
         self.step_count += 1
         hyper = (self.step_count, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
@@ -195,7 +198,9 @@ class SGD(_ClipThenStep):
     plain step on those rows alone (sparse_sgd_update); fit refuses momentum and weight
     decay with it. Otherwise (rows, values) is the dense gradient in row form, as for Adam:
     the step (sgd_update_rows) and the clipping (clipped_sgd_update) are the dense gradient's,
-    to the bit.
+    to the bit. Plain SGD leaves the rows without gradient unread once its own steps have
+    written every row of the same array and nothing has touched it since (touched()): only a
+    subnormal value there could change under a zero gradient, and the kernels leave none.
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, sparse_embedding=False):
@@ -203,18 +208,35 @@ class SGD(_ClipThenStep):
         self.sparse_embedding = sparse_embedding
         self.buf = {name: np.zeros(p.shape, np.float32) for name, p in params.items()} if momentum else {}
         self.step_count = 0
+        self._settled = {}  # name -> the array a step of this optimizer last wrote whole
+
+    def touched(self):
+        """The parameters may have been written by other code (a callback ran): the next step
+        writes every row again."""
+        self._settled = {}
+
+    def _skip_absent_rows(self, params, grads):
+        """skip_absent_rows for this step's row-form gradients: whether their arrays are settled."""
+        row_form = [name for name, grad in grads.items() if isinstance(grad, tuple)]
+        return bool(row_form) and all(self._settled.get(name) is params[name] for name in row_form)
+
+    def _settle(self, params, grads):
+        """After a step: its row-form parameters are settled (see the class docstring)."""
+        self._settled = {name: params[name] for name, grad in grads.items() if isinstance(grad, tuple)}
 
     def step(self, ops, params, grads):
         self.step_count += 1
+        skip = self._skip_absent_rows(params, grads)
         for name, param in params.items():
             if isinstance(grads[name], tuple) and self.sparse_embedding:
                 ops.sparse_sgd_update(param, *grads[name], self.lr)
                 continue
             hyper = (self.buf.get(name), self.step_count, self.lr, self.momentum, self.weight_decay, self.nesterov)
             if isinstance(grads[name], tuple):  # row form
-                ops.sgd_update_rows(param, *grads[name], *hyper)
+                ops.sgd_update_rows(param, *grads[name], *hyper, skip_absent_rows=skip)
             else:
                 ops.sgd_update(param, grads[name], *hyper)
+        self._settle(params, grads)
 
     def clipped_step(self, ops, params, grads, max_norm):
         """clip_grad_norm(grads, max_norm), then step: one op (clipped_sgd_update) unless the
@@ -236,7 +258,9 @@ class SGD(_ClipThenStep):
             self.momentum,
             self.weight_decay,
             self.nesterov,
+            skip_absent_rows=self._skip_absent_rows(params, grads),
         )
+        self._settle(params, grads)
 
     def arrays(self):
         return {f"momentum.{k}": v for k, v in self.buf.items()}
@@ -689,6 +713,7 @@ def fit(
                 if batch_callback is not None:
                     info = dict(epoch=epoch + 1, batch=trainer["batch"], batches=len(batches), loss=loss, lr=opt.lr)
                     stop_asked = _call_back(batch_callback, info, interrupt)
+                    opt.touched()  # the callback may have written the weights
                     if dist.size > 1:  # a callback's stop must be every rank's
                         where = f"after the batch callback of epoch {epoch + 1}, batch {trainer['batch']}"
                         stop_asked = dist.any(stop_asked, where=where)
@@ -723,6 +748,7 @@ def fit(
             checkpoint()
             if callback is not None:
                 stop_asked = _call_back(callback, history, interrupt) or stop_asked
+                opt.touched()
             interrupt.raised = dist.any(  # a Ctrl-C since the last step's agreement
                 interrupt.raised, where=f"at the end of epoch {epoch + 1}"
             )

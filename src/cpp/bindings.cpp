@@ -651,7 +651,7 @@ void py_sgd_update(const py::handle& param_obj, const py::handle& grad_obj, cons
 
 void py_sgd_update_rows(const py::handle& param_obj, const py::handle& rows_obj, const py::handle& grad_obj,
                         const py::handle& buf_obj, int64_t step, double lr, double momentum, double weight_decay,
-                        bool nesterov) {
+                        bool nesterov, bool skip_absent_rows) {
     auto param = inplace_float(param_obj, "param");
     const auto [rows, grad] = row_gradient(param, rows_obj, grad_obj);
     const SgdConfig config = sgd_config(step, lr, momentum, weight_decay, nesterov);
@@ -659,7 +659,8 @@ void py_sgd_update_rows(const py::handle& param_obj, const py::handle& rows_obj,
     KernelScope scope;
     require_finite_grad(grad);
     kernels().sgd_update_rows(param.mutable_data(), param.shape(1), param.shape(0), rows.data(), grad.data(),
-                              rows.size(), momentum > 0.0 ? buf.mutable_data() : nullptr, step, config);
+                              rows.size(), momentum > 0.0 ? buf.mutable_data() : nullptr, step, config,
+                              skip_absent_rows);
 }
 
 // A sequence argument of clipped_sgd_update (TypeError naming it otherwise).
@@ -672,7 +673,7 @@ py::sequence sequence_arg(const py::handle& obj, const char* name) {
 
 double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& grads_obj, const py::handle& bufs_obj,
                              int64_t step, double lr, double max_norm, double momentum, double weight_decay,
-                             bool nesterov) {
+                             bool nesterov, bool skip_absent_rows) {
     const py::sequence params_seq = sequence_arg(params_obj, "params"), grads_seq = sequence_arg(grads_obj, "grads");
     const size_t count = params_seq.size();
     require(grads_seq.size() == count, "grads has " + std::to_string(grads_seq.size()) + " arrays but params " +
@@ -711,6 +712,7 @@ double py_clipped_sgd_update(const py::handle& params_obj, const py::handle& gra
             span.rows = keep_rows.back().data();
             span.count = keep_rows.back().size();
             span.dim = param.shape(1);
+            span.skip_absent_rows = skip_absent_rows;
         } else {
             keep_grads.push_back(float_input(grad, ("grads" + index).c_str(), param.ndim()));
             require_shape(keep_grads.back(), ("grads" + index).c_str(), shape_of(param));
@@ -1194,12 +1196,12 @@ PYBIND11_MODULE(_core, m) {
           py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
     m.def("sgd_update_rows", &py_sgd_update_rows, py::arg("param"), py::arg("rows"), py::arg("grad"), py::arg("buf"),
           py::arg("step"), py::arg("lr"), py::arg("momentum") = 0.0, py::arg("weight_decay") = 0.0,
-          py::arg("nesterov") = false);
+          py::arg("nesterov") = false, py::arg("skip_absent_rows") = false);
     m.def("clip_grad_norm", &py_clip_grad_norm, py::arg("grads"), py::arg("max_norm"));
     m.def("clip_grad_norm_rows", &py_clip_grad_norm_rows, py::arg("grads"), py::arg("max_norm"));
     m.def("clipped_sgd_update", &py_clipped_sgd_update, py::arg("params"), py::arg("grads"), py::arg("bufs"),
           py::arg("step"), py::arg("lr"), py::arg("max_norm"), py::arg("momentum") = 0.0,
-          py::arg("weight_decay") = 0.0, py::arg("nesterov") = false);
+          py::arg("weight_decay") = 0.0, py::arg("nesterov") = false, py::arg("skip_absent_rows") = false);
     m.def("windows", &py_windows, py::arg("ids"), py::arg("seq_len"), py::arg("stride") = 1);
     m.def("gather_windows", &py_gather_windows, py::arg("ids"), py::arg("starts"), py::arg("seq_len"));
     m.def("generate", &py_generate, py::arg("params"), py::arg("num_layers"), py::arg("prompt"),

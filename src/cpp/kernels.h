@@ -55,6 +55,7 @@ using FloatSpans = std::vector<std::pair<float*, int64_t>>;
 // One parameter of clipped_sgd_update: n floats of param, its gradient and (with momentum)
 // buffer; with rows set, the gradient is in row form (as in GradientSpan): grad holds
 // (count, dim) values of rows of the (n / dim, dim) gradient, which is 0 elsewhere.
+// skip_absent_rows: see sgd_update_rows.
 struct SgdSpan {
     float* param;
     const float* grad;
@@ -62,6 +63,7 @@ struct SgdSpan {
     int64_t n;
     const int32_t* rows = nullptr;
     int64_t count = 0, dim = 0;
+    bool skip_absent_rows = false;
 };
 
 // One gradient of clip_grad_norm_rows: n floats at data when rows is null; else a (vocab, dim)
@@ -183,7 +185,8 @@ struct Kernels {
     void (*sgd_update)(float* param, const float* grad, float* buf, int64_t n, int64_t step,
                        const SgdConfig& config);
     void (*sgd_update_rows)(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
-                            int64_t count, float* buf, int64_t step, const SgdConfig& config);
+                            int64_t count, float* buf, int64_t step, const SgdConfig& config,
+                            bool skip_absent_rows);
     double (*clip_grad_norm)(const FloatSpans& arrays, double max_norm);
     double (*clip_grad_norm_rows)(const std::vector<GradientSpan>& grads, double max_norm);
     double (*clipped_sgd_update)(const std::vector<SgdSpan>& spans, int64_t step, double max_norm,

@@ -74,10 +74,11 @@ alignas(64) const float kZeroBlock[kZeros] = {};
 // most kZeros floats at a time). Each float is in one piece; the pieces are shared among
 // threads. Every row is walked, even where the update of a zero gradient looks like no
 // change (plain SGD): a kernel runs with denormals-are-zero, so p - lr * 0 flushes a
-// subnormal p to zero, and skipping the row would keep it.
+// subnormal p to zero, and skipping the row would keep it. Unless skip_absent says the caller
+// knows there is none (sgd_update_rows): then the rows outside rows are skipped.
 template <typename Span>
 void for_each_row_span(int64_t vocab, int64_t dim, const int32_t* rows, const float* grad, int64_t count,
-                       const Span& span) {
+                       const Span& span, bool skip_absent = false) {
     const int64_t block_rows = std::max<int64_t>(1, kStreamChunk / dim);
     const int64_t blocks = (vocab + block_rows - 1) / block_rows;
 #pragma omp parallel for if (vocab * dim >= kParallelMinWork) schedule(dynamic)
@@ -86,7 +87,7 @@ void for_each_row_span(int64_t vocab, int64_t dim, const int32_t* rows, const fl
         int64_t k = std::lower_bound(rows, rows + count, r0, [](int32_t row, int64_t r) { return row < r; }) - rows;
         for (int64_t r = r0; r < r1;) {
             const int64_t next = k < count ? std::min<int64_t>(rows[k], r1) : r1;  // the next row with a gradient
-            for (int64_t i = r * dim, end = next * dim; i < end; i += kZeros)
+            for (int64_t i = r * dim, end = skip_absent ? i : next * dim; i < end; i += kZeros)
                 span(i, kZeroBlock, std::min(kZeros, end - i));
             if (next == r1) break;
             span(next * dim, grad + k * dim, dim);
@@ -124,6 +125,11 @@ inline void sgd_span(float* param, const float* grad, float* buf, int64_t n, int
     }
 }
 
+// Whether an SGD step may skip the rows a row-form gradient does not hold (sgd_update_rows).
+bool skips_absent_rows(const SgdConfig& c, bool skip_absent_rows) {
+    return skip_absent_rows && c.momentum == 0.0 && c.weight_decay == 0.0;
+}
+
 }  // namespace
 
 void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t step, const SgdConfig& c) {
@@ -133,10 +139,11 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
 }
 
 void sgd_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
-                     int64_t count, float* buf, int64_t step, const SgdConfig& c) {
-    for_each_row_span(vocab, dim, rows, grad, count, [&](int64_t i, const float* g, int64_t n) {
-        sgd_span(param + i, g, buf ? buf + i : nullptr, n, step, c);
-    });
+                     int64_t count, float* buf, int64_t step, const SgdConfig& c, bool skip_absent_rows) {
+    for_each_row_span(
+        vocab, dim, rows, grad, count,
+        [&](int64_t i, const float* g, int64_t n) { sgd_span(param + i, g, buf ? buf + i : nullptr, n, step, c); },
+        skips_absent_rows(c, skip_absent_rows));
 }
 
 namespace {
@@ -278,15 +285,18 @@ double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, doubl
         if (s.rows) {
             const int64_t vocab = s.n / s.dim;
             if (scale >= 1.0) {
-                sgd_update_rows(s.param, s.dim, vocab, s.rows, s.grad, s.count, s.buf, step, c);
+                sgd_update_rows(s.param, s.dim, vocab, s.rows, s.grad, s.count, s.buf, step, c, s.skip_absent_rows);
                 continue;
             }
-            for_each_row_span(vocab, s.dim, s.rows, s.grad, s.count, [&](int64_t i, const float* g, int64_t n) {
-                if (g == kZeroBlock)  // 0 * factor is 0: the zeros are the scaled gradient
-                    sgd_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n, step, c);
-                else
-                    scaled_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n);
-            });
+            for_each_row_span(
+                vocab, s.dim, s.rows, s.grad, s.count,
+                [&](int64_t i, const float* g, int64_t n) {
+                    if (g == kZeroBlock)  // 0 * factor is 0: the zeros are the scaled gradient
+                        sgd_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n, step, c);
+                    else
+                        scaled_span(s.param + i, g, s.buf ? s.buf + i : nullptr, n);
+                },
+                skips_absent_rows(c, s.skip_absent_rows));
             continue;
         }
         if (scale >= 1.0) {

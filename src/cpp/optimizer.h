@@ -35,8 +35,14 @@ void sgd_update(float* param, const float* grad, float* buf, int64_t n, int64_t 
 
 // sgd_update on param (vocab, dim) with the gradient in row form (as adam_update_rows): the
 // same parameters and buffer to the bit as on the dense gradient.
+// skip_absent_rows: the caller knows that the rows outside rows hold no subnormal floats
+// (every value there was last written by a kernel, which flushes them). Plain SGD (no
+// momentum, no weight decay) then leaves those rows unread: their update p - lr * 0 is p
+// itself, and only a subnormal p, read as zero under denormals-are-zero, would change.
+// With momentum or weight decay every row is walked as without it.
 void sgd_update_rows(float* param, int64_t dim, int64_t vocab, const int32_t* rows, const float* grad,
-                     int64_t count, float* buf, int64_t step, const SgdConfig& config);
+                     int64_t count, float* buf, int64_t step, const SgdConfig& config,
+                     bool skip_absent_rows = false);
 
 // Scales every array by max_norm / (norm + 1e-6) when that is below 1, like
 // torch.nn.utils.clip_grad_norm_; returns the norm before clipping.
@@ -51,8 +57,8 @@ double clip_grad_norm_rows(const std::vector<GradientSpan>& grads, double max_no
 // the gradients instead of four (the norm, the scaling, sgd_update's finiteness check, the
 // update): the same parameters and buffers to the bit, but the gradients are left as they
 // were, not scaled. A non-finite norm throws before anything is written. Returns the norm. A
-// span's gradient may be in row form (SgdSpan.rows): then as sgd_update_rows, and its norm as
-// clip_grad_norm_rows takes it.
+// span's gradient may be in row form (SgdSpan.rows): then as sgd_update_rows (with the span's
+// skip_absent_rows), and its norm as clip_grad_norm_rows takes it.
 double clipped_sgd_update(const std::vector<SgdSpan>& spans, int64_t step, double max_norm, const SgdConfig& config);
 
 }  // namespace FASTLM_ISA
