@@ -260,22 +260,14 @@ std::pair<PackedB, PackedB> PackedB::both_ways(const float* b, int64_t ldb, int6
     PackedB b_t, b_as_is;
     b_t.k_ = cols, b_t.n_ = rows, b_t.data_ = scratch_floats(ceil_div(rows, NR) * cols * NR);
     b_as_is.k_ = rows, b_as_is.n_ = cols, b_as_is.data_ = scratch_floats(ceil_div(cols, NR) * rows * NR);
-    const int64_t blocks = ceil_div(rows, NR), panels = ceil_div(cols, NR), full = cols / NR;
-    float* const as_is = b_as_is.data_.get();
+    const int64_t blocks = ceil_div(rows, NR), panels = ceil_div(cols, NR);
 #pragma omp parallel for if (rows * cols >= kParallelMinWork) schedule(dynamic)
     for (int64_t block = 0; block < blocks; ++block) {
         const int64_t r0 = block * NR, r1 = std::min(rows, r0 + NR);
         pack_b_panel(b, ldb, /*trans_b=*/true, cols, r0, r1 - r0, b_t.data_.get() + block * cols * NR);
-        for (int64_t jp = 0; jp < full; ++jp)  // rows [r0, r1) of every panel of b, from L1
-            for (int64_t r = r0; r < r1; ++r)
-                std::memcpy(as_is + (jp * rows + r) * NR, b + r * ldb + jp * NR, sizeof(float) * NR);
-        if (full < panels) {
-            const int64_t width = cols - full * NR;
-            for (int64_t r = r0; r < r1; ++r) {
-                float* dst = as_is + (full * rows + r) * NR;
-                for (int64_t j = 0; j < NR; ++j) dst[j] = j < width ? b[r * ldb + full * NR + j] : 0.0f;
-            }
-        }
+        for (int64_t jp = 0; jp < panels; ++jp)  // rows [r0, r1) of every panel of b, from L1
+            pack_b_panel(b + r0 * ldb, ldb, /*trans_b=*/false, r1 - r0, jp * NR, std::min(NR, cols - jp * NR),
+                         b_as_is.data_.get() + (jp * rows + r0) * NR);
     }
     return {std::move(b_t), std::move(b_as_is)};
 }
