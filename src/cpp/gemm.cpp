@@ -95,6 +95,30 @@ void pack_a(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, i
     }
 }
 
+// The k blocks [pg, pg_end) of rows [i0, i0+mc) of op(A), kb columns each (the last may be
+// shorter), block pc at dst + (pc - pg) * (mc rounded up to MR), as pack_a packs each.
+// Untransposed, tile by tile through all the blocks, the next tile's rows requested into
+// L2 meanwhile: each row is read as one stream across the group (several blocks at the
+// output layer's dh = dlogits W, whose rows come from L3) rather than in one short piece
+// per block, every piece a new start for the hardware prefetcher. The same bytes as
+// block by block.
+void pack_a_group(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t pg, int64_t pg_end,
+                  int64_t kb, float* dst) {
+    const int64_t mc_tiles = ceil_div(mc, MR) * MR;
+    if (trans_a) {
+        for (int64_t pc = pg; pc < pg_end; pc += kb)
+            pack_a(a, lda, true, i0, mc, pc, std::min(kb, pg_end - pc), dst + (pc - pg) * mc_tiles);
+        return;
+    }
+    for (int64_t ip = 0; ip < mc; ip += MR)
+        for (int64_t pc = pg; pc < pg_end; pc += kb) {
+            const int64_t kc = std::min(kb, pg_end - pc);
+            for (int64_t r = ip + MR; r < std::min(mc, ip + 2 * MR); ++r)
+                prefetch_range<2>(a + (i0 + r) * lda + pc, a + (i0 + r) * lda + pc + kc);
+            pack_a(a, lda, false, i0 + ip, std::min(MR, mc - ip), pc, kc, dst + (pc - pg) * mc_tiles + ip * kc);
+        }
+}
+
 // Columns [j0, j0+nr) (nr <= NR) of a K-row op(B) whose row p starts at row_of(p), into
 // one K x NR panel, zero-padded.
 template <class RowOf>
@@ -358,8 +382,7 @@ void run_items(const GemmItems& items, int64_t first, int64_t last, bool trans_a
         const int64_t chunk = ceil_div(jp1 - jp0, chunks);
         for (int64_t pg = 0; pg < k; pg += group) {
             const int64_t pg_end = std::min(k, pg + group);
-            for (int64_t pc = pg; pc < pg_end; pc += kb)
-                pack_a(a, lda, trans_a, i0, mc, pc, std::min(kb, k - pc), a_packed + (pc - pg) * mc_tiles);
+            pack_a_group(a, lda, trans_a, i0, mc, pg, pg_end, kb, a_packed);
             for (int64_t q = 0; q < chunks; ++q) {
                 const int64_t c0 = jp0 + (sweep == Sweep::kBackward ? chunks - 1 - q : q) * chunk;
                 const int64_t c1 = std::min(jp1, c0 + chunk);
