@@ -49,55 +49,95 @@ constexpr int64_t kOneChainRows = 3;
 // matrix (the output layer's dh = dlogits W) need not pack it.
 constexpr bool kBInPlace = true;
 
-// One 16-column vector of a C row from its accumulator: + c when accumulating, then
-// stored; masked, only the lanes of mask are read and written (an edge panel's columns).
-inline void store_c_vector(float* c, __m512 sum, bool masked, __mmask16 mask, bool accumulate) {
+// The two vector widths of the family's kernels: 16-lane zmm, and 8-lane ymm for an edge
+// panel of at most 8 columns (the output layer's dh and dW and the LSTM's gradient
+// products at H = 200 = 6 x 32 + 8), where a masked zmm would leave half its lanes idle.
+// Zen 4 runs two ymm FMAs per cycle and one zmm, so 8 columns take half the time as ymm.
+// Each lane's chain of FMAs is the same whatever the width: the same bits.
+struct Lanes16 {
+    using Vec = __m512;
+    using Mask = __mmask16;
+    static constexpr int kWidth = 16;
+    static Vec zero() { return _mm512_setzero_ps(); }
+    static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+    static Vec load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+    static Vec broadcast(float x) { return _mm512_set1_ps(x); }
+    static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+    static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+    static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+    static void store(Mask m, float* p, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
+};
+
+struct Lanes8 {
+    using Vec = __m256;
+    using Mask = __mmask8;
+    static constexpr int kWidth = 8;
+    static Vec zero() { return _mm256_setzero_ps(); }
+    static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+    static Vec load(Mask m, const float* p) { return _mm256_maskz_loadu_ps(m, p); }
+    static Vec broadcast(float x) { return _mm256_set1_ps(x); }
+    static Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+    static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+    static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+    static void store(Mask m, float* p, Vec v) { _mm256_mask_storeu_ps(p, m, v); }
+};
+
+// The mask of an edge panel's last vector: its first `columns` lanes.
+template <class L>
+inline typename L::Mask first_lanes(int64_t columns) {
+    return typename L::Mask((1u << columns) - 1);
+}
+
+// One vector of a C row from its accumulator: + c when accumulating, then stored;
+// masked, only the lanes of mask are read and written (an edge panel's columns).
+template <class L>
+inline void store_c_vector(float* c, typename L::Vec sum, bool masked, typename L::Mask mask, bool accumulate) {
     if (masked) {
-        if (accumulate) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, c));
-        _mm512_mask_storeu_ps(c, mask, sum);
+        if (accumulate) sum = L::add(sum, L::load(mask, c));
+        L::store(mask, c, sum);
     } else {
-        if (accumulate) sum = _mm512_add_ps(sum, _mm512_loadu_ps(c));
-        _mm512_storeu_ps(c, sum);
+        if (accumulate) sum = L::add(sum, L::load(c));
+        L::store(c, sum);
     }
 }
 
-// R <= MR rows of the tile and kVecs of its two 16-column vectors; the a-panel keeps its
-// MR stride, B rows are ldb apart (NR in a packed panel). Few rows leave the FMA latency
-// exposed, so R <= 2 (matrix-vector products in generation) runs two independent k-chains.
-// kMasked: the last vector loads B and stores C only in the lanes of last_mask (an edge
-// panel's columns). Every element of C is the same chain of FMAs whatever kVecs, the mask
-// and ldb are, so an edge tile is bit-equal to the same columns of a full one, and a
-// product with B in place to the same product with B packed.
+// R <= MR rows of the tile and kVecs vectors of L's width (two 16-column vectors make a
+// full tile); the a-panel keeps its MR stride, B rows are ldb apart (NR in a packed
+// panel). Few rows leave the FMA latency exposed, so R <= 2 (matrix-vector products in
+// generation) runs two independent k-chains. kMasked: the last vector loads B and stores
+// C only in the lanes of last_mask (an edge panel's columns). Every element of C is the
+// same chain of FMAs whatever L, kVecs, the mask and ldb are, so an edge tile is bit-equal
+// to the same columns of a full one, and a product with B in place to the same product
+// with B packed.
 // l2_next, l2_lines: cache lines the frame wants in L2 for a later tile (the next B
 // panel), requested one per eight k steps rather than all at once before the tile: a
 // burst of them filled the core's line fill buffers with misses to L3 and memory, and the
 // tile's own loads of A from L2 waited behind them.
-template <int R, int kVecs, bool kMasked>
+template <int R, int kVecs, bool kMasked, class L = Lanes16>
 inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
-                                 float* __restrict c, int64_t ldc, bool accumulate, __mmask16 last_mask,
+                                 float* __restrict c, int64_t ldc, bool accumulate, typename L::Mask last_mask,
                                  const float* l2_next = nullptr, int64_t l2_lines = 0) {
-    constexpr int kChains = R <= 2 ? 2 : 1;
-    __m512 acc[kChains][R][kVecs];
+    constexpr int kChains = R <= 2 ? 2 : 1, W = L::kWidth;
+    typename L::Vec acc[kChains][R][kVecs];
     for (int h = 0; h < kChains; ++h)
         for (int r = 0; r < R; ++r)
-            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_setzero_ps();
+            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = L::zero();
     // The C tile is read or written after the k loop: fetch its lines now, so that the
     // misses overlap with the FMAs (the output layer's C, dlogits and dW, are megabytes).
     for (int r = 0; r < R; ++r) {
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16 * kVecs - 1), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + W * kVecs - 1), _MM_HINT_T0);
     }
     // One k step of chain h: B's row (kVecs vectors) times R broadcasts of A. (Not inlined,
     // the accumulators would live in memory.)
     const auto k_step = [&](int h, const float* ap, const float* bp) __attribute__((always_inline)) {
-        __m512 bv[kVecs];
+        typename L::Vec bv[kVecs];
         for (int v = 0; v < kVecs; ++v)
-            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, bp + 16 * v)
-                                              : _mm512_loadu_ps(bp + 16 * v);
+            bv[v] = kMasked && v == kVecs - 1 ? L::load(last_mask, bp + W * v) : L::load(bp + W * v);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            const __m512 ar = _mm512_set1_ps(ap[r]);
-            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = _mm512_fmadd_ps(ar, bv[v], acc[h][r][v]);
+            const typename L::Vec ar = L::broadcast(ap[r]);
+            for (int v = 0; v < kVecs; ++v) acc[h][r][v] = L::fmadd(ar, bv[v], acc[h][r][v]);
         }
     };
     int64_t p = 0;
@@ -131,9 +171,9 @@ inline void micro_kernel_vectors(int64_t kc, const float* __restrict a, const fl
     for (; l2_lines > 0; --l2_lines, l2_next += 16) _mm_prefetch(reinterpret_cast<const char*>(l2_next), _MM_HINT_T1);
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < kVecs; ++v) {
-            __m512 cv = acc[0][r][v];
-            if (kChains == 2) cv = _mm512_add_ps(cv, acc[kChains - 1][r][v]);
-            store_c_vector(c + r * ldc + 16 * v, cv, kMasked && v == kVecs - 1, last_mask, accumulate);
+            typename L::Vec cv = acc[0][r][v];
+            if (kChains == 2) cv = L::add(cv, acc[kChains - 1][r][v]);
+            store_c_vector<L>(c + r * ldc + W * v, cv, kMasked && v == kVecs - 1, last_mask, accumulate);
         }
 }
 
@@ -147,15 +187,18 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 }
 
 // The edge panel's nr < NR columns, stored straight into C with masks; up to 16 columns
-// with one vector per row, so that the padding is not computed (H = 200 = 6 x 32 + 8:
-// the output layer's dh and dW products computed 224 columns for 200, 200 after).
+// with one vector per row, up to 8 with one ymm, so that the padding is not computed
+// (H = 200 = 6 x 32 + 8: the output layer's dh and dW products computed 224 columns for
+// 200 before).
 template <int R>
 inline void micro_kernel_edge(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
                               float* __restrict c, int64_t ldc, bool accumulate) {
-    if (nr <= 16)
-        micro_kernel_vectors<R, 1, true>(kc, a, b, NR, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+    if (nr <= 8)
+        micro_kernel_vectors<R, 1, true, Lanes8>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes8>(nr));
+    else if (nr <= 16)
+        micro_kernel_vectors<R, 1, true>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes16>(nr));
     else
-        micro_kernel_vectors<R, 2, true>(kc, a, b, NR, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+        micro_kernel_vectors<R, 2, true>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
 }
 
 // The tile with B read in place: b points at B(k0, j0), rows ldb apart, nr <= NR columns
@@ -165,10 +208,12 @@ inline void micro_kernel_b_in_place(int64_t nr, int64_t kc, const float* __restr
                                     int64_t ldb, float* __restrict c, int64_t ldc, bool accumulate) {
     if (nr == NR)
         micro_kernel_vectors<R, 2, false>(kc, a, b, ldb, c, ldc, accumulate, 0xFFFF);
+    else if (nr <= 8)
+        micro_kernel_vectors<R, 1, true, Lanes8>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes8>(nr));
     else if (nr <= 16)
-        micro_kernel_vectors<R, 1, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+        micro_kernel_vectors<R, 1, true>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes16>(nr));
     else
-        micro_kernel_vectors<R, 2, true>(kc, a, b, ldb, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+        micro_kernel_vectors<R, 2, true>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
 }
 
 // One or two rows with the full tile's arithmetic (one chain per element; micro_kernel<R>
@@ -222,23 +267,22 @@ inline void micro_kernel_one_chain(int64_t kc, const float* __restrict a, const 
 // the 32 registers.
 constexpr bool kTallTile = true;
 
-template <int E, int kVecs, bool kMasked>
+template <int E, int kVecs, bool kMasked, class L = Lanes16>
 inline void micro_kernel_tall_vectors(int64_t kc, const float* __restrict a, const float* __restrict a_edge,
                                       const float* __restrict b, float* __restrict c, int64_t ldc, bool accumulate,
-                                      __mmask16 last_mask) {
-    constexpr int R = MR + E;
-    __m512 acc[R][kVecs];
+                                      typename L::Mask last_mask) {
+    constexpr int R = MR + E, W = L::kWidth;
+    typename L::Vec acc[R][kVecs];
     for (int r = 0; r < R; ++r)
-        for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
+        for (int v = 0; v < kVecs; ++v) acc[r][v] = L::zero();
     const auto k_step = [&](const float* ap, const float* ep, const float* bp) __attribute__((always_inline)) {
-        __m512 bv[kVecs];
+        typename L::Vec bv[kVecs];
         for (int v = 0; v < kVecs; ++v)
-            bv[v] = kMasked && v == kVecs - 1 ? _mm512_maskz_loadu_ps(last_mask, bp + 16 * v)
-                                              : _mm512_loadu_ps(bp + 16 * v);
+            bv[v] = kMasked && v == kVecs - 1 ? L::load(last_mask, bp + W * v) : L::load(bp + W * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            const __m512 ar = _mm512_set1_ps(r < MR ? ap[r] : ep[r - MR]);
-            for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+            const typename L::Vec ar = L::broadcast(r < MR ? ap[r] : ep[r - MR]);
+            for (int v = 0; v < kVecs; ++v) acc[r][v] = L::fmadd(ar, bv[v], acc[r][v]);
         }
     };
     int64_t p = 0;
@@ -257,7 +301,7 @@ inline void micro_kernel_tall_vectors(int64_t kc, const float* __restrict a, con
     }
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < kVecs; ++v)
-            store_c_vector(c + r * ldc + 16 * v, acc[r][v], kMasked && v == kVecs - 1, last_mask, accumulate);
+            store_c_vector<L>(c + r * ldc + W * v, acc[r][v], kMasked && v == kVecs - 1, last_mask, accumulate);
 }
 
 template <int E>
@@ -266,10 +310,12 @@ inline void micro_kernel_tall(int64_t nr, int64_t kc, const float* __restrict a,
     static_assert(E >= 1 && E < kOneChainRows);
     if (nr == NR)
         micro_kernel_tall_vectors<E, 2, false>(kc, a, a_edge, b, c, ldc, accumulate, 0xFFFF);
+    else if (nr <= 8)
+        micro_kernel_tall_vectors<E, 1, true, Lanes8>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes8>(nr));
     else if (nr <= 16)
-        micro_kernel_tall_vectors<E, 1, true>(kc, a, a_edge, b, c, ldc, accumulate, __mmask16((1u << nr) - 1));
+        micro_kernel_tall_vectors<E, 1, true>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes16>(nr));
     else
-        micro_kernel_tall_vectors<E, 2, true>(kc, a, a_edge, b, c, ldc, accumulate, __mmask16((1u << (nr - 16)) - 1));
+        micro_kernel_tall_vectors<E, 2, true>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
 }
 
 // Eight k steps of eight rows: the 8 x 8 block transposed in registers, so that each k
