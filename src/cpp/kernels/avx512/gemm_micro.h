@@ -34,6 +34,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "isa.h"
 
@@ -86,6 +87,23 @@ struct Lanes8 {
 template <class L>
 inline typename L::Mask first_lanes(int64_t columns) {
     return typename L::Mask((1u << columns) - 1);
+}
+
+// The vectors that cover an edge panel's nr < NR columns, handed to run(lanes, vecs, mask):
+// up to 8 columns one ymm, up to 16 one zmm, else a full zmm and a masked one; mask holds
+// the last vector's lanes. Every kernel's edge takes its width from here. It and the
+// callers' lambdas are forced inline: left to GCC's own inlining choices, the whole output
+// layer ran slower.
+template <class Run>
+__attribute__((always_inline)) inline void with_edge_vectors(int64_t nr, const Run& run) {
+    using One = std::integral_constant<int, 1>;
+    using Two = std::integral_constant<int, 2>;
+    if (nr <= 8)
+        run(Lanes8{}, One{}, first_lanes<Lanes8>(nr));
+    else if (nr <= 16)
+        run(Lanes16{}, One{}, first_lanes<Lanes16>(nr));
+    else
+        run(Lanes16{}, Two{}, first_lanes<Lanes16>(nr - 16));
 }
 
 // One vector of a C row from its accumulator: + c when accumulating, then stored;
@@ -193,12 +211,9 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 template <int R>
 inline void micro_kernel_edge(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
                               float* __restrict c, int64_t ldc, bool accumulate) {
-    if (nr <= 8)
-        micro_kernel_vectors<R, 1, true, Lanes8>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes8>(nr));
-    else if (nr <= 16)
-        micro_kernel_vectors<R, 1, true>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes16>(nr));
-    else
-        micro_kernel_vectors<R, 2, true>(kc, a, b, NR, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
+    with_edge_vectors(nr, [&](auto lanes, auto vecs, auto mask) __attribute__((always_inline)) {
+        micro_kernel_vectors<R, vecs, true, decltype(lanes)>(kc, a, b, NR, c, ldc, accumulate, mask);
+    });
 }
 
 // The tile with B read in place: b points at B(k0, j0), rows ldb apart, nr <= NR columns
@@ -207,13 +222,10 @@ template <int R>
 inline void micro_kernel_b_in_place(int64_t nr, int64_t kc, const float* __restrict a, const float* __restrict b,
                                     int64_t ldb, float* __restrict c, int64_t ldc, bool accumulate) {
     if (nr == NR)
-        micro_kernel_vectors<R, 2, false>(kc, a, b, ldb, c, ldc, accumulate, 0xFFFF);
-    else if (nr <= 8)
-        micro_kernel_vectors<R, 1, true, Lanes8>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes8>(nr));
-    else if (nr <= 16)
-        micro_kernel_vectors<R, 1, true>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes16>(nr));
-    else
-        micro_kernel_vectors<R, 2, true>(kc, a, b, ldb, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
+        return micro_kernel_vectors<R, 2, false>(kc, a, b, ldb, c, ldc, accumulate, 0xFFFF);
+    with_edge_vectors(nr, [&](auto lanes, auto vecs, auto mask) __attribute__((always_inline)) {
+        micro_kernel_vectors<R, vecs, true, decltype(lanes)>(kc, a, b, ldb, c, ldc, accumulate, mask);
+    });
 }
 
 // One or two rows with the full tile's arithmetic (one chain per element; micro_kernel<R>
@@ -309,13 +321,10 @@ inline void micro_kernel_tall(int64_t nr, int64_t kc, const float* __restrict a,
                               const float* __restrict b, float* __restrict c, int64_t ldc, bool accumulate) {
     static_assert(E >= 1 && E < kOneChainRows);
     if (nr == NR)
-        micro_kernel_tall_vectors<E, 2, false>(kc, a, a_edge, b, c, ldc, accumulate, 0xFFFF);
-    else if (nr <= 8)
-        micro_kernel_tall_vectors<E, 1, true, Lanes8>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes8>(nr));
-    else if (nr <= 16)
-        micro_kernel_tall_vectors<E, 1, true>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes16>(nr));
-    else
-        micro_kernel_tall_vectors<E, 2, true>(kc, a, a_edge, b, c, ldc, accumulate, first_lanes<Lanes16>(nr - 16));
+        return micro_kernel_tall_vectors<E, 2, false>(kc, a, a_edge, b, c, ldc, accumulate, 0xFFFF);
+    with_edge_vectors(nr, [&](auto lanes, auto vecs, auto mask) __attribute__((always_inline)) {
+        micro_kernel_tall_vectors<E, vecs, true, decltype(lanes)>(kc, a, a_edge, b, c, ldc, accumulate, mask);
+    });
 }
 
 // Eight k steps of eight rows: the 8 x 8 block transposed in registers, so that each k
