@@ -611,6 +611,18 @@ def test_python_dash_m(model_dir, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("the ")
 
 
+def test_score_names_the_flags_a_model_without_eos_needs(capsys, model_dir, tmp_path):
+    """A word model trained without --eos has no sentence boundary: the default --bos is refused with
+    the command line's way out, and a one-word line under --no-bos --no-eos is named by its line."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat\nthe\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "score", model_dir, lines)
+    assert_usage(code, err, "score", "--bos (the default) needs a sentence-boundary token", "--no-bos --no-eos")
+    assert out == ""
+    code, out, err = run_cli(capsys, "score", model_dir, lines, "--no-bos", "--no-eos")
+    assert code == 1 and "line 2 ('the') has no token to score with --no-bos --no-eos" in err, err
+
+
 def test_a_closed_pipe_ends_the_command_quietly(model_dir, tmp_path):
     """`fastlm score DIR FILE | head`: once the reader has gone, the command stops with the code of
     SIGPIPE (141) and says nothing, instead of an error line about a broken pipe."""
@@ -839,7 +851,8 @@ def test_score_prints_one_log10_score_per_line_of_a_file_or_of_stdin(capsys, cha
     assert code == 0, err
     assert from_stdin == out
     code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
-    assert code == 1 and "sentence 2" in err  # the empty line has nothing to score without eos
+    # the empty line has nothing to score without eos: named by its line number, counted from 1
+    assert code == 1 and f"line 3 ({SENTENCES[2]!r}) has no token to score" in err, err
     text.write_text("\n".join(s for s in SENTENCES if s) + "\n", encoding="utf-8")
     code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
     assert code == 0, err
@@ -906,6 +919,10 @@ def test_generate_stream_stops_where_generate_stops(capsys, char_model):
         assert out == unstopped.split("\n")[0] + "\n", mode
     code, out, err = run_cli(capsys, *argv, "--stream", "--num-samples", "2")
     assert_usage(code, err, "generate", "--stream prints one sample; got --num-samples 2")
+    for mode in ([], ["--stream"]):  # refused before anything is printed
+        code, out, err = run_cli(capsys, *argv, "--stop", "", *mode)
+        assert_usage(code, err, "generate", '--stop "" would stop before any text')
+        assert out == "", mode
 
 
 def test_export_writes_an_onnx_file_onnx_runtime_runs(capsys, model_dir, tmp_path):

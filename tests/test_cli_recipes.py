@@ -213,7 +213,9 @@ BAD = [  # (argv after `train TRAIN`, exit code, what the message must say)
     (["--momentum", "0.9"], 2, ["--momentum 0.9 applies to --optimizer sgd", "--optimizer adam"]),
     (["--tie-weights", "--embed", "8", "--hidden", "16"], 2, ["--tie-weights", "--embed 8", "--hidden 16"]),
     (["--eos", "<eos>"], 2, ["--eos <eos>", "--level word", "--level char"]),
+    (["--tie-weights", "--cutoffs", "5", "--embed", "8", "--hidden", "8"], 2, ["--tie-weights", "got --cutoffs 5"]),
     (["--lr-decay-epoch", "2"], 2, ["--lr-decay-epoch 2", "--lr-decay"]),
+    (["--comm-timeout", "10"], 2, ["--comm-timeout 10 applies to --distributed training only"]),
     (["--stateful", "--stride", "5"], 2, ["--stride 5 spaces shuffled windows", "--stateful"]),
     (["--div-value", "2"], 2, ["--div-value 2.0", "give --cutoffs too"]),
     (["--val", "{missing}"], 2, ["argument --val: ", "missing.txt does not exist"]),
@@ -249,6 +251,16 @@ def test_bad_input_is_refused_before_anything_is_trained_or_written(
     assert not out.exists()
 
 
+def test_a_presets_setting_in_conflict_is_named_as_the_presets(capsys, data, tmp_path):
+    out = tmp_path / "m"
+    code, stdout, err = run_cli(
+        capsys, "train", data["train"], "--preset", "zaremba-small", "--level", "char", "--out", out
+    )
+    assert code == 2 and err.startswith("usage: fastlm train "), err
+    assert "--eos <eos> (--preset zaremba-small sets)" in err.splitlines()[-1] and "--level char" in err, err
+    assert not out.exists()
+
+
 def test_resume_finds_moved_files_at_their_new_place(capsys, data, tmp_path):
     train, valid = (tmp_path / "train.txt", tmp_path / "valid.txt")
     train.write_bytes(data["train"].read_bytes())
@@ -263,9 +275,9 @@ def test_resume_finds_moved_files_at_their_new_place(capsys, data, tmp_path):
     train, valid = train.rename(moved / "train.txt"), valid.rename(moved / "valid.txt")
     before = snapshot(out)
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--epochs", "2", *QUICK)
-    assert code == 1 and f"the run's CORPUS file {tmp_path / 'train.txt'} is gone" in err, err
+    assert code == 2 and f"the run's CORPUS file {tmp_path / 'train.txt'} is gone" in err, err
     code, _, err = run_cli(capsys, "train", train, "--out", out, "--resume", "--epochs", "2", *QUICK)
-    assert code == 1 and f"the run's --val file {tmp_path / 'valid.txt'} is gone" in err, err
+    assert code == 2 and f"the run's --val file {tmp_path / 'valid.txt'} is gone" in err, err
     assert snapshot(out) == before
     code, stdout, err = run_cli(
         capsys, "train", train, "--val", valid, "--out", out, "--resume", "--epochs", "2", *QUICK

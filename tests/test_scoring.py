@@ -186,7 +186,7 @@ def test_empty_sentence_is_its_boundary_alone(model, tok):
     eos = tok["<eos>"]
     assert model.score("") == pytest.approx(float(model.log_probs([[eos]], bos=eos)[0][0]) / math.log(10), rel=1e-6)
     assert len(model.full_scores("")) == 1
-    with pytest.raises(ValueError, match="sentence 1 .* has no token to score: it is empty"):
+    with pytest.raises(ValueError, match=r"sentences\[1\] .* has no token to score: it is empty"):
         model.score(["Citizen", ""], eos=False)
 
 
@@ -216,7 +216,7 @@ def test_without_a_boundary_token(tok):
     "call, error, message",
     [
         (lambda m: m.score(b"bytes"), TypeError, "sentences must be a str or a list of str"),
-        (lambda m: m.score(["ok", 3]), TypeError, "sentence 1 must be a str"),
+        (lambda m: m.score(["ok", 3]), TypeError, r"sentences\[1\] must be a str"),
         (lambda m: m.score("ok", bos=1), TypeError, "bos must be True or False"),
         (lambda m: m.score("ok", bos=False, eos=False), ValueError, "first token is context only"),
     ],
@@ -456,13 +456,18 @@ def test_stop_strings_and_ids(model, tok):
         ("", ValueError, "stop holds an empty string"),
         (["a", ""], ValueError, "stop holds an empty string"),
         ([1.5], TypeError, "stop must hold str or int"),
+        ([-1], ValueError, r"stop holds the token id -1, outside the vocabulary \[0, "),
+        ([10**6], ValueError, "stop holds the token id 1000000, outside the vocabulary"),
     ],
 )
 def test_stop_bad_input(model, stop, error, message):
     with pytest.raises(error, match=message):
         model.generate_text("First", 5, seed=0, stop=stop)
-    with pytest.raises(error, match=message):
-        list(model.stream("First", 5, seed=0, stop=stop))
+    with pytest.raises(error, match=message):  # at the call, not at the first piece
+        model.stream("First", 5, seed=0, stop=stop)
+    if not isinstance(stop, str) and not any(isinstance(item, str) for item in stop):
+        with pytest.raises(error, match=message):
+            model.generate(np.array([3, 1]), 5, seed=0, stop=stop)
 
 
 def test_stop_strings_need_text(model):

@@ -189,6 +189,22 @@ def corpus_file(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("fit", [[], ["--fit"]])
+def test_encode_names_a_file_that_is_not_utf8(capsys, tmp_path, corpus_file, fit):
+    """In the command line's words: the Python API's errors='replace' is no option of `fastlm encode`."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    tokenizer = tmp_path / "tok.json"
+    if not fit:
+        fastlm.Tokenizer.fit_file(corpus_file).save(tokenizer)
+    code, out, err = run_cli(
+        capsys, "encode", corpus_file, latin1, *fit, "--tokenizer", tokenizer, "--out", tmp_path / "ids.bin"
+    )
+    assert code == 1 and err.startswith("fastlm encode: error: "), err
+    assert f"{latin1} is not UTF-8 text (invalid byte at offset 3); convert it to UTF-8 first" in err, err
+    assert "errors=" not in err and not (tmp_path / "ids.bin").exists()
+
+
 def test_encode_then_train_on_the_ids(capsys, tmp_path, corpus_file):
     code, out, err = run_cli(
         capsys,

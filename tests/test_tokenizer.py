@@ -509,6 +509,9 @@ def test_eos_saved_and_loaded(tmp_path):
         (dict(eos="<unk>"), ValueError, "eos cannot be '<unk>'"),
         (dict(eos=1), TypeError, "eos must be a str or None"),
         (dict(eos="<eos>", level="char"), ValueError, "eos applies to level='word' only"),
+        # a word of the text: each "b" would read as a line end and come back as a newline
+        (dict(eos="b"), ValueError, "eos='b' occurs 1 time in the text as a word"),
+        (dict(eos="b", split_punctuation=True), ValueError, "eos='b' occurs 1 time"),
     ],
 )
 def test_bad_eos(kwargs, error, message):

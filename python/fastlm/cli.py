@@ -27,6 +27,7 @@ import fastlm
 from fastlm import distributed, model_dir, presets, token_file
 from fastlm.adaptive import check_cutoffs
 from fastlm.checks import check_choice, check_int, check_number
+from fastlm.scoring import UnscorableSentence, boundary_id, sentence_ids
 from fastlm.tokenizer import check_eos
 from fastlm.training import OPTIMIZERS
 
@@ -252,6 +253,8 @@ def _read_tokenizer(path):
 def _mpi_world(args):
     """--distributed: MPI.COMM_WORLD, with rank 0 alone printing; None without the option."""
     if not args.distributed:
+        if args.comm_timeout is not None:
+            raise UsageError(f"--comm-timeout {args.comm_timeout:g} applies to --distributed training only")
         return None
     try:
         comm = args.comm = distributed.world()
@@ -373,23 +376,26 @@ def _resumed_settings(out, trainer, typed, comm):
     for name in FILE_SETTINGS:
         paths = settings[name] if name == "corpus" else [settings[name]] if settings[name] else []
         missing = [p for p in paths if not os.path.exists(p)]
-        if missing and name not in typed:
-            raise FileNotFoundError(
+        if missing and name not in typed:  # the command line must name it: a usage error
+            raise UsageError(
                 f"the run's {_flag(name)} file {missing[0]} is gone: "
                 f"if it has moved, give {_flag(name)} at its new place"
             )
     if trainer["epoch"] >= settings["epochs"]:
         raise UsageError(
-            f"{out} has already been trained for {trainer['epoch']} epochs; "
+            f"{out} has already been trained for {trainer['epoch']} epoch{'s' if trainer['epoch'] != 1 else ''}; "
             f"pass --epochs greater than {trainer['epoch']} to train on"
         )
     return settings
 
 
-def _check_eos_level(eos, level):
-    """--eos with a level other than word: refused by train (any run) and encode --fit."""
+def _check_eos_level(eos, level, source=""):
+    """--eos with a level other than word: refused by train (any run) and encode --fit. source: where
+    the --eos came from, when not typed (" (--preset NAME sets)")."""
     if eos is not None and level != "word":
-        raise UsageError(f"--eos {eos} marks line ends between words: it needs --level word, got --level {level}")
+        raise UsageError(
+            f"--eos {eos}{source} marks line ends between words: it needs --level word, got --level {level}"
+        )
 
 
 def _check_combinations(s, typed):
@@ -399,7 +405,8 @@ def _check_combinations(s, typed):
             f"give --val FILE or --val-fraction, not both "
             f"(got --val {typed['val']} and --val-fraction {typed['val_fraction']})"
         )
-    _check_eos_level(s["eos"], s["level"])
+    preset_eos = s["preset"] and "eos" not in typed and s["eos"] is not None
+    _check_eos_level(s["eos"], s["level"], f" (--preset {s['preset']} sets)" if preset_eos else "")
     if s["momentum"] and s["optimizer"] != "sgd":
         raise UsageError(
             f"--momentum {s['momentum']} applies to --optimizer sgd (Adam has its own betas), "
@@ -409,6 +416,11 @@ def _check_combinations(s, typed):
         raise UsageError(
             f"--nesterov needs --momentum > 0 (Nesterov momentum without momentum is plain SGD), "
             f"got --momentum {s['momentum']}"
+        )
+    if s["tie_weights"] and s["cutoffs"] is not None:
+        raise UsageError(
+            "--tie-weights shares the embedding matrix with the full softmax decoder, which --cutoffs "
+            f"replaces with an adaptive softmax: give one of them, got --cutoffs {','.join(map(str, s['cutoffs']))}"
         )
     if s["tie_weights"] and s["embed"] != s["hidden"]:
         raise UsageError(
@@ -627,7 +639,7 @@ def cmd_train(args):
         max_batches=args.max_steps,
         callback=_epoch_line(s.epochs),
         comm=comm,
-        comm_timeout=args.comm_timeout,
+        comm_timeout=distributed.DEFAULT_TIMEOUT if args.comm_timeout is None else args.comm_timeout,
         sparse_embedding=s.sparse_embedding,
         optimizer=s.optimizer,
         momentum=s.momentum,
@@ -657,7 +669,8 @@ def cmd_train(args):
         result = _record_test(out, s.test, test_ids)
         print(
             f"test: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
-            f"accuracy {result['accuracy']:.3f} ({result['tokens']:,} tokens of {s.test}; saved in trainer.json)"
+            f"accuracy {result['accuracy']:.3f} ({result['tokens']:,} tokens of {s.test} scored, each after the "
+            "one before it; saved in trainer.json)"
         )
     if args.sample_tokens:
         model.tokenizer = tokenizer
@@ -670,12 +683,19 @@ def _text_chunks(paths, size=1 << 20):
     for k, path in enumerate(paths):
         if k:
             yield "\n"
-        with open(path, encoding="utf-8", newline="") as f:
-            while chunk := f.read(size):
-                yield chunk
+        yield from fastlm.tokenizer._file_chunks(path, "utf-8", "strict", size)
 
 
 def cmd_encode(args):
+    try:
+        return _encode(args)
+    except fastlm.tokenizer.TextDecodeError as error:  # its message's advice is the Python API's
+        raise ValueError(
+            f"{error.path} is not UTF-8 text (invalid byte at offset {error.offset}); convert it to UTF-8 first"
+        ) from None
+
+
+def _encode(args):
     out, tokenizer_path = _output_path("--out", args.out), Path(args.tokenizer)
     for path in args.corpus:
         _input_path("CORPUS", path)
@@ -753,6 +773,8 @@ def cmd_generate(args):
     _input_path("DIR", args.directory, "model directory")
     model = _load(args.directory)
     stop = [unescape(s) for s in args.stop] if args.stop else None
+    if stop is not None and "" in stop:
+        raise UsageError('--stop "" would stop before any text: give the string to stop at, such as --stop "\\n"')
     separator = " " if model.tokenizer.level == "word" and args.prompt[-1:].strip() else ""
     if args.stream:
         if args.num_samples != 1:
@@ -820,34 +842,48 @@ def cmd_score(args):
     _model_and_text_paths("score", args.directory, args.file)
     model = _load(args.directory)
     bos, eos = not args.no_bos, not args.no_eos
+    if (bos or eos) and boundary_id(model.tokenizer) is None:
+        raise UsageError(
+            f"{'--bos' if bos else '--eos'} (the default) needs a sentence-boundary token, and this model's "
+            "word-level tokenizer has none (it was trained without --eos): pass --no-bos --no-eos, or train "
+            "with --eos '<eos>'"
+        )
     source = open(args.file, encoding="utf-8") if args.file else sys.stdin
+    lines_before = 0  # of the blocks already scored
     try:
         for lines in _line_blocks(_utf8_lines(source, args.file or "standard input")):
-            if not args.json:
-                print("\n".join(f"{value:.6f}" for value in model.score(lines, bos=bos, eos=eos)), flush=True)
-                continue
-            for line, scores, ids in zip(
-                lines, model.full_scores(lines, bos=bos, eos=eos), scored_ids(model, lines, bos, eos)
-            ):
-                tokens = [
-                    {"token": model.tokenizer.id_to_token(int(i)), "log10_prob": p, "unknown": unknown}
-                    for i, (p, unknown) in zip(ids, scores)
-                ]
-                print(
-                    json.dumps(
-                        {"text": line, "log10_prob": sum(p for p, _ in scores), "tokens": tokens}, ensure_ascii=False
-                    )
-                )
+            try:
+                _print_scores(model, lines, bos, eos, args.json)
+            except UnscorableSentence as error:  # named by its line, in the command line's words
+                line = f"line {lines_before + error.index + 1} ({error.sentence!r}) has no token to score"
+                raise ValueError(
+                    f"{line}: it is empty and --no-eos scores no boundary after it"
+                    if error.empty
+                    else f"{line} with --no-bos --no-eos: its first token is context only"
+                ) from None
+            lines_before += len(lines)
     finally:
         if args.file:
             source.close()
     return 0
 
 
+def _print_scores(model, lines, bos, eos, as_json):
+    """One block of lines scored: a log10 probability per line, or (as_json) a JSON object per line
+    with its tokens' scores."""
+    if not as_json:
+        print("\n".join(f"{value:.6f}" for value in model.score(lines, bos=bos, eos=eos)), flush=True)
+        return
+    for line, scores, ids in zip(lines, model.full_scores(lines, bos=bos, eos=eos), scored_ids(model, lines, bos, eos)):
+        tokens = [
+            {"token": model.tokenizer.id_to_token(int(i)), "log10_prob": p, "unknown": unknown}
+            for i, (p, unknown) in zip(ids, scores)
+        ]
+        print(json.dumps({"text": line, "log10_prob": sum(p for p, _ in scores), "tokens": tokens}, ensure_ascii=False))
+
+
 def scored_ids(model, lines, bos, eos):
     """The ids each line's scores belong to (full_scores gives the scores only)."""
-    from fastlm.scoring import boundary_id, sentence_ids
-
     boundary = boundary_id(model.tokenizer)
     for line in lines:
         ids = list(sentence_ids(model.tokenizer, line, boundary)) + ([boundary] if eos else [])
@@ -1194,10 +1230,10 @@ def build_parser():
     train.add_argument(
         "--comm-timeout",
         type=POSITIVE_FLOAT,
-        default=distributed.DEFAULT_TIMEOUT,
+        default=None,  # given without --distributed: refused
         metavar="SECONDS",
         help="with --distributed: a rank that waits this long for the others at one step (a rank hangs) "
-        "ends every rank with an error naming the step (default: %(default)g)",
+        f"ends every rank with an error naming the step (default: {distributed.DEFAULT_TIMEOUT:g})",
     )
     train.set_defaults(run=cmd_train)
 

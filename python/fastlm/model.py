@@ -676,7 +676,7 @@ class LSTMNetwork:
         """
         sampling = self._sampling(temperature, top_k, top_p, seed, suppress_unk)
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
-        _, stop_ids = streaming.check_stop(stop, text=False)
+        _, stop_ids = streaming.check_stop(stop, text=False, vocab_size=self.vocab_size)
         num_samples = check_int("num_samples", num_samples, 1)
         prompt = _non_empty_prompt(prompt_ids)
         single = prompt.ndim == 1
@@ -755,7 +755,7 @@ class LSTMNetwork:
             return "".join(
                 streaming.stream(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, suppress_unk)
             )
-        stop_strings, stop_ids = streaming.check_stop(stop, text=True)
+        stop_strings, stop_ids = streaming.check_stop(stop, text=True, vocab_size=self.vocab_size)
         ids = self.prompt_ids(prompt)
         out = self.generate(
             ids, max_new_tokens, temperature, top_k, top_p, seed, num_samples, suppress_unk=suppress_unk

@@ -25,6 +25,21 @@ from fastlm.token_file import ResidentPages
 
 LOG10_E = 1.0 / math.log(10.0)
 
+
+class UnscorableSentence(ValueError):
+    """A sentence with no token to score (empty, or one token with bos=False, eos=False): index is
+    its place in the list, so that a caller may name it in its own terms (the CLI: a line number)."""
+
+    def __init__(self, index, sentence, empty):
+        self.index, self.sentence, self.empty = index, sentence, empty
+        super().__init__(
+            f"sentences[{index}] ({sentence!r}) has no token to score: it is empty"
+            if empty
+            else f"sentences[{index}] ({sentence!r}) has no token to score with bos=False, eos=False: its "
+            "first token is context only"
+        )
+
+
 # Rows (stream steps) per C++ call when evaluate reads a 1-D text: enough that the Python
 # between calls is nothing beside the scoring, few enough that a call's outputs and index
 # arrays stay small (a few MB) whatever the text's length. Inside a call the C++ core
@@ -115,7 +130,7 @@ def _sentences(model, sentences, bos, eos):
     sentences = list(sentences)
     for i, s in enumerate(sentences):
         if not isinstance(s, str):
-            raise TypeError(f"sentence {i} must be a str, got {type(s).__name__}")
+            raise TypeError(f"sentences[{i}] must be a str, got {type(s).__name__}")
     bos, eos = check_bool("bos", bos), check_bool("eos", eos)
     boundary = boundary_id(tokenizer)
     if (bos or eos) and boundary is None:
@@ -130,12 +145,7 @@ def _sentences(model, sentences, bos, eos):
         if eos:
             ids = np.append(ids, boundary).astype(np.int32)
         if len(ids) == 0 or (not bos and len(ids) < 2):
-            raise ValueError(
-                f"sentence {i} ({s!r}) has no token to score: it is empty"
-                if not s.split()
-                else f"sentence {i} ({s!r}) has no token to score with bos=False, eos=False: its first "
-                "token is context only"
-            )
+            raise UnscorableSentence(i, s, empty=not s.split())
         seqs.append(ids)
     return seqs, (boundary if bos else None), single
 

@@ -19,11 +19,12 @@ FIRST_CHUNKS = (1, 1, 2, 4)
 CHUNK = 8
 
 
-def check_stop(stop, text):
+def check_stop(stop, text, vocab_size):
     """(stop strings, stop ids) from stop: None, a str, an int, or a list of them.
 
     Strings only with text output; an empty list or an empty string is a ValueError
-    (it would stop nothing or everything)."""
+    (it would stop nothing or everything), and so is an id outside [0, vocab_size) (it
+    would never be drawn)."""
     if stop is None:
         return (), ()
     items = [stop] if isinstance(stop, (str, int, np.integer)) else stop
@@ -41,6 +42,8 @@ def check_stop(stop, text):
                 raise ValueError("stop holds an empty string, which would stop before any text")
             strings.append(item)
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not 0 <= item < vocab_size:
+                raise ValueError(f"stop holds the token id {int(item)}, outside the vocabulary [0, {vocab_size})")
             ids.append(int(item))
         else:
             raise TypeError(f"stop must hold str or int token ids, got {type(item).__name__}")
@@ -102,14 +105,21 @@ def stream(
     tokens are those generate draws with the same seed and settings. stop: a str or a
     token id or a list of them: the stream ends before the first one (a stop string is not
     yielded, nor any text after it). suppress_unk: never sample <unk> (needs the tokenizer).
-    Abandoning the generator half-way is fine: the session is freed with it.
+    Abandoning the generator half-way is fine: the session is freed with it. Bad arguments
+    raise here, before the generator is returned (not at its first piece).
     """
     text = isinstance(prompt, str)
     tokenizer = model.require_tokenizer() if text else None
-    stop_strings, stop_ids = check_stop(stop, text)
+    stop_strings, stop_ids = check_stop(stop, text, model.vocab_size)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
     session = model.session(model.prompt_ids(prompt) if text else prompt, temperature, top_k, top_p, seed, suppress_unk)
     decoder = tokenizer.stream_decoder() if text else None  # text of a few ids at a time, characters whole
+    return _pieces(session, decoder, stop_strings, stop_ids, max_new_tokens)
+
+
+def _pieces(session, decoder, stop_strings, stop_ids, max_new_tokens):
+    """stream's generator: text pieces (decoder given) or token ids, until a stop or max_new_tokens."""
+    text = decoder is not None
     pending = ""  # decoded text not yet yielded (it may begin a stop string)
     for count in _chunks(max_new_tokens):
         ids = session.next(count)[0]

@@ -201,6 +201,17 @@ def _split_words(text, split_punctuation):
     return (bmp if text.isascii() or not _ASTRAL.search(text) else full).findall(text)
 
 
+def _check_eos_not_in_text(eos, occurrences):
+    """Fitting refuses a line-end token the text holds as a word: every occurrence would read as a
+    line end and decode as a newline, the word itself lost."""
+    if occurrences > 0:
+        raise ValueError(
+            f"eos={eos!r} occurs {occurrences:,} time{'s' if occurrences != 1 else ''} in the text as a word, "
+            "where it would read as a line end and decode as a newline; pass a token the text does not "
+            "hold" + (", such as '<eos>'" if eos != "<eos>" else "")
+        )
+
+
 def _with_last_character(pieces, seen):
     """Pass pieces through, keeping the last character of the text in seen[0] (None while empty)."""
     for piece in pieces:
@@ -308,6 +319,14 @@ def _text_pieces(text, level):
     return _regroup(_checked_chunks(chunks), _PIECE_CHARS, level)
 
 
+class TextDecodeError(ValueError):
+    """A file's bytes that are not valid in its encoding: path, encoding and the byte offset."""
+
+    def __init__(self, message, path, encoding, offset):
+        super().__init__(message)
+        self.path, self.encoding, self.offset = path, encoding, offset
+
+
 def _file_chunks(path, encoding, errors, chunk_size):
     """Decoded str chunks of a file, read chunk_size bytes at a time; decode errors name the byte offset."""
     decoder = codecs.getincrementaldecoder(encoding)(errors)
@@ -324,10 +343,13 @@ def _file_chunks(path, encoding, errors, chunk_size):
             except UnicodeDecodeError as e:
                 at = offset - pending + e.start
                 bad = e.object[e.start : e.end]
-                raise ValueError(
+                raise TextDecodeError(
                     f"{path}: not valid {encoding} at byte offset {at} "
                     f"(byte {bad[:4]!r}: {e.reason}); pass errors='replace' to read it "
-                    "with U+FFFD in place of undecodable bytes"
+                    "with U+FFFD in place of undecodable bytes",
+                    path,
+                    encoding,
+                    at,
                 ) from e
             offset += len(data)
             if text:
@@ -515,11 +537,14 @@ class Tokenizer:
         level, min_count, max_vocab = options["level"], options["min_count"], options["max_vocab"]
         keep = (max_vocab - 1) if max_vocab is not None else None
         if level == "word":
-            counter, last = Counter(), [None]
+            counter, last, line_ends = Counter(), [None], 0
             eos = options["eos"]
             for piece in _with_last_character(pieces, last):
                 counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"], eos))
+                line_ends += piece.count("\n")
             counter.update(_final_eos(eos, last[0]))
+            if eos is not None:
+                _check_eos_not_in_text(eos, counter[eos] - line_ends - len(_final_eos(eos, last[0])))
             total = sum(counter.values())
             items = sorted(
                 ((t, c) for t, c in counter.items() if (c >= min_count or t == eos) and t != UNK),
