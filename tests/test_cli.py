@@ -853,6 +853,9 @@ def test_score_prints_one_log10_score_per_line_of_a_file_or_of_stdin(capsys, cha
     code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
     # the empty line has nothing to score without eos: named by its line number, counted from 1
     assert code == 1 and f"line 3 ({SENTENCES[2]!r}) has no token to score" in err, err
+    assert "--no-eos scores no boundary after it" in err, err
+    code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos")  # the boundary alone: context
+    assert code == 1 and "line 3 ('') has no token to score: it is empty, and with --no-bos" in err, err
     text.write_text("\n".join(s for s in SENTENCES if s) + "\n", encoding="utf-8")
     code, out, err = run_cli(capsys, "score", char_model, text, "--no-bos", "--no-eos")
     assert code == 0, err

@@ -152,9 +152,12 @@ def read_text(path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path} is not UTF-8 text (invalid byte at offset {error.start}); convert it to UTF-8 first"
-        ) from None
+        raise _not_utf8(path, error.start) from None
+
+
+def _not_utf8(path, offset):
+    """The error for a file whose bytes are not UTF-8 from offset on."""
+    return ValueError(f"{path} is not UTF-8 text (invalid byte at offset {offset}); convert it to UTF-8 first")
 
 
 def _option(convert, check, *bounds):
@@ -690,9 +693,7 @@ def cmd_encode(args):
     try:
         return _encode(args)
     except fastlm.tokenizer.TextDecodeError as error:  # its message's advice is the Python API's
-        raise ValueError(
-            f"{error.path} is not UTF-8 text (invalid byte at offset {error.offset}); convert it to UTF-8 first"
-        ) from None
+        raise _not_utf8(error.path, error.offset) from None
 
 
 def _encode(args):
@@ -856,11 +857,13 @@ def cmd_score(args):
                 _print_scores(model, lines, bos, eos, args.json)
             except UnscorableSentence as error:  # named by its line, in the command line's words
                 line = f"line {lines_before + error.index + 1} ({error.sentence!r}) has no token to score"
-                raise ValueError(
-                    f"{line}: it is empty and --no-eos scores no boundary after it"
-                    if error.empty
-                    else f"{line} with --no-bos --no-eos: its first token is context only"
-                ) from None
+                if not error.empty:
+                    why = " with --no-bos --no-eos: its first token is context only"
+                elif eos:
+                    why = ": it is empty, and with --no-bos its boundary alone is context only"
+                else:
+                    why = ": it is empty and --no-eos scores no boundary after it"
+                raise ValueError(line + why) from None
             lines_before += len(lines)
     finally:
         if args.file:

@@ -542,9 +542,10 @@ class Tokenizer:
             for piece in _with_last_character(pieces, last):
                 counter.update(_word_tokens(piece, options["lowercase"], options["split_punctuation"], eos))
                 line_ends += piece.count("\n")
-            counter.update(_final_eos(eos, last[0]))
+            final_eos = _final_eos(eos, last[0])
+            counter.update(final_eos)
             if eos is not None:
-                _check_eos_not_in_text(eos, counter[eos] - line_ends - len(_final_eos(eos, last[0])))
+                _check_eos_not_in_text(eos, counter[eos] - line_ends - len(final_eos))
             total = sum(counter.values())
             items = sorted(
                 ((t, c) for t, c in counter.items() if (c >= min_count or t == eos) and t != UNK),
