@@ -12,6 +12,7 @@ NaN would silently destroy state: load_state_dict, adam_update's grad, clip_grad
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -181,6 +182,11 @@ def modified_state(model):
 
 
 class TestLoadStateDict:
+    @pytest.mark.parametrize("state", [None, [("embedding.weight", 1)], "embedding.weight"])
+    def test_not_a_mapping(self, model, state):
+        with pytest.raises(TypeError, match="state_dict must be a mapping of parameter names to arrays, got"):
+            model.load_state_dict(state)
+
     @pytest.mark.parametrize("entry", ["embedding.weight", "lstm.bias_hh_l1", "decoder.bias"])
     def test_missing_entry(self, model, entry):
         before = model.state_dict()
@@ -323,6 +329,17 @@ class TestConstructor:
         with pytest.raises(ValueError, match=r"parameters \(.* GiB as float32\), more than this machine's memory"):
             fastlm.LSTMLM(**{"vocab_size": V, **sizes})
         assert time.process_time() - started < 1.0
+
+    def test_size_beyond_a_float_is_reported_not_overflowed(self):
+        """The size check's message must not overflow (GiB of 10**400 parameters as a float)."""
+        from fastlm.model import physical_memory
+
+        if physical_memory() is None:
+            pytest.skip("the system does not report its memory")
+        with pytest.raises(
+            ValueError, match=r"hidden_size=about 10\*\*400, num_layers=1 make about 10\*\*800 parameters \(more than"
+        ):
+            fastlm.LSTMLM(V, 4, 10**400)
 
     @pytest.mark.parametrize("value", [1.0, 1.5, -0.1, float("nan")])
     def test_dropout_out_of_range(self, value):
@@ -1451,12 +1468,18 @@ class TestNaNPropagates:
 
 
 class TestThreads:
-    @pytest.mark.parametrize("n", [0, -1])
-    def test_set_num_threads_not_positive(self, n):
+    @pytest.mark.parametrize("n", [0, -1, 4 * os.cpu_count() + 1, 10000])
+    def test_set_num_threads_out_of_range(self, n):
+        """10000 threads: GNU OpenMP, unable to create them, would end the process."""
         before = fastlm.get_num_threads()
-        with pytest.raises(ValueError, match=rf"number of threads must be >= 1, got {n}"):
+        limit = 4 * os.cpu_count()
+        with pytest.raises(ValueError, match=rf"number of threads\) must be an integer in \[1, {limit}\], got {n}"):
             fastlm.set_num_threads(n)
         assert fastlm.get_num_threads() == before
+
+    def test_set_num_threads_accepts_up_to_four_per_core(self, restore_threads):
+        fastlm.set_num_threads(4 * os.cpu_count())  # no kernel runs: the threads are never created
+        assert fastlm.get_num_threads() == 4 * os.cpu_count()
 
     @pytest.mark.parametrize("n", [1.5, "2", None])
     def test_set_num_threads_not_int(self, n):

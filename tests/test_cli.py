@@ -510,6 +510,11 @@ def _set_config(directory, **changes):
     (directory / "config.json").write_text(json.dumps(config))
 
 
+def _set_model(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    _set_config(directory, model={**config["model"], **changes})
+
+
 def _drop_last_token(directory):
     tokenizer = json.loads((save_path(directory) / "tokenizer.json").read_text())
     tokenizer["vocab"], tokenizer["counts"] = tokenizer["vocab"][:-1], tokenizer["counts"][:-1]
@@ -525,7 +530,7 @@ DAMAGE = {  # name -> (what to do to a model directory, words the message must c
         ["config.json", "corrupted"],
     ),
     "config.json not a config": (lambda d: (d / "config.json").write_text("[1, 2]"), ["config.json"]),
-    "invalid model section": (lambda d: _set_config(d, model={"vocab_size": -3}), ["config.json", "vocab_size", "-3"]),
+    "invalid model section": (lambda d: _set_model(d, vocab_size=-3), ["config.json", "vocab_size", "-3"]),
     "model section of the wrong kind": (lambda d: _set_config(d, model={"colour": "red"}), ["config.json"]),
     "garbage weights": (
         lambda d: (save_path(d) / "model.safetensors").write_bytes(os.urandom(300)),

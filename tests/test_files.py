@@ -253,6 +253,59 @@ def test_missing_file(saved, name):
         fastlm.load(saved)
 
 
+def test_empty_path_is_not_the_current_directory(model, tmp_path, monkeypatch):
+    """ "" would silently mean the current directory (config.json, save-*/ and the lock written
+    into it); "." says so."""
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: model.save(""), lambda: fastlm.load(""), lambda: model_dir.load_training_state("")):
+        with pytest.raises(ValueError, match="directory must name a directory, got ''"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match="directory must be a directory path"):
+        fastlm.load(None)
+
+
+def test_unknown_backend_is_refused_before_reading_anything(saved, monkeypatch):
+    monkeypatch.setattr(model_dir, "read_config", None)  # any read would fail otherwise
+    with pytest.raises(ValueError, match="^backend must be one of 'cpp', 'numpy', got 'torch'$"):
+        fastlm.load(saved, backend="torch")
+
+
+def test_save_with_a_tokenizer_that_is_not_one(model, tmp_path):
+    with pytest.raises(TypeError, match="tokenizer must be a fastlm.Tokenizer or None, got str"):
+        model.save(tmp_path / "m", tokenizer="abc")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_file_that_is_a_directory_is_named_as_such(saved, name):
+    path = saved / name if name == "config.json" else model_dir.save_path(saved) / name
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ValueError, match=rf"{name} is a directory, not a regular file"):
+        fastlm.load(saved)
+
+
+def test_missing_tokenizer_that_config_records_is_an_error(saved):
+    """config.json says the save has a tokenizer: a model loaded without it would fail only
+    at the first text it is given."""
+    (model_dir.save_path(saved) / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json is missing, but config\.json records a tokenizer"):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_tokenizer_that_is_not_a_regular_file_is_refused(saved, kind):
+    path = model_dir.save_path(saved) / "tokenizer.json"
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)  # would block the open for ever
+    else:
+        path.symlink_to("/dev/zero")  # would be read until the memory runs out
+    with pytest.raises(ValueError, match=r"tokenizer\.json is a (FIFO|character device), not a regular file"):
+        fastlm.load(saved)
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"", b"\xff\xfe\x00garbage", b'{"format_version": 1,'])
 def test_corrupted_config(saved, content):
     (saved / "config.json").write_bytes(content)
@@ -283,6 +336,7 @@ def test_config_without_required_entries(saved, config, message):
         (dict(hidden_size="big"), "hidden_size must be an int"),
         (dict(colour="blue"), "colour"),
         (dict(dropout=2.0), "dropout must lie in"),
+        (dict(hidden_size=10**400), r"hidden_size=about 10\*\*400, num_layers=2 make about 10\*\*801 parameters"),
     ],
 )
 def test_config_with_invalid_model_section(saved, change, message):
@@ -290,6 +344,22 @@ def test_config_with_invalid_model_section(saved, change, message):
     config["model"].update(change)
     write_config(saved, config)
     with pytest.raises(ValueError, match=rf"config\.json has an invalid model section: .*{message}"):
+        fastlm.load(saved)
+
+
+@pytest.mark.parametrize("key", ["vocab_size", "embed_dim", "hidden_size", "num_layers", "dropout", "seed"])
+def test_config_without_a_setting_fastlm_always_writes(saved, key):
+    """A default in its place would build another model than the one saved, and blame its weights."""
+    config = config_of(saved)
+    del config["model"][key]
+    write_config(saved, config)
+    with pytest.raises(ValueError, match=rf"config\.json has an invalid model section: it lacks '{key}'$"):
+        fastlm.load(saved)
+
+
+def test_config_with_an_integer_past_pythons_digit_limit(saved):
+    (saved / "config.json").write_text(json.dumps(config_of(saved)).replace('"seed": 5', '"seed": ' + "9" * 5000))
+    with pytest.raises(ValueError, match=r"config\.json is corrupted: .*digits"):
         fastlm.load(saved)
 
 
@@ -351,6 +421,59 @@ def _rewrite_weights(directory, edit):
         model_dir.save_path(directory) / "model.safetensors",
         metadata={"save_id": config_of(directory)["save_id"]},
     )
+
+
+def rewrite_header(path, change):
+    """Rewrite a safetensors file's JSON header through change(header), the data left as it is."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length :])
+
+
+def test_overlapping_tensors_are_refused(saved):
+    """Two entries sharing bytes (the safetensors format forbids it; its reader says "invalid offset")."""
+    path = model_dir.save_path(saved) / "model.safetensors"
+
+    def overlap(header):
+        header["lstm.bias_hh_l0"]["data_offsets"] = header["lstm.bias_ih_l0"]["data_offsets"]
+
+    rewrite_header(path, overlap)
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: entry 'lstm\.bias_(ih|hh)_l0' overlaps entry 'lstm\.bias_(ih|hh)_l0'"
+    ):
+        fastlm.load(saved)
+
+
+def test_bytes_that_belong_to_no_tensor_are_refused(saved):
+    path = model_dir.save_path(saved) / "model.safetensors"
+
+    def drop_the_first(header):
+        first = min((name for name in header if name != "__metadata__"), key=lambda n: header[n]["data_offsets"])
+        del header[first]
+
+    rewrite_header(path, drop_the_first)
+    with pytest.raises(ValueError, match=r"model\.safetensors: bytes 0 to \d+ before entry '.+' belong to no tensor"):
+        fastlm.load(saved)
+
+
+def test_bytes_after_the_last_tensor_are_refused(saved):
+    path = model_dir.save_path(saved) / "model.safetensors"
+    with open(path, "ab") as f:
+        f.write(b"\0" * 12)
+    with pytest.raises(ValueError, match=r"model\.safetensors: 12 bytes after the last tensor's data"):
+        fastlm.load(saved)
+
+
+def test_what_fastlm_writes_tiles_the_data_exactly(model, tok, tmp_path):
+    """Both files a checkpoint writes pass the check (and safetensors' own reader)."""
+    train_with_checkpoint(model, tok, tmp_path)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        path = model_dir.save_path(tmp_path) / name
+        model_dir._read_header(path, model_dir.MAX_HEADER_BYTES)
+        load_file(path)
 
 
 def test_misshaped_tensor_is_named(saved):

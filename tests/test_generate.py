@@ -378,9 +378,28 @@ def test_non_integer_seed_is_a_type_error(model, seed):
 
 
 def test_negative_seed_is_a_value_error(model):
-    with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 18446744073709551615\], got -1"):
         model.generate(PROMPT, 3, seed=-1)
     np.testing.assert_array_equal(model.generate(PROMPT, 5, seed=np.uint64(4)), model.generate(PROMPT, 5, seed=4))
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**64 + 5, 10**30])
+def test_seed_beyond_64_bits_is_refused_everywhere_it_samples(seed):
+    """The kernels take a 64-bit seed: 2**64 used to wrap onto seed 0's samples without a word."""
+    model = fastlm.LSTMLM(V, E, H, seed=3)
+    model.tokenizer = fastlm.Tokenizer(["<unk>"] + [chr(ord("A") + i) for i in range(V - 1)], "char")
+    calls = {
+        "generate": lambda: model.generate(PROMPT, 3, seed=seed),
+        "generate with stop": lambda: model.generate(PROMPT, 3, seed=seed, stop=1),
+        "generate_text": lambda: model.generate_text("AB", 3, seed=seed),
+        "generate_text with stop": lambda: model.generate_text("AB", 3, seed=seed, stop="C"),
+        "stream": lambda: list(model.stream(PROMPT, 3, seed=seed)),
+        "session": lambda: model.session(PROMPT, seed=seed),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {2**64 - 1}\], got "):
+            call()
+    assert len(model.generate(PROMPT, 5, seed=2**64 - 1)) == 5  # the largest is accepted
 
 
 CTRL_C_CHILD = r"""

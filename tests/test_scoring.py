@@ -98,6 +98,7 @@ def test_log_probs_are_normalised(tok):
         ([np.array([[1, 2]])], {}, ValueError, "sequence 0 must be 1-D"),
         ([np.array([1.5, 2.0])], {}, TypeError, "sequence 0 must hold integer token ids"),
         (np.array([1, 2, 3]), {}, TypeError, "a single 1-D array: wrap it in a list"),
+        ([5, 6, 7], {}, TypeError, "a flat list of ids: wrap it in a list"),
         (5, {}, TypeError, "list of 1-D id arrays"),
         ([np.array([1, 2])], dict(bos=10**9), ValueError, r"bos must be an integer in \[0, "),
         ([np.array([1, 2])], dict(bos="x"), TypeError, "bos must be an integer or None"),

@@ -47,6 +47,13 @@ def test_save_ids_streams_chunks(tmp_path):
     np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), np.arange(50))
 
 
+def test_save_ids_takes_a_flat_list_as_one_sequence(tmp_path):
+    """[1, 2, 3] is the ids themselves, not three chunks of shape ()."""
+    assert fastlm.save_ids(tmp_path / "ids.bin", [1, 2, 3], 10) == 3
+    np.testing.assert_array_equal(fastlm.open_ids(tmp_path / "ids.bin"), [1, 2, 3])
+    assert fastlm.save_ids(tmp_path / "two.bin", [[1, 2], np.array([3])], 10) == 3  # still a list of chunks
+
+
 @pytest.mark.parametrize("level, eos", [("word", None), ("char", None), ("word", "<eos>")])
 def test_encode_files_equals_encode_of_joined_text(tmp_path, level, eos):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"

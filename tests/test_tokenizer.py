@@ -248,6 +248,37 @@ def test_load_errors(tmp_path):
         assert str(path) in str(info.value), name
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_load_refuses_what_is_not_a_regular_file(tmp_path, kind):
+    """A directory has nothing to read, a FIFO would block the open and /dev/zero never ends
+    (read whole, it exhausts the memory): each is named before a byte is read."""
+    path = tmp_path / "tok.json"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(os.devnull)
+    expected = {"directory": "a directory", "fifo": "a FIFO", "device": "a character device"}[kind]
+    with pytest.raises(ValueError, match=f"tok.json is {expected}, not a regular file"):
+        Tokenizer.load(path)
+
+
+def test_load_refuses_a_file_larger_than_its_bound_before_reading_it(tmp_path):
+    path = tmp_path / "tok.json"
+    Tokenizer.fit("a b b").save(path)
+    size = path.stat().st_size
+    with pytest.raises(ValueError, match=rf"tok\.json: {size:,} bytes, more than a tokenizer file may hold \(100;"):
+        Tokenizer.load(path, max_bytes=100)
+    assert Tokenizer.load(path, max_bytes=size) == Tokenizer.fit("a b b")
+    with open(path, "ab") as f:  # a sparse file beyond the default bound, refused by its size
+        f.truncate(tokenizer_module.MAX_FILE_BYTES + 1)
+    with pytest.raises(ValueError, match="more than a tokenizer file may hold"):
+        Tokenizer.load(path)
+    with pytest.raises(ValueError, match=r"max_bytes must be a positive integer, got 0"):
+        Tokenizer.load(path, max_bytes=0)
+
+
 # ---------------------------------------------------------------- streaming equals in-memory
 
 STREAM_TEXT = (

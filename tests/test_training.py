@@ -782,6 +782,7 @@ def test_evaluate_ids_carries_state(trained, ids):
     "args, kw, error, message",
     [
         ((np.array([], dtype=np.int32),), {}, ValueError, "empty"),
+        (([],), {}, ValueError, r"ids is empty \(shape \(0,\)\)"),  # not "dtype float64": NumPy's type for []
         ((np.array([3], dtype=np.int32),), {}, ValueError, "at least 2 tokens"),
         ((np.arange(50) % 5,), dict(seq_len=0), ValueError, "seq_len must be a positive integer, got 0"),
         ((np.arange(50) % 5,), dict(batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
@@ -845,6 +846,92 @@ def test_corrupted_trainer_file_is_a_clear_error(tok, ids, tmp_path):
     (model_dir.save_path(tmp_path) / model_dir.TRAINER_FILE).write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="trainer.json is corrupted"):
         quiet_fit(tiny_model(tok), ids, epochs=2, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tok, ids, tmp_path_factory):
+    """A checkpoint after one epoch and 3 batches of the next (16 batches an epoch), and its trainer.json."""
+    directory = tmp_path_factory.mktemp("checkpoint")
+    quiet_fit(tiny_model(tok), ids, epochs=2, checkpoint_dir=directory, max_batches=19)
+    path = model_dir.save_path(directory) / model_dir.TRAINER_FILE
+    return directory, path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("epoch", None, "'epoch' must be an integer, got None"),
+        ("epoch", -1, "'epoch' must be an integer >= 0, got -1"),
+        ("epoch", 10**12, "'history' 'epoch' must be a list of one entry per epoch done \\(1000000000000\\)"),
+        ("batch", None, "'batch' must be an integer, got None"),
+        ("batch", 10**12, "'batch' 1000000000000 lies outside an epoch of 16 batches"),
+        ("batch", 16, "'batch' 16 lies outside an epoch of 16 batches"),
+        ("epoch_tokens", 10**12, "'epoch_tokens' 1000000000000 after 3 batch\\(es\\) of this data, which hold 384"),
+        ("epoch_tokens", 383, "'epoch_tokens' 383 after 3 batch"),
+        ("adam_step", 10**6, "'adam_step' 1000000, but 1 epoch\\(s\\) of 16 batches and 3 batch\\(es\\) make 19"),
+        ("lr", None, "'lr' must be a number, got None"),
+        ("lr", -1.0, "'lr' must be positive and finite, got -1.0"),
+        ("lr", 10**400, "'lr' must be positive and finite, got about 10\\*\\*400"),
+        ("settings", None, "'settings' must be a JSON object, got None"),
+        ("history", None, "'history' must be a JSON object, got None"),
+        ("history", {}, "'history' 'epoch' must be a list of one entry per epoch done \\(1\\), got None"),
+        ("history", "loss=[]", "'history' must be a JSON object"),
+        ("best_epoch", 2, "'best_epoch' must be an integer in \\[1, 1\\], got 2"),
+        ("stopped_early", "no", "'stopped_early' must be True or False"),
+        ("epoch_loss_sum", float("nan"), "'epoch_loss_sum' must be a finite number >= 0"),
+    ],
+)
+def test_every_trainer_value_is_checked_on_resume(tok, ids, checkpointed, key, value, message):
+    """Each value of trainer.json, damaged or edited: a ValueError naming the file, the key and
+    the value, never a crash deep in the loop or a run that trains on from a position it
+    never reached (an epoch loss divided by 10**12 tokens, an epoch skipped)."""
+    directory, path, trainer = checkpointed
+    path.write_text(json.dumps({**trainer, key: value}))
+    try:
+        with pytest.raises(ValueError, match=f"{path}.*{message}"):
+            quiet_fit(tiny_model(tok), ids, epochs=2, checkpoint_dir=directory, resume=True)
+    finally:
+        path.write_text(json.dumps(trainer))
+
+
+def test_empty_checkpoint_dir_is_refused(tok, ids, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint_dir must name a directory, got ''"):
+        quiet_fit(tiny_model(tok), ids, epochs=1, checkpoint_dir="")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused(tok, ids, checkpointed):
+    directory, path, _ = checkpointed
+    with pytest.raises(
+        ValueError,
+        match=rf"cannot resume: {path} records 'epoch' 1 done and 'batch' 3 of the next, "
+        "more than this run's epochs=1",
+    ):
+        quiet_fit(tiny_model(tok), ids, epochs=1, checkpoint_dir=directory, resume=True)
+
+
+def test_history_lists_must_hold_an_entry_per_epoch(tok, ids, checkpointed):
+    directory, path, trainer = checkpointed
+    for history, message in (
+        (
+            {**trainer["history"], "loss": []},
+            "'history' 'loss' must be a list of one entry per epoch done \\(1\\), got 0",
+        ),
+        ({**trainer["history"], "loss": ["x"]}, "'history' 'loss' holds 'x', not a number"),
+    ):
+        path.write_text(json.dumps({**trainer, "history": history}))
+        try:
+            with pytest.raises(ValueError, match=f"{path} is corrupted: {message}"):
+                model_dir.load_training_state(directory, optimizer=False)
+        finally:
+            path.write_text(json.dumps(trainer))
+
+
+def test_the_untouched_checkpoint_resumes(tok, ids, checkpointed):
+    directory, _, _ = checkpointed  # the cases above left it as it was
+    history = quiet_fit(tiny_model(tok), ids, epochs=2, checkpoint_dir=directory, resume=True)
+    assert len(history["loss"]) == 2 and 1 < history["loss"][1] < 10
 
 
 def test_second_ctrl_c_during_a_checkpoint_waits_for_it(tok, ids, tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ from fastlm import _environment
 _environment.bound_openmp_spin()
 
 from fastlm import _core, datasets, presets, reference
-from fastlm._core import build_info, get_num_threads, set_num_threads, windows
+from fastlm._core import build_info, get_num_threads, windows
 from fastlm.lstmlm import LSTMLM, load
+from fastlm.threads import set_num_threads
 from fastlm.token_file import open_ids, save_ids
 from fastlm.token_file import read_header as read_ids_header
 from fastlm.tokenizer import Tokenizer

@@ -1,4 +1,5 @@
-"""Atomic file writes: a synced temporary file in the target's directory, then a rename.
+"""Atomic file writes: a synced temporary file in the target's directory, then a rename; and
+the guarded open of the files fastlm reads back (open_regular_file).
 
 A leaf module (it imports nothing from fastlm), so that every module that writes files
 (tokenizer.py, model_dir.py) can use it without importing the others.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -67,3 +69,38 @@ def fsync_directory(path):
             raise
     finally:
         os.close(fd)
+
+
+def _file_kind(mode):
+    """What a stat mode that is not a regular file's is, in words."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def open_regular_file(path):
+    """(binary file object, size in bytes) of path opened for reading, which must be a regular
+    file once symlinks are followed: FileNotFoundError when nothing is there, ValueError naming
+    the path and what is there otherwise. A directory has no bytes to read, a FIFO would block
+    the open until a writer came, and a device such as /dev/zero never ends; so the file is
+    opened without blocking and checked before a byte is read."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except IsADirectoryError:  # systems that refuse to open a directory at all
+        raise ValueError(f"{path} is a directory, not a regular file") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError(f"{path} is {_file_kind(status.st_mode)}, not a regular file")
+        return os.fdopen(fd, "rb"), status.st_size
+    except BaseException:
+        os.close(fd)
+        raise

@@ -66,6 +66,10 @@ class WindowBatches:
     def batch_rows(self, b):
         return min(self.batch_size, self.count - b * self.batch_size)
 
+    def tokens_before(self, b):
+        """Target tokens in the epoch's batches before batch b < len(self), all of them full."""
+        return b * self.batch_size * self.seq_len
+
     def window_order(self, epoch):
         """The epoch's order of window numbers (start = number * stride). Held as int32 where
         it fits, shuffled in place: a 1G-token corpus has 30M windows of T = 35, so an int64
@@ -103,6 +107,10 @@ class ArrayBatches:
     def batch_rows(self, b):
         return min(self.batch_size, len(self.x) - b * self.batch_size)
 
+    def tokens_before(self, b):
+        """Target tokens in the epoch's batches before batch b < len(self), all of them full."""
+        return b * self.batch_size * self.x.shape[1]
+
     def epoch(self, epoch, first_batch=0):
         rows = epoch_rng(self.seed, epoch).permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for b in range(first_batch, len(self)):
@@ -129,6 +137,10 @@ class ContiguousBatches:
 
     def batch_rows(self, b):
         return self.batch_size
+
+    def tokens_before(self, b):
+        """Target tokens in the epoch's batches before batch b < len(self), all of them full."""
+        return b * self.batch_size * self.seq_len
 
     def epoch(self, epoch, first_batch=0):
         for b in range(first_batch, len(self)):

@@ -3,13 +3,16 @@
 A wrong type raises TypeError, a wrong value raises ValueError, and both messages name
 the argument and the value. Each check returns the value converted to its plain Python
 type (NumPy scalars are accepted wherever Python numbers are; bools are not numbers).
-A leaf module: NumPy only.
+A leaf module: NumPy and the standard library only.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +21,14 @@ _INTERVAL = re.compile(r"\s*([\[(])\s*(-?inf|[-+.\deE]+)\s*,\s*(-?inf|[-+.\deE]+
 
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def shown(value):
+    """value as a message shows it: an integer too long to read (or for Python to print, past
+    4300 digits) by its order of magnitude."""
+    if _is_int(value) and int(value).bit_length() > 128:
+        return f"about {'-' if value < 0 else ''}10**{int(math.log10(abs(int(value))))}"
+    return repr(value)
 
 
 def check_int(name, value, low=None, high=None, *, allow_none=False):
@@ -34,7 +45,7 @@ def check_int(name, value, low=None, high=None, *, allow_none=False):
             expected = "a positive integer"
         else:
             expected = f"an integer >= {low}"
-        raise ValueError(f"{name} must be {expected}, got {value}")
+        raise ValueError(f"{name} must be {expected}, got {shown(value)}")
     return value
 
 
@@ -55,7 +66,10 @@ def check_number(name, value, interval="(-inf, inf)", *, allow_none=False):
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number{' or None' if allow_none else ''}, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range: outside every interval but an infinite one
+        number = math.inf if value > 0 else -math.inf
     low, low_closed, high, high_closed = _interval(interval)
     inside = (number >= low if low_closed else number > low) and (number <= high if high_closed else number < high)
     if not inside:  # NaN lands here too
@@ -65,7 +79,7 @@ def check_number(name, value, interval="(-inf, inf)", *, allow_none=False):
             expected = "be a finite number >= 0"
         else:
             expected = f"lie in {interval}"
-        raise ValueError(f"{name} must {expected}, got {value!r}")
+        raise ValueError(f"{name} must {expected}, got {shown(value)}")
     return number
 
 
@@ -93,6 +107,19 @@ def check_choice(name, value, choices):
     return value
 
 
+def check_directory(name, value):
+    """value, a directory's path (str or os.PathLike), as a Path. An empty path is refused: it
+    would mean the current directory without anyone having said so ("." says it)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a directory path (str or os.PathLike), got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a directory path (str or os.PathLike), got {path!r}")
+    if not path:
+        raise ValueError(f"{name} must name a directory, got {value!r} (pass '.' for the current one)")
+    return Path(path)
+
+
 def check_ids(name, ids, vocab_size, ndim):
     """Token ids as a C-contiguous int32 array of the given ndim, each in [0, vocab_size)."""
     ids = np.asarray(ids)
@@ -110,7 +137,10 @@ def check_ids(name, ids, vocab_size, ndim):
 
 
 def check_tokenizer(tokenizer, vocab_size):
-    """A tokenizer (or None) can only go with a model of the same vocabulary size."""
+    """A tokenizer (or None) can only go with a model of the same vocabulary size. (A leaf
+    module cannot import fastlm.Tokenizer: it is known by what fastlm uses of it.)"""
+    if tokenizer is not None and not all(hasattr(tokenizer, a) for a in ("level", "encode", "decode", "write_json")):
+        raise TypeError(f"tokenizer must be a fastlm.Tokenizer or None, got {type(tokenizer).__name__}")
     if tokenizer is not None and len(tokenizer) != vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "

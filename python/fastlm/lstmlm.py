@@ -9,7 +9,8 @@ through the interface documented on LSTMNetwork.
 from __future__ import annotations
 
 from fastlm import model_dir, training
-from fastlm.model import LSTMNetwork
+from fastlm.checks import check_choice
+from fastlm.model import BACKENDS, LSTMNetwork
 
 
 class LSTMLM(LSTMNetwork):
@@ -36,4 +37,5 @@ class LSTMLM(LSTMNetwork):
 
 def load(directory, backend="cpp"):
     """The model saved in directory, with its tokenizer (model.tokenizer, or None)."""
+    check_choice("backend", backend, BACKENDS)  # the caller's mistake: before any file is read
     return model_dir.load(directory, LSTMLM, backend)

@@ -15,6 +15,7 @@ once with the gradients of both uses summed.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import math
 import os
@@ -24,10 +25,22 @@ import warnings
 import numpy as np
 
 from fastlm import _core, adaptive, onnx_export, reference, scoring, streaming, torch_convert
-from fastlm.checks import check_bool, check_choice, check_ids, check_int, check_number, check_str, check_tokenizer
+from fastlm.checks import (
+    check_bool,
+    check_choice,
+    check_ids,
+    check_int,
+    check_number,
+    check_str,
+    check_tokenizer,
+    shown,
+)
 from fastlm.token_file import check_corpus
 
 BACKENDS = ("cpp", "numpy")
+MAX_SAMPLING_SEED = 2**64 - 1  # generate, stream and their kind: the seed is the kernels' uint64
+# The settings config() always writes (the others only when they are on).
+SAVED_SETTINGS = ("vocab_size", "embed_dim", "hidden_size", "num_layers", "dropout", "seed")
 
 
 def _backend_ops(backend):
@@ -79,12 +92,26 @@ def check_model_size(vocab_size, embed_dim, hidden_size, num_layers):
     count = parameter_count(vocab_size, embed_dim, hidden_size, num_layers)
     memory = physical_memory()
     if memory is not None and 4 * count > memory:
+        sizes = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers)
         raise ValueError(
-            f"vocab_size={vocab_size}, embed_dim={embed_dim}, hidden_size={hidden_size}, "
-            f"num_layers={num_layers} make {count:,} parameters ({4 * count / 2**30:,.1f} GiB as "
-            f"float32), more than this machine's memory ({memory / 2**30:,.1f} GiB)"
+            f"{', '.join(f'{k}={shown(v)}' for k, v in sizes.items())} make {_amount(count)} parameters "
+            f"({_gib(4 * count)} as float32), more than this machine's memory ({_gib(memory)})"
         )
     return count
+
+
+def _amount(n):
+    """An integer with thousands separators; one beyond reading, by its number of digits."""
+    return f"{n:,}" if n.bit_length() <= 128 else shown(n)
+
+
+def _gib(nbytes):
+    """A byte count in GiB; one beyond a float's range as a power of two (sizes a caller can
+    pass, such as hidden_size=10**400, make such counts)."""
+    try:
+        return f"{nbytes / 2**30:,.1f} GiB"
+    except OverflowError:
+        return f"more than 2**{nbytes.bit_length() - 31} GiB"
 
 
 def _check_recipe_options(tie_weights, init_range, embed_dim, hidden_size, cutoffs):
@@ -223,13 +250,17 @@ class LSTMNetwork:
         unknown = sorted(set(config) - known)
         if unknown:
             raise TypeError(f"unexpected model settings {', '.join(map(repr, unknown))}")
+        # What config() always writes: a default in place of a missing one would build another
+        # model than the one saved (and blame its weights for the difference).
+        missing = [name for name in SAVED_SETTINGS if name not in config]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(map(repr, missing))}")
         V, E, H, L = (
-            check_int(name, config.get(name, default), 1)
-            for name, default in (("vocab_size", None), ("embed_dim", 128), ("hidden_size", 128), ("num_layers", 1))
+            check_int(name, config[name], 1) for name in ("vocab_size", "embed_dim", "hidden_size", "num_layers")
         )
         check_model_size(V, E, H, L)
-        check_number("dropout", config.get("dropout", 0.0), "[0, 1)")
-        check_int("seed", config.get("seed", 0), 0)
+        check_number("dropout", config["dropout"], "[0, 1)")
+        check_int("seed", config["seed"], 0)
         cutoffs, div_value, head_bias = adaptive.check_adaptive(
             config.get("cutoffs"), config.get("div_value", 4.0), config.get("head_bias", False), V, H
         )
@@ -289,6 +320,8 @@ class LSTMNetwork:
         """state's parameters as float32 C-contiguous arrays, checked (names, shapes, dtype,
         finiteness after the cast, tied equality) and tied. copy=False takes over the arrays
         that are already float32, C-contiguous and writeable instead of copying them."""
+        if not isinstance(state, collections.abc.Mapping):
+            raise TypeError(f"state_dict must be a mapping of parameter names to arrays, got {type(state).__name__}")
         expected = self.parameter_shapes()
         missing = [name for name in expected if name not in state]
         extra = [name for name in state if name not in expected]
@@ -630,9 +663,11 @@ class LSTMNetwork:
         temperature = check_number("temperature", temperature, "[0, inf)")
         top_k = check_int("top_k", top_k, 1, allow_none=True)
         top_p = check_number("top_p", top_p, "(0, 1]", allow_none=True)
-        seed = check_int("seed", seed, 0, allow_none=True)
+        # The kernels' generator takes a 64-bit seed: a larger one would wrap onto a smaller one's
+        # samples. (The constructor's seed is any integer >= 0: NumPy's generators take them whole.)
+        seed = check_int("seed", seed, 0, MAX_SAMPLING_SEED, allow_none=True)
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**64)
+            seed = int(np.random.SeedSequence().entropy % (MAX_SAMPLING_SEED + 1))
         suppressed = -1
         if check_bool("suppress_unk", suppress_unk):
             if self.tokenizer is None:
@@ -641,7 +676,7 @@ class LSTMNetwork:
                     "(model.tokenizer) or pass suppress_unk=False"
                 )
             suppressed = self.tokenizer.unk_id
-        return temperature, top_k or 0, 1.0 if top_p is None else top_p, seed % 2**64, suppressed
+        return temperature, top_k or 0, 1.0 if top_p is None else top_p, seed, suppressed
 
     def session(self, prompt_ids, temperature=1.0, top_k=None, top_p=None, seed=None, suppress_unk=False):
         """A generation in progress after the 1-D prompt: the kernels' GenerationSession, whose
@@ -668,8 +703,8 @@ class LSTMNetwork:
         prompt_ids: 1-D ids (at least one) warming the state, or (S, P) for S prompts.
         temperature 1 samples the model's own distribution (the default everywhere, the CLI
         included), lower is more conservative, 0 is greedy; top_k keeps the k most likely
-        tokens; top_p the smallest set whose probability reaches p. seed=None draws a fresh
-        seed. suppress_unk: never sample <unk> (needs the tokenizer). stop: a token id or a
+        tokens; top_p the smallest set whose probability reaches p. seed: 0 to 2**64 - 1, or
+        None for a fresh one. suppress_unk: never sample <unk> (needs the tokenizer). stop: a token id or a
         list of them; each sample ends before the first one.
         Returns 1-D int32 new ids for a 1-D prompt and num_samples=1, else (S, max_new_tokens)
         (with stop: a list of 1-D arrays, each as long as its sample went).

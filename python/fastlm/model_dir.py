@@ -50,8 +50,8 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from fastlm._core import build_info
-from fastlm.atomic import fsync_directory, stage, write_synced
-from fastlm.checks import check_tokenizer
+from fastlm.atomic import fsync_directory, open_regular_file, stage, write_synced
+from fastlm.checks import check_bool, check_directory, check_int, check_number, check_tokenizer
 from fastlm.tokenizer import Tokenizer
 
 try:
@@ -77,6 +77,7 @@ STAGED_NAME = re.compile(
 SAVE_FILES = (MODEL_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_FILE)
 # What a resumable trainer.json must hold (written by fastlm.training).
 TRAINER_KEYS = ("save_id", "settings", "adam_step", "lr", "epoch", "batch", "history")
+HISTORY_KEYS = ("epoch", "loss", "val_loss", "val_perplexity", "tokens_per_s", "lr")  # one entry per epoch each
 
 # Size bounds of what is read before anything is checked. config.json is a few hundred
 # bytes; trainer.json grows by a few numbers per epoch; tokenizer.json is bounded per token of
@@ -125,21 +126,29 @@ def _tensors_writer(tensors, save_id):
 def _parse_json(raw, path):
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # not UTF-8, not JSON, or an integer past Python's 4300 digits
         raise ValueError(f"{path} is corrupted: {error}") from None
     except RecursionError:
         raise ValueError(f"{path} is corrupted: its JSON is nested too deeply") from None
 
 
+def _open(path, hint=""):
+    """open_regular_file(path), its FileNotFoundError saying what is missing (hint: why it matters)."""
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing{hint}") from None
+
+
 def _read_json(path, what, max_bytes, hint=""):
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing ({what}{hint})")
-    size = path.stat().st_size
+    f, size = _open(path, f" ({what}{hint})")
+    with f:
+        raw = f.read(max_bytes + 1) if size <= max_bytes else b""
+    size = max(size, len(raw))  # the file may have grown since it was opened
     if size > max_bytes:
         raise ValueError(f"{path} is corrupted: {size:,} bytes, more than a {what} can be ({max_bytes:,})")
-    with open(path, "rb") as f:
-        return _parse_json(f.read(max_bytes + 1), path)
+    return _parse_json(raw, path)
 
 
 # ================================================================= the lock and leftovers
@@ -309,8 +318,8 @@ def write(directory, model, tokenizer=None, training=None):
     The files go to a new save-<id> subdirectory, are synced, and config.json is replaced in
     one rename to name it; a failure or a kill at any point leaves the previous save loadable.
     """
+    directory = check_directory("directory", directory)
     check_tokenizer(tokenizer, model.vocab_size)
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
     name = SAVE_PREFIX + save_id
@@ -370,7 +379,7 @@ def _require_a_save(directory):
         raise NotADirectoryError(f"{directory} is a file, not a model directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {directory} does not exist")
-    if not (directory / CONFIG_FILE).is_file():
+    if not os.path.lexists(directory / CONFIG_FILE):  # something else in its place: read_config names it
         remove_leftovers(directory)
         if any(SAVE_NAME.fullmatch(p.name) for p in directory.iterdir()):
             raise FileNotFoundError(
@@ -413,10 +422,8 @@ def save_path(directory, config=None):
 def _read_header(path, max_header):
     """(metadata, entries) of a safetensors file, every entry checked against the file's size."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    f, size = _open(path)
+    with f:
         head = f.read(8)
         if len(head) < 8:
             raise ValueError(f"cannot read {path}: {size} bytes, not a safetensors file")
@@ -452,7 +459,35 @@ def _read_header(path, max_header):
             raise ValueError(f"{what} lies outside the file's {data_bytes:,} data bytes ({begin}, {end})")
         if end - begin != math.prod(shape) * np.dtype(DTYPES[entry["dtype"]]).itemsize:
             raise ValueError(f"{what}: shape {shape} does not match its {end - begin:,} bytes")
+    _check_tiling(path, header, data_bytes)
     return metadata if isinstance(metadata, dict) else {}, header
+
+
+def _check_tiling(path, entries, data_bytes):
+    """The entries' data must cover the data region exactly, one after the other, as the
+    safetensors format requires (and its own reader checks): no two tensors sharing bytes,
+    no gap, nothing after the last. Overlaps are looked for first: an entry moved onto
+    another's bytes also leaves a gap where it was, and the moved entry is the one to name."""
+    ordered = sorted(entries.items(), key=lambda item: item[1]["data_offsets"])
+    for (before, previous), (name, entry) in zip(ordered, ordered[1:]):
+        if entry["data_offsets"][0] < previous["data_offsets"][1]:
+            raise ValueError(
+                f"cannot read {path}: entry {name!r} overlaps entry {before!r} (data_offsets "
+                f"{entry['data_offsets']} and {previous['data_offsets']})"
+            )
+    covered = 0
+    for name, entry in ordered:
+        if entry["data_offsets"][0] != covered:
+            raise ValueError(
+                f"cannot read {path}: bytes {covered} to {entry['data_offsets'][0]} before entry {name!r} "
+                "belong to no tensor"
+            )
+        covered = entry["data_offsets"][1]
+    if covered != data_bytes:
+        raise ValueError(
+            f"cannot read {path}: {data_bytes - covered:,} bytes after the last tensor's data "
+            f"(the tensors cover {covered:,} of the file's {data_bytes:,} data bytes)"
+        )
 
 
 def _check_entries(path, entries, expected, optional=()):
@@ -550,7 +585,7 @@ def _header_bound(config, extra_tensors=0):
 
 def load(directory, model_class, backend="cpp"):
     """The model saved in directory, as a model_class, with its tokenizer (model.tokenizer, or None)."""
-    directory = Path(directory)
+    directory = check_directory("directory", directory)
     _require_a_save(directory)
     with _DirectoryLock(directory, create=False) as lock:
         config = read_config(directory)
@@ -570,7 +605,7 @@ def load(directory, model_class, backend="cpp"):
         except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
             raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
         del weights
-        model.tokenizer = _restore_tokenizer(files, model)
+        model.tokenizer = _restore_tokenizer(files, config, model)
         if lock.try_exclusive():
             _remove(_leftovers(directory))
     return model
@@ -579,7 +614,7 @@ def load(directory, model_class, backend="cpp"):
 def load_into(directory, model):
     """Load the weights saved in directory into model, which must have the saved
     configuration (a resumed training run); returns the saved tokenizer or None."""
-    directory = Path(directory)
+    directory = check_directory("directory", directory)
     _require_a_save(directory)
     with _DirectoryLock(directory, create=False):
         config = read_config(directory)
@@ -606,21 +641,30 @@ def _restore(files, config, model):
     except (KeyError, TypeError, ValueError) as error:  # dtypes or values that do not fit
         raise ValueError(f"{path}: {error.args[0] if error.args else error}") from None
     del weights
-    return _restore_tokenizer(files, model)
+    return _restore_tokenizer(files, config, model)
 
 
-def _restore_tokenizer(files, model):
-    """The save's tokenizer, checked against the model, or None."""
-    if not (files / TOKENIZER_FILE).is_file():
-        return None
+def _restore_tokenizer(files, config, model):
+    """The save's tokenizer, checked against the model, or None when the save has none. One
+    that config.json records must be there: a model that lost it would load without a word
+    of error and then fail at the first text it is given."""
     tokenizer_path = files / TOKENIZER_FILE
+    recorded = config.get("tokenizer")
+    if not recorded and not os.path.lexists(tokenizer_path):
+        return None
     bound = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * model.vocab_size
-    if tokenizer_path.stat().st_size > bound:
+    try:
+        size = tokenizer_path.stat().st_size  # a FIFO or a device: Tokenizer.load names it
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{tokenizer_path} is missing, but {CONFIG_FILE} records a tokenizer ({recorded})"
+        ) from None
+    if size > bound:
         raise ValueError(
-            f"{tokenizer_path}: {tokenizer_path.stat().st_size:,} bytes, more than a tokenizer of "
+            f"{tokenizer_path}: {size:,} bytes, more than a tokenizer of "
             f"{model.vocab_size:,} tokens can be ({bound:,}): corrupted"
         )
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = Tokenizer.load(tokenizer_path, max_bytes=bound)
     try:
         check_tokenizer(tokenizer, model.vocab_size)
     except ValueError as error:
@@ -639,11 +683,67 @@ def _optimizer_slots(settings):
     return ("m", "v")
 
 
+def _trainer_value(path, trainer, key, check, *args, **options):
+    """trainer[key] through a fastlm.checks check, any failure a ValueError naming path and key."""
+    try:
+        return check(f"{path} is corrupted: {key!r}", trainer[key], *args, **options)
+    except TypeError as error:  # a wrong type in a file is a wrong value of the file
+        raise ValueError(str(error)) from None
+
+
+def _check_trainer(trainer, path):
+    """trainer.json's values, each of the type and in the range fit writes, and consistent with
+    each other: ValueError naming path, the key and the value otherwise, so that a damaged or
+    edited file can neither crash the resumed run nor make it train on silently. Keys that
+    older checkpoints lack are checked when present. Whether the position fits the run
+    (the batch within an epoch, the tokens seen so far) is fit's to check: it knows the data."""
+    epoch = _trainer_value(path, trainer, "epoch", check_int, 0)
+    for key in ("batch", "adam_step", "epoch_tokens"):
+        if key in trainer:
+            _trainer_value(path, trainer, key, check_int, 0)
+    _trainer_value(path, trainer, "lr", check_number, "(0, inf)")
+    for key in ("epoch_loss_sum", "epoch_seconds"):
+        if key in trainer:
+            _trainer_value(path, trainer, key, check_number, "[0, inf)")
+    if "best_val_loss" in trainer:
+        _trainer_value(path, trainer, "best_val_loss", check_number, "[0, inf)", allow_none=True)
+    if "best_epoch" in trainer:
+        _trainer_value(path, trainer, "best_epoch", check_int, 1, epoch, allow_none=True)
+    if "epochs_without_improvement" in trainer:
+        _trainer_value(path, trainer, "epochs_without_improvement", check_int, 0, epoch)
+    if "stopped_early" in trainer:
+        _trainer_value(path, trainer, "stopped_early", check_bool)
+    for key in ("settings", "history") + (("metadata",) if "metadata" in trainer else ()):
+        if not isinstance(trainer[key], dict):
+            raise ValueError(f"{path} is corrupted: {key!r} must be a JSON object, got {trainer[key]!r}")
+    if trainer.get("epoch_tokens", 0) == 0 and trainer.get("epoch_loss_sum", 0) != 0:
+        raise ValueError(
+            f"{path} is corrupted: 'epoch_loss_sum' is {trainer['epoch_loss_sum']!r} over 'epoch_tokens' 0"
+        )
+    _check_history(trainer["history"], epoch, path)
+
+
+def _check_history(history, epoch, path):
+    """The history's lists: one entry per epoch done, each a number (or None: a validation
+    figure of a run without validation)."""
+    for key in HISTORY_KEYS:
+        values = history.get(key)
+        if not isinstance(values, list) or len(values) != epoch:
+            shown = f"{len(values)} entries" if isinstance(values, list) else repr(values)
+            raise ValueError(
+                f"{path} is corrupted: 'history' {key!r} must be a list of one entry per epoch done "
+                f"({epoch}), got {shown}"
+            )
+        for value in values:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{path} is corrupted: 'history' {key!r} holds {value!r}, not a number")
+
+
 def load_training_state(directory, optimizer=True):
     """(optimizer arrays, trainer dict) of a checkpoint, for resuming. optimizer=False reads
     and checks the trainer alone and gives (None, trainer): the optimizer's arrays are twice
     the model's size under Adam, not worth reading to look at the position or the settings."""
-    directory = Path(directory)
+    directory = check_directory("directory", directory)
     if directory.is_dir():
         remove_leftovers(directory)
     if not (directory / CONFIG_FILE).is_file():
@@ -664,6 +764,7 @@ def load_training_state(directory, optimizer=True):
             raise ValueError(f"{files / TRAINER_FILE} is corrupted: it lacks {', '.join(missing)}")
         if trainer.get("save_id") != config["save_id"]:
             raise ValueError(f"{files / TRAINER_FILE} does not belong to the same save as {CONFIG_FILE}")
+        _check_trainer(trainer, files / TRAINER_FILE)
         if not optimizer:
             return None, trainer
         path = files / OPTIMIZER_FILE

@@ -57,6 +57,10 @@ def _sequence_list(sequences, vocab_size):
         arrays = [np.asarray(s) for s in sequences]
     except TypeError:
         raise TypeError(f"sequences must be a list of 1-D id arrays, got {type(sequences).__name__}") from None
+    if arrays and all(a.ndim == 0 and a.dtype.kind in "iu" for a in arrays):  # [5, 6, 7]: one sequence's ids
+        raise TypeError(
+            "sequences must be a list of 1-D id arrays (one per sequence), got a flat list of ids: wrap it in a list"
+        )
     for i, a in enumerate(arrays):
         if a.ndim != 1:
             raise ValueError(f"sequence {i} must be 1-D, got shape {a.shape}")

@@ -46,14 +46,20 @@ def _header(vocab_size, count, dtype):
     return _HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, count).ljust(HEADER_BYTES, b"\0")
 
 
+def _is_flat_list(ids):
+    """Whether ids is a list (or tuple) of ids, [1, 2, 3], rather than a list of arrays."""
+    return isinstance(ids, (list, tuple)) and len(ids) > 0 and np.ndim(ids[0]) == 0
+
+
 def save_ids(path, ids, vocab_size):
     """Write token ids to a token file atomically; returns the number of ids written.
 
-    ids: a 1-D integer array, or an iterable of them (written one after the other, so a
-    corpus never needs to be in memory at once). Every id must lie in [0, vocab_size).
+    ids: a 1-D integer array (or a list of ints), or an iterable of them (written one after
+    the other, so a corpus never needs to be in memory at once). Every id must lie in
+    [0, vocab_size).
     """
     dtype = id_dtype(vocab_size)
-    chunks = [ids] if isinstance(ids, np.ndarray) else ids
+    chunks = [ids] if isinstance(ids, np.ndarray) or _is_flat_list(ids) else ids
     count = 0
 
     def write(tmp):
@@ -135,12 +141,12 @@ def check_corpus(name, ids, vocab_size, note=""):
     other integer types are converted to int32.
     """
     ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
+    if ids.size == 0:  # first: [] is float64 to NumPy, and its dtype is not the problem
+        raise ValueError(f"{name} is empty (shape {ids.shape})")
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
     if ids.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {ids.shape}")
-    if ids.size == 0:
-        raise ValueError(f"{name} is empty (shape {ids.shape})")
     for start in range(0, ids.size, _CHECK_CHUNK):
         _check_range(name, ids[start : start + _CHECK_CHUNK], vocab_size, start, note)
         release_pages(ids)

@@ -59,7 +59,8 @@ Files
     encoding without line ends; a BPE tokenizer writes format 3 with ``"bpe"``, the
     Hugging Face tokenizer's own JSON (its ids are fastlm's minus one: fastlm's id 0 is
     ``<unk>``), and ``"vocab"`` in fastlm's id order. ``load`` raises FileNotFoundError for a missing
-    file and ValueError, naming the file and the problem, for anything else it cannot use.
+    file and ValueError, naming the file and the problem, for anything else it cannot use (a
+    file of more than ``MAX_FILE_BYTES``, 256 MiB, unless given ``max_bytes``, is not read).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from itertools import repeat
 import numpy as np
 
 from fastlm import bpe
-from fastlm.atomic import atomic_write
+from fastlm.atomic import atomic_write, open_regular_file
 from fastlm.checks import check_bool, check_choice, check_int, check_str
 
 UNK = "<unk>"
@@ -89,6 +90,10 @@ _CHUNK_BYTES = 1 << 20  # bytes read per step by fit_file / encode_file
 _PIECE_CHARS = 1 << 20  # characters tokenized per step for in-memory text and iterables
 _MAX_RUN_CHARS = 1 << 22  # char level: a run this long without whitespace is cut anyway
 _LAST_SPACE = re.compile(r"\s\S*\Z")
+# Tokenizer.load's default bound on a file's size, checked before it is read: the JSON of a
+# vocabulary of millions of words with their counts fits well inside it, and a file that is
+# not a tokenizer (a corpus passed by mistake) is refused without being read whole.
+MAX_FILE_BYTES = 256 << 20
 
 
 # ---------------------------------------------------------------- argument checks
@@ -870,23 +875,32 @@ class Tokenizer:
         atomic_write(path, self.write_json)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, max_bytes=MAX_FILE_BYTES):
         """Read a tokenizer written by save().
 
         FileNotFoundError if path does not exist; ValueError naming the file and the problem
-        for anything that is not a valid tokenizer file of a format this version reads.
+        for anything that is not a valid tokenizer file of a format this version reads,
+        among them a path that is not a regular file (a directory, a FIFO, a device) and a
+        file of more than max_bytes (fastlm.tokenizer.MAX_FILE_BYTES, 256 MiB, by default):
+        both refused before a byte is read.
         """
         path = os.fspath(path)
+        max_bytes = check_int("max_bytes", max_bytes, 1)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            f, size = open_regular_file(path)
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, "tokenizer file not found", path) from None
+        with f:
+            if size > max_bytes:
+                raise ValueError(cls._too_large(path, size, max_bytes))
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:  # it grew since it was opened
+            raise ValueError(cls._too_large(path, len(raw), max_bytes))
         try:
             data = json.loads(raw.decode("utf-8", "surrogatepass"))
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not a tokenizer file: not UTF-8 text ({e})") from None
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or an integer past Python's 4300 digits
             raise ValueError(f"{path}: not a tokenizer file: corrupted JSON ({e})") from None
         except RecursionError:
             raise ValueError(f"{path}: not a tokenizer file: JSON nested too deeply") from None
@@ -894,6 +908,13 @@ class Tokenizer:
             return cls.from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+
+    @staticmethod
+    def _too_large(path, size, max_bytes):
+        return (
+            f"{path}: {size:,} bytes, more than a tokenizer file may hold ({max_bytes:,}; "
+            "pass max_bytes to read a larger one)"
+        )
 
 
 class _ContextDecoder:

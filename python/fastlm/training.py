@@ -24,7 +24,7 @@ import numpy as np
 
 from fastlm import distributed, model_dir
 from fastlm.batches import ArrayBatches, ContiguousBatches, RowStreams, WindowBatches, all_rows
-from fastlm.checks import check_bool, check_choice, check_int, check_number, check_tokenizer
+from fastlm.checks import check_bool, check_choice, check_directory, check_int, check_number, check_tokenizer
 from fastlm.token_file import check_corpus
 
 # Settings that must not change between a run and its resumption.
@@ -532,6 +532,8 @@ def fit(
         raise ValueError("restore_best=True keeps the weights of the epoch of lowest validation loss: pass val_ids")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if checkpoint_dir is not None:
+        check_directory("checkpoint_dir", checkpoint_dir)
     check_tokenizer(tokenizer, model.vocab_size)
     if val_ids is not None:
         val_ids = check_corpus("val_ids", val_ids, model.vocab_size)
@@ -588,6 +590,7 @@ def fit(
         ]
         if changed:
             raise ValueError("cannot resume with different training settings: " + "; ".join(changed))
+        _check_position(saved, batches, epochs, model_dir.save_path(checkpoint_dir) / model_dir.TRAINER_FILE)
         try:
             saved_tokenizer = model_dir.load_into(checkpoint_dir, model)
         except ValueError as error:
@@ -764,6 +767,34 @@ def fit(
             best_state = model_dir.load(_best_dir(checkpoint_dir), type(model), model.backend).state_dict()
         model.load_state_dict(best_state)
     return history
+
+
+def _check_position(saved, batches, epochs, path):
+    """A checkpoint's position (read from path, its values checked one by one by model_dir)
+    against this run's batches: ValueError naming path, the key and the value when the
+    position is not one this run's training could have reached, which would otherwise skew
+    the epoch's loss or skip what remains of it without a word."""
+    per_epoch = len(batches)
+    epoch, batch = saved["epoch"], saved["batch"]
+    if epoch > epochs or (epoch == epochs and batch):
+        raise ValueError(
+            f"cannot resume: {path} records 'epoch' {epoch} done and 'batch' {batch} of the next, "
+            f"more than this run's epochs={epochs}"
+        )
+    if batch >= per_epoch:
+        raise ValueError(f"{path} is corrupted: 'batch' {batch} lies outside an epoch of {per_epoch} batches")
+    tokens = batches.tokens_before(batch)
+    if saved.get("epoch_tokens", tokens) != tokens:
+        raise ValueError(
+            f"{path} is corrupted: 'epoch_tokens' {saved['epoch_tokens']!r} after {batch} batch(es) of this data, "
+            f"which hold {tokens}"
+        )
+    steps = epoch * per_epoch + batch
+    if saved["adam_step"] != steps:
+        raise ValueError(
+            f"{path} is corrupted: 'adam_step' {saved['adam_step']!r}, but {epoch} epoch(s) of {per_epoch} "
+            f"batches and {batch} batch(es) make {steps} optimizer steps"
+        )
 
 
 def _check_metadata(metadata):
