@@ -26,6 +26,7 @@ from helpers import run_cli, snapshot
 
 from fastlm import cli
 from fastlm.model_dir import save_path
+from fastlm.threads import max_threads
 
 # A tiny model that trains in well under a second.
 TINY = [
@@ -148,6 +149,29 @@ def test_bench_help_describes_the_configurations(capsys):
 def test_an_extra_argument_is_a_usage_error_of_the_command(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", tmp_path, tmp_path / "f.txt", "extra")
     assert_usage(code, err, "eval", "unrecognized arguments: extra")
+
+
+@pytest.mark.parametrize(
+    "command, arguments, named",
+    [
+        ("train", ["--out", ""], "argument --out: an empty path names no directory"),
+        ("train", ["", "--out", "x"], "argument CORPUS: an empty path names no file"),
+        ("generate", [""], "argument DIR: an empty path names no directory"),
+        ("eval", ["DIR", ""], "argument FILE: an empty path names no file"),
+        ("export", ["DIR", "--onnx", ""], "argument --onnx: an empty path names no file"),
+    ],
+)
+def test_an_empty_path_is_a_usage_error(capsys, tmp_path, monkeypatch, command, arguments, named):
+    monkeypatch.chdir(tmp_path)  # an empty path would have meant this directory
+    code, _, err = run_cli(capsys, command, *arguments)
+    assert_usage(code, err, command, named)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_beyond_four_per_core_is_a_usage_error(capsys, tmp_path):
+    too_many = max_threads() + 1
+    code, _, err = run_cli(capsys, "eval", tmp_path, tmp_path / "f.txt", "--threads", too_many)
+    assert_usage(code, err, "eval", f"argument --threads: {too_many} is not between 1 and")
 
 
 def test_no_command_is_a_usage_error(capsys):

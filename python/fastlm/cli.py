@@ -28,6 +28,7 @@ from fastlm import distributed, model_dir, presets, token_file
 from fastlm.adaptive import check_cutoffs
 from fastlm.checks import check_choice, check_int, check_number
 from fastlm.scoring import UnscorableSentence, boundary_id, sentence_ids
+from fastlm.threads import max_threads
 from fastlm.tokenizer import check_eos
 from fastlm.training import OPTIMIZERS
 
@@ -1454,12 +1455,28 @@ def _message(error):
     return " ".join(str(message).split())
 
 
+def _check_no_empty_path(args):
+    """An empty path (a variable left unset) names nothing: a usage error, where Path('') would
+    read or write the working directory."""
+    for action in args.parser._actions:
+        if action.metavar not in ("DIR", "FILE", "CORPUS"):
+            continue
+        value = getattr(args, action.dest, None)
+        if "" in (value if isinstance(value, list) else [value]):
+            name = action.option_strings[0] if action.option_strings else action.metavar
+            what = "directory" if action.metavar == "DIR" else "file"
+            args.parser.error(f"argument {name}: an empty path names no {what}")
+
+
 def main(argv=None):
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # reported by the command's parser, with its usage (argparse's own says "fastlm: error")
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _check_no_empty_path(args)
+    threads = args.threads if args.threads is not None else args.threads_before_command
+    if threads is not None and not 1 <= threads <= max_threads():
+        args.parser.error(f"argument --threads: {threads} is not between 1 and {max_threads()} (4 per core)")
     try:
-        threads = args.threads if args.threads is not None else args.threads_before_command
         if threads is not None:
             fastlm.set_num_threads(threads)
         return args.run(args)
