@@ -18,7 +18,11 @@ tokens. (Evaluating PyTorch with batch_size contiguous streams instead, as its
 word_language_model example does, gives every stream's first tokens less context: a
 slightly higher perplexity, reached later, and a faster evaluation, so the two sides would
 not be compared like for like.) Each side runs in a process of its own with the same thread count,
-one after the other (``--order``), or both at once (``--parallel``: on a machine other
+one after the other (``--order``), taking turns an epoch at a time (``--alternate``: both
+processes start, and each waits while the other runs an epoch; its clock leaves the waits
+out. The machine's speed drifts over minutes when other jobs share it, and one side run
+after the other meets different minutes; taking turns, each epoch of one side has an
+epoch of the other beside it in time), or both at once (``--parallel``: on a machine other
 jobs are loading, both then train under the same load, and each gets about the same
 share of the cores while both run, so the ratio of their times is one of work per core;
 once the first finishes, the second has the cores to itself, which favours the slower
@@ -90,7 +94,37 @@ def epoch_lr(lr, decay, decay_from, epoch):
     return lr * decay ** max(epoch - (decay_from - 1), 0)
 
 
-def run_fastlm(directory, preset_name, epochs, threads, report):
+class Clock:
+    """A side's seconds of training. With turns (--alternate) the worker says it is ready,
+    then waits for its turn (a line on stdin) before training and after every epoch but
+    the last; the waits are left out of its seconds."""
+
+    def __init__(self, turns, report):
+        self.turns, self.report = turns, report
+        self.started = self.waited = 0.0
+
+    def _wait_turn(self):
+        began = time.perf_counter()
+        if self.turns and not sys.stdin.readline():
+            raise SystemExit("the driver ended before this worker's turn")
+        return time.perf_counter() - began
+
+    def start(self):
+        if self.turns:
+            self.report(ready=True)
+        self._wait_turn()
+        self.started, self.waited = time.perf_counter(), 0.0
+
+    def seconds(self):
+        return time.perf_counter() - self.started - self.waited
+
+    def epoch_done(self, epoch, epochs):
+        """After epoch's report: the other side's turn, unless this was the last."""
+        if epoch < epochs:
+            self.waited += self._wait_turn()
+
+
+def run_fastlm(directory, preset_name, epochs, threads, report, turns=False):
     import numpy as np
 
     import fastlm
@@ -102,23 +136,25 @@ def run_fastlm(directory, preset_name, epochs, threads, report):
     model = fastlm.LSTMLM(init["decoder.bias"].shape[0], **preset.model)
     model.load_state_dict(init)
     fit = dict(preset.fit, epochs=epochs)
-    started = time.perf_counter()
+    clock = Clock(turns, report)
+    clock.start()
 
     def callback(history):
         report(
             epoch=history["epoch"][-1],
-            seconds=time.perf_counter() - started,
+            seconds=clock.seconds(),
             lr=history["lr"][-1],
             loss=history["loss"][-1],
             val_perplexity=history["val_perplexity"][-1],
         )
+        clock.epoch_done(history["epoch"][-1], epochs)
 
     model.fit(data["train"], val_ids=data["val"], progress=False, callback=callback, **fit)
     test = model.evaluate(data["test"], seq_len=fit["seq_len"], batch_size=fit["batch_size"])
     report(test_perplexity=test["perplexity"])
 
 
-def run_torch(directory, preset_name, epochs, threads, report):
+def run_torch(directory, preset_name, epochs, threads, report, turns=False):
     import numpy as np
     import torch
 
@@ -166,7 +202,8 @@ def run_torch(directory, preset_name, epochs, threads, report):
                 total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, V), y, reduction="sum"))
         return math.exp(total / (len(ids) - 1))
 
-    started = time.perf_counter()
+    clock = Clock(turns, report)
+    clock.start()
     for epoch in range(1, epochs + 1):
         lr = epoch_lr(fit["lr"], fit["lr_decay"], fit["lr_decay_epoch"], epoch)
         for group in opt.param_groups:
@@ -186,13 +223,9 @@ def run_torch(directory, preset_name, epochs, threads, report):
             opt.step()
             loss_sum += loss.item() * y.size
             tokens += y.size
-        report(
-            epoch=epoch,
-            seconds=time.perf_counter() - started,
-            lr=lr,
-            loss=loss_sum / tokens,
-            val_perplexity=evaluate(data["val"]),
-        )
+        val_perplexity = evaluate(data["val"])
+        report(epoch=epoch, seconds=clock.seconds(), lr=lr, loss=loss_sum / tokens, val_perplexity=val_perplexity)
+        clock.epoch_done(epoch, epochs)
     report(test_perplexity=evaluate(data["test"]))
 
 
@@ -207,7 +240,7 @@ def worker(args):
         report(**prepare(args.corpus, args.data, args.preset, args.vocab, args.seed))
     else:
         run = run_fastlm if args.worker == "fastlm" else run_torch
-        run(args.data, args.preset, args.epochs, args.threads, report)
+        run(args.data, args.preset, args.epochs, args.threads, report, turns=args.turns)
 
 
 def both_sides_environment(threads):
@@ -222,7 +255,7 @@ def both_sides_environment(threads):
     return env
 
 
-def start_worker(side, args, data):
+def start_worker(side, args, data, turns=False):
     command = [
         sys.executable,
         str(HERE),
@@ -242,8 +275,14 @@ def start_worker(side, args, data):
         str(args.vocab),
         "--seed",
         str(args.seed),
-    ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=both_sides_environment(args.threads))
+    ] + (["--turns"] if turns else [])
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE if turns else None,
+        text=True,
+        env=both_sides_environment(args.threads),
+    )
 
 
 def collect(side, proc, log):
@@ -264,6 +303,36 @@ def run_parallel(sides, args, data, log):
         return {side: future.result() for side, future in futures.items()}
 
 
+def run_alternating(sides, args, data, log):
+    """Both workers started, then an epoch of each in turn (the first side first): a side
+    is handed its turn and read up to its next epoch's record; after its last epoch, to
+    its end (the test perplexity, computed before the other side goes on)."""
+    procs = {side: start_worker(side, args, data, turns=True) for side in sides}
+    records = {side: [] for side in sides}
+
+    def read_until(side, stop):
+        for line in procs[side].stdout:
+            records[side].append(json.loads(line))
+            print(f"{side:7s} " + json.dumps(records[side][-1]), file=log, flush=True)
+            if stop(records[side][-1]):
+                return True
+        return False
+
+    for side in sides:  # imports and data loaded on both sides before any clock starts
+        if not read_until(side, lambda record: record.get("ready")):
+            raise SystemExit(f"the {side} worker ended before it was ready (exit {procs[side].wait()})")
+    running = list(sides)
+    while running:
+        for side in list(running):
+            procs[side].stdin.write("go\n")
+            procs[side].stdin.flush()
+            if not read_until(side, lambda record: record.get("epoch", args.epochs) < args.epochs):
+                if procs[side].wait():
+                    raise SystemExit(f"the {side} worker failed (exit {procs[side].returncode})")
+                running.remove(side)
+    return {side: [r for r in records[side] if "ready" not in r] for side in sides}
+
+
 def time_to_reach(epochs, target):
     """Seconds at the first epoch end whose validation perplexity is at most target."""
     return next((e["seconds"] for e in epochs if e["val_perplexity"] <= target * (1 + 1e-12)), None)
@@ -281,7 +350,14 @@ def summarise(args, prepared, results):
         "",
         f"Corpus {Path(args.corpus).name}: {prepared['train_tokens']:,} training, {prepared['val_tokens']:,} "
         f"validation, {prepared['test_tokens']:,} test tokens; vocabulary {prepared['vocab_size']:,}. "
-        f"CPU: {machine_description()}. " + ("Both sides at once." if args.parallel else f"Order: {', '.join(sides)}."),
+        f"CPU: {machine_description()}. "
+        + (
+            "Both sides at once."
+            if args.parallel
+            else f"Taking turns an epoch at a time, {sides[0]} first."
+            if args.alternate
+            else f"Order: {', '.join(sides)}."
+        ),
         "",
         "| epoch | " + " | ".join(f"{s} s | {s} val ppl" for s in sides) + " |",
         "|---:|" + "---:|---:|" * len(sides),
@@ -322,10 +398,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--order", default="fastlm,torch", help="which side runs first (default: fastlm,torch)")
     parser.add_argument("--parallel", action="store_true", help="run both sides at the same time")
+    parser.add_argument(
+        "--alternate", action="store_true", help="both sides take turns an epoch at a time (--order: who goes first)"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every record here")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="append the summary to this file")
     parser.add_argument("--worker", choices=["prepare", "fastlm", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = int(
@@ -336,11 +416,15 @@ def main(argv=None):
         )
     if args.worker:
         return worker(args)
+    if args.parallel and args.alternate:
+        parser.error("--parallel and --alternate exclude each other")
     with tempfile.TemporaryDirectory(prefix="fastlm-ttp-") as data:
         prepared = run_worker("prepare", args, data, sys.stdout)[0]
         sides = args.order.split(",")
         if args.parallel:
             results = run_parallel(sides, args, data, sys.stdout)
+        elif args.alternate:
+            results = run_alternating(sides, args, data, sys.stdout)
         else:
             results = {side: run_worker(side, args, data, sys.stdout) for side in sides}
     summary, figures = summarise(args, prepared, results)
