@@ -1,5 +1,6 @@
 """Atomic file writes: a synced temporary file in the target's directory, then a rename; and
-the guarded open of the files fastlm reads back (open_regular_file).
+the guarded open and bounded read of the files fastlm reads back (open_regular_file,
+read_bounded).
 
 A leaf module (it imports nothing from fastlm), so that every module that writes files
 (tokenizer.py, model_dir.py) can use it without importing the others.
@@ -104,3 +105,13 @@ def open_regular_file(path):
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_bounded(f, size, max_bytes):
+    """(bytes, size) of f, a file open_regular_file opened when it held size bytes: the bytes
+    None when it holds more than max_bytes, not read at all if it did when opened, else read
+    no further than one byte past the bound (it grew since; size is then what was read)."""
+    if size > max_bytes:
+        return None, size
+    raw = f.read(max_bytes + 1)
+    return (raw, size) if len(raw) <= max_bytes else (None, len(raw))

@@ -28,7 +28,7 @@ from fastlm import distributed, model_dir, presets, token_file
 from fastlm.adaptive import check_cutoffs
 from fastlm.checks import check_choice, check_int, check_number
 from fastlm.scoring import UnscorableSentence, boundary_id, sentence_ids
-from fastlm.threads import max_threads
+from fastlm.threads import MAX_THREADS_PER_CORE, max_threads
 from fastlm.tokenizer import check_eos
 from fastlm.training import OPTIMIZERS
 
@@ -1475,7 +1475,9 @@ def main(argv=None):
     _check_no_empty_path(args)
     threads = args.threads if args.threads is not None else args.threads_before_command
     if threads is not None and not 1 <= threads <= max_threads():
-        args.parser.error(f"argument --threads: {threads} is not between 1 and {max_threads()} (4 per core)")
+        args.parser.error(
+            f"argument --threads: {threads} is not between 1 and {max_threads()} ({MAX_THREADS_PER_CORE} per core)"
+        )
     try:
         if threads is not None:
             fastlm.set_num_threads(threads)

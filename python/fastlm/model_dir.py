@@ -50,7 +50,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from fastlm._core import build_info
-from fastlm.atomic import fsync_directory, open_regular_file, stage, write_synced
+from fastlm.atomic import fsync_directory, open_regular_file, read_bounded, stage, write_synced
 from fastlm.checks import check_bool, check_directory, check_int, check_number, check_tokenizer
 from fastlm.tokenizer import Tokenizer
 
@@ -144,9 +144,8 @@ def _read_json(path, what, max_bytes, hint=""):
     path = Path(path)
     f, size = _open(path, f" ({what}{hint})")
     with f:
-        raw = f.read(max_bytes + 1) if size <= max_bytes else b""
-    size = max(size, len(raw))  # the file may have grown since it was opened
-    if size > max_bytes:
+        raw, size = read_bounded(f, size, max_bytes)
+    if raw is None:
         raise ValueError(f"{path} is corrupted: {size:,} bytes, more than a {what} can be ({max_bytes:,})")
     return _parse_json(raw, path)
 

@@ -79,7 +79,7 @@ from itertools import repeat
 import numpy as np
 
 from fastlm import bpe
-from fastlm.atomic import atomic_write, open_regular_file
+from fastlm.atomic import atomic_write, open_regular_file, read_bounded
 from fastlm.checks import check_bool, check_choice, check_int, check_str
 
 UNK = "<unk>"
@@ -891,11 +891,12 @@ class Tokenizer:
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, "tokenizer file not found", path) from None
         with f:
-            if size > max_bytes:
-                raise ValueError(cls._too_large(path, size, max_bytes))
-            raw = f.read(max_bytes + 1)
-        if len(raw) > max_bytes:  # it grew since it was opened
-            raise ValueError(cls._too_large(path, len(raw), max_bytes))
+            raw, size = read_bounded(f, size, max_bytes)
+        if raw is None:
+            raise ValueError(
+                f"{path}: {size:,} bytes, more than a tokenizer file may hold ({max_bytes:,}; "
+                "pass max_bytes to read a larger one)"
+            )
         try:
             data = json.loads(raw.decode("utf-8", "surrogatepass"))
         except UnicodeDecodeError as e:
@@ -908,13 +909,6 @@ class Tokenizer:
             return cls.from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-
-    @staticmethod
-    def _too_large(path, size, max_bytes):
-        return (
-            f"{path}: {size:,} bytes, more than a tokenizer file may hold ({max_bytes:,}; "
-            "pass max_bytes to read a larger one)"
-        )
 
 
 class _ContextDecoder:
