@@ -175,10 +175,10 @@ void bias_column_sums(const float* dlogits, int64_t rows, int64_t V, int64_t v0,
 }
 
 // From one chunk's dlogits: dh rows, and dW, db accumulated (overwritten on the first chunk).
-// In builds whose microkernel can read B in place (AVX-512), dh = dlogits W (W packed or
-// in place, see PackedDecoder) and dW (+)= dlogits^T h share one parallel region, their
-// items largest first, taken as they come: one wait for the last item per chunk instead of
-// one per product. h is packed for dW: read in place, its rows H floats apart (1 KB at
+// dh = dlogits W (W packed, or in place where the microkernel can read it so: see
+// PackedDecoder) and dW (+)= dlogits^T h share one parallel region, their items largest
+// first, taken as they come: one wait for the last item per chunk instead of one per
+// product. h is packed for dW: read in place, its rows H floats apart (1 KB at
 // H = 256) fall in a few L1 sets. Each dW item (all of dW's columns for a block of its
 // rows, i.e. a block of dlogits' columns) first sums those columns of dlogits into db: the
 // block (100 KB at 200 rows) comes from L3 once, and the product's pack of it then reads
@@ -187,42 +187,31 @@ void chunk_gradients(const OutputShape& s, const float* h_chunk, int64_t rows, b
                      const PackedDecoder& decoder, const float* dlogits, float* dh_chunk, float* dweight,
                      float* dbias) {
     const int64_t H = s.hidden, V = s.vocab;
-    if (kBInPlace) {
-        const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
-        std::vector<GradientItem> items;
-        const bool w_in_place = decoder.weight.n() == 0;  // else packed (PackedDecoder): whole rows
-        add_gradient_items(true, rows, H, threads, /*column_groups=*/w_in_place, items);
-        add_gradient_items(false, V, H, threads, /*column_groups=*/false, items);
-        const PackedB h_packed(h_chunk, H, /*trans_b=*/false, rows, H);
-        std::stable_sort(items.begin(), items.end(), [&](const GradientItem& a, const GradientItem& b) {
-            return a.cost(a.dh_item ? V : rows) > b.cost(b.dh_item ? V : rows);
-        });
-        const float beta = first ? 0.0f : 1.0f;
-        const int64_t count = int64_t(items.size());
+    const int64_t threads = rows * V * H >= kParallelMinWork ? max_threads() : 1;
+    std::vector<GradientItem> items;
+    const bool w_in_place = decoder.weight.n() == 0;  // else packed (PackedDecoder): whole rows
+    add_gradient_items(true, rows, H, threads, /*column_groups=*/w_in_place, items);
+    add_gradient_items(false, V, H, threads, /*column_groups=*/false, items);
+    const PackedB h_packed(h_chunk, H, /*trans_b=*/false, rows, H);
+    std::stable_sort(items.begin(), items.end(), [&](const GradientItem& a, const GradientItem& b) {
+        return a.cost(a.dh_item ? V : rows) > b.cost(b.dh_item ? V : rows);
+    });
+    const float beta = first ? 0.0f : 1.0f;
+    const int64_t count = int64_t(items.size());
 #pragma omp parallel for if (threads > 1 && count > 1) schedule(dynamic)
-        for (int64_t it = 0; it < count; ++it) {
-            const GradientItem& t = items[it];
-            if (t.dh_item && w_in_place)  // dh = dlogits W
-                sgemm_b_in_place_one_thread(false, t.i1 - t.i0, t.j1 - t.j0, V, dlogits + t.i0 * V, V,
-                                            decoder.w + t.j0, H, 0.0f, dh_chunk + t.i0 * H + t.j0, H);
-            else if (t.dh_item)
-                sgemm_packed_one_thread(false, t.i1 - t.i0, dlogits + t.i0 * V, V, decoder.weight, 0.0f,
-                                        dh_chunk + t.i0 * H, H);
-            else {  // dW (+)= dlogits^T h, row blocks of dW (all of its columns: no column groups)
-                if (dbias) bias_column_sums(dlogits, rows, V, t.i0, t.i1, first, dbias);
-                sgemm_packed_one_thread(true, t.i1 - t.i0, dlogits + t.i0, V, h_packed, beta, dweight + t.i0 * H, H);
-            }
+    for (int64_t it = 0; it < count; ++it) {
+        const GradientItem& t = items[it];
+        if (t.dh_item && w_in_place)  // dh = dlogits W
+            sgemm_b_in_place_one_thread(false, t.i1 - t.i0, t.j1 - t.j0, V, dlogits + t.i0 * V, V,
+                                        decoder.w + t.j0, H, 0.0f, dh_chunk + t.i0 * H + t.j0, H);
+        else if (t.dh_item)
+            sgemm_packed_one_thread(false, t.i1 - t.i0, dlogits + t.i0 * V, V, decoder.weight, 0.0f,
+                                    dh_chunk + t.i0 * H, H);
+        else {  // dW (+)= dlogits^T h, row blocks of dW (all of its columns: no column groups)
+            if (dbias) bias_column_sums(dlogits, rows, V, t.i0, t.i1, first, dbias);
+            sgemm_packed_one_thread(true, t.i1 - t.i0, dlogits + t.i0, V, h_packed, beta, dweight + t.i0 * H, H);
         }
-        return;
     }
-    sgemm_packed(false, rows, dlogits, V, decoder.weight, 0.0f, dh_chunk, H);
-    sgemm(true, false, V, H, rows, dlogits, V, h_chunk, H, first ? 0.0f : 1.0f, dweight, H);
-    if (!dbias) return;
-    // Column sums, threads over disjoint column blocks: order fixed per element.
-    const int64_t block = 256, blocks = (V + block - 1) / block;
-#pragma omp parallel for if (rows * V >= kParallelMinWork && blocks > 1) schedule(dynamic)
-    for (int64_t cb = 0; cb < blocks; ++cb)
-        bias_column_sums(dlogits, rows, V, cb * block, std::min(V, cb * block + block), first, dbias);
 }
 
 // ------------------------------------------------------------------ inference
