@@ -31,6 +31,7 @@
 #include <cstdint>
 
 #include "isa.h"
+#include "kernels/avx2/transpose.h"
 
 namespace fastlm {
 namespace FASTLM_ISA {
@@ -244,7 +245,12 @@ inline float tile_element(int64_t kc, const float* a, const float* b) {
     return acc;
 }
 
-inline int64_t pack_b_columns(const float* const* /*cols*/, int64_t /*k*/, float* /*panel*/) { return 0; }
+// The first k steps of a B panel from NR column streams (cols[j][p] = op(B)(p, j0 + j), a
+// transposed B such as the decoder's W^T for the logits) into panel (k x NR); returns how
+// many it packed (transpose_columns_k8).
+inline int64_t pack_b_columns(const float* const cols[NR], int64_t k, float* panel) {
+    return transpose_columns_k8<NR>(cols, k, panel);
+}
 
 }  // namespace FASTLM_ISA
 }  // namespace fastlm
